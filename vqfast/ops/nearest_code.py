@@ -1,0 +1,130 @@
+"""nearest_code and quantize (DESIGN.md ops 1-2): validation, dispatch, autograd."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from vqfast import _backend
+from vqfast.ops import _validate
+from vqfast.reference import nearest_code as ref
+
+HAS = ("cpu",)  # backends with a nearest_code kernel besides the reference
+_METRIC_ID = {"l2": 0, "cosine": 1}
+
+
+def search_codebook(codebook: torch.Tensor, metric: str) -> torch.Tensor:
+    """The codebook as the kernels search it: fp32, rows L2-normalized for cosine."""
+    cb = codebook.detach().float()
+    if metric == "cosine":
+        cb = F.normalize(cb, dim=1, eps=1e-12)
+    return cb.contiguous()
+
+
+def _run(x: torch.Tensor, codebook: torch.Tensor, metric: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [N, d] contiguous -> idx [N], dist [N] on the named backend."""
+    if backend == "reference":
+        return ref.nearest_code(x, codebook, metric)
+    cb = search_codebook(codebook, metric)
+    if backend == "cpu":
+        return torch.ops.vqfast_cpu.nearest_code(x, cb, _METRIC_ID[metric])
+    raise AssertionError(f"unreachable backend {backend}")
+
+
+@torch.library.custom_op("vqfast::nearest_code", mutates_args=())
+def _nearest_code_op(x: torch.Tensor, codebook: torch.Tensor, metric: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    idx, dist = _run(x, codebook, metric, backend)
+    return idx, dist
+
+
+@_nearest_code_op.register_fake
+def _(x, codebook, metric, backend):
+    n = x.shape[0]
+    return x.new_empty(n, dtype=torch.long), x.new_empty(n, dtype=torch.float32)
+
+
+@torch.library.custom_op("vqfast::quantize", mutates_args=())
+def _quantize_op(x: torch.Tensor, codebook: torch.Tensor, metric: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    idx, _ = _run(x, codebook, metric, backend)
+    return codebook.index_select(0, idx).to(x.dtype), idx
+
+
+@_quantize_op.register_fake
+def _(x, codebook, metric, backend):
+    return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=torch.long)
+
+
+def _quantize_setup(ctx, inputs, output):
+    _, codebook, _, _ = inputs
+    ctx.codebook_shape, ctx.codebook_dtype = codebook.shape, codebook.dtype
+    ctx.save_for_backward(output[1])
+
+
+def _quantize_backward(ctx, grad_codes, _grad_idx):
+    (idx,) = ctx.saved_tensors
+    grad_cb = grad_codes.new_zeros(ctx.codebook_shape, dtype=torch.float32)
+    grad_cb.index_add_(0, idx, grad_codes.float())
+    # x gets no gradient through the argmin: the straight-through path is added outside.
+    return None, grad_cb.to(ctx.codebook_dtype), None, None
+
+
+_quantize_op.register_autograd(_quantize_backward, setup_context=_quantize_setup)
+
+
+def _check(x, codebook, metric, backend, op):
+    _validate.tensor("x", x, min_dim=1)
+    _validate.codebook("codebook", codebook, x.shape[-1])
+    _validate.metric(metric)
+    device = _validate.same_device(x=x, codebook=codebook)
+    return _backend.resolve(op, backend, device, has=HAS)
+
+
+def nearest_code(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2",
+                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of the nearest code for every row, without an N x K distance matrix.
+
+    x [..., d] (fp32/fp16/bf16), codebook [K, d] -> idx [...] int64, dist [...] fp32.
+    l2: dist = ||x - c_idx||^2; cosine: idx maximizes cos(x, c), dist = 1 - cos.
+    Ties go to the lowest index; rows of x with NaN/inf get idx 0 and dist NaN.
+
+        idx, dist = vqfast.ops.nearest_code(torch.randn(8, 64), torch.randn(512, 64))
+    """
+    name = _check(x, codebook, metric, backend, "nearest_code")
+    lead = x.shape[:-1]
+    idx, dist = _nearest_code_op(x.detach().reshape(-1, x.shape[-1]).contiguous(), codebook.detach(), metric, name)
+    return idx.reshape(lead), dist.reshape(lead)
+
+
+class _QuantizeFields(NamedTuple):
+    z_q: torch.Tensor
+    indices: torch.Tensor
+    commit_loss: torch.Tensor
+
+
+class QuantizeOutput(_QuantizeFields):
+    """(z_q, indices, commit_loss); `.codebook_loss` is the codebook term when the
+    codebook requires grad (learned by gradient), else None."""
+
+    codebook_loss: torch.Tensor | None = None
+
+
+def quantize(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2",
+             backend: str = "auto") -> QuantizeOutput:
+    """Quantize with a straight-through gradient; search and gather fused.
+
+    x [..., d], codebook [K, d] -> QuantizeOutput(z_q [..., d] in x's dtype,
+    indices [...], commit_loss = mean((x - sg(c))^2)), plus `.codebook_loss` =
+    mean((sg(x) - c)^2) when codebook.requires_grad.
+
+        z_q, idx, commit = vqfast.ops.quantize(x, codebook)
+    """
+    name = _check(x, codebook, metric, backend, "quantize")
+    flat = x.reshape(-1, x.shape[-1])
+    codes, idx = _quantize_op(flat.detach().contiguous(), codebook, metric, name)
+    codes = codes.reshape(x.shape)
+    commit = F.mse_loss(x.float(), codes.detach().float())
+    out = QuantizeOutput(x + (codes - x).detach(), idx.reshape(x.shape[:-1]), commit)
+    if codebook.requires_grad:
+        out.codebook_loss = F.mse_loss(x.detach().float(), codes.float())
+    return out

@@ -1,0 +1,58 @@
+"""`python -m vqfast bench --quick`: each op's time per backend beside its reference
+and the machine's fp32 GEMM ceiling, all measured in this run. Ratios, not absolute
+times, are what compare across machines."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+from vqfast import _backend
+from vqfast import ops
+from vqfast.ops.nearest_code import HAS as NEAREST_CODE_HAS
+
+
+def median_time(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Median seconds of fn() after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def gemm_flops(n: int = 1024, dtype=torch.float32) -> float:
+    """Measured FLOP/s of an n x n x n matmul: the machine's ceiling for GEMM-bound ops."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n ** 3 / median_time(lambda: a @ b)
+
+
+def _cases(quick: bool):
+    """(op name, backends it has, flops, {backend: callable}) for each benchmarked op."""
+    n, k, d = (4096, 512, 128) if quick else (16384, 1024, 256)
+    x, cb = torch.randn(n, d), torch.randn(k, d)
+    yield ("nearest_code", NEAREST_CODE_HAS, 2 * n * k * d,
+           lambda b: (lambda: ops.nearest_code(x, cb, backend=b)), f"N={n} K={k} d={d}")
+
+
+def run(quick: bool = True) -> list[dict]:
+    """Time every op on every usable CPU backend; returns rows and prints a table."""
+    ceiling = gemm_flops()
+    rows = []
+    for name, has, flops, make, shape in _cases(quick):
+        ref_t = median_time(make("reference"), repeats=3)
+        for b in ("reference",) + tuple(h for h in has if h == "cpu" and _backend.backends()["cpu"]["available"]):
+            t = ref_t if b == "reference" else median_time(make(b))
+            rows.append({"op": name, "shape": shape, "backend": b, "ms": 1e3 * t,
+                         "speedup_vs_reference": ref_t / t,
+                         "fraction_of_gemm": flops / t / ceiling if flops else float("nan")})
+    print(f"machine fp32 GEMM: {ceiling / 1e9:.1f} GFLOP/s, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'op':<16}{'shape':<24}{'backend':<11}{'ms':>9}{'x ref':>8}{'of GEMM':>9}")
+    for r in rows:
+        print(f"{r['op']:<16}{r['shape']:<24}{r['backend']:<11}{r['ms']:>9.2f}"
+              f"{r['speedup_vs_reference']:>8.1f}{r['fraction_of_gemm']:>9.2f}")
+    return rows
