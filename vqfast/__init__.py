@@ -6,7 +6,9 @@ are built here.
 """
 from vqfast._backend import BackendUnavailableError, backends
 from vqfast import ops, reference
+from vqfast import quantizers
+from vqfast.quantizers.clustering import kmeans
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailableError", "backends", "ops", "reference", "__version__"]
+__all__ = ["BackendUnavailableError", "backends", "kmeans", "ops", "quantizers", "reference", "__version__"]
