@@ -10,7 +10,7 @@ from vqfast import _backend
 from vqfast.ops import _validate
 from vqfast.reference import nearest_code as ref
 
-HAS = ("cpu",)  # backends with a nearest_code kernel besides the reference
+HAS = ("cpu", "triton")  # backends with a nearest_code kernel besides the reference
 _METRIC_ID = {"l2": 0, "cosine": 1}
 
 
@@ -29,6 +29,9 @@ def _run(x: torch.Tensor, codebook: torch.Tensor, metric: str, backend: str) -> 
     cb = search_codebook(codebook, metric)
     if backend == "cpu":
         return torch.ops.vqfast_cpu.nearest_code(x, cb, _METRIC_ID[metric])
+    if backend == "triton":
+        from vqfast.triton_kernels.nearest_code import nearest_code_triton
+        return nearest_code_triton(x, cb, metric, codebook)
     raise AssertionError(f"unreachable backend {backend}")
 
 
@@ -46,6 +49,9 @@ def _(x, codebook, metric, backend):
 
 @torch.library.custom_op("vqfast::quantize", mutates_args=())
 def _quantize_op(x: torch.Tensor, codebook: torch.Tensor, metric: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "triton":  # gather fused into the search kernel
+        from vqfast.triton_kernels.nearest_code import quantize_triton
+        return quantize_triton(x, search_codebook(codebook, metric), metric, codebook)
     idx, _ = _run(x, codebook, metric, backend)
     return codebook.index_select(0, idx).to(x.dtype), idx
 

@@ -1,0 +1,171 @@
+"""Pieces shared by the Triton search kernels: the tiled running argmin over a
+codebook, row statistics, and how a launcher lays out the codebook for tl.dot.
+
+Exactness (the index semantics of vqfast.reference.nearest_code, ties -> lowest index):
+- fp32 x: tl.dot with input_precision="ieee" (no TF32), fp32 accumulation.
+- fp16/bf16 x: tl.dot on the half operands with fp32 accumulation. A product of two
+  halves is exact in fp32, so this is the fp32 dot of the upcast values up to the
+  order of the sums. The codebook must then be a half too: when the fp32 search
+  codebook is exactly a half (l2 with a codebook in x's dtype) it is used as is;
+  otherwise (cosine, whose codes are normalized in fp32, or a bf16 x with a codebook
+  of another dtype) it is split into hi + lo halves, dot(x, hi) + dot(x, lo), which
+  keeps 16 of its 24 mantissa bits (relative error < 2^-16). An fp16 x with a
+  codebook of another dtype (whose codes may not fit fp16's range) runs in fp32.
+- Under TRITON_INTERPRET=1 every operand is upcast after loading (the interpreter's
+  bf16 arithmetic is wrong) and dots are summed in fp64 (see _dot); the hi/lo
+  layout is kept, so the same kernels run, only the dot's input type differs.
+Scores are c_sq - 2 x.c (l2) or -x.c (cosine, codes pre-normalized); a NaN score
+never wins; a row of x that is not finite gets idx 0 and dist NaN.
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_DOT_F64 = tl.constexpr(INTERPRET)  # read inside @triton.jit, so a constexpr
+
+
+@triton.jit
+def load_rows(X, rows, row_mask, stride_n, stride_d, D, BLOCK_D: tl.constexpr):
+    """Rows `rows` of X [N, D] -> tile [BLOCK_N, BLOCK_D] in X's dtype (zero padded)."""
+    dcol = tl.arange(0, BLOCK_D)
+    ptr = X + rows.to(tl.int64)[:, None] * stride_n + dcol[None, :] * stride_d
+    return tl.load(ptr, mask=row_mask[:, None] & (dcol[None, :] < D), other=0.0)
+
+
+@triton.jit
+def row_stats(xf):
+    """fp32 tile [BLOCK_N, BLOCK_D] -> (||x||^2 [BLOCK_N], all-finite flag [BLOCK_N])."""
+    n_bad = tl.sum(tl.where(tl.abs(xf) < float("inf"), 0, 1), axis=1)  # NaN fails the test too
+    return tl.sum(xf * xf, axis=1), n_bad == 0
+
+
+@triton.jit
+def _dot(a, b):
+    """a [M, D] @ b [D, K] with fp32 accumulation (no TF32). The interpreter's tl.dot is a
+    BLAS GEMM whose rounding depends on the column, which would break exact ties
+    between equal codes; there the sums run in fp64 and round once to fp32."""
+    if _DOT_F64:
+        return tl.dot(a.to(tl.float64), b.to(tl.float64), out_dtype=tl.float64).to(tl.float32)
+    return tl.dot(a, b, input_precision="ieee", out_dtype=tl.float32)
+
+
+@triton.jit
+def argmin_codes(xt, C_HI, C_LO, C_SQ, K, stride_c, D,
+                 IS_L2: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Running argmin of xt [BLOCK_N, BLOCK_D] over codes 0..K of C_HI (+ C_LO) [K, D].
+
+    Returns (best score [BLOCK_N] fp32, its code index [BLOCK_N] int32); a row whose
+    every score is +inf or NaN keeps index 0. K may be 0 (nothing searched).
+    """
+    dcol = tl.arange(0, BLOCK_D)
+    best = tl.full([BLOCK_N], float("inf"), tl.float32)
+    best_i = tl.zeros([BLOCK_N], tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        codes = k0 + tl.arange(0, BLOCK_K)
+        kmask = codes < K
+        offs = codes.to(tl.int64)[None, :] * stride_c + dcol[:, None]
+        cmask = kmask[None, :] & (dcol[:, None] < D)
+        ct = tl.load(C_HI + offs, mask=cmask, other=0.0)  # [BLOCK_D, BLOCK_K]
+        if DOT_F32:
+            ct = ct.to(tl.float32)
+        dots = _dot(xt, ct)
+        if SPLIT:
+            cl = tl.load(C_LO + offs, mask=cmask, other=0.0)
+            if DOT_F32:
+                cl = cl.to(tl.float32)
+            dots += _dot(xt, cl)
+        if IS_L2:
+            c_sq = tl.load(C_SQ + codes, mask=kmask, other=0.0)
+            s = c_sq[None, :] - 2.0 * dots
+        else:
+            s = -dots
+        s = tl.where(kmask[None, :] & (s == s), s, float("inf"))
+        m, i = tl.min(s, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        take = m < best  # strict: a tie with an earlier tile keeps the lower index
+        best = tl.where(take, m, best)
+        best_i = tl.where(take, i + k0, best_i)
+    return best, best_i
+
+
+@triton.jit
+def score_to_dist(best, x_sq, IS_L2: tl.constexpr):
+    """Best score -> distance: ||x - c||^2 (clamped at 0) or 1 - cos(x, c)."""
+    if IS_L2:
+        return tl.maximum(x_sq + best, 0.0)
+    return 1.0 + tl.div_rn(best, tl.maximum(tl.sqrt_rn(x_sq), 1e-12))
+
+
+@triton.jit
+def gather_rows(SRC, idx, row_mask, stride_src, D, BLOCK_D: tl.constexpr):
+    """Rows idx [BLOCK_N] of SRC [K, D] -> tile [BLOCK_N, BLOCK_D] in SRC's dtype."""
+    dcol = tl.arange(0, BLOCK_D)
+    ptr = SRC + idx.to(tl.int64)[:, None] * stride_src + dcol[None, :]
+    return tl.load(ptr, mask=row_mask[:, None] & (dcol[None, :] < D), other=0.0)
+
+
+@triton.jit
+def fp32_to_bf16(f):
+    """Round-to-nearest-even fp32 -> bf16 in integer ops: the interpreter's own cast
+    truncates; on a GPU this gives the same bits as the hardware conversion."""
+    u = f.to(tl.uint32, bitcast=True)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return tl.where(f == f, r, float("nan"))
+
+
+@triton.jit
+def store_rows(DST, tile, rows, row_mask, stride_n, D, BLOCK_D: tl.constexpr):
+    """tile [BLOCK_N, BLOCK_D] -> rows `rows` of DST [N, D], cast to DST's dtype."""
+    dcol = tl.arange(0, BLOCK_D)
+    ptr = DST + rows.to(tl.int64)[:, None] * stride_n + dcol[None, :]
+    if DST.dtype.element_ty == tl.bfloat16 and tile.dtype != tl.bfloat16:
+        out = fp32_to_bf16(tile.to(tl.float32))
+    else:
+        out = tile.to(DST.dtype.element_ty)
+    tl.store(ptr, out, mask=row_mask[:, None] & (dcol[None, :] < D))
+
+
+class SearchCodebook(NamedTuple):
+    """A codebook laid out for argmin_codes: hi (+ lo) parts, squared norms, flags."""
+
+    hi: torch.Tensor
+    lo: torch.Tensor  # == hi when not split (never read then)
+    sq: torch.Tensor
+    split: bool
+    dot_f32: bool
+
+
+def layout(cb: torch.Tensor, x_dtype: torch.dtype, metric: str, source_dtype: torch.dtype) -> SearchCodebook:
+    """cb [K, d] fp32 (normalized for cosine, as ops.nearest_code.search_codebook gives)."""
+    sq = cb.square().sum(1).contiguous()
+    if x_dtype == torch.float32 or (x_dtype == torch.float16 and metric == "l2" and source_dtype != x_dtype):
+        return SearchCodebook(cb, cb, sq, False, True)
+    hi = cb.to(x_dtype)
+    if metric == "l2" and source_dtype == x_dtype:  # the fp32 codes came from x's dtype: exact
+        return SearchCodebook(hi, hi, sq, False, INTERPRET)
+    lo = (cb - hi.float()).to(x_dtype)
+    return SearchCodebook(hi, lo, sq, True, INTERPRET)
+
+
+class Blocks(NamedTuple):
+    n: int
+    k: int
+    d: int
+    warps: int
+
+
+def blocks(n_rows: int, n_codes: int, d: int) -> Blocks:
+    """Tile sizes: the whole (padded) row in one tile; big tiles under the interpreter,
+    where each program instance costs about a millisecond whatever its size."""
+    block_d = max(16, triton.next_power_of_2(d))
+    if INTERPRET:
+        return Blocks(max(16, min(256, triton.next_power_of_2(max(n_rows, 1)))),
+                      max(16, min(512, triton.next_power_of_2(n_codes))), block_d, 4)
+    block_n = 64 if block_d <= 128 else 32 if block_d <= 512 else 16
+    return Blocks(block_n, 64, block_d, 4 if block_d <= 128 else 8)
