@@ -14,17 +14,25 @@ SHAPES = [pytest.param(1, 1, 3, id="N1-K1-d3"), pytest.param(37, 5, 3, id="small
           pytest.param(301, 257, 257, id="odd"), pytest.param(130, 1100, 64, id="K-over-tile")]
 
 
-def check_indices(x, codebook, idx, dist, metric):
-    """Exact where the oracle's best-vs-second margin is clear; else the chosen code is as near."""
+def check_nearest(x, codebook, idx, metric):
+    """Exact where the oracle's best-vs-second margin is clear; else the chosen code is as near.
+
+    Returns the oracle's distance of the chosen codes (float64) and the tolerance used."""
     d = ref.code_distances(x.reshape(-1, x.shape[-1]), codebook, metric)
     best2 = d.topk(min(2, d.shape[1]), dim=1, largest=False).values
     tol = 1e-3 * (1 + best2[:, 0].abs()) if x.dtype == torch.float32 else 2e-2 * (1 + best2[:, 0].abs())
     ref_idx, _ = ref.nearest_code(x, codebook, metric)
     clear = (best2[:, -1] - best2[:, 0]) > tol if d.shape[1] > 1 else torch.ones_like(tol, dtype=torch.bool)
     idx, ref_idx = idx.reshape(-1), ref_idx.reshape(-1)
+    assert idx.min() >= 0 and idx.max() < codebook.shape[0]
     assert torch.equal(idx[clear], ref_idx[clear])
     chosen = d.gather(1, idx[:, None]).squeeze(1)
     assert torch.all(chosen <= best2[:, 0] + tol)
+    return chosen, tol
+
+
+def check_indices(x, codebook, idx, dist, metric):
+    chosen, tol = check_nearest(x, codebook, idx, metric)
     torch.testing.assert_close(dist.reshape(-1).double(), chosen, atol=float(tol.max()), rtol=1e-3)
 
 

@@ -1,5 +1,8 @@
 """Public functional ops: each validates its arguments, picks a backend and runs it."""
+from vqfast.ops.dual_codebook import DualCodebookOutput, dual_codebook_quantize
 from vqfast.ops.ema import ema_statistics, ema_update_
 from vqfast.ops.nearest_code import QuantizeOutput, nearest_code, quantize
+from vqfast.ops.residual import ResidualQuantizeOutput, residual_quantize
 
-__all__ = ["QuantizeOutput", "ema_statistics", "ema_update_", "nearest_code", "quantize"]
+__all__ = ["DualCodebookOutput", "QuantizeOutput", "ResidualQuantizeOutput", "dual_codebook_quantize",
+           "ema_statistics", "ema_update_", "nearest_code", "quantize", "residual_quantize"]

@@ -1,0 +1,114 @@
+"""dual_codebook_quantize (DESIGN.md op 3, PUT Sec. 2-3): validation, dispatch, autograd."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from vqfast import _backend
+from vqfast.ops import _validate
+from vqfast.ops.nearest_code import _METRIC_ID, search_codebook
+from vqfast.reference import nearest_code as ref_nc
+
+HAS = ("cpu",)  # backends with a dual_codebook_quantize kernel besides the reference
+
+
+def _run(x: torch.Tensor, visible: torch.Tensor, e: torch.Tensor, e2: torch.Tensor, metric: str,
+         backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [N, d] contiguous, visible [N] bool -> codes [N, d] (x's dtype), idx [N] (masked rows offset by K)."""
+    if backend == "reference":
+        idx_v, _ = ref_nc.nearest_code(x, e, metric)
+        idx_m, _ = ref_nc.nearest_code(x, e2, metric)
+        codes = torch.where(visible[:, None], e.index_select(0, idx_v).to(x.dtype),
+                            e2.index_select(0, idx_m).to(x.dtype))
+        return codes, torch.where(visible, idx_v, idx_m + e.shape[0])
+    if backend == "cpu":
+        idx = torch.empty(x.shape[0], dtype=torch.long)
+        codes = torch.empty_like(x)
+        for sel, cb, off in ((visible, e, 0), (~visible, e2, e.shape[0])):
+            k, _ = torch.ops.vqfast_cpu.nearest_code(x[sel].contiguous(), search_codebook(cb, metric), _METRIC_ID[metric])
+            idx[sel] = k + off
+            codes[sel] = cb.index_select(0, k).to(x.dtype)
+        return codes, idx
+    raise AssertionError(f"unreachable backend {backend}")
+
+
+@torch.library.custom_op("vqfast::dual_codebook_quantize", mutates_args=())
+def _dual_op(x: torch.Tensor, visible: torch.Tensor, e: torch.Tensor, e2: torch.Tensor, metric: str,
+             backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    codes, idx = _run(x, visible, e, e2, metric, backend)
+    return codes, idx
+
+
+@_dual_op.register_fake
+def _(x, visible, e, e2, metric, backend):
+    return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=torch.long)
+
+
+def _dual_setup(ctx, inputs, output):
+    _, visible, e, e2, _, _ = inputs
+    ctx.shapes = (e.shape, e.dtype, e2.shape, e2.dtype)
+    ctx.save_for_backward(visible, output[1])
+
+
+def _dual_backward(ctx, grad_codes, _grad_idx):
+    visible, idx = ctx.saved_tensors
+    e_shape, e_dtype, e2_shape, e2_dtype = ctx.shapes
+    g = grad_codes.float()
+    grad_e = g.new_zeros(e_shape).index_add_(0, idx[visible], g[visible])
+    grad_e2 = g.new_zeros(e2_shape).index_add_(0, idx[~visible] - e_shape[0], g[~visible])
+    return None, None, grad_e.to(e_dtype), grad_e2.to(e2_dtype), None, None
+
+
+_dual_op.register_autograd(_dual_backward, setup_context=_dual_setup)
+
+
+class _DualFields(NamedTuple):
+    indices: torch.Tensor
+    z_q: torch.Tensor
+
+
+class DualCodebookOutput(_DualFields):
+    """(indices, z_q); `.commit_loss` = mean((x - sg(c))^2) always, `.codebook_loss` =
+    mean((sg(x) - c)^2) when e or e2 requires grad, else None."""
+
+    commit_loss: torch.Tensor | None = None
+    codebook_loss: torch.Tensor | None = None
+
+
+def _check(x, visible, e, e2, metric, backend) -> str:
+    _validate.tensor("x", x, min_dim=1)
+    _validate.codebook("e", e, x.shape[-1])
+    _validate.codebook("e2", e2, x.shape[-1])
+    _validate.metric(metric)
+    _validate.tensor("visible", visible, dtypes=(torch.bool,))
+    if visible.shape != x.shape[:-1]:
+        raise ValueError(f"visible must have shape x.shape[:-1] = {tuple(x.shape[:-1])}, "
+                         f"got {tuple(visible.shape)}")
+    device = _validate.same_device(x=x, visible=visible, e=e, e2=e2)
+    return _backend.resolve("dual_codebook_quantize", backend, device, has=HAS)
+
+
+def dual_codebook_quantize(x: torch.Tensor, visible: torch.Tensor, e: torch.Tensor, e2: torch.Tensor, *,
+                           metric: str = "l2", backend: str = "auto") -> DualCodebookOutput:
+    """Quantize visible rows with e and masked rows with e2 in one pass (PUT's dual codebook).
+
+    x [..., d], visible [...] bool, e [K, d], e2 [K2, d] -> DualCodebookOutput(
+    indices [...] int64 (visible: in [0, K); masked: nearest e2 code + K, in [K, K + K2)),
+    z_q [..., d] in x's dtype with a straight-through gradient), plus `.commit_loss`
+    and `.codebook_loss` (see DualCodebookOutput). Ties go to the lowest index; a row
+    with NaN/inf takes code 0 of its codebook (as nearest_code).
+
+        idx, z_q = vqfast.ops.dual_codebook_quantize(x, visible, e, e2)
+    """
+    name = _check(x, visible, e, e2, metric, backend)
+    d = x.shape[-1]
+    codes, idx = _dual_op(x.detach().reshape(-1, d).contiguous(), visible.reshape(-1).contiguous(),
+                          e, e2, metric, name)
+    codes = codes.reshape(x.shape)
+    out = DualCodebookOutput(idx.reshape(x.shape[:-1]), x + (codes - x).detach())
+    out.commit_loss = F.mse_loss(x.float(), codes.detach().float())
+    if e.requires_grad or e2.requires_grad:
+        out.codebook_loss = F.mse_loss(x.detach().float(), codes.float())
+    return out
