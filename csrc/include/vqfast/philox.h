@@ -1,0 +1,127 @@
+// vqfast's counter-based noise, shared by every CPU and CUDA kernel and mirrored bit for
+// bit by vqfast/reference/random.py (PyTorch) and triton_kernels/random.py (Triton).
+//
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11):
+//   key   = (k0, k1)     = the 64-bit call key (low word, high word), from vqfast/_random.py
+//   ctr   = (c0, c1, c2, c3) = (block lo32, block hi32, stream, 0), block = element >> 2
+//   word  = philox(ctr, key)[element & 3]
+// so element i of stream s is a pure function of (key, s, i): every backend, thread
+// and tile order draws the same numbers.
+//
+// Noise from a 32-bit word w (float32 throughout, IEEE round-to-nearest, no FMA):
+//   uniform(w) = (2 * (w >> 9) + 1) * 2^-24      in [2^-24, 1 - 2^-24], exact
+//   gumbel(w)  = -log(-log(uniform(w)))           log = vqfast::log_f32 below
+// log_f32 is a fixed sequence of float32 + - * (Cephes logf polynomial), so the three
+// implementations agree bit for bit as long as no compiler contracts a*b+c into an FMA:
+// C++ files that use it are compiled with fp-contract off (see VQFAST_NO_FP_CONTRACT),
+// Triton launches pass enable_fp_fusion=False.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#include "vqfast/macros.h"
+
+namespace vqfast {
+namespace philox {
+
+constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;  // round multipliers
+constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;  // key increments (Weyl)
+constexpr int kRounds = 10;
+
+struct Words {
+  uint32_t w[4];
+};
+
+// Philox4x32-10 of one counter under one key.
+VQFAST_HD Words philox4x32(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r) {
+    const uint64_t p0 = static_cast<uint64_t>(kM0) * c0;
+    const uint64_t p1 = static_cast<uint64_t>(kM1) * c2;
+    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+    k0 += kW0;
+    k1 += kW1;
+  }
+  return Words{{c0, c1, c2, c3}};
+}
+
+// The 4 words of block `block` (elements 4*block .. 4*block+3) of `stream`.
+VQFAST_HD Words block_words(uint64_t key, uint32_t stream, uint64_t block) {
+  return philox4x32(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), stream, 0u,
+                    static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32));
+}
+
+// The word of element `i` of `stream` (one Philox call; kernels that walk consecutive
+// elements should call block_words once per 4 elements instead).
+VQFAST_HD uint32_t element_word(uint64_t key, uint32_t stream, uint64_t i) {
+  return block_words(key, stream, i >> 2).w[i & 3];
+}
+
+}  // namespace philox
+
+VQFAST_HD float bits_to_float(uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(b);
+#else
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+#endif
+}
+
+VQFAST_HD uint32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  return b;
+#endif
+}
+
+// uniform in (0, 1) from the top 23 bits of w: an odd multiple of 2^-24 (exact in fp32).
+VQFAST_HD float uniform_from_word(uint32_t w) {
+  return static_cast<float>(static_cast<int32_t>(((w >> 9) << 1) | 1u)) * 5.9604644775390625e-08f;
+}
+
+// Natural log of a positive normal float32 (Cephes logf: range reduction to
+// m in [sqrt(1/2), sqrt(2)), degree-8 polynomial, ln2 split in two). Max error ~1 ulp.
+// Branch-free so the CPU loops vectorize; the reference and Triton copies do the
+// same operations in the same order.
+VQFAST_HD float log_f32(float x) {
+  const uint32_t b = float_to_bits(x);
+  int32_t e = static_cast<int32_t>((b >> 23) & 0xffu) - 127;
+  float m = bits_to_float((b & 0x007fffffu) | 0x3f800000u);  // [1, 2)
+  const bool big = m > 1.41421356f;
+  m = big ? m * 0.5f : m;
+  e = big ? e + 1 : e;
+  const float f = m - 1.0f;
+  const float z = f * f;
+  float p = 7.0376836292e-2f;
+  p = p * f + -1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f + -1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f + -1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f + -2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  const float fe = static_cast<float>(e);
+  float y = f * z * p;
+  y = y + fe * -2.12194440e-4f;
+  y = y + z * -0.5f;
+  float r = f + y;
+  r = r + fe * 0.693359375f;
+  return r;
+}
+
+VQFAST_HD float gumbel_from_word(uint32_t w) {
+  return -log_f32(-log_f32(uniform_from_word(w)));
+}
+
+}  // namespace vqfast

@@ -1,0 +1,119 @@
+"""vqfast's counter-based noise in Triton, bit-exact with csrc/include/vqfast/philox.h and
+vqfast/reference/random.py (scheme documented in vqfast/_random.py).
+
+Kernels receive the 64-bit key as two int32 bit patterns (`split_key`) and must be
+launched with enable_fp_fusion=False so `log_f32` is not contracted into FMAs.
+"""
+import triton
+import triton.language as tl
+
+_M0: tl.constexpr = 0xD2511F53
+_M1: tl.constexpr = 0xCD9E8D57
+_W0: tl.constexpr = 0x9E3779B9
+_W1: tl.constexpr = 0xBB67AE85
+
+
+def split_key(key: int) -> tuple[int, int]:
+    """64-bit key -> (lo, hi) 32-bit words as signed int32 bit patterns (kernel arguments)."""
+    lo, hi = key & 0xFFFFFFFF, (key >> 32) & 0xFFFFFFFF
+    return (lo - (1 << 32) if lo >= (1 << 31) else lo), (hi - (1 << 32) if hi >= (1 << 31) else hi)
+
+
+@triton.jit
+def philox4x32(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 of uint32 counters under uint32 key words."""
+    for _ in tl.static_range(10):
+        hi0 = tl.umulhi(c0, _M0)
+        lo0 = c0 * _M0
+        hi1 = tl.umulhi(c2, _M1)
+        lo1 = c2 * _M1
+        c0 = hi1 ^ c1 ^ k0
+        c1 = lo1
+        c2 = hi0 ^ c3 ^ k1
+        c3 = lo0
+        k0 = k0 + _W0
+        k1 = k1 + _W1
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def element_words(key_lo, key_hi, stream, index):
+    """uint32 words of elements `index` (int64 tensor, >= 0) of `stream` (int scalar)."""
+    # to_tensor: a key word or stream equal to 1 arrives as a constexpr (Triton specializes it)
+    k0 = tl.to_tensor(key_lo).to(tl.uint32, bitcast=True)
+    k1 = tl.to_tensor(key_hi).to(tl.uint32, bitcast=True)
+    block = index >> 2
+    c0 = (block & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (block >> 32).to(tl.uint32)
+    c2 = (tl.zeros_like(index) + stream).to(tl.uint32)
+    c3 = tl.zeros_like(c0)
+    w0, w1, w2, w3 = philox4x32(c0, c1, c2, c3, k0, k1)
+    lane = index & 3
+    return tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
+
+
+@triton.jit
+def uniform_from_words(w):
+    """uint32 words -> float32 (2*(w>>9)+1) * 2^-24, exactly."""
+    return (((w >> 9) << 1) | 1).to(tl.float32) * 5.9604644775390625e-08
+
+
+@triton.jit
+def log_f32(x):
+    """Natural log of positive normal float32 values: the same float32 operations as vqfast::log_f32."""
+    b = x.to(tl.uint32, bitcast=True)
+    e = ((b >> 23) & 0xFF).to(tl.int32) - 127
+    m = ((b & 0x007FFFFF) | 0x3F800000).to(tl.float32, bitcast=True)
+    big = m > 1.41421356
+    m = tl.where(big, m * 0.5, m)
+    e = tl.where(big, e + 1, e)
+    f = m - 1.0
+    z = f * f
+    p = tl.zeros_like(f) + 7.0376836292e-2
+    p = p * f + -1.1514610310e-1
+    p = p * f + 1.1676998740e-1
+    p = p * f + -1.2420140846e-1
+    p = p * f + 1.4249322787e-1
+    p = p * f + -1.6668057665e-1
+    p = p * f + 2.0000714765e-1
+    p = p * f + -2.4999993993e-1
+    p = p * f + 3.3333331174e-1
+    fe = e.to(tl.float32)
+    y = f * z * p
+    y = y + fe * -2.12194440e-4
+    y = y + z * -0.5
+    r = f + y
+    return r + fe * 0.693359375
+
+
+@triton.jit
+def gumbel_from_words(w):
+    """uint32 words -> float32 standard Gumbel noise -log(-log(u))."""
+    return -log_f32(-log_f32(uniform_from_words(w)))
+
+
+@triton.jit
+def _noise_kernel(OUT, key_lo, key_hi, stream, start, n, KIND: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    w = element_words(key_lo, key_hi, stream, start + offs.to(tl.int64))
+    if KIND == 0:
+        tl.store(OUT + offs, w.to(tl.int64), mask=offs < n)
+    elif KIND == 1:
+        tl.store(OUT + offs, uniform_from_words(w), mask=offs < n)
+    else:
+        tl.store(OUT + offs, gumbel_from_words(w), mask=offs < n)
+
+
+def noise_triton(key: int, stream: int, start: int, n: int, kind: str, device) -> "torch.Tensor":
+    """Elements start..start+n-1 of a stream as "words" (int64), "uniform" or "gumbel" (float32)."""
+    import torch
+
+    kind_id = {"words": 0, "uniform": 1, "gumbel": 2}[kind]
+    out = torch.empty(n, dtype=torch.int64 if kind_id == 0 else torch.float32, device=device)
+    if n == 0:
+        return out
+    block = 1024
+    lo, hi = split_key(key)
+    _noise_kernel[(triton.cdiv(n, block),)](out, lo, hi, stream, start, n, KIND=kind_id, BLOCK=block,
+                                            enable_fp_fusion=False)
+    return out
