@@ -143,6 +143,7 @@ class SearchCodebook(NamedTuple):
 
 def layout(cb: torch.Tensor, x_dtype: torch.dtype, metric: str, source_dtype: torch.dtype) -> SearchCodebook:
     """cb [K, d] fp32 (normalized for cosine, as ops.nearest_code.search_codebook gives)."""
+    cb = cb.contiguous()  # the kernels assume unit stride along d
     sq = cb.square().sum(1).contiguous()
     if x_dtype == torch.float32 or (x_dtype == torch.float16 and metric == "l2" and source_dtype != x_dtype):
         return SearchCodebook(cb, cb, sq, False, True)

@@ -12,7 +12,7 @@ from vqfast.ops.nearest_code import _METRIC_ID, search_codebook
 from vqfast.reference import nearest_code as ref_nc
 from vqfast.reference.residual import level_codebooks
 
-HAS = ("cpu",)  # backends with a residual_quantize kernel besides the reference
+HAS = ("cpu", "triton")  # backends with a residual_quantize kernel besides the reference
 
 
 def _run(x: torch.Tensor, codebook: torch.Tensor, depth: int, metric: str,
@@ -35,6 +35,11 @@ def _run(x: torch.Tensor, codebook: torch.Tensor, depth: int, metric: str,
             r, total = r - c, total + c
             idx.append(k)
         return total.to(x.dtype), torch.stack(idx, dim=1)
+    if backend == "triton":
+        from vqfast.triton_kernels.residual import residual_quantize_triton
+        cb = (search_codebook(codebook, metric) if codebook.dim() == 2
+              else torch.stack([search_codebook(c, metric) for c in codebook]))
+        return residual_quantize_triton(x, cb, codebook, depth, metric)
     raise AssertionError(f"unreachable backend {backend}")
 
 
