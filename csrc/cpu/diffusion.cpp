@@ -1,0 +1,395 @@
+// Discrete-diffusion posterior on the CPU (DESIGN.md op 10; VQ-DDM seed Sec. 3.1,
+// eqs. 16-24): log-probs, Gumbel-max sample and the VLB KL with its backward, one task
+// per position (at::parallel_for), math in vqfast/diffusion_math.h. Each position reads
+// its K logits from memory once; the later passes over the row hit the cache. Extra
+// memory is O(threads * K) scratch plus O(positions) outputs: no [B, L, K] temporaries.
+#pragma GCC optimize("fp-contract=off")  // gumbel_from_word must match the reference bit for bit
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "vqfast/diffusion_math.h"
+#include "vqfast/philox.h"
+
+namespace vqfast {
+namespace {
+
+using namespace diffusion;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// One row as float32: the input itself, or a converted copy in buf.
+template <typename T>
+const float* as_float(const T* x, int64_t K, float* buf) {
+#pragma omp simd
+  for (int64_t k = 0; k < K; ++k) buf[k] = static_cast<float>(x[k]);
+  return buf;
+}
+template <>
+const float* as_float<float>(const float* x, int64_t, float*) { return x; }
+
+struct RowLse {
+  float m, s, lse;
+  bool ok;  // no NaN or +inf, and at least one entry above -inf
+};
+
+RowLse row_lse(const float* x, int64_t K) {
+  float m = -INFINITY;
+  int bad = 0;
+#pragma omp simd reduction(max : m) reduction(| : bad)
+  for (int64_t k = 0; k < K; ++k) {
+    const float v = x[k];
+    m = v > m ? v : m;
+    bad |= !(v < INFINITY);  // NaN or +inf
+  }
+  if (bad || m == -INFINITY) return {m, 0.0f, kNaN, false};
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t k = 0; k < K; ++k) s += exp_f32(x[k] - m);
+  return {m, s, m + std::log(s), true};
+}
+
+// Per-row constants of the uniform posterior with x0 = softmax(x) (diffusion_math.h).
+struct UniformRow {
+  float a0, a1, lab, lc, ab, ck, lse, z;
+};
+
+UniformRow uniform_row(const float* c, const float* x, int64_t K, int64_t zt, const RowLse& r) {
+  UniformRow u{c[kA0], c[kA1], c[kLogAb], c[kLogC], c[kAb], c[kCK], r.lse, 0.0f};
+  const float b_zt = logaddexp_scalar(u.lab + (x[zt] - r.lse), u.lc);
+  const float rest_p = std::max(r.s - exp_f32(x[zt] - r.m), 0.0f) / r.s;  // 1 - p_{z_t}, no cancellation in p
+  u.z = uniform_log_norm(u.a0, u.a1, b_zt, u.ab * rest_p + u.ck * static_cast<float>(K - 1));
+  return u;
+}
+
+// Writes log q(z_{t-1} | z_t, x0) of one row into o [K'] (K' = K, or K + 1 absorbing).
+void posterior_row(const float* x, int64_t K, int64_t zt, const float* c, int64_t kind, const RowLse& r,
+                   float* o) {
+  if (kind == kUniform) {
+    const UniformRow u = uniform_row(c, x, K, zt, r);
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) {
+      const float b = logaddexp_f32(u.lab + (x[k] - u.lse), u.lc);
+      o[k] = ((k == zt ? u.a1 : u.a0) + b) - u.z;
+    }
+    return;
+  }
+  if (zt < K) {  // absorbing, unmasked: kept with certainty
+    std::fill(o, o + K + 1, -INFINITY);
+    o[zt] = 0.0f;
+    return;
+  }
+  const float lkeep = c[kLogKeep], lse = r.lse;
+#pragma omp simd
+  for (int64_t k = 0; k < K; ++k) o[k] = lkeep + (x[k] - lse);
+  o[K] = c[kLogMask];
+}
+
+int64_t grain(int64_t K) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)); }
+
+template <typename T>
+void logprobs_impl(const at::Tensor& x, const int64_t* zt, const float* coef, int64_t L, int64_t kind,
+                   float* out, float* lse) {
+  const int64_t N = x.size(0), K = x.size(1), Ks = K + (kind == kAbsorbing);
+  const T* xp = x.data_ptr<T>();
+  at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
+    std::vector<float> buf(std::is_same<T, float>::value ? 0 : K);
+    for (int64_t n = n0; n < n1; ++n) {
+      const float* row = as_float(xp + n * K, K, buf.data());
+      const RowLse r = row_lse(row, K);
+      lse[n] = r.lse;
+      float* o = out + n * Ks;
+      if (!r.ok) {
+        std::fill(o, o + Ks, kNaN);
+        continue;
+      }
+      posterior_row(row, K, zt[n], coef + (n / L) * kNumCoef, kind, r, o);
+    }
+  });
+}
+
+template <typename T>
+void sample_impl(const at::Tensor& x, const int64_t* zt, const float* coef, int64_t L, int64_t kind,
+                 uint64_t key, uint32_t stream, int64_t* out) {
+  const int64_t N = x.size(0), K = x.size(1), Ks = K + (kind == kAbsorbing);
+  const T* xp = x.data_ptr<T>();
+  at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
+    std::vector<float> buf(std::is_same<T, float>::value ? 0 : K), score(Ks);
+    std::vector<uint32_t> words(Ks + 8);
+    for (int64_t n = n0; n < n1; ++n) {
+      const int64_t j = zt[n];
+      if (kind == kAbsorbing && j < K) {  // unmasked tokens stay; no noise is used
+        out[n] = j;
+        continue;
+      }
+      const float* row = as_float(xp + n * K, K, buf.data());
+      const RowLse r = row_lse(row, K);
+      if (!r.ok) {
+        out[n] = -1;  // the caller reports the row
+        continue;
+      }
+      posterior_row(row, K, j, coef + (n / L) * kNumCoef, kind, r, score.data());
+      // Noise element e = n * K' + k is word (e & 3) of Philox block e >> 2.
+      const uint64_t e0 = static_cast<uint64_t>(n) * Ks, b0 = e0 >> 2;
+      const int64_t nb = static_cast<int64_t>(((e0 + Ks + 3) >> 2) - b0);
+      uint32_t* w = words.data();
+#pragma omp simd
+      for (int64_t q = 0; q < nb; ++q) {
+        const philox::Words pw = philox::block_words(key, stream, b0 + q);
+        w[4 * q] = pw.w[0];
+        w[4 * q + 1] = pw.w[1];
+        w[4 * q + 2] = pw.w[2];
+        w[4 * q + 3] = pw.w[3];
+      }
+      const uint32_t* wr = w + (e0 & 3);
+      float* s = score.data();
+      float best = -INFINITY;
+#pragma omp simd reduction(max : best)
+      for (int64_t k = 0; k < Ks; ++k) {
+        const float v = s[k] + gumbel_from_word(wr[k]);
+        s[k] = v;
+        best = v > best ? v : best;
+      }
+      int64_t arg = 0;
+      while (arg < Ks && !(s[arg] == best)) ++arg;  // first maximum: ties go to the lowest state
+      out[n] = arg < Ks ? arg : 0;
+    }
+  });
+}
+
+// Per-row constants of the uniform VLB (true x0 = i one-hot, prediction softmax(x)).
+struct UniformKl {
+  UniformRow p;
+  float zq, q_o, q_i, q_j, bq_i, b_i, b_j, lr;
+};
+
+UniformKl uniform_kl_row(const float* c, const float* x, int64_t K, int64_t i, int64_t j, const RowLse& r) {
+  UniformKl u;
+  u.p = uniform_row(c, x, K, j, r);
+  const float bq_i = logaddexp_scalar(u.p.lab, u.p.lc);  // log(ab + (1-ab)/K)
+  const float bq_j = i == j ? bq_i : u.p.lc;
+  const float restq = u.p.ck * static_cast<float>(K - 1) + (i == j ? 0.0f : u.p.ab);
+  u.zq = uniform_log_norm(u.p.a0, u.p.a1, bq_j, restq);
+  u.q_o = std::exp(u.p.a0 + u.p.lc - u.zq);
+  u.q_i = std::exp((i == j ? u.p.a1 : u.p.a0) + bq_i - u.zq);
+  u.q_j = i == j ? 0.0f : std::exp(u.p.a1 + u.p.lc - u.zq);
+  u.bq_i = bq_i;
+  u.b_i = logaddexp_scalar(u.p.lab + (x[i] - r.lse), u.p.lc);
+  u.b_j = logaddexp_scalar(u.p.lab + (x[j] - r.lse), u.p.lc);
+  u.lr = u.p.lab - u.p.lc;  // log(ab K / (1 - ab)); +inf at t = 1
+  return u;
+}
+
+// sigmoid(lr + y) = d B_k / d y_k (1 at t = 1, where B_k = y_k).
+inline float dprev(float lr, float y) {
+  float sp, sig;
+  softplus_sigmoid(lr + y, sp, sig);
+  return lr == INFINITY ? 1.0f : sig;
+}
+
+template <typename T>
+void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, const float* coef, int64_t L,
+                  int64_t kind, float* kl, float* stats) {
+  const int64_t N = x.size(0), K = x.size(1);
+  const T* xp = x.data_ptr<T>();
+  at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
+    std::vector<float> buf(std::is_same<T, float>::value ? 0 : K);
+    for (int64_t n = n0; n < n1; ++n) {
+      const float* c = coef + (n / L) * kNumCoef;
+      float* st = stats + 3 * n;
+      const int64_t i = x0[n], j = zt[n];
+      if (kind == kAbsorbing && j < K) {
+        kl[n] = 0.0f;
+        st[0] = st[1] = st[2] = 0.0f;
+        continue;
+      }
+      const float* row = as_float(xp + n * K, K, buf.data());
+      const RowLse r = row_lse(row, K);
+      st[0] = r.lse;
+      if (!r.ok) {
+        kl[n] = st[1] = st[2] = kNaN;
+        continue;
+      }
+      if (kind == kAbsorbing) {  // KL = -c log p(x0): both posteriors share the mask mass
+        kl[n] = -c[kKeep] * (row[i] - r.lse);
+        st[1] = st[2] = 0.0f;
+        continue;
+      }
+      const UniformKl u = uniform_kl_row(c, row, K, i, j, r);
+      // Sum over k not in {x0, z_t} of (lc - B_k) = -softplus(lr + y_k), and of sigmoid(lr + y_k).
+      float d = 0.0f, sig_o = 0.0f;
+      if (u.q_o > 0.0f) {
+        const float lr = u.lr, lse = r.lse;
+#pragma omp simd reduction(+ : d, sig_o)
+        for (int64_t k = 0; k < K; ++k) {
+          float sp, sig;
+          softplus_sigmoid(lr + (row[k] - lse), sp, sig);
+          const bool other = k != i && k != j;
+          d -= other ? sp : 0.0f;
+          sig_o += other ? sig : 0.0f;
+        }
+      }
+      float v = u.q_i * (u.bq_i - u.b_i) + (u.p.z - u.zq);
+      if (u.q_o > 0.0f) v += u.q_o * d;
+      if (u.q_j > 0.0f) v += u.q_j * (u.p.lc - u.b_j);
+      kl[n] = v;
+      // SG = sum_k dKL/dy_k, needed by the backward's softmax projection.
+      const float p_j = std::exp(row[j] - r.lse);
+      const float rest_p = std::max(r.s - exp_f32(row[j] - r.m), 0.0f) / r.s;
+      float sg = u.p.ab * std::exp(-u.p.z) * (std::exp(u.p.a0) * rest_p + std::exp(u.p.a1) * p_j);
+      sg -= u.q_i * dprev(u.lr, row[i] - r.lse);
+      if (u.q_j > 0.0f) sg -= u.q_j * dprev(u.lr, row[j] - r.lse);
+      if (u.q_o > 0.0f) sg -= u.q_o * sig_o;
+      st[1] = u.p.z;
+      st[2] = sg;
+    }
+  });
+}
+
+template <typename T>
+void vlb_bwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, const float* coef, int64_t L,
+                  int64_t kind, const float* stats, const float* gout, T* grad) {
+  const int64_t N = x.size(0), K = x.size(1);
+  const T* xp = x.data_ptr<T>();
+  at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
+    std::vector<float> buf(std::is_same<T, float>::value ? 0 : K);
+    for (int64_t n = n0; n < n1; ++n) {
+      const float* c = coef + (n / L) * kNumCoef;
+      const float* st = stats + 3 * n;
+      const int64_t i = x0[n], j = zt[n];
+      T* g = grad + n * K;
+      const float go = gout[n];
+      if ((kind == kAbsorbing && j < K) || go == 0.0f) {
+        std::fill(g, g + K, static_cast<T>(0.0f));
+        continue;
+      }
+      const float* row = as_float(xp + n * K, K, buf.data());
+      const float lse = st[0];
+      if (kind == kAbsorbing) {  // d(-c y_i)/dx = c (p - onehot_i)
+        const float ck = go * c[kKeep];
+#pragma omp simd
+        for (int64_t k = 0; k < K; ++k)
+          g[k] = static_cast<T>(ck * (exp_f32(row[k] - lse) - (k == i ? 1.0f : 0.0f)));
+        continue;
+      }
+      RowLse r{lse, 1.0f, lse, true};  // m = lse, s = 1: the same row constants as the forward
+      const UniformKl u = uniform_kl_row(c, row, K, i, j, r);
+      // dKL/dy_k = e^{A_k - Z} ab p_k - q_k sigmoid(lr + y_k); dKL/dx = dKL/dy - p * SG.
+      const float e0 = u.p.ab * std::exp(u.p.a0 - u.p.z), e1 = u.p.ab * std::exp(u.p.a1 - u.p.z);
+      const float sg = st[2], lr = u.lr, q_o = u.q_o, q_i = u.q_i, q_j = u.q_j;
+      const bool t1 = lr == INFINITY;
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) {
+        const float y = row[k] - lse;
+        const float p = exp_f32(y);
+        float sp, sig;
+        softplus_sigmoid(lr + y, sp, sig);
+        sig = t1 ? 1.0f : sig;
+        const float q = k == i ? q_i : (k == j ? q_j : q_o);
+        const float qs = q > 0.0f ? q * sig : 0.0f;
+        g[k] = static_cast<T>(go * (((k == j ? e1 : e0) * p - qs) - p * sg));
+      }
+    }
+  });
+}
+
+void check_common(const at::Tensor& x, const at::Tensor& zt, const at::Tensor& coef, int64_t L, int64_t kind) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "diffusion_cpu: log_x0 [N, K] contiguous expected");
+  TORCH_CHECK(zt.dim() == 1 && zt.size(0) == x.size(0) && zt.scalar_type() == at::kLong && zt.is_contiguous(),
+              "diffusion_cpu: z_t [N] int64 expected");
+  TORCH_CHECK(coef.dim() == 2 && coef.size(1) == kNumCoef && coef.scalar_type() == at::kFloat &&
+                  coef.is_contiguous() && L >= 1 && coef.size(0) * L == x.size(0),
+              "diffusion_cpu: coef [B, 6] fp32 with B * L == N expected");
+  TORCH_CHECK(kind == kUniform || kind == kAbsorbing, "diffusion_cpu: unknown transition kind");
+}
+
+#define VQFAST_DIFFUSION_DISPATCH(x, ...)                                        \
+  switch (x.scalar_type()) {                                                     \
+    case at::kFloat: { using scalar_t = float; __VA_ARGS__(); break; }           \
+    case at::kHalf: { using scalar_t = at::Half; __VA_ARGS__(); break; }         \
+    case at::kBFloat16: { using scalar_t = at::BFloat16; __VA_ARGS__(); break; } \
+    default: TORCH_CHECK(false, "diffusion_cpu: log_x0 must be fp32, fp16 or bf16"); \
+  }
+
+}  // namespace
+
+// log_x0 [N, K], z_t [N] int64, coef [B, 6] fp32 (N = B * L) -> (log-probs [N, K'] fp32, lse [N] fp32).
+std::tuple<at::Tensor, at::Tensor> diffusion_posterior_logprobs_cpu(const at::Tensor& x, const at::Tensor& zt,
+                                                                   const at::Tensor& coef, int64_t L,
+                                                                   int64_t kind) {
+  check_common(x, zt, coef, L, kind);
+  const int64_t N = x.size(0), Ks = x.size(1) + (kind == kAbsorbing);
+  auto out = at::empty({N, Ks}, x.options().dtype(at::kFloat));
+  auto lse = at::empty({N}, x.options().dtype(at::kFloat));
+  VQFAST_DIFFUSION_DISPATCH(x, [&] {
+    logprobs_impl<scalar_t>(x, zt.data_ptr<int64_t>(), coef.data_ptr<float>(), L, kind, out.data_ptr<float>(),
+                            lse.data_ptr<float>());
+  });
+  return {out, lse};
+}
+
+// -> z_{t-1} [N] int64 (-1 where a row of log_x0 is not finite).
+at::Tensor diffusion_posterior_sample_cpu(const at::Tensor& x, const at::Tensor& zt, const at::Tensor& coef,
+                                          int64_t L, int64_t kind, int64_t key, int64_t stream) {
+  check_common(x, zt, coef, L, kind);
+  auto out = at::empty({x.size(0)}, x.options().dtype(at::kLong));
+  VQFAST_DIFFUSION_DISPATCH(x, [&] {
+    sample_impl<scalar_t>(x, zt.data_ptr<int64_t>(), coef.data_ptr<float>(), L, kind, static_cast<uint64_t>(key),
+                          static_cast<uint32_t>(stream), out.data_ptr<int64_t>());
+  });
+  return out;
+}
+
+// -> (kl [N] fp32, stats [N, 3] fp32 = (lse, Z, SG) for the backward).
+std::tuple<at::Tensor, at::Tensor> diffusion_vlb_kl_cpu(const at::Tensor& x, const at::Tensor& zt,
+                                                       const at::Tensor& x0, const at::Tensor& coef, int64_t L,
+                                                       int64_t kind) {
+  check_common(x, zt, coef, L, kind);
+  TORCH_CHECK(x0.sizes() == zt.sizes() && x0.scalar_type() == at::kLong && x0.is_contiguous(),
+              "diffusion_cpu: x0 [N] int64 expected");
+  auto kl = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
+  auto stats = at::empty({x.size(0), 3}, x.options().dtype(at::kFloat));
+  VQFAST_DIFFUSION_DISPATCH(x, [&] {
+    vlb_fwd_impl<scalar_t>(x, zt.data_ptr<int64_t>(), x0.data_ptr<int64_t>(), coef.data_ptr<float>(), L, kind,
+                           kl.data_ptr<float>(), stats.data_ptr<float>());
+  });
+  return {kl, stats};
+}
+
+// grad [N] fp32 -> d loss / d log_x0 [N, K] in log_x0's dtype.
+at::Tensor diffusion_vlb_kl_backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& zt,
+                                         const at::Tensor& x0, const at::Tensor& coef, int64_t L, int64_t kind,
+                                         const at::Tensor& stats) {
+  check_common(x, zt, coef, L, kind);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0) && grad.scalar_type() == at::kFloat &&
+                  grad.is_contiguous() && stats.scalar_type() == at::kFloat && stats.is_contiguous() &&
+                  stats.numel() == 3 * x.size(0),
+              "diffusion_cpu: grad [N] fp32 and stats [N, 3] fp32 expected");
+  auto out = at::empty_like(x);
+  VQFAST_DIFFUSION_DISPATCH(x, [&] {
+    vlb_bwd_impl<scalar_t>(x, zt.data_ptr<int64_t>(), x0.data_ptr<int64_t>(), coef.data_ptr<float>(), L, kind,
+                           stats.data_ptr<float>(), grad.data_ptr<float>(), out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+TORCH_LIBRARY_FRAGMENT(vqfast_cpu, m) {
+  m.def("diffusion_posterior_logprobs(Tensor log_x0, Tensor z_t, Tensor coef, int L, int kind) -> (Tensor, Tensor)");
+  m.def("diffusion_posterior_sample(Tensor log_x0, Tensor z_t, Tensor coef, int L, int kind, int key, int stream) -> Tensor");
+  m.def("diffusion_vlb_kl(Tensor log_x0, Tensor z_t, Tensor x0, Tensor coef, int L, int kind) -> (Tensor, Tensor)");
+  m.def("diffusion_vlb_kl_backward(Tensor grad, Tensor log_x0, Tensor z_t, Tensor x0, Tensor coef, int L, int kind, Tensor stats) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(vqfast_cpu, CPU, m) {
+  m.impl("diffusion_posterior_logprobs", &diffusion_posterior_logprobs_cpu);
+  m.impl("diffusion_posterior_sample", &diffusion_posterior_sample_cpu);
+  m.impl("diffusion_vlb_kl", &diffusion_vlb_kl_cpu);
+  m.impl("diffusion_vlb_kl_backward", &diffusion_vlb_kl_backward_cpu);
+}
+
+}  // namespace vqfast
