@@ -15,7 +15,7 @@ from vqfast.reference.diffusion import TRANSITIONS
 
 KIND = {"uniform": 0, "absorbing": 1}
 NUM_COEF = 6
-HAS = ("cpu",)  # backends with diffusion kernels besides the reference
+HAS = ("cpu", "triton")  # backends with diffusion kernels besides the reference
 
 
 def transition(name) -> str:

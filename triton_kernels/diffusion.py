@@ -1,0 +1,287 @@
+"""Discrete-diffusion posterior in Triton (DESIGN.md op 10; VQ-DDM seed Sec. 3.1, eqs. 16-24).
+
+One program per position walks its K logits in BLOCK chunks: a max pass and a sum-exp
+pass give the log-normalizer, then one more pass writes log-probs, keeps a running
+Gumbel-max, or accumulates the VLB sums. Same math and coefficient layout as
+csrc/include/vqfast/diffusion_math.h (uniform: a0, a1, log ab, lc, ab, (1-ab)/K;
+absorbing: log c, log m, c). Gumbel noise is vqfast's Philox (bit-exact with the other
+backends); launches pass enable_fp_fusion=False as triton_kernels/random.py requires.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from vqfast.triton_kernels.random import element_words, gumbel_from_words, split_key
+
+_INF = float("inf")
+
+
+@triton.jit
+def _log1p(e):
+    # log(1 + e) for e >= 0 with the rounding of 1 + e corrected
+    u = 1.0 + e
+    d = u - 1.0
+    return tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
+def _logaddexp(a, b):
+    hi = tl.maximum(a, b)
+    lo = tl.minimum(a, b)
+    return tl.where(lo == -_INF, hi, hi + _log1p(tl.exp(lo - hi)))
+
+
+@triton.jit
+def _sigmoid(u):
+    e = tl.exp(-tl.abs(u))
+    return tl.where(u > 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def _softplus(u):
+    return tl.maximum(u, 0.0) + _log1p(tl.exp(-tl.abs(u)))
+
+
+@triton.jit
+def _row_lse(X, row, K, BLOCK: tl.constexpr):
+    """(max, sum e^{x-max}, ok) of one row; ok = no NaN/+inf and some entry above -inf."""
+    offs = tl.arange(0, BLOCK)
+    m = -_INF
+    bad = 0
+    for k0 in range(0, K, BLOCK):
+        x = tl.load(X + row + k0 + offs, mask=k0 + offs < K, other=-_INF).to(tl.float32)
+        bad += tl.sum(((x != x) | (x == _INF)).to(tl.int32), axis=0)
+        m = tl.maximum(m, tl.max(tl.where(x != x, -_INF, x), axis=0))
+    ok = (bad == 0) & (m > -_INF)
+    mm = tl.where(ok, m, 0.0)
+    s = 0.0
+    for k0 in range(0, K, BLOCK):
+        x = tl.load(X + row + k0 + offs, mask=k0 + offs < K, other=-_INF).to(tl.float32)
+        s += tl.sum(tl.exp(x - mm), axis=0)
+    return mm, s, ok
+
+
+@triton.jit
+def _uniform_norm(a0, a1, b_zt, rest):
+    x = a0 + tl.where(rest > 0, tl.log(tl.maximum(rest, 1e-38)), -_INF)
+    return _logaddexp(x, a1 + b_zt)
+
+
+@triton.jit
+def _uniform_row(C, X, row, zt, K, m, s):
+    """Row constants of the uniform posterior with x0 = softmax(x): (a0, a1, lab, lc, ab, ck, lse, Z)."""
+    a0 = tl.load(C + 0)
+    a1 = tl.load(C + 1)
+    lab = tl.load(C + 2)
+    lc = tl.load(C + 3)
+    ab = tl.load(C + 4)
+    ck = tl.load(C + 5)
+    lse = m + tl.log(s)
+    xj = tl.load(X + row + zt).to(tl.float32)
+    b_zt = _logaddexp(lab + (xj - lse), lc)
+    rest_p = tl.maximum(s - tl.exp(xj - m), 0.0) / s
+    z = _uniform_norm(a0, a1, b_zt, ab * rest_p + ck * (K - 1).to(tl.float32))
+    return a0, a1, lab, lc, ab, ck, lse, z
+
+
+@triton.jit
+def _logprobs_kernel(X, ZT, C, OUT, LSE, K, KS, L, KIND: tl.constexpr, BLOCK: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    row = n * K
+    c = C + (n // L) * 6
+    zt = tl.load(ZT + n)
+    m, s, ok = _row_lse(X, row, K, BLOCK)
+    offs = tl.arange(0, BLOCK)
+    if KIND == 0:
+        a0, a1, lab, lc, ab, ck, lse, z = _uniform_row(c, X, row, zt, K, m, s)
+    else:
+        lse = m + tl.log(s)
+    tl.store(LSE + n, tl.where(ok, lse, float("nan")))
+    for k0 in range(0, KS, BLOCK):
+        k = k0 + offs
+        x = tl.load(X + row + k, mask=k < K, other=-_INF).to(tl.float32)
+        y = x - lse
+        if KIND == 0:
+            o = (tl.where(k == zt, a1, a0) + _logaddexp(lab + y, lc)) - z
+        else:
+            lm = tl.load(c + 1)
+            masked = tl.where(k < K, tl.load(c + 0) + y, lm)
+            o = tl.where(zt == K, masked, tl.where(k == zt, 0.0, -_INF))
+        tl.store(OUT + n * KS + k, tl.where(ok | ((KIND == 1) & (zt < K)), o, float("nan")), mask=k < KS)
+
+
+@triton.jit
+def _sample_kernel(X, ZT, C, OUT, K, KS, L, key_lo, key_hi, stream, KIND: tl.constexpr, BLOCK: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    row = n * K
+    c = C + (n // L) * 6
+    zt = tl.load(ZT + n)
+    m, s, ok = _row_lse(X, row, K, BLOCK)
+    offs = tl.arange(0, BLOCK)
+    if KIND == 0:
+        a0, a1, lab, lc, ab, ck, lse, z = _uniform_row(c, X, row, zt, K, m, s)
+    else:
+        lse = m + tl.log(s)
+    best = -_INF
+    best_k = tl.zeros((), dtype=tl.int64)
+    for k0 in range(0, KS, BLOCK):
+        k = k0 + offs
+        x = tl.load(X + row + k, mask=k < K, other=-_INF).to(tl.float32)
+        y = x - lse
+        if KIND == 0:
+            o = (tl.where(k == zt, a1, a0) + _logaddexp(lab + y, lc)) - z
+        else:
+            o = tl.where(k < K, tl.load(c + 0) + y, tl.load(c + 1))
+        g = gumbel_from_words(element_words(key_lo, key_hi, stream, n * KS + k.to(tl.int64)))
+        v = tl.where(k < KS, o + g, -_INF)
+        bmax = tl.max(v, axis=0)
+        bk = tl.min(tl.where(v == bmax, k, KS), axis=0).to(tl.int64)
+        better = bmax > best
+        best_k = tl.where(better, bk, best_k)
+        best = tl.where(better, bmax, best)
+    out = tl.where(ok, best_k, -1)
+    if KIND == 1:
+        out = tl.where(zt < K, zt, out)
+    tl.store(OUT + n, out)
+
+
+@triton.jit
+def _uniform_kl_consts(c, X, row, i, j, K, m, s):
+    a0, a1, lab, lc, ab, ck, lse, z = _uniform_row(c, X, row, j, K, m, s)
+    bq_i = _logaddexp(lab, lc)
+    bq_j = tl.where(i == j, bq_i, lc)
+    restq = ck * (K - 1).to(tl.float32) + tl.where(i == j, 0.0, ab)
+    zq = _uniform_norm(a0, a1, bq_j, restq)
+    q_o = tl.exp(a0 + lc - zq)
+    q_i = tl.exp(tl.where(i == j, a1, a0) + bq_i - zq)
+    q_j = tl.where(i == j, 0.0, tl.exp(a1 + lc - zq))
+    return a0, a1, lab, lc, ab, lse, z, zq, q_o, q_i, q_j, bq_i, lab - lc
+
+
+@triton.jit
+def _dprev(lr, y):
+    return tl.where(lr == _INF, 1.0, _sigmoid(lr + y))
+
+
+@triton.jit
+def _vlb_kernel(X, ZT, X0, C, KL, STATS, K, L, KIND: tl.constexpr, BLOCK: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    row = n * K
+    c = C + (n // L) * 6
+    j = tl.load(ZT + n)
+    i = tl.load(X0 + n)
+    m, s, ok = _row_lse(X, row, K, BLOCK)
+    offs = tl.arange(0, BLOCK)
+    xi = tl.load(X + row + i).to(tl.float32)
+    if KIND == 1:
+        lse = m + tl.log(s)
+        kl = tl.where(j < K, 0.0, -tl.load(c + 2) * (xi - lse))
+        sg = 0.0
+        zp = 0.0
+    else:
+        a0, a1, lab, lc, ab, lse, zp, zq, q_o, q_i, q_j, bq_i, lr = _uniform_kl_consts(c, X, row, i, j, K, m, s)
+        d = 0.0
+        sig_o = 0.0
+        if q_o > 0:
+            for k0 in range(0, K, BLOCK):
+                k = k0 + offs
+                x = tl.load(X + row + k, mask=k < K, other=-_INF).to(tl.float32)
+                u = lr + (x - lse)
+                other = (k < K) & (k != i) & (k != j)
+                d -= tl.sum(tl.where(other, _softplus(u), 0.0), axis=0)
+                sig_o += tl.sum(tl.where(other, _sigmoid(u), 0.0), axis=0)
+        xj = tl.load(X + row + j).to(tl.float32)
+        b_i = _logaddexp(lab + (xi - lse), lc)
+        b_j = _logaddexp(lab + (xj - lse), lc)
+        kl = q_i * (bq_i - b_i) + (zp - zq)
+        kl += tl.where(q_o > 0, q_o * d, 0.0)
+        kl += tl.where(q_j > 0, q_j * (lc - b_j), 0.0)
+        p_j = tl.exp(xj - lse)
+        rest_p = tl.maximum(s - tl.exp(xj - m), 0.0) / s
+        sg = ab * tl.exp(-zp) * (tl.exp(a0) * rest_p + tl.exp(a1) * p_j)
+        sg -= q_i * _dprev(lr, xi - lse)
+        sg -= tl.where(q_j > 0, q_j * _dprev(lr, xj - lse), 0.0)
+        sg -= tl.where(q_o > 0, q_o * sig_o, 0.0)
+    tl.store(KL + n, tl.where(ok | ((KIND == 1) & (j < K)), kl, float("nan")))
+    tl.store(STATS + 3 * n, tl.where(ok, lse, float("nan")))
+    tl.store(STATS + 3 * n + 1, zp)
+    tl.store(STATS + 3 * n + 2, sg)
+
+
+@triton.jit
+def _vlb_backward_kernel(GRAD, X, ZT, X0, C, STATS, OUT, K, L, KIND: tl.constexpr, BLOCK: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    row = n * K
+    c = C + (n // L) * 6
+    j = tl.load(ZT + n)
+    i = tl.load(X0 + n)
+    go = tl.load(GRAD + n)
+    lse = tl.load(STATS + 3 * n)
+    offs = tl.arange(0, BLOCK)
+    if KIND == 1:
+        ck = tl.where(j < K, 0.0, go * tl.load(c + 2))
+        for k0 in range(0, K, BLOCK):
+            k = k0 + offs
+            x = tl.load(X + row + k, mask=k < K, other=-_INF).to(tl.float32)
+            g = ck * (tl.exp(x - lse) - tl.where(k == i, 1.0, 0.0))
+            tl.store(OUT + row + k, g.to(OUT.dtype.element_ty), mask=k < K)
+    else:
+        a0, a1, lab, lc, ab, lse2, zp, zq, q_o, q_i, q_j, bq_i, lr = _uniform_kl_consts(c, X, row, i, j, K, lse, 1.0)
+        sg = tl.load(STATS + 3 * n + 2)
+        e0 = ab * tl.exp(a0 - zp)
+        e1 = ab * tl.exp(a1 - zp)
+        for k0 in range(0, K, BLOCK):
+            k = k0 + offs
+            x = tl.load(X + row + k, mask=k < K, other=-_INF).to(tl.float32)
+            y = x - lse
+            p = tl.exp(y)
+            sig = _dprev(lr, y)
+            q = tl.where(k == i, q_i, tl.where(k == j, q_j, q_o))
+            qs = tl.where(q > 0, q * sig, 0.0)
+            g = go * ((tl.where(k == j, e1, e0) * p - qs) - p * sg)
+            tl.store(OUT + row + k, g.to(OUT.dtype.element_ty), mask=k < K)
+
+
+def _block(n: int) -> int:
+    return min(triton.next_power_of_2(max(n, 16)), 4096)
+
+
+def posterior_logprobs_triton(x: torch.Tensor, zt: torch.Tensor, coef: torch.Tensor, L: int, kind: int):
+    """x [N, K], zt [N], coef [B, 6] fp32 -> (log-probs [N, K'] fp32, lse [N] fp32, NaN for bad rows)."""
+    N, K = x.shape
+    ks = K + kind
+    out = torch.empty(N, ks, dtype=torch.float32, device=x.device)
+    lse = torch.empty(N, dtype=torch.float32, device=x.device)
+    if N:
+        _logprobs_kernel[(N,)](x, zt, coef, out, lse, K, ks, L, KIND=kind, BLOCK=_block(ks))
+    return out, lse
+
+
+def posterior_sample_triton(x, zt, coef, L: int, kind: int, key: int, stream: int) -> torch.Tensor:
+    """-> z_{t-1} [N] int64 (-1 where the row of x is not finite)."""
+    N, K = x.shape
+    out = torch.empty(N, dtype=torch.int64, device=x.device)
+    if N:
+        lo, hi = split_key(key)
+        _sample_kernel[(N,)](x, zt, coef, out, K, K + kind, L, lo, hi, stream, KIND=kind, BLOCK=_block(K + kind),
+                             enable_fp_fusion=False)
+    return out
+
+
+def vlb_kl_triton(x, zt, x0, coef, L: int, kind: int):
+    """-> (kl [N] fp32, stats [N, 3] fp32 = (lse, Z, SG))."""
+    N, K = x.shape
+    kl = torch.empty(N, dtype=torch.float32, device=x.device)
+    stats = torch.empty(N, 3, dtype=torch.float32, device=x.device)
+    if N:
+        _vlb_kernel[(N,)](x, zt, x0, coef, kl, stats, K, L, KIND=kind, BLOCK=_block(K))
+    return kl, stats
+
+
+def vlb_kl_backward_triton(grad, x, zt, x0, coef, L: int, kind: int, stats) -> torch.Tensor:
+    """grad [N] fp32 -> d loss / d x [N, K] in x's dtype."""
+    N, K = x.shape
+    out = torch.empty_like(x)
+    if N:
+        _vlb_backward_kernel[(N,)](grad, x, zt, x0, coef, stats, out, K, L, KIND=kind, BLOCK=_block(K))
+    return out
