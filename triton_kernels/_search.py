@@ -159,14 +159,21 @@ class Blocks(NamedTuple):
     k: int
     d: int
     warps: int
+    stages: int
 
 
-def blocks(n_rows: int, n_codes: int, d: int) -> Blocks:
+def blocks(n_rows: int, n_codes: int, d: int, dot_bytes: int) -> Blocks:
     """Tile sizes: the whole (padded) row in one tile; big tiles under the interpreter,
-    where each program instance costs about a millisecond whatever its size."""
+    where each program instance costs about a millisecond whatever its size.
+
+    On a GPU a codebook tile [BLOCK_D, BLOCK_K] of the dot's input type (dot_bytes per
+    element) is kept within 32 KiB per pipeline stage, so up to d = 512 the kernels fit
+    the ~100 KiB of shared memory of consumer GPUs; larger d needs A100/H100-class memory.
+    """
     block_d = max(16, triton.next_power_of_2(d))
     if INTERPRET:
         return Blocks(max(16, min(256, triton.next_power_of_2(max(n_rows, 1)))),
-                      max(16, min(512, triton.next_power_of_2(n_codes))), block_d, 4)
+                      max(16, min(512, triton.next_power_of_2(n_codes))), block_d, 4, 1)
     block_n = 64 if block_d <= 128 else 32 if block_d <= 512 else 16
-    return Blocks(block_n, 64, block_d, 4 if block_d <= 128 else 8)
+    block_k = max(16, min(64, (32 * 1024) // (block_d * dot_bytes)))
+    return Blocks(block_n, block_k, block_d, 4 if block_d <= 128 else 8, 2)

@@ -63,10 +63,11 @@ def dual_codebook_quantize_triton(x: torch.Tensor, visible: torch.Tensor, e_sear
     # Gather sources already in x's dtype: the kernel then copies rows, no rounding inside.
     src_e, src_f = e.detach().to(x.dtype).contiguous(), e2.detach().to(x.dtype).contiguous()
     vis = visible.contiguous().view(torch.uint8)
-    b = blocks(n, max(k, k2), d)
+    dot_f32 = le.dot_f32 or lf.dot_f32
+    b = blocks(n, max(k, k2), d, 4 if dot_f32 else 2)
     _dual_codebook_kernel[(triton.cdiv(n, b.n),)](
         x, vis, le.hi, le.lo, le.sq, src_e, lf.hi, lf.lo, lf.sq, src_f, idx, q, n, k, k2, d,
         x.stride(0), x.stride(1), le.hi.stride(0), lf.hi.stride(0), q.stride(0),
-        IS_L2=metric == "l2", E_SPLIT=le.split, F_SPLIT=lf.split, DOT_F32=le.dot_f32 or lf.dot_f32,
-        BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d, num_warps=b.warps)
+        IS_L2=metric == "l2", E_SPLIT=le.split, F_SPLIT=lf.split, DOT_F32=dot_f32,
+        BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d, num_warps=b.warps, num_stages=b.stages)
     return q, idx

@@ -48,12 +48,12 @@ def _launch(x: torch.Tensor, cb: torch.Tensor, metric: str, codebook: torch.Tens
         return idx, dist, q
     lay = layout(cb, x.dtype, metric, codebook.dtype)
     src = codebook.detach().contiguous()
-    b = blocks(n, cb.shape[0], d)
+    b = blocks(n, cb.shape[0], d, 4 if lay.dot_f32 else 2)
     _nearest_code_kernel[(triton.cdiv(n, b.n),)](
         x, lay.hi, lay.lo, lay.sq, src, idx, dist, q, n, cb.shape[0], d,
         x.stride(0), x.stride(1), lay.hi.stride(0), src.stride(0), q.stride(0) if write_q else d,
         IS_L2=metric == "l2", SPLIT=lay.split, DOT_F32=lay.dot_f32, WRITE_Q=write_q,
-        BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d, num_warps=b.warps)
+        BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d, num_warps=b.warps, num_stages=b.stages)
     return idx, dist, q
 
 

@@ -53,9 +53,9 @@ def residual_quantize_triton(x: torch.Tensor, cb: torch.Tensor, codebook: torch.
     k = levels.shape[1]
     lay = layout(levels.reshape(-1, d), torch.float32, metric, torch.float32)  # fp32 residual: fp32 dots
     src = codebook.detach().float().reshape(-1, d).contiguous()  # codes are added in fp32
-    b = blocks(n, k, d)
+    b = blocks(n, k, d, 4)
     _residual_kernel[(triton.cdiv(n, b.n),)](
         x, lay.hi, lay.sq, src, idx, q, n, k, d, depth,
         x.stride(0), x.stride(1), 0 if shared else k * d, 0 if shared else k, d, q.stride(0),
-        IS_L2=metric == "l2", BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d, num_warps=b.warps)
+        IS_L2=metric == "l2", BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d, num_warps=b.warps, num_stages=b.stages)
     return q, idx
