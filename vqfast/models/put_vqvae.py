@@ -1,0 +1,277 @@
+"""P-VQVAE (PUT supp. Sec. 2, 4.1, Tables 1-2, Figure 1): patch encoder, dual codebook, MSG decoder.
+
+Masks follow `vqfast.data`: bool [B, H, W], True = MISSING pixel. The seed's m is the
+visible indicator (m = ~mask), x_hat = x * m (missing pixels become 0, mid-gray for
+images in [-1, 1]). A token is visible (quantized with e) only if every pixel of its
+r x r patch is; the others are quantized with e' and their index is offset by K.
+
+    vae = PVQVAE.tiny()                                   # r=4, d=64, for 32x32 crops
+    out = vae(x, mask)                                    # eq. 1: out.recon, out.tokens, out.commit_loss
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vqfast.quantizers import DualCodebookQuantizer
+
+
+class LinearResBlock(nn.Module):
+    """Figure 1(a): x + Linear(ReLU(Linear(ReLU(x)))), bottleneck `hidden`."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return x + self.fc2(F.relu(self.fc1(F.relu(x))))
+
+
+class ConvResBlock(nn.Module):
+    """Figure 1(b): x + Conv3x3(ReLU(Conv3x3(ReLU(x)))), bottleneck `hidden` (Table 1 sizes)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, dim, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class PatchEncoder(nn.Module):
+    """P-Enc (Table 1): non-overlapping r x r patches -> Linear 3r^2->C, n Linear ResBlocks, Linear C->d.
+
+    image [B, 3, H, W] -> features [B, H/r, W/r, d]. Every patch is encoded alone, so a
+    visible patch's feature never sees a missing pixel.
+    """
+
+    def __init__(self, patch: int, hidden: int, res_hidden: int, n_res: int, dim: int):
+        super().__init__()
+        self.patch = patch
+        self.fc_in = nn.Linear(3 * patch * patch, hidden)
+        self.res = nn.Sequential(*[LinearResBlock(hidden, res_hidden) for _ in range(n_res)])
+        self.fc_out = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        r = self.patch
+        B, C, H, W = x.shape
+        p = x.reshape(B, C, H // r, r, W // r, r).permute(0, 2, 4, 1, 3, 5).reshape(B, H // r, W // r, C * r * r)
+        return F.relu(self.fc_out(F.relu(self.res(self.fc_in(p)))))
+
+
+def _down_channels(patch: int, base: int, hidden: int) -> list[int]:
+    """Channels after each stride-2 stage of an r = 2^n downsampling: base, 2 base, ..., capped at hidden."""
+    n = int(math.log2(patch))
+    return [min(base * 2 ** i, hidden) for i in range(n - 1)] + [hidden]
+
+
+class ConvEncoder(nn.Module):
+    """Conv-Enc of PUT^conv (Table 2): log2(r) Conv 4x4/2, n Conv ResBlocks, Conv3x3 C->d; ReLU after each.
+
+    image [B, 3, H, W] -> features [B, H/r, W/r, d] (overlapping receptive fields).
+    """
+
+    def __init__(self, patch: int, hidden: int, res_hidden: int, n_res: int, dim: int, base: int):
+        super().__init__()
+        chans = [3] + _down_channels(patch, base, hidden)
+        self.down = nn.ModuleList(nn.Conv2d(a, b, 4, stride=2, padding=1) for a, b in zip(chans[:-1], chans[1:]))
+        self.res = nn.Sequential(*[ConvResBlock(hidden, res_hidden) for _ in range(n_res)])
+        self.conv_out = nn.Conv2d(hidden, dim, 3, padding=1)
+
+    def forward(self, x):
+        for conv in self.down:
+            x = F.relu(conv(x))
+        x = F.relu(self.conv_out(F.relu(self.res(x))))
+        return x.permute(0, 2, 3, 1)
+
+
+def _visible_at(visible: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """float [B, 1, H, W] visibility -> [B, 1, h, w]: a cell is visible only if all its pixels are
+    (min-pool; the official code samples the nearest pixel, which can leak missing pixels)."""
+    if visible.shape[-2:] == size:
+        return visible
+    return -F.adaptive_max_pool2d(-visible, size)
+
+
+class MSGDecoder(nn.Module):
+    """MSG-Dec (Table 1): Conv3x3 d->C, n Conv ResBlocks, log2(r) Deconv 4x4/2, Conv3x3 ->3.
+
+    The reference branch (bracketed rows of Table 1) encodes the reference image at every
+    scale; before each upsampling and before the last conv the main features are replaced
+    by the reference features where the reference is visible:
+    x = x * (1 - m_s) + ref_s * m_s.
+    z [B, h, w, d], ref_image [B, 3, H, W], ref_visible [B, H, W] bool -> image [B, 3, H, W].
+    """
+
+    def __init__(self, patch: int, dim: int, hidden: int, res_hidden: int, n_res: int, base: int, reference: bool):
+        super().__init__()
+        self.conv_in = nn.Conv2d(dim, hidden, 3, padding=1)
+        self.res = nn.Sequential(*[ConvResBlock(hidden, res_hidden) for _ in range(n_res)])
+        # Up path channels mirror the conv encoder's down path: hidden -> ... -> base.
+        ups = _down_channels(patch, base, hidden)[::-1]
+        ins = [hidden] + ups[:-1]
+        self.up = nn.ModuleList(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1) for a, b in zip(ins, ups))
+        self.conv_out = nn.Conv2d(ups[-1], 3, 3, padding=1)
+        self.reference = reference
+        if reference:
+            self.ref_in = nn.Conv2d(3, ups[-1], 3, padding=1)
+            # ref_down[i] maps to the input channels of up[-1 - i] at its resolution.
+            ref_chans = [ups[-1]] + ins[::-1]
+            self.ref_down = nn.ModuleList(nn.Conv2d(a, b, 4, stride=2, padding=1)
+                                          for a, b in zip(ref_chans[:-1], ref_chans[1:]))
+
+    def forward(self, z, ref_image=None, ref_visible=None):
+        x = self.res(F.relu(self.conv_in(z.permute(0, 3, 1, 2))))
+        if not self.reference:
+            for up in self.up:
+                x = up(F.relu(x))
+            return self.conv_out(F.relu(x))
+        vis = ref_visible[:, None].to(x.dtype)
+        refs = [self.ref_in(ref_image)]
+        for conv in self.ref_down:
+            refs.append(conv(F.relu(refs[-1])))
+        for up, ref in zip(self.up, refs[::-1]):
+            m = _visible_at(vis, tuple(x.shape[-2:]))
+            x = up(F.relu(x * (1 - m) + ref * m))
+        x = x * (1 - vis) + refs[0] * vis
+        return self.conv_out(F.relu(x))
+
+
+class PVQVAEOutput(NamedTuple):
+    """recon [B,3,H,W] (x_hat^R), x_hat [B,3,H,W] (the target of eq. 1), features [B,h,w,d] (f_hat,
+    un-quantized), z_q [B,h,w,d] (straight-through), tokens [B,h,w] (masked ones offset by K),
+    token_visible [B,h,w] bool, commit_loss (||sg(e) - f||^2, unweighted)."""
+    recon: torch.Tensor
+    x_hat: torch.Tensor
+    features: torch.Tensor
+    z_q: torch.Tensor
+    tokens: torch.Tensor
+    token_visible: torch.Tensor
+    commit_loss: torch.Tensor
+
+
+def check_image_and_mask(image, mask, patch: int, name: str = "mask") -> torch.Tensor:
+    """Validate image [B, 3, H, W] float and mask bool [B, H, W] (or [B, 1, H, W]); return mask [B, H, W]."""
+    if not isinstance(image, torch.Tensor) or not image.is_floating_point() or image.dim() != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be a float tensor [B, 3, H, W], got "
+                         f"{getattr(image, 'dtype', type(image).__name__)} {tuple(getattr(image, 'shape', ()))}")
+    B, _, H, W = image.shape
+    if H % patch or W % patch:
+        raise ValueError(f"image size {H}x{W} is not divisible by the patch size r={patch}")
+    if mask is None:
+        return torch.zeros(B, H, W, dtype=torch.bool, device=image.device)
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor [B, H, W] with True = missing, got "
+                        f"{getattr(mask, 'dtype', type(mask).__name__)}")
+    if mask.dim() == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    if tuple(mask.shape) != (B, H, W):
+        raise ValueError(f"{name} must have shape [B, H, W] = {(B, H, W)} to match image, got {tuple(mask.shape)}")
+    if mask.device != image.device:
+        raise ValueError(f"{name} is on {mask.device} but image is on {image.device}")
+    return mask
+
+
+class PVQVAE(nn.Module):
+    """P-VQVAE: encoder E, dual codebook (e, e') with EMA (gamma 0.99), decoder D with reference branch.
+
+    patch r, dim d (= codebook dim), codebook_size K (each of e, e'), hidden C and res_hidden
+    (ResBlock widths), n_res ResBlocks in encoder and decoder, dec_base (widest-resolution
+    channels); variants: encoder="linear"|"conv" (PUT^conv), codebooks=2|1 (PUT^one: one e
+    for every patch), reference=True|False (PUT^no-ref). Defaults are Table 1.
+    """
+
+    def __init__(self, *, patch: int = 8, dim: int = 256, codebook_size: int = 512, hidden: int = 256,
+                 res_hidden: int = 128, n_res: int = 8, dec_base: int = 64, encoder: str = "linear",
+                 codebooks: int = 2, reference: bool = True, decay: float = 0.99):
+        super().__init__()
+        if patch < 2 or patch & (patch - 1):
+            raise ValueError(f"patch must be a power of two >= 2, got {patch}")
+        if encoder not in ("linear", "conv"):
+            raise ValueError(f"encoder must be 'linear' or 'conv', got {encoder!r}")
+        if codebooks not in (1, 2):
+            raise ValueError(f"codebooks must be 1 or 2, got {codebooks!r}")
+        self.config = dict(patch=patch, dim=dim, codebook_size=codebook_size, hidden=hidden, res_hidden=res_hidden,
+                           n_res=n_res, dec_base=dec_base, encoder=encoder, codebooks=codebooks,
+                           reference=reference, decay=decay)
+        self.patch, self.dim, self.codebook_size, self.codebooks = patch, dim, codebook_size, codebooks
+        if encoder == "linear":
+            self.encoder = PatchEncoder(patch, hidden, res_hidden, n_res, dim)
+        else:
+            self.encoder = ConvEncoder(patch, hidden, res_hidden, n_res, dim, dec_base)
+        self.quantizer = DualCodebookQuantizer(dim, codebook_size, codebook_size, decay=decay)
+        self.decoder = MSGDecoder(patch, dim, hidden, res_hidden, n_res, dec_base, reference)
+
+    @classmethod
+    def tiny(cls, **overrides) -> "PVQVAE":
+        """A CPU-sized P-VQVAE for 32x32 crops: r=4, d=64, K=128, 2 ResBlocks."""
+        cfg = dict(patch=4, dim=64, codebook_size=128, hidden=64, res_hidden=32, n_res=2, dec_base=32)
+        cfg.update(overrides)
+        return cls(**cfg)
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids of e: [0, K); e' ids are [K, 2K) (only ever assigned to masked patches)."""
+        return self.codebook_size
+
+    def token_visible(self, mask: torch.Tensor) -> torch.Tensor:
+        """bool [B, H, W] missing-pixel mask -> bool [B, H/r, W/r]: True where the whole patch is visible
+        (Algorithm 1 line 2, m_down)."""
+        r = self.patch
+        return ~(F.max_pool2d(mask[:, None].float(), r)[:, 0] > 0)
+
+    def encode(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """f_hat = E(x * m): image [B,3,H,W], mask bool [B,H,W] -> (features [B,h,w,d], token_visible [B,h,w])."""
+        mask = check_image_and_mask(image, mask, self.patch)
+        x_hat = image * (~mask)[:, None].to(image.dtype)
+        return self.encoder(x_hat), self.token_visible(mask)
+
+    def quantize(self, features: torch.Tensor, token_visible: torch.Tensor):
+        """Dual-codebook quantization (Sec. 3.1 of the paper; EMA update in training mode).
+
+        features [B,h,w,d], token_visible [B,h,w] -> (z_q [B,h,w,d] straight-through,
+        tokens [B,h,w] (masked ones offset by K), commit_loss).
+        """
+        B, h, w, d = features.shape
+        vis = token_visible if self.codebooks == 2 else torch.ones_like(token_visible)
+        z_q, idx, losses = self.quantizer(features.reshape(B * h * w, d), vis.reshape(-1))
+        return z_q.reshape(B, h, w, d), idx.reshape(B, h, w), losses.commitment
+
+    def codes(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Vector retrieval (Algorithm 1 line 16): tokens [...] in [0, 2K) -> vectors [..., d]."""
+        return self.quantizer.indices_to_codes(tokens)
+
+    def decode(self, z: torch.Tensor, ref_image: torch.Tensor, ref_mask: torch.Tensor | None) -> torch.Tensor:
+        """D(z, m_ref, x_ref): z [B,h,w,d], ref_image [B,3,H,W], ref_mask bool [B,H,W] (True = missing) ->
+        image [B,3,H,W]. The reference is zeroed where missing before it enters the decoder."""
+        ref_mask = check_image_and_mask(ref_image, ref_mask, self.patch, "ref_mask")
+        h, w = ref_image.shape[-2] // self.patch, ref_image.shape[-1] // self.patch
+        if tuple(z.shape[1:3]) != (h, w):
+            raise ValueError(f"z has a {tuple(z.shape[1:3])} token grid but ref_image needs {(h, w)}")
+        vis = ~ref_mask
+        return self.decoder(z, ref_image * vis[:, None].to(ref_image.dtype), vis)
+
+    def decode_tokens(self, tokens: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Algorithm 1 lines 16-17: x^I = D(e[t], m, x_hat). tokens [B,h,w], image [B,3,H,W], mask bool [B,H,W]."""
+        return self.decode(self.codes(tokens), image, mask)
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None,
+                ref_mask: torch.Tensor | None = None) -> PVQVAEOutput:
+        """Eq. 1: x_hat^R = D(e_hat, m * m', x_hat * m'), e_hat = I(E(x_hat), e, e', m_down).
+
+        image [B,3,H,W] in [-1, 1]; mask, ref_mask bool [B,H,W] with True = missing (m = ~mask,
+        m' = ~ref_mask; ref_mask=None means m' = 1).
+        """
+        mask = check_image_and_mask(image, mask, self.patch)
+        ref_mask = check_image_and_mask(image, ref_mask, self.patch, "ref_mask")
+        x_hat = image * (~mask)[:, None].to(image.dtype)
+        features = self.encoder(x_hat)
+        visible = self.token_visible(mask)
+        z_q, tokens, commit = self.quantize(features, visible)
+        recon = self.decode(z_q, x_hat, mask | ref_mask)
+        return PVQVAEOutput(recon, x_hat, features, z_q, tokens, visible, commit)
