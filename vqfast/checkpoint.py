@@ -1,0 +1,117 @@
+"""Checkpoints that cannot run code: safetensors weights + a JSON config.
+
+`save(model, path)` writes `<path>.safetensors` (the state dict) and `<path>.json`
+({"class": "vqfast.models.x.Y", "config": {...constructor kwargs...},
+"vqfast_version": ..., "extra": {...}}). The config is `model.config` (a dict of JSON
+values every vqfast model keeps) unless given. `load(path)` rebuilds the class from
+the JSON, which may only name a class inside the `vqfast` package, and fills it from
+the safetensors file: nothing is unpickled. A checkpoint of the wrong model class or
+with missing, unexpected or differently shaped tensors fails with a ValueError that
+names the mismatch.
+
+    vqfast.checkpoint.save(vqgan, "runs/tokenizer")
+    vqgan = vqfast.checkpoint.load("runs/tokenizer", expected=VQGAN)
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import vqfast
+
+_ALLOWED_PREFIX = "vqfast."
+
+
+def _paths(path) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def save(model: nn.Module, path, *, config: dict | None = None, extra: dict | None = None) -> tuple[Path, Path]:
+    """Write model's weights and config; returns (weights path, config path)."""
+    from safetensors.torch import save_file
+
+    config = getattr(model, "config", None) if config is None else config
+    if not isinstance(config, dict):
+        raise TypeError(f"{type(model).__name__} has no `config` dict of constructor arguments: pass config=")
+    weights, meta = _paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    # clone: safetensors refuses tensors that share storage (tied weights, views)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+             if isinstance(v, torch.Tensor)}
+    save_file(state, str(weights))
+    record = {"class": _class_name(type(model)), "config": config, "vqfast_version": vqfast.__version__,
+              "extra": extra or {}}
+    meta.write_text(json.dumps(record, indent=2, sort_keys=True))
+    return weights, meta
+
+
+def read_config(path) -> dict:
+    """The JSON record of a checkpoint (class, config, vqfast_version, extra)."""
+    _, meta = _paths(path)
+    if not meta.exists():
+        raise FileNotFoundError(f"no checkpoint config at {meta}")
+    record = json.loads(meta.read_text())
+    for key in ("class", "config"):
+        if key not in record:
+            raise ValueError(f"{meta} is not a vqfast checkpoint config: no {key!r} field")
+    return record
+
+
+def _resolve_class(name: str) -> type:
+    if not name.startswith(_ALLOWED_PREFIX):
+        raise ValueError(f"checkpoint names class {name!r}; only classes inside the vqfast package are loaded")
+    module, _, qual = name.rpartition(".")
+    cls = getattr(importlib.import_module(module), qual, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"checkpoint class {name!r} is not an nn.Module in vqfast")
+    return cls
+
+
+def load_state(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
+    """Fill an existing model from a checkpoint's weights; shape/key mismatches raise ValueError."""
+    from safetensors.torch import load_file
+
+    weights, _ = _paths(path)
+    if not weights.exists():
+        raise FileNotFoundError(f"no checkpoint weights at {weights}")
+    state = load_file(str(weights))
+    own = model.state_dict()
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in own.items() if k in state and isinstance(v, torch.Tensor) and state[k].shape != v.shape]
+    missing = [k for k, v in own.items() if isinstance(v, torch.Tensor) and k not in state]
+    unexpected = [k for k in state if k not in own]
+    problems = []
+    if shapes:
+        problems.append("shape mismatch: " + "; ".join(shapes[:5]) + (" ..." if len(shapes) > 5 else ""))
+    if strict and missing:
+        problems.append(f"missing from checkpoint: {missing[:5]}" + (" ..." if len(missing) > 5 else ""))
+    if strict and unexpected:
+        problems.append(f"not in {type(model).__name__}: {unexpected[:5]}" + (" ..." if len(unexpected) > 5 else ""))
+    if problems:
+        raise ValueError(f"checkpoint {weights} does not fit {type(model).__name__}: " + " | ".join(problems))
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return model
+
+
+def load(path, *, expected: type | None = None, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (never unpickles).
+
+    expected: the class the caller needs; a checkpoint of another class raises ValueError.
+    """
+    record = read_config(path)
+    if expected is not None and record["class"] != _class_name(expected):
+        raise ValueError(f"checkpoint {path} holds a {record['class']}, expected {_class_name(expected)}")
+    cls = _resolve_class(record["class"])
+    model = cls(**record["config"])
+    return load_state(model, path).to(map_location).eval()

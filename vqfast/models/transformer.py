@@ -1,0 +1,125 @@
+"""BidirectionalTransformer: MaskGIT's token model (seed lab Sec. 2.1-2.2).
+
+Pre-LN blocks (x + Attn(LN(x)), x + MLP(LN(x))) with a GELU MLP, a learned positional
+embedding, token ids 0..K-1 plus [MASK] = K (the codebook size), and attention through
+`torch.nn.functional.scaled_dot_product_attention` (flash-attn's kernel when it is
+installed and the tensors are on CUDA in fp16/bf16). Optional class conditioning
+prepends one class token; class id `num_classes` is the null class that classifier-free
+guidance uses. The head predicts the K codes only ([MASK] is never a prediction).
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """Non-causal attention, q/k/v [B, H, L, Dh] -> [B, H, L, Dh]."""
+    if _HAS_FLASH_ATTN and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        from flash_attn import flash_attn_func  # layout [B, L, H, Dh]
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout)
+        return out.transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        out = attention(q, k, v, self.dropout if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads, dropout)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class BidirectionalTransformer(nn.Module):
+    """tokens [B, L] (ids 0..K, K = [MASK]) -> logits [B, L, K].
+
+    codebook_size K, seq_len L, dim, depth, heads; num_classes > 0 enables class
+    conditioning (forward takes class_labels [B], id num_classes = null / unconditional).
+
+        net = BidirectionalTransformer(codebook_size=256, seq_len=64, dim=128, depth=4, heads=4)
+        logits = net(torch.full((2, 64), net.mask_id))     # [2, 64, 256]
+    """
+
+    def __init__(self, codebook_size: int, seq_len: int, dim: int = 768, depth: int = 24, heads: int = 16,
+                 mlp_ratio: float = 4.0, dropout: float = 0.0, num_classes: int = 0):
+        super().__init__()
+        for name, v in (("codebook_size", codebook_size), ("seq_len", seq_len), ("dim", dim), ("depth", depth),
+                        ("heads", heads)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.config = dict(codebook_size=codebook_size, seq_len=seq_len, dim=dim, depth=depth, heads=heads,
+                           mlp_ratio=mlp_ratio, dropout=dropout, num_classes=num_classes)
+        self.codebook_size, self.seq_len, self.num_classes = codebook_size, seq_len, num_classes
+        self.mask_id = codebook_size
+        self.tok_emb = nn.Embedding(codebook_size + 1, dim)
+        self.cls_emb = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
+        self.pos_emb = nn.Parameter(torch.zeros(1, seq_len + (num_classes > 0), dim))
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, codebook_size)
+        self.apply(self._init)
+        nn.init.trunc_normal_(self.pos_emb, std=0.02)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, tokens: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        if tokens.dim() != 2 or tokens.shape[1] != self.seq_len:
+            raise ValueError(f"tokens must be [B, {self.seq_len}], got shape {tuple(tokens.shape)}")
+        x = self.tok_emb(tokens)
+        if self.cls_emb is not None:
+            if class_labels is None:  # unconditional: the null class
+                class_labels = tokens.new_full((tokens.shape[0],), self.num_classes)
+            x = torch.cat([self.cls_emb(class_labels)[:, None], x], 1)
+        elif class_labels is not None:
+            raise ValueError("class_labels given but the transformer was built with num_classes=0")
+        x = self.drop(x + self.pos_emb)
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.norm(x)
+        if self.cls_emb is not None:
+            x = x[:, 1:]
+        return self.head(x)
+
+    def flops_per_forward(self, batch: int) -> int:
+        """Multiply-add FLOPs (2 per MAC) of one forward on [batch, seq_len] tokens."""
+        c = self.config
+        L = self.seq_len + (self.num_classes > 0)
+        d, hidden = c["dim"], int(c["dim"] * c["mlp_ratio"])
+        per_block = 2 * L * d * (3 * d + d + 2 * hidden) + 2 * 2 * L * L * d
+        return batch * (c["depth"] * per_block + 2 * self.seq_len * d * self.codebook_size)

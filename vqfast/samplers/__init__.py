@@ -1,0 +1,4 @@
+"""Samplers: iterative decoders over token maps (each takes a generator or seed)."""
+from vqfast.samplers.maskgit import maskgit_decode, reveal_schedule
+
+__all__ = ["maskgit_decode", "reveal_schedule"]
