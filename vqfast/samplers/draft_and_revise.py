@@ -22,7 +22,7 @@ depths of log p of the drawn codes) and "top-c-50" (drop the less confident half
 reveal uniformly at random among the rest); each reveals as many positions per step as
 the random partition would. The revise phase always uses random partitions.
 
-Every draw goes through `vqfast.ops.sample_logits`; partitions use `generator` too, so
+Every draw goes through `vqfast.ops.sample_logits` (fused guidance, temperature, top-k/p, Gumbel-max); partitions use `generator` too, so
 the same seed gives the same codes. `depth_cache=False` recomputes the full model
 (spatial + depth) for every depth step: the naive baseline, equal in distribution and,
 for the same seed, equal up to floating-point rounding.
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vqfast import ops
 from vqfast.data.seeding import as_generator
+from vqfast.ops.sampling import sample_logits
 
 PAPER_SETTINGS: dict[str, dict] = {  # supp. A.4 (ImageNet); T_draft = 64 (main paper)
     "371M": dict(T_draft=64, T_revise=2, M=3, revise_temperature=0.8, revise_guidance=1.4),
@@ -99,7 +99,7 @@ class _Sampler:
             cond, uncond = logits.float().chunk(2)
         else:
             cond, uncond = logits.float(), None
-        code = ops.sample_logits(cond, temperature=temperature, top_k=self.top_k, top_p=self.top_p,
+        code = sample_logits(cond, temperature=temperature, top_k=self.top_k, top_p=self.top_p,
                                  cfg_scale=guidance if guided else None, uncond_logits=uncond, generator=self.g)
         if confidence is not None:  # log p of the drawn code under the guided, tempered distribution
             mixed = cond if uncond is None else uncond + guidance * (cond - uncond)
