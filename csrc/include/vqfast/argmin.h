@@ -1,5 +1,7 @@
 // Running argmin with vqfast's tie rule, shared by every CPU and CUDA kernel.
 #pragma once
+#include <math.h>
+
 #include "vqfast/macros.h"
 
 namespace vqfast {
@@ -16,5 +18,25 @@ VQFAST_HD float l2_from_dot(float x_sq, float dot, float c_sq) {
   float d = x_sq - 2.0f * dot + c_sq;
   return d > 0.0f ? d : 0.0f;
 }
+
+// Metric ids shared with vqfast/ops/nearest_code.py (_METRIC_ID).
+constexpr int kMetricL2 = 0;
+constexpr int kMetricCosine = 1;
+
+// The score a search minimizes for one code, from the dot product x.c: l2 drops the
+// row constant ||x||^2 (c_sq - 2 x.c); cosine takes codes already L2-normalized (-x.c).
+VQFAST_HD float code_score(float dot, float c_sq, bool l2) { return l2 ? c_sq - 2.0f * dot : -dot; }
+
+// The best score of a row back to its distance: ||x - c||^2 (clamped at 0) for l2,
+// 1 - cos(x, c) for cosine (a zero row has norm clamped to 1e-12, as F.normalize).
+VQFAST_HD float score_to_dist(float best, float x_sq, bool l2) {
+  if (l2) return l2_from_dot(x_sq, 0.0f, best);
+  float norm = sqrtf(x_sq);
+  return 1.0f + best / (norm > 1e-12f ? norm : 1e-12f);
+}
+
+// False for NaN and +-inf (written without isfinite so it means the same in host and
+// device code and under any math flags).
+VQFAST_HD bool finite_value(float v) { return v == v && v - v == 0.0f; }
 
 }  // namespace vqfast
