@@ -15,7 +15,9 @@ def ema_statistics(x: torch.Tensor, idx: torch.Tensor, K: int) -> tuple[torch.Te
 
 
 def smoothed_counts(cluster_size: torch.Tensor, eps: float) -> torch.Tensor:
-    """Laplace smoothing: (n + eps) / (sum(n) + K eps) * sum(n); eps = 0 returns n's values."""
+    """Laplace smoothing: (n + eps) / (sum(n) + K eps) * sum(n); eps = 0 returns n itself."""
+    if eps == 0:
+        return cluster_size
     total = cluster_size.sum()
     return (cluster_size + eps) / (total + cluster_size.shape[0] * eps) * total
 
