@@ -11,7 +11,7 @@ from vqfast.ops import _validate
 from vqfast.ops.nearest_code import _METRIC_ID, search_codebook
 from vqfast.reference import nearest_code as ref_nc
 
-HAS = ("cpu", "triton")  # backends with a dual_codebook_quantize kernel besides the reference
+HAS = ("cpu", "triton", "cuda")  # backends with a dual_codebook_quantize kernel besides the reference
 
 
 def _run(x: torch.Tensor, visible: torch.Tensor, e: torch.Tensor, e2: torch.Tensor, metric: str,
@@ -35,6 +35,10 @@ def _run(x: torch.Tensor, visible: torch.Tensor, e: torch.Tensor, e2: torch.Tens
         from vqfast.triton_kernels.dual_codebook import dual_codebook_quantize_triton
         return dual_codebook_quantize_triton(x, visible, search_codebook(e, metric), search_codebook(e2, metric),
                                              e, e2, metric)
+    if backend == "cuda":
+        return torch.ops.vqfast_cuda.dual_codebook_quantize(x, visible, search_codebook(e, metric),
+                                                            search_codebook(e2, metric), e.detach(), e2.detach(),
+                                                            _METRIC_ID[metric])
     raise AssertionError(f"unreachable backend {backend}")
 
 

@@ -10,7 +10,7 @@ from vqfast import _backend
 from vqfast.ops import _validate
 from vqfast.reference import nearest_code as ref
 
-HAS = ("cpu", "triton")  # backends with a nearest_code kernel besides the reference
+HAS = ("cpu", "triton", "cuda")  # backends with a nearest_code kernel besides the reference
 _METRIC_ID = {"l2": 0, "cosine": 1}
 
 
@@ -32,6 +32,8 @@ def _run(x: torch.Tensor, codebook: torch.Tensor, metric: str, backend: str) -> 
     if backend == "triton":
         from vqfast.triton_kernels.nearest_code import nearest_code_triton
         return nearest_code_triton(x, cb, metric, codebook)
+    if backend == "cuda":
+        return torch.ops.vqfast_cuda.nearest_code(x, cb, _METRIC_ID[metric])
     raise AssertionError(f"unreachable backend {backend}")
 
 
@@ -52,6 +54,9 @@ def _quantize_op(x: torch.Tensor, codebook: torch.Tensor, metric: str, backend: 
     if backend == "triton":  # gather fused into the search kernel
         from vqfast.triton_kernels.nearest_code import quantize_triton
         return quantize_triton(x, search_codebook(codebook, metric), metric, codebook)
+    if backend == "cuda":  # gather fused into the search kernel
+        return torch.ops.vqfast_cuda.quantize(x, search_codebook(codebook, metric), codebook.detach(),
+                                              _METRIC_ID[metric])
     idx, _ = _run(x, codebook, metric, backend)
     return codebook.index_select(0, idx).to(x.dtype), idx
 

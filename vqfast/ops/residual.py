@@ -12,7 +12,7 @@ from vqfast.ops.nearest_code import _METRIC_ID, search_codebook
 from vqfast.reference import nearest_code as ref_nc
 from vqfast.reference.residual import level_codebooks
 
-HAS = ("cpu", "triton")  # backends with a residual_quantize kernel besides the reference
+HAS = ("cpu", "triton", "cuda")  # backends with a residual_quantize kernel besides the reference
 
 
 def _run(x: torch.Tensor, codebook: torch.Tensor, depth: int, metric: str,
@@ -40,6 +40,10 @@ def _run(x: torch.Tensor, codebook: torch.Tensor, depth: int, metric: str,
         cb = (search_codebook(codebook, metric) if codebook.dim() == 2
               else torch.stack([search_codebook(c, metric) for c in codebook]))
         return residual_quantize_triton(x, cb, codebook, depth, metric)
+    if backend == "cuda":
+        cb = (search_codebook(codebook, metric) if codebook.dim() == 2
+              else torch.stack([search_codebook(c, metric) for c in codebook]))
+        return torch.ops.vqfast_cuda.residual_quantize(x, cb, codebook.detach(), depth, _METRIC_ID[metric])
     raise AssertionError(f"unreachable backend {backend}")
 
 
