@@ -1,0 +1,92 @@
+"""vqfast.checkpoint: safetensors + JSON round trip, mismatches named, nothing unpickled."""
+import json
+
+import pytest
+import torch
+
+from vqfast import checkpoint
+from vqfast.models.transformer import BidirectionalTransformer
+from vqfast.models.vqgan import VQGAN
+
+
+def small_vq(**kw):
+    return VQGAN(resolution=16, ch=16, ch_mult=(1, 2), codebook_size=32, embed_dim=8, **kw)
+
+
+def test_round_trip_transformer(tmp_path):
+    torch.manual_seed(0)
+    net = BidirectionalTransformer(32, 16, dim=32, depth=2, heads=4, num_classes=2).eval()
+    checkpoint.save(net, tmp_path / "net", extra={"note": "x"})
+    back = checkpoint.load(tmp_path / "net", expected=BidirectionalTransformer)
+    tok = torch.randint(33, (2, 16))
+    assert torch.equal(net(tok), back(tok))
+    rec = checkpoint.read_config(tmp_path / "net")
+    assert rec["class"] == "vqfast.models.transformer.BidirectionalTransformer"
+    assert rec["config"]["num_classes"] == 2 and rec["extra"] == {"note": "x"} and "vqfast_version" in rec
+
+
+def test_round_trip_vqgan_with_ema_state(tmp_path):
+    torch.manual_seed(0)
+    vq = small_vq().train()
+    vq(torch.rand(4, 3, 16, 16) * 2 - 1)  # k-means init + one EMA update
+    vq.eval()
+    weights, meta = checkpoint.save(vq, tmp_path / "vq.safetensors")
+    assert weights.name == "vq.safetensors" and meta.name == "vq.json"
+    back = checkpoint.load(tmp_path / "vq")
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert torch.equal(vq.encode(x), back.encode(x))
+    for (k, a), b in zip(vq.state_dict().items(), back.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_wrong_class_is_named(tmp_path):
+    checkpoint.save(small_vq(), tmp_path / "vq")
+    with pytest.raises(ValueError, match="holds a vqfast.models.vqgan.VQGAN, expected .*BidirectionalTransformer"):
+        checkpoint.load(tmp_path / "vq", expected=BidirectionalTransformer)
+
+
+def test_wrong_shape_is_named(tmp_path):
+    checkpoint.save(small_vq(), tmp_path / "vq")
+    with pytest.raises(ValueError, match=r"shape mismatch: quantizer\.codebook_state\.embed: checkpoint \(32, 8\) vs model \(64, 8\)"):
+        checkpoint.load_state(VQGAN(resolution=16, ch=16, ch_mult=(1, 2), codebook_size=64, embed_dim=8),
+                              tmp_path / "vq")
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path):
+    checkpoint.save(BidirectionalTransformer(8, 4, dim=16, depth=1, heads=2), tmp_path / "a")
+    with pytest.raises(ValueError, match=r"missing from checkpoint: \['blocks\.1\."):
+        checkpoint.load_state(BidirectionalTransformer(8, 4, dim=16, depth=2, heads=2), tmp_path / "a")
+    checkpoint.save(BidirectionalTransformer(8, 4, dim=16, depth=2, heads=2), tmp_path / "b")
+    with pytest.raises(ValueError, match=r"not in BidirectionalTransformer: \['blocks\.1\."):
+        checkpoint.load_state(BidirectionalTransformer(8, 4, dim=16, depth=1, heads=2), tmp_path / "b")
+
+
+def test_foreign_class_refused(tmp_path):
+    checkpoint.save(BidirectionalTransformer(8, 4, dim=16, depth=1, heads=2), tmp_path / "a")
+    meta = tmp_path / "a.json"
+    rec = json.loads(meta.read_text())
+    rec["class"] = "os.system"
+    meta.write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="only classes inside the vqfast package"):
+        checkpoint.load(tmp_path / "a")
+    rec["class"] = "vqfast.checkpoint.save"
+    meta.write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="not an nn.Module"):
+        checkpoint.load(tmp_path / "a")
+
+
+def test_weights_file_is_safetensors(tmp_path):
+    weights, _ = checkpoint.save(BidirectionalTransformer(8, 4, dim=16, depth=1, heads=2), tmp_path / "a")
+    header_len = int.from_bytes(weights.read_bytes()[:8], "little")
+    header = json.loads(weights.read_bytes()[8:8 + header_len])
+    assert "tok_emb.weight" in header  # a safetensors JSON header, not a pickle
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        checkpoint.load(tmp_path / "nothing")
+
+
+def test_model_without_config_needs_one(tmp_path):
+    with pytest.raises(TypeError, match="config"):
+        checkpoint.save(torch.nn.Linear(2, 2), tmp_path / "lin")
