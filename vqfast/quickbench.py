@@ -10,6 +10,7 @@ import torch
 
 from vqfast import _backend
 from vqfast import ops
+from vqfast.ops.ema import HAS as EMA_HAS
 from vqfast.ops.nearest_code import HAS as NEAREST_CODE_HAS
 
 
@@ -36,6 +37,9 @@ def _cases(quick: bool):
     x, cb = torch.randn(n, d), torch.randn(k, d)
     yield ("nearest_code", NEAREST_CODE_HAS, 2 * n * k * d,
            lambda b: (lambda: ops.nearest_code(x, cb, backend=b)), f"N={n} K={k} d={d}")
+    idx = torch.randint(0, k, (n,))
+    yield ("ema_statistics", EMA_HAS, 0,
+           lambda b: (lambda: ops.ema_statistics(x, idx, k, backend=b)), f"N={n} K={k} d={d}")
 
 
 def run(quick: bool = True) -> list[dict]:

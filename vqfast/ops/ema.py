@@ -15,7 +15,7 @@ from vqfast import _backend
 from vqfast.ops import _validate
 from vqfast.reference import ema as ref
 
-HAS: tuple[str, ...] = ()  # backends with EMA kernels besides the reference
+HAS = ("cpu", "triton")  # backends with EMA kernels besides the reference
 INDEX_DTYPES = (torch.int64, torch.int32)
 
 

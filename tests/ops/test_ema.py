@@ -1,0 +1,141 @@
+"""ema_statistics / ema_update_: every backend against the reference oracle, and bad inputs."""
+import pytest
+import torch
+
+import vqfast
+from vqfast.ops.ema import HAS
+from vqfast.reference import ema as ref
+from tests.conftest import backend_params
+
+BACKENDS = backend_params("reference", *HAS)
+DTYPES = [pytest.param(torch.float32, 1e-5, id="fp32"), pytest.param(torch.float16, 1e-5, id="fp16"),
+          pytest.param(torch.bfloat16, 1e-5, id="bf16")]
+SHAPES = [pytest.param(1, 1, 3, id="N1-K1"), pytest.param(37, 1, 5, id="K1"), pytest.param(1, 9, 17, id="N1"),
+          pytest.param(513, 300, 33, id="odd-empty-codes"), pytest.param(2000, 7, 130, id="duplicates")]
+
+
+def check_stats(x, idx, K, counts, sums, atol):
+    rc, rs = ref.ema_statistics(x, idx, K)
+    assert counts.dtype == torch.float32 and sums.dtype == torch.float32
+    assert counts.shape == (K,) and sums.shape == (K, x.shape[1])
+    assert torch.equal(counts, rc)
+    # fp32 accumulation of up to N rows vs the fp64 oracle: error grows with the member count
+    tol = atol * (1 + rc[:, None]) * (1 + x.float().abs().max())
+    assert torch.all((sums - rs).abs() <= tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype, atol", DTYPES)
+@pytest.mark.parametrize("N, K, d", SHAPES)
+def test_ema_statistics_matches_reference(backend, dtype, atol, N, K, d):
+    g = torch.Generator().manual_seed(N + 31 * K + d)
+    x = (torch.randn(N, d, generator=g) * 3).to(dtype)
+    idx = torch.randint(0, K, (N,), generator=g)
+    if K > 100:
+        idx = idx % (K // 2)  # half the codes get no members: their sums must be zeros, not garbage
+    counts, sums = vqfast.ops.ema_statistics(x, idx, K, backend=backend)
+    check_stats(x, idx, K, counts, sums, atol)
+    if K > 100:
+        assert torch.all(sums[K // 2:] == 0) and torch.all(counts[K // 2:] == 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ema_statistics_noncontiguous_int32_and_collapsed(backend):
+    g = torch.Generator().manual_seed(3)
+    big = torch.randn(300, 70, generator=g)
+    x = big[::2, 3:50]  # [150, 47] view with a row stride
+    idx = torch.randint(0, 5, (300,), generator=g)[::2].int()
+    check_stats(x, idx, 11, *vqfast.ops.ema_statistics(x, idx, 11, backend=backend), 1e-5)
+    collapsed = torch.zeros(150, dtype=torch.long)  # every row in one code: the column-split path
+    counts, sums = vqfast.ops.ema_statistics(x, collapsed, 4, backend=backend)
+    check_stats(x, collapsed, 4, counts, sums, 1e-5)
+    assert counts[0] == 150
+
+
+@pytest.mark.parametrize("backend", backend_params(*[b for b in HAS if b == "cpu"]))
+def test_cpu_statistics_deterministic_across_thread_counts(backend):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3000, 96, generator=g)
+    idx = torch.randint(0, 13, (3000,), generator=g)
+    idx[:1500] = 2  # one big cluster: ranges and column blocks depend on the thread count
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(vqfast.ops.ema_statistics(x, idx, 13, backend=backend))
+    finally:
+        torch.set_num_threads(before)
+    for counts, sums in results[1:]:
+        assert torch.equal(counts, results[0][0]) and torch.equal(sums, results[0][1])
+
+
+def test_ema_statistics_empty_batch():
+    counts, sums = vqfast.ops.ema_statistics(torch.randn(0, 8), torch.zeros(0, dtype=torch.long), 5)
+    assert torch.equal(counts, torch.zeros(5)) and torch.equal(sums, torch.zeros(5, 8))
+
+
+def _state(K, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    n = torch.rand(K, generator=g) * 5
+    n[0] = 0  # a code that has never been used
+    return n, torch.randn(K, d, generator=g), torch.randint(0, 4, (K,), generator=g).float(), torch.randn(K, d, generator=g)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("K, d", [(1, 1), (1, 7), (300, 33)])
+@pytest.mark.parametrize("decay, eps", [(0.99, 1e-5), (0.0, 1e-5), (0.5, 0.0), (0.9, 0.1)])
+def test_ema_update_matches_reference(backend, K, d, decay, eps):
+    n, s, c, t = _state(K, d, K + d)
+    rn, rs = n.clone(), s.clone()
+    want = ref.ema_update_(rn, rs, c, t, decay, eps)
+    got_n, got_s = n.clone(), s.clone()
+    got = vqfast.ops.ema_update_(got_n, got_s, c, t, decay, eps, backend=backend)
+    torch.testing.assert_close(got_n, rn, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_s, rs, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ema_update_eps0_is_the_seed_equation(backend):
+    n, s, c, t = _state(40, 6, 0)
+    n = n + 1  # no empty code: e = s / n is finite
+    g = 0.99
+    want_n, want_s = g * n + (1 - g) * c, g * s + (1 - g) * t
+    got = vqfast.ops.ema_update_(n, s, c, t, g, 0.0, backend=backend)
+    torch.testing.assert_close(n, want_n)
+    torch.testing.assert_close(got, want_s / want_n[:, None])
+    torch.testing.assert_close(got, s / n[:, None], rtol=0, atol=0)  # exactly s / n, no smoothing rounding
+
+
+@pytest.mark.parametrize("x, idx, K, match, err", [
+    (torch.randn(4, 3), torch.tensor([0, 1, 2, 5]), 5, r"idx values must be in \[0, K=5\)", ValueError),
+    (torch.randn(4, 3), torch.tensor([0, -1, 2, 1]), 5, r"idx values must be in", ValueError),
+    (torch.randn(4, 3), torch.tensor([0, 1, 2, 1]), 0, "K must be >= 1", ValueError),
+    (torch.randn(4, 3), torch.tensor([0, 1, 2, 1]), 2.0, "K must be an int", TypeError),
+    (torch.randn(4, 3), torch.tensor([0, 1, 2]), 5, r"idx must have shape \[4\]", ValueError),
+    (torch.randn(4, 3), torch.tensor([0.0, 1, 2, 1]), 5, "idx must have dtype", TypeError),
+    (torch.randn(4, 3, 2), torch.tensor([0, 1, 2, 1]), 5, "x must have 2 dims", ValueError),
+    (torch.randn(4, 3).double(), torch.tensor([0, 1, 2, 1]), 5, "x must have dtype", TypeError),
+])
+def test_ema_statistics_bad_inputs(x, idx, K, match, err):
+    with pytest.raises(err, match=match):
+        vqfast.ops.ema_statistics(x, idx, K)
+
+
+@pytest.mark.parametrize("kwargs, match, err", [
+    (dict(decay=1.0), r"decay must be in \[0, 1\)", ValueError),
+    (dict(decay=-0.1), r"decay must be in \[0, 1\)", ValueError),
+    (dict(decay="0.9"), "decay must be a float", TypeError),
+    (dict(eps=-1.0), "eps must be >= 0", ValueError),
+    (dict(counts=torch.zeros(4)), r"counts must have shape \[5\]", ValueError),
+    (dict(sums=torch.zeros(5, 2)), r"sums must have shape \[5, 3\]", ValueError),
+    (dict(cluster_size=torch.zeros(5, dtype=torch.float64)), "cluster_size must have dtype", TypeError),
+    (dict(embed_sum=torch.zeros(3, 5).T), "embed_sum is updated in place and must be contiguous", ValueError),
+])
+def test_ema_update_bad_inputs(kwargs, match, err):
+    args = dict(cluster_size=torch.ones(5), embed_sum=torch.zeros(5, 3), counts=torch.ones(5),
+                sums=torch.zeros(5, 3), decay=0.99, eps=1e-5)
+    args.update(kwargs)
+    with pytest.raises(err, match=match):
+        vqfast.ops.ema_update_(**args)
