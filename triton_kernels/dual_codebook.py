@@ -4,9 +4,10 @@ One pass over the rows: a program loads BLOCK_N rows once and routes them inside
 the kernel by the visible mask: visible rows take their nearest code of e, masked
 rows their nearest code of e2 with the index offset by K, and the chosen code is
 gathered in the same kernel. A program searches e only if one of its rows is
-visible and e2 only if one is masked, so blocks of one kind (the common case: PUT's
-masks cover whole regions) cost one search; a block mixing both pays for two.
-Exactness and the NaN policy: see triton_kernels/_search.py.
+visible and e2 only if one is masked. The launcher hands the kernel the row order
+visible-first (a stable argsort of the mask: N indices, the rows themselves never
+move), so at most one program mixes both kinds and the work is one search per row
+whatever the shape of the mask. Exactness and the NaN policy: see _search.py.
 """
 from __future__ import annotations
 
@@ -18,14 +19,16 @@ from vqfast.triton_kernels._search import argmin_codes, blocks, gather_rows, lay
 
 
 @triton.jit
-def _dual_codebook_kernel(X, VIS, E_HI, E_LO, E_SQ, E_SRC, F_HI, F_LO, F_SQ, F_SRC, IDX, Q, N, K, K2, D,
+def _dual_codebook_kernel(X, VIS, ORDER, E_HI, E_LO, E_SQ, E_SRC, F_HI, F_LO, F_SQ, F_SRC, IDX, Q, N, K, K2, D,
                           stride_xn, stride_xd, stride_e, stride_f, stride_qn,
                           IS_L2: tl.constexpr, E_SPLIT: tl.constexpr, F_SPLIT: tl.constexpr,
                           DOT_F32: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           BLOCK_D: tl.constexpr):
-    """idx[n] = argmin over e (visible) or K + argmin over e2 (masked); Q[n] = that code."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
+    """idx[n] = argmin over e (visible) or K + argmin over e2 (masked); Q[n] = that code.
+    This program takes rows ORDER[pid * BLOCK_N : (pid + 1) * BLOCK_N]."""
+    slots = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = slots < N
+    rows = tl.load(ORDER + slots, mask=rmask, other=0)
     vis = tl.load(VIS + rows, mask=rmask, other=0) != 0
     xt = load_rows(X, rows, rmask, stride_xn, stride_xd, D, BLOCK_D)
     xf = xt.to(tl.float32)
@@ -63,10 +66,11 @@ def dual_codebook_quantize_triton(x: torch.Tensor, visible: torch.Tensor, e_sear
     # Gather sources already in x's dtype: the kernel then copies rows, no rounding inside.
     src_e, src_f = e.detach().to(x.dtype).contiguous(), e2.detach().to(x.dtype).contiguous()
     vis = visible.contiguous().view(torch.uint8)
+    order = torch.argsort(1 - vis, stable=True)  # visible rows first, each kind in row order
     dot_f32 = le.dot_f32 or lf.dot_f32
     b = blocks(n, max(k, k2), d, 4 if dot_f32 else 2)
     _dual_codebook_kernel[(triton.cdiv(n, b.n),)](
-        x, vis, le.hi, le.lo, le.sq, src_e, lf.hi, lf.lo, lf.sq, src_f, idx, q, n, k, k2, d,
+        x, vis, order, le.hi, le.lo, le.sq, src_e, lf.hi, lf.lo, lf.sq, src_f, idx, q, n, k, k2, d,
         x.stride(0), x.stride(1), le.hi.stride(0), lf.hi.stride(0), q.stride(0),
         IS_L2=metric == "l2", E_SPLIT=le.split, F_SPLIT=lf.split, DOT_F32=dot_f32,
         BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d, num_warps=b.warps, num_stages=b.stages)

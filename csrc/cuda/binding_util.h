@@ -36,6 +36,8 @@ inline void check(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, "vqfast_cuda.", op, ": ", cudaGetErrorString(err));
 }
 
-inline cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+inline cudaStream_t stream_of(const at::Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
 
 }  // namespace vqfast::cuda

@@ -25,16 +25,17 @@ std::tuple<at::Tensor, at::Tensor> dual_codebook_quantize_cuda(const at::Tensor&
   const c10::cuda::CUDAGuard guard(x.device());
   const auto xr = rows_view(x);
   const auto vis = visible.contiguous().view(at::kByte);
+  const auto order = at::argsort(1 - vis, /*stable=*/true);  // visible rows first, each kind in row order
   const auto cb = search_layout(e, "e"), cb2 = search_layout(e2, "e2");
   const auto sq = cb.square().sum(1), sq2 = cb2.square().sum(1);
   const auto src = e_src.to(x.scalar_type()).contiguous(), src2 = e2_src.to(x.scalar_type()).contiguous();
   auto idx = at::empty({x.size(0)}, x.options().dtype(at::kLong));
   auto codes = at::empty({x.size(0), x.size(1)}, x.options());
   check(dual_codebook_quantize(xr.data_ptr(), dtype_of(xr, "x"), xr.size(0), xr.size(1), xr.stride(0),
-                               vis.data_ptr<uint8_t>(), cb.data_ptr<float>(), sq.data_ptr<float>(), cb.size(0),
-                               cb2.data_ptr<float>(), sq2.data_ptr<float>(), cb2.size(0), metric == kMetricL2,
-                               src.data_ptr(), src2.data_ptr(), idx.data_ptr<int64_t>(), codes.data_ptr(),
-                               stream_of(x)),
+                               vis.data_ptr<uint8_t>(), order.data_ptr<int64_t>(), cb.data_ptr<float>(),
+                               sq.data_ptr<float>(), cb.size(0), cb2.data_ptr<float>(), sq2.data_ptr<float>(),
+                               cb2.size(0), metric == kMetricL2, src.data_ptr(), src2.data_ptr(),
+                               idx.data_ptr<int64_t>(), codes.data_ptr(), stream_of(x)),
         "dual_codebook_quantize");
   return {codes, idx};
 }

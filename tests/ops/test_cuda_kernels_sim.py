@@ -101,12 +101,13 @@ def test_nearest_code_ties_and_nonfinite(lib):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
-def test_dual_codebook_kernel(lib, dtype, metric):
+@pytest.mark.parametrize("order_kind", ["visible-first", "shuffled"])
+def test_dual_codebook_kernel(lib, dtype, metric, order_kind):
     g = torch.Generator().manual_seed(5)
     n, d, k, k2 = 150, 19, 70, 9
     x = torch.randn(n, d, generator=g).to(dtype)
     visible = torch.zeros(n, dtype=torch.bool)
-    visible[:64] = True  # one all-visible block, then mixed rows, then an all-masked block
+    visible[:64] = True
     visible[64:128] = torch.rand(64, generator=g) < 0.5
     e, e2 = torch.randn(k, d, generator=g).to(dtype), torch.randn(k2, d, generator=g).to(dtype)
     se, se2 = search_codebook(e, metric), search_codebook(e2, metric)
@@ -115,9 +116,11 @@ def test_dual_codebook_kernel(lib, dtype, metric):
     idx = torch.full((n,), -7, dtype=torch.long)
     q = torch.full((n, d), float("nan"), dtype=dtype)
     vis = visible.view(torch.uint8)
-    rc = lib.sim_dual_codebook_quantize(ptr(x), DTYPE_ID[dtype], i64(n), i64(d), i64(d), ptr(vis), ptr(se), ptr(sq),
-                                        i64(k), ptr(se2), ptr(sq2), i64(k2), int(metric == "l2"), ptr(src), ptr(src2),
-                                        ptr(idx), ptr(q))
+    # The binding passes visible-first; any permutation must give the same result.
+    order = torch.argsort(1 - vis, stable=True) if order_kind == "visible-first" else torch.randperm(n, generator=g)
+    rc = lib.sim_dual_codebook_quantize(ptr(x), DTYPE_ID[dtype], i64(n), i64(d), i64(d), ptr(vis), ptr(order),
+                                        ptr(se), ptr(sq), i64(k), ptr(se2), ptr(sq2), i64(k2), int(metric == "l2"),
+                                        ptr(src), ptr(src2), ptr(idx), ptr(q))
     assert rc == 0
     v, m = visible, ~visible
     assert bool((idx[v] < k).all()) and bool((idx[m] >= k).all())

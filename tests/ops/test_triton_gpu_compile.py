@@ -33,7 +33,8 @@ SCRIPT = textwrap.dedent('''
     def compile_kernel(fn, pointers, constexprs, b):
         sig = {}
         for p in fn.params:
-            sig[p.name] = "constexpr" if p.is_constexpr else ("*" + TY[pointers[p.name]] if p.name in pointers else "i32")
+            ptr = "*" + TY[pointers[p.name]] if p.name in pointers else "i32"
+            sig[p.name] = "constexpr" if p.is_constexpr else ptr
         opts = {"num_warps": b.warps, "num_stages": b.stages}
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
                            options=opts)
@@ -58,8 +59,8 @@ SCRIPT = textwrap.dedent('''
     lf = _search.layout(cb, torch.bfloat16, "l2", torch.float32)
     b = _search.blocks(10000, 300, 64, 2)
     bf = torch.bfloat16
-    ptrs = dict(X=bf, VIS=torch.uint8, E_HI=bf, E_LO=bf, E_SQ=torch.float32, E_SRC=bf, F_HI=bf, F_LO=bf,
-                F_SQ=torch.float32, F_SRC=bf, IDX=torch.int64, Q=bf)
+    ptrs = dict(X=bf, VIS=torch.uint8, ORDER=torch.int64, E_HI=bf, E_LO=bf, E_SQ=torch.float32, E_SRC=bf,
+                F_HI=bf, F_LO=bf, F_SQ=torch.float32, F_SRC=bf, IDX=torch.int64, Q=bf)
     compile_kernel(_dual_codebook_kernel, ptrs, dict(IS_L2=True, E_SPLIT=le.split, F_SPLIT=lf.split, DOT_F32=False,
                    BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d), b)
 

@@ -11,11 +11,12 @@ extern "C" int sim_nearest_code(const void* x, int dtype, int64_t n, int64_t d, 
 }
 
 extern "C" int sim_dual_codebook_quantize(const void* x, int dtype, int64_t n, int64_t d, int64_t ldx,
-                                          const uint8_t* visible, const float* e, const float* e_sq, int64_t k,
+                                          const uint8_t* visible, const int64_t* order, const float* e,
+                                          const float* e_sq, int64_t k,
                                           const float* e2, const float* e2_sq, int64_t k2, int l2, const void* e_src,
                                           const void* e2_src, int64_t* idx, void* q) {
-  return vqfast::cuda::dual_codebook_quantize(x, static_cast<DType>(dtype), n, d, ldx, visible, e, e_sq, k, e2, e2_sq,
-                                              k2, l2 != 0, e_src, e2_src, idx, q, nullptr);
+  return vqfast::cuda::dual_codebook_quantize(x, static_cast<DType>(dtype), n, d, ldx, visible, order, e, e_sq, k, e2,
+                                              e2_sq, k2, l2 != 0, e_src, e2_src, idx, q, nullptr);
 }
 
 extern "C" int sim_residual_quantize(const void* x, int dtype, int64_t n, int64_t d, int64_t ldx, const float* cb,

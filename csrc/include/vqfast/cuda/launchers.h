@@ -23,8 +23,11 @@ cudaError_t nearest_code(const void* x, DType dtype, int64_t n, int64_t d, int64
 // PUT's dual codebook: visible rows (visible[n] != 0) take their nearest code of e
 // [k, d], masked rows their nearest code of e2 [k2, d] with the index offset by k;
 // q[n] = the chosen code, from e_src / e2_src (in x's dtype). Search layout as above.
+// order [n] is a permutation of the rows, visible first: block b takes rows
+// order[b * 64 : (b + 1) * 64], so at most one block mixes both kinds.
 cudaError_t dual_codebook_quantize(const void* x, DType dtype, int64_t n, int64_t d, int64_t ldx,
-                                   const uint8_t* visible, const float* e, const float* e_sq, int64_t k,
+                                   const uint8_t* visible, const int64_t* order, const float* e,
+                                   const float* e_sq, int64_t k,
                                    const float* e2, const float* e2_sq, int64_t k2, bool l2, const void* e_src,
                                    const void* e2_src, int64_t* idx, void* q, cudaStream_t stream);
 
