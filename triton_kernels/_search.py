@@ -15,7 +15,10 @@ Exactness (the index semantics of vqfast.reference.nearest_code, ties -> lowest 
   bf16 arithmetic is wrong) and dots are summed in fp64 (see _dot); the hi/lo
   layout is kept, so the same kernels run, only the dot's input type differs.
 Scores are c_sq - 2 x.c (l2) or -x.c (cosine, codes pre-normalized); a NaN score
-never wins; a row of x that is not finite gets idx 0 and dist NaN.
+never wins; a row of x that is not finite gets idx 0 and dist NaN. So indices equal
+the float64 reference wherever its best and second-best distances differ by more
+than the fp32 rounding of the scores (about d * 2^-24 * |x| |c|), and bit-equal codes
+always tie to the lowest index (each score is computed the same way for every code).
 """
 from __future__ import annotations
 
