@@ -1,4 +1,4 @@
-"""Command line: `python -m vqfast info | bench [--quick]`."""
+"""Command line: `python -m vqfast info | bench [--quick] | demo`."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,11 @@ def main(argv=None) -> None:
     sub.add_parser("info", help="what is built and usable")
     bench = sub.add_parser("bench", help="time every op per backend against its reference")
     bench.add_argument("--quick", action="store_true", help="small shapes, about a minute")
+    demo = sub.add_parser("demo", help="MaskGIT inpainting end to end: train (or load) tiny models, write a PNG")
+    demo.add_argument("--out", default="maskgit_demo.png", help="PNG grid to write")
+    demo.add_argument("--cache-dir", default=None, help="checkpoint cache (default ~/.cache/vqfast, env VQFAST_CACHE)")
+    demo.add_argument("--retrain", action="store_true", help="ignore cached checkpoints")
+    demo.add_argument("--minutes", type=float, default=8.0, help="training time budget")
     args = parser.parse_args(argv)
     if args.cmd == "info":
         info()
@@ -30,6 +35,10 @@ def main(argv=None) -> None:
         from vqfast import quickbench
         info()
         quickbench.run(quick=args.quick)
+    elif args.cmd == "demo":
+        from vqfast import demo
+        info()
+        demo.run(cache_dir=args.cache_dir, out=args.out, retrain=args.retrain, budget_minutes=args.minutes)
 
 
 if __name__ == "__main__":

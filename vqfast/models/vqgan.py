@@ -10,7 +10,7 @@ nearest-neighbour upsampling. The quantizer is `vqfast.quantizers.VectorQuantize
 Loss (`VQGAN.loss`): L1 or L2 reconstruction + the quantizer's commitment term, plus
 optional perceptual and adversarial terms (`vqfast.models.vqgan_losses`).
 
-Configs: `VQGAN.tiny()` (32x32 crops -> 8x8 tokens, 256 codes: CPU demo) and
+Configs: `VQGAN.tiny()` (32x32 crops -> 8x8 tokens, 256 codes: the CPU demo's) and
 `VQGAN.seed_config()` (64x64 -> 16x16 tokens, 1024 codes, dim 256: the seed lab's).
 """
 from __future__ import annotations
@@ -151,8 +151,8 @@ class VQGAN(nn.Module):
 
     @classmethod
     def tiny(cls, **overrides) -> "VQGAN":
-        """32x32 crops -> 8x8 tokens, 256 codes of dim 32 (~0.5M parameters): trains on a CPU in minutes."""
-        return cls(**{**dict(resolution=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, codebook_size=256,
+        """32x32 crops -> 8x8 tokens, 256 codes of dim 32 (~0.7M parameters): trains on a CPU in minutes."""
+        return cls(**{**dict(resolution=32, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, codebook_size=256,
                              embed_dim=32), **overrides})
 
     @classmethod

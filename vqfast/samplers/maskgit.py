@@ -42,10 +42,11 @@ def reveal_schedule(n_masked: torch.Tensor, steps: int, schedule: str) -> torch.
     return torch.stack(out)
 
 
-def _logits(model: Callable, tokens, class_labels, guidance_scale, null_class):
-    if class_labels is None or guidance_scale == 1.0:
-        return model(tokens, class_labels) if class_labels is not None else model(tokens)
-    both = model(torch.cat([tokens, tokens]), torch.cat([class_labels, torch.full_like(class_labels, null_class)]))
+def _logits(model: Callable, tokens, class_labels, guidance_scale, null_class, autocast_dtype):
+    with torch.autocast(tokens.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        if class_labels is None or guidance_scale == 1.0:
+            return model(tokens, class_labels) if class_labels is not None else model(tokens)
+        both = model(torch.cat([tokens, tokens]), torch.cat([class_labels, torch.full_like(class_labels, null_class)]))
     cond, uncond = both.float().chunk(2)
     return uncond + guidance_scale * (cond - uncond)  # classifier-free guidance
 
@@ -56,7 +57,8 @@ def maskgit_decode(model: Callable, tokens: torch.Tensor | None = None, mask: to
                    choice_temperature: float = 4.5, choice: str = "argmax", sample_temperature: float = 1.0,
                    sweet_spot: int | None = None, class_labels: torch.Tensor | None = None,
                    guidance_scale: float = 1.0, generator: torch.Generator | int | None = None,
-                   backend: str = "auto", progress: bool = False, return_history: bool = False):
+                   autocast_dtype: torch.dtype | None = None, backend: str = "auto", progress: bool = False,
+                   return_history: bool = False):
     """Generate (tokens=None) or inpaint token maps with MaskGIT's iterative decoding.
 
     model: a BidirectionalTransformer (or any callable tokens [B, L] (, class_labels) ->
@@ -71,6 +73,8 @@ def maskgit_decode(model: Callable, tokens: torch.Tensor | None = None, mask: to
     class_labels [B] and guidance_scale s: logits = uncond + s * (cond - uncond)
         (s = 1: conditional only, no extra forward).
     generator: torch.Generator or int seed (same seed -> same tokens).
+    autocast_dtype: run the transformer under torch.autocast in this dtype (e.g.
+        torch.bfloat16; selection reads the bf16 logits and accumulates in fp32).
     Returns tokens (same shape as the input), or (tokens, masked [steps_run + 1, B, L])
     with return_history: the still-masked positions before each step and at the end.
 
@@ -113,7 +117,7 @@ def maskgit_decode(model: Callable, tokens: torch.Tensor | None = None, mask: to
         from tqdm.auto import tqdm
         it = tqdm(it, desc="maskgit", unit="step")
     for t in it:
-        logits = _logits(model, cur, class_labels, guidance_scale, getattr(model, "num_classes", 0))
+        logits = _logits(model, cur, class_labels, guidance_scale, getattr(model, "num_classes", 0), autocast_dtype)
         if choice == "sample" and sample_temperature != 1.0:
             logits = logits / sample_temperature
         tau = choice_temperature * (1.0 - (t + 1) / steps)
