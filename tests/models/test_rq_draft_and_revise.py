@@ -166,3 +166,10 @@ def test_bad_arguments(net):
         draft_and_revise(net, _given(net)[..., :2], _region())
     with pytest.raises(ValueError, match="outside the mask"):
         draft_and_revise(net, _given(net) + 100, _region())
+
+
+def test_bf16_autocast_and_top_k_top_p(net):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = draft_and_revise(net, batch_size=2, class_labels=torch.tensor([1, 2]), T_draft=3, M=1, top_k=5,
+                               top_p=0.9, generator=0)
+    assert out.shape == (2, 4, 5, 3) and out.min() >= 0 and out.max() < net.codebook_size
