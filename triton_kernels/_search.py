@@ -177,6 +177,9 @@ def blocks(n_rows: int, n_codes: int, d: int, dot_bytes: int) -> Blocks:
     if INTERPRET:
         return Blocks(max(16, min(256, triton.next_power_of_2(max(n_rows, 1)))),
                       max(16, min(512, triton.next_power_of_2(n_codes))), block_d, 4, 1)
-    block_n = 64 if block_d <= 128 else 32 if block_d <= 512 else 16
+    if dot_bytes == 2:  # half dots: 64 rows lets Hopper use its 64-row wgmma tiles
+        block_n = 64 if block_d <= 256 else 32 if block_d <= 512 else 16
+    else:
+        block_n = 64 if block_d <= 128 else 32 if block_d <= 512 else 16
     block_k = max(16, min(64, (32 * 1024) // (block_d * dot_bytes)))
     return Blocks(block_n, block_k, block_d, 4 if block_d <= 128 else 8, 2)
