@@ -200,3 +200,21 @@ def test_bad_inputs(batch):
         t(torch.randn(1, 64, 32))
     with pytest.raises(ValueError, match="seq_len"):
         t(torch.randn(1, 65, 64))
+
+
+def test_checkpoint_round_trip(batch, tmp_path):
+    from vqfast import checkpoint
+    x, m = batch
+    torch.manual_seed(0)
+    vae, t = PVQVAE.tiny(encoder="conv"), UQTransformer.tiny(n_layers=1)
+    vae(x, m)  # one EMA step, so the codebook buffers differ from their init
+    vae.eval()
+    checkpoint.save(vae, tmp_path / "vae")
+    checkpoint.save(t, tmp_path / "t")
+    vae2 = checkpoint.load(tmp_path / "vae", expected=PVQVAE)
+    t2 = checkpoint.load(tmp_path / "t", expected=UQTransformer)
+    assert vae2.config == vae.config and torch.equal(vae2(x, m).recon, vae(x, m).recon)
+    f = torch.randn(2, 64, 64)
+    assert torch.equal(t2(f), t.eval()(f))
+    with pytest.raises(ValueError, match="expected"):
+        checkpoint.load(tmp_path / "t", expected=PVQVAE)
