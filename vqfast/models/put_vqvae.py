@@ -184,11 +184,14 @@ class PVQVAE(nn.Module):
     (ResBlock widths), n_res ResBlocks in encoder and decoder, dec_base (widest-resolution
     channels); variants: encoder="linear"|"conv" (PUT^conv), codebooks=2|1 (PUT^one: one e
     for every patch), reference=True|False (PUT^no-ref). Defaults are Table 1.
+    threshold_dead_code: codes whose EMA count falls below it are re-seeded from batch
+    features (0 = never, as the seed; the tiny config uses 1 against codebook collapse).
     """
 
     def __init__(self, *, patch: int = 8, dim: int = 256, codebook_size: int = 512, hidden: int = 256,
                  res_hidden: int = 128, n_res: int = 8, dec_base: int = 64, encoder: str = "linear",
-                 codebooks: int = 2, reference: bool = True, decay: float = 0.99):
+                 codebooks: int = 2, reference: bool = True, decay: float = 0.99,
+                 threshold_dead_code: float = 0.0):
         super().__init__()
         if patch < 2 or patch & (patch - 1):
             raise ValueError(f"patch must be a power of two >= 2, got {patch}")
@@ -198,19 +201,21 @@ class PVQVAE(nn.Module):
             raise ValueError(f"codebooks must be 1 or 2, got {codebooks!r}")
         self.config = dict(patch=patch, dim=dim, codebook_size=codebook_size, hidden=hidden, res_hidden=res_hidden,
                            n_res=n_res, dec_base=dec_base, encoder=encoder, codebooks=codebooks,
-                           reference=reference, decay=decay)
+                           reference=reference, decay=decay, threshold_dead_code=threshold_dead_code)
         self.patch, self.dim, self.codebook_size, self.codebooks = patch, dim, codebook_size, codebooks
         if encoder == "linear":
             self.encoder = PatchEncoder(patch, hidden, res_hidden, n_res, dim)
         else:
             self.encoder = ConvEncoder(patch, hidden, res_hidden, n_res, dim, dec_base)
-        self.quantizer = DualCodebookQuantizer(dim, codebook_size, codebook_size, decay=decay)
+        self.quantizer = DualCodebookQuantizer(dim, codebook_size, codebook_size, decay=decay,
+                                               threshold_dead_code=threshold_dead_code)
         self.decoder = MSGDecoder(patch, dim, hidden, res_hidden, n_res, dec_base, reference)
 
     @classmethod
     def tiny(cls, **overrides) -> "PVQVAE":
-        """A CPU-sized P-VQVAE for 32x32 crops: r=4, d=64, K=128, 2 ResBlocks."""
-        cfg = dict(patch=4, dim=64, codebook_size=128, hidden=64, res_hidden=32, n_res=2, dec_base=32)
+        """A CPU-sized P-VQVAE for 32x32 crops: r=4, d=64, K=128, 2 ResBlocks, dead-code revival."""
+        cfg = dict(patch=4, dim=64, codebook_size=128, hidden=64, res_hidden=32, n_res=2, dec_base=32,
+                   threshold_dead_code=1.0)
         cfg.update(overrides)
         return cls(**cfg)
 
