@@ -1,0 +1,170 @@
+"""Token samplers (DESIGN.md ops 7-9) against their reference, the anchors' PyTorch chains
+and the machine's memory ceiling, all timed in one run.
+
+Cases B = 8, (L, V) from SAMPLING_BENCH_CASES (default 256x1024, 1024x4096, 1024x16384),
+logits = 3 * randn in fp32. Rows per case, interleaved round-robin over 3 input sets
+(median of SAMPLING_BENCH_ROUNDS, default 3; min/max in extra_info):
+  read_once        torch.amax(logits, -1): reading the logits once (the target's unit)
+  copy             dst.copy_(logits): copy bandwidth (reads and writes the logits)
+  sample_*         vqfast.ops.sample_logits: greedy, Gumbel-max over V, top-k 50, top-p 0.9
+  anchor_sample    softmax + torch.multinomial; anchor_topk: topk + softmax + multinomial
+  select_*         vqfast.ops.gumbel_topk_select, argmax / sample choice
+  anchor_maskgit   MaskGIT lab Sec. 2.3: softmax, max, log(p + 1e-9) + tau * gumbel,
+                   masked_fill, sort-based mask_by_random_topk cut-off (sample choice:
+                   multinomial over the probabilities)
+  put_*            vqfast.ops.select_and_sample_topk (K = 50, one position)
+  anchor_put       PUT Algorithm 1: softmax of every position, max-probability, masked
+                   argmax, topk + multinomial on the chosen row
+  ref_*            vqfast.reference.sampling on B/8 of the rows, scaled to the full case
+Ratios in extra_info: speedup_vs_<baseline> and x_read_once (time / read_once).
+
+    python -m pytest benchmarks/test_bench_sampling.py --benchmark-only -s
+"""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import subprocess
+import time
+
+import pytest
+import torch
+
+import vqfast
+from vqfast.reference import sampling as ref
+
+B = 8
+CASES = [tuple(int(v) for v in c.split("x"))
+         for c in os.environ.get("SAMPLING_BENCH_CASES", "256x1024,1024x4096,1024x16384").split(",")]
+ROUNDS = int(os.environ.get("SAMPLING_BENCH_ROUNDS", "3"))
+REF_SHARE = 8  # reference rows are timed on B / REF_SHARE batch rows and scaled
+TAU, TOP_K, TOP_P = 4.5, 50, 0.9
+
+
+def machine() -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(__file__)).stdout.strip()
+    cpu = platform.processor()
+    with open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "commit": commit}
+
+
+def _anchor_maskgit(x, masked, n, sample, g):
+    probs = torch.softmax(x, -1)
+    if sample:
+        flat = probs.reshape(-1, probs.shape[-1])
+        pred = torch.multinomial(flat, 1, generator=g).reshape(x.shape[:2])
+        p = probs.gather(-1, pred[..., None]).squeeze(-1)
+    else:
+        p, pred = probs.max(-1)
+    gumbel = -torch.log(-torch.log(torch.rand(p.shape, generator=g).clamp_min(1e-20)))
+    conf = (torch.log(p + 1e-9) + TAU * gumbel).masked_fill(~masked, float("-inf"))
+    sorted_conf = torch.sort(conf, dim=-1, descending=True).values  # mask_by_random_topk
+    cut = sorted_conf.gather(1, (n - 1).clamp_min(0)[:, None])
+    return pred, conf >= cut
+
+
+def _anchor_put(x, known, g):
+    probs = torch.softmax(x, -1)
+    score = probs.amax(-1).masked_fill(known, -1.0)
+    pos = score.argmax(1)
+    row = x[torch.arange(x.shape[0]), pos]
+    top = torch.topk(row, TOP_K, -1)
+    pick = torch.multinomial(torch.softmax(top.values, -1), 1, generator=g)
+    return pos, top.indices.gather(1, pick)
+
+
+def _anchor_topk(x, g):
+    flat = x.reshape(-1, x.shape[-1])
+    top = torch.topk(flat, TOP_K, -1)
+    pick = torch.multinomial(torch.softmax(top.values, -1), 1, generator=g)
+    return top.indices.gather(1, pick)
+
+
+@functools.lru_cache(maxsize=None)
+def _inputs(L: int, V: int):
+    g = torch.Generator().manual_seed(L + V)
+    xs = [3 * torch.randn(B, L, V, generator=g) for _ in range(3)]
+    masked = torch.rand(B, L, generator=g) < 0.5
+    return xs, masked, masked.sum(1) // 2, torch.empty(B, L, V)
+
+
+def _rows(L: int, V: int) -> dict:
+    xs, masked, n, buf = _inputs(L, V)
+    g = torch.Generator().manual_seed(0)
+    b = B // REF_SHARE
+    return {
+        "read_once": lambda i: torch.amax(xs[i], -1),
+        "copy": lambda i: buf.copy_(xs[i]),
+        "sample_greedy": lambda i: vqfast.ops.sample_logits(xs[i], 0.0),
+        "sample_gumbel": lambda i: vqfast.ops.sample_logits(xs[i], 1.0, generator=g),
+        "sample_topk": lambda i: vqfast.ops.sample_logits(xs[i], 1.0, top_k=TOP_K, generator=g),
+        "sample_topp": lambda i: vqfast.ops.sample_logits(xs[i], 1.0, top_p=TOP_P, generator=g),
+        "anchor_sample": lambda i: torch.multinomial(torch.softmax(xs[i].reshape(-1, V), -1), 1, generator=g),
+        "anchor_topk": lambda i: _anchor_topk(xs[i], g),
+        "ref_sample_gumbel": lambda i: ref.sample_logits(xs[i][:b], 1.0, None, None, None, None, 1),
+        "select_argmax": lambda i: vqfast.ops.gumbel_topk_select(xs[i], masked, n, TAU, "argmax", generator=g),
+        "select_sample": lambda i: vqfast.ops.gumbel_topk_select(xs[i], masked, n, TAU, "sample", generator=g),
+        "anchor_maskgit_argmax": lambda i: _anchor_maskgit(xs[i], masked, n, False, g),
+        "anchor_maskgit_sample": lambda i: _anchor_maskgit(xs[i], masked, n, True, g),
+        "ref_select_sample": lambda i: ref.gumbel_topk_select(xs[i][:b], masked[:b], n[:b], TAU, "sample", None, 1),
+        "put_select": lambda i: vqfast.ops.select_and_sample_topk(xs[i], ~masked, TOP_K, 1, 1.0, generator=g),
+        "anchor_put": lambda i: _anchor_put(xs[i], ~masked, g),
+        "ref_put_select": lambda i: ref.select_and_sample_topk(xs[i][:b], ~masked[:b], TOP_K, 1, 1.0, 1),
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _measure(L: int, V: int) -> dict:
+    rows = _rows(L, V)
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    with torch.no_grad():
+        for fn in rows.values():
+            fn(0)
+        for r in range(ROUNDS):
+            for name, fn in rows.items():
+                t0 = time.perf_counter()
+                fn(r % 3)
+                times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, t in times.items():
+        scale = REF_SHARE if name.startswith("ref_") else 1
+        out[name] = {"median": scale * sorted(t)[len(t) // 2], "min": scale * min(t), "max": scale * max(t)}
+    return out
+
+
+BASELINES = {"sample_gumbel": ("anchor_sample", "ref_sample_gumbel"), "sample_topk": ("anchor_topk",),
+             "sample_topp": ("anchor_sample",), "sample_greedy": ("anchor_sample",),
+             "select_argmax": ("anchor_maskgit_argmax",), "select_sample": ("anchor_maskgit_sample", "ref_select_sample"),
+             "put_select": ("anchor_put", "ref_put_select")}
+
+
+def _info(L: int, V: int, name: str) -> dict:
+    t = _measure(L, V)
+    med = {k: v["median"] for k, v in t.items()}
+    info = {"B": B, "L": L, "V": V, "median_ms": 1e3 * med[name], "min_ms": 1e3 * t[name]["min"],
+            "max_ms": 1e3 * t[name]["max"], "x_read_once": med[name] / med["read_once"],
+            "copy_GBps": 2 * B * L * V * 4 / med["copy"] / 1e9, **machine()}
+    for base in BASELINES.get(name, ()):
+        info[f"speedup_vs_{base}"] = med[base] / med[name]
+    return info
+
+
+NAMES = ["read_once", "copy", "sample_greedy", "sample_gumbel", "sample_topk", "sample_topp", "anchor_sample",
+         "anchor_topk", "ref_sample_gumbel", "select_argmax", "select_sample", "anchor_maskgit_argmax",
+         "anchor_maskgit_sample", "ref_select_sample", "put_select", "anchor_put", "ref_put_select"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("L, V", CASES, ids=[f"L{L}-V{V}" for L, V in CASES])
+def test_bench_sampling(benchmark, L, V, name):
+    benchmark.group = f"sampling B={B} L={L} V={V}"
+    benchmark.extra_info.update(_info(L, V, name))
+    fn = _rows(L, V)[name]
+    with torch.no_grad():
+        benchmark.pedantic(fn, args=(0,), rounds=1, warmup_rounds=0)
+    print(f"\n{name:<22} L={L:<5} V={V:<6} {benchmark.extra_info['median_ms']:9.2f} ms  "
+          f"x_read_once={benchmark.extra_info['x_read_once']:.2f}  " + "  ".join(
+              f"{k}={v:.2f}" for k, v in benchmark.extra_info.items() if k.startswith("speedup")))

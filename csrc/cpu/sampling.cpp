@@ -1,0 +1,251 @@
+// Token samplers on the CPU (DESIGN.md ops 7-9; semantics in vqfast/reference/sampling.py):
+// OpenMP-style parallel_for over rows (positions); each row of V logits is read once
+// into a thread-local float32 scratch and reduced there by vectorized loops
+// (sampling_row.h). No [rows, V] probabilities are written.
+#pragma GCC optimize("fp-contract=off")  // guidance, temperature and noise match the other backends bit for bit
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/torch.h>
+
+#include "sampling_row.h"
+
+namespace vqfast {
+namespace {
+
+using namespace sampling;
+
+// Reads row r of [rows, V] logits as float32: x = u + s * (c - u) (guidance), then
+// x / temperature, then banned ids -> -inf; the same float32 operations as the reference.
+struct RowLoader {
+  const char* c;
+  const char* u;  // nullptr without guidance
+  at::ScalarType dtype;
+  int64_t V;
+  float scale, temperature;
+  const int64_t* banned;
+  int64_t n_banned;
+
+  const float* load(int64_t r, float* x, float* ux) const {
+    const size_t row_bytes = static_cast<size_t>(V) * c10::elementSize(dtype);
+    if (dtype == at::kFloat && u == nullptr && temperature == 1.0f && n_banned == 0)
+      return reinterpret_cast<const float*>(c + r * row_bytes);
+    to_float(c + r * row_bytes, dtype, V, x);
+    if (u != nullptr) {
+      to_float(u + r * row_bytes, dtype, V, ux);
+      const float s = scale;
+#pragma omp simd
+      for (int64_t v = 0; v < V; ++v) x[v] = ux[v] + s * (x[v] - ux[v]);
+    }
+    if (temperature != 1.0f) {
+      const float t = temperature;
+#pragma omp simd
+      for (int64_t v = 0; v < V; ++v) x[v] = x[v] / t;
+    }
+    for (int64_t i = 0; i < n_banned; ++i) x[banned[i]] = -kInf;
+    return x;
+  }
+};
+
+int64_t grain_rows(int64_t V) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(V, 1)); }
+
+RowLoader loader_of(const at::Tensor& logits, const at::Tensor* uncond, double scale, double temperature,
+                    const at::Tensor* banned) {
+  return RowLoader{static_cast<const char*>(logits.data_ptr()),
+                   uncond ? static_cast<const char*>(uncond->data_ptr()) : nullptr,
+                   logits.scalar_type(),
+                   logits.size(-1),
+                   static_cast<float>(scale),
+                   static_cast<float>(temperature),
+                   banned ? banned->data_ptr<int64_t>() : nullptr,
+                   banned ? banned->numel() : 0};
+}
+
+// (score desc, index asc): the order in which positions are revealed / selected.
+bool ranks_before(const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
+  return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+
+void check_logits(const at::Tensor& logits, int64_t dim, const char* op) {
+  TORCH_CHECK(logits.dim() == dim && logits.is_contiguous(), op, ": contiguous logits with ", dim, " dims expected");
+  const auto t = logits.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op, ": fp32/fp16/bf16 logits expected");
+}
+
+}  // namespace
+
+// logits [B, L, V], masked [B, L] bool, n_reveal [B] int64 (validated by the caller),
+// banned [nb] int64 -> tokens [B, L] int64 (-1 on bad rows), confidence [B, L] fp32, reveal [B, L] bool.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_select_cpu(
+    const at::Tensor& logits, const at::Tensor& masked, const at::Tensor& n_reveal, double temperature,
+    bool sample, const at::Tensor& banned, int64_t key) {
+  check_logits(logits, 3, "gumbel_topk_select_cpu");
+  const int64_t B = logits.size(0), L = logits.size(1), V = logits.size(2);
+  auto mask = masked.to(at::kBool).contiguous();
+  auto nrev = n_reveal.to(at::kLong).contiguous();
+  auto ban = banned.to(at::kLong).contiguous();
+  auto tokens = at::empty({B, L}, logits.options().dtype(at::kLong));
+  auto conf = at::empty({B, L}, logits.options().dtype(at::kFloat));
+  auto reveal = at::zeros({B, L}, logits.options().dtype(at::kBool));
+  if (B * L == 0) return {tokens, conf, reveal};
+  const RowLoader ld = loader_of(logits, nullptr, 1.0, 1.0, &ban);
+  const bool* mk = mask.data_ptr<bool>();
+  int64_t* tok = tokens.data_ptr<int64_t>();
+  float* cf = conf.data_ptr<float>();
+  const float tau = static_cast<float>(temperature);
+  const uint64_t k = static_cast<uint64_t>(key);
+  at::parallel_for(0, B * L, grain_rows(V), [&](int64_t r0, int64_t r1) {
+    std::vector<float> scratch(V);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* x = ld.load(r, scratch.data(), nullptr);
+      const RowStats st = row_stats(x, V);
+      if (st.bad) {
+        tok[r] = -1;
+        cf[r] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
+      const int64_t t = sample ? gumbel_argmax(x, V, k, static_cast<uint64_t>(r) * V, st.argmax) : st.argmax;
+      tok[r] = t;
+      const float lse = st.max + std::log(sum_exp(x, V, st.max));
+      const float g = gumbel_from_word(philox::element_word(k, kStreamConfidence, r));
+      cf[r] = mk[r] ? (x[t] - lse) + tau * g : -kInf;
+    }
+  });
+  const int64_t* nr = nrev.data_ptr<int64_t>();
+  bool* rv = reveal.data_ptr<bool>();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<std::pair<float, int64_t>> cand;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n = nr[b];
+      cand.clear();
+      bool bad = false;
+      for (int64_t l = 0; l < L; ++l) {
+        bad |= tok[b * L + l] < 0;
+        if (mk[b * L + l]) cand.emplace_back(cf[b * L + l], l);
+      }
+      if (bad || n <= 0 || n > static_cast<int64_t>(cand.size())) continue;  // caller raises / validated
+      std::nth_element(cand.begin(), cand.begin() + (n - 1), cand.end(), ranks_before);
+      for (int64_t i = 0; i < n; ++i) rv[b * L + cand[i].second] = true;
+    }
+  });
+  return {tokens, conf, reveal};
+}
+
+// logits [B, L, V], known [B, L] bool -> positions [B, n], tokens [B, n] (-1 past a row's
+// unknown count), bad [B] bool (an unknown position's logits had NaN/+inf/no finite value).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_sample_topk_cpu(
+    const at::Tensor& logits, const at::Tensor& known, int64_t top_k, int64_t n_positions, double temperature,
+    int64_t key) {
+  check_logits(logits, 3, "select_and_sample_topk_cpu");
+  TORCH_CHECK(top_k >= 1 && n_positions >= 1 && temperature > 0, "select_and_sample_topk_cpu: bad arguments");
+  const int64_t B = logits.size(0), L = logits.size(1), V = logits.size(2);
+  const int64_t kk = std::min(top_k, V);
+  auto kn = known.to(at::kBool).contiguous();
+  auto positions = at::full({B, n_positions}, -1, logits.options().dtype(at::kLong));
+  auto tokens = at::full({B, n_positions}, -1, logits.options().dtype(at::kLong));
+  auto bad = at::zeros({B}, logits.options().dtype(at::kBool));
+  auto score = at::empty({B * L}, logits.options().dtype(at::kFloat));
+  if (B * L == 0) return {positions, tokens, bad};
+  const RowLoader ld = loader_of(logits, nullptr, 1.0, temperature, nullptr);
+  const bool* kp = kn.data_ptr<bool>();
+  float* sc = score.data_ptr<float>();
+  at::parallel_for(0, B * L, grain_rows(V), [&](int64_t r0, int64_t r1) {
+    std::vector<float> scratch(V);
+    for (int64_t r = r0; r < r1; ++r) {
+      if (kp[r]) continue;  // known positions are never read
+      const float* x = ld.load(r, scratch.data(), nullptr);
+      const RowStats st = row_stats(x, V);
+      sc[r] = st.bad ? std::numeric_limits<float>::quiet_NaN() : st.max - (st.max + std::log(sum_exp(x, V, st.max)));
+    }
+  });
+  int64_t* pos = positions.data_ptr<int64_t>();
+  bool* bd = bad.data_ptr<bool>();
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<std::pair<float, int64_t>> cand;
+    for (int64_t l = 0; l < L; ++l) {
+      if (kp[b * L + l]) continue;
+      bd[b] = bd[b] || std::isnan(sc[b * L + l]);
+      cand.emplace_back(sc[b * L + l], l);
+    }
+    if (bd[b]) continue;
+    const int64_t n = std::min<int64_t>(n_positions, cand.size());
+    if (n == 0) continue;
+    std::partial_sort(cand.begin(), cand.begin() + n, cand.end(), ranks_before);
+    for (int64_t i = 0; i < n; ++i) pos[b * n_positions + i] = cand[i].second;
+  }
+  int64_t* tk = tokens.data_ptr<int64_t>();
+  const uint64_t k = static_cast<uint64_t>(key);
+  at::parallel_for(0, B * n_positions, 1, [&](int64_t s0, int64_t s1) {
+    std::vector<float> scratch(V), kept(V), tmp;
+    for (int64_t s = s0; s < s1; ++s) {
+      if (pos[s] < 0) continue;
+      const int64_t r = (s / n_positions) * L + pos[s];
+      const float* x = ld.load(r, scratch.data(), nullptr);
+      keep_top_k(x, V, kk, kept.data(), tmp);
+      tk[s] = gumbel_argmax(kept.data(), V, k, static_cast<uint64_t>(r) * V, row_stats(x, V).argmax);
+    }
+  });
+  return {positions, tokens, bad};
+}
+
+// logits [N, V] (uncond [N, V] or undefined) -> tokens [N] int64, -1 on bad rows.
+// top_k <= 0: no top-k; top_p >= 1: no top-p; temperature 0: greedy.
+at::Tensor sample_logits_cpu(const at::Tensor& logits, const c10::optional<at::Tensor>& uncond, double cfg_scale,
+                             double temperature, int64_t top_k, double top_p, int64_t key) {
+  check_logits(logits, 2, "sample_logits_cpu");
+  const int64_t N = logits.size(0), V = logits.size(1);
+  at::Tensor u;
+  if (uncond.has_value() && uncond->defined()) {
+    u = uncond->to(logits.scalar_type()).contiguous();
+    TORCH_CHECK(u.sizes() == logits.sizes(), "sample_logits_cpu: uncond must match logits");
+  }
+  auto tokens = at::empty({N}, logits.options().dtype(at::kLong));
+  if (N == 0) return tokens;
+  const bool greedy = temperature == 0.0;
+  const RowLoader ld = loader_of(logits, u.defined() ? &u : nullptr, cfg_scale, greedy ? 1.0 : temperature, nullptr);
+  const bool use_k = top_k > 0 && top_k < V, use_p = top_p < 1.0;
+  int64_t* tk = tokens.data_ptr<int64_t>();
+  const uint64_t k = static_cast<uint64_t>(key);
+  at::parallel_for(0, N, grain_rows(V), [&](int64_t r0, int64_t r1) {
+    std::vector<float> scratch(V), uscratch(u.defined() ? V : 0), kept, tmp;
+    std::vector<std::pair<float, int64_t>> cand;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* x = ld.load(r, scratch.data(), uscratch.data());
+      const RowStats st = row_stats(x, V);
+      if (st.bad) {
+        tk[r] = -1;
+        continue;
+      }
+      if (greedy) {
+        tk[r] = st.argmax;
+        continue;
+      }
+      const float* y = x;
+      if (use_k || use_p) {
+        kept.resize(V);
+        if (use_k) keep_top_k(x, V, top_k, kept.data(), tmp);
+        else std::copy(x, x + V, kept.begin());
+        if (use_p) keep_top_p(kept.data(), V, top_p, st.max, cand);
+        y = kept.data();
+      }
+      tk[r] = gumbel_argmax(y, V, k, static_cast<uint64_t>(r) * V, st.argmax);
+    }
+  });
+  return tokens;
+}
+
+TORCH_LIBRARY_FRAGMENT(vqfast_cpu, m) {
+  m.def("gumbel_topk_select(Tensor logits, Tensor masked, Tensor n_reveal, float temperature, bool sample, "
+        "Tensor banned, int key) -> (Tensor, Tensor, Tensor)");
+  m.def("select_and_sample_topk(Tensor logits, Tensor known, int top_k, int n_positions, float temperature, "
+        "int key) -> (Tensor, Tensor, Tensor)");
+  m.def("sample_logits(Tensor logits, Tensor? uncond, float cfg_scale, float temperature, int top_k, "
+        "float top_p, int key) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(vqfast_cpu, CPU, m) {
+  m.impl("gumbel_topk_select", &gumbel_topk_select_cpu);
+  m.impl("select_and_sample_topk", &select_and_sample_topk_cpu);
+  m.impl("sample_logits", &sample_logits_cpu);
+}
+
+}  // namespace vqfast

@@ -1,0 +1,295 @@
+"""Token samplers (gumbel_topk_select, select_and_sample_topk, sample_logits): every backend
+against the reference oracle (tokens exactly: all backends draw the same noise), edge
+rows, tie rules, reproducibility, and chi-square tests of the sampled distributions."""
+import pytest
+import torch
+from scipy.stats import chi2
+
+import vqfast
+from vqfast.ops.sampling import HAS
+from vqfast.reference import sampling as ref
+from tests.conftest import backend_params
+
+FAST = backend_params(*HAS)
+ALL = backend_params("reference", *HAS)
+# Distribution tests draw ~10^4 rows: one Triton program each is too slow for the interpreter;
+# the Triton kernels draw the reference's tokens exactly (tests above), hence its distribution.
+STAT = backend_params("reference", *(b for b in HAS if b != "triton"))
+DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16"),
+          pytest.param(torch.bfloat16, id="bf16")]
+VOCABS = [pytest.param(2, id="V2"), pytest.param(1000, id="V1000"), pytest.param(1025, id="V1025"),
+          pytest.param(16384, id="V16384")]
+P_FAIL = 1e-6  # each statistical test fails with at most this probability
+
+
+def _logits(B, L, V, dtype, seed, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, L, V, generator=g) * scale).to(dtype), g
+
+
+def _rows_for(V, backend):
+    if backend == "triton":  # the interpreter runs one program per row at ~ms per block op
+        return (2, 2) if V >= 16384 else (2, 4)
+    return (2, 9) if V >= 16384 else (3, 21)
+
+
+# ---------------------------------------------------------------- gumbel_topk_select
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", VOCABS)
+@pytest.mark.parametrize("choice", ["argmax", "sample"])
+def test_gumbel_topk_select_matches_reference(backend, dtype, V, choice):
+    B, L = _rows_for(V, backend)
+    logits, g = _logits(B, L, V, dtype, V)
+    masked = torch.rand(B, L, generator=g) < 0.6
+    masked[0] = True
+    n = masked.sum(1)
+    n[0] = L  # every position masked and revealed
+    n[1] = 0
+    banned = [0, V - 1] if V > 2 else [1]
+    out = vqfast.ops.gumbel_topk_select(logits, masked, n, 4.5, choice, banned, seed=V, backend=backend)
+    exp = vqfast.ops.gumbel_topk_select(logits, masked, n, 4.5, choice, banned, seed=V, backend="reference")
+    assert torch.equal(out.tokens, exp.tokens)
+    assert torch.equal(out.reveal, exp.reveal)
+    torch.testing.assert_close(out.confidence, exp.confidence, atol=2e-5, rtol=1e-5)
+    assert not torch.isin(out.tokens, torch.tensor(banned)).any()
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_gumbel_topk_select_semantics(backend):
+    B, L, V = 4, 50, 37
+    logits, g = _logits(B, L, V, torch.float32, 1)
+    masked = torch.rand(B, L, generator=g) < 0.5
+    n = (masked.sum(1) * torch.tensor([0.0, 0.3, 0.7, 1.0])).long()
+    tok, conf, rev = vqfast.ops.gumbel_topk_select(logits, masked, n, 1.0, "argmax", [3], seed=2, backend=backend)
+    x = logits.clone()
+    x[..., 3] = float("-inf")
+    assert torch.equal(tok, x.argmax(-1))
+    assert torch.equal(rev.sum(1), n) and not (rev & ~masked).any()
+    assert torch.isinf(conf[~masked]).all() and (conf[~masked] < 0).all()
+    for b in range(B):  # revealed positions are the most confident masked ones
+        if 0 < n[b] < masked[b].sum():
+            assert conf[b][rev[b]].min() >= conf[b][masked[b] & ~rev[b]].max()
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_gumbel_topk_select_ties_go_to_lower_position(backend):
+    logits = torch.zeros(2, 12, 5)
+    logits[..., 2] = 1.0  # every position equally confident at temperature 0
+    masked = torch.ones(2, 12, dtype=torch.bool)
+    masked[1, :3] = False
+    _, conf, rev = vqfast.ops.gumbel_topk_select(logits, masked, torch.tensor([4, 5]), 0.0, seed=0, backend=backend)
+    assert rev[0].nonzero().flatten().tolist() == [0, 1, 2, 3]
+    assert rev[1].nonzero().flatten().tolist() == [3, 4, 5, 6, 7]
+
+
+# ---------------------------------------------------------------- select_and_sample_topk
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", VOCABS)
+def test_select_and_sample_topk_matches_reference(backend, dtype, V):
+    B, L = _rows_for(V, backend)
+    logits, g = _logits(B, L, V, dtype, V + 1)
+    known = torch.rand(B, L, generator=g) < 0.5
+    known[0] = True  # all positions known
+    known[1, :-2] = True  # fewer unknown positions than n_positions
+    known[1, -2:] = False
+    for top_k, n, t in [(1, 1, 1.0), (5, 3, 0.7), (V + 10, 4, 1.3)]:
+        pos, tok = vqfast.ops.select_and_sample_topk(logits, known, top_k, n, t, seed=top_k, backend=backend)
+        epos, etok = vqfast.ops.select_and_sample_topk(logits, known, top_k, n, t, seed=top_k, backend="reference")
+        assert torch.equal(pos, epos) and torch.equal(tok, etok)
+        assert (pos[0] == -1).all() and (tok[0] == -1).all()
+        assert (pos[1, 2:] == -1).all() and (pos[1, :min(2, n)] >= L - 2).all()
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_select_and_sample_topk_semantics(backend):
+    B, L, V = 3, 40, 30
+    logits, g = _logits(B, L, V, torch.float32, 5)
+    known = torch.rand(B, L, generator=g) < 0.3
+    pos, tok = vqfast.ops.select_and_sample_topk(logits, known, 1, 5, 0.5, seed=1, backend=backend)
+    score = torch.log_softmax(logits / 0.5, -1).amax(-1).masked_fill(known, float("-inf"))
+    assert torch.equal(pos, score.topk(5, dim=1).indices)  # distinct scores: order is unambiguous
+    assert torch.equal(tok, logits.argmax(-1).gather(1, pos))  # top_k = 1 is greedy
+
+
+# ---------------------------------------------------------------- sample_logits
+
+SAMPLE_KW = [pytest.param({}, id="plain"), pytest.param({"temperature": 0}, id="greedy"),
+             pytest.param({"top_k": 3}, id="topk3"), pytest.param({"top_p": 0.9}, id="topp"),
+             pytest.param({"top_k": 50, "top_p": 0.5, "temperature": 0.8}, id="topk-topp"),
+             pytest.param({"cfg_scale": 2.5, "top_k": 10}, id="cfg"), pytest.param({"top_p": 1e-3}, id="topp-tiny")]
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", VOCABS)
+@pytest.mark.parametrize("kw", SAMPLE_KW)
+def test_sample_logits_matches_reference(backend, dtype, V, kw):
+    B, L = _rows_for(V, backend)
+    logits, g = _logits(B, L, V, dtype, V + 2)
+    if "cfg_scale" in kw:
+        kw = dict(kw, uncond_logits=torch.randn(B, L, V, generator=g).to(dtype))
+    tok = vqfast.ops.sample_logits(logits, seed=7, backend=backend, **kw)
+    exp = vqfast.ops.sample_logits(logits, seed=7, backend="reference", **kw)
+    assert tok.shape == (B, L) and tok.dtype == torch.long
+    assert torch.equal(tok, exp)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_sample_logits_views_ties_and_filters(backend):
+    g = torch.Generator().manual_seed(3)
+    big = torch.randn(6, 20, 70, generator=g)
+    x = big[::2, 5:13, ::2]  # [3, 8, 35], not contiguous
+    assert torch.equal(vqfast.ops.sample_logits(x, seed=1, backend=backend),
+                       vqfast.ops.sample_logits(x.contiguous(), seed=1, backend=backend))
+    ties = torch.zeros(4, 9)
+    ties[:, [2, 5, 7]] = 1.0
+    assert vqfast.ops.sample_logits(ties, 0, backend=backend).tolist() == [2, 2, 2, 2]
+    # top_k = 2 with a three-way tie keeps the two lowest ids
+    tok = vqfast.ops.sample_logits(ties[0].expand(60, 9), 1.0, top_k=2, seed=4, backend=backend)
+    assert set(tok.tolist()) == {2, 5}
+    tok = vqfast.ops.sample_logits(x, 1.0, top_k=1, seed=5, backend=backend)
+    assert torch.equal(tok, x.argmax(-1))
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_sample_logits_reproducible_and_fresh(backend):
+    x = torch.randn(64, 100)
+    a = vqfast.ops.sample_logits(x, generator=torch.Generator().manual_seed(5), backend=backend)
+    b = vqfast.ops.sample_logits(x, generator=torch.Generator().manual_seed(5), backend=backend)
+    assert torch.equal(a, b)
+    g = torch.Generator().manual_seed(5)
+    vqfast.ops.sample_logits(x, generator=g, backend=backend)
+    assert not torch.equal(vqfast.ops.sample_logits(x, generator=g, backend=backend), a)
+
+
+# ---------------------------------------------------------------- distributions
+
+def _chi_square_ok(counts: torch.Tensor, probs: torch.Tensor) -> None:
+    """Pearson chi-square of counts against probs (support only), threshold at P_FAIL."""
+    n = counts.sum()
+    support = probs > 0
+    assert counts[~support].sum() == 0, "drew an id of probability 0"
+    exp = probs[support] * n
+    stat = ((counts[support] - exp) ** 2 / exp).sum()
+    df = int(support.sum()) - 1
+    if df > 0:
+        assert stat < chi2.isf(P_FAIL, df), (float(stat), chi2.isf(P_FAIL, df))
+
+
+def _target(logits, temperature=1.0, top_k=None, top_p=None):
+    """Exact probabilities of the filtered categorical, in float64."""
+    x = logits.double() / temperature
+    order = torch.sort(x, descending=True, stable=True).indices
+    keep = torch.zeros_like(x, dtype=torch.bool)
+    k = len(x) if top_k is None else top_k
+    keep[order[:k]] = True
+    p = torch.softmax(x.masked_fill(~keep, float("-inf")), -1)
+    if top_p is not None:
+        ps = p[order]
+        before = torch.cumsum(ps, 0) - ps
+        keep2 = torch.zeros_like(keep)
+        keep2[order[before < top_p]] = True
+        p = torch.softmax(x.masked_fill(~(keep & keep2), float("-inf")), -1)
+    return p
+
+
+@pytest.mark.parametrize("backend", STAT)
+@pytest.mark.parametrize("kw", [pytest.param({}, id="plain"), pytest.param({"temperature": 0.7, "top_k": 6}, id="topk"),
+                                pytest.param({"top_p": 0.8}, id="topp")])
+def test_sample_logits_distribution(backend, kw):
+    V, n = 12, 20000
+    logits = torch.linspace(-2.0, 1.5, V)[torch.randperm(V, generator=torch.Generator().manual_seed(0))]
+    tok = vqfast.ops.sample_logits(logits.expand(n, V), seed=11, backend=backend, **kw)
+    _chi_square_ok(torch.bincount(tok, minlength=V).double(), _target(logits, **kw))
+
+
+@pytest.mark.parametrize("backend", STAT)
+def test_sample_logits_cfg_distribution(backend):
+    V, n = 8, 30000
+    c, u = torch.randn(V, generator=torch.Generator().manual_seed(1)), torch.randn(V)
+    tok = vqfast.ops.sample_logits(c.expand(n, V), cfg_scale=1.5, uncond_logits=u.expand(n, V), seed=3, backend=backend)
+    _chi_square_ok(torch.bincount(tok, minlength=V).double(), torch.softmax((u + 1.5 * (c - u)).double(), -1))
+
+
+@pytest.mark.parametrize("backend", STAT)
+def test_gumbel_topk_select_sample_distribution(backend):
+    V, L = 10, 30000
+    logits = torch.randn(V, generator=torch.Generator().manual_seed(2)).expand(1, L, V)
+    masked = torch.ones(1, L, dtype=torch.bool)
+    tok, _, _ = vqfast.ops.gumbel_topk_select(logits, masked, 0, 1.0, "sample", [4], seed=8, backend=backend)
+    target = torch.softmax(logits[0, 0].double().index_fill(0, torch.tensor([4]), float("-inf")), -1)
+    _chi_square_ok(torch.bincount(tok.flatten(), minlength=V).double(), target)
+
+
+@pytest.mark.parametrize("backend", STAT)
+def test_select_and_sample_topk_distribution(backend):
+    V, B = 15, 20000
+    logits = torch.randn(V, generator=torch.Generator().manual_seed(4)).expand(B, 1, V)
+    pos, tok = vqfast.ops.select_and_sample_topk(logits, torch.zeros(B, 1, dtype=torch.bool), 5, 1, 0.8,
+                                                 seed=9, backend=backend)
+    assert (pos == 0).all()
+    _chi_square_ok(torch.bincount(tok.flatten(), minlength=V).double(), _target(logits[0, 0], 0.8, top_k=5))
+
+
+# ---------------------------------------------------------------- bad inputs
+
+def test_bad_inputs_raise_clear_errors():
+    x = torch.randn(2, 5, 7)
+    m = torch.ones(2, 5, dtype=torch.bool)
+    sel = vqfast.ops.gumbel_topk_select
+    with pytest.raises(ValueError, match="n_reveal"):
+        sel(x, m, torch.tensor([6, 1]), 1.0)
+    with pytest.raises(ValueError, match="n_reveal"):
+        sel(x, m, -1, 1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        sel(x, m, 1, -0.5)
+    with pytest.raises(ValueError, match="choice"):
+        sel(x, m, 1, 1.0, "greedy")
+    with pytest.raises(ValueError, match="masked"):
+        sel(x, m[:, :4], 1, 1.0)
+    with pytest.raises(TypeError, match="masked"):
+        sel(x, m.float(), 1, 1.0)
+    with pytest.raises(TypeError, match="logits"):
+        sel(x.long(), m, 1, 1.0)
+    with pytest.raises(ValueError, match="logits"):
+        sel(x[0], m, 1, 1.0)
+    with pytest.raises(ValueError, match="banned_ids"):
+        sel(x, m, 1, 1.0, banned_ids=[7])
+    with pytest.raises(ValueError, match="banned_ids"):
+        sel(x, m, 1, 1.0, banned_ids=list(range(7)))
+    bad = x.clone()
+    bad[1, 2, 3] = float("nan")
+    for backend in ("reference", *HAS):
+        with pytest.raises(ValueError, match="NaN"):
+            sel(bad, m, 1, 1.0, backend=backend)
+        with pytest.raises(ValueError, match="NaN"):
+            vqfast.ops.sample_logits(bad, backend=backend)
+        with pytest.raises(ValueError, match="NaN"):
+            vqfast.ops.select_and_sample_topk(bad, ~m, 3, backend=backend)
+    vqfast.ops.select_and_sample_topk(bad, m.clone().index_fill_(0, torch.tensor([0]), False), 3)  # NaN only where known
+    for k in (0, -2):
+        with pytest.raises(ValueError, match="top_k"):
+            vqfast.ops.select_and_sample_topk(x, ~m, k)
+        with pytest.raises(ValueError, match="top_k"):
+            vqfast.ops.sample_logits(x, top_k=k)
+    with pytest.raises(ValueError, match="temperature"):
+        vqfast.ops.select_and_sample_topk(x, ~m, 3, temperature=0.0)
+    with pytest.raises(ValueError, match="n_positions"):
+        vqfast.ops.select_and_sample_topk(x, ~m, 3, n_positions=0)
+    with pytest.raises(ValueError, match="temperature"):
+        vqfast.ops.sample_logits(x, temperature=-1.0)
+    for p in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="top_p"):
+            vqfast.ops.sample_logits(x, top_p=p)
+    with pytest.raises(ValueError, match="cfg_scale"):
+        vqfast.ops.sample_logits(x, cfg_scale=2.0)
+    with pytest.raises(ValueError, match="uncond_logits"):
+        vqfast.ops.sample_logits(x, cfg_scale=2.0, uncond_logits=x[:, :3])
+    with pytest.raises(ValueError, match="either generator or seed"):
+        vqfast.ops.sample_logits(x, generator=torch.Generator(), seed=1)
+    with pytest.raises(TypeError, match="top_k"):
+        vqfast.ops.sample_logits(x, top_k=2.5)

@@ -1,0 +1,297 @@
+"""Triton token samplers (DESIGN.md ops 7-9; semantics in vqfast/reference/sampling.py).
+
+One program per row of V logits, looping over V in blocks: guidance mix, temperature
+(IEEE division, div_rn), top-k / top-p thresholds by bisection over the order-preserving
+int32 keys of the float32 values (32 passes over the row, which stays in cache), and a
+Gumbel-max with the shared Philox noise, so tokens equal the other backends'. MaskGIT's
+reveal is a per-row bisection over the confidences (no sort). Launch with
+enable_fp_fusion=False so the float32 arithmetic is the reference's.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from vqfast.triton_kernels.random import element_words, gumbel_from_words, split_key
+
+_STREAM_TOKEN = 1  # vqfast/_random.py
+_STREAM_CONFIDENCE = 2
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _block(V: int) -> int:
+    # The interpreter pays per block operation: one block per row; on GPUs, cache-friendly blocks.
+    return min(triton.next_power_of_2(V), 16384 if _INTERPRET else 2048)
+
+
+@triton.jit
+def _key(x):
+    """float32 -> int32 with the same order (NaN aside)."""
+    b = x.to(tl.int32, bitcast=True)
+    return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _load_row(X, U, row, offs, V, scale, temperature, HAS_CFG: tl.constexpr, APPLY_T: tl.constexpr):
+    """Row `row` at columns offs as float32 (-inf past V): u + s * (c - u), then / temperature."""
+    inside = offs < V
+    x = tl.load(X + row * V + offs, mask=inside, other=0.0).to(tl.float32)
+    if HAS_CFG:
+        u = tl.load(U + row * V + offs, mask=inside, other=0.0).to(tl.float32)
+        x = u + scale * (x - u)
+    if APPLY_T:
+        x = tl.math.div_rn(x, tl.zeros_like(x) + temperature)
+    return tl.where(inside, x, float("-inf"))
+
+
+@triton.jit
+def _kept(kx, t_key, need, seen, USE_K: tl.constexpr):
+    """Top-k membership of a block given the k-th largest key, ties counted in id order."""
+    if USE_K:
+        eq = kx == t_key
+        rank = seen + tl.cumsum(eq.to(tl.int32), 0) - 1
+        return (kx > t_key) | (eq & (rank < need)), seen + tl.sum(eq.to(tl.int32), 0)
+    else:
+        return kx > -2147483648, seen
+
+
+@triton.jit
+def _sample_rows_kernel(X, U, ROWS, OUT, V, key_lo, key_hi, scale, temperature, top_k, top_p,
+                        HAS_CFG: tl.constexpr, APPLY_T: tl.constexpr, GREEDY: tl.constexpr,
+                        USE_K: tl.constexpr, USE_P: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.load(ROWS + tl.program_id(0))
+    cols = tl.arange(0, BLOCK)
+    # pass 1: max and bad-row flags
+    m = float("-inf")
+    bad = 0
+    for v0 in range(0, V, BLOCK):
+        x = _load_row(X, U, row, v0 + cols, V, scale, temperature, HAS_CFG, APPLY_T)
+        m = tl.maximum(m, tl.max(x, 0))
+        bad = bad | tl.max(((x != x) | (x == float("inf"))).to(tl.int32), 0)
+    bad = bad | (m == float("-inf")).to(tl.int32)
+    # top-k: largest key T with count(key >= T) >= k (bisection on int64 to avoid overflow)
+    t_key = -2147483648
+    need = 0
+    if USE_K:
+        lo = tl.full((), -2147483648, tl.int64)
+        hi = tl.full((), 2147483647, tl.int64)
+        for _ in range(32):
+            mid = lo + (hi - lo + 1) // 2
+            cnt = 0
+            for v0 in range(0, V, BLOCK):
+                x = _load_row(X, U, row, v0 + cols, V, scale, temperature, HAS_CFG, APPLY_T)
+                cnt += tl.sum((_key(x).to(tl.int64) >= mid).to(tl.int32), 0)
+            big = cnt >= top_k
+            lo = tl.where(big, mid, lo)
+            hi = tl.where(big, hi, mid - 1)
+        t_key = lo.to(tl.int32)
+        above = 0
+        for v0 in range(0, V, BLOCK):
+            x = _load_row(X, U, row, v0 + cols, V, scale, temperature, HAS_CFG, APPLY_T)
+            above += tl.sum((_key(x) > t_key).to(tl.int32), 0)
+        need = top_k - above
+    # top-p: largest key P with mass(kept, key >= P) >= top_p * Z (float64 masses)
+    p_key = -2147483648
+    p_need = 0
+    if USE_P:
+        z = tl.zeros((), tl.float64)
+        seen = 0
+        for v0 in range(0, V, BLOCK):
+            x = _load_row(X, U, row, v0 + cols, V, scale, temperature, HAS_CFG, APPLY_T)
+            keep, seen = _kept(_key(x), t_key, need, seen, USE_K)
+            z += tl.sum(tl.where(keep, tl.exp(x.to(tl.float64) - m), 0.0), 0)
+        goal = top_p * z
+        lo = tl.full((), -2147483648, tl.int64)
+        hi = tl.full((), 2147483647, tl.int64)
+        for _ in range(32):
+            mid = lo + (hi - lo + 1) // 2
+            mass = tl.zeros((), tl.float64)
+            seen = 0
+            for v0 in range(0, V, BLOCK):
+                x = _load_row(X, U, row, v0 + cols, V, scale, temperature, HAS_CFG, APPLY_T)
+                kx = _key(x)
+                keep, seen = _kept(kx, t_key, need, seen, USE_K)
+                mass += tl.sum(tl.where(keep & (kx.to(tl.int64) >= mid), tl.exp(x.to(tl.float64) - m), 0.0), 0)
+            big = mass >= goal
+            lo = tl.where(big, mid, lo)
+            hi = tl.where(big, hi, mid - 1)
+        p_key = lo.to(tl.int32)
+        # ties at p_key join in id order while the mass before them is below top_p
+        mass_gt = tl.zeros((), tl.float64)
+        e_t = tl.zeros((), tl.float64)
+        seen = 0
+        for v0 in range(0, V, BLOCK):
+            x = _load_row(X, U, row, v0 + cols, V, scale, temperature, HAS_CFG, APPLY_T)
+            kx = _key(x)
+            keep, seen = _kept(kx, t_key, need, seen, USE_K)
+            e = tl.exp(x.to(tl.float64) - m)
+            mass_gt += tl.sum(tl.where(keep & (kx > p_key), e, 0.0), 0)
+            e_t = tl.maximum(e_t, tl.max(tl.where(keep & (kx == p_key), e, 0.0), 0))
+        p_need = tl.where(e_t > 0, tl.ceil((goal - mass_gt) / tl.maximum(e_t, 1e-300)), 0.0).to(tl.int32)
+    # final pass: Gumbel-max (or plain max) over the kept ids, lowest id on ties
+    best = float("-inf")
+    best_i = 0
+    seen = 0
+    seen_p = 0
+    for v0 in range(0, V, BLOCK):
+        offs = v0 + cols
+        x = _load_row(X, U, row, offs, V, scale, temperature, HAS_CFG, APPLY_T)
+        kx = _key(x)
+        keep, seen = _kept(kx, t_key, need, seen, USE_K)
+        if USE_P:
+            eq = keep & (kx == p_key)
+            rank = seen_p + tl.cumsum(eq.to(tl.int32), 0) - 1
+            seen_p += tl.sum(eq.to(tl.int32), 0)
+            keep = keep & ((kx > p_key) | (eq & (rank < p_need)))
+        if GREEDY:
+            s = x
+        else:
+            w = element_words(key_lo, key_hi, _STREAM_TOKEN, row.to(tl.int64) * V + offs)
+            s = tl.where(keep, x + gumbel_from_words(w), float("-inf"))
+        cmax = tl.max(s, 0)
+        cidx = tl.min(tl.where(s == cmax, offs, 2147483647), 0)
+        take = cmax > best
+        best_i = tl.where(take, cidx, best_i)
+        best = tl.where(take, cmax, best)
+    tl.store(OUT + tl.program_id(0), tl.where(bad != 0, -1, best_i).to(tl.int64))
+
+
+def _sample_rows(logits, uncond, rows, scale, temperature, top_k, top_p, key, greedy=False):
+    """Tokens of logits[rows] ([N, V] contiguous; rows int64 [n]) -> [n] int64, -1 on bad rows."""
+    V = logits.shape[1]
+    out = torch.empty(rows.shape[0], dtype=torch.long, device=logits.device)
+    if rows.shape[0] == 0:
+        return out
+    lo, hi = split_key(key % (1 << 64))
+    _sample_rows_kernel[(rows.shape[0],)](
+        logits, uncond if uncond is not None else logits, rows, out, V, lo, hi, float(scale), float(temperature),
+        int(top_k), float(top_p), HAS_CFG=uncond is not None, APPLY_T=(not greedy and temperature != 1.0),
+        GREEDY=greedy, USE_K=0 < top_k < V, USE_P=top_p < 1.0, BLOCK=_block(V), enable_fp_fusion=False)
+    return out
+
+
+def sample_logits_triton(logits, uncond, cfg_scale, temperature, top_k, top_p, key):
+    """logits [N, V] contiguous (uncond [N, V] or None) -> tokens [N] int64, -1 on bad rows."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    greedy = temperature == 0
+    return _sample_rows(logits, uncond, rows, cfg_scale, 1.0 if greedy else temperature,
+                        0 if greedy else top_k, 1.0 if greedy else top_p, key, greedy=greedy)
+
+
+@triton.jit
+def _row_lse_kernel(X, SKIP, TOK, LSE, V, key_lo, key_hi, temperature, SAMPLE: tl.constexpr,
+                    APPLY_T: tl.constexpr, BLOCK: tl.constexpr):
+    """Per position: token (argmax or Gumbel-max), log-sum-exp, max; NaN lse on bad rows.
+    Positions with SKIP set are not read (their outputs are -1 / NaN)."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    n = tl.where(tl.load(SKIP + row) != 0, 0, V)
+    m = float("-inf")
+    s = 0.0
+    bad = 0
+    best = float("-inf")
+    best_i = 0
+    for v0 in range(0, n, BLOCK):
+        offs = v0 + cols
+        x = _load_row(X, X, row, offs, V, 1.0, temperature, False, APPLY_T)
+        bad = bad | tl.max(((x != x) | (x == float("inf"))).to(tl.int32), 0)
+        m_new = tl.maximum(m, tl.max(x, 0))
+        s = s * tl.exp(m - tl.where(m_new == float("-inf"), 0.0, m_new)) + \
+            tl.sum(tl.exp(x - tl.where(m_new == float("-inf"), 0.0, m_new)), 0)
+        m = m_new
+        if SAMPLE:
+            w = element_words(key_lo, key_hi, _STREAM_TOKEN, row * V + offs)
+            sc = x + gumbel_from_words(w)
+        else:
+            sc = x
+        cmax = tl.max(sc, 0)
+        cidx = tl.min(tl.where(sc == cmax, offs, 2147483647), 0)
+        take = cmax > best
+        best_i = tl.where(take, cidx, best_i)
+        best = tl.where(take, cmax, best)
+    bad = bad | (m == float("-inf")).to(tl.int32)
+    tl.store(TOK + row, tl.where(bad != 0, -1, best_i).to(tl.int64))
+    tl.store(LSE + row, tl.where(bad != 0, float("nan"), m + tl.log(s)))
+
+
+@triton.jit
+def _reveal_kernel(CONF, MASKED, NREV, REVEAL, L, BLOCK_L: tl.constexpr):
+    """Row b: reveal the n largest confidences among masked positions, ties to lower positions,
+    by bisection over the int32 keys of the confidences (no sort)."""
+    b = tl.program_id(0)
+    offs = tl.arange(0, BLOCK_L)
+    inside = offs < L
+    mk = tl.load(MASKED + b * L + offs, mask=inside, other=0) != 0
+    c = tl.load(CONF + b * L + offs, mask=inside, other=float("-inf"))
+    kx = _key(c).to(tl.int64)
+    n = tl.load(NREV + b)
+    lo = tl.full((), -2147483648, tl.int64)
+    hi = tl.full((), 2147483647, tl.int64)
+    for _ in range(32):
+        mid = lo + (hi - lo + 1) // 2
+        big = tl.sum((mk & (kx >= mid)).to(tl.int32), 0) >= n
+        lo = tl.where(big, mid, lo)
+        hi = tl.where(big, hi, mid - 1)
+    above = mk & (kx > lo)
+    eq = mk & (kx == lo)
+    rank = tl.cumsum(eq.to(tl.int32), 0) - 1
+    need = n - tl.sum(above.to(tl.int32), 0)
+    rev = (above | (eq & (rank < need))) & (n > 0)
+    tl.store(REVEAL + b * L + offs, rev.to(tl.int8), mask=inside)
+
+
+def gumbel_topk_select_triton(logits, masked, n_reveal, temperature, sample, banned, key):
+    """logits [B, L, V] contiguous -> tokens [B, L] (-1 on bad rows), confidence [B, L], reveal [B, L]."""
+    B, L, V = logits.shape
+    dev = logits.device
+    if banned.numel():
+        logits = logits.float().index_fill(-1, banned, float("-inf"))
+    tok = torch.empty(B * L, dtype=torch.long, device=dev)
+    lse = torch.empty(B * L, dtype=torch.float32, device=dev)
+    reveal = torch.zeros(B, L, dtype=torch.int8, device=dev)
+    if B * L == 0:
+        return tok.view(B, L), lse.view(B, L), reveal.bool()
+    lo, hi = split_key(key % (1 << 64))
+    skip = torch.zeros(B * L, dtype=torch.int8, device=dev)
+    _row_lse_kernel[(B * L,)](logits, skip, tok, lse, V, lo, hi, 1.0, SAMPLE=bool(sample), APPLY_T=False,
+                              BLOCK=_block(V), enable_fp_fusion=False)
+    from vqfast.reference import random as R  # the confidence noise is B*L values: no kernel needed
+    g = R.gumbel(key % (1 << 64), _STREAM_CONFIDENCE, torch.arange(B * L, device=dev))
+    x_tok = logits.reshape(B * L, V).gather(1, tok.clamp_min(0)[:, None]).squeeze(1).float()
+    conf = ((x_tok - lse) + torch.tensor(temperature, dtype=torch.float32, device=dev) * g).view(B, L)
+    conf = conf.masked_fill(~masked, float("-inf"))
+    tok = tok.view(B, L)
+    rows_ok = ~(tok < 0).any(1)
+    _reveal_kernel[(B,)](conf, masked.to(torch.int8), torch.where(rows_ok, n_reveal, 0), reveal, L,
+                         BLOCK_L=triton.next_power_of_2(L))
+    return tok, conf.masked_fill(tok < 0, float("nan")), reveal.bool()
+
+
+def select_and_sample_topk_triton(logits, known, top_k, n_positions, temperature, key):
+    """logits [B, L, V] contiguous -> positions [B, n], tokens [B, n] (-1 past the unknown count), bad [B]."""
+    B, L, V = logits.shape
+    dev = logits.device
+    tok = torch.empty(B * L, dtype=torch.long, device=dev)
+    lse = torch.empty(B * L, dtype=torch.float32, device=dev)
+    if B * L == 0:
+        empty = torch.full((B, n_positions), -1, dtype=torch.long, device=dev)
+        return empty, empty.clone(), torch.zeros(B, dtype=torch.bool, device=dev)
+    lo, hi = split_key(key % (1 << 64))
+    _row_lse_kernel[(B * L,)](logits, known.to(torch.int8), tok, lse, V, lo, hi, float(temperature), SAMPLE=False,
+                              APPLY_T=temperature != 1.0, BLOCK=_block(V), enable_fp_fusion=False)
+    x_max = logits.reshape(B * L, V).gather(1, tok.clamp_min(0)[:, None]).squeeze(1).float()
+    if temperature != 1.0:
+        x_max = x_max / torch.tensor(temperature, dtype=torch.float32, device=dev)
+    score = (x_max - lse).view(B, L).masked_fill(known, float("-inf"))
+    bad = ((tok.view(B, L) < 0) & ~known).any(1)
+    # B x L scores only: a stable sort gives the (score desc, position asc) order
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :n_positions]
+    if order.shape[1] < n_positions:
+        order = torch.cat([order, order.new_zeros(B, n_positions - order.shape[1])], 1)
+    valid = (torch.arange(n_positions, device=dev)[None, :] < (~known).sum(1, keepdim=True)) & ~bad[:, None]
+    rows = (torch.arange(B, device=dev)[:, None] * L + order)[valid]
+    drawn = _sample_rows(logits.reshape(B * L, V), None, rows, 1.0, temperature, top_k, 1.0, key)
+    tokens = torch.full((B, n_positions), -1, dtype=torch.long, device=dev)
+    tokens[valid] = drawn
+    return order.masked_fill(~valid, -1), tokens, bad

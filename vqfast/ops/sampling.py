@@ -1,0 +1,268 @@
+"""Token samplers (DESIGN.md ops 7-9): validation, dispatch, public functions.
+
+Semantics, noise layout and tie rules: vqfast/reference/sampling.py and vqfast/_random.py.
+Every backend draws the same counter-based noise, so one key gives the same tokens on
+the reference, the C++ CPU kernels and the Triton kernels.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+
+from vqfast import _backend
+from vqfast._random import key_as_int64, philox_key
+from vqfast.ops import _validate
+from vqfast.reference import sampling as ref
+
+HAS = ("cpu", "triton")  # backends with sampling kernels besides the reference
+
+
+# ---------------------------------------------------------------- custom ops + dispatch
+
+@torch.library.custom_op("vqfast::gumbel_topk_select", mutates_args=())
+def _gumbel_topk_select_op(logits: torch.Tensor, masked: torch.Tensor, n_reveal: torch.Tensor, temperature: float,
+                           sample: bool, banned: torch.Tensor, key: int, backend: str
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "cpu":
+        return torch.ops.vqfast_cpu.gumbel_topk_select(logits, masked, n_reveal, temperature, sample, banned, key)
+    if backend == "triton":
+        from vqfast.triton_kernels.sampling import gumbel_topk_select_triton
+        return gumbel_topk_select_triton(logits, masked, n_reveal, temperature, sample, banned, key)
+    t, c, r = ref.gumbel_topk_select(logits, masked, n_reveal, temperature, "sample" if sample else "argmax",
+                                     banned, key % (1 << 64))
+    bad = ref.bad_rows(logits.float().index_fill(-1, banned, float("-inf")) if banned.numel() else logits)
+    return t.masked_fill(bad, -1), c.masked_fill(bad, float("nan")), r
+
+
+@_gumbel_topk_select_op.register_fake
+def _(logits, masked, n_reveal, temperature, sample, banned, key, backend):
+    shape = logits.shape[:2]
+    return (logits.new_empty(shape, dtype=torch.long), logits.new_empty(shape, dtype=torch.float32),
+            logits.new_empty(shape, dtype=torch.bool))
+
+
+@torch.library.custom_op("vqfast::select_and_sample_topk", mutates_args=())
+def _select_and_sample_topk_op(logits: torch.Tensor, known: torch.Tensor, top_k: int, n_positions: int,
+                               temperature: float, key: int, backend: str
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "cpu":
+        return torch.ops.vqfast_cpu.select_and_sample_topk(logits, known, top_k, n_positions, temperature, key)
+    if backend == "triton":
+        from vqfast.triton_kernels.sampling import select_and_sample_topk_triton
+        return select_and_sample_topk_triton(logits, known, top_k, n_positions, temperature, key)
+    bad = (ref.bad_rows(logits) & ~known).any(1)
+    pos, tok = ref.select_and_sample_topk(logits, known, top_k, n_positions, temperature, key % (1 << 64))
+    return pos, tok, bad
+
+
+@_select_and_sample_topk_op.register_fake
+def _(logits, known, top_k, n_positions, temperature, key, backend):
+    B = logits.shape[0]
+    return (logits.new_empty(B, n_positions, dtype=torch.long), logits.new_empty(B, n_positions, dtype=torch.long),
+            logits.new_empty(B, dtype=torch.bool))
+
+
+@torch.library.custom_op("vqfast::sample_logits", mutates_args=())
+def _sample_logits_op(logits: torch.Tensor, uncond: torch.Tensor | None, cfg_scale: float, temperature: float,
+                      top_k: int, top_p: float, key: int, backend: str) -> torch.Tensor:
+    if backend == "cpu":
+        return torch.ops.vqfast_cpu.sample_logits(logits, uncond, cfg_scale, temperature, top_k, top_p, key)
+    if backend == "triton":
+        from vqfast.triton_kernels.sampling import sample_logits_triton
+        return sample_logits_triton(logits, uncond, cfg_scale, temperature, top_k, top_p, key)
+    tok = ref.sample_logits(logits, temperature, top_k if top_k > 0 else None, top_p if top_p < 1 else None,
+                            cfg_scale if uncond is not None else None, uncond, key % (1 << 64))
+    x = logits.float()
+    if uncond is not None:
+        x = uncond.float() + torch.tensor(cfg_scale, dtype=torch.float32) * (x - uncond.float())
+    return tok.masked_fill(ref.bad_rows(x), -1)
+
+
+@_sample_logits_op.register_fake
+def _(logits, uncond, cfg_scale, temperature, top_k, top_p, key, backend):
+    return logits.new_empty(logits.shape[:-1], dtype=torch.long)
+
+
+# ---------------------------------------------------------------- validation helpers
+
+def _real(name: str, v, *, low: float | None = None, low_open: bool = False, high: float | None = None) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if math.isnan(v) or math.isinf(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if low is not None and (v < low or (low_open and v == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {v}")
+    if high is not None and v > high:
+        raise ValueError(f"{name} must be <= {high}, got {v}")
+    return v
+
+
+def _int(name: str, v, *, low: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < low:
+        raise ValueError(f"{name} must be >= {low}, got {v}")
+    return v
+
+
+def _mask(name: str, m, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    _validate.tensor(name, m, dtypes=(torch.bool,))
+    if tuple(m.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} (logits' [B, L]), got {tuple(m.shape)}")
+    _validate.same_device(logits=torch.empty(0, device=device), **{name: m})
+    return m.contiguous()
+
+
+def _banned(banned_ids, V: int, device: torch.device) -> torch.Tensor:
+    if banned_ids is None:
+        return torch.empty(0, dtype=torch.long, device=device)
+    if isinstance(banned_ids, int) and not isinstance(banned_ids, bool):
+        banned_ids = [banned_ids]
+    ids = torch.as_tensor(banned_ids, device=device)
+    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8) or ids.dim() > 1:
+        raise TypeError(f"banned_ids must be an int, a sequence of ints or a 1-D integer tensor, got {banned_ids!r}")
+    ids = ids.reshape(-1).long()
+    if ids.numel() and (ids.min() < 0 or ids.max() >= V):
+        raise ValueError(f"banned_ids must lie in [0, V={V}), got {ids.tolist()}")
+    ids = torch.unique(ids)
+    if ids.numel() >= V:
+        raise ValueError(f"banned_ids bans all V={V} vocabulary ids")
+    return ids
+
+
+def _raise_bad(where: torch.Tensor, what: str) -> None:
+    if bool(where.any()):
+        first = [int(i) for i in where.nonzero()[0]]
+        raise ValueError(f"{what} at index {first} contain NaN or +inf or no finite value")
+
+
+# ---------------------------------------------------------------- public ops
+
+class GumbelTopkSelection(NamedTuple):
+    tokens: torch.Tensor  # [B, L] int64
+    confidence: torch.Tensor  # [B, L] fp32, -inf where not masked
+    reveal: torch.Tensor  # [B, L] bool, exactly n_reveal[b] True per row
+
+
+def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: torch.Tensor | int,
+                       temperature: float, choice: str = "argmax", banned_ids: Sequence[int] | torch.Tensor | None = None,
+                       generator: torch.Generator | None = None, *, seed: int | None = None,
+                       backend: str = "auto") -> GumbelTopkSelection:
+    """MaskGIT confidence selection (DESIGN.md op 7, seed lab Sec. 2.3), one pass over V per position.
+
+    logits [B, L, V] fp32/fp16/bf16, masked [B, L] bool, n_reveal [B] int (or an int for
+    every row, 0 <= n_reveal[b] <= masked[b].sum()), temperature >= 0 (the choice
+    temperature tau). Returns (tokens [B, L] int64, confidence [B, L] fp32, reveal [B, L] bool):
+    token = argmax of the logits ("argmax") or a Gumbel-max draw from softmax(logits)
+    ("sample"), banned_ids never chosen; confidence = log softmax(logits)[token] + tau * Gumbel
+    at masked positions (MaskGIT adds 1e-9 inside the log; vqfast uses the exact
+    log-probability), -inf elsewhere; reveal marks exactly n_reveal[b] masked positions of
+    largest confidence, ties to the lower position (the anchors' `confidence >= cutoff`
+    can reveal more). Tokens are given at every position. Logits with NaN/+inf (or a row
+    with no finite value) raise ValueError.
+
+        tok, conf, reveal = vqfast.ops.gumbel_topk_select(logits, masked, n, 4.5, "sample", [mask_id], g)
+    """
+    _validate.tensor("logits", logits, dim=3)
+    B, L, V = logits.shape
+    if V < 1:
+        raise ValueError(f"logits must have V >= 1, got shape {tuple(logits.shape)}")
+    masked = _mask("masked", masked, (B, L), logits.device)
+    if isinstance(n_reveal, int) and not isinstance(n_reveal, bool):
+        n_reveal = torch.full((B,), n_reveal, dtype=torch.long, device=logits.device)
+    _validate.tensor("n_reveal", n_reveal, dtypes=(torch.int64, torch.int32), dim=1)
+    if n_reveal.shape[0] != B:
+        raise ValueError(f"n_reveal must have shape ({B},) (one count per row of logits), got {tuple(n_reveal.shape)}")
+    n_reveal = n_reveal.to(device=logits.device, dtype=torch.long).contiguous()
+    n_masked = masked.sum(1)
+    if bool((n_reveal < 0).any()) or bool((n_reveal > n_masked).any()):
+        raise ValueError(f"n_reveal must satisfy 0 <= n_reveal[b] <= masked[b].sum(), got n_reveal="
+                         f"{n_reveal.tolist()} with masked counts {n_masked.tolist()}")
+    tau = _real("temperature", temperature, low=0.0)
+    if choice not in ("argmax", "sample"):
+        raise ValueError(f"choice must be 'argmax' or 'sample', got {choice!r}")
+    banned = _banned(banned_ids, V, logits.device)
+    name = _backend.resolve("gumbel_topk_select", backend, logits.device, has=HAS)
+    key = key_as_int64(philox_key(generator, seed))
+    tokens, conf, reveal = _gumbel_topk_select_op(logits.detach().contiguous(), masked, n_reveal, tau,
+                                                  choice == "sample", banned, key, name)
+    _raise_bad(tokens < 0, "logits rows (positions)")
+    return GumbelTopkSelection(tokens, conf, reveal)
+
+
+def select_and_sample_topk(logits: torch.Tensor, known: torch.Tensor, top_k: int, n_positions: int = 1,
+                           temperature: float = 1.0, generator: torch.Generator | None = None, *,
+                           seed: int | None = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """PUT Algorithm 1 lines 8-14: pick unknown positions by max-probability, draw each from its top-K.
+
+    logits [B, L, V], known [B, L] bool (True = token already fixed), top_k >= 1 (K_gibbs;
+    clamped to V), n_positions >= 1, temperature > 0. Returns positions [B, n] and tokens
+    [B, n] (int64): the n unknown positions with the largest max_v softmax(logits /
+    temperature) in decreasing order (ties: lower position), each with a Gumbel-max draw
+    from softmax(logits / temperature) restricted to its top_k ids (ties at the k-th value:
+    lower ids). Slots beyond a row's number of unknown positions hold -1 (a row with
+    every position known gives all -1). Note: PUT's official code multiplies the logits
+    by its temperature; vqfast divides, as the other samplers do. Known positions' logits
+    are never read; NaN/+inf at an unknown position raises ValueError.
+
+        pos, tok = vqfast.ops.select_and_sample_topk(logits, known, top_k=50, generator=g)
+    """
+    _validate.tensor("logits", logits, dim=3)
+    B, L, V = logits.shape
+    if V < 1:
+        raise ValueError(f"logits must have V >= 1, got shape {tuple(logits.shape)}")
+    known = _mask("known", known, (B, L), logits.device)
+    top_k = _int("top_k", top_k, low=1)
+    n_positions = _int("n_positions", n_positions, low=1)
+    temperature = _real("temperature", temperature, low=0.0, low_open=True)
+    name = _backend.resolve("select_and_sample_topk", backend, logits.device, has=HAS)
+    key = key_as_int64(philox_key(generator, seed))
+    pos, tok, bad = _select_and_sample_topk_op(logits.detach().contiguous(), known, min(top_k, V), n_positions,
+                                               temperature, key, name)
+    _raise_bad(bad, "logits of unknown positions in batch rows")
+    return pos, tok
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None, cfg_scale: float | None = None,
+                  uncond_logits: torch.Tensor | None = None, generator: torch.Generator | None = None, *,
+                  seed: int | None = None, backend: str = "auto") -> torch.Tensor:
+    """Guided, filtered categorical draw fused in one pass (DESIGN.md op 9); no probabilities written.
+
+    logits [..., V] (fp32/fp16/bf16) -> tokens [...] int64. With cfg_scale s (needs
+    uncond_logits of logits' shape): x = uncond + s * (cond - uncond). temperature 0 is
+    greedy: argmax x, lowest id on ties, top_k/top_p ignored. Else x / temperature, keep
+    the top_k largest (ties: lower id; top_k >= V keeps all), then the top-p nucleus: the
+    smallest set of most probable ids whose probability (renormalized after top-k) reaches
+    top_p (0 < top_p <= 1), then a Gumbel-max draw. NaN/+inf or all -inf rows raise ValueError.
+
+        tok = vqfast.ops.sample_logits(logits, 0.8, top_k=100, cfg_scale=3.0, uncond_logits=u, generator=g)
+    """
+    _validate.tensor("logits", logits, min_dim=1)
+    V = logits.shape[-1]
+    if V < 1:
+        raise ValueError(f"logits must have V >= 1, got shape {tuple(logits.shape)}")
+    temperature = _real("temperature", temperature, low=0.0)
+    k = 0 if top_k is None else _int("top_k", top_k, low=1)
+    p = 1.0 if top_p is None else _real("top_p", top_p, low=0.0, low_open=True, high=1.0)
+    if (cfg_scale is None) != (uncond_logits is None):
+        raise ValueError("cfg_scale and uncond_logits go together: pass both or neither")
+    s = 1.0
+    uncond = None
+    if cfg_scale is not None:
+        s = _real("cfg_scale", cfg_scale)
+        _validate.tensor("uncond_logits", uncond_logits)
+        if uncond_logits.shape != logits.shape:
+            raise ValueError(f"uncond_logits must have logits' shape {tuple(logits.shape)}, got "
+                             f"{tuple(uncond_logits.shape)}")
+        _validate.same_device(logits=logits, uncond_logits=uncond_logits)
+        uncond = uncond_logits.detach().to(logits.dtype).reshape(-1, V).contiguous()
+    name = _backend.resolve("sample_logits", backend, logits.device, has=HAS)
+    key = key_as_int64(philox_key(generator, seed))
+    tok = _sample_logits_op(logits.detach().reshape(-1, V).contiguous(), uncond, s, temperature,
+                            k if k < V else 0, p, key, name)
+    _raise_bad(tok.reshape(logits.shape[:-1]) < 0, "logits rows")
+    return tok.reshape(logits.shape[:-1])

@@ -1,0 +1,134 @@
+"""Oracles for the token samplers (DESIGN.md ops 7-9): MaskGIT confidence selection, PUT
+position selection + top-K Gibbs draw, and guided top-k/top-p categorical sampling.
+
+Every draw is a Gumbel-max over vqfast's counter-based noise (vqfast/_random.py): the
+noise of vocabulary id v at row r (flat index of the position) is element r * V + v of
+stream STREAM_TOKEN; MaskGIT's confidence noise at position r is element r of stream
+STREAM_CONFIDENCE. Ties: the lowest vocabulary id, the lowest position.
+Arithmetic is float32 in this order (the kernels repeat it, so tokens match exactly):
+guided = u + s * (c - u); x = guided / temperature; score = x + gumbel.
+"""
+from __future__ import annotations
+
+import torch
+
+from vqfast._random import STREAM_CONFIDENCE, STREAM_TOKEN
+from vqfast.reference import random as R
+
+_NEG_INF = float("-inf")
+
+
+def _f32(v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def bad_rows(x: torch.Tensor) -> torch.Tensor:
+    """[..., V] -> [...] bool: rows with NaN or +inf, or without any finite value."""
+    return torch.isnan(x).any(-1) | (x == float("inf")).any(-1) | (x == _NEG_INF).all(-1)
+
+
+_CHUNK = 1 << 20  # noise elements per chunk: bounds the oracle's memory, not its meaning
+
+
+def _gumbel_argmax(x: torch.Tensor, key: int, rows: torch.Tensor) -> torch.Tensor:
+    """x [n, V] float32 (-inf = excluded), rows [n] flat row ids -> argmax_v x + gumbel(rows * V + v)."""
+    V = x.shape[-1]
+    step = max(1, _CHUNK // V)
+    out = []
+    for r0 in range(0, x.shape[0], step):
+        index = rows[r0:r0 + step, None] * V + torch.arange(V, device=x.device)
+        out.append((x[r0:r0 + step] + R.gumbel(key, STREAM_TOKEN, index)).argmax(-1))  # first max = lowest id
+    return torch.cat(out) if out else rows.new_empty(0)
+
+
+def _rank_desc(score: torch.Tensor) -> torch.Tensor:
+    """[..., n] -> rank of each element in (score desc, index asc) order."""
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
+    return torch.empty_like(order).scatter_(-1, order, torch.arange(score.shape[-1], device=score.device)
+                                            .expand_as(order).contiguous())
+
+
+def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: torch.Tensor, temperature: float,
+                       choice: str, banned_ids: torch.Tensor | None, key: int):
+    """MaskGIT confidence selection (seed lab Sec. 2.3).
+
+    logits [B, L, V], masked [B, L] bool, n_reveal [B] int64 -> tokens [B, L] int64,
+    confidence [B, L] fp32, reveal [B, L] bool.
+    token = argmax_v x (choice "argmax") or argmax_v x + G_tok (choice "sample"), banned
+    ids excluded; confidence = log softmax(x)[token] + temperature * G_conf at masked
+    positions, -inf elsewhere; reveal = the n_reveal[b] masked positions of largest
+    confidence (ties: lower position).
+    """
+    B, L, V = logits.shape
+    x = logits.float()
+    if banned_ids is not None and banned_ids.numel():
+        x = x.index_fill(-1, banned_ids, _NEG_INF)
+    lse = torch.logsumexp(x, -1)
+    rows = torch.arange(B * L, device=x.device)
+    if choice == "sample":
+        tokens = _gumbel_argmax(x.reshape(B * L, V), key, rows).reshape(B, L)
+    else:
+        tokens = x.argmax(-1)
+    logp = x.gather(-1, tokens[..., None]).squeeze(-1) - lse
+    conf = logp + _f32(temperature) * R.gumbel(key, STREAM_CONFIDENCE, rows).reshape(B, L)
+    conf = conf.masked_fill(~masked, _NEG_INF)
+    reveal = (_rank_desc(conf) < n_reveal[:, None]) & masked
+    return tokens, conf, reveal
+
+
+def _topk_keep(x: torch.Tensor, top_k: int) -> torch.Tensor:
+    """[n, V] -> bool mask of the top_k largest per row (ties: lower id)."""
+    return _rank_desc(x) < top_k
+
+
+def select_and_sample_topk(logits: torch.Tensor, known: torch.Tensor, top_k: int, n_positions: int,
+                           temperature: float, key: int):
+    """PUT Algorithm 1 lines 8-14.
+
+    logits [B, L, V], known [B, L] bool -> positions [B, n] int64, tokens [B, n] int64.
+    x = logits / temperature; positions: the n unknown positions of largest max-probability
+    max_v softmax(x) (ties: lower position), in that order; tokens: Gumbel-max draw from
+    softmax(x) restricted to its top_k ids. Slots beyond a row's unknown count get -1.
+    """
+    B, L, V = logits.shape
+    x = logits.float() / _f32(temperature)
+    score = (x.amax(-1) - torch.logsumexp(x, -1)).masked_fill(known, _NEG_INF)
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices[:, :n_positions]
+    valid = torch.arange(n_positions, device=x.device)[None, :] < (~known).sum(1, keepdim=True)
+    rows = (torch.arange(B, device=x.device)[:, None] * L + order).reshape(-1)
+    sel = x.reshape(B * L, V)[rows]
+    sel = sel.masked_fill(~_topk_keep(sel, min(top_k, V)), _NEG_INF)
+    tokens = _gumbel_argmax(sel, key, rows).reshape(B, n_positions)
+    return order.masked_fill(~valid, -1), tokens.masked_fill(~valid, -1)
+
+
+def sample_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                  cfg_scale: float | None, uncond_logits: torch.Tensor | None, key: int) -> torch.Tensor:
+    """Guided, filtered categorical draw. logits [..., V] -> tokens [...] int64.
+
+    x = u + s * (c - u) when cfg_scale is given; temperature 0 -> argmax x (greedy,
+    filters irrelevant); else x = x / temperature, keep the top_k largest (ties: lower id),
+    then the smallest prefix of the (prob desc, id asc) order whose mass reaches top_p
+    (probabilities renormalized over the top-k set; a token is kept when the mass before
+    it is below top_p), then Gumbel-max over the kept ids.
+    """
+    V = logits.shape[-1]
+    x = logits.float().reshape(-1, V)
+    if cfg_scale is not None:
+        u = uncond_logits.float().reshape(-1, V)
+        x = u + _f32(cfg_scale) * (x - u)
+    if temperature == 0:
+        return x.argmax(-1).reshape(logits.shape[:-1])
+    x = x / _f32(temperature)
+    if top_k is not None and top_k < V:
+        x = x.masked_fill(~_topk_keep(x, top_k), _NEG_INF)
+    if top_p is not None and top_p < 1:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True, stable=True)
+        p = torch.softmax(sorted_x.double(), -1)
+        before = torch.cumsum(p, -1).roll(1, -1)
+        before[:, 0] = 0
+        keep_sorted = before < top_p
+        keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+        x = x.masked_fill(~keep, _NEG_INF)
+    rows = torch.arange(x.shape[0], device=x.device)
+    return _gumbel_argmax(x, key, rows).reshape(logits.shape[:-1])
