@@ -4,6 +4,7 @@ to average), so no P x K matrix is ever held.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -56,6 +57,18 @@ def _chain(dists: list[float], qs: list[float], us: list[float]) -> int:
     return cur
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Run the many tiny per-step ops of a chain inline: on a loaded machine every parallel
+    region of a small op waits for a scheduler slice, which dominated the seeding time."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def afkmc2(x: torch.Tensor, K: int, chain_length: int = 200, generator: torch.Generator | None = None) -> torch.Tensor:
     """AFK-MC2 seeding (Bachem et al. 2016): x [P, d] -> row indices [K] of the chosen seeds.
 
@@ -68,21 +81,26 @@ def afkmc2(x: torch.Tensor, K: int, chain_length: int = 200, generator: torch.Ge
     chosen = [first]
     centers = x.new_empty(K, x.shape[1], dtype=torch.float32)
     centers[0] = x[first].float()
+    c_sq = torch.zeros(K, dtype=torch.float32, device=x.device)  # ||seed||^2, filled as seeds are chosen
     block = 32
     for s in range(1, K, block):
         b = min(block, K - s)
         rows = cand[s - 1:s - 1 + b].to(x.device)
         pts = x[rows.reshape(-1)].float()
-        _, cd = ops.nearest_code(pts, centers[:s])
+        _, cd = ops.nearest_code(pts, centers[:s])  # to the seeds chosen before this block
         cd = cd.view(b, chain_length)
         pts = pts.view(b, chain_length, -1)
-        for j in range(b):
-            if j:  # the seed chosen at the previous step of this block
-                cd[j:] = torch.minimum(cd[j:], (pts[j:] - centers[s + j - 1]).square().sum(-1))
-            i = s - 1 + j
-            win = _chain(cd[j].tolist(), q[cand[i]].tolist(), u[i].tolist())
-            chosen.append(int(cand[i, win]))
-            centers[s + j] = x[chosen[-1]].float()
+        p_sq = pts.square().sum(-1)
+        with _one_thread():
+            for j in range(b):
+                if j:  # and to the j seeds chosen earlier in this block: an [m, j] product
+                    d_new = torch.addmm(c_sq[s:s + j], pts[j], centers[s:s + j].T, alpha=-2).add_(p_sq[j, :, None])
+                    cd[j] = torch.minimum(cd[j], d_new.amin(dim=1).clamp_min_(0))
+                i = s - 1 + j
+                win = _chain(cd[j].tolist(), q[cand[i]].tolist(), u[i].tolist())
+                chosen.append(int(cand[i, win]))
+                centers[s + j] = pts[j, win]
+                c_sq[s + j] = p_sq[j, win]
     return torch.tensor(chosen, dtype=torch.long)
 
 
