@@ -125,6 +125,17 @@ def test_dual_codebook_routes_and_updates_each_codebook():
     assert dq.codebook_size == 11 and 0 < dq.statistics(idx)["usage"] <= 1
 
 
+def test_dual_codebook_revives_each_codebook_from_its_own_rows():
+    dq = DualCodebookQuantizer(3, 6, 5, decay=0.5, threshold_dead_code=0.9)
+    x = torch.cat([_x(40, 3) * 0.01 + 4, _x(40, 3, seed=1) * 0.01 - 4])  # visible near +4, masked near -4
+    vis = torch.arange(80) < 40
+    dq(x, vis)
+    e, e2 = dq.visible_codebook, dq.masked_codebook
+    assert torch.all(e.cluster_size >= 0.9) and torch.all(e2.cluster_size >= 0.9)
+    assert torch.all(e.embed[e.cluster_size == 1.0] > 3) and torch.all(e2.embed[e2.cluster_size == 1.0] < -3)
+    assert (e.cluster_size == 1.0).sum() >= 4 and (e2.cluster_size == 1.0).sum() >= 3
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_residual_quantizer_levels_and_ema(shared):
     rq = ResidualQuantizer(6, 9, depth=3, shared_codebook=shared, decay=0.7, threshold_dead_code=0)
