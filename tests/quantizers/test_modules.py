@@ -84,6 +84,13 @@ def test_autocast_half_inputs(dtype):
     assert conv.weight.grad is not None
 
 
+def test_half_module_keeps_fp32_ema_state():
+    vq = VectorQuantizer(8, 16).bfloat16()
+    assert vq.codebook.dtype == torch.float32 and vq.codebook_state.cluster_size.dtype == torch.float32
+    z_q, _, _ = vq(_x(20, 8).bfloat16())
+    assert z_q.dtype == torch.bfloat16 and torch.isfinite(vq.codebook).all()
+
+
 def test_dead_codes_revived_from_batch_rows():
     vq = VectorQuantizer(4, 8, decay=0.5, threshold_dead_code=0.6, seed=1)
     x = _x(100, 4) * 0.01 + 5  # far from every initial code: one code wins everything

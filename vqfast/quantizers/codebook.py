@@ -51,6 +51,16 @@ class Codebook(nn.Module):
             self.register_buffer("embed_sum", init.clone())
         self.register_buffer("initted", torch.tensor(False))
 
+    def _apply(self, fn, recurse=True):
+        # module.half()/.bfloat16() must not round the EMA state: it accumulates tiny (1 - decay) steps.
+        super()._apply(fn, recurse)
+        if self.ema:
+            for name in ("embed", "cluster_size", "embed_sum"):
+                t = getattr(self, name)
+                if t.is_floating_point() and t.dtype != torch.float32:
+                    setattr(self, name, t.float())
+        return self
+
     @property
     def ema(self) -> bool:
         return self.decay is not None
