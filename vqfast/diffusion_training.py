@@ -122,7 +122,7 @@ def vlb_loss(model, x0: torch.Tensor, schedule, sampler: ImportanceSampler | Non
     """VLB estimate in bits/dim (scalar to minimize) for x0 [B, h, w] or [B, L] int64.
 
     sampler None: uniform t with p(t) = 1/T. Returns (loss, logs) with logs = {"bpd": float,
-    "t": int64 [B], "L_t": float32 [B] (detached, nats), "pt": float64 [B], "prior": float}.
+    "t": int64 [B], "L_t": float32 [B] (detached, nats), "pt": float64 [B], "prior": float, "z_t": the noised tokens}.
     Call `sampler.update(logs["t"], logs["L_t"])` after the step.
     """
     if not isinstance(x0, torch.Tensor) or x0.dtype != torch.int64 or x0.dim() < 2:
@@ -137,9 +137,10 @@ def vlb_loss(model, x0: torch.Tensor, schedule, sampler: ImportanceSampler | Non
     g = torch.Generator().manual_seed(key & ((1 << 63) - 1))
     t, pt = sampler.sample(B, g)
     t = t.to(x0.device)
-    L_t, _ = timestep_losses(model, x0, t, schedule, key=key, class_labels=class_labels)
+    L_t, z_t = timestep_losses(model, x0, t, schedule, key=key, class_labels=class_labels)
     prior = prior_kl(schedule, model.codebook_size, L)
     per_sample = L_t / pt.to(L_t.device, torch.float32) + prior
     loss = per_sample.mean() / (L * math.log(2))
-    logs = {"bpd": float(loss.detach()), "t": t.cpu(), "L_t": L_t.detach().float().cpu(), "pt": pt, "prior": prior}
+    logs = {"bpd": float(loss.detach()), "t": t.cpu(), "L_t": L_t.detach().float().cpu(), "pt": pt, "prior": prior,
+            "z_t": z_t}
     return loss, logs
