@@ -12,6 +12,7 @@ from vqfast import _backend
 from vqfast import ops
 from vqfast.ops.ema import HAS as EMA_HAS
 from vqfast.ops.nearest_code import HAS as NEAREST_CODE_HAS
+from vqfast.ops.sampling import HAS as SAMPLING_HAS
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5) -> float:
@@ -42,11 +43,26 @@ def _cases(quick: bool):
            lambda b: (lambda: ops.ema_statistics(x, idx, k, backend=b)), f"N={n} K={k} d={d}")
 
 
+def _sampling_cases(quick: bool):
+    """The token samplers (DESIGN.md ops 7-9) at a MaskGIT-like size, 3 * randn logits."""
+    b, l, v = (8, 256, 1024) if quick else (8, 1024, 16384)
+    x = 3 * torch.randn(b, l, v)
+    masked = torch.rand(b, l) < 0.5
+    n = masked.sum(1) // 2
+    shape = f"B={b} L={l} V={v}"
+    yield ("gumbel_topk_select", SAMPLING_HAS, 0,
+           lambda be: (lambda: ops.gumbel_topk_select(x, masked, n, 4.5, "sample", seed=0, backend=be)), shape)
+    yield ("select_and_sample_topk", SAMPLING_HAS, 0,
+           lambda be: (lambda: ops.select_and_sample_topk(x, masked, 50, seed=0, backend=be)), shape)
+    yield ("sample_logits top-k", SAMPLING_HAS, 0,
+           lambda be: (lambda: ops.sample_logits(x, 1.0, top_k=50, seed=0, backend=be)), shape)
+
+
 def run(quick: bool = True) -> list[dict]:
     """Time every op on every usable CPU backend; returns rows and prints a table."""
     ceiling = gemm_flops()
     rows = []
-    for name, has, flops, make, shape in _cases(quick):
+    for name, has, flops, make, shape in (*_cases(quick), *_sampling_cases(quick)):
         ref_t = median_time(make("reference"), repeats=3)
         for b in ("reference",) + tuple(h for h in has if h == "cpu" and _backend.backends()["cpu"]["available"]):
             t = ref_t if b == "reference" else median_time(make(b))
