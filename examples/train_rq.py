@@ -134,7 +134,8 @@ def plot_losses(log, path: Path):
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     vae = [r for r in log if r["stage"] == "rqvae"]
     for key in ("rec", "commit"):
-        a.plot([r["step"] for r in vae], _smooth([r[key] for r in vae]), label=key)
+        if vae:
+            a.plot([r["step"] for r in vae], _smooth([r[key] for r in vae]), label=key)
     a.set_yscale("log"), a.set_title("RQ-VAE (MSE, partial-sum commitment)"), a.set_xlabel("step"), a.legend()
     tf = [r for r in log if r["stage"] == "transformer"]
     b.plot([r["step"] for r in tf], _smooth([r["nll"] for r in tf]))
@@ -207,6 +208,7 @@ def main(argv=None):
     p.add_argument("--preset", default="tiny", choices=["tiny", "371M", "821M", "1.4B"])
     p.add_argument("--out", default="runs/rq_tiny")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--rqvae", default=None, help="a trained RQ-VAE checkpoint: skip stage 1")
     p.add_argument("--vae-steps", type=int, default=2000)
     p.add_argument("--tf-steps", type=int, default=2000)
     p.add_argument("--pool", type=int, default=4096, help="crops encoded once for transformer training")
@@ -238,8 +240,11 @@ def main(argv=None):
     data = ClassCrops("train", size)
     log: list[dict] = []
     t0 = time.time()
-    train_rqvae(rq, data, args, g, log)
-    checkpoint.save(rq, out / "rqvae")
+    if args.rqvae:  # stage 1 done before: reuse that tokenizer
+        rq = checkpoint.load(args.rqvae, expected=RQVAE).to(args.device)
+    else:
+        train_rqvae(rq, data, args, g, log)
+        checkpoint.save(rq, out / "rqvae")
     codes, labels = encode_pool(rq, data, args.pool, args, g)
     train_transformer(tf, codes, labels, args, g, log)
     checkpoint.save(tf, out / "rq_transformer")

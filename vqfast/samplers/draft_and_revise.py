@@ -100,7 +100,7 @@ class _Sampler:
         else:
             cond, uncond = logits.float(), None
         code = sample_logits(cond, temperature=temperature, top_k=self.top_k, top_p=self.top_p,
-                                 cfg_scale=guidance if guided else None, uncond_logits=uncond, generator=self.g)
+                             cfg_scale=guidance if guided else None, uncond_logits=uncond, generator=self.g)
         if confidence is not None:  # log p of the drawn code under the guided, tempered distribution
             mixed = cond if uncond is None else uncond + guidance * (cond - uncond)
             logp = torch.log_softmax(mixed / temperature, -1)
