@@ -9,7 +9,7 @@ from vqfast.diffusion import CosineSchedule, posterior_logprobs, posterior_sampl
 from vqfast.models.vqddm import VQDDM
 from vqfast.ops import sample_logits
 from vqfast.samplers import vqddm_sample
-from vqfast.samplers.vqddm import _mix, strided_schedule, timesteps
+from vqfast.samplers.vqddm import _mix, mixture_step, strided_schedule, timesteps
 from vqfast import _random
 
 K, S, T = 10, 4, 12
@@ -32,23 +32,43 @@ def model():
     return m.eval()
 
 
+@pytest.mark.parametrize("method", ["mixture", "gumbel"])
 @pytest.mark.parametrize("clip_sqrt", [False, True])
-def test_stride_one_equals_full_chain(model, clip_sqrt):
+def test_stride_one_equals_full_chain(model, clip_sqrt, method):
     """The strided sampler with every timestep is the plain T-step chain on the original schedule."""
     sched = CosineSchedule(T, clip_sqrt=clip_sqrt)
     labels = torch.tensor([0, 1, 1])
-    got = vqddm_sample(model, 3, sched, steps=T, seed=7, class_labels=labels)
+    got = vqddm_sample(model, 3, sched, steps=T, seed=7, class_labels=labels, method=method)
     key = _random.philox_key(None, 7)
     z = torch.randint(K, (3, S, S), generator=torch.Generator().manual_seed(_mix(key, -1) >> 1))
     with torch.no_grad():
         for t in range(T, 0, -1):
             logits = model(z, torch.full((3,), t), labels)
-            if t > 1:
+            if t > 1 and method == "gumbel":
                 z = posterior_sample(logits, z, t, sched, seed=_mix(key, t))
+            elif t > 1:
+                z = mixture_step(logits, z, t, sched, _mix(key, t))
             else:
                 z = sample_logits(logits, seed=_mix(key, t))
     assert torch.equal(got, z)
-    assert torch.equal(got, vqddm_sample(model, 3, sched, seed=7, class_labels=labels))  # steps=None
+    assert torch.equal(got, vqddm_sample(model, 3, sched, seed=7, class_labels=labels, method=method))  # steps=None
+
+
+@pytest.mark.parametrize("t", [2, 6, 12])
+@pytest.mark.parametrize("clip_sqrt", [False, True])
+def test_mixture_step_draws_the_posterior(t, clip_sqrt):
+    """Frequencies of 40k mixture draws (one logits row, one z_t) match exp(posterior_logprobs)."""
+    sched = CosineSchedule(T, clip_sqrt=clip_sqrt)
+    g = torch.Generator().manual_seed(t)
+    n = 40000
+    for z_val in (0, 3):
+        logits = (torch.randn(1, 1, 7, generator=g) * 2).expand(1, n, 7).contiguous()
+        z = torch.full((1, n), z_val)
+        out = mixture_step(logits, z, t, sched, key=t * 1000 + z_val)
+        freq = torch.bincount(out.flatten(), minlength=7).double() / n
+        p = posterior_logprobs(logits[:, :1], z[:, :1], t, sched).exp().flatten().double()
+        # 5 standard errors of a binomial frequency
+        assert torch.all((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt() + 1e-4), (freq, p)
 
 
 @pytest.mark.parametrize("steps", [1, 3, 5])
@@ -133,6 +153,8 @@ def test_sampler_bad_inputs(model):
         vqddm_sample(model, 2, CosineSchedule(T + 1), class_labels=c)
     with pytest.raises(ValueError, match="class_labels"):
         vqddm_sample(model, 2, sched)
+    with pytest.raises(ValueError, match="method"):
+        vqddm_sample(model, 2, sched, method="ddim", class_labels=c)
 
 
 def test_refit_raises_usage_and_finetune_freezes_encoder():

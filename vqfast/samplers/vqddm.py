@@ -1,9 +1,20 @@
 """VQ-DDM reverse process: sampling and inpainting of token maps (seed Sec. 3.1, 4.4; Fig. 5).
 
 Each step feeds z_t to the model (x0 logits, eq. 23) and draws z_{t-1} ~ q(z_{t-1} | z_t,
-softmax(logits)) with the fused `vqfast.diffusion.posterior_sample` (Gumbel-max; the
-[B, L, K] posterior is never written). The last step draws z0 from the decoder
-p(z0 | z1) = Cat(softmax(logits)) (eq. 22) with the fused `vqfast.ops.sample_logits`.
+p = softmax(logits)) without writing the [B, L, K] posterior, by one of two exact methods:
+
+- "gumbel": the fused `vqfast.diffusion.posterior_sample` (Gumbel-max over all K states,
+  so K Philox draws and logs per position).
+- "mixture" (default): eq. 21 factorizes into three components,
+      theta_k = c p_k ab + c (1 - ab)/K + a [k = z_t] (ab p_{z_t} + (1 - ab)/K),  c = (1 - a)/K,
+  (a = alpha_t, ab = abar_{t-1}): "x0-model" with mass c ab, "uniform" with mass c (1 - ab),
+  "keep z_t" with mass a (ab p_{z_t} + (1 - ab)/K). One uniform per position picks the
+  component; only positions that pick the model component (rare for T = 4000: c ~ beta_t / K)
+  need a categorical draw from p (fused `vqfast.ops.sample_logits` on those rows). The only
+  pass over K is log-normalizing for p_{z_t}, done in row chunks with a fixed
+  (_CHUNK x K) scratch, so memory per step is O(B * L) beyond the logits.
+The last step draws z0 from the decoder p(z0 | z1) = Cat(softmax(logits)) (eq. 22) with
+`vqfast.ops.sample_logits`.
 
 Strided sampling over timesteps 0 = tau_0 < tau_1 < ... < tau_S = T: for uniform
 (multinomial) noise the S-step chain is exact, because the transitions compose,
@@ -34,8 +45,12 @@ import torch
 from vqfast import _random
 from vqfast.diffusion import posterior_sample, q_sample
 from vqfast.ops import sample_logits
+from vqfast.reference import random as rnd
 
 _MASK64 = (1 << 64) - 1
+METHODS = ("mixture", "gumbel")
+STREAM_COMPONENT, STREAM_UNIFORM_TOKEN = 24, 25  # Philox streams of the mixture step (vqfast.diffusion: 16..31)
+_CHUNK = 256  # rows per log-normalizer chunk: the scratch is _CHUNK x K floats
 
 
 def _mix(key: int, salt: int) -> int:
@@ -70,6 +85,34 @@ def strided_schedule(schedule, taus: list[int]) -> SimpleNamespace:
                            taus=asc)
 
 
+def _log_normalizer(flat: torch.Tensor) -> torch.Tensor:
+    """logsumexp over K of flat [N, K] -> float32 [N], in row chunks (bounded scratch)."""
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
+    for i in range(0, flat.shape[0], _CHUNK):
+        out[i:i + _CHUNK] = torch.logsumexp(flat[i:i + _CHUNK].float(), dim=-1)
+    return out
+
+
+def mixture_step(logits: torch.Tensor, z_t: torch.Tensor, i: int, schedule, key: int) -> torch.Tensor:
+    """z_{i-1} ~ q(z_{i-1} | z_i, softmax(logits)) for the uniform transition (eq. 21) by the
+    three-component mixture of the module doc. logits [B, ..., K], z_t [B, ...] int64, i in 2..T
+    of `schedule` (a CosineSchedule or a strided one) -> z_{i-1} [B, ...] int64."""
+    K = logits.shape[-1]
+    flat, z = logits.reshape(-1, K), z_t.reshape(-1)
+    a, ab = float(schedule.alpha[i]), float(schedule.alpha_bar[i - 1])
+    p_z = (flat.gather(1, z[:, None])[:, 0].float() - _log_normalizer(flat)).double().exp()
+    c = (1.0 - a) / K
+    keep = a * (ab * p_z + (1.0 - ab) / K)
+    uniform_mass, model_mass = c * (1.0 - ab), c * ab
+    n = torch.arange(z.numel(), device=z.device)
+    r = rnd.uniform(key, STREAM_COMPONENT, n).double() * (keep + uniform_mass + model_mass)
+    out = torch.where(r < keep, z, (rnd.words(key, STREAM_UNIFORM_TOKEN, n) * K) >> 32)
+    from_model = (r >= keep + uniform_mass).nonzero()[:, 0]
+    if from_model.numel():
+        out[from_model] = sample_logits(flat[from_model], seed=_mix(key, 1))
+    return out.reshape(z_t.shape)
+
+
 def _check(model, batch, known, mask, class_labels):
     K, s = model.codebook_size, model.size
     if (known is None) != (mask is None):
@@ -96,14 +139,18 @@ def _check(model, batch, known, mask, class_labels):
 def vqddm_sample(model, batch: int | None, schedule, *, steps: int | None = None,
                  known: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                  class_labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                 seed: int | None = None, progress: bool = False, backend: str = "auto") -> torch.Tensor:
+                 seed: int | None = None, progress: bool = False, method: str = "mixture",
+                 backend: str = "auto") -> torch.Tensor:
     """Reverse process from uniform noise -> token maps int64 [B, h, w] (or known's shape).
 
     model: a VQDDM (z_t, t, class_labels -> x0 logits [B, ..., K]); schedule: CosineSchedule
     with schedule.T <= model.T; steps: None (all T) or the number of strided steps; known
     [B, h, w] int64 + mask (bool, True = missing = generated) for inpainting;
-    class_labels [B] for a class-conditional model; progress: a tqdm bar over the steps.
+    class_labels [B] for a class-conditional model; progress: a tqdm bar over the steps;
+    method: "mixture" | "gumbel" (see the module doc; both exact, different draws).
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     B, shape = _check(model, batch, known, mask, class_labels)
     if schedule.T > model.T:
         raise ValueError(f"schedule.T={schedule.T} exceeds the model's T={model.T}")
@@ -123,7 +170,9 @@ def vqddm_sample(model, batch: int | None, schedule, *, steps: int | None = None
         tau, tau_prev = sched.taus[i], sched.taus[i - 1]
         t = torch.full((B,), tau, dtype=torch.long, device=device)
         logits = model(z, t, class_labels)
-        if i > 1:
+        if i > 1 and method == "mixture":
+            z = mixture_step(logits, z, i, sched, _mix(key, tau))
+        elif i > 1:
             z = posterior_sample(logits, z, i, sched, seed=_mix(key, tau), backend=backend)
         else:  # decoder p(z0 | z_tau1) = Cat(softmax(logits)) (eq. 22)
             z = sample_logits(logits, seed=_mix(key, tau), backend=backend)
