@@ -123,3 +123,9 @@ def test_bad_arguments(net):
         maskgit_decode(net, tokens)
     with pytest.raises(ValueError, match="seq_len"):
         maskgit_decode(net, tokens[:, :2], mask[:, :2])
+
+
+def test_bf16_autocast_path(net):
+    tokens, mask = batch()
+    out = maskgit_decode(net, tokens, mask, steps=3, generator=0, autocast_dtype=torch.bfloat16)
+    assert out.dtype == torch.long and torch.equal(out[~mask], tokens[~mask])
