@@ -113,12 +113,14 @@ def save_grid(rows: list[list[torch.Tensor]], titles: list[str], path: Path):
 
 def plot_losses(log: list[dict], path: Path):
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    vae = [r for r in log if r["stage"] == "vae"]
+    vae = [r for r in log if r["stage"] == "vae"]  # empty with --vae-from
     for key in ("pixel", "grad", "commit", "adv", "perc", "style"):
-        ys = [r[key] for r in vae]
-        if vae and any(ys):
-            a.plot([r["step"] for r in vae], _smooth(ys), label=key)
-    a.set_yscale("log"), a.set_title("P-VQVAE (eqs. 1, 3-8; unweighted terms)"), a.set_xlabel("step"), a.legend()
+        pts = [(r["step"], r[key]) for r in vae if r[key] > 0]  # adv is 0 before adv_start; VGG terms off
+        if pts:
+            a.plot([s for s, _ in pts], _smooth([y for _, y in pts]), label=key)
+    if vae:
+        a.set_yscale("log")
+    a.set_title("P-VQVAE (eqs. 1, 3-8; unweighted terms)"), a.set_xlabel("step"), a.legend()
     tf = [r for r in log if r["stage"] == "transformer"]
     b.plot([r["step"] for r in tf], _smooth([r["ce"] for r in tf]))
     b.set_title("UQ-Transformer cross-entropy (masked tokens)"), b.set_xlabel("step")
@@ -169,6 +171,7 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=4, help="pluralistic completions per image")
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--grid-rows", type=int, default=6)
+    p.add_argument("--vae-from", default=None, help="a saved P-VQVAE checkpoint: skip stage 1")
     p.add_argument("--vgg-weights", default=None, help="local VGG-19 weights file (perceptual + style terms)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -184,8 +187,14 @@ def main(argv=None):
     data = CropSampler("train", size=size, source=args.source)
     log: list[dict] = []
     t0 = time.time()
-    train_vae(vae, data, args, g, size, log)
-    checkpoint.save(vae, out / "pvqvae")
+    if args.vae_from:
+        vae = checkpoint.load(args.vae_from, expected=PVQVAE, map_location=args.device)
+        vae_log = Path(args.vae_from).parent / "vae_log.json"
+        log += json.loads(vae_log.read_text()) if vae_log.exists() else []
+    else:
+        train_vae(vae, data, args, g, size, log)
+        checkpoint.save(vae, out / "pvqvae")
+        (out / "vae_log.json").write_text(json.dumps(log))
     vae.eval()
     train_transformer(vae, tf, data, args, g, size, log)
     checkpoint.save(tf, out / "uq_transformer")
