@@ -74,11 +74,14 @@ std::vector<int64_t> code_ranges(const std::vector<int64_t>& counts, int64_t N, 
   return bounds;
 }
 
+constexpr int64_t kSerialElements = 1 << 16;  // below this many x elements one thread is faster
+
 template <typename T>
 void accumulate(const T* x, const int64_t* idx, const int64_t* rows, const int64_t* row_start,
                 int64_t n_ranges, const int64_t* bounds, int64_t d, int64_t col_block, float* sums) {
-  const int64_t n_cols = (d + col_block - 1) / col_block;
-  at::parallel_for(0, n_ranges * n_cols, 1, [&](int64_t t0, int64_t t1) {
+  const int64_t n_cols = (d + col_block - 1) / col_block, tasks = n_ranges * n_cols;
+  const int64_t grain = row_start[n_ranges] * d < kSerialElements ? tasks : 1;
+  at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t range = t / n_cols, c0 = (t % n_cols) * col_block;
       const int64_t w = std::min(col_block, d - c0);
@@ -111,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor> ema_statistics_cpu(const at::Tensor& x, const
   std::vector<int64_t> counts(K, 0);
   for (int64_t r = 0; r < N; ++r) {
     const int64_t k = ip[r];
-    TORCH_CHECK_VALUE(k >= 0 && k < K, "ema_statistics: idx[", r, "] = ", k, " is outside [0, ", K, ")");
+    TORCH_CHECK_VALUE(k >= 0 && k < K, "idx values must be in [0, K=", K, "), got idx[", r, "] = ", k);
     ++counts[k];
   }
   auto counts_t = at::empty({K}, x.options().dtype(at::kFloat));
@@ -178,7 +181,9 @@ at::Tensor ema_update_cpu(at::Tensor cluster_size, at::Tensor embed_sum, const a
   float* s = embed_sum.data_ptr<float>();
   const float* ss = sc.data_ptr<float>();
   float* o = out.data_ptr<float>();
-  at::parallel_for(0, K, 64, [&](int64_t k0, int64_t k1) {
+  // A parallel region costs more than this pass over K x d state until it is large.
+  const int64_t grain = K * d < kSerialElements * 16 ? K : 64;
+  at::parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const float smoothed = e == 0.0f ? n[k] : (n[k] + e) / denom * tot;  // eps = 0: the seed's s / n
       float* sk = s + k * d;

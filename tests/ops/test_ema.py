@@ -123,6 +123,15 @@ def test_ema_statistics_bad_inputs(x, idx, K, match, err):
         vqfast.ops.ema_statistics(x, idx, K)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [7, -1])
+def test_ema_statistics_index_out_of_range_every_backend(backend, bad):
+    idx = torch.tensor([0, 1, 2, 3, 4, 0, 1])
+    idx[5] = bad
+    with pytest.raises(ValueError, match=r"idx values must be in \[0, K=5\)"):
+        vqfast.ops.ema_statistics(torch.randn(7, 3), idx, 5, backend=backend)
+
+
 @pytest.mark.parametrize("kwargs, match, err", [
     (dict(decay=1.0), r"decay must be in \[0, 1\)", ValueError),
     (dict(decay=-0.1), r"decay must be in \[0, 1\)", ValueError),
