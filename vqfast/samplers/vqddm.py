@@ -9,7 +9,8 @@ p = softmax(logits)) without writing the [B, L, K] posterior, by one of two exac
       theta_k = c p_k ab + c (1 - ab)/K + a [k = z_t] (ab p_{z_t} + (1 - ab)/K),  c = (1 - a)/K,
   (a = alpha_t, ab = abar_{t-1}): "x0-model" with mass c ab, "uniform" with mass c (1 - ab),
   "keep z_t" with mass a (ab p_{z_t} + (1 - ab)/K). One uniform per position picks the
-  component; only positions that pick the model component (rare for T = 4000: c ~ beta_t / K)
+  component (a torch.Generator seeded from the step's key); only positions that pick the model
+  component (rare for T = 4000: c ~ beta_t / K)
   need a categorical draw from p (fused `vqfast.ops.sample_logits` on those rows). The only
   pass over K is log-normalizing for p_{z_t}, done in row chunks with a fixed
   (_CHUNK x K) scratch, so memory per step is O(B * L) beyond the logits.
@@ -45,11 +46,9 @@ import torch
 from vqfast import _random
 from vqfast.diffusion import posterior_sample, q_sample
 from vqfast.ops import sample_logits
-from vqfast.reference import random as rnd
 
 _MASK64 = (1 << 64) - 1
 METHODS = ("mixture", "gumbel")
-STREAM_COMPONENT, STREAM_UNIFORM_TOKEN = 24, 25  # Philox streams of the mixture step (vqfast.diffusion: 16..31)
 _CHUNK = 256  # rows per log-normalizer chunk: the scratch is _CHUNK x K floats
 
 
@@ -104,9 +103,9 @@ def mixture_step(logits: torch.Tensor, z_t: torch.Tensor, i: int, schedule, key:
     c = (1.0 - a) / K
     keep = a * (ab * p_z + (1.0 - ab) / K)
     uniform_mass, model_mass = c * (1.0 - ab), c * ab
-    n = torch.arange(z.numel(), device=z.device)
-    r = rnd.uniform(key, STREAM_COMPONENT, n).double() * (keep + uniform_mass + model_mass)
-    out = torch.where(r < keep, z, (rnd.words(key, STREAM_UNIFORM_TOKEN, n) * K) >> 32)
+    g = torch.Generator().manual_seed(key >> 1)  # O(B * L) draws: torch's generator is cheaper than Philox here
+    r = torch.rand(z.numel(), generator=g, dtype=torch.float64).to(z.device) * (keep + uniform_mass + model_mass)
+    out = torch.where(r < keep, z, torch.randint(K, (z.numel(),), generator=g).to(z.device))
     from_model = (r >= keep + uniform_mass).nonzero()[:, 0]
     if from_model.numel():
         out[from_model] = sample_logits(flat[from_model], seed=_mix(key, 1))
