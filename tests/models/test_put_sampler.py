@@ -89,3 +89,9 @@ def test_fused_and_reference_selection_agree(setup):
     fused = put_sample(vae, t, x, m, num_samples=2, top_k=8, tokens_per_iter=2, generator=5, backend="auto")
     ref = put_sample(vae, t, x, m, num_samples=2, top_k=8, tokens_per_iter=2, generator=5, backend="reference")
     assert torch.equal(fused.tokens, ref.tokens) and torch.equal(fused.order, ref.order)
+
+
+def test_bf16_autocast_runs_and_fills(setup):
+    vae, t, x, m = setup
+    out = put_sample(vae, t, x, m, num_samples=2, top_k=8, generator=0, autocast_dtype=torch.bfloat16)
+    assert out.images.dtype == torch.float32 and bool((out.order[~out.known[:, None].expand_as(out.order)] >= 0).all())

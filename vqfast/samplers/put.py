@@ -77,24 +77,26 @@ def put_fill(transformer, codes, features: torch.Tensor, tokens: torch.Tensor, k
     bar = _progress(steps, progress)
     amp = torch.autocast(feats.device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     it = 0
-    while it < steps:
-        remaining = (~kn).sum(1)
-        active = remaining > 0
-        rows = active.nonzero().squeeze(1)
-        every = bool(active.all())
-        # A row never gets more positions than it has left, so each unknown is filled once.
-        n = min(tokens_per_iter, int(remaining[rows].min()))
-        with amp:
+    # One autocast region for the whole loop: its cache keeps the low-precision weight copies
+    # across iterations instead of casting every weight on every forward.
+    with amp:
+        while it < steps:
+            remaining = (~kn).sum(1)
+            active = remaining > 0
+            rows = active.nonzero().squeeze(1)
+            every = bool(active.all())
+            # A row never gets more positions than it has left, so each unknown is filled once.
+            n = min(tokens_per_iter, int(remaining[rows].min()))
             logits = transformer(feats if every else feats[rows])
-        pos, tok = ops.select_and_sample_topk(logits.float(), kn if every else kn[rows], top_k, n_positions=n,
-                                              temperature=temperature, generator=g, backend=backend)
-        r = rows[:, None].expand_as(pos)
-        toks[r, pos] = tok
-        kn[r, pos] = True
-        order[r, pos] = it
-        feats[r, pos] = codes(tok).to(feats.dtype)  # Algorithm 1 line 14: f_hat <- e_k
-        it += 1
-        bar.update(1)
+            pos, tok = ops.select_and_sample_topk(logits.float(), kn if every else kn[rows], top_k, n_positions=n,
+                                                  temperature=temperature, generator=g, backend=backend)
+            r = rows[:, None].expand_as(pos)
+            toks[r, pos] = tok
+            kn[r, pos] = True
+            order[r, pos] = it
+            feats[r, pos] = codes(tok).to(feats.dtype)  # Algorithm 1 line 14: f_hat <- e_k
+            it += 1
+            bar.update(1)
     bar.close()
     return PUTFill(toks, kn, order, it)
 
