@@ -1,113 +1,90 @@
-// Nearest-codebook search on the CPU (DESIGN.md op 1), FAISS-style exhaustive search:
-// each thread takes a block of rows, multiplies it by a block of codes with a
-// single-threaded GEMM into a cache-sized scratch, and keeps a running argmin. The
-// N x K distance matrix is never held; extra memory is O(threads * BLOCK_N * BLOCK_K).
+// nearest_code and quantize on the CPU (DESIGN.md ops 1-2): rows split into blocks
+// across threads, each block searched by the exact core of search_core.h; quantize
+// gathers the chosen codes in the same pass. Extra memory is O(threads * block).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/torch.h>
 
-#include <cmath>
-#include <limits>
+#include "search_core.h"
 
-#include "vqfast/argmin.h"
+namespace vqfast::cpu {
 
-namespace vqfast {
+void check_search_args(const at::Tensor& x, const at::Tensor& codebook, int64_t metric, const char* op) {
+  TORCH_CHECK(x.dim() == 2 && codebook.dim() == 2 && x.size(1) == codebook.size(1), op,
+              ": x [N, d] and codebook [K, d] expected");
+  TORCH_CHECK(codebook.size(0) >= 1, op, ": empty codebook");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()) && x.scalar_type() != at::kDouble, op, ": x must be fp32/fp16/bf16");
+  TORCH_CHECK(at::isFloatingType(codebook.scalar_type()) && codebook.scalar_type() != at::kDouble, op,
+              ": codebook must be fp32/fp16/bf16");
+  TORCH_CHECK(metric == kL2 || metric == kCosine, op, ": unknown metric ", metric);
+}
+
+bool use_bf16(const at::Tensor& x, const at::Tensor& codebook) {
+  return x.scalar_type() == at::kBFloat16 && codebook.scalar_type() == at::kBFloat16 && cpu_has_bf16_dot();
+}
+
+void gather_codes(const Codebook& cb, const int64_t* idx, int64_t rn, at::Tensor& z_q, int64_t r0) {
+  const int64_t d = cb.d;
+  const float* raw = cb.raw.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z_q.scalar_type(), "vqfast_gather_codes", [&] {
+    scalar_t* out = z_q.data_ptr<scalar_t>() + r0 * d;
+    for (int64_t r = 0; r < rn; ++r)
+      for (int64_t i = 0; i < d; ++i) out[r * d + i] = static_cast<scalar_t>(raw[idx[r] * d + i]);
+  });
+}
+
 namespace {
 
-constexpr int64_t kBlockN = 128;   // rows per task
-constexpr int64_t kBlockK = 1024;  // codes per GEMM tile: 128 x 1024 fp32 = 512 KiB
-
-// Metric codes shared with vqfast/ops/nearest_code.py.
-constexpr int64_t kL2 = 0;
-constexpr int64_t kCosine = 1;
-
-// Scans one row of GEMM output (dots with codes k0..k0+n) and updates the running best.
-// score_k = c_sq[k] - 2 dot (l2) or -dot (cosine, codes pre-normalized).
-inline void scan_row(const float* dots, const float* c_sq, int64_t n, int64_t k0,
-                     bool l2, float& best, int64_t& best_i) {
-  float m = std::numeric_limits<float>::infinity();
-  if (l2) {
-#pragma omp simd reduction(min : m)
-    for (int64_t k = 0; k < n; ++k) m = std::min(m, c_sq[k] - 2.0f * dots[k]);
-  } else {
-#pragma omp simd reduction(min : m)
-    for (int64_t k = 0; k < n; ++k) m = std::min(m, -dots[k]);
-  }
-  if (!(m < best)) return;  // ties across tiles keep the earlier (lower) index
-  for (int64_t k = 0; k < n; ++k) {
-    float s = l2 ? c_sq[k] - 2.0f * dots[k] : -dots[k];
-    if (s == m) {
-      best = m;
-      best_i = k0 + k;
-      return;
+// Searches every row (blocks across threads); writes dist when given, z_q when given.
+void search_all(const at::Tensor& xc, const Codebook& cb, int64_t* idx, float* dist, at::Tensor* z_q) {
+  const int64_t N = xc.size(0), rows = block_rows(N);
+  at::parallel_for(0, (N + rows - 1) / rows, 1, [&](int64_t b0, int64_t b1) {
+    RowBuffers buf;
+    std::vector<float> own_dist(dist ? 0 : rows);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * rows, rn = std::min(rows, N - r0);
+      float* dst = dist ? dist + r0 : own_dist.data();
+      search_rows(cb, load_rows(xc, r0, rn, cb, buf), idx + r0, dst);
+      if (z_q) gather_codes(cb, idx + r0, rn, *z_q, r0);
     }
-  }
+  });
 }
 
 }  // namespace
 
-// x [N, d] (fp32/fp16/bf16, contiguous), codebook [K, d] fp32 contiguous (rows
-// L2-normalized by the caller when metric is cosine). Returns idx [N] int64, dist [N] fp32.
-std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& x, const at::Tensor& codebook,
-                                                    int64_t metric) {
-  TORCH_CHECK(x.dim() == 2 && codebook.dim() == 2 && x.size(1) == codebook.size(1),
-              "nearest_code_cpu: x [N, d] and codebook [K, d] expected");
-  TORCH_CHECK(codebook.scalar_type() == at::kFloat, "nearest_code_cpu: fp32 codebook expected");
-  TORCH_CHECK(metric == kL2 || metric == kCosine, "nearest_code_cpu: unknown metric");
-  const int64_t N = x.size(0), K = codebook.size(0);
+// x [N, d], codebook [K, d] (fp32/fp16/bf16, raw: cosine normalization happens here).
+// Returns idx [N] int64, dist [N] fp32.
+std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& x, const at::Tensor& codebook, int64_t metric) {
+  check_search_args(x, codebook, metric, "nearest_code_cpu");
   auto xc = x.contiguous();
-  auto cb = codebook.contiguous();
-  auto idx = at::empty({N}, x.options().dtype(at::kLong));
-  auto dist = at::empty({N}, x.options().dtype(at::kFloat));
-  if (N == 0) return {idx, dist};
-  const bool l2 = metric == kL2;
-  auto c_sq = cb.square().sum(1).contiguous();
-  const float* c_sq_p = c_sq.data_ptr<float>();
-  int64_t* idx_p = idx.data_ptr<int64_t>();
-  float* dist_p = dist.data_ptr<float>();
-
-  const int64_t n_blocks = (N + kBlockN - 1) / kBlockN;
-  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
-    auto scratch = at::empty({kBlockN, std::min(kBlockK, K)}, cb.options());
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r0 = b * kBlockN, rn = std::min(kBlockN, N - r0);
-      auto xb = xc.narrow(0, r0, rn).to(at::kFloat).contiguous();
-      auto x_sq = xb.square().sum(1);
-      const float* x_sq_p = x_sq.data_ptr<float>();
-      float best[kBlockN];
-      int64_t best_i[kBlockN];
-      for (int64_t r = 0; r < rn; ++r) {
-        best[r] = std::numeric_limits<float>::infinity();
-        best_i[r] = 0;
-      }
-      for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
-        const int64_t kn = std::min(kBlockK, K - k0);
-        auto out = scratch.narrow(0, 0, rn).narrow(1, 0, kn);
-        at::mm_out(out, xb, cb.narrow(0, k0, kn).t());
-        const float* dots = out.data_ptr<float>();
-        const int64_t ld = out.stride(0);
-        for (int64_t r = 0; r < rn; ++r)
-          scan_row(dots + r * ld, c_sq_p + k0, kn, k0, l2, best[r], best_i[r]);
-      }
-      for (int64_t r = 0; r < rn; ++r) {
-        const float xs = x_sq_p[r];
-        if (!std::isfinite(xs)) {  // rows with NaN/inf: documented as idx 0, dist NaN
-          idx_p[r0 + r] = 0;
-          dist_p[r0 + r] = std::numeric_limits<float>::quiet_NaN();
-          continue;
-        }
-        idx_p[r0 + r] = best_i[r];
-        dist_p[r0 + r] = l2 ? l2_from_dot(xs, 0.0f, best[r] + 0.0f) : 1.0f + best[r] / std::max(std::sqrt(xs), 1e-12f);
-      }
-    }
-  });
+  auto idx = at::empty({x.size(0)}, x.options().dtype(at::kLong));
+  auto dist = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
+  if (x.size(0) == 0) return {idx, dist};
+  const Codebook cb = prepare_codebook(codebook, metric, use_bf16(xc, codebook));
+  search_all(xc, cb, idx.data_ptr<int64_t>(), dist.data_ptr<float>(), nullptr);
   return {idx, dist};
+}
+
+// Search and gather fused: returns z_q [N, d] (x's dtype) = codebook[idx], idx [N].
+std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::Tensor& codebook, int64_t metric) {
+  check_search_args(x, codebook, metric, "quantize_cpu");
+  auto xc = x.contiguous();
+  auto idx = at::empty({x.size(0)}, x.options().dtype(at::kLong));
+  auto z_q = at::empty_like(xc);
+  if (x.size(0) == 0) return {z_q, idx};
+  const Codebook cb = prepare_codebook(codebook, metric, use_bf16(xc, codebook));
+  search_all(xc, cb, idx.data_ptr<int64_t>(), nullptr, &z_q);
+  return {z_q, idx};
 }
 
 TORCH_LIBRARY_FRAGMENT(vqfast_cpu, m) {
   m.def("nearest_code(Tensor x, Tensor codebook, int metric) -> (Tensor, Tensor)");
+  m.def("quantize(Tensor x, Tensor codebook, int metric) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(vqfast_cpu, CPU, m) { m.impl("nearest_code", &nearest_code_cpu); }
+TORCH_LIBRARY_IMPL(vqfast_cpu, CPU, m) {
+  m.impl("nearest_code", &nearest_code_cpu);
+  m.impl("quantize", &quantize_cpu);
+}
 
-}  // namespace vqfast
+}  // namespace vqfast::cpu

@@ -121,3 +121,56 @@ def test_torch_compile_traces_dual():
     x, vis, e, e2 = torch.randn(9, 16), torch.rand(9) < 0.5, torch.randn(12, 16), torch.randn(5, 16)
     fn = torch.compile(lambda *a: vqfast.ops.dual_codebook_quantize(*a)[0], backend="eager", fullgraph=True)
     assert torch.equal(fn(x, vis, e, e2), vqfast.ops.dual_codebook_quantize(x, vis, e, e2)[0])
+
+
+@pytest.mark.parametrize("x, visible, e, e2, match, err", [
+    (torch.randn(4, 8), torch.ones(5, dtype=torch.bool), torch.randn(3, 8), torch.randn(2, 8),
+     r"visible must have shape x.shape\[:-1\] = \(4,\)", ValueError),
+    (torch.randn(4, 8), torch.ones(4), torch.randn(3, 8), torch.randn(2, 8), "visible must have dtype", TypeError),
+    (torch.randn(4, 8), torch.ones(4, 1, dtype=torch.bool), torch.randn(3, 8), torch.randn(2, 8),
+     "visible must have shape", ValueError),
+    (torch.randn(4, 8), torch.ones(4, dtype=torch.bool), torch.randn(3, 7), torch.randn(2, 8),
+     "x has d=8 but e has d=7", ValueError),
+    (torch.randn(4, 8), torch.ones(4, dtype=torch.bool), torch.randn(3, 8), torch.randn(2, 6),
+     "x has d=8 but e2 has d=6", ValueError),
+    (torch.randn(4, 8), torch.ones(4, dtype=torch.bool), torch.randn(0, 8), torch.randn(2, 8), "e is empty", ValueError),
+    (torch.randn(4, 8), torch.ones(4, dtype=torch.bool), torch.randn(3, 8), torch.randn(0, 8), "e2 is empty",
+     ValueError),
+    (torch.randn(4, 8), torch.ones(4, dtype=torch.bool), torch.randn(8), torch.randn(2, 8), "e must have 2 dims",
+     ValueError),
+    (torch.randint(0, 3, (4, 8)), torch.ones(4, dtype=torch.bool), torch.randn(3, 8), torch.randn(2, 8),
+     "x must have dtype", TypeError),
+    (torch.randn(4, 8), torch.ones(4, dtype=torch.bool), torch.randn(3, 8), torch.randn(2, 8).double(),
+     "e2 must have dtype", TypeError),
+    (torch.tensor(1.0), torch.ones((), dtype=torch.bool), torch.randn(3, 8), torch.randn(2, 8),
+     "x must have at least 1 dims", ValueError),
+    (torch.randn(4, 8), torch.ones(4, dtype=torch.bool, device="meta"), torch.randn(3, 8), torch.randn(2, 8),
+     "one device", ValueError),
+    (torch.randn(4, 8), [True] * 4, torch.randn(3, 8), torch.randn(2, 8), "visible must be a torch.Tensor", TypeError),
+])
+def test_dual_bad_inputs(x, visible, e, e2, match, err):
+    with pytest.raises(err, match=match):
+        vqfast.ops.dual_codebook_quantize(x, visible, e, e2)
+
+
+def test_dual_bad_metric_and_backend():
+    args = (torch.randn(4, 8), torch.ones(4, dtype=torch.bool), torch.randn(3, 8), torch.randn(2, 8))
+    with pytest.raises(ValueError, match="metric must be one of"):
+        vqfast.ops.dual_codebook_quantize(*args, metric="dot")
+    with pytest.raises(vqfast.BackendUnavailableError):
+        vqfast.ops.dual_codebook_quantize(*args, backend="cuda")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dual_outputs_fully_written(backend):
+    """A first call fills freed buffers with NaN codes; the next call must overwrite every element."""
+    g = torch.Generator().manual_seed(8)
+    x, visible = torch.randn(300, 24, generator=g), torch.rand(300, generator=g) < 0.5
+    nan_e = torch.full((5, 24), float("nan"))
+    first = vqfast.ops.dual_codebook_quantize(x, visible, nan_e, nan_e, backend=backend)
+    assert torch.isnan(first.z_q).all()
+    del first
+    e, e2 = torch.randn(40, 24, generator=g), torch.randn(30, 24, generator=g)
+    out = vqfast.ops.dual_codebook_quantize(x, visible, e, e2, backend=backend)
+    assert not torch.isnan(out.z_q).any()
+    check_dual(x, visible, e, e2, out, "l2")

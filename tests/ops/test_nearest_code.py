@@ -1,11 +1,15 @@
 """nearest_code / quantize: every backend against the reference oracle."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import vqfast
 from vqfast.ops.nearest_code import HAS
 from vqfast.reference import nearest_code as ref
-from tests.conftest import backend_params
+from tests.conftest import available, backend_params
 
 BACKENDS = backend_params("reference", *HAS)
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16"),
@@ -21,9 +25,9 @@ def check_nearest(x, codebook, idx, metric):
     d = ref.code_distances(x.reshape(-1, x.shape[-1]), codebook, metric)
     best2 = d.topk(min(2, d.shape[1]), dim=1, largest=False).values
     tol = 1e-3 * (1 + best2[:, 0].abs()) if x.dtype == torch.float32 else 2e-2 * (1 + best2[:, 0].abs())
-    ref_idx, _ = ref.nearest_code(x, codebook, metric)
+    ref_idx = d.nan_to_num(nan=float("inf")).argmin(1)  # the oracle's rule: first minimum, NaN never wins
     clear = (best2[:, -1] - best2[:, 0]) > tol if d.shape[1] > 1 else torch.ones_like(tol, dtype=torch.bool)
-    idx, ref_idx = idx.reshape(-1), ref_idx.reshape(-1)
+    idx = idx.reshape(-1)
     assert idx.min() >= 0 and idx.max() < codebook.shape[0]
     assert torch.equal(idx[clear], ref_idx[clear])
     chosen = d.gather(1, idx[:, None]).squeeze(1)
@@ -124,3 +128,49 @@ def test_torch_compile_traces_nearest_code():
     x, cb = torch.randn(9, 16), torch.randn(12, 16)
     fn = torch.compile(lambda a, b: vqfast.ops.nearest_code(a, b)[0], backend="eager", fullgraph=True)
     assert torch.equal(fn(x, cb), vqfast.ops.nearest_code(x, cb)[0])
+
+
+_PORTABLE_SCRIPT = """
+import sys, torch, vqfast
+g = torch.Generator().manual_seed(11)
+x, cb = torch.randn(203, 67, generator=g), torch.randn(300, 67, generator=g)
+cb[7] = cb[3]
+out = []
+for dt in (torch.float32, torch.bfloat16):
+    for metric in ("l2", "cosine"):
+        out.append(vqfast.ops.nearest_code(x.to(dt), cb.to(dt), metric=metric, backend="cpu")[0])
+out.append(vqfast.ops.residual_quantize(x, cb, 2, backend="cpu").indices.reshape(-1))
+torch.save(torch.cat(out), sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(not available("cpu"), reason="cpu backend not available")
+def test_portable_cpu_kernels_match(tmp_path):
+    """VQFAST_CPU_PORTABLE=1 (the path of CPUs without AVX-512) gives the same indices."""
+    results = []
+    for portable in ("1", None):
+        env = {k: v for k, v in os.environ.items() if k != "VQFAST_CPU_PORTABLE"}
+        if portable:
+            env["VQFAST_CPU_PORTABLE"] = portable
+        path = tmp_path / f"out{portable}.pt"
+        subprocess.run([sys.executable, "-c", _PORTABLE_SCRIPT, str(path)], env=env, check=True)
+        results.append(torch.load(path))
+    assert torch.equal(results[0], results[1])
+    g = torch.Generator().manual_seed(11)
+    x, cb = torch.randn(203, 67, generator=g), torch.randn(300, 67, generator=g)
+    cb[7] = cb[3]
+    assert torch.equal(results[0][:203], ref.nearest_code(x, cb)[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_quantize_outputs_fully_written(backend):
+    """A first call fills freed buffers with NaN codes; the next call must overwrite every element."""
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(300, 24, generator=g)
+    first = vqfast.ops.quantize(x, torch.full((5, 24), float("nan")), backend=backend)
+    assert torch.isnan(first.z_q).all()
+    del first
+    cb = torch.randn(40, 24, generator=g)
+    out = vqfast.ops.quantize(x, cb, backend=backend)
+    assert torch.equal(out.indices, ref.nearest_code(x, cb)[0])
+    assert torch.equal(out.z_q.detach(), x + (cb[out.indices] - x))

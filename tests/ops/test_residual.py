@@ -10,8 +10,8 @@ from tests.conftest import backend_params
 from tests.ops.test_nearest_code import DTYPES, check_nearest
 
 BACKENDS = backend_params("reference", *HAS)
-SHAPES = [pytest.param(1, 1, 3, 1, id="N1-K1-d3-D1"), pytest.param(37, 5, 3, 3, id="small"),
-          pytest.param(131, 257, 257, 2, id="odd"), pytest.param(150, 1100, 32, 4, id="K-over-tile")]
+SHAPES = [pytest.param(1, 1, 3, 1, id="N1-K1-d3-D1"), pytest.param(61, 257, 257, 2, id="odd"),
+          pytest.param(100, 1100, 32, 3, id="K-over-tile")]
 
 
 def check_residual(x, codebook, depth, out, metric):
@@ -103,3 +103,47 @@ def test_residual_depth_from_per_level_codebook_and_compile():
     assert vqfast.ops.residual_quantize(x, cb).indices.shape == (9, 3)
     fn = torch.compile(lambda a, b: vqfast.ops.residual_quantize(a, b, 2).indices, backend="eager", fullgraph=True)
     assert torch.equal(fn(x, cb[0]), vqfast.ops.residual_quantize(x, cb[0], 2).indices)
+
+
+@pytest.mark.parametrize("x, codebook, depth, match, err", [
+    (torch.randn(4, 8), torch.randn(5, 7), 2, "x has d=8 but codebook has d=7", ValueError),
+    (torch.randn(4, 8), torch.randn(3, 5, 7), None, "x has d=8 but codebook has d=7", ValueError),
+    (torch.randn(4, 8), torch.randn(8), 2, r"codebook must be \[K, d\]", ValueError),
+    (torch.randn(4, 8), torch.randn(2, 2, 5, 8), 2, r"codebook must be \[K, d\]", ValueError),
+    (torch.randn(4, 8), torch.randn(0, 8), 2, "codebook is empty", ValueError),
+    (torch.randn(4, 8), torch.randn(3, 0, 8), 3, "codebook is empty", ValueError),
+    (torch.randn(4, 8), torch.randn(3, 5, 8), 2, "depth=2 but codebook has 3 levels", ValueError),
+    (torch.randn(4, 8), torch.randn(5, 8), None, "depth is required", ValueError),
+    (torch.randn(4, 8), torch.randn(5, 8), 0, "depth must be >= 1", ValueError),
+    (torch.randn(4, 8), torch.randn(5, 8), 2.0, "depth must be an int", TypeError),
+    (torch.randn(4, 8), torch.randn(5, 8), True, "depth must be an int", TypeError),
+    (torch.randint(0, 3, (4, 8)), torch.randn(5, 8), 2, "x must have dtype", TypeError),
+    (torch.randn(4, 8), torch.randint(0, 3, (5, 8)), 2, "codebook must have dtype", TypeError),
+    (torch.tensor(1.0), torch.randn(5, 8), 2, "x must have at least 1 dims", ValueError),
+    (torch.randn(4, 8), torch.randn(5, 8, device="meta"), 2, "one device", ValueError),
+    ("x", torch.randn(5, 8), 2, "x must be a torch.Tensor", TypeError),
+])
+def test_residual_bad_inputs(x, codebook, depth, match, err):
+    with pytest.raises(err, match=match):
+        vqfast.ops.residual_quantize(x, codebook, depth)
+
+
+def test_residual_bad_metric_and_backend():
+    with pytest.raises(ValueError, match="metric must be one of"):
+        vqfast.ops.residual_quantize(torch.randn(4, 8), torch.randn(5, 8), 2, metric="dot")
+    with pytest.raises(vqfast.BackendUnavailableError):
+        vqfast.ops.residual_quantize(torch.randn(4, 8), torch.randn(5, 8), 2, backend="cuda")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_residual_outputs_fully_written(backend):
+    """A first call fills freed buffers with NaN codes; the next call must overwrite every element."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(300, 24, generator=g)
+    first = vqfast.ops.residual_quantize(x, torch.full((5, 24), float("nan")), 2, backend=backend)
+    assert torch.isnan(first.z_q).all()
+    del first
+    cb = torch.randn(40, 24, generator=g)
+    out = vqfast.ops.residual_quantize(x, cb, 2, backend=backend)
+    assert not torch.isnan(out.z_q).any()
+    check_residual(x, cb, 2, out, "l2")

@@ -24,13 +24,7 @@ def _run(x: torch.Tensor, visible: torch.Tensor, e: torch.Tensor, e2: torch.Tens
                             e2.index_select(0, idx_m).to(x.dtype))
         return codes, torch.where(visible, idx_v, idx_m + e.shape[0])
     if backend == "cpu":
-        idx = torch.empty(x.shape[0], dtype=torch.long)
-        codes = torch.empty_like(x)
-        for sel, cb, off in ((visible, e, 0), (~visible, e2, e.shape[0])):
-            k, _ = torch.ops.vqfast_cpu.nearest_code(x[sel].contiguous(), search_codebook(cb, metric), _METRIC_ID[metric])
-            idx[sel] = k + off
-            codes[sel] = cb.index_select(0, k).to(x.dtype)
-        return codes, idx
+        return torch.ops.vqfast_cpu.dual_codebook_quantize(x, visible, e.detach(), e2.detach(), _METRIC_ID[metric])
     if backend == "triton":
         from vqfast.triton_kernels.dual_codebook import dual_codebook_quantize_triton
         return dual_codebook_quantize_triton(x, visible, search_codebook(e, metric), search_codebook(e2, metric),

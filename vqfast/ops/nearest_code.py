@@ -26,9 +26,9 @@ def _run(x: torch.Tensor, codebook: torch.Tensor, metric: str, backend: str) -> 
     """x [N, d] contiguous -> idx [N], dist [N] on the named backend."""
     if backend == "reference":
         return ref.nearest_code(x, codebook, metric)
+    if backend == "cpu":  # takes the raw codebook: normalizes for cosine and re-ranks exactly itself
+        return torch.ops.vqfast_cpu.nearest_code(x, codebook.detach(), _METRIC_ID[metric])
     cb = search_codebook(codebook, metric)
-    if backend == "cpu":
-        return torch.ops.vqfast_cpu.nearest_code(x, cb, _METRIC_ID[metric])
     if backend == "triton":
         from vqfast.triton_kernels.nearest_code import nearest_code_triton
         return nearest_code_triton(x, cb, metric, codebook)
@@ -57,6 +57,8 @@ def _quantize_op(x: torch.Tensor, codebook: torch.Tensor, metric: str, backend: 
     if backend == "cuda":  # gather fused into the search kernel
         return torch.ops.vqfast_cuda.quantize(x, search_codebook(codebook, metric), codebook.detach(),
                                               _METRIC_ID[metric])
+    if backend == "cpu":  # gather fused into the search
+        return torch.ops.vqfast_cpu.quantize(x, codebook.detach(), _METRIC_ID[metric])
     idx, _ = _run(x, codebook, metric, backend)
     return codebook.index_select(0, idx).to(x.dtype), idx
 

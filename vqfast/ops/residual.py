@@ -28,13 +28,7 @@ def _run(x: torch.Tensor, codebook: torch.Tensor, depth: int, metric: str,
             idx.append(k)
         return total.to(x.dtype), torch.stack(idx, dim=1)
     if backend == "cpu":
-        r, total, idx = x.float(), torch.zeros_like(x, dtype=torch.float32), []
-        for cb in level_codebooks(codebook, depth):
-            k, _ = torch.ops.vqfast_cpu.nearest_code(r, search_codebook(cb, metric), _METRIC_ID[metric])
-            c = cb.index_select(0, k).float()
-            r, total = r - c, total + c
-            idx.append(k)
-        return total.to(x.dtype), torch.stack(idx, dim=1)
+        return torch.ops.vqfast_cpu.residual_quantize(x, codebook, depth, _METRIC_ID[metric])
     if backend == "triton":
         from vqfast.triton_kernels.residual import residual_quantize_triton
         cb = (search_codebook(codebook, metric) if codebook.dim() == 2

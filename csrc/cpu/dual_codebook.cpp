@@ -1,0 +1,61 @@
+// dual_codebook_quantize on the CPU (DESIGN.md op 3, PUT Sec. 2-3): one pass over
+// row blocks; inside a block the visible rows are searched in e and the masked rows
+// in e2 (block-local routing, no global gather/scatter), with the code gather fused.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/torch.h>
+
+#include "search_core.h"
+
+namespace vqfast::cpu {
+
+// x [N, d], visible [N] bool, e [K, d], e2 [K2, d] -> z_q [N, d] (x's dtype),
+// idx [N] (masked rows: e2 index + K).
+std::tuple<at::Tensor, at::Tensor> dual_codebook_quantize_cpu(const at::Tensor& x, const at::Tensor& visible,
+                                                              const at::Tensor& e, const at::Tensor& e2,
+                                                              int64_t metric) {
+  check_search_args(x, e, metric, "dual_codebook_quantize_cpu");
+  check_search_args(x, e2, metric, "dual_codebook_quantize_cpu");
+  TORCH_CHECK(visible.dim() == 1 && visible.size(0) == x.size(0) && visible.scalar_type() == at::kBool,
+              "dual_codebook_quantize_cpu: visible [N] bool expected");
+  auto xc = x.contiguous();
+  auto vis = visible.contiguous();
+  const int64_t N = x.size(0), K = e.size(0);
+  auto idx = at::empty({N}, x.options().dtype(at::kLong));
+  auto z_q = at::empty_like(xc);
+  if (N == 0) return {z_q, idx};
+  const Codebook cbs[2] = {prepare_codebook(e, metric, use_bf16(xc, e)),
+                           prepare_codebook(e2, metric, use_bf16(xc, e2))};
+  const bool* v = vis.data_ptr<bool>();
+  int64_t* idx_p = idx.data_ptr<int64_t>();
+  const int64_t rows = block_rows(N);
+  at::parallel_for(0, (N + rows - 1) / rows, 1, [&](int64_t b0, int64_t b1) {
+    RowBuffers buf;
+    std::vector<int64_t> members(rows), found(rows);
+    std::vector<float> dist(rows);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * rows, rn = std::min(rows, N - r0);
+      for (int side = 0; side < 2; ++side) {  // 0: visible rows -> e; 1: masked rows -> e2
+        int64_t m = 0;
+        for (int64_t r = r0; r < r0 + rn; ++r)
+          if (v[r] == (side == 0)) members[m++] = r;
+        if (m == 0) continue;
+        const Codebook& cb = cbs[side];
+        search_rows(cb, gather_rows(xc, members.data(), m, cb, buf), found.data(), dist.data());
+        for (int64_t q = 0; q < m; ++q) {
+          gather_codes(cb, found.data() + q, 1, z_q, members[q]);
+          idx_p[members[q]] = found[q] + (side == 0 ? 0 : K);
+        }
+      }
+    }
+  });
+  return {z_q, idx};
+}
+
+TORCH_LIBRARY_FRAGMENT(vqfast_cpu, m) {
+  m.def("dual_codebook_quantize(Tensor x, Tensor visible, Tensor e, Tensor e2, int metric) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(vqfast_cpu, CPU, m) { m.impl("dual_codebook_quantize", &dual_codebook_quantize_cpu); }
+
+}  // namespace vqfast::cpu

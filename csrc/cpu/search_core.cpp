@@ -1,0 +1,445 @@
+// Exact nearest-code search core: see search_core.h for the method.
+#include "search_core.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+namespace vqfast::cpu {
+namespace {
+
+constexpr float kFloatMax = std::numeric_limits<float>::max();
+constexpr int kMaxCandidates = 16;  // per row; more (duplicates, degenerate rows) -> full re-rank
+
+// ---- micro-kernels: C[kMR][kNR] = dots of kMR rows with one packed code panel ----
+// Each also returns a bit per row whose tile holds a code that may still win
+// (lower bound <= the row's best upper bound), so only those rows are scanned.
+
+// The panel's score terms (score = bias + scale * dot, err = ea + |x| eb) and the rows' state.
+struct Epilogue {
+  const float *bias, *scale, *ea, *eb;  // [kNR] each, for this panel
+  const float* xn;                      // [kMR] |x| of the rows (rounded up)
+  const float* thr;                     // [kMR] best upper bound of the rows so far
+};
+
+// a: the micro-panel of rows packed k-major ([d][kMR] fp32, or [dp/2][kMR] bf16 pairs),
+// so a tile reads one contiguous stream; b: one code panel ([d][kNR] or [dp/2][kNR][2]).
+using MicroF32 = uint32_t (*)(const float* a, const float* b, int64_t d, const Epilogue& ep, float* c);
+
+uint32_t rows_to_scan_portable(const Epilogue& ep, const float* c) {
+  uint32_t need = 0;
+  for (int64_t i = 0; i < kMR; ++i) {
+    float m = kFloatMax;
+#pragma omp simd reduction(min : m)
+    for (int64_t j = 0; j < kNR; ++j)
+      m = std::min(m, (ep.bias[j] + ep.scale[j] * c[i * kNR + j]) - (ep.ea[j] + ep.xn[i] * ep.eb[j]));
+    if (m <= ep.thr[i]) need |= 1u << i;
+  }
+  return need;
+}
+
+uint32_t micro_f32_portable(const float* a, const float* b, int64_t d, const Epilogue& ep, float* c) {
+  float acc[kMR][kNR] = {};
+  for (int64_t k = 0; k < d; ++k) {
+    const float* bk = b + k * kNR;
+    for (int64_t i = 0; i < kMR; ++i) {
+      const float ai = a[k * kMR + i];
+#pragma omp simd
+      for (int64_t j = 0; j < kNR; ++j) acc[i][j] += ai * bk[j];
+    }
+  }
+  std::memcpy(c, acc, sizeof(acc));
+  return rows_to_scan_portable(ep, c);
+}
+
+// Stores the accumulators and flags the rows with a possible winner, in registers.
+__attribute__((target("avx512f,fma"))) inline uint32_t store_and_flag(__m512 (&acc)[kMR][4], const Epilogue& ep,
+                                                                        float* c) {
+  __m512 bias[4], scale[4], ea[4], eb[4];
+  for (int j = 0; j < 4; ++j) {
+    bias[j] = _mm512_loadu_ps(ep.bias + 16 * j), scale[j] = _mm512_loadu_ps(ep.scale + 16 * j);
+    ea[j] = _mm512_loadu_ps(ep.ea + 16 * j), eb[j] = _mm512_loadu_ps(ep.eb + 16 * j);
+  }
+  uint32_t need = 0;
+#pragma GCC unroll 6
+  for (int i = 0; i < kMR; ++i) {
+    const __m512 xn = _mm512_set1_ps(ep.xn[i]), thr = _mm512_set1_ps(ep.thr[i]);
+    __mmask16 m = 0;
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      _mm512_storeu_ps(c + i * kNR + 16 * j, acc[i][j]);
+      const __m512 lo = _mm512_sub_ps(_mm512_fmadd_ps(scale[j], acc[i][j], bias[j]), _mm512_fmadd_ps(xn, eb[j], ea[j]));
+      m |= _mm512_cmp_ps_mask(lo, thr, _CMP_LE_OQ);
+    }
+    if (m) need |= 1u << i;
+  }
+  return need;
+}
+
+__attribute__((target("avx512f,fma"))) uint32_t micro_f32_avx512(const float* a, const float* b, int64_t d,
+                                                                   const Epilogue& ep, float* c) {
+  __m512 acc[kMR][4];
+#pragma GCC unroll 6
+  for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < d; ++k) {
+    const float* ak = a + k * kMR;
+    const float* bk = b + k * kNR;
+    const __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16);
+    const __m512 b2 = _mm512_loadu_ps(bk + 32), b3 = _mm512_loadu_ps(bk + 48);
+#define VQ_ROW(i)                                      \
+  {                                                    \
+    const __m512 av = _mm512_set1_ps(ak[i]);           \
+    acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);    \
+    acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);    \
+    acc[i][2] = _mm512_fmadd_ps(av, b2, acc[i][2]);    \
+    acc[i][3] = _mm512_fmadd_ps(av, b3, acc[i][3]);    \
+  }
+    VQ_ROW(0) VQ_ROW(1) VQ_ROW(2) VQ_ROW(3) VQ_ROW(4) VQ_ROW(5)
+#undef VQ_ROW
+  }
+  return store_and_flag(acc, ep, c);
+}
+
+// vdpbf16ps: each fp32 lane accumulates a pair of bf16 products (exact in fp32), so
+// the rounding bound is the fp32 one. B is packed as [dp/2][kNR][2].
+__attribute__((target("avx512f,avx512bw,avx512bf16,fma"))) uint32_t micro_bf16_avx512(
+    const int32_t* a, const at::BFloat16* b, int64_t dp, const Epilogue& ep, float* c) {
+  __m512 acc[kMR][4];
+#pragma GCC unroll 6
+  for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t steps = dp / 2;
+  for (int64_t k = 0; k < steps; ++k) {
+    const int32_t* ak = a + k * kMR;
+    const at::BFloat16* bk = b + k * 2 * kNR;
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bk), b1 = (__m512bh)_mm512_loadu_si512(bk + 32);
+    const __m512bh b2 = (__m512bh)_mm512_loadu_si512(bk + 64), b3 = (__m512bh)_mm512_loadu_si512(bk + 96);
+#define VQ_ROW(i)                                           \
+  {                                                         \
+    const __m512bh av = (__m512bh)_mm512_set1_epi32(ak[i]); \
+    acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);        \
+    acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);        \
+    acc[i][2] = _mm512_dpbf16_ps(acc[i][2], av, b2);        \
+    acc[i][3] = _mm512_dpbf16_ps(acc[i][3], av, b3);        \
+  }
+    VQ_ROW(0) VQ_ROW(1) VQ_ROW(2) VQ_ROW(3) VQ_ROW(4) VQ_ROW(5)
+#undef VQ_ROW
+  }
+  return store_and_flag(acc, ep, c);
+}
+
+// Run-time dispatch: the AVX-512 kernels are compiled for their target whatever the
+// build flags and used only when the CPU has the feature; VQFAST_CPU_PORTABLE=1 forces
+// the portable kernels (the tests use it to cover the fallback).
+bool cpu_has_avx512() {
+  static const bool ok = __builtin_cpu_supports("avx512f") != 0 && std::getenv("VQFAST_CPU_PORTABLE") == nullptr;
+  return ok;
+}
+
+MicroF32 micro_f32() { return cpu_has_avx512() ? micro_f32_avx512 : micro_f32_portable; }
+
+// ---- exact float64 distances (the re-rank), as vqfast/reference/nearest_code.py ----
+
+double exact_distance(const Codebook& cb, const float* x, double x_norm, int64_t k) {
+  const float* c = cb.raw.data_ptr<float>() + k * cb.d;
+  if (cb.metric == kL2) {
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < cb.d; ++i) {
+      const double t = static_cast<double>(x[i]) - static_cast<double>(c[i]);
+      s += t * t;
+    }
+    return s;
+  }
+  double dot = 0.0, cc = 0.0;
+#pragma omp simd reduction(+ : dot, cc)
+  for (int64_t i = 0; i < cb.d; ++i) {
+    dot += static_cast<double>(x[i]) * c[i];
+    cc += static_cast<double>(c[i]) * c[i];
+  }
+  return 1.0 - dot / (std::max(x_norm, 1e-12) * std::max(std::sqrt(cc), 1e-12));
+}
+
+// Running state of one row: best upper bound and the codes whose lower bound is below it.
+struct RowState {
+  float best_hi;
+  int n;
+  bool overflow;
+  float lo[kMaxCandidates];
+  int32_t k[kMaxCandidates];
+};
+
+// Scores of one flagged micro-tile row (kNR codes from k0): first tighten the row's
+// best upper bound with the tile's, then keep every code whose lower bound is below it.
+inline void scan_tile_row(const Codebook& cb, const float* dots, int64_t k0, float xn, RowState& st) {
+  const float* bias = cb.bias.data_ptr<float>() + k0;
+  const float* scale = cb.scale.data_ptr<float>() + k0;
+  const float* ea = cb.err_a.data_ptr<float>() + k0;
+  const float* eb = cb.err_b.data_ptr<float>() + k0;
+  alignas(64) float lo[kNR];
+  float hi_min = kFloatMax;
+#pragma omp simd reduction(min : hi_min)
+  for (int64_t j = 0; j < kNR; ++j) {
+    const float s = bias[j] + scale[j] * dots[j], e = ea[j] + xn * eb[j];
+    lo[j] = s - e;
+    hi_min = std::min(hi_min, s + e);
+  }
+  if (hi_min < st.best_hi) {  // drop candidates that can no longer win
+    st.best_hi = hi_min;
+    int w = 0;
+    for (int q = 0; q < st.n; ++q)
+      if (st.lo[q] <= hi_min) st.lo[w] = st.lo[q], st.k[w] = st.k[q], ++w;
+    st.n = w;
+  }
+  for (int64_t j = 0; j < kNR; ++j) {
+    if (!(lo[j] <= st.best_hi)) continue;
+    if (st.n == kMaxCandidates) {
+      st.overflow = true;
+      return;
+    }
+    st.lo[st.n] = lo[j];
+    st.k[st.n] = static_cast<int32_t>(k0 + j);
+    ++st.n;
+  }
+}
+
+// Picks the exact winner among candidates (or all codes): lowest float64 distance,
+// ties to the lowest index; NaN distances never win (as the reference).
+void finish_row(const Codebook& cb, const float* x, double x_norm, const RowState& st, int64_t* idx, float* dist) {
+  double best = std::numeric_limits<double>::infinity();
+  int64_t best_k = 0;
+  auto consider = [&](int64_t k) {
+    const double dk = exact_distance(cb, x, x_norm, k);
+    if (dk < best || (dk == best && k < best_k)) best = dk, best_k = k;
+  };
+  if (st.overflow || st.n == 0) {
+    for (int64_t k = 0; k < cb.K; ++k) consider(k);
+  } else {
+    for (int q = 0; q < st.n; ++q) consider(st.k[q]);
+  }
+  *idx = best_k;
+  *dist = static_cast<float>(best);
+}
+
+}  // namespace
+
+bool cpu_has_bf16_dot() {
+  static const bool ok = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16") != 0;
+  return ok;
+}
+
+Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16) {
+  Codebook cb;
+  cb.K = codebook.size(0);
+  cb.d = codebook.size(1);
+  cb.Kp = (cb.K + kNR - 1) / kNR * kNR;
+  cb.dp = (cb.d + 1) / 2 * 2;
+  cb.metric = metric;
+  cb.bf16 = bf16;
+  cb.raw = codebook.to(at::kFloat).contiguous();
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  cb.bias = at::empty({cb.Kp}, f32);
+  cb.scale = at::empty({cb.Kp}, f32);
+  cb.err_a = at::empty({cb.Kp}, f32);
+  cb.err_b = at::empty({cb.Kp}, f32);
+  const int64_t K = cb.K, d = cb.d;
+  const float* raw = cb.raw.data_ptr<float>();
+  float *bias = cb.bias.data_ptr<float>(), *scale = cb.scale.data_ptr<float>();
+  float *ea = cb.err_a.data_ptr<float>(), *eb = cb.err_b.data_ptr<float>();
+  // gamma_n = n u / (1 - n u) bounds a length-n fp32 dot product's relative error
+  // (Higham, Thm 3.4); n = d + 8 also covers the bias, scale and score roundings, the
+  // factor 2 covers the bound's own rounding. Denormals flushed by vdpbf16ps add at
+  // most d * 2^-126 per unit of |x| |c|: the 2^-100 term.
+  const double u = std::ldexp(1.0, -24), n = static_cast<double>(d + 8);
+  const double gamma = 2.0 * n * u / (1.0 - n * u);
+  std::vector<uint8_t> valid(K);
+  for (int64_t k = 0; k < cb.Kp; ++k) {
+    if (k >= K) {  // padding: never a candidate
+      bias[k] = std::numeric_limits<float>::infinity(), scale[k] = 0.f, ea[k] = 0.f, eb[k] = 0.f;
+      continue;
+    }
+    double cc = 0.0;
+    bool finite = true;
+    for (int64_t i = 0; i < d; ++i) {
+      const double v = raw[k * d + i];
+      finite = finite && std::isfinite(v);
+      cc += v * v;
+    }
+    valid[k] = finite && std::isfinite(cc);
+    if (!valid[k]) {  // non-finite codes never win (their exact distance is inf/NaN)
+      bias[k] = std::numeric_limits<float>::infinity(), scale[k] = 0.f, ea[k] = 0.f, eb[k] = 0.f;
+      continue;
+    }
+    const double cn = std::sqrt(cc), tiny = std::ldexp(1.0, -100) * (1.0 + cn);
+    if (metric == kL2) {
+      bias[k] = static_cast<float>(cc);
+      scale[k] = -2.f;
+      ea[k] = static_cast<float>(gamma * cc + tiny) * 1.0001f;
+      eb[k] = static_cast<float>(2.0 * gamma * cn + tiny) * 1.0001f;
+    } else {
+      const double inv = 1.0 / std::max(cn, 1e-12);
+      bias[k] = 0.f;
+      scale[k] = static_cast<float>(-inv);
+      ea[k] = static_cast<float>(tiny * inv);
+      eb[k] = static_cast<float>((gamma * cn + tiny) * inv) * 1.0001f;
+    }
+  }
+  const int64_t panels = cb.Kp / kNR;
+  if (!bf16) {
+    cb.packed = at::zeros({panels, d, kNR}, f32);
+    float* p = cb.packed.data_ptr<float>();
+    for (int64_t k = 0; k < K; ++k) {
+      if (!valid[k]) continue;
+      float* dst = p + (k / kNR) * d * kNR + (k % kNR);
+      for (int64_t i = 0; i < d; ++i) dst[i * kNR] = raw[k * d + i];
+    }
+  } else {
+    auto src = codebook.contiguous();
+    const at::BFloat16* s = src.data_ptr<at::BFloat16>();
+    cb.packed = at::zeros({panels, cb.dp / 2, kNR, 2}, at::TensorOptions().dtype(at::kBFloat16));
+    at::BFloat16* p = cb.packed.data_ptr<at::BFloat16>();
+    for (int64_t k = 0; k < K; ++k) {
+      if (!valid[k]) continue;
+      at::BFloat16* dst = p + (k / kNR) * cb.dp * kNR + (k % kNR) * 2;
+      for (int64_t i = 0; i < d; ++i) dst[(i / 2) * 2 * kNR + (i % 2)] = s[k * d + i];
+    }
+  }
+  return cb;
+}
+
+void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist) {
+  const int64_t n = rows.n, d = cb.d;
+  if (n == 0) return;
+  std::vector<RowState> state(n);
+  std::vector<double> x_norm(n);
+  std::vector<float> xn32(n + kMR, 0.f);  // padded: micro-tiles read kMR entries
+  std::vector<uint8_t> finite(n);
+  for (int64_t r = 0; r < n; ++r) {
+    const float* x = rows.x32 + r * rows.ldx;
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < d; ++i) s += static_cast<double>(x[i]) * x[i];
+    finite[r] = std::isfinite(s);
+    x_norm[r] = std::sqrt(s);
+    xn32[r] = static_cast<float>(x_norm[r]) * 1.0001f;  // rounded up: the bound stays a bound
+    state[r].best_hi = kFloatMax;
+    state[r].n = 0;
+    state[r].overflow = false;
+  }
+  // Rows packed k-major per micro-panel (zeros past the last row).
+  const int64_t tiles = (n + kMR - 1) / kMR, steps = cb.bf16 ? cb.dp / 2 : d;
+  std::vector<float> a32(cb.bf16 ? 0 : tiles * steps * kMR, 0.f);
+  std::vector<int32_t> abf(cb.bf16 ? tiles * steps * kMR : 0, 0);
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t t = r / kMR, i = r % kMR;
+    if (cb.bf16) {
+      const int32_t* src = reinterpret_cast<const int32_t*>(rows.xbf + r * rows.ldb);
+      for (int64_t k = 0; k < steps; ++k) abf[(t * steps + k) * kMR + i] = src[k];
+    } else {
+      const float* src = rows.x32 + r * rows.ldx;
+      for (int64_t k = 0; k < steps; ++k) a32[(t * steps + k) * kMR + i] = src[k];
+    }
+  }
+  alignas(64) float tile[kMR * kNR];
+  const MicroF32 mf = micro_f32();
+  const int64_t panels = cb.Kp / kNR;
+  // One code panel stays in L1 while the packed rows stream past it.
+  for (int64_t p = 0; p < panels; ++p) {
+    Epilogue ep{cb.bias.data_ptr<float>() + p * kNR, cb.scale.data_ptr<float>() + p * kNR,
+                cb.err_a.data_ptr<float>() + p * kNR, cb.err_b.data_ptr<float>() + p * kNR, nullptr, nullptr};
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t r0 = t * kMR, rn = std::min(kMR, n - r0);
+      float thr[kMR];
+      for (int64_t i = 0; i < kMR; ++i)  // rows past n and non-finite rows are never scanned
+        thr[i] = i < rn && finite[r0 + i] ? state[r0 + i].best_hi : -kFloatMax;
+      ep.xn = xn32.data() + r0;
+      ep.thr = thr;
+      const uint32_t need =
+          cb.bf16 ? micro_bf16_avx512(abf.data() + t * steps * kMR,
+                                      cb.packed.data_ptr<at::BFloat16>() + p * cb.dp * kNR, cb.dp, ep, tile)
+                  : mf(a32.data() + t * steps * kMR, cb.packed.data_ptr<float>() + p * d * kNR, d, ep, tile);
+      for (int64_t i = 0; i < rn; ++i)
+        if (need >> i & 1u) scan_tile_row(cb, tile + i * kNR, p * kNR, xn32[r0 + i], state[r0 + i]);
+    }
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    if (!finite[r]) {
+      idx[r] = 0;
+      dist[r] = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
+    finish_row(cb, rows.x32 + r * rows.ldx, x_norm[r], state[r], idx + r, dist + r);
+  }
+}
+
+}  // namespace vqfast::cpu
+
+namespace vqfast::cpu {
+
+int64_t block_rows(int64_t n) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t per_thread = (n + threads - 1) / threads;
+  return std::max(kMR, std::min(kBlockRows, (per_thread + kMR - 1) / kMR * kMR));
+}
+
+namespace {
+
+// Copies rows (given by index) of src into fp32 and, for a bf16 codebook, padded bf16 buffers.
+template <typename RowOf>
+Rows copy_rows(const at::Tensor& src, RowOf row_of, int64_t rn, const Codebook& cb, RowBuffers& buf,
+               bool need32, bool needbf) {
+  const int64_t d = cb.d;
+  Rows out;
+  out.n = rn;
+  if (need32) {
+    buf.x32.resize(rn * d);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "vqfast_copy_rows", [&] {
+      const scalar_t* s = src.data_ptr<scalar_t>();
+      for (int64_t r = 0; r < rn; ++r) {
+        const scalar_t* srow = s + row_of(r) * d;
+        float* dst = buf.x32.data() + r * d;
+        for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<float>(srow[i]);
+      }
+    });
+    out.x32 = buf.x32.data();
+    out.ldx = d;
+  }
+  if (needbf) {
+    buf.xbf.assign(rn * cb.dp, at::BFloat16(0.f));
+    const at::BFloat16* s = src.data_ptr<at::BFloat16>();
+    for (int64_t r = 0; r < rn; ++r) std::memcpy(buf.xbf.data() + r * cb.dp, s + row_of(r) * d, d * sizeof(at::BFloat16));
+    out.xbf = buf.xbf.data();
+    out.ldb = cb.dp;
+  }
+  return out;
+}
+
+}  // namespace
+
+Rows load_rows(const at::Tensor& src, int64_t r0, int64_t rn, const Codebook& cb, RowBuffers& buf) {
+  const bool is32 = src.scalar_type() == at::kFloat;
+  const bool bf_direct = cb.bf16 && cb.dp == cb.d;
+  Rows out = copy_rows(src, [r0](int64_t r) { return r0 + r; }, rn, cb, buf, !is32, cb.bf16 && !bf_direct);
+  if (is32) {
+    out.x32 = src.data_ptr<float>() + r0 * cb.d;
+    out.ldx = cb.d;
+  }
+  if (bf_direct) {
+    out.xbf = src.data_ptr<at::BFloat16>() + r0 * cb.d;
+    out.ldb = cb.d;
+  }
+  return out;
+}
+
+Rows gather_rows(const at::Tensor& src, const int64_t* rows, int64_t rn, const Codebook& cb, RowBuffers& buf) {
+  return copy_rows(src, [rows](int64_t r) { return rows[r]; }, rn, cb, buf, true, cb.bf16);
+}
+
+}  // namespace vqfast::cpu
