@@ -37,9 +37,10 @@ from vqfast.models.vqgan import VQGAN
 from vqfast.samplers import vqddm_sample
 
 CONFIGS = {
-    # 32x32 crops, one halving -> 16x16 tokens, 128 codes (ReFiT keeps 128); tiny U-Net
+    # 32x32 crops, one halving -> 16x16 tokens, 128 codes (ReFiT keeps 128); tiny U-Net. No dead-code
+    # revival in the tokenizer: like the paper's straight-through VQGAN it leaves codes unused for ReFiT to fix.
     "tiny": dict(tokenizer=dict(resolution=32, ch=16, ch_mult=[1, 2], num_res_blocks=1, codebook_size=128,
-                                embed_dim=16),
+                                embed_dim=16, threshold_dead_code=None),
                  refit_K=128, ddm=dict(backbone="unet", ch=32, ch_mult=[1, 2, 2], num_res_blocks=1,
                                        attn_resolutions=[8, 4], heads=1)),
     # the paper: 256x256 -> 16x16 tokens, K = 1024 (ReFiT to 512 optional), the 117M U-Net
@@ -156,7 +157,9 @@ def main(argv=None) -> None:
 
     if (out / "tokenizer.json").exists() and not args.retrain:
         vq = checkpoint.load(out / "tokenizer", expected=VQGAN).to(args.device)
-        report["refit"] = checkpoint.read_config(out / "tokenizer")["extra"].get("refit")
+        extra = checkpoint.read_config(out / "tokenizer")["extra"]
+        report["refit"] = extra.get("refit")
+        curves.update({k: [tuple(v) for v in log] for k, log in extra.get("curves", {}).items()})
     else:
         vq = VQGAN(**cfg["tokenizer"], seed=args.seed).to(args.device)
         train_tokenizer(vq, train, args.tokenizer_steps, batch=args.batch, seed=args.seed, log=curves["tokenizer L1"])
@@ -171,7 +174,8 @@ def main(argv=None) -> None:
         print(f"ReFiT: codebook usage {rep.usage_before:.1%} -> {rep.usage_after:.1%} on held-out crops")
         finetune_decoder(vq, train, args.finetune_steps, batch=args.batch, lr=1e-4, seed=args.seed,
                          log=curves["ReFiT decoder fine-tune L1"], progress=True)
-        checkpoint.save(vq, out / "tokenizer", extra={"steps": args.tokenizer_steps, "refit": report["refit"]})
+        checkpoint.save(vq, out / "tokenizer", extra={"steps": args.tokenizer_steps, "refit": report["refit"],
+                                                      "curves": {k: curves[k] for k in list(curves)[:2]}})
 
     sched = CosineSchedule(args.T, num_classes=vq.codebook_size)
     if (out / "vqddm.json").exists() and not args.retrain:
@@ -186,7 +190,7 @@ def main(argv=None) -> None:
         train_ddm(model, tokens.view(-1, h, w), sched, args.ddm_steps, batch=args.batch, lr=args.lr,
                   seed=args.seed, log=curves["VQ-DDM VLB (bits/dim)"])
         report["ddm_train_seconds"] = time.perf_counter() - t0
-        bpd = [v for _, v in curves["VQ-DDM VLB (bits/dim)"]]
+        bpd = [v for _, v in curves["VQ-DDM VLB (bits/dim)"]] or [float("nan")]
         report["bpd_first_50"], report["bpd_last_50"] = sum(bpd[:50]) / len(bpd[:50]), sum(bpd[-50:]) / len(bpd[-50:])
         checkpoint.save(model, out / "vqddm", extra={"steps": args.ddm_steps, "bpd_last_50": report["bpd_last_50"]})
         plot_curves(curves, out / "losses.png")
