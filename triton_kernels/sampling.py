@@ -180,10 +180,10 @@ def sample_logits_triton(logits, uncond, cfg_scale, temperature, top_k, top_p, k
 
 
 @triton.jit
-def _row_lse_kernel(X, SKIP, TOK, LSE, V, key_lo, key_hi, temperature, SAMPLE: tl.constexpr,
-                    APPLY_T: tl.constexpr, BLOCK: tl.constexpr):
-    """Per position: token (argmax or Gumbel-max), log-sum-exp, max; NaN lse on bad rows.
-    Positions with SKIP set are not read (their outputs are -1 / NaN)."""
+def _row_lse_kernel(X, SKIP, BAN, TOK, LSE, V, key_lo, key_hi, temperature, SAMPLE: tl.constexpr,
+                    APPLY_T: tl.constexpr, HAS_BAN: tl.constexpr, BLOCK: tl.constexpr):
+    """Per position: token (argmax or Gumbel-max), log-sum-exp; -1 / NaN on bad rows.
+    Positions with SKIP set are not read; ids with BAN[v] != 0 count as -inf."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     n = tl.where(tl.load(SKIP + row) != 0, 0, V)
@@ -195,6 +195,8 @@ def _row_lse_kernel(X, SKIP, TOK, LSE, V, key_lo, key_hi, temperature, SAMPLE: t
     for v0 in range(0, n, BLOCK):
         offs = v0 + cols
         x = _load_row(X, X, row, offs, V, 1.0, temperature, False, APPLY_T)
+        if HAS_BAN:
+            x = tl.where(tl.load(BAN + offs, mask=offs < V, other=0) != 0, float("-inf"), x)
         bad = bad | tl.max(((x != x) | (x == float("inf"))).to(tl.int32), 0)
         m_new = tl.maximum(m, tl.max(x, 0))
         s = s * tl.exp(m - tl.where(m_new == float("-inf"), 0.0, m_new)) + \
@@ -212,7 +214,7 @@ def _row_lse_kernel(X, SKIP, TOK, LSE, V, key_lo, key_hi, temperature, SAMPLE: t
         best = tl.where(take, cmax, best)
     bad = bad | (m == float("-inf")).to(tl.int32)
     tl.store(TOK + row, tl.where(bad != 0, -1, best_i).to(tl.int64))
-    tl.store(LSE + row, tl.where(bad != 0, float("nan"), m + tl.log(s)))
+    tl.store(LSE + row, tl.where(bad != 0, float("nan"), m + tl.log(tl.where(bad != 0, 1.0, s))))
 
 
 @triton.jit
@@ -245,8 +247,7 @@ def gumbel_topk_select_triton(logits, masked, n_reveal, temperature, sample, ban
     """logits [B, L, V] contiguous -> tokens [B, L] (-1 on bad rows), confidence [B, L], reveal [B, L]."""
     B, L, V = logits.shape
     dev = logits.device
-    if banned.numel():
-        logits = logits.float().index_fill(-1, banned, float("-inf"))
+    ban = torch.zeros(V, dtype=torch.int8, device=dev).index_fill_(0, banned, 1) if banned.numel() else None
     tok = torch.empty(B * L, dtype=torch.long, device=dev)
     lse = torch.empty(B * L, dtype=torch.float32, device=dev)
     reveal = torch.zeros(B, L, dtype=torch.int8, device=dev)
@@ -254,8 +255,9 @@ def gumbel_topk_select_triton(logits, masked, n_reveal, temperature, sample, ban
         return tok.view(B, L), lse.view(B, L), reveal.bool()
     lo, hi = split_key(key % (1 << 64))
     skip = torch.zeros(B * L, dtype=torch.int8, device=dev)
-    _row_lse_kernel[(B * L,)](logits, skip, tok, lse, V, lo, hi, 1.0, SAMPLE=bool(sample), APPLY_T=False,
-                              BLOCK=_block(V), enable_fp_fusion=False)
+    _row_lse_kernel[(B * L,)](logits, skip, ban if ban is not None else skip, tok, lse, V, lo, hi, 1.0,
+                              SAMPLE=bool(sample), APPLY_T=False, HAS_BAN=ban is not None, BLOCK=_block(V),
+                              enable_fp_fusion=False)
     from vqfast.reference import random as R  # the confidence noise is B*L values: no kernel needed
     g = R.gumbel(key % (1 << 64), _STREAM_CONFIDENCE, torch.arange(B * L, device=dev))
     x_tok = logits.reshape(B * L, V).gather(1, tok.clamp_min(0)[:, None]).squeeze(1).float()
@@ -278,8 +280,9 @@ def select_and_sample_topk_triton(logits, known, top_k, n_positions, temperature
         empty = torch.full((B, n_positions), -1, dtype=torch.long, device=dev)
         return empty, empty.clone(), torch.zeros(B, dtype=torch.bool, device=dev)
     lo, hi = split_key(key % (1 << 64))
-    _row_lse_kernel[(B * L,)](logits, known.to(torch.int8), tok, lse, V, lo, hi, float(temperature), SAMPLE=False,
-                              APPLY_T=temperature != 1.0, BLOCK=_block(V), enable_fp_fusion=False)
+    skip = known.to(torch.int8)
+    _row_lse_kernel[(B * L,)](logits, skip, skip, tok, lse, V, lo, hi, float(temperature), SAMPLE=False,
+                              APPLY_T=temperature != 1.0, HAS_BAN=False, BLOCK=_block(V), enable_fp_fusion=False)
     x_max = logits.reshape(B * L, V).gather(1, tok.clamp_min(0)[:, None]).squeeze(1).float()
     if temperature != 1.0:
         x_max = x_max / torch.tensor(temperature, dtype=torch.float32, device=dev)

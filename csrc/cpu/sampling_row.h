@@ -170,14 +170,21 @@ inline float kth_largest(const float* x, int64_t n, int64_t k, std::vector<float
 // y = x restricted to its top k (ties: lower index), others -inf.
 inline void keep_top_k(const float* x, int64_t n, int64_t k, float* y, std::vector<float>& tmp) {
   const float t = kth_largest(x, n, k, tmp);
-  int64_t above = 0;
-#pragma omp simd reduction(+ : above)
-  for (int64_t v = 0; v < n; ++v) above += x[v] > t;
+  int64_t above = 0, equal = 0;
+#pragma omp simd reduction(+ : above, equal)
+  for (int64_t v = 0; v < n; ++v) {
+    above += x[v] > t;
+    equal += x[v] == t;
+  }
+#pragma omp simd
+  for (int64_t v = 0; v < n; ++v) y[v] = x[v] >= t ? x[v] : -kInf;
+  if (above + equal == k) return;
+  // more values equal t than slots left: keep the lowest indices among them
   int64_t ties_left = k - above;
   for (int64_t v = 0; v < n; ++v) {
-    const bool tie = x[v] == t && ties_left > 0;
-    ties_left -= tie;
-    y[v] = (x[v] > t || tie) ? x[v] : -kInf;
+    if (x[v] != t) continue;
+    if (ties_left > 0) --ties_left;
+    else y[v] = -kInf;
   }
 }
 

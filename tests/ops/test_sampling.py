@@ -27,6 +27,12 @@ def _logits(B, L, V, dtype, seed, scale=3.0):
     return (torch.randn(B, L, V, generator=g) * scale).to(dtype), g
 
 
+def _interpreter_budget(backend, dtype, V):
+    """The Triton interpreter takes ~10 s per V = 16384 case: fp16/bf16 loads there are covered at smaller V."""
+    if backend == "triton" and V >= 16384 and dtype != torch.float32:
+        pytest.skip("Triton interpreter time: fp16/bf16 covered at V <= 1025")
+
+
 def _rows_for(V, backend):
     if backend == "triton":  # the interpreter runs one program per row at ~ms per block op
         return (2, 2) if V >= 16384 else (2, 4)
@@ -40,6 +46,7 @@ def _rows_for(V, backend):
 @pytest.mark.parametrize("V", VOCABS)
 @pytest.mark.parametrize("choice", ["argmax", "sample"])
 def test_gumbel_topk_select_matches_reference(backend, dtype, V, choice):
+    _interpreter_budget(backend, dtype, V)
     B, L = _rows_for(V, backend)
     logits, g = _logits(B, L, V, dtype, V)
     masked = torch.rand(B, L, generator=g) < 0.6
@@ -90,6 +97,7 @@ def test_gumbel_topk_select_ties_go_to_lower_position(backend):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("V", VOCABS)
 def test_select_and_sample_topk_matches_reference(backend, dtype, V):
+    _interpreter_budget(backend, dtype, V)
     B, L = _rows_for(V, backend)
     logits, g = _logits(B, L, V, dtype, V + 1)
     known = torch.rand(B, L, generator=g) < 0.5
@@ -128,6 +136,7 @@ SAMPLE_KW = [pytest.param({}, id="plain"), pytest.param({"temperature": 0}, id="
 @pytest.mark.parametrize("V", VOCABS)
 @pytest.mark.parametrize("kw", SAMPLE_KW)
 def test_sample_logits_matches_reference(backend, dtype, V, kw):
+    _interpreter_budget(backend, dtype, V)
     B, L = _rows_for(V, backend)
     logits, g = _logits(B, L, V, dtype, V + 2)
     if "cfg_scale" in kw:
@@ -141,15 +150,16 @@ def test_sample_logits_matches_reference(backend, dtype, V, kw):
 @pytest.mark.parametrize("backend", ALL)
 def test_sample_logits_views_ties_and_filters(backend):
     g = torch.Generator().manual_seed(3)
+    small = backend == "triton"  # one interpreter program per row
     big = torch.randn(6, 20, 70, generator=g)
-    x = big[::2, 5:13, ::2]  # [3, 8, 35], not contiguous
+    x = big[::2, 5:7 if small else 13, ::2]  # [3, 2 or 8, 35], not contiguous
     assert torch.equal(vqfast.ops.sample_logits(x, seed=1, backend=backend),
                        vqfast.ops.sample_logits(x.contiguous(), seed=1, backend=backend))
     ties = torch.zeros(4, 9)
     ties[:, [2, 5, 7]] = 1.0
     assert vqfast.ops.sample_logits(ties, 0, backend=backend).tolist() == [2, 2, 2, 2]
     # top_k = 2 with a three-way tie keeps the two lowest ids
-    tok = vqfast.ops.sample_logits(ties[0].expand(60, 9), 1.0, top_k=2, seed=4, backend=backend)
+    tok = vqfast.ops.sample_logits(ties[0].expand(16 if small else 60, 9), 1.0, top_k=2, seed=4, backend=backend)
     assert set(tok.tolist()) == {2, 5}
     tok = vqfast.ops.sample_logits(x, 1.0, top_k=1, seed=5, backend=backend)
     assert torch.equal(tok, x.argmax(-1))
@@ -157,7 +167,7 @@ def test_sample_logits_views_ties_and_filters(backend):
 
 @pytest.mark.parametrize("backend", ALL)
 def test_sample_logits_reproducible_and_fresh(backend):
-    x = torch.randn(64, 100)
+    x = torch.randn(8 if backend == "triton" else 64, 100)
     a = vqfast.ops.sample_logits(x, generator=torch.Generator().manual_seed(5), backend=backend)
     b = vqfast.ops.sample_logits(x, generator=torch.Generator().manual_seed(5), backend=backend)
     assert torch.equal(a, b)

@@ -94,6 +94,7 @@ def select_and_sample_topk(logits: torch.Tensor, known: torch.Tensor, top_k: int
     x = logits.float() / _f32(temperature)
     score = (x.amax(-1) - torch.logsumexp(x, -1)).masked_fill(known, _NEG_INF)
     order = torch.sort(score, dim=-1, descending=True, stable=True).indices[:, :n_positions]
+    order = torch.cat([order, order.new_zeros(B, n_positions - order.shape[1])], 1)  # n_positions > L
     valid = torch.arange(n_positions, device=x.device)[None, :] < (~known).sum(1, keepdim=True)
     rows = (torch.arange(B, device=x.device)[:, None] * L + order).reshape(-1)
     sel = x.reshape(B * L, V)[rows]
