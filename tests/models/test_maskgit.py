@@ -133,13 +133,14 @@ def test_vqgan_seed_config_token_grid():
 
 
 def test_vqgan_trains():
-    """Reconstruction L1 of one fixed batch falls below half its start within 60 steps."""
-    vq = tiny_vq().train()
-    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    """Reconstruction L1 of one fixed batch falls below half its start within 40 steps."""
+    torch.manual_seed(0)
+    vq = VQGAN(resolution=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, codebook_size=16, embed_dim=8, attn=False).train()
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     x = F.avg_pool2d(x, 3, 1, 1)  # some spatial structure
-    opt = torch.optim.Adam(vq.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(vq.parameters(), lr=5e-3)
     first = None
-    for _ in range(60):
+    for _ in range(40):
         loss, logs = vq.loss(x)
         first = first if first is not None else logs["rec"]
         opt.zero_grad()
