@@ -21,11 +21,15 @@ namespace {
 
 using namespace diffusion;
 
+// The row loops are flattened: in a translation unit this large GCC stops inlining plain
+// `inline` helpers (log_f32 became a PLT call), and a call in a loop body blocks vectorizing.
+#define VQFAST_ROW_LOOP __attribute__((flatten))
+
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 // One row as float32: the input itself, or a converted copy in buf.
 template <typename T>
-const float* as_float(const T* x, int64_t K, float* buf) {
+VQFAST_ROW_LOOP const float* as_float(const T* x, int64_t K, float* buf) {
 #pragma omp simd
   for (int64_t k = 0; k < K; ++k) buf[k] = static_cast<float>(x[k]);
   return buf;
@@ -38,7 +42,7 @@ struct RowLse {
   bool ok;  // no NaN or +inf, and at least one entry above -inf
 };
 
-RowLse row_lse(const float* x, int64_t K) {
+VQFAST_ROW_LOOP RowLse row_lse(const float* x, int64_t K) {
   float m = -INFINITY;
   int bad = 0;
 #pragma omp simd reduction(max : m) reduction(| : bad)
@@ -68,7 +72,7 @@ UniformRow uniform_row(const float* c, const float* x, int64_t K, int64_t zt, co
 }
 
 // Writes log q(z_{t-1} | z_t, x0) of one row into o [K'] (K' = K, or K + 1 absorbing).
-void posterior_row(const float* x, int64_t K, int64_t zt, const float* c, int64_t kind, const RowLse& r,
+VQFAST_ROW_LOOP void posterior_row(const float* x, int64_t K, int64_t zt, const float* c, int64_t kind, const RowLse& r,
                    float* o) {
   if (kind == kUniform) {
     const UniformRow u = uniform_row(c, x, K, zt, r);
@@ -88,6 +92,87 @@ void posterior_row(const float* x, int64_t K, int64_t zt, const float* c, int64_
 #pragma omp simd
   for (int64_t k = 0; k < K; ++k) o[k] = lkeep + (x[k] - lse);
   o[K] = c[kLogMask];
+}
+
+// The Philox words of blocks b0 .. b0 + nb - 1 (4 per block) into w.
+VQFAST_ROW_LOOP void philox_words(uint64_t key, uint32_t stream, uint64_t b0, int64_t nb, uint32_t* w) {
+#pragma omp simd
+  for (int64_t q = 0; q < nb; ++q) {
+    const philox::Words pw = philox::block_words(key, stream, b0 + q);
+    w[4 * q] = pw.w[0];
+    w[4 * q + 1] = pw.w[1];
+    w[4 * q + 2] = pw.w[2];
+    w[4 * q + 3] = pw.w[3];
+  }
+}
+
+// Gumbel-max with block skipping: a block of kSkip states whose upper bound (the posterior at
+// the block's largest logit plus the Gumbel noise of its largest word; both are increasing
+// functions) stays below the running best by kSkipMargin cannot hold the maximum, so its
+// per-element logs are skipped. The margin covers float rounding of the bound, so the result
+// is the argmax of the full scan: the same scores, compared in the same order.
+constexpr int64_t kSkip = 64;
+constexpr float kSkipMargin = 1e-3f;
+
+struct BlockMax {
+  float x;
+  uint32_t w;
+};
+
+VQFAST_ROW_LOOP BlockMax block_max(const float* x, const uint32_t* w, int64_t n) {
+  float xm = -INFINITY;
+  uint32_t wm = 0;
+#pragma omp simd reduction(max : xm, wm)
+  for (int64_t k = 0; k < n; ++k) {
+    xm = x[k] > xm ? x[k] : xm;
+    wm = w[k] > wm ? w[k] : wm;
+  }
+  return {xm, wm};
+}
+
+// z_{t-1} of one uniform row: argmax_k log q(k | z_t, x0) + gumbel(w[k]), ties to the lowest k.
+VQFAST_ROW_LOOP int64_t uniform_sample_row(const float* x, int64_t K, int64_t zt, const UniformRow& u,
+                                           const uint32_t* w) {
+  float best = -INFINITY, v[kSkip];
+  int64_t arg = 0;
+  for (int64_t k0 = 0; k0 < K; k0 += kSkip) {
+    const int64_t n = std::min(kSkip, K - k0);
+    const BlockMax m = block_max(x + k0, w + k0, n);
+    const float a = (zt >= k0 && zt < k0 + n) ? u.a1 : u.a0;  // a1 >= a0
+    const float bound = ((a + logaddexp_f32(u.lab + (m.x - u.lse), u.lc)) - u.z) + gumbel_from_word(m.w);
+    if (bound + kSkipMargin <= best) continue;
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) {
+      const float b = logaddexp_f32(u.lab + (x[k0 + k] - u.lse), u.lc);
+      v[k] = (((k0 + k == zt ? u.a1 : u.a0) + b) - u.z) + gumbel_from_word(w[k0 + k]);
+    }
+    for (int64_t k = 0; k < n; ++k)
+      if (v[k] > best) {
+        best = v[k];
+        arg = k0 + k;
+      }
+  }
+  return arg;
+}
+
+// z_{t-1} of one masked absorbing row: states 0..K-1 score log c + y_k, the mask K scores log m.
+VQFAST_ROW_LOOP int64_t absorbing_sample_row(const float* x, int64_t K, float lkeep, float lmask, float lse,
+                                             const uint32_t* w) {
+  float best = -INFINITY, v[kSkip];
+  int64_t arg = 0;
+  for (int64_t k0 = 0; k0 < K; k0 += kSkip) {
+    const int64_t n = std::min(kSkip, K - k0);
+    const BlockMax m = block_max(x + k0, w + k0, n);
+    if ((lkeep + (m.x - lse)) + gumbel_from_word(m.w) + kSkipMargin <= best) continue;
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) v[k] = (lkeep + (x[k0 + k] - lse)) + gumbel_from_word(w[k0 + k]);
+    for (int64_t k = 0; k < n; ++k)
+      if (v[k] > best) {
+        best = v[k];
+        arg = k0 + k;
+      }
+  }
+  return lmask + gumbel_from_word(w[K]) > best ? K : arg;
 }
 
 int64_t grain(int64_t K) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)); }
@@ -119,7 +204,7 @@ void sample_impl(const at::Tensor& x, const int64_t* zt, const float* coef, int6
   const int64_t N = x.size(0), K = x.size(1), Ks = K + (kind == kAbsorbing);
   const T* xp = x.data_ptr<T>();
   at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
-    std::vector<float> buf(std::is_same<T, float>::value ? 0 : K), score(Ks);
+    std::vector<float> buf(std::is_same<T, float>::value ? 0 : K);
     std::vector<uint32_t> words(Ks + 8);
     for (int64_t n = n0; n < n1; ++n) {
       const int64_t j = zt[n];
@@ -133,31 +218,13 @@ void sample_impl(const at::Tensor& x, const int64_t* zt, const float* coef, int6
         out[n] = -1;  // the caller reports the row
         continue;
       }
-      posterior_row(row, K, j, coef + (n / L) * kNumCoef, kind, r, score.data());
       // Noise element e = n * K' + k is word (e & 3) of Philox block e >> 2.
       const uint64_t e0 = static_cast<uint64_t>(n) * Ks, b0 = e0 >> 2;
-      const int64_t nb = static_cast<int64_t>(((e0 + Ks + 3) >> 2) - b0);
-      uint32_t* w = words.data();
-#pragma omp simd
-      for (int64_t q = 0; q < nb; ++q) {
-        const philox::Words pw = philox::block_words(key, stream, b0 + q);
-        w[4 * q] = pw.w[0];
-        w[4 * q + 1] = pw.w[1];
-        w[4 * q + 2] = pw.w[2];
-        w[4 * q + 3] = pw.w[3];
-      }
-      const uint32_t* wr = w + (e0 & 3);
-      float* s = score.data();
-      float best = -INFINITY;
-#pragma omp simd reduction(max : best)
-      for (int64_t k = 0; k < Ks; ++k) {
-        const float v = s[k] + gumbel_from_word(wr[k]);
-        s[k] = v;
-        best = v > best ? v : best;
-      }
-      int64_t arg = 0;
-      while (arg < Ks && !(s[arg] == best)) ++arg;  // first maximum: ties go to the lowest state
-      out[n] = arg < Ks ? arg : 0;
+      philox_words(key, stream, b0, static_cast<int64_t>(((e0 + Ks + 3) >> 2) - b0), words.data());
+      const uint32_t* wr = words.data() + (e0 & 3);
+      const float* c = coef + (n / L) * kNumCoef;
+      out[n] = kind == kUniform ? uniform_sample_row(row, K, j, uniform_row(c, row, K, j, r), wr)
+                                : absorbing_sample_row(row, K, c[kLogKeep], c[kLogMask], r.lse, wr);
     }
   });
 }
@@ -183,6 +250,22 @@ UniformKl uniform_kl_row(const float* c, const float* x, int64_t K, int64_t i, i
   u.b_j = logaddexp_scalar(u.p.lab + (x[j] - r.lse), u.p.lc);
   u.lr = u.p.lab - u.p.lc;  // log(ab K / (1 - ab)); +inf at t = 1
   return u;
+}
+
+// Over k not in {x0 = i, z_t = j}: d = -sum softplus(lr + y_k) (= sum (lc - B_k)), sig = sum sigmoid(lr + y_k).
+VQFAST_ROW_LOOP void uniform_kl_sums(const float* row, int64_t K, int64_t i, int64_t j, float lr, float lse, float& d,
+                                     float& sig_o) {
+  float ds = 0.0f, ss = 0.0f;
+#pragma omp simd reduction(+ : ds, ss)
+  for (int64_t k = 0; k < K; ++k) {
+    float sp, sig;
+    softplus_sigmoid(lr + (row[k] - lse), sp, sig);
+    const bool other = k != i && k != j;
+    ds -= other ? sp : 0.0f;
+    ss += other ? sig : 0.0f;
+  }
+  d = ds;
+  sig_o = ss;
 }
 
 // sigmoid(lr + y) = d B_k / d y_k (1 at t = 1, where B_k = y_k).
@@ -223,17 +306,7 @@ void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
       const UniformKl u = uniform_kl_row(c, row, K, i, j, r);
       // Sum over k not in {x0, z_t} of (lc - B_k) = -softplus(lr + y_k), and of sigmoid(lr + y_k).
       float d = 0.0f, sig_o = 0.0f;
-      if (u.q_o > 0.0f) {
-        const float lr = u.lr, lse = r.lse;
-#pragma omp simd reduction(+ : d, sig_o)
-        for (int64_t k = 0; k < K; ++k) {
-          float sp, sig;
-          softplus_sigmoid(lr + (row[k] - lse), sp, sig);
-          const bool other = k != i && k != j;
-          d -= other ? sp : 0.0f;
-          sig_o += other ? sig : 0.0f;
-        }
-      }
+      if (u.q_o > 0.0f) uniform_kl_sums(row, K, i, j, u.lr, r.lse, d, sig_o);
       float v = u.q_i * (u.bq_i - u.b_i) + (u.p.z - u.zq);
       if (u.q_o > 0.0f) v += u.q_o * d;
       if (u.q_j > 0.0f) v += u.q_j * (u.p.lc - u.b_j);
@@ -249,6 +322,31 @@ void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
       st[2] = sg;
     }
   });
+}
+
+// g_k = ck (p_k - [k == i]): the gradient of -c log p(x0 = i) times the upstream gradient.
+template <typename T>
+VQFAST_ROW_LOOP void absorbing_grad_row(const float* row, int64_t K, int64_t i, float lse, float ck, T* g) {
+#pragma omp simd
+  for (int64_t k = 0; k < K; ++k) g[k] = static_cast<T>(ck * (exp_f32(row[k] - lse) - (k == i ? 1.0f : 0.0f)));
+}
+
+// g_k = go (dKL/dy_k - p_k SG), dKL/dy_k = e^{A_k - Z} ab p_k - q_k sigmoid(lr + y_k) (e0/e1 = ab e^{a0/a1 - Z}).
+template <typename T>
+VQFAST_ROW_LOOP void uniform_grad_row(const float* row, int64_t K, int64_t i, int64_t j, float lse, float lr,
+                                      float e0, float e1, float q_o, float q_i, float q_j, float sg, float go, T* g) {
+  const bool t1 = lr == INFINITY;  // t = 1: B_k = y_k, sigmoid = 1
+#pragma omp simd
+  for (int64_t k = 0; k < K; ++k) {
+    const float y = row[k] - lse;
+    const float p = exp_f32(y);
+    float sp, sig;
+    softplus_sigmoid(lr + y, sp, sig);
+    sig = t1 ? 1.0f : sig;
+    const float q = k == i ? q_i : (k == j ? q_j : q_o);
+    const float qs = q > 0.0f ? q * sig : 0.0f;
+    g[k] = static_cast<T>(go * (((k == j ? e1 : e0) * p - qs) - p * sg));
+  }
 }
 
 template <typename T>
@@ -271,10 +369,7 @@ void vlb_bwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
       const float* row = as_float(xp + n * K, K, buf.data());
       const float lse = st[0];
       if (kind == kAbsorbing) {  // d(-c y_i)/dx = c (p - onehot_i)
-        const float ck = go * c[kKeep];
-#pragma omp simd
-        for (int64_t k = 0; k < K; ++k)
-          g[k] = static_cast<T>(ck * (exp_f32(row[k] - lse) - (k == i ? 1.0f : 0.0f)));
+        absorbing_grad_row(row, K, i, lse, go * c[kKeep], g);
         continue;
       }
       RowLse r{lse, 1.0f, lse, true};  // m = lse, s = 1: the same row constants as the forward
@@ -282,18 +377,7 @@ void vlb_bwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
       // dKL/dy_k = e^{A_k - Z} ab p_k - q_k sigmoid(lr + y_k); dKL/dx = dKL/dy - p * SG.
       const float e0 = u.p.ab * std::exp(u.p.a0 - u.p.z), e1 = u.p.ab * std::exp(u.p.a1 - u.p.z);
       const float sg = st[2], lr = u.lr, q_o = u.q_o, q_i = u.q_i, q_j = u.q_j;
-      const bool t1 = lr == INFINITY;
-#pragma omp simd
-      for (int64_t k = 0; k < K; ++k) {
-        const float y = row[k] - lse;
-        const float p = exp_f32(y);
-        float sp, sig;
-        softplus_sigmoid(lr + y, sp, sig);
-        sig = t1 ? 1.0f : sig;
-        const float q = k == i ? q_i : (k == j ? q_j : q_o);
-        const float qs = q > 0.0f ? q * sig : 0.0f;
-        g[k] = static_cast<T>(go * (((k == j ? e1 : e0) * p - qs) - p * sg));
-      }
+      uniform_grad_row(row, K, i, j, lse, lr, e0, e1, q_o, q_i, q_j, sg, go, g);
     }
   });
 }
