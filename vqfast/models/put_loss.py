@@ -94,7 +94,8 @@ class VGG19Features(nn.Module):
     def _load(self, path):
         path = os.fspath(path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"vgg_weights: no file at {path!r} (nothing is downloaded; pass a local VGG-19 file)")
+            raise FileNotFoundError(f"vgg_weights: no file at {path!r} "
+                                    "(nothing is downloaded; pass a local VGG-19 file)")
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
             state = load_file(path)
