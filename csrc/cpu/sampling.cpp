@@ -176,12 +176,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_sample_topk_cpu(
   const uint64_t k = static_cast<uint64_t>(key);
   at::parallel_for(0, B * n_positions, 1, [&](int64_t s0, int64_t s1) {
     std::vector<float> scratch(V), kept(V), tmp;
+    std::vector<int64_t> ids;
     for (int64_t s = s0; s < s1; ++s) {
       if (pos[s] < 0) continue;
       const int64_t r = (s / n_positions) * L + pos[s];
       const float* x = ld.load(r, scratch.data(), nullptr);
       keep_top_k(x, V, kk, kept.data(), tmp);
-      tk[s] = gumbel_argmax(kept.data(), V, k, static_cast<uint64_t>(r) * V, row_stats(x, V).argmax);
+      ids.clear();
+      for (int64_t v = 0; v < V; ++v)
+        if (kept[v] > -kInf) ids.push_back(v);
+      tk[s] = static_cast<int64_t>(ids.size()) * 8 <= V
+                  ? gumbel_argmax_ids(kept.data(), ids, k, static_cast<uint64_t>(r) * V)
+                  : gumbel_argmax(kept.data(), V, k, static_cast<uint64_t>(r) * V, row_stats(x, V).argmax);
     }
   });
   return {positions, tokens, bad};
@@ -208,6 +214,7 @@ at::Tensor sample_logits_cpu(const at::Tensor& logits, const c10::optional<at::T
   at::parallel_for(0, N, grain_rows(V), [&](int64_t r0, int64_t r1) {
     std::vector<float> scratch(V), uscratch(u.defined() ? V : 0), kept, tmp;
     std::vector<std::pair<float, int64_t>> cand;
+    std::vector<int64_t> ids;
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = ld.load(r, scratch.data(), uscratch.data());
       const RowStats st = row_stats(x, V);
@@ -219,15 +226,20 @@ at::Tensor sample_logits_cpu(const at::Tensor& logits, const c10::optional<at::T
         tk[r] = st.argmax;
         continue;
       }
-      const float* y = x;
-      if (use_k || use_p) {
-        kept.resize(V);
-        if (use_k) keep_top_k(x, V, top_k, kept.data(), tmp);
-        else std::copy(x, x + V, kept.begin());
-        if (use_p) keep_top_p(kept.data(), V, top_p, st.max, cand);
-        y = kept.data();
+      if (!use_k && !use_p) {
+        tk[r] = gumbel_argmax(x, V, k, static_cast<uint64_t>(r) * V, st.argmax);
+        continue;
       }
-      tk[r] = gumbel_argmax(y, V, k, static_cast<uint64_t>(r) * V, st.argmax);
+      kept.resize(V);
+      if (use_k) keep_top_k(x, V, top_k, kept.data(), tmp);
+      else std::copy(x, x + V, kept.begin());
+      if (use_p) keep_top_p(kept.data(), V, top_p, st.max, cand);
+      ids.clear();
+      for (int64_t v = 0; v < V && static_cast<int64_t>(ids.size()) * 8 <= V; ++v)
+        if (kept[v] > -kInf) ids.push_back(v);
+      tk[r] = static_cast<int64_t>(ids.size()) * 8 <= V  // few kept ids: noise for those only
+                  ? gumbel_argmax_ids(kept.data(), ids, k, static_cast<uint64_t>(r) * V)
+                  : gumbel_argmax(kept.data(), V, k, static_cast<uint64_t>(r) * V, st.argmax);
     }
   });
   return tokens;

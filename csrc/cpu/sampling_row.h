@@ -141,6 +141,21 @@ inline int64_t gumbel_argmax(const float* x, int64_t n, uint64_t key, uint64_t b
   return best_i;
 }
 
+// gumbel_argmax over the few finite entries of y listed in ids (ascending): one Philox
+// call per id instead of noise for every chunk that holds one of them.
+inline int64_t gumbel_argmax_ids(const float* y, const std::vector<int64_t>& ids, uint64_t key, uint64_t base) {
+  float best = -kInf;
+  int64_t best_i = ids.empty() ? 0 : ids[0];
+  for (const int64_t v : ids) {
+    const float s = y[v] + gumbel_from_word(philox::element_word(key, kStreamToken, base + v));
+    if (s > best) {  // ids ascend: ties keep the lower id
+      best = s;
+      best_i = v;
+    }
+  }
+  return best_i;
+}
+
 // The k-th largest value of x[0..n) (1 <= k <= n, no NaN). A strided sample picks a
 // pivot with about 2k values above it, so the exact selection runs on few elements.
 inline float kth_largest(const float* x, int64_t n, int64_t k, std::vector<float>& tmp) {
@@ -195,12 +210,14 @@ inline void keep_top_k(const float* x, int64_t n, int64_t k, float* y, std::vect
 inline void keep_top_p(float* y, int64_t n, double p, float m, std::vector<std::pair<float, int64_t>>& cand) {
   double z = 0.0;
   for (int64_t v = 0; v < n; ++v) z += std::exp(static_cast<double>(y[v]) - m);
+  // candidate threshold: a float32 estimate of the mass above t with a 1e-3 margin, so the
+  // exact float64 selection below only ever sees a superset of the nucleus
   float t = m - 4.0f;
   for (;; t -= 4.0f) {
-    double mass = 0.0;
-    for (int64_t v = 0; v < n; ++v)
-      if (y[v] >= t) mass += std::exp(static_cast<double>(y[v]) - m);
-    if (mass >= p * z || t < m - 200.0f) break;
+    float mass = 0.0f;
+#pragma omp simd reduction(+ : mass)
+    for (int64_t v = 0; v < n; ++v) mass += y[v] >= t ? exp_nonpos(y[v] - m) : 0.0f;
+    if (mass >= (p + 1e-3) * z || t < m - 200.0f) break;
   }
   cand.clear();
   for (int64_t v = 0; v < n; ++v)
