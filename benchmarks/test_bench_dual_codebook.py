@@ -6,7 +6,7 @@ over 3 input sets; extra_info holds median/min/max and ratios:
                  the target is dual <= 1.2x this
   dual           vqfast.ops.dual_codebook_quantize (C++ CPU kernel)
   torch_split    x[visible] / x[~visible] through norms + addmm + argmin, then scatter
-  reference      vqfast.reference.dual_codebook (float64), on N/16 rows, scaled
+  reference      vqfast.reference.dual_codebook (float64), on N/64 rows, scaled
 
     python -m pytest benchmarks/test_bench_dual_codebook.py --benchmark-only -s
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from search_timing import interleaved, machine  # noqa: E402
 
 N, K, D = (int(v) for v in os.environ.get("DUAL_BENCH_SHAPE", "16384,1024,256").split(","))
-REF_ROWS = N // 16
+REF_ROWS = N // 64
 
 
 @functools.lru_cache(maxsize=None)

@@ -35,7 +35,7 @@ from search_timing import gemm_seconds, interleaved, machine  # noqa: E402
 
 N, K, D = (int(v) for v in os.environ.get("NC_BENCH_SHAPE", "16384,1024,256").split(","))
 BIG = tuple(int(v) for v in os.environ.get("NC_BENCH_BIG", "65536,16384,256").split(","))
-REF_ROWS = N // 16
+REF_ROWS = N // 64
 FLOPS = 2 * N * K * D
 
 

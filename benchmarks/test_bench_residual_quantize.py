@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from search_timing import interleaved, machine  # noqa: E402
 
 N, DEPTH, K, D = (int(v) for v in os.environ.get("RQ_BENCH_SHAPE", "2048,4,16384,256").split(","))
-REF_ROWS = N // 16
+REF_ROWS = N // 64
 
 
 @functools.lru_cache(maxsize=None)

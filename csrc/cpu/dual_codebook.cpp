@@ -35,17 +35,21 @@ std::tuple<at::Tensor, at::Tensor> dual_codebook_quantize_cpu(const at::Tensor& 
     std::vector<float> dist(rows);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * rows, rn = std::min(rows, N - r0);
+      // The block once as the search wants it (no copy for fp32 x), then one search per side.
+      Rows block = load_rows(xc, r0, rn, cbs[1].bf16 ? cbs[1] : cbs[0], buf);  // bf16 rows if either side wants them
       for (int side = 0; side < 2; ++side) {  // 0: visible rows -> e; 1: masked rows -> e2
         int64_t m = 0;
-        for (int64_t r = r0; r < r0 + rn; ++r)
-          if (v[r] == (side == 0)) members[m++] = r;
+        for (int64_t r = 0; r < rn; ++r)
+          if (v[r0 + r] == (side == 0)) members[m++] = r;
         if (m == 0) continue;
         const Codebook& cb = cbs[side];
-        search_rows(cb, gather_rows(xc, members.data(), m, cb, buf), found.data(), dist.data());
-        for (int64_t q = 0; q < m; ++q) {
-          gather_codes(cb, found.data() + q, 1, z_q, members[q]);
-          idx_p[members[q]] = found[q] + (side == 0 ? 0 : K);
-        }
+        Rows part = block;
+        part.n = m;
+        part.index = members.data();
+        search_rows(cb, part, found.data(), dist.data());
+        gather_codes(cb, found.data(), m, z_q, r0, members.data());
+        const int64_t offset = side == 0 ? 0 : K;
+        for (int64_t q = 0; q < m; ++q) idx_p[r0 + members[q]] = found[q] + offset;
       }
     }
   });

@@ -23,13 +23,16 @@ bool use_bf16(const at::Tensor& x, const at::Tensor& codebook) {
   return x.scalar_type() == at::kBFloat16 && codebook.scalar_type() == at::kBFloat16 && cpu_has_bf16_dot();
 }
 
-void gather_codes(const Codebook& cb, const int64_t* idx, int64_t rn, at::Tensor& z_q, int64_t r0) {
+void gather_codes(const Codebook& cb, const int64_t* idx, int64_t rn, at::Tensor& z_q, int64_t r0,
+                  const int64_t* out_rows) {
   const int64_t d = cb.d;
   const float* raw = cb.raw.data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z_q.scalar_type(), "vqfast_gather_codes", [&] {
     scalar_t* out = z_q.data_ptr<scalar_t>() + r0 * d;
-    for (int64_t r = 0; r < rn; ++r)
-      for (int64_t i = 0; i < d; ++i) out[r * d + i] = static_cast<scalar_t>(raw[idx[r] * d + i]);
+    for (int64_t r = 0; r < rn; ++r) {
+      scalar_t* dst = out + (out_rows ? out_rows[r] : r) * d;
+      for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<scalar_t>(raw[idx[r] * d + i]);
+    }
   });
 }
 

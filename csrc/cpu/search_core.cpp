@@ -322,7 +322,7 @@ void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist
   std::vector<float> xn32(n + kMR, 0.f);  // padded: micro-tiles read kMR entries
   std::vector<uint8_t> finite(n);
   for (int64_t r = 0; r < n; ++r) {
-    const float* x = rows.x32 + r * rows.ldx;
+    const float* x = rows.row32(r);
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
     for (int64_t i = 0; i < d; ++i) s += static_cast<double>(x[i]) * x[i];
@@ -340,10 +340,10 @@ void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist
   for (int64_t r = 0; r < n; ++r) {
     const int64_t t = r / kMR, i = r % kMR;
     if (cb.bf16) {
-      const int32_t* src = reinterpret_cast<const int32_t*>(rows.xbf + r * rows.ldb);
+      const int32_t* src = reinterpret_cast<const int32_t*>(rows.rowbf(r));
       for (int64_t k = 0; k < steps; ++k) abf[(t * steps + k) * kMR + i] = src[k];
     } else {
-      const float* src = rows.x32 + r * rows.ldx;
+      const float* src = rows.row32(r);
       for (int64_t k = 0; k < steps; ++k) a32[(t * steps + k) * kMR + i] = src[k];
     }
   }
@@ -375,7 +375,7 @@ void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist
       dist[r] = std::numeric_limits<float>::quiet_NaN();
       continue;
     }
-    finish_row(cb, rows.x32 + r * rows.ldx, x_norm[r], state[r], idx + r, dist + r);
+    finish_row(cb, rows.row32(r), x_norm[r], state[r], idx + r, dist + r);
   }
 }
 
@@ -438,8 +438,5 @@ Rows load_rows(const at::Tensor& src, int64_t r0, int64_t rn, const Codebook& cb
   return out;
 }
 
-Rows gather_rows(const at::Tensor& src, const int64_t* rows, int64_t rn, const Codebook& cb, RowBuffers& buf) {
-  return copy_rows(src, [rows](int64_t r) { return rows[r]; }, rn, cb, buf, true, cb.bf16);
-}
 
 }  // namespace vqfast::cpu

@@ -43,14 +43,19 @@ bool cpu_has_bf16_dot();
 // codebook [K, d] of any float dtype. bf16=true packs bf16 codes (codebook must be bf16).
 Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16);
 
-// Rows handed to one search: x32 [n, d] fp32 (exact values, row stride ldx) and, when
-// cb.bf16, xbf [n, ldb] bf16 holding the same values (ldb >= cb.dp, zero padding).
+// Rows handed to one search: x32 [., d] fp32 (exact values, row stride ldx) and, when
+// cb.bf16, xbf [., ldb] bf16 holding the same values (ldb >= cb.dp, zero padding).
+// Row r of the search is row index[r] of those arrays (row r when index is null):
+// dual_codebook_quantize routes a block's rows to two searches without copying them.
 struct Rows {
   const float* x32 = nullptr;
   int64_t ldx = 0;
   const at::BFloat16* xbf = nullptr;
   int64_t ldb = 0;
   int64_t n = 0;
+  const int64_t* index = nullptr;
+  const float* row32(int64_t r) const { return x32 + (index ? index[r] : r) * ldx; }
+  const at::BFloat16* rowbf(int64_t r) const { return xbf + (index ? index[r] : r) * ldb; }
 };
 
 // Nearest code of each row: idx [n] (ties: lowest index), dist [n] (l2: squared
@@ -76,15 +81,14 @@ struct RowBuffers {
 // a bf16 codebook) point into src when d is even, else are copied with zero padding.
 Rows load_rows(const at::Tensor& src, int64_t r0, int64_t rn, const Codebook& cb, RowBuffers& buf);
 
-// Rows given by index (rows[i] of src, i < rn), copied the same way: block-local routing.
-Rows gather_rows(const at::Tensor& src, const int64_t* rows, int64_t rn, const Codebook& cb, RowBuffers& buf);
 
 // Helpers shared by the op files (defined in nearest_code.cpp).
 // Guards the kernels (the Python layer validates first and names the argument).
 void check_search_args(const at::Tensor& x, const at::Tensor& codebook, int64_t metric, const char* op);
 // bf16 dot products need both operands in bf16 (no value rounded) and the CPU feature.
 bool use_bf16(const at::Tensor& x, const at::Tensor& codebook);
-// z_q[r0 + r] = codebook row idx[r] (from cb.raw) in z_q's dtype, r < rn.
-void gather_codes(const Codebook& cb, const int64_t* idx, int64_t rn, at::Tensor& z_q, int64_t r0);
+// z_q[r0 + (out_rows ? out_rows[r] : r)] = codebook row idx[r] (from cb.raw) in z_q's dtype, r < rn.
+void gather_codes(const Codebook& cb, const int64_t* idx, int64_t rn, at::Tensor& z_q, int64_t r0,
+                  const int64_t* out_rows = nullptr);
 
 }  // namespace vqfast::cpu
