@@ -136,7 +136,9 @@ def plot_losses(log, path: Path):
     for key in ("rec", "commit"):
         if vae:
             a.plot([r["step"] for r in vae], _smooth([r[key] for r in vae]), label=key)
-    a.set_yscale("log"), a.set_title("RQ-VAE (MSE, partial-sum commitment)"), a.set_xlabel("step"), a.legend()
+    a.set_title("RQ-VAE (MSE, partial-sum commitment)" if vae else "RQ-VAE: reused checkpoint (--rqvae)")
+    if vae:
+        a.set_yscale("log"), a.set_xlabel("step"), a.legend()
     tf = [r for r in log if r["stage"] == "transformer"]
     b.plot([r["step"] for r in tf], _smooth([r["nll"] for r in tf]))
     b.set_title("Contextual RQ-Transformer NLL (masked positions, all depths)"), b.set_xlabel("step")
