@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
-import subprocess
 
 import pytest
 import torch
@@ -30,6 +28,7 @@ import torch.nn.functional as F
 import vqfast.diffusion as D
 from vqfast import backends
 from vqfast.reference import diffusion as ref
+from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 B, T = 8, 4000
 SIZES = [(256, 1024), (1024, 1024), (256, 16384)]
@@ -38,22 +37,6 @@ if os.environ.get("DIFFUSION_BENCH_FULL") == "1":
 REFERENCE_MAX = 1 << 23  # the float64 reference holds ~10 [B, L, K] tensors: small sizes only
 SCHED = D.CosineSchedule(T)
 _TIMES: dict[tuple, float] = {}
-
-
-def machine() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(__file__)).stdout.strip()
-    except OSError:
-        commit = "?"
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "commit": commit,
-            "load_avg_1min": os.getloadavg()[0]}
 
 
 class MultinomialChain:

@@ -23,7 +23,7 @@ import vqfast
 from vqfast.reference import dual_codebook as ref
 
 sys.path.insert(0, os.path.dirname(__file__))
-from search_timing import interleaved, machine  # noqa: E402
+from timing import interleaved, machine  # noqa: E402
 
 N, K, D = (int(v) for v in os.environ.get("DUAL_BENCH_SHAPE", "16384,1024,256").split(","))
 REF_ROWS = N // 64

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
-import subprocess
 import time
 
 import pytest
@@ -29,27 +27,12 @@ import torch.nn.functional as F
 
 import vqfast
 from vqfast.quantizers import VectorQuantizer
+from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 N, K, D = (int(v) for v in os.environ.get("EMA_BENCH_SHAPE", "65536,1024,256").split(","))
 ROUNDS = int(os.environ.get("EMA_BENCH_ROUNDS", "7"))
 if os.environ.get("VQFAST_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["VQFAST_BENCH_THREADS"]))
-
-
-def machine() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(__file__)).stdout.strip()
-    except OSError:
-        commit = "?"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "commit": commit,
-            "load_avg_1min": os.getloadavg()[0]}
 
 
 @functools.lru_cache(maxsize=None)

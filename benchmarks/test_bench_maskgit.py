@@ -19,7 +19,6 @@ with T5 (weights fetched from the hub), so it cannot run here at equal size.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 
@@ -30,6 +29,7 @@ from vqfast import checkpoint
 from vqfast.demo import default_cache_dir
 from vqfast.models.transformer import BidirectionalTransformer
 from vqfast.samplers import maskgit_decode
+from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 STEPS = 8
 CONFIGS = {
@@ -58,10 +58,6 @@ def _net(cfg: str) -> BidirectionalTransformer:
     return _NETS[cfg]
 
 
-def _machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability()}
-
 
 VARIANTS = {  # name -> (backend, autocast dtype, baseline variant for the ratio)
     "reference-fp32": ("reference", None, None),
@@ -84,7 +80,7 @@ def test_sampler(benchmark, cfg, variant):
     med = benchmark.stats.stats.median
     _MEDIANS[(cfg, variant)] = med
     tokens = c["batch"] * c["seq_len"]
-    benchmark.extra_info.update(_machine(), tokens_per_s=tokens / med, steps=STEPS, batch=c["batch"], weights=net.weights,
+    benchmark.extra_info.update(machine(), tokens_per_s=tokens / med, steps=STEPS, batch=c["batch"], weights=net.weights,
                                 config={k: v for k, v in c.items() if k != "rounds"})
     if base and (cfg, base) in _MEDIANS:
         benchmark.extra_info[f"speedup_vs_{base}"] = _MEDIANS[(cfg, base)] / med
@@ -129,5 +125,5 @@ def test_forward_flops_vs_gemm(benchmark, cfg, dtype):
     benchmark.pedantic(forward, rounds=c["rounds"], iterations=1)
     rate = net.flops_per_forward(c["batch"]) / benchmark.stats.stats.median
     gemm = _gemm_flops(c["batch"] * c["seq_len"], c["dim"], 4 * c["dim"], dtype)
-    benchmark.extra_info.update(_machine(), forward_gflops=rate / 1e9, gemm_gflops=gemm / 1e9,
+    benchmark.extra_info.update(machine(), forward_gflops=rate / 1e9, gemm_gflops=gemm / 1e9,
                                 fraction_of_gemm=rate / gemm)

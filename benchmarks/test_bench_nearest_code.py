@@ -31,7 +31,7 @@ import vqfast
 from vqfast.reference import nearest_code as ref
 
 sys.path.insert(0, os.path.dirname(__file__))
-from search_timing import gemm_seconds, interleaved, machine  # noqa: E402
+from timing import gemm_seconds, interleaved, machine  # noqa: E402
 
 N, K, D = (int(v) for v in os.environ.get("NC_BENCH_SHAPE", "16384,1024,256").split(","))
 BIG = tuple(int(v) for v in os.environ.get("NC_BENCH_BIG", "65536,16384,256").split(","))

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
-import subprocess
 import time
 
 import pytest
@@ -31,6 +29,7 @@ import torch.nn.functional as F
 from vqfast.models.put import PVQVAE, UQTransformer
 from vqfast.ops.sampling import select_and_sample_topk
 from vqfast.samplers.put import put_fill
+from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 # PUT supp. Table 4 (RTX 3090).
 SEED_TOKENS_PER_S = {"ffhq": 37.138, "places2": 32.048, "imagenet": 17.186}
@@ -44,21 +43,6 @@ if os.environ.get("VQFAST_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["VQFAST_BENCH_THREADS"]))
 
 _TIMES: dict[tuple[str, str], float] = {}  # (preset, row) -> median seconds per iteration, this run
-
-
-def machine() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(__file__)).stdout.strip()
-    except OSError:
-        commit = "?"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "commit": commit}
 
 
 def gemm_rate(m: int, k: int, n: int, dtype: torch.dtype) -> float:
@@ -179,7 +163,6 @@ def test_uq_transformer_tokens_per_s(benchmark, env, preset, row):
         def fn(feats, tokens, known):
             put_fill(model, codes, feats, tokens, known, top_k=TOP_K, generator=g, autocast_dtype=dtype,
                      max_iterations=ITERS)
-    dtype_key = "bf16" if row == "bf16" else "fp32"
     # The GEMM ceiling is re-measured beside each row: the machine is shared and its load drifts.
     D = model.config["dim"]
     gemm = gemm_rate(L, D, 4 * D, torch.bfloat16 if row == "bf16" else torch.float32)

@@ -24,7 +24,7 @@ import vqfast
 from vqfast.reference import residual as ref
 
 sys.path.insert(0, os.path.dirname(__file__))
-from search_timing import interleaved, machine  # noqa: E402
+from timing import interleaved, machine  # noqa: E402
 
 N, DEPTH, K, D = (int(v) for v in os.environ.get("RQ_BENCH_SHAPE", "2048,4,16384,256").split(","))
 REF_ROWS = N // 64

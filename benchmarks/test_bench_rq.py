@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
-import subprocess
 import time
 
 import pytest
@@ -33,6 +31,7 @@ import torch
 
 from vqfast.models.rq_transformer import ContextualRQTransformer
 from vqfast.samplers.draft_and_revise import PAPER_SETTINGS, _Sampler, draft_and_revise
+from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 SEED_S_PER_SAMPLE = 0.08  # 371M, A100-class GPUs, supp. Table 2
 PRESETS = [p for p in os.environ.get("RQ_BENCH_PRESETS", "tiny,371M").split(",") if p]
@@ -41,19 +40,6 @@ BATCH = {"tiny": 8, "371M": 2, "821M": 2, "1.4B": 2}
 DECODE = {k: v for k, v in PAPER_SETTINGS["371M"].items() if k != "T_draft"}
 if os.environ.get("VQFAST_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["VQFAST_BENCH_THREADS"]))
-
-
-def machine() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(__file__)).stdout.strip()
-    except OSError:
-        commit = "?"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "commit": commit,
-            "load_avg_1min": os.getloadavg()[0]}
 
 
 def _autocast(dtype):

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
-import subprocess
 import time
 
 import pytest
@@ -35,6 +33,7 @@ import torch
 
 import vqfast
 from vqfast.reference import sampling as ref
+from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 B = 8
 CASES = [tuple(int(v) for v in c.split("x"))
@@ -42,15 +41,6 @@ CASES = [tuple(int(v) for v in c.split("x"))
 ROUNDS = int(os.environ.get("SAMPLING_BENCH_ROUNDS", "3"))
 REF_ROWS, REF_POS = 1, 32  # the reference is timed on 1 batch row x 32 positions and scaled
 TAU, TOP_K, TOP_P = 4.5, 50, 0.9
-
-
-def machine() -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=os.path.dirname(__file__)).stdout.strip()
-    cpu = platform.processor()
-    with open("/proc/cpuinfo") as f:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "commit": commit}
 
 
 def _anchor_maskgit(x, masked, n, sample, g):

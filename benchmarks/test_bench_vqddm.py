@@ -32,6 +32,7 @@ from vqfast.diffusion import CosineSchedule, posterior_sample
 from vqfast.models.vqddm import VQDDM
 from vqfast.samplers import vqddm_sample
 from vqfast.samplers.vqddm import mixture_step
+from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 _DIFF_BENCH = Path(__file__).with_name("test_bench_diffusion.py")
 if not _DIFF_BENCH.exists():
@@ -40,7 +41,7 @@ if not _DIFF_BENCH.exists():
 _spec = importlib.util.spec_from_file_location("_bench_diffusion", _DIFF_BENCH)
 _diff = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_diff)
-MultinomialChain, machine = _diff.MultinomialChain, _diff.machine
+MultinomialChain = _diff.MultinomialChain
 
 T, L, SIDE = 4000, 256, 16
 SEED_HOURS_50K = 10.0  # seed Sec. 4.3: ~10 h for 50k samples with 1000 steps on one 2080Ti
