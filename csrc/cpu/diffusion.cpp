@@ -6,7 +6,7 @@
 #pragma GCC optimize("fp-contract=off")  // gumbel_from_word must match the reference bit for bit
 #include <ATen/Parallel.h>
 #include <torch/library.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cmath>

@@ -3,7 +3,7 @@
 // in e2 (block-local routing, no global gather/scatter), with the code gather fused.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include "search_core.h"
 

@@ -11,7 +11,7 @@
 #include <c10/util/Half.h>
 #include <immintrin.h>
 #include <torch/library.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cstring>

@@ -3,7 +3,7 @@
 // gathers the chosen codes in the same pass. Extra memory is O(threads * block).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include "search_core.h"
 

@@ -4,7 +4,7 @@
 #pragma GCC optimize("fp-contract=off")  // log_f32 must not be contracted into FMAs
 #include <ATen/Parallel.h>
 #include <torch/library.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include "vqfast/philox.h"
 

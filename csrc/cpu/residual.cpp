@@ -3,7 +3,7 @@
 // levels (r_i = r_{i-1} - c_{k_i}); every level is one exact search of search_core.h.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include "search_core.h"
 

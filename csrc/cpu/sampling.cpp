@@ -5,7 +5,7 @@
 #pragma GCC optimize("fp-contract=off")  // guidance, temperature and noise match the other backends bit for bit
 #include <ATen/Parallel.h>
 #include <torch/library.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include "sampling_row.h"
 
