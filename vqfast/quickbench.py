@@ -103,8 +103,8 @@ def run(quick: bool = True) -> list[dict]:
                          "fraction_of_gemm": flops / t / ceiling if flops else float("nan")})
     print(f"machine fp32 GEMM: {ceiling / 1e9:.1f} GFLOP/s, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'op':<20}{'shape':<26}{'backend':<11}{'ms':>9}{'x ref':>8}{'of GEMM':>9}")
+    print(f"{'op':<24}{'shape':<26}{'backend':<11}{'ms':>9}{'x ref':>8}{'of GEMM':>9}")
     for r in rows:
-        print(f"{r['op']:<20}{r['shape']:<26}{r['backend']:<11}{r['ms']:>9.2f}"
+        print(f"{r['op']:<24}{r['shape']:<26}{r['backend']:<11}{r['ms']:>9.2f}"
               f"{r['speedup_vs_reference']:>8.1f}{r['fraction_of_gemm']:>9.2f}")
     return rows
