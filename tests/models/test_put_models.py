@@ -8,15 +8,6 @@ from vqfast.models.put_transformer import TABLE3_PARAMS
 from vqfast.reference.nearest_code import nearest_code as ref_nearest
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These models are small: one thread is faster, and two threads on a busy shared
-    # machine spin in OpenMP barriers (10x slower here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def batch():

@@ -7,15 +7,6 @@ from vqfast.models.put import PVQVAE, UQTransformer
 from vqfast.samplers import put_sample
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These models are small: one thread is faster, and two threads on a busy shared
-    # machine spin in OpenMP barriers (10x slower here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def setup():

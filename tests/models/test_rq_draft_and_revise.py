@@ -6,14 +6,6 @@ from vqfast.models.rq_transformer import ContextualRQTransformer
 from vqfast.samplers.draft_and_revise import Step, draft_and_revise, random_partition
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: a second thread costs more than it saves (see test_rq_transformer)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def net():

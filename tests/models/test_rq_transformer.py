@@ -5,15 +5,6 @@ import torch
 from vqfast.models.rq_transformer import PRESETS, ContextualRQTransformer
 from vqfast.models.rqvae import RQVAE
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: handing work to a second thread costs more than the math (and on a
-    loaded machine a spinning worker thread slows everything down by 10x or more)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 SMALL = dict(codebook_size=32, grid=(3, 5), code_depth=3, dim=64, n_spatial=2, n_depth=2)
 

@@ -12,14 +12,6 @@ from vqfast.diffusion_training import ImportanceSampler, prior_kl, vlb_loss
 from vqfast.models.vqddm import VQDDM
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The shared 2-core machine is oversubscribed: two intra-op threads run tiny convs ~10x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _randomize_head(model: VQDDM, seed: int = 0) -> VQDDM:
     """Give the zero-initialized output layer random weights so the residual is not zero."""
