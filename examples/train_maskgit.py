@@ -18,10 +18,11 @@ import torch
 
 from vqfast import checkpoint
 from vqfast.data import CropSampler
-from vqfast.demo import TOKENIZER, TRANSFORMER, inpaint_grid, save_grid, tokenize, train_tokenizer, train_transformer
+from vqfast.demo import TOKENIZER, TRANSFORMER, inpaint_grid, tokenize, train_tokenizer, train_transformer
 from vqfast.models.maskgit import SCHEDULES, MaskGIT
 from vqfast.models.transformer import BidirectionalTransformer
 from vqfast.models.vqgan import VQGAN
+from vqfast.visualize import plot_curves, save_grid
 
 CONFIGS = {
     "tiny": dict(tokenizer=TOKENIZER, transformer=TRANSFORMER),  # the demo's
@@ -30,22 +31,6 @@ CONFIGS = {
                                 embed_dim=256),
                  transformer=dict(dim=768, depth=24, heads=16)),
 }
-
-
-def plot_losses(curves: dict[str, list], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.5), squeeze=False)
-    for ax, (name, log) in zip(axes[0], curves.items()):
-        if log:
-            steps, values = zip(*log)
-            ax.plot(steps, values, lw=0.8)
-        ax.set_title(name), ax.set_xlabel("step"), ax.set_yscale("log")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -91,7 +76,7 @@ def main(argv=None) -> None:
         checkpoint.save(net, out / "transformer", extra={"steps": args.transformer_steps, "schedule": args.schedule})
     net = net.to(args.device).eval()
 
-    plot_losses(curves, out / "losses.png")
+    plot_curves({name: {name: log} for name, log in curves.items()}, out / "losses.png")
     rows, labels = inpaint_grid(vq.cpu(), net.cpu(), test, steps=args.steps, seed=args.seed)
     save_grid(rows, labels, out / "samples.png")
     print(f"wrote {out / 'losses.png'} and {out / 'samples.png'}; checkpoints in {out}")

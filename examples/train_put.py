@@ -17,16 +17,13 @@ import math
 import time
 from pathlib import Path
 
-import matplotlib
 import torch
 
 from vqfast import checkpoint
 from vqfast.data import CropSampler, make_masks
 from vqfast.models.put import PVQVAE, PVQVAELoss, UQTransformer, uq_loss, uq_training_batch
 from vqfast.samplers.put import put_sample
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from vqfast.visualize import plot_curves, save_grid
 
 MASK_KINDS = ("box", "strokes", "half", "outside")
 
@@ -93,50 +90,6 @@ def train_transformer(vae, tf, data, args, g, size, log):
             print(f"transformer {step:5d} ce {float(loss.detach()):.4f}", flush=True)
 
 
-def to_img(x: torch.Tensor):
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
-
-
-def save_grid(rows: list[list[torch.Tensor]], titles: list[str], path: Path):
-    n, c = len(rows), len(rows[0])
-    fig, axes = plt.subplots(n, c, figsize=(1.6 * c, 1.6 * n), squeeze=False)
-    for i, row in enumerate(rows):
-        for j, im in enumerate(row):
-            axes[i][j].imshow(to_img(im), interpolation="nearest")
-            axes[i][j].axis("off")
-            if i == 0:
-                axes[i][j].set_title(titles[j], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_losses(log: list[dict], path: Path):
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    vae = [r for r in log if r["stage"] == "vae"]  # empty with --vae-from
-    for key in ("pixel", "grad", "commit", "adv", "perc", "style"):
-        pts = [(r["step"], r[key]) for r in vae if r[key] > 0]  # adv is 0 before adv_start; VGG terms off
-        if pts:
-            a.plot([s for s, _ in pts], _smooth([y for _, y in pts]), label=key)
-    if vae:
-        a.set_yscale("log")
-    a.set_title("P-VQVAE (eqs. 1, 3-8; unweighted terms)"), a.set_xlabel("step"), a.legend()
-    tf = [r for r in log if r["stage"] == "transformer"]
-    b.plot([r["step"] for r in tf], _smooth([r["ce"] for r in tf]))
-    b.set_title("UQ-Transformer cross-entropy (masked tokens)"), b.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _smooth(ys, k: int = 20):
-    out, acc = [], 0.0
-    for i, y in enumerate(ys):
-        acc = y if i == 0 else acc + (y - acc) / min(i + 1, k)
-        out.append(acc)
-    return out
-
-
 @torch.no_grad()
 def figures(vae, tf, args, size, out: Path):
     test = CropSampler("test", size=size, source=args.source)
@@ -198,7 +151,12 @@ def main(argv=None):
     vae.eval()
     train_transformer(vae, tf, data, args, g, size, log)
     checkpoint.save(tf, out / "uq_transformer")
-    plot_losses(log, out / "losses.png")
+    vae_log = [r for r in log if r["stage"] == "vae"]  # empty with --vae-from; adv is 0 before adv_start
+    plot_curves({"P-VQVAE (eqs. 1, 3-8; unweighted terms)":
+                 {k: [(r["step"], r[k]) for r in vae_log if r[k] > 0] for k in ("pixel", "grad", "commit", "adv", "perc", "style")},
+                 "UQ-Transformer cross-entropy (masked tokens)":
+                 {"ce": [(r["step"], r["ce"]) for r in log if r["stage"] == "transformer"]}},
+                out / "losses.png", smoothing=20)
     metrics = figures(vae, tf, args, size, out)
     metrics.update(minutes=(time.time() - t0) / 60, preset=args.preset)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -21,7 +21,6 @@ import math
 import time
 from pathlib import Path
 
-import matplotlib
 import torch
 import torch.nn.functional as F
 
@@ -30,9 +29,7 @@ from vqfast.data import PHOTOS, CropSampler, make_masks
 from vqfast.models.rq_transformer import ContextualRQTransformer
 from vqfast.models.rqvae import RQVAE
 from vqfast.samplers.draft_and_revise import PAPER_SETTINGS, draft_and_revise
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from vqfast.visualize import plot_curves, save_grid
 
 
 def build(preset: str, device: str):
@@ -100,51 +97,6 @@ def train_transformer(tf, codes, labels, args, g, log):
         log.append({"stage": "transformer", "step": step, "nll": float(loss.detach())})
         if step % args.log_every == 0 or step == args.tf_steps - 1:
             print(f"transformer {step:5d} nll {float(loss.detach()):.4f}", flush=True)
-
-
-def to_img(x: torch.Tensor):
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
-
-
-def save_grid(rows, titles, path: Path, row_labels=None):
-    n, c = len(rows), len(rows[0])
-    fig, axes = plt.subplots(n, c, figsize=(1.5 * c, 1.5 * n), squeeze=False)
-    for i, row in enumerate(rows):
-        for j, im in enumerate(row):
-            axes[i][j].imshow(to_img(im), interpolation="nearest")
-            axes[i][j].set_xticks([]), axes[i][j].set_yticks([])
-            if i == 0:
-                axes[i][j].set_title(titles[j], fontsize=7)
-        if row_labels:
-            axes[i][0].set_ylabel(row_labels[i], fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _smooth(ys, k: int = 25):
-    out, acc = [], 0.0
-    for i, y in enumerate(ys):
-        acc = y if i == 0 else acc + (y - acc) / min(i + 1, k)
-        out.append(acc)
-    return out
-
-
-def plot_losses(log, path: Path):
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    vae = [r for r in log if r["stage"] == "rqvae"]
-    for key in ("rec", "commit"):
-        if vae:
-            a.plot([r["step"] for r in vae], _smooth([r[key] for r in vae]), label=key)
-    a.set_title("RQ-VAE (MSE, partial-sum commitment)" if vae else "RQ-VAE: reused checkpoint (--rqvae)")
-    if vae:
-        a.set_yscale("log"), a.set_xlabel("step"), a.legend()
-    tf = [r for r in log if r["stage"] == "transformer"]
-    b.plot([r["step"] for r in tf], _smooth([r["nll"] for r in tf]))
-    b.set_title("Contextual RQ-Transformer NLL (masked positions, all depths)"), b.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def decode_partial(rq, codes, d):
@@ -250,7 +202,11 @@ def main(argv=None):
     codes, labels = encode_pool(rq, data, args.pool, args, g)
     train_transformer(tf, codes, labels, args, g, log)
     checkpoint.save(tf, out / "rq_transformer")
-    plot_losses(log, out / "losses.png")
+    vae_log = [r for r in log if r["stage"] == "rqvae"]  # empty with --rqvae
+    plot_curves({"RQ-VAE (MSE, partial-sum commitment)": {k: [(r["step"], r[k]) for r in vae_log] for k in ("rec", "commit")},
+                 "Contextual RQ-Transformer NLL (masked positions, all depths)":
+                 {"nll": [(r["step"], r["nll"]) for r in log if r["stage"] == "transformer"]}},
+                out / "losses.png", smoothing=25)
     metrics = figures(rq, tf, args, size, out)
     metrics.update(minutes=(time.time() - t0) / 60, preset=args.preset,
                    decoding=dict(T_draft=args.t_draft, T_revise=args.t_revise, M=args.m, guidance=args.guidance))

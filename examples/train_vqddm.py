@@ -28,13 +28,14 @@ import torch
 from vqfast import checkpoint
 from vqfast.data import MASK_KINDS, CropSampler, make_masks, pixel_to_token_mask, token_to_pixel_mask
 from vqfast.data.seeding import as_generator
-from vqfast.demo import save_grid, tokenize, train_tokenizer
+from vqfast.demo import tokenize, train_tokenizer
 from vqfast.diffusion import CosineSchedule
 from vqfast.diffusion_training import ImportanceSampler, vlb_loss
 from vqfast.models.vqddm import VQDDM
 from vqfast.models.vqddm_refit import finetune_decoder, refit_tokenizer
 from vqfast.models.vqgan import VQGAN
 from vqfast.samplers import vqddm_sample
+from vqfast.visualize import plot_curves, save_grid
 
 CONFIGS = {
     # 32x32 crops, one halving -> 16x16 tokens, 128 codes (ReFiT keeps 128); tiny U-Net. No dead-code
@@ -49,26 +50,6 @@ CONFIGS = {
                   refit_K=1024, ddm=dict(backbone="unet", ch=224, ch_mult=[1, 2, 2, 2], num_res_blocks=2,
                                          attn_resolutions=[16, 8, 4], heads=1)),
 }
-
-
-def plot_curves(curves: dict[str, list], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.4), squeeze=False)
-    for ax, (name, log) in zip(axes[0], curves.items()):
-        if log:
-            steps, values = zip(*log)
-            ax.plot(steps, values, lw=0.6, alpha=0.5)
-            if len(values) >= 20:  # moving average: the importance-weighted VLB estimate is noisy
-                k = max(5, len(values) // 20)
-                avg = torch.tensor(values).unfold(0, k, 1).mean(1)
-                ax.plot(steps[k - 1:], avg.tolist(), lw=1.5)
-        ax.set_title(name), ax.set_xlabel("step"), ax.set_yscale("log")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def train_ddm(model: VQDDM, tokens: torch.Tensor, sched, steps: int, *, batch: int, lr: float, seed: int,
@@ -193,7 +174,8 @@ def main(argv=None) -> None:
         bpd = [v for _, v in curves["VQ-DDM VLB (bits/dim)"]] or [float("nan")]
         report["bpd_first_50"], report["bpd_last_50"] = sum(bpd[:50]) / len(bpd[:50]), sum(bpd[-50:]) / len(bpd[-50:])
         checkpoint.save(model, out / "vqddm", extra={"steps": args.ddm_steps, "bpd_last_50": report["bpd_last_50"]})
-        plot_curves(curves, out / "losses.png")
+        # the importance-weighted VLB estimate is noisy: draw its running mean too
+        plot_curves({name: {name: log} for name, log in curves.items()}, out / "losses.png", smoothing=50)
 
     strides = [None if s == "full" else int(s) for s in args.sample_strides.split(",")]
     rows, labels = sample_grid(vq.cpu(), model.cpu(), sched, 6, strides, args.seed)

@@ -29,6 +29,7 @@ from vqfast.models.maskgit import MaskGIT
 from vqfast.models.transformer import BidirectionalTransformer
 from vqfast.models.vqgan import VQGAN
 from vqfast.samplers import maskgit_decode
+from vqfast.visualize import save_grid
 
 DEMO_VERSION = 1  # bump when the recipe changes so stale caches are retrained
 # sized so that the whole demo needs about 7 CPU-minutes on one core of this machine (2 cores: less)
@@ -121,31 +122,6 @@ def _cached(path: Path, expected: type, recipe: dict):
     except (FileNotFoundError, ValueError):
         pass
     return None
-
-
-def _to_image(x: torch.Tensor) -> torch.Tensor:
-    return ((x.clamp(-1, 1) + 1) / 2).permute(1, 2, 0)
-
-
-def save_grid(rows: list[list[torch.Tensor]], labels: list[str], path: Path, scale: int = 4) -> None:
-    """rows of images [3, H, W] in [-1, 1] -> a PNG grid, one white pixel between tiles, column labels on top."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_rows, n_cols = len(rows), len(rows[0])
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * 1.05, n_rows * 1.05 + 0.3), squeeze=False)
-    for r, row in enumerate(rows):
-        for c, img in enumerate(row):
-            ax = axes[r][c]
-            ax.imshow(_to_image(img).numpy(), interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                ax.set_title(labels[c], fontsize=7)
-    fig.subplots_adjust(wspace=0.04, hspace=0.04, left=0.01, right=0.99, bottom=0.01, top=1 - 0.3 / (n_rows + 0.3))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=25 * scale)
-    plt.close(fig)
 
 
 @torch.no_grad()
