@@ -115,51 +115,30 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
-class VQGAN(nn.Module):
-    """images [B, C, R, R] in [-1, 1] <-> tokens [B, R/f, R/f] (f = 2^(len(ch_mult)-1)).
+class ConvTokenizer(nn.Module):
+    """The body VQGAN and RQVAE share: encoder -> 1x1 -> quantizer -> 1x1 -> decoder, and the loss.
 
-        vq = VQGAN.tiny()
-        idx = vq.encode(torch.rand(2, 3, 32, 32) * 2 - 1)     # [2, 8, 8]
-        x = vq.decode_indices(idx)                           # [2, 3, 32, 32]
-    """
+    config holds resolution, in_channels, ch, ch_mult, num_res_blocks, embed_dim, z_channels,
+    attn, rec_loss; make_quantizer() builds the quantizer (called between the encoder and
+    decoder so parameters are created in the same order as before the split)."""
 
-    def __init__(self, resolution: int = 32, in_channels: int = 3, ch: int = 32, ch_mult: tuple[int, ...] = (1, 2, 2),
-                 num_res_blocks: int = 1, codebook_size: int = 256, embed_dim: int = 32, z_channels: int | None = None,
-                 attn: bool = True, decay: float | None = 0.99, commitment_weight: float = 0.25,
-                 threshold_dead_code: float | None = 0.5, rec_loss: str = "l1", seed: int = 0):
+    def __init__(self, config: dict, make_quantizer):
         super().__init__()
-        ch_mult = tuple(ch_mult)
-        f = 2 ** (len(ch_mult) - 1)
-        if resolution % f:
-            raise ValueError(f"resolution={resolution} must be divisible by the downsampling factor {f}")
-        if rec_loss not in ("l1", "l2"):
-            raise ValueError(f"rec_loss must be 'l1' or 'l2', got {rec_loss!r}")
-        z_channels = z_channels or embed_dim
-        self.config = dict(resolution=resolution, in_channels=in_channels, ch=ch, ch_mult=list(ch_mult),
-                           num_res_blocks=num_res_blocks, codebook_size=codebook_size, embed_dim=embed_dim,
-                           z_channels=z_channels, attn=attn, decay=decay, commitment_weight=commitment_weight,
-                           threshold_dead_code=threshold_dead_code, rec_loss=rec_loss, seed=seed)
-        self.token_hw = (resolution // f, resolution // f)
-        self.encoder = Encoder(in_channels, ch, ch_mult, num_res_blocks, z_channels, attn)
-        self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
-        self.quantizer = VectorQuantizer(embed_dim, codebook_size, decay=decay, commitment_weight=commitment_weight,
-                                         kmeans_init=True, threshold_dead_code=threshold_dead_code,
-                                         channel_first=True, seed=seed)
-        self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
-        self.decoder = Decoder(in_channels, ch, ch_mult, num_res_blocks, z_channels, attn)
-        self.rec_loss = rec_loss
-
-    @classmethod
-    def tiny(cls, **overrides) -> "VQGAN":
-        """32x32 crops -> 8x8 tokens, 256 codes of dim 32 (~0.7M parameters): trains on a CPU in minutes."""
-        return cls(**{**dict(resolution=32, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, codebook_size=256,
-                             embed_dim=32), **overrides})
-
-    @classmethod
-    def seed_config(cls, **overrides) -> "VQGAN":
-        """The seed lab's tokenizer size: 64x64 -> 16x16 tokens, 1024 codes of dim 256."""
-        return cls(**{**dict(resolution=64, ch=128, ch_mult=(1, 1, 2), num_res_blocks=2, codebook_size=1024,
-                             embed_dim=256), **overrides})
+        c = config
+        f = 2 ** (len(c["ch_mult"]) - 1)
+        if c["resolution"] % f:
+            raise ValueError(f"resolution={c['resolution']} must be divisible by the downsampling factor {f}")
+        if c["rec_loss"] not in ("l1", "l2"):
+            raise ValueError(f"rec_loss must be 'l1' or 'l2', got {c['rec_loss']!r}")
+        self.config = config
+        self.token_hw = (c["resolution"] // f, c["resolution"] // f)
+        self.rec_loss = c["rec_loss"]
+        ch_mult = tuple(c["ch_mult"])
+        self.encoder = Encoder(c["in_channels"], c["ch"], ch_mult, c["num_res_blocks"], c["z_channels"], c["attn"])
+        self.quant_conv = nn.Conv2d(c["z_channels"], c["embed_dim"], 1)
+        self.quantizer = make_quantizer()
+        self.post_quant_conv = nn.Conv2d(c["embed_dim"], c["z_channels"], 1)
+        self.decoder = Decoder(c["in_channels"], c["ch"], ch_mult, c["num_res_blocks"], c["z_channels"], c["attn"])
 
     @property
     def codebook_size(self) -> int:
@@ -167,34 +146,25 @@ class VQGAN(nn.Module):
 
     def _check_images(self, x: torch.Tensor) -> None:
         r, c = self.config["resolution"], self.config["in_channels"]
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != c or x.shape[2:] != (r, r):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != c or tuple(x.shape[2:]) != (r, r):
             raise ValueError(f"images must be [B, {c}, {r}, {r}], got {tuple(getattr(x, 'shape', ()))}")
 
     def quantize(self, x: torch.Tensor):
-        """images -> (z_q [B, d, h, w], indices [B, h, w], QuantizerLosses)."""
+        """images -> (z_q [B, d, h, w], indices [B, h, w] (RQVAE: [B, h, w, D]), QuantizerLosses)."""
         self._check_images(x)
         return self.quantizer(self.quant_conv(self.encoder(x)))
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """images [B, C, R, R] -> token indices int64 [B, h, w]."""
+        """images [B, C, R, R] -> token indices int64 [B, h, w] (RQVAE: [B, h, w, D])."""
         return self.quantize(x)[1]
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """quantized latents [B, d, h, w] -> images [B, C, R, R]."""
         return self.decoder(self.post_quant_conv(z_q))
 
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """token indices [B, h, w] (or [B, h*w]) -> images [B, C, R, R]."""
-        h, w = self.token_hw
-        if indices.dtype != torch.long or indices[0].numel() != h * w:
-            raise ValueError(f"indices must be int64 [B, {h}, {w}], got {indices.dtype} {tuple(indices.shape)}")
-        if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):
-            raise ValueError(f"indices must lie in [0, {self.codebook_size})")
-        return self.decode(self.quantizer.indices_to_codes(indices.reshape(-1, h, w)))
-
     def forward(self, x: torch.Tensor):
-        """images -> (reconstruction, indices [B, h, w], QuantizerLosses)."""
+        """images -> (reconstruction, indices, QuantizerLosses)."""
         z_q, idx, qloss = self.quantize(x)
         return self.decode(z_q), idx, qloss
 
@@ -216,3 +186,45 @@ class VQGAN(nn.Module):
             total = total + a
             logs["adversarial"] = float(a.detach())
         return total, logs
+
+
+class VQGAN(ConvTokenizer):
+    """images [B, C, R, R] in [-1, 1] <-> tokens [B, R/f, R/f] (f = 2^(len(ch_mult)-1)).
+
+        vq = VQGAN.tiny()
+        idx = vq.encode(torch.rand(2, 3, 32, 32) * 2 - 1)     # [2, 8, 8]
+        x = vq.decode_indices(idx)                           # [2, 3, 32, 32]
+    """
+
+    def __init__(self, resolution: int = 32, in_channels: int = 3, ch: int = 32, ch_mult: tuple[int, ...] = (1, 2, 2),
+                 num_res_blocks: int = 1, codebook_size: int = 256, embed_dim: int = 32, z_channels: int | None = None,
+                 attn: bool = True, decay: float | None = 0.99, commitment_weight: float = 0.25,
+                 threshold_dead_code: float | None = 0.5, rec_loss: str = "l1", seed: int = 0):
+        config = dict(resolution=resolution, in_channels=in_channels, ch=ch, ch_mult=list(ch_mult),
+                      num_res_blocks=num_res_blocks, codebook_size=codebook_size, embed_dim=embed_dim,
+                      z_channels=z_channels or embed_dim, attn=attn, decay=decay, commitment_weight=commitment_weight,
+                      threshold_dead_code=threshold_dead_code, rec_loss=rec_loss, seed=seed)
+        super().__init__(config, lambda: VectorQuantizer(
+            embed_dim, codebook_size, decay=decay, commitment_weight=commitment_weight, kmeans_init=True,
+            threshold_dead_code=threshold_dead_code, channel_first=True, seed=seed))
+
+    @classmethod
+    def tiny(cls, **overrides) -> "VQGAN":
+        """32x32 crops -> 8x8 tokens, 256 codes of dim 32 (~0.7M parameters): trains on a CPU in minutes."""
+        return cls(**{**dict(resolution=32, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, codebook_size=256,
+                             embed_dim=32), **overrides})
+
+    @classmethod
+    def seed_config(cls, **overrides) -> "VQGAN":
+        """The seed lab's tokenizer size: 64x64 -> 16x16 tokens, 1024 codes of dim 256."""
+        return cls(**{**dict(resolution=64, ch=128, ch_mult=(1, 1, 2), num_res_blocks=2, codebook_size=1024,
+                             embed_dim=256), **overrides})
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """token indices [B, h, w] (or [B, h*w]) -> images [B, C, R, R]."""
+        h, w = self.token_hw
+        if indices.dtype != torch.long or indices[0].numel() != h * w:
+            raise ValueError(f"indices must be int64 [B, {h}, {w}], got {indices.dtype} {tuple(indices.shape)}")
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):
+            raise ValueError(f"indices must lie in [0, {self.codebook_size})")
+        return self.decode(self.quantizer.indices_to_codes(indices.reshape(-1, h, w)))
