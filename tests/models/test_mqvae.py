@@ -46,6 +46,24 @@ def test_keeps_exactly_ratio_hw_top_scores(ratio):
         assert (flat.masked_fill(~kept, 2).min(1).values >= flat.masked_fill(kept, -1).max(1).values).all()
 
 
+def test_encode_at_given_positions():
+    torch.manual_seed(0)
+    m = MQVAE.from_preset("tiny", **SMALL).eval()
+    x = _images(3, seed=2)
+    codes, positions, scores = m.encode(x)
+    same = m.encode(x, positions=positions)
+    for a, b in zip(same, (codes, positions, scores)):
+        torch.testing.assert_close(a, b)
+    _, other = _random_tokens(m, B=3, n=11, seed=4)
+    c, p, _ = m.encode(x, positions=other)
+    assert c.shape == (3, 11) and torch.equal(p, other)
+    assert m.decode_tokens(c, p).shape == x.shape
+    with pytest.raises(ValueError, match="positions"):
+        m.encode(x, positions=other[:2])
+    with pytest.raises(ValueError, match="positions"):
+        m.encode(x, positions=other.float())
+
+
 def test_select_top_ties_go_to_lower_positions():
     g = torch.Generator().manual_seed(1)
     scores = torch.randint(0, 3, (6, 37), generator=g).float()  # many ties

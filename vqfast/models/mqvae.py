@@ -133,8 +133,8 @@ class MQVAE(nn.Module):
             raise ValueError(f"images must be a float tensor [B, {c}, {r}, {r}], got "
                              f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
 
-    def _check_tokens(self, codes: torch.Tensor, positions: torch.Tensor) -> None:
-        for name, t in (("codes", codes), ("positions", positions)):
+    def _check_tokens(self, codes: torch.Tensor, positions: torch.Tensor, what: str = "codes") -> None:
+        for name, t in ((what, codes), ("positions", positions)):
             if not isinstance(t, torch.Tensor) or t.dtype != torch.long or t.dim() != 2:
                 raise ValueError(f"{name} must be an int64 tensor [B, n], got "
                                  f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
@@ -143,7 +143,7 @@ class MQVAE(nn.Module):
                              f"[B, n] with 1 <= n <= {self.num_positions}")
         if codes.device.type == "meta":
             return
-        if codes.min() < 0 or codes.max() >= self.codebook_size:
+        if what == "codes" and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.codebook_size})")
         if positions.min() < 0 or positions.max() >= self.num_positions:
             raise ValueError(f"positions must lie in [0, {self.num_positions})")
@@ -151,19 +151,26 @@ class MQVAE(nn.Module):
         if (s[:, 1:] == s[:, :-1]).any():
             raise ValueError("positions must be distinct within each row")
 
-    def quantize(self, images: torch.Tensor):
+    def quantize(self, images: torch.Tensor, positions: torch.Tensor | None = None):
         """images -> (z_q [B, k, d], codes [B, k], positions [B, k] ascending, scores [B, h, w],
-        QuantizerLosses). Only the k kept features are quantized."""
+        QuantizerLosses). Only the k kept features are quantized. positions [B, n] (optional,
+        distinct per row): quantize the features there instead of at the top k (ablations:
+        random masks, other kept counts)."""
         self._check_images(images)
-        feats, positions, scores = self.masker(self.encoder(images))
+        if positions is not None:
+            self._check_tokens(positions, positions, what="positions")
+            if positions.shape[0] != images.shape[0]:
+                raise ValueError(f"positions has {positions.shape[0]} rows for {images.shape[0]} images")
+        feats, positions, scores = self.masker(self.encoder(images), positions)
         z_q, codes, qloss = self.quantizer(feats)
         return z_q, codes, positions, scores, qloss
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(self, images: torch.Tensor, positions: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """images [B, C, R, R] -> (codes [B, k] int64, positions [B, k] int64 ascending (raster
-        order), scores [B, h, w])."""
-        _, codes, positions, scores, _ = self.quantize(images)
+        order), scores [B, h, w]). positions: as in `quantize` (returned as given)."""
+        _, codes, positions, scores, _ = self.quantize(images, positions)
         return codes, positions, scores
 
     def decode(self, z_q: torch.Tensor, positions: torch.Tensor, record: list | None = None) -> torch.Tensor:

@@ -59,11 +59,14 @@ class AdaptiveMask(nn.Module):
         """Encoder map [B, C, h, w] -> importance scores [B, h, w] in (0, 1)."""
         return self.scorer(F.layer_norm(x, x.shape[1:]))[:, 0]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """positions [B, n] int64 (optional): keep these instead of the top k (ablations)."""
         B, C = x.shape[:2]
         scores = self.score(x)
         flat = scores.flatten(1)                                           # [B, h*w]
-        positions = select_top(flat, self.num_kept)                        # [B, k]
+        if positions is None:
+            positions = select_top(flat, self.num_kept)                    # [B, k]
         tokens = x.flatten(2).transpose(1, 2)                              # [B, h*w, C]
         kept = tokens.gather(1, positions[..., None].expand(-1, -1, C))    # [B, k, C]
         kept = F.layer_norm(kept, (C,)) * flat.gather(1, positions)[..., None]
