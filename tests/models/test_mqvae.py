@@ -256,3 +256,13 @@ def test_bad_inputs_name_the_argument():
         m.decode_tokens(codes, dup)
     with pytest.raises(ValueError, match="positions"):
         m.decode_tokens(codes, positions[:, :5])
+
+
+def test_importance_map_png(tmp_path):
+    torch.manual_seed(0)
+    m = MQVAE.from_preset("tiny", **SMALL)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.importance_map_png(_images(2), tmp_path / "maps" / "importance.png")
+    png = (tmp_path / "maps" / "importance.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    assert m.training and all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())  # no EMA/BN update

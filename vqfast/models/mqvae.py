@@ -214,8 +214,11 @@ class MQVAE(nn.Module):
     @torch.no_grad()
     def importance_map_png(self, images: torch.Tensor, path) -> None:
         """PNG of input | score heat map (red high, blue low) | kept regions | reconstruction,
-        one row per image (supp. Figs. 5-7)."""
+        one row per image (supp. Figs. 5-7). Runs in eval mode (no codebook or batch-norm update)."""
         from vqfast.models.mqvae_viz import save_importance_maps
 
+        was_training = self.training
+        self.eval()
         codes, positions, scores = self.encode(images)
         save_importance_maps(images, scores, positions, self.decode_tokens(codes, positions), path)
+        self.train(was_training)
