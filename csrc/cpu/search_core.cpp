@@ -1,6 +1,8 @@
 // Exact nearest-code search core: see search_core.h for the method.
 #include "search_core.h"
 
+#include "vqfast/argmin.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -148,7 +150,7 @@ MicroF32 micro_f32() { return cpu_has_avx512() ? micro_f32_avx512 : micro_f32_po
 // ---- exact float64 distances (the re-rank), as vqfast/reference/nearest_code.py ----
 
 double exact_distance(const Codebook& cb, const float* x, double x_norm, int64_t k) {
-  const float* c = cb.raw.data_ptr<float>() + k * cb.d;
+  const float* c = cb.p_raw + k * cb.d;
   if (cb.metric == kL2) {
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
@@ -176,13 +178,32 @@ struct RowState {
   int32_t k[kMaxCandidates];
 };
 
+// Appends code k0 + j of a flagged tile row to the row's candidates (lo: its lower bound).
+inline bool add_candidate(RowState& st, float lo, int64_t code) {
+  if (st.n == kMaxCandidates) {
+    st.overflow = true;
+    return false;
+  }
+  st.lo[st.n] = lo;
+  st.k[st.n] = static_cast<int32_t>(code);
+  ++st.n;
+  return true;
+}
+
+// Tightens the row's best upper bound to hi_min and drops candidates that can no longer win.
+inline void tighten(RowState& st, float hi_min) {
+  if (!(hi_min < st.best_hi)) return;
+  st.best_hi = hi_min;
+  int w = 0;
+  for (int q = 0; q < st.n; ++q)
+    if (st.lo[q] <= hi_min) st.lo[w] = st.lo[q], st.k[w] = st.k[q], ++w;
+  st.n = w;
+}
+
 // Scores of one flagged micro-tile row (kNR codes from k0): first tighten the row's
 // best upper bound with the tile's, then keep every code whose lower bound is below it.
-inline void scan_tile_row(const Codebook& cb, const float* dots, int64_t k0, float xn, RowState& st) {
-  const float* bias = cb.bias.data_ptr<float>() + k0;
-  const float* scale = cb.scale.data_ptr<float>() + k0;
-  const float* ea = cb.err_a.data_ptr<float>() + k0;
-  const float* eb = cb.err_b.data_ptr<float>() + k0;
+void scan_tile_row_portable(const Codebook& cb, const float* dots, int64_t k0, float xn, RowState& st) {
+  const float *bias = cb.p_bias + k0, *scale = cb.p_scale + k0, *ea = cb.p_ea + k0, *eb = cb.p_eb + k0;
   alignas(64) float lo[kNR];
   float hi_min = kFloatMax;
 #pragma omp simd reduction(min : hi_min)
@@ -191,22 +212,36 @@ inline void scan_tile_row(const Codebook& cb, const float* dots, int64_t k0, flo
     lo[j] = s - e;
     hi_min = std::min(hi_min, s + e);
   }
-  if (hi_min < st.best_hi) {  // drop candidates that can no longer win
-    st.best_hi = hi_min;
-    int w = 0;
-    for (int q = 0; q < st.n; ++q)
-      if (st.lo[q] <= hi_min) st.lo[w] = st.lo[q], st.k[w] = st.k[q], ++w;
-    st.n = w;
+  tighten(st, hi_min);
+  for (int64_t j = 0; j < kNR; ++j)
+    if (lo[j] <= st.best_hi && !add_candidate(st, lo[j], k0 + j)) return;
+}
+
+// The same in AVX-512: the bounds of 64 codes in 4 registers, the candidates as a bit
+// mask (usually one or two bits), so a scan costs a few dozen instructions.
+__attribute__((target("avx512f,fma"))) void scan_tile_row_avx512(const Codebook& cb, const float* dots,
+                                                                   int64_t k0, float xn, RowState& st) {
+  const __m512 vxn = _mm512_set1_ps(xn);
+  alignas(64) float lo[kNR];
+  __m512 hmin = _mm512_set1_ps(kFloatMax);
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    const int64_t o = k0 + 16 * j;
+    const __m512 s = _mm512_fmadd_ps(_mm512_loadu_ps(cb.p_scale + o), _mm512_loadu_ps(dots + 16 * j),
+                                     _mm512_loadu_ps(cb.p_bias + o));
+    const __m512 e = _mm512_fmadd_ps(vxn, _mm512_loadu_ps(cb.p_eb + o), _mm512_loadu_ps(cb.p_ea + o));
+    _mm512_store_ps(lo + 16 * j, _mm512_sub_ps(s, e));
+    hmin = _mm512_min_ps(hmin, _mm512_add_ps(s, e));
   }
-  for (int64_t j = 0; j < kNR; ++j) {
-    if (!(lo[j] <= st.best_hi)) continue;
-    if (st.n == kMaxCandidates) {
-      st.overflow = true;
-      return;
-    }
-    st.lo[st.n] = lo[j];
-    st.k[st.n] = static_cast<int32_t>(k0 + j);
-    ++st.n;
+  tighten(st, _mm512_reduce_min_ps(hmin));
+  const __m512 thr = _mm512_set1_ps(st.best_hi);
+  uint64_t mask = 0;
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j)
+    mask |= static_cast<uint64_t>(_mm512_cmp_ps_mask(_mm512_load_ps(lo + 16 * j), thr, _CMP_LE_OQ)) << (16 * j);
+  for (; mask != 0; mask &= mask - 1) {
+    const int j = __builtin_ctzll(mask);
+    if (!add_candidate(st, lo[j], k0 + j)) return;
   }
 }
 
@@ -217,7 +252,7 @@ void finish_row(const Codebook& cb, const float* x, double x_norm, const RowStat
   int64_t best_k = 0;
   auto consider = [&](int64_t k) {
     const double dk = exact_distance(cb, x, x_norm, k);
-    if (dk < best || (dk == best && k < best_k)) best = dk, best_k = k;
+    if (vqfast::better(dk, k, best, best_k)) best = dk, best_k = k;
   };
   if (st.overflow || st.n == 0) {
     for (int64_t k = 0; k < cb.K; ++k) consider(k);
@@ -311,62 +346,91 @@ Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16)
       for (int64_t i = 0; i < d; ++i) dst[(i / 2) * 2 * kNR + (i % 2)] = s[k * d + i];
     }
   }
+  cb.p_raw = cb.raw.data_ptr<float>();
+  cb.p_bias = bias, cb.p_scale = scale, cb.p_ea = ea, cb.p_eb = eb;
+  cb.p_packed = cb.packed.data_ptr();
   return cb;
 }
+
+namespace {
+
+// Per-thread scratch of search_rows, reused across calls (no allocation per block).
+struct Scratch {
+  std::vector<RowState> state;
+  std::vector<double> x_norm;
+  std::vector<float> xn32, a32;
+  std::vector<int32_t> abf;
+  std::vector<uint8_t> finite;
+};
+
+}  // namespace
 
 void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist) {
   const int64_t n = rows.n, d = cb.d;
   if (n == 0) return;
-  std::vector<RowState> state(n);
-  std::vector<double> x_norm(n);
-  std::vector<float> xn32(n + kMR, 0.f);  // padded: micro-tiles read kMR entries
-  std::vector<uint8_t> finite(n);
+  static thread_local Scratch sc;
+  sc.state.resize(n);
+  sc.x_norm.resize(n);
+  sc.xn32.assign(n + kMR, 0.f);  // padded: micro-tiles read kMR entries
+  sc.finite.resize(n);
+  RowState* state = sc.state.data();
   for (int64_t r = 0; r < n; ++r) {
     const float* x = rows.row32(r);
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
     for (int64_t i = 0; i < d; ++i) s += static_cast<double>(x[i]) * x[i];
-    finite[r] = std::isfinite(s);
-    x_norm[r] = std::sqrt(s);
-    xn32[r] = static_cast<float>(x_norm[r]) * 1.0001f;  // rounded up: the bound stays a bound
+    sc.finite[r] = vqfast::finite_value(s);
+    sc.x_norm[r] = std::sqrt(s);
+    sc.xn32[r] = static_cast<float>(sc.x_norm[r]) * 1.0001f;  // rounded up: the bound stays a bound
     state[r].best_hi = kFloatMax;
     state[r].n = 0;
     state[r].overflow = false;
   }
-  // Rows packed k-major per micro-panel (zeros past the last row).
+  // Rows packed k-major per micro-panel (zeros past the last row: only the last tile has them).
   const int64_t tiles = (n + kMR - 1) / kMR, steps = cb.bf16 ? cb.dp / 2 : d;
-  std::vector<float> a32(cb.bf16 ? 0 : tiles * steps * kMR, 0.f);
-  std::vector<int32_t> abf(cb.bf16 ? tiles * steps * kMR : 0, 0);
+  if (cb.bf16) {
+    sc.abf.resize(tiles * steps * kMR);
+    std::fill(sc.abf.begin() + (tiles - 1) * steps * kMR, sc.abf.end(), 0);
+  } else {
+    sc.a32.resize(tiles * steps * kMR);
+    std::fill(sc.a32.begin() + (tiles - 1) * steps * kMR, sc.a32.end(), 0.f);
+  }
+  int32_t* abf = sc.abf.data();
+  float* a32 = sc.a32.data();
   for (int64_t r = 0; r < n; ++r) {
     const int64_t t = r / kMR, i = r % kMR;
     if (cb.bf16) {
       const int32_t* src = reinterpret_cast<const int32_t*>(rows.rowbf(r));
-      for (int64_t k = 0; k < steps; ++k) abf[(t * steps + k) * kMR + i] = src[k];
+      int32_t* dst = abf + t * steps * kMR + i;
+      for (int64_t k = 0; k < steps; ++k) dst[k * kMR] = src[k];
     } else {
       const float* src = rows.row32(r);
-      for (int64_t k = 0; k < steps; ++k) a32[(t * steps + k) * kMR + i] = src[k];
+      float* dst = a32 + t * steps * kMR + i;
+      for (int64_t k = 0; k < steps; ++k) dst[k * kMR] = src[k];
     }
   }
   alignas(64) float tile[kMR * kNR];
   const MicroF32 mf = micro_f32();
+  const auto scan = cpu_has_avx512() ? scan_tile_row_avx512 : scan_tile_row_portable;
+  const float* xn32 = sc.xn32.data();
+  const uint8_t* finite = sc.finite.data();
   const int64_t panels = cb.Kp / kNR;
-  // One code panel stays in L1 while the packed rows stream past it.
+  // One code panel stays in cache while the packed rows stream past it.
   for (int64_t p = 0; p < panels; ++p) {
-    Epilogue ep{cb.bias.data_ptr<float>() + p * kNR, cb.scale.data_ptr<float>() + p * kNR,
-                cb.err_a.data_ptr<float>() + p * kNR, cb.err_b.data_ptr<float>() + p * kNR, nullptr, nullptr};
+    Epilogue ep{cb.p_bias + p * kNR, cb.p_scale + p * kNR, cb.p_ea + p * kNR, cb.p_eb + p * kNR, nullptr, nullptr};
+    const float* b32 = static_cast<const float*>(cb.p_packed) + p * d * kNR;
+    const at::BFloat16* bbf = static_cast<const at::BFloat16*>(cb.p_packed) + p * cb.dp * kNR;
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t r0 = t * kMR, rn = std::min(kMR, n - r0);
       float thr[kMR];
       for (int64_t i = 0; i < kMR; ++i)  // rows past n and non-finite rows are never scanned
         thr[i] = i < rn && finite[r0 + i] ? state[r0 + i].best_hi : -kFloatMax;
-      ep.xn = xn32.data() + r0;
+      ep.xn = xn32 + r0;
       ep.thr = thr;
-      const uint32_t need =
-          cb.bf16 ? micro_bf16_avx512(abf.data() + t * steps * kMR,
-                                      cb.packed.data_ptr<at::BFloat16>() + p * cb.dp * kNR, cb.dp, ep, tile)
-                  : mf(a32.data() + t * steps * kMR, cb.packed.data_ptr<float>() + p * d * kNR, d, ep, tile);
+      const uint32_t need = cb.bf16 ? micro_bf16_avx512(abf + t * steps * kMR, bbf, cb.dp, ep, tile)
+                                    : mf(a32 + t * steps * kMR, b32, d, ep, tile);
       for (int64_t i = 0; i < rn; ++i)
-        if (need >> i & 1u) scan_tile_row(cb, tile + i * kNR, p * kNR, xn32[r0 + i], state[r0 + i]);
+        if (need >> i & 1u) scan(cb, tile + i * kNR, p * kNR, xn32[r0 + i], state[r0 + i]);
     }
   }
   for (int64_t r = 0; r < n; ++r) {
@@ -375,7 +439,7 @@ void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist
       dist[r] = std::numeric_limits<float>::quiet_NaN();
       continue;
     }
-    finish_row(cb, rows.row32(r), x_norm[r], state[r], idx + r, dist + r);
+    finish_row(cb, rows.row32(r), sc.x_norm[r], state[r], idx + r, dist + r);
   }
 }
 

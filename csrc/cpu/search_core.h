@@ -35,6 +35,9 @@ struct Codebook {
   at::Tensor packed;     // fp32 [Kp/kNR, d, kNR] or bf16 [Kp/kNR, dp/2, kNR, 2] (VNNI pairs)
   at::Tensor raw;        // fp32 [K, d]: exact values for the re-rank and the gather
   at::Tensor bias, scale, err_a, err_b;  // fp32 [Kp]: score = bias + scale * dot; err = err_a + |x| err_b
+  // Raw pointers into the tensors above: the hot loops must not pay data_ptr's checks.
+  const float *p_raw = nullptr, *p_bias = nullptr, *p_scale = nullptr, *p_ea = nullptr, *p_eb = nullptr;
+  const void* p_packed = nullptr;
 };
 
 // True when this CPU runs the AVX512-BF16 micro-kernel (checked at run time).
@@ -87,8 +90,11 @@ Rows load_rows(const at::Tensor& src, int64_t r0, int64_t rn, const Codebook& cb
 void check_search_args(const at::Tensor& x, const at::Tensor& codebook, int64_t metric, const char* op);
 // bf16 dot products need both operands in bf16 (no value rounded) and the CPU feature.
 bool use_bf16(const at::Tensor& x, const at::Tensor& codebook);
-// z_q[r0 + (out_rows ? out_rows[r] : r)] = codebook row idx[r] (from cb.raw) in z_q's dtype, r < rn.
+// z_q[r0 + o(r)] = codebook row idx[r] (from cb.raw) in z_q's dtype for r < rn, where
+// o(r) = out_rows ? out_rows[r] : r. When sq_err is given, also sq_err[r0 + o(r)] =
+// ||x_r - z_q row||^2 in float64 (x_r = rows.row32(r), z_q as stored): the commitment
+// loss's per-row term, computed while both rows are in cache.
 void gather_codes(const Codebook& cb, const int64_t* idx, int64_t rn, at::Tensor& z_q, int64_t r0,
-                  const int64_t* out_rows = nullptr);
+                  const int64_t* out_rows = nullptr, const Rows* rows = nullptr, double* sq_err = nullptr);
 
 }  // namespace vqfast::cpu

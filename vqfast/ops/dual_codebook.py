@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from vqfast import _backend
 from vqfast.ops import _validate
+from vqfast.ops._straight_through import row_sq_err, straight_through
 from vqfast.ops.nearest_code import _METRIC_ID, search_codebook
 from vqfast.reference import nearest_code as ref_nc
 
@@ -15,16 +16,23 @@ HAS = ("cpu", "triton", "cuda")  # backends with a dual_codebook_quantize kernel
 
 
 def _run(x: torch.Tensor, visible: torch.Tensor, e: torch.Tensor, e2: torch.Tensor, metric: str,
-         backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [N, d] contiguous, visible [N] bool -> codes [N, d] (x's dtype), idx [N] (masked rows offset by K)."""
+         backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [N, d] contiguous, visible [N] bool -> codes [N, d] (x's dtype), idx [N] (masked
+    rows offset by K), sq_err [N] fp64 = ||x - codes||^2."""
+    if backend == "cpu":  # routing, search, gather and squared error in one pass
+        return torch.ops.vqfast_cpu.dual_codebook_quantize(x, visible, e.detach(), e2.detach(), _METRIC_ID[metric])
+    codes, idx = _run_codes(x, visible, e.detach(), e2.detach(), metric, backend)
+    return codes, idx, row_sq_err(x, codes)
+
+
+def _run_codes(x, visible, e, e2, metric, backend):
+    """_run for the backends whose kernels return codes and idx only."""
     if backend == "reference":
         idx_v, _ = ref_nc.nearest_code(x, e, metric)
         idx_m, _ = ref_nc.nearest_code(x, e2, metric)
         codes = torch.where(visible[:, None], e.index_select(0, idx_v).to(x.dtype),
                             e2.index_select(0, idx_m).to(x.dtype))
         return codes, torch.where(visible, idx_v, idx_m + e.shape[0])
-    if backend == "cpu":
-        return torch.ops.vqfast_cpu.dual_codebook_quantize(x, visible, e.detach(), e2.detach(), _METRIC_ID[metric])
     if backend == "triton":
         from vqfast.triton_kernels.dual_codebook import dual_codebook_quantize_triton
         return dual_codebook_quantize_triton(x, visible, search_codebook(e, metric), search_codebook(e2, metric),
@@ -38,14 +46,15 @@ def _run(x: torch.Tensor, visible: torch.Tensor, e: torch.Tensor, e2: torch.Tens
 
 @torch.library.custom_op("vqfast::dual_codebook_quantize", mutates_args=())
 def _dual_op(x: torch.Tensor, visible: torch.Tensor, e: torch.Tensor, e2: torch.Tensor, metric: str,
-             backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    codes, idx = _run(x, visible, e, e2, metric, backend)
-    return codes, idx
+             backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    codes, idx, sq_err = _run(x, visible, e, e2, metric, backend)
+    return codes, idx, sq_err
 
 
 @_dual_op.register_fake
 def _(x, visible, e, e2, metric, backend):
-    return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=torch.long)
+    n = x.shape[0]
+    return x.new_empty(x.shape), x.new_empty(n, dtype=torch.long), x.new_empty(n, dtype=torch.float64)
 
 
 def _dual_setup(ctx, inputs, output):
@@ -54,7 +63,7 @@ def _dual_setup(ctx, inputs, output):
     ctx.save_for_backward(visible, output[1])
 
 
-def _dual_backward(ctx, grad_codes, _grad_idx):
+def _dual_backward(ctx, grad_codes, _grad_idx, _grad_sq_err):
     visible, idx = ctx.saved_tensors
     e_shape, e_dtype, e2_shape, e2_dtype = ctx.shapes
     g = grad_codes.float()
@@ -98,19 +107,21 @@ def dual_codebook_quantize(x: torch.Tensor, visible: torch.Tensor, e: torch.Tens
 
     x [..., d], visible [...] bool, e [K, d], e2 [K2, d] -> DualCodebookOutput(
     indices [...] int64 (visible: in [0, K); masked: nearest e2 code + K, in [K, K + K2)),
-    z_q [..., d] in x's dtype with a straight-through gradient), plus `.commit_loss`
-    and `.codebook_loss` (see DualCodebookOutput). Ties go to the lowest index; a row
-    with NaN/inf takes code 0 of its codebook (as nearest_code).
+    z_q [..., d] in x's dtype, its value exactly the chosen codes, with the identity
+    gradient to x), plus `.commit_loss` (fp32, from the kernel's per-row squared errors:
+    no extra pass over x) and `.codebook_loss` (see DualCodebookOutput). Ties go to the
+    lowest index; a row with NaN/inf takes code 0 of its codebook (as nearest_code).
 
         idx, z_q = vqfast.ops.dual_codebook_quantize(x, visible, e, e2)
     """
     name = _check(x, visible, e, e2, metric, backend)
     d = x.shape[-1]
-    codes, idx = _dual_op(x.detach().reshape(-1, d).contiguous(), visible.reshape(-1).contiguous(),
-                          e, e2, metric, name)
+    codes, idx, sq_err = _dual_op(x.detach().reshape(-1, d).contiguous(), visible.reshape(-1).contiguous(),
+                                  e, e2, metric, name)
     codes = codes.reshape(x.shape)
-    out = DualCodebookOutput(idx.reshape(x.shape[:-1]), x + (codes - x).detach())
-    out.commit_loss = F.mse_loss(x.float(), codes.detach().float())
+    z_q, commit = straight_through(x, codes, sq_err)
+    out = DualCodebookOutput(idx.reshape(x.shape[:-1]), z_q)
+    out.commit_loss = commit
     if e.requires_grad or e2.requires_grad:
         out.codebook_loss = F.mse_loss(x.detach().float(), codes.float())
     return out

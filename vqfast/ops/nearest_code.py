@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from vqfast import _backend
 from vqfast.ops import _validate
+from vqfast.ops._straight_through import row_sq_err, straight_through
 from vqfast.reference import nearest_code as ref
 
 HAS = ("cpu", "triton", "cuda")  # backends with a nearest_code kernel besides the reference
@@ -50,22 +51,27 @@ def _(x, codebook, metric, backend):
 
 
 @torch.library.custom_op("vqfast::quantize", mutates_args=())
-def _quantize_op(x: torch.Tensor, codebook: torch.Tensor, metric: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize_op(x: torch.Tensor, codebook: torch.Tensor, metric: str,
+                 backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [N, d] -> codes [N, d] (x's dtype), idx [N], sq_err [N] fp64 = ||x - codes||^2."""
+    if backend == "cpu":  # gather and squared error fused into the search
+        return torch.ops.vqfast_cpu.quantize(x, codebook.detach(), _METRIC_ID[metric])
     if backend == "triton":  # gather fused into the search kernel
         from vqfast.triton_kernels.nearest_code import quantize_triton
-        return quantize_triton(x, search_codebook(codebook, metric), metric, codebook)
-    if backend == "cuda":  # gather fused into the search kernel
-        return torch.ops.vqfast_cuda.quantize(x, search_codebook(codebook, metric), codebook.detach(),
-                                              _METRIC_ID[metric])
-    if backend == "cpu":  # gather fused into the search
-        return torch.ops.vqfast_cpu.quantize(x, codebook.detach(), _METRIC_ID[metric])
-    idx, _ = _run(x, codebook, metric, backend)
-    return codebook.index_select(0, idx).to(x.dtype), idx
+        codes, idx = quantize_triton(x, search_codebook(codebook, metric), metric, codebook)
+    elif backend == "cuda":  # gather fused into the search kernel
+        codes, idx = torch.ops.vqfast_cuda.quantize(x, search_codebook(codebook, metric), codebook.detach(),
+                                                    _METRIC_ID[metric])
+    else:
+        idx, _ = _run(x, codebook, metric, backend)
+        codes = codebook.detach().index_select(0, idx).to(x.dtype)
+    return codes, idx, row_sq_err(x, codes)
 
 
 @_quantize_op.register_fake
 def _(x, codebook, metric, backend):
-    return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=torch.long)
+    n = x.shape[0]
+    return x.new_empty(x.shape), x.new_empty(n, dtype=torch.long), x.new_empty(n, dtype=torch.float64)
 
 
 def _quantize_setup(ctx, inputs, output):
@@ -74,11 +80,12 @@ def _quantize_setup(ctx, inputs, output):
     ctx.save_for_backward(output[1])
 
 
-def _quantize_backward(ctx, grad_codes, _grad_idx):
+def _quantize_backward(ctx, grad_codes, _grad_idx, _grad_sq_err):
     (idx,) = ctx.saved_tensors
     grad_cb = grad_codes.new_zeros(ctx.codebook_shape, dtype=torch.float32)
     grad_cb.index_add_(0, idx, grad_codes.float())
     # x gets no gradient through the argmin: the straight-through path is added outside.
+    # Only codebook_loss (codes with grad) reaches here; z_q is the detached codes.
     return None, grad_cb.to(ctx.codebook_dtype), None, None
 
 
@@ -124,20 +131,22 @@ class QuantizeOutput(_QuantizeFields):
 
 def quantize(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2",
              backend: str = "auto") -> QuantizeOutput:
-    """Quantize with a straight-through gradient; search and gather fused.
+    """Quantize with a straight-through gradient; search, gather and loss in one pass.
 
-    x [..., d], codebook [K, d] -> QuantizeOutput(z_q [..., d] in x's dtype,
-    indices [...], commit_loss = mean((x - sg(c))^2)), plus `.codebook_loss` =
-    mean((sg(x) - c)^2) when codebook.requires_grad.
+    x [..., d], codebook [K, d] -> QuantizeOutput(z_q [..., d] in x's dtype, its value
+    exactly the chosen codes with the identity gradient to x, indices [...],
+    commit_loss = mean((x - sg(c))^2) fp32), plus `.codebook_loss` =
+    mean((sg(x) - c)^2) when codebook.requires_grad. A NaN/inf row takes code 0 (its
+    commitment term is NaN).
 
         z_q, idx, commit = vqfast.ops.quantize(x, codebook)
     """
     name = _check(x, codebook, metric, backend, "quantize")
     flat = x.reshape(-1, x.shape[-1])
-    codes, idx = _quantize_op(flat.detach().contiguous(), codebook, metric, name)
+    codes, idx, sq_err = _quantize_op(flat.detach().contiguous(), codebook, metric, name)
     codes = codes.reshape(x.shape)
-    commit = F.mse_loss(x.float(), codes.detach().float())
-    out = QuantizeOutput(x + (codes - x).detach(), idx.reshape(x.shape[:-1]), commit)
+    z_q, commit = straight_through(x, codes, sq_err)
+    out = QuantizeOutput(z_q, idx.reshape(x.shape[:-1]), commit)
     if codebook.requires_grad:
         out.codebook_loss = F.mse_loss(x.detach().float(), codes.float())
     return out

@@ -8,7 +8,9 @@ namespace vqfast {
 
 // True when candidate (d, i) beats the current best (best_d, best_i): a smaller
 // distance wins; an equal distance goes to the lower index. NaN never wins.
-VQFAST_HD bool better(float d, long long i, float best_d, long long best_i) {
+// T = float in the CUDA kernels, double in the CPU core's exact re-rank.
+template <typename T>
+VQFAST_HD bool better(T d, long long i, T best_d, long long best_i) {
   return d < best_d || (d == best_d && i < best_i);
 }
 
@@ -36,7 +38,8 @@ VQFAST_HD float score_to_dist(float best, float x_sq, bool l2) {
 }
 
 // False for NaN and +-inf (written without isfinite so it means the same in host and
-// device code and under any math flags).
-VQFAST_HD bool finite_value(float v) { return v == v && v - v == 0.0f; }
+// device code and under any math flags). T = float or double.
+template <typename T>
+VQFAST_HD bool finite_value(T v) { return v == v && v - v == T(0); }
 
 }  // namespace vqfast
