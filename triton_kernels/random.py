@@ -117,3 +117,71 @@ def noise_triton(key: int, stream: int, start: int, n: int, kind: str, device) -
     _noise_kernel[(triton.cdiv(n, block),)](out, lo, hi, stream, start, n, KIND=kind_id, BLOCK=block,
                                             enable_fp_fusion=False)
     return out
+
+
+# ---------------------------------------------------------------- categorical draws
+# The proposal / acceptance of vqfast/_random.py "Categorical draws", operation for operation.
+
+@triton.jit
+def exp_f32(x):
+    """e^x, the float32 operations of vqfast::exp_f32 (Cephes expf); 0 below -87."""
+    xc = tl.minimum(tl.maximum(x, -87.0), 88.0)
+    fx = (xc * 1.44269504088896341 + 12582912.0) - 12582912.0
+    r = xc - fx * 0.693359375
+    r = r - fx * -2.12194440e-4
+    z = r * r
+    p = tl.zeros_like(r) + 1.9875691500e-4
+    p = p * r + 1.3981999507e-3
+    p = p * r + 8.3334519073e-3
+    p = p * r + 4.1665795894e-2
+    p = p * r + 1.6666665459e-1
+    p = p * r + 5.0000001201e-1
+    y = p * z + r + 1.0
+    scale = ((fx.to(tl.int32) + 127) << 23).to(tl.float32, bitcast=True)
+    return tl.where(x < -87.0, 0.0, y * scale)
+
+
+@triton.jit
+def cat_in_block_weight(x, mb):
+    """int32 proposal weight of x in a block of finite max mb (0 for x = -inf)."""
+    y = tl.maximum((x - mb) * 12102203.0, -251658240.0)
+    t = y.to(tl.int32)
+    f = (t + (150 << 23)).to(tl.float32, bitcast=True)
+    return tl.where(x > float("-inf"), f.to(tl.int32) + 1, 0)
+
+
+@triton.jit
+def cat_block_weight(s, m, mb):
+    """int64 weight of blocks with in-block sums s (int64) and maxima mb in a row of max m."""
+    e = tl.minimum((m - mb) * 12102203.0, 318767104.0)
+    ei = e.to(tl.int64)
+    shift = 24 + tl.minimum(ei >> 23, 38)
+    one = tl.full(shift.shape, 1, tl.int64)
+    return (s * ((1 << 24) - (ei & 0x7FFFFF)) + (one << shift) - 1) >> shift
+
+
+@triton.jit
+def cat_floor_mul(total, w):
+    """floor(total * w / 2^32) for int64 total < 2^62 and uint32 words w."""
+    lo = (total & 0xFFFFFFFF).to(tl.uint32)
+    return (total >> 32) * w.to(tl.int64) + tl.umulhi(lo, w).to(tl.int64)
+
+
+@triton.jit
+def cat_accept(word, x, m, wk, s, s_hat):
+    """Acceptance of id x (in-block weight wk, block sums s / s_hat) in a row of max m."""
+    lhs = ((uniform_from_words(word) * 1.000244140625) * s_hat.to(tl.float32)) * wk.to(tl.float32)
+    rhs = (exp_f32(x - m) * 8388608.0) * s.to(tl.float32)
+    return lhs < rhs
+
+
+@triton.jit
+def cat_trial_words(key_lo, key_hi, stream, row, trial):
+    """The 4 uint32 words of trial `trial` of row `row` (int64 scalars): Philox block (row << 6) + trial."""
+    k0 = tl.to_tensor(key_lo).to(tl.uint32, bitcast=True)
+    k1 = tl.to_tensor(key_hi).to(tl.uint32, bitcast=True)
+    block = (row << 6) + trial
+    c0 = (block & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (block >> 32).to(tl.uint32)
+    c2 = (tl.zeros_like(block) + stream).to(tl.uint32)
+    return philox4x32(c0, c1, c2, tl.zeros_like(c0), k0, k1)

@@ -2,8 +2,9 @@
 
 One program per row of V logits, looping over V in blocks: guidance mix, temperature
 (IEEE division, div_rn), top-k / top-p thresholds by bisection over the order-preserving
-int32 keys of the float32 values (32 passes over the row, which stays in cache), and a
-Gumbel-max with the shared Philox noise, so tokens equal the other backends'. MaskGIT's
+int32 keys of the float32 values (32 passes over the row, which stays in cache), and the
+shared categorical draw (vqfast/_random.py: integer proposal sums, then ~1.1 walks over
+the row per draw), so tokens equal the other backends'. MaskGIT's
 reveal is a per-row bisection over the confidences (no sort). Launch with
 enable_fp_fusion=False so the float32 arithmetic is the reference's.
 """
@@ -13,16 +14,21 @@ import torch
 import triton
 import triton.language as tl
 
-from vqfast.triton_kernels.random import element_words, gumbel_from_words, split_key
+from vqfast.triton_kernels.random import (cat_accept, cat_block_weight, cat_floor_mul, cat_in_block_weight,
+                                          cat_trial_words, split_key)
 
 _STREAM_TOKEN = 1  # vqfast/_random.py
 _STREAM_CONFIDENCE = 2
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+_CAT = 256  # ids per block of the categorical proposal (vqfast/_random.py)
+
+
 def _block(V: int) -> int:
     # The interpreter pays per block operation: one block per row; on GPUs, cache-friendly blocks.
-    return min(triton.next_power_of_2(V), 16384 if _INTERPRET else 2048)
+    # At least one proposal block, so tiles hold whole proposal blocks.
+    return max(_CAT, min(triton.next_power_of_2(V), 16384 if _INTERPRET else 2048))
 
 
 @triton.jit
@@ -54,6 +60,92 @@ def _kept(kx, t_key, need, seen, USE_K: tl.constexpr):
         return (kx > t_key) | (eq & (rank < need)), seen + tl.sum(eq.to(tl.int32), 0)
     else:
         return kx > -2147483648, seen
+
+
+@triton.jit
+def _tile(X, U, BAN, row, offs, V, scale, temperature, t_key, need, seen, p_key, p_need, seen_p,
+          HAS_CFG: tl.constexpr, APPLY_T: tl.constexpr, HAS_BAN: tl.constexpr, USE_K: tl.constexpr,
+          USE_P: tl.constexpr):
+    """Columns offs of the row with banned ids, top-k and top-p filters applied (-inf = dropped);
+    seen / seen_p count the ties at the thresholds met so far (ties join in id order)."""
+    x = _load_row(X, U, row, offs, V, scale, temperature, HAS_CFG, APPLY_T)
+    if HAS_BAN:
+        x = tl.where(tl.load(BAN + offs, mask=offs < V, other=0) != 0, float("-inf"), x)
+    kx = _key(x)
+    keep, seen = _kept(kx, t_key, need, seen, USE_K)
+    if USE_P:
+        eq = keep & (kx == p_key)
+        rank = seen_p + tl.cumsum(eq.to(tl.int32), 0) - 1
+        seen_p += tl.sum(eq.to(tl.int32), 0)
+        keep = keep & ((kx > p_key) | (eq & (rank < p_need)))
+    return tl.where(keep, x, float("-inf")), seen, seen_p
+
+
+@triton.jit
+def _proposal(x, m, NB: tl.constexpr):
+    """A tile [NB * 256] of a row of max m -> in-block weights [NB, 256], sums s [NB], weights s_hat [NB]."""
+    x2 = tl.reshape(x, (NB, 256))
+    mb = tl.max(x2, 1)
+    mb = tl.where(mb > float("-inf"), mb, m)
+    wts = cat_in_block_weight(x2, mb[:, None])
+    s = tl.sum(wts, 1).to(tl.int64)
+    return x2, wts, s, cat_block_weight(s, m, mb)
+
+
+@triton.jit
+def _draw(X, U, BAN, row, V, m, key_lo, key_hi, scale, temperature, t_key, need, p_key, p_need,
+          HAS_CFG: tl.constexpr, APPLY_T: tl.constexpr, HAS_BAN: tl.constexpr, USE_K: tl.constexpr,
+          USE_P: tl.constexpr, BLOCK: tl.constexpr):
+    """Categorical draw from softmax of the filtered row (max m): vqfast/_random.py, trial by trial."""
+    NB: tl.constexpr = BLOCK // 256
+    cols = tl.arange(0, BLOCK)
+    bidx = tl.arange(0, NB)
+    lane = tl.arange(0, 256)
+    total = tl.zeros((), tl.int64)
+    seen = 0
+    seen_p = 0
+    for v0 in range(0, V, BLOCK):
+        x, seen, seen_p = _tile(X, U, BAN, row, v0 + cols, V, scale, temperature, t_key, need, seen, p_key,
+                                p_need, seen_p, HAS_CFG, APPLY_T, HAS_BAN, USE_K, USE_P)
+        x2, wts, s, s_hat = _proposal(x, m, NB)
+        total += tl.sum(s_hat, 0)
+    tok = tl.zeros((), tl.int64)
+    done = tl.zeros((), tl.int32)
+    trial = tl.zeros((), tl.int64)
+    while done == 0:
+        w0, w1, w2, w3 = cat_trial_words(key_lo, key_hi, _STREAM_TOKEN, row, trial)
+        thr = cat_floor_mul(total, w0)
+        acc = tl.zeros((), tl.int64)
+        found = tl.zeros((), tl.int32)
+        ok = tl.zeros((), tl.int1)
+        k = tl.zeros((), tl.int64)
+        seen = 0
+        seen_p = 0
+        for v0 in range(0, V, BLOCK):
+            x, seen, seen_p = _tile(X, U, BAN, row, v0 + cols, V, scale, temperature, t_key, need, seen, p_key,
+                                    p_need, seen_p, HAS_CFG, APPLY_T, HAS_BAN, USE_K, USE_P)
+            x2, wts, s, s_hat = _proposal(x, m, NB)
+            hit = (tl.cumsum(s_hat, 0) + acc > thr) & (found == 0)
+            idx = tl.min(tl.where(hit, bidx, NB), 0)
+            sel = bidx == idx
+            s_b = tl.sum(tl.where(sel, s, 0), 0)
+            s_hat_b = tl.sum(tl.where(sel, s_hat, 0), 0)
+            w_row = tl.sum(tl.where(sel[:, None], wts, 0), 0)
+            x_row = tl.max(tl.where(sel[:, None], x2, float("-inf")), 0)
+            k_in = tl.sum((tl.cumsum(w_row.to(tl.int64), 0) <= cat_floor_mul(s_b, w1)).to(tl.int32), 0)
+            at = lane == k_in
+            wk = tl.sum(tl.where(at, w_row, 0), 0)
+            xk = tl.max(tl.where(at, x_row, float("-inf")), 0)
+            new = idx < NB
+            ok = tl.where(new, cat_accept(w2, xk, m, wk, s_b, s_hat_b), ok)
+            k = tl.where(new, (v0 + idx * 256 + k_in).to(tl.int64), k)
+            found = found | new.to(tl.int32)
+            acc += tl.sum(s_hat, 0)
+        last = trial == 63
+        tok = k
+        done = (ok | last).to(tl.int32)
+        trial += 1
+    return tok
 
 
 @triton.jit
@@ -129,32 +221,24 @@ def _sample_rows_kernel(X, U, ROWS, OUT, V, key_lo, key_hi, scale, temperature, 
             mass_gt += tl.sum(tl.where(keep & (kx > p_key), e, 0.0), 0)
             e_t = tl.maximum(e_t, tl.max(tl.where(keep & (kx == p_key), e, 0.0), 0))
         p_need = tl.where(e_t > 0, tl.ceil((goal - mass_gt) / tl.maximum(e_t, 1e-300)), 0.0).to(tl.int32)
-    # final pass: Gumbel-max (or plain max) over the kept ids, lowest id on ties
-    best = float("-inf")
-    best_i = 0
-    seen = 0
-    seen_p = 0
-    for v0 in range(0, V, BLOCK):
-        offs = v0 + cols
-        x = _load_row(X, U, row, offs, V, scale, temperature, HAS_CFG, APPLY_T)
-        kx = _key(x)
-        keep, seen = _kept(kx, t_key, need, seen, USE_K)
-        if USE_P:
-            eq = keep & (kx == p_key)
-            rank = seen_p + tl.cumsum(eq.to(tl.int32), 0) - 1
-            seen_p += tl.sum(eq.to(tl.int32), 0)
-            keep = keep & ((kx > p_key) | (eq & (rank < p_need)))
-        if GREEDY:
-            s = x
-        else:
-            w = element_words(key_lo, key_hi, _STREAM_TOKEN, row.to(tl.int64) * V + offs)
-            s = tl.where(keep, x + gumbel_from_words(w), float("-inf"))
-        cmax = tl.max(s, 0)
-        cidx = tl.min(tl.where(s == cmax, offs, 2147483647), 0)
-        take = cmax > best
-        best_i = tl.where(take, cidx, best_i)
-        best = tl.where(take, cmax, best)
-    tl.store(OUT + tl.program_id(0), tl.where(bad != 0, -1, best_i).to(tl.int64))
+    if GREEDY:
+        best = float("-inf")
+        best_i = 0
+        for v0 in range(0, V, BLOCK):
+            offs = v0 + cols
+            x = _load_row(X, U, row, offs, V, scale, temperature, HAS_CFG, APPLY_T)
+            cmax = tl.max(x, 0)
+            cidx = tl.min(tl.where(x == cmax, offs, 2147483647), 0)
+            take = cmax > best
+            best_i = tl.where(take, cidx, best_i)
+            best = tl.where(take, cmax, best)
+        tok = best_i.to(tl.int64)
+    else:
+        tok = tl.zeros((), tl.int64)
+        if bad == 0:
+            tok = _draw(X, U, X, row.to(tl.int64), V, m, key_lo, key_hi, scale, temperature, t_key, need, p_key,
+                        p_need, HAS_CFG, APPLY_T, False, USE_K, USE_P, BLOCK)
+    tl.store(OUT + tl.program_id(0), tl.where(bad != 0, -1, tok))
 
 
 def _sample_rows(logits, uncond, rows, scale, temperature, top_k, top_p, key, greedy=False):
@@ -182,7 +266,7 @@ def sample_logits_triton(logits, uncond, cfg_scale, temperature, top_k, top_p, k
 @triton.jit
 def _row_lse_kernel(X, SKIP, BAN, TOK, LSE, V, key_lo, key_hi, temperature, SAMPLE: tl.constexpr,
                     APPLY_T: tl.constexpr, HAS_BAN: tl.constexpr, BLOCK: tl.constexpr):
-    """Per position: token (argmax or Gumbel-max), log-sum-exp; -1 / NaN on bad rows.
+    """Per position: token (argmax or categorical draw), log-sum-exp; -1 / NaN on bad rows.
     Positions with SKIP set are not read; ids with BAN[v] != 0 count as -inf."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -202,18 +286,18 @@ def _row_lse_kernel(X, SKIP, BAN, TOK, LSE, V, key_lo, key_hi, temperature, SAMP
         s = s * tl.exp(m - tl.where(m_new == float("-inf"), 0.0, m_new)) + \
             tl.sum(tl.exp(x - tl.where(m_new == float("-inf"), 0.0, m_new)), 0)
         m = m_new
-        if SAMPLE:
-            w = element_words(key_lo, key_hi, _STREAM_TOKEN, row * V + offs)
-            sc = x + gumbel_from_words(w)
-        else:
-            sc = x
-        cmax = tl.max(sc, 0)
-        cidx = tl.min(tl.where(sc == cmax, offs, 2147483647), 0)
+        cmax = tl.max(x, 0)
+        cidx = tl.min(tl.where(x == cmax, offs, 2147483647), 0)
         take = cmax > best
         best_i = tl.where(take, cidx, best_i)
         best = tl.where(take, cmax, best)
     bad = bad | (m == float("-inf")).to(tl.int32)
-    tl.store(TOK + row, tl.where(bad != 0, -1, best_i).to(tl.int64))
+    tok = best_i.to(tl.int64)
+    if SAMPLE:
+        if bad == 0:
+            tok = _draw(X, X, BAN, row, V, m, key_lo, key_hi, 1.0, temperature, 0, 0, 0, 0, False, APPLY_T, HAS_BAN,
+                        False, False, BLOCK)
+    tl.store(TOK + row, tl.where(bad != 0, -1, tok))
     tl.store(LSE + row, tl.where(bad != 0, float("nan"), m + tl.log(tl.where(bad != 0, 1.0, s))))
 
 

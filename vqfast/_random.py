@@ -16,6 +16,28 @@ vqfast/reference/random.py, triton_kernels/random.py, all bit-exact):
   Element i is word (i & 3) of philox(counter=(i>>2 lo32, i>>2 hi32, stream, 0), key).
 - uniform(w) = (2*(w >> 9) + 1) * 2^-24 as float32, in [2^-24, 1 - 2^-24], exact;
   gumbel(w) = -log(-log(uniform(w))) with log = the shared float32 `log_f32`.
+
+Categorical draws (`vqfast.reference.random.categorical`, C++ `vqfast::cat`, Triton
+`triton_kernels/random.py`): one draw from softmax(x) over a row x[0..V) (float32, -inf =
+excluded) by rejection sampling from an integer proposal, so no per-element noise or log:
+- blocks b of 256 ids; mb = block max, m = row max, C = float32(log2(e) * 2^23);
+- in-block weight of id k: what_k = trunc(float with bits t + (150 << 23)) + 1, t =
+  trunc(max((x_k - mb) * C, -30 * 2^23)) (0 for x_k = -inf). Those bits are the float
+  2^23 * 2^e * (1 + f) with e + f = t / 2^23, and 1 + f >= 2^f, so what_k >= 2^23 e^(x_k - mb)
+  up to rounding; s_b = sum of what_k over the block (exact integers);
+- block weight: (m - mb) * C = sh * 2^23 + phi (trunc, sh clamped to 38),
+  s_hat_b = ceil(s_b * (2^24 - phi) / 2^(24 + sh)) >= s_b * 2^-((m - mb) log2 e), since
+  1 - phi / 2^24 >= 2^(-phi / 2^23);
+- trial j of row r uses the 4 words of Philox block (r << 6) + j of the op's stream:
+  block b = first with prefix_sum(s_hat)_b > floor(sum(s_hat) * w0 / 2^32), id k = first in b
+  with in-block prefix_sum(what)_k > floor(s_b * w1 / 2^32); accept when, in float32,
+  ((uniform(w2) * M) * s_hat_b) * what_k < (exp_f32(x_k - m) * 2^23) * s_b, M = 1 + 2^-12
+  (exp_f32 = the shared Cephes expf); trial 63 accepts.
+The proposal picks k with probability q_k = s_hat_b what_k / (s_b S), and
+e^(x_k - m) <= M s_hat_b what_k / (2^23 s_b) (the rounding of every step is below 2^-16), so
+the accepted k follows softmax(x) exactly up to the float32 evaluation of e^(x_k - m) and
+32-bit uniforms; acceptance is >= 1 / 1.0615^2 ~ 0.89 per trial. All sums are integers, so
+every backend draws the same k in any summation order.
 """
 from __future__ import annotations
 
@@ -24,7 +46,7 @@ import torch
 _MASK64 = (1 << 64) - 1
 
 # Stream ids (one per noise use; the kernels use the same numbers).
-STREAM_TOKEN = 1  # per-(position, vocabulary) Gumbel noise of a categorical draw
+STREAM_TOKEN = 1  # categorical draws: row r uses Philox blocks (r << 6) + trial
 STREAM_CONFIDENCE = 2  # per-position Gumbel noise of MaskGIT's confidence
 STREAM_DIFFUSION = 16  # first id reserved for vqfast.diffusion (16..31)
 

@@ -95,19 +95,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_select_cpu(
   const uint64_t k = static_cast<uint64_t>(key);
   at::parallel_for(0, B * L, grain_rows(V), [&](int64_t r0, int64_t r1) {
     std::vector<float> scratch(V);
+    RowScan sc;
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = ld.load(r, scratch.data(), nullptr);
-      const RowStats st = row_stats(x, V);
-      if (st.bad) {
+      scan_row(x, V, sample, true, sc);
+      if (sc.bad) {
         tok[r] = -1;
         cf[r] = std::numeric_limits<float>::quiet_NaN();
         continue;
       }
-      const int64_t t = sample ? gumbel_argmax(x, V, k, static_cast<uint64_t>(r) * V, st.argmax) : st.argmax;
+      const int64_t t = sample ? categorical(x, V, sc, k, kStreamToken, static_cast<uint64_t>(r)) : first_max(x, V, sc);
       tok[r] = t;
-      const float lse = st.max + std::log(sum_exp(x, V, st.max));
       const float g = gumbel_from_word(philox::element_word(k, kStreamConfidence, r));
-      cf[r] = mk[r] ? (x[t] - lse) + tau * g : -kInf;
+      cf[r] = mk[r] ? (x[t] - sc.lse()) + tau * g : -kInf;
     }
   });
   const int64_t* nr = nrev.data_ptr<int64_t>();
@@ -150,11 +150,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_sample_topk_cpu(
   float* sc = score.data_ptr<float>();
   at::parallel_for(0, B * L, grain_rows(V), [&](int64_t r0, int64_t r1) {
     std::vector<float> scratch(V);
+    RowScan rs;
     for (int64_t r = r0; r < r1; ++r) {
       if (kp[r]) continue;  // known positions are never read
       const float* x = ld.load(r, scratch.data(), nullptr);
-      const RowStats st = row_stats(x, V);
-      sc[r] = st.bad ? std::numeric_limits<float>::quiet_NaN() : st.max - (st.max + std::log(sum_exp(x, V, st.max)));
+      scan_row(x, V, false, true, rs);
+      sc[r] = rs.bad ? std::numeric_limits<float>::quiet_NaN() : rs.m - rs.lse();
     }
   });
   int64_t* pos = positions.data_ptr<int64_t>();
@@ -176,18 +177,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_sample_topk_cpu(
   const uint64_t k = static_cast<uint64_t>(key);
   at::parallel_for(0, B * n_positions, 1, [&](int64_t s0, int64_t s1) {
     std::vector<float> scratch(V), kept(V), tmp;
-    std::vector<int64_t> ids;
+    RowScan rs;
     for (int64_t s = s0; s < s1; ++s) {
       if (pos[s] < 0) continue;
       const int64_t r = (s / n_positions) * L + pos[s];
       const float* x = ld.load(r, scratch.data(), nullptr);
       keep_top_k(x, V, kk, kept.data(), tmp);
-      ids.clear();
-      for (int64_t v = 0; v < V; ++v)
-        if (kept[v] > -kInf) ids.push_back(v);
-      tk[s] = static_cast<int64_t>(ids.size()) * 8 <= V
-                  ? gumbel_argmax_ids(kept.data(), ids, k, static_cast<uint64_t>(r) * V)
-                  : gumbel_argmax(kept.data(), V, k, static_cast<uint64_t>(r) * V, row_stats(x, V).argmax);
+      scan_row(kept.data(), V, true, false, rs);
+      tk[s] = categorical(kept.data(), V, rs, k, kStreamToken, static_cast<uint64_t>(r));
     }
   });
   return {positions, tokens, bad};
@@ -214,32 +211,29 @@ at::Tensor sample_logits_cpu(const at::Tensor& logits, const c10::optional<at::T
   at::parallel_for(0, N, grain_rows(V), [&](int64_t r0, int64_t r1) {
     std::vector<float> scratch(V), uscratch(u.defined() ? V : 0), kept, tmp;
     std::vector<std::pair<float, int64_t>> cand;
-    std::vector<int64_t> ids;
+    RowScan rs;
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = ld.load(r, scratch.data(), uscratch.data());
-      const RowStats st = row_stats(x, V);
-      if (st.bad) {
+      const bool plain = !greedy && !use_k && !use_p;
+      scan_row(x, V, plain, false, rs);
+      if (rs.bad) {
         tk[r] = -1;
         continue;
       }
       if (greedy) {
-        tk[r] = st.argmax;
+        tk[r] = first_max(x, V, rs);
         continue;
       }
-      if (!use_k && !use_p) {
-        tk[r] = gumbel_argmax(x, V, k, static_cast<uint64_t>(r) * V, st.argmax);
+      if (plain) {
+        tk[r] = categorical(x, V, rs, k, kStreamToken, static_cast<uint64_t>(r));
         continue;
       }
       kept.resize(V);
       if (use_k) keep_top_k(x, V, top_k, kept.data(), tmp);
       else std::copy(x, x + V, kept.begin());
-      if (use_p) keep_top_p(kept.data(), V, top_p, st.max, cand);
-      ids.clear();
-      for (int64_t v = 0; v < V && static_cast<int64_t>(ids.size()) * 8 <= V; ++v)
-        if (kept[v] > -kInf) ids.push_back(v);
-      tk[r] = static_cast<int64_t>(ids.size()) * 8 <= V  // few kept ids: noise for those only
-                  ? gumbel_argmax_ids(kept.data(), ids, k, static_cast<uint64_t>(r) * V)
-                  : gumbel_argmax(kept.data(), V, k, static_cast<uint64_t>(r) * V, st.argmax);
+      if (use_p) keep_top_p(kept.data(), V, top_p, rs.m, cand);
+      scan_row(kept.data(), V, true, false, rs);
+      tk[r] = categorical(kept.data(), V, rs, k, kStreamToken, static_cast<uint64_t>(r));
     }
   });
   return tokens;

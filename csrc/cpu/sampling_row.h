@@ -1,6 +1,6 @@
 // Per-row building blocks of the CPU samplers (csrc/cpu/sampling.cpp): loading a row of
-// logits as float32, max / argmax / sum-exp, an exact Gumbel-max with chunk pruning,
-// top-k thresholds and the top-p nucleus. Every loop over V is a vectorizable
+// logits as float32, one blocked scan (max, bad values, sum-exp, categorical proposal),
+// the categorical draw, top-k thresholds and the top-p nucleus. Every loop over V is a vectorizable
 // `omp simd` loop; the row stays in a thread-local scratch, so the logits are read
 // from memory once. Include only from files compiled with fp-contract off.
 #pragma once
@@ -22,7 +22,6 @@ namespace sampling {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr uint32_t kStreamToken = 1;       // vqfast/_random.py STREAM_TOKEN
 constexpr uint32_t kStreamConfidence = 2;  // vqfast/_random.py STREAM_CONFIDENCE
-constexpr int kChunk = 256;                // elements per Gumbel chunk (one prune test each)
 
 // n values of src (fp32/fp16/bf16) -> float32 dst.
 inline void to_float(const void* src, at::ScalarType dtype, int64_t n, float* dst) {
@@ -62,98 +61,106 @@ inline float exp_nonpos(float d) {
   return d < -87.0f ? 0.0f : p * scale;
 }
 
-struct RowStats {
-  float max;       // max_v x[v]
-  int64_t argmax;  // lowest v with x[v] == max
-  bool bad;        // NaN or +inf present, or no finite value
+// One pass over a row in blocks of cat::kBlock (the row is read from memory once; each
+// block's second look hits L1): block max, NaN/+inf flags, the categorical proposal's
+// in-block sums and, when asked, sum exp(x - block max) for the log-sum-exp.
+struct RowScan {
+  std::vector<float> mb, se;             // per block: max, sum exp(x - mb) (want_lse)
+  std::vector<uint64_t> s, s_hat;        // per block: proposal sum, block weight (want_prop)
+  float m = -kInf;                       // row max
+  bool bad = false;                      // NaN or +inf present, or no finite value
+  uint64_t total = 0;                    // sum of s_hat
+
+  // log sum_v exp(x[v]) from the block sums (float64 combination).
+  float lse() const {
+    double z = 0.0;
+    for (size_t b = 0; b < mb.size(); ++b)
+      if (mb[b] > -kInf) z += static_cast<double>(se[b]) * std::exp(static_cast<double>(mb[b]) - m);
+    return m + static_cast<float>(std::log(z));
+  }
 };
 
-inline RowStats row_stats(const float* x, int64_t n) {
+inline void scan_row(const float* x, int64_t V, bool want_prop, bool want_lse, RowScan& sc) {
+  constexpr int kB = cat::kBlock;
+  const int64_t nb = (V + kB - 1) / kB;
+  sc.mb.resize(nb);
+  sc.s.resize(want_prop ? nb : 0);
+  sc.s_hat.resize(want_prop ? nb : 0);
+  sc.se.resize(want_lse ? nb : 0);
   float m = -kInf;
   int bad = 0;
-#pragma omp simd reduction(max : m) reduction(| : bad)
-  for (int64_t v = 0; v < n; ++v) {
-    const float xv = x[v];
-    m = xv > m ? xv : m;
-    bad |= static_cast<int>(xv != xv) | static_cast<int>(xv == kInf);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kB;
+    const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
+    float bm = -kInf;
+    int bbad = 0;
+#pragma omp simd reduction(max : bm) reduction(| : bbad)
+    for (int i = 0; i < n; ++i) {
+      bm = xb[i] > bm ? xb[i] : bm;
+      bbad |= static_cast<int>(!(xb[i] < kInf));  // NaN or +inf
+    }
+    sc.mb[b] = bm;
+    bad |= bbad;
+    m = bm > m ? bm : m;
+    if (bbad || bm == -kInf) {
+      if (want_prop) sc.s[b] = 0;
+      if (want_lse) sc.se[b] = 0.0f;
+      continue;
+    }
+    if (want_prop) {
+      int32_t acc = 0;  // < 256 * (2^23 + 1) < 2^31
+#pragma omp simd reduction(+ : acc)
+      for (int i = 0; i < n; ++i) acc += cat::in_block_weight(xb[i], bm);
+      sc.s[b] = static_cast<uint64_t>(acc);
+    }
+    if (want_lse) {
+      float se = 0.0f;
+#pragma omp simd reduction(+ : se)
+      for (int i = 0; i < n; ++i) se += exp_nonpos(xb[i] - bm);
+      sc.se[b] = se;
+    }
   }
-  RowStats st{m, 0, bad != 0 || m == -kInf};
-  if (st.bad) return st;
-  while (x[st.argmax] != m) ++st.argmax;
-  return st;
+  sc.m = m;
+  sc.bad = bad != 0 || m == -kInf;
+  sc.total = 0;
+  if (want_prop && !sc.bad)
+    for (int64_t b = 0; b < nb; ++b) sc.total += sc.s_hat[b] = cat::block_weight(sc.s[b], m, sc.mb[b]);
 }
 
-// sum_v exp(x[v] - m): 16 float32 lane sums per block of 256 values, blocks added in
-// float64 (a float32 running sum over V = 16384 drifts by ~1e-5 relative). Explicit
-// lanes, not `omp simd reduction`, which GCC leaves scalar here.
-inline float sum_exp(const float* x, int64_t n, float m) {
-  constexpr int kLanes = 16, kBlock = 256;
-  double total = 0.0;
-  int64_t v0 = 0;
-  for (; v0 + kBlock <= n; v0 += kBlock) {
-    alignas(64) float acc[kLanes] = {};
-    for (int i = 0; i < kBlock; i += kLanes)
-      for (int j = 0; j < kLanes; ++j) acc[j] += exp_nonpos(x[v0 + i + j] - m);
-    float s = 0.0f;
-    for (int j = 0; j < kLanes; ++j) s += acc[j];
-    total += s;
-  }
-  for (; v0 < n; ++v0) total += exp_nonpos(x[v0] - m);
-  return static_cast<float>(total);
+// Lowest v with x[v] == m (m the row max, found in block order).
+inline int64_t first_max(const float* x, int64_t V, const RowScan& sc) {
+  int64_t b = 0;
+  while (sc.mb[b] != sc.m) ++b;
+  int64_t v = b * cat::kBlock;
+  while (x[v] != sc.m) ++v;
+  return v;
 }
 
-// An upper bound on every Gumbel value the noise map can give (u <= 1 - 2^-24).
-inline float gumbel_bound() {
-  static const float bound = gumbel_from_word(0xFFFFFFFFu) + 1e-3f;
-  return bound;
-}
-
-// argmax_v x[v] + gumbel(key, STREAM_TOKEN, base + v), ties to the lowest v; -inf
-// entries never win. `start` is any index with finite x (the argmax): it seeds the
-// running best, and chunks whose max cannot reach it skip their noise, exactly,
-// since the noise is bounded above by gumbel_bound().
-inline int64_t gumbel_argmax(const float* x, int64_t n, uint64_t key, uint64_t base, int64_t start) {
-  float best = x[start] + gumbel_from_word(philox::element_word(key, kStreamToken, base + start));
-  int64_t best_i = start;
-  const float bound = gumbel_bound();
-  alignas(64) uint32_t w[kChunk];
-  alignas(64) float sc[kChunk];
-  for (int64_t v0 = 0; v0 < n; v0 += kChunk) {
-    const int cn = static_cast<int>(std::min<int64_t>(kChunk, n - v0));
-    const float* xc = x + v0;
-    float cm = -kInf;
-#pragma omp simd reduction(max : cm)
-    for (int i = 0; i < cn; ++i) cm = xc[i] > cm ? xc[i] : cm;
-    if (cm + bound < best) continue;
-    philox::fill_words(key, kStreamToken, base + v0, cn, w);
-    for (int i = 0; i < cn; ++i) sc[i] = xc[i] + gumbel_from_word(w[i]);
-    float sm = -kInf;
-#pragma omp simd reduction(max : sm)
-    for (int i = 0; i < cn; ++i) sm = sc[i] > sm ? sc[i] : sm;
-    if (sm < best || (sm == best && v0 > best_i)) continue;
+// Draw from softmax(x) (the scan of x with want_prop) with the words of row `row` of `stream`:
+// block by s_hat, element by its in-block weight, accepted by cat::accept (vqfast/_random.py).
+inline int64_t categorical(const float* x, int64_t V, const RowScan& sc, uint64_t key, uint32_t stream,
+                           uint64_t row) {
+  constexpr int kB = cat::kBlock;
+  const int64_t nb = static_cast<int64_t>(sc.s_hat.size());
+  int32_t w[kB];
+  for (int trial = 0;; ++trial) {
+    const philox::Words pw = philox::block_words(key, stream, (row << 6) + static_cast<uint64_t>(trial));
+    const uint64_t thr = cat::floor_mul(sc.total, pw.w[0]);
+    uint64_t acc = 0;
+    int64_t b = 0;
+    while (b < nb - 1 && acc + sc.s_hat[b] <= thr) acc += sc.s_hat[b++];
+    const float* xb = x + b * kB;
+    const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
+    const float bm = sc.mb[b];
+#pragma omp simd
+    for (int i = 0; i < n; ++i) w[i] = cat::in_block_weight(xb[i], bm);
+    const uint64_t thr2 = cat::floor_mul(sc.s[b], pw.w[1]);
+    uint64_t c = 0;
     int i = 0;
-    while (sc[i] != sm) ++i;
-    if (sm > best || v0 + i < best_i) {
-      best = sm;
-      best_i = v0 + i;
-    }
+    while (i < n - 1 && c + static_cast<uint64_t>(w[i]) <= thr2) c += static_cast<uint64_t>(w[i++]);
+    if (trial == cat::kTrials - 1 || cat::accept(pw.w[2], xb[i], sc.m, w[i], sc.s[b], sc.s_hat[b]))
+      return b * kB + i;
   }
-  return best_i;
-}
-
-// gumbel_argmax over the few finite entries of y listed in ids (ascending): one Philox
-// call per id instead of noise for every chunk that holds one of them.
-inline int64_t gumbel_argmax_ids(const float* y, const std::vector<int64_t>& ids, uint64_t key, uint64_t base) {
-  float best = -kInf;
-  int64_t best_i = ids.empty() ? 0 : ids[0];
-  for (const int64_t v : ids) {
-    const float s = y[v] + gumbel_from_word(philox::element_word(key, kStreamToken, base + v));
-    if (s > best) {  // ids ascend: ties keep the lower id
-      best = s;
-      best_i = v;
-    }
-  }
-  return best_i;
 }
 
 // The k-th largest value of x[0..n) (1 <= k <= n, no NaN). A strided sample picks a

@@ -1,12 +1,12 @@
 """Oracles for the token samplers (DESIGN.md ops 7-9): MaskGIT confidence selection, PUT
 position selection + top-K Gibbs draw, and guided top-k/top-p categorical sampling.
 
-Every draw is a Gumbel-max over vqfast's counter-based noise (vqfast/_random.py): the
-noise of vocabulary id v at row r (flat index of the position) is element r * V + v of
-stream STREAM_TOKEN; MaskGIT's confidence noise at position r is element r of stream
-STREAM_CONFIDENCE. Ties: the lowest vocabulary id, the lowest position.
-Arithmetic is float32 in this order (the kernels repeat it, so tokens match exactly):
-guided = u + s * (c - u); x = guided / temperature; score = x + gumbel.
+Every draw is `vqfast.reference.random.categorical` over vqfast's counter-based noise
+(vqfast/_random.py "Categorical draws"): the draw of row r (flat index of the position)
+uses the words of row r of stream STREAM_TOKEN; MaskGIT's confidence noise at position r
+is Gumbel element r of stream STREAM_CONFIDENCE. Ties (argmax, selection): the lowest
+vocabulary id, the lowest position. Arithmetic is float32 in this order (the kernels
+repeat it, so tokens match exactly): guided = u + s * (c - u); x = guided / temperature.
 """
 from __future__ import annotations
 
@@ -27,17 +27,10 @@ def bad_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.isnan(x).any(-1) | (x == float("inf")).any(-1) | (x == _NEG_INF).all(-1)
 
 
-_CHUNK = 1 << 20  # noise elements per chunk: bounds the oracle's memory, not its meaning
-
-
-def _gumbel_argmax(x: torch.Tensor, key: int, rows: torch.Tensor) -> torch.Tensor:
-    """x [n, V] float32 (-inf = excluded), rows [n] flat row ids -> argmax_v x + gumbel(rows * V + v)."""
-    V = x.shape[-1]
-    step = max(1, _CHUNK // V)
-    out = []
-    for r0 in range(0, x.shape[0], step):
-        index = rows[r0:r0 + step, None] * V + torch.arange(V, device=x.device)
-        out.append((x[r0:r0 + step] + R.gumbel(key, STREAM_TOKEN, index)).argmax(-1))  # first max = lowest id
+def _draw(x: torch.Tensor, key: int, rows: torch.Tensor) -> torch.Tensor:
+    """x [n, V] float32 (-inf = excluded), rows [n] flat row ids -> draws from softmax(x)."""
+    step = max(1, (1 << 20) // x.shape[-1])  # bounds the oracle's memory, not its meaning
+    out = [R.categorical(x[r0:r0 + step], key, STREAM_TOKEN, rows[r0:r0 + step]) for r0 in range(0, x.shape[0], step)]
     return torch.cat(out) if out else rows.new_empty(0)
 
 
@@ -54,7 +47,7 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
 
     logits [B, L, V], masked [B, L] bool, n_reveal [B] int64 -> tokens [B, L] int64,
     confidence [B, L] fp32, reveal [B, L] bool.
-    token = argmax_v x (choice "argmax") or argmax_v x + G_tok (choice "sample"), banned
+    token = argmax_v x (choice "argmax") or a draw from softmax(x) (choice "sample"), banned
     ids excluded; confidence = log softmax(x)[token] + temperature * G_conf at masked
     positions, -inf elsewhere; reveal = the n_reveal[b] masked positions of largest
     confidence (ties: lower position).
@@ -66,7 +59,7 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
     lse = torch.logsumexp(x, -1)
     rows = torch.arange(B * L, device=x.device)
     if choice == "sample":
-        tokens = _gumbel_argmax(x.reshape(B * L, V), key, rows).reshape(B, L)
+        tokens = _draw(x.reshape(B * L, V), key, rows).reshape(B, L)
     else:
         tokens = x.argmax(-1)
     logp = x.gather(-1, tokens[..., None]).squeeze(-1) - lse
@@ -87,7 +80,7 @@ def select_and_sample_topk(logits: torch.Tensor, known: torch.Tensor, top_k: int
 
     logits [B, L, V], known [B, L] bool -> positions [B, n] int64, tokens [B, n] int64.
     x = logits / temperature; positions: the n unknown positions of largest max-probability
-    max_v softmax(x) (ties: lower position), in that order; tokens: Gumbel-max draw from
+    max_v softmax(x) (ties: lower position), in that order; tokens: a draw from
     softmax(x) restricted to its top_k ids. Slots beyond a row's unknown count get -1.
     """
     B, L, V = logits.shape
@@ -99,7 +92,7 @@ def select_and_sample_topk(logits: torch.Tensor, known: torch.Tensor, top_k: int
     rows = (torch.arange(B, device=x.device)[:, None] * L + order).reshape(-1)
     sel = x.reshape(B * L, V)[rows]
     sel = sel.masked_fill(~_topk_keep(sel, min(top_k, V)), _NEG_INF)
-    tokens = _gumbel_argmax(sel, key, rows).reshape(B, n_positions)
+    tokens = _draw(sel, key, rows).reshape(B, n_positions)
     return order.masked_fill(~valid, -1), tokens.masked_fill(~valid, -1)
 
 
@@ -111,7 +104,7 @@ def sample_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
     filters irrelevant); else x = x / temperature, keep the top_k largest (ties: lower id),
     then the smallest prefix of the (prob desc, id asc) order whose mass reaches top_p
     (probabilities renormalized over the top-k set; a token is kept when the mass before
-    it is below top_p), then Gumbel-max over the kept ids.
+    it is below top_p), then a draw from softmax over the kept ids.
     """
     V = logits.shape[-1]
     x = logits.float().reshape(-1, V)
@@ -132,4 +125,4 @@ def sample_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
         keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
         x = x.masked_fill(~keep, _NEG_INF)
     rows = torch.arange(x.shape[0], device=x.device)
-    return _gumbel_argmax(x, key, rows).reshape(logits.shape[:-1])
+    return _draw(x, key, rows).reshape(logits.shape[:-1])

@@ -37,26 +37,7 @@ constexpr int kA0 = 0, kA1 = 1, kLogAb = 2, kLogC = 3, kAb = 4, kCK = 5;
 constexpr int kLogKeep = 0, kLogMask = 1, kKeep = 2;
 constexpr int kNumCoef = 6;
 
-// e^x for x <= 88 (Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, degree-5 polynomial in r); 0 below -87.3
-// and for -inf. Max error ~2 ulp.
-VQFAST_DM float exp_f32(float x) {
-  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  // n = nearest integer to x / ln2 by the 1.5 * 2^23 trick (|x / ln2| < 2^22; no floor call, which
-  // GCC does not vectorize here).
-  const float fx = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = xc - fx * 0.693359375f;
-  r = r - fx * -2.12194440e-4f;
-  const float z = r * r;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * z + r + 1.0f;
-  const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(fx) + 127) << 23);
-  return x < -87.0f ? 0.0f : y * scale;
-}
+// exp_f32 (Cephes expf) lives in vqfast/philox.h: the categorical sampler uses it too.
 
 // log(1 + e) for e in [0, 1]: a 5-term series below 0.03 (relative error < 1e-8), log(1 + e)
 // above (relative error < 2e-6). Division-free selects so loops vectorize.

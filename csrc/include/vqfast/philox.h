@@ -16,6 +16,7 @@
 // C++ files that use it are compiled with fp-contract off (see VQFAST_NO_FP_CONTRACT),
 // Triton launches pass enable_fp_fusion=False.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "vqfast/macros.h"
@@ -161,5 +162,85 @@ VQFAST_HD float log_f32(float x) {
 VQFAST_HD float gumbel_from_word(uint32_t w) {
   return -log_f32(-log_f32(uniform_from_word(w)));
 }
+
+// Forced inlining on the host: a call left in a loop body stops GCC from vectorizing it.
+#if defined(__CUDACC__)
+#define VQFAST_FI VQFAST_HD
+#else
+#define VQFAST_FI inline __attribute__((always_inline))
+#endif
+
+// e^x for x <= 88 (Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, degree-5 polynomial in r); 0 below -87.3
+// and for -inf. Max error ~2 ulp. vqfast/reference/random.py exp_f32 repeats it bit for bit.
+VQFAST_FI float exp_f32(float x) {
+  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  // n = nearest integer to x / ln2 by the 1.5 * 2^23 trick (|x / ln2| < 2^22; no floor call, which
+  // GCC does not vectorize here).
+  const float fx = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = xc - fx * 0.693359375f;
+  r = r - fx * -2.12194440e-4f;
+  const float z = r * r;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * z + r + 1.0f;
+  const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(fx) + 127) << 23);
+  return x < -87.0f ? 0.0f : y * scale;
+}
+
+// Categorical draws from softmax(x) with 4 words per trial instead of one Gumbel per element
+// (scheme and proof: vqfast/_random.py "Categorical draws"; vqfast/reference/random.py
+// `categorical` is the oracle). The proposal is integer-valued, so every backend sums it
+// exactly in any order; the acceptance test is a fixed sequence of float32 operations.
+namespace cat {
+
+constexpr int kBlock = 256;           // elements per proposal block
+constexpr int kTrials = 64;           // trial j of row r uses Philox block (r << 6) + j; the last accepts
+constexpr float kC = 12102203.0f;     // float32(log2(e) * 2^23)
+constexpr float kClampIn = -251658240.0f;  // -30 * 2^23
+constexpr float kClampOut = 318767104.0f;  // 38 * 2^23
+constexpr float kMargin = 1.000244140625f;  // 1 + 2^-12
+
+// Proposal weight of x in a block of max mb: trunc of the float with bits t + (150 << 23),
+// t = trunc((x - mb) C) (a piecewise-linear 2^23 * 2^((x - mb) log2 e), never below it), plus 1;
+// 0 for x = -inf. At most 2^23 + 1.
+VQFAST_FI int32_t in_block_weight(float x, float mb) {
+  float y = (x - mb) * kC;
+  y = y > kClampIn ? y : kClampIn;
+  const int32_t t = static_cast<int32_t>(y);
+  const float f = bits_to_float(static_cast<uint32_t>(t + (150 << 23)));
+  return x > -INFINITY ? static_cast<int32_t>(f) + 1 : 0;
+}
+
+// Weight of a block with in-block sum s and max mb in a row of max m:
+// ceil(s (2^24 - phi) / 2^(24 + sh)), (m - mb) C = sh 2^23 + phi, sh clamped to 38.
+VQFAST_HD uint64_t block_weight(uint64_t s, float m, float mb) {
+  if (s == 0) return 0;
+  float e = (m - mb) * kC;
+  e = e < kClampOut ? e : kClampOut;
+  const int64_t ei = static_cast<int64_t>(e);
+  const int64_t sh = (ei >> 23) < 38 ? (ei >> 23) : 38;
+  const uint64_t phi = static_cast<uint64_t>(ei & 0x7FFFFF);
+  const int shift = static_cast<int>(24 + sh);
+  return (s * ((1ull << 24) - phi) + (1ull << shift) - 1) >> shift;
+}
+
+// floor(total * w / 2^32) for total < 2^62: the pick of a 32-bit word among total weight.
+VQFAST_HD uint64_t floor_mul(uint64_t total, uint32_t w) {
+  return (total >> 32) * w + (((total & 0xFFFFFFFFull) * w) >> 32);
+}
+
+// Acceptance of k (weight wk in its block, block sums s / s_hat) for a row of max m:
+// (u M) s_hat wk < (e^(x - m) 2^23) s, all float32.
+VQFAST_HD bool accept(uint32_t word, float x, float m, int32_t wk, uint64_t s, uint64_t s_hat) {
+  const float lhs = ((uniform_from_word(word) * kMargin) * static_cast<float>(s_hat)) * static_cast<float>(wk);
+  const float rhs = (exp_f32(x - m) * 8388608.0f) * static_cast<float>(s);
+  return lhs < rhs;
+}
+
+}  // namespace cat
 
 }  // namespace vqfast
