@@ -55,7 +55,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dual_codebook_quantize_cpu(const 
           part.n = std::min(rows, m - q0);
           part.index = members.data() + q0;
           search_rows(cb, part, found.data(), dist.data());
-          gather_codes(cb, found.data(), part.n, z_q, r0, part.index, &part, err_p);
+          gather_codes(cb, found.data(), part.n, z_q, r0, part.index, &part, err_p, dist.data());
           for (int64_t q = 0; q < part.n; ++q) idx_p[r0 + part.index[q]] = found[q] + offset;
         }
       }

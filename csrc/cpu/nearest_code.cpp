@@ -7,6 +7,8 @@
 
 #include "search_core.h"
 
+#include <type_traits>
+
 namespace vqfast::cpu {
 
 void check_search_args(const at::Tensor& x, const at::Tensor& codebook, int64_t metric, const char* op) {
@@ -40,7 +42,7 @@ double squared_error(const float* x, const scalar_t* z, int64_t d) {
 }  // namespace
 
 void gather_codes(const Codebook& cb, const int64_t* idx, int64_t rn, at::Tensor& z_q, int64_t r0,
-                  const int64_t* out_rows, const Rows* rows, double* sq_err) {
+                  const int64_t* out_rows, const Rows* rows, double* sq_err, const float* dist) {
   const int64_t d = cb.d;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z_q.scalar_type(), "vqfast_gather_codes", [&] {
     scalar_t* out = z_q.data_ptr<scalar_t>() + r0 * d;
@@ -49,7 +51,11 @@ void gather_codes(const Codebook& cb, const int64_t* idx, int64_t rn, at::Tensor
       scalar_t* dst = out + o * d;
       const float* c = cb.p_raw + idx[r] * d;
       for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<scalar_t>(c[i]);
-      if (sq_err) sq_err[r0 + o] = squared_error(rows->row32(r), dst, d);
+      if (!sq_err) continue;
+      // l2 into an fp32 z_q: the search's exact distance is this row's squared error already.
+      sq_err[r0 + o] = dist && cb.metric == kL2 && std::is_same_v<scalar_t, float>
+                           ? static_cast<double>(dist[r])
+                           : squared_error(rows->row32(r), dst, d);
     }
   });
 }
@@ -69,7 +75,7 @@ void search_all(const at::Tensor& xc, const Codebook& cb, int64_t* idx, float* d
       float* dst = dist ? dist + r0 : own_dist.data();
       const Rows block = load_rows(xc, r0, rn, cb, buf);
       search_rows(cb, block, idx + r0, dst);
-      if (z_q) gather_codes(cb, idx + r0, rn, *z_q, r0, nullptr, &block, sq_err);
+      if (z_q) gather_codes(cb, idx + r0, rn, *z_q, r0, nullptr, &block, sq_err, dst);
     }
   });
 }

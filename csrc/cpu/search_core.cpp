@@ -294,57 +294,74 @@ Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16)
   // most d * 2^-126 per unit of |x| |c|: the 2^-100 term.
   const double u = std::ldexp(1.0, -24), n = static_cast<double>(d + 8);
   const double gamma = 2.0 * n * u / (1.0 - n * u);
-  std::vector<uint8_t> valid(K);
-  for (int64_t k = 0; k < cb.Kp; ++k) {
-    if (k >= K) {  // padding: never a candidate
-      bias[k] = std::numeric_limits<float>::infinity(), scale[k] = 0.f, ea[k] = 0.f, eb[k] = 0.f;
-      continue;
+  std::vector<uint8_t> valid(cb.Kp, 0);
+  // Codes (and below, panels) in parallel: this O(K d) set-up runs on every op call.
+  at::parallel_for(0, cb.Kp, kNR, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      double cc = 0.0;
+      if (k < K) {
+        const float* c = raw + k * d;
+#pragma omp simd reduction(+ : cc)
+        for (int64_t i = 0; i < d; ++i) cc += static_cast<double>(c[i]) * c[i];
+      }
+      // A NaN/inf element makes cc NaN/inf (finite fp32 squares cannot overflow fp64).
+      valid[k] = k < K && vqfast::finite_value(cc);
+      if (!valid[k]) {  // padding and non-finite codes are never candidates
+        bias[k] = std::numeric_limits<float>::infinity(), scale[k] = 0.f, ea[k] = 0.f, eb[k] = 0.f;
+        continue;
+      }
+      const double cn = std::sqrt(cc), tiny = std::ldexp(1.0, -100) * (1.0 + cn);
+      if (metric == kL2) {
+        bias[k] = static_cast<float>(cc);
+        scale[k] = -2.f;
+        ea[k] = static_cast<float>(gamma * cc + tiny) * 1.0001f;
+        eb[k] = static_cast<float>(2.0 * gamma * cn + tiny) * 1.0001f;
+      } else {
+        const double inv = 1.0 / std::max(cn, 1e-12);
+        bias[k] = 0.f;
+        scale[k] = static_cast<float>(-inv);
+        ea[k] = static_cast<float>(tiny * inv);
+        eb[k] = static_cast<float>((gamma * cn + tiny) * inv) * 1.0001f;
+      }
     }
-    double cc = 0.0;
-    bool finite = true;
-    for (int64_t i = 0; i < d; ++i) {
-      const double v = raw[k * d + i];
-      finite = finite && std::isfinite(v);
-      cc += v * v;
-    }
-    valid[k] = finite && std::isfinite(cc);
-    if (!valid[k]) {  // non-finite codes never win (their exact distance is inf/NaN)
-      bias[k] = std::numeric_limits<float>::infinity(), scale[k] = 0.f, ea[k] = 0.f, eb[k] = 0.f;
-      continue;
-    }
-    const double cn = std::sqrt(cc), tiny = std::ldexp(1.0, -100) * (1.0 + cn);
-    if (metric == kL2) {
-      bias[k] = static_cast<float>(cc);
-      scale[k] = -2.f;
-      ea[k] = static_cast<float>(gamma * cc + tiny) * 1.0001f;
-      eb[k] = static_cast<float>(2.0 * gamma * cn + tiny) * 1.0001f;
-    } else {
-      const double inv = 1.0 / std::max(cn, 1e-12);
-      bias[k] = 0.f;
-      scale[k] = static_cast<float>(-inv);
-      ea[k] = static_cast<float>(tiny * inv);
-      eb[k] = static_cast<float>((gamma * cn + tiny) * inv) * 1.0001f;
-    }
-  }
+  });
   const int64_t panels = cb.Kp / kNR;
   if (!bf16) {
-    cb.packed = at::zeros({panels, d, kNR}, f32);
-    float* p = cb.packed.data_ptr<float>();
-    for (int64_t k = 0; k < K; ++k) {
-      if (!valid[k]) continue;
-      float* dst = p + (k / kNR) * d * kNR + (k % kNR);
-      for (int64_t i = 0; i < d; ++i) dst[i * kNR] = raw[k * d + i];
-    }
-  } else {
+    cb.packed = at::empty({panels, d, kNR}, f32);
+    float* packed = cb.packed.data_ptr<float>();
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t j = 0; j < kNR; ++j) {
+          const int64_t k = p * kNR + j;
+          float* dst = packed + p * d * kNR + j;
+          if (valid[k]) {
+            for (int64_t i = 0; i < d; ++i) dst[i * kNR] = raw[k * d + i];
+          } else {
+            for (int64_t i = 0; i < d; ++i) dst[i * kNR] = 0.f;
+          }
+        }
+    });
+  } else {  // bf16 pairs copied as 32-bit words: [panel][dp/2][kNR][2], odd d padded with a zero
     auto src = codebook.contiguous();
-    const at::BFloat16* s = src.data_ptr<at::BFloat16>();
-    cb.packed = at::zeros({panels, cb.dp / 2, kNR, 2}, at::TensorOptions().dtype(at::kBFloat16));
-    at::BFloat16* p = cb.packed.data_ptr<at::BFloat16>();
-    for (int64_t k = 0; k < K; ++k) {
-      if (!valid[k]) continue;
-      at::BFloat16* dst = p + (k / kNR) * cb.dp * kNR + (k % kNR) * 2;
-      for (int64_t i = 0; i < d; ++i) dst[(i / 2) * 2 * kNR + (i % 2)] = s[k * d + i];
-    }
+    const uint16_t* sv = reinterpret_cast<const uint16_t*>(src.data_ptr<at::BFloat16>());
+    cb.packed = at::empty({panels, cb.dp / 2, kNR, 2}, at::TensorOptions().dtype(at::kBFloat16));
+    uint32_t* packed = reinterpret_cast<uint32_t*>(cb.packed.data_ptr<at::BFloat16>());
+    const int64_t pairs = cb.dp / 2;
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t j = 0; j < kNR; ++j) {
+          const int64_t k = p * kNR + j;
+          uint32_t* dst = packed + p * pairs * kNR + j;
+          for (int64_t q = 0; q < pairs; ++q) {
+            uint32_t w = 0;
+            if (valid[k]) {
+              const uint16_t lo = sv[k * d + 2 * q], hi = 2 * q + 1 < d ? sv[k * d + 2 * q + 1] : uint16_t{0};
+              w = lo | static_cast<uint32_t>(hi) << 16;
+            }
+            dst[q * kNR] = w;
+          }
+        }
+    });
   }
   cb.p_raw = cb.raw.data_ptr<float>();
   cb.p_bias = bias, cb.p_scale = scale, cb.p_ea = ea, cb.p_eb = eb;

@@ -93,8 +93,10 @@ bool use_bf16(const at::Tensor& x, const at::Tensor& codebook);
 // z_q[r0 + o(r)] = codebook row idx[r] (from cb.raw) in z_q's dtype for r < rn, where
 // o(r) = out_rows ? out_rows[r] : r. When sq_err is given, also sq_err[r0 + o(r)] =
 // ||x_r - z_q row||^2 in float64 (x_r = rows.row32(r), z_q as stored): the commitment
-// loss's per-row term, computed while both rows are in cache.
+// loss's per-row term, computed while both rows are in cache (taken from dist[r], the
+// search's distance, when that is the same quantity: l2 and an fp32 z_q).
 void gather_codes(const Codebook& cb, const int64_t* idx, int64_t rn, at::Tensor& z_q, int64_t r0,
-                  const int64_t* out_rows = nullptr, const Rows* rows = nullptr, double* sq_err = nullptr);
+                  const int64_t* out_rows = nullptr, const Rows* rows = nullptr, double* sq_err = nullptr,
+                  const float* dist = nullptr);
 
 }  // namespace vqfast::cpu
