@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from vqfast import _random
+from scipy.stats import chi2
+
 from vqfast.reference import random as R
 from tests.conftest import available
 
@@ -98,3 +100,69 @@ def test_philox_key_from_seed_and_generator():
     with pytest.raises(TypeError, match="generator"):
         _random.philox_key(generator=3)
     assert _random.key_as_int64(2 ** 64 - 1) == -1
+
+
+# ---------------------------------------------------------------- categorical draws
+
+def _hard_rows(V: int = 1300) -> torch.Tensor:
+    """Rows the categorical proposal must bound: wide ranges, ties, empty (-inf) blocks,
+    a single finite id, huge magnitudes, values far below the max in other blocks."""
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randn(V, generator=g) * s for s in (0.01, 1.0, 3.0, 30.0, 1e4)]
+    rows.append(torch.zeros(V))
+    one = torch.full((V,), float("-inf"))
+    one[V - 1] = -5.0
+    rows.append(one)
+    gaps = torch.randn(V, generator=g)
+    gaps[256:768] = float("-inf")
+    gaps[1000:] -= 60.0  # a block ~86 octaves below the max: clamped shift
+    rows.append(gaps)
+    rows.append(torch.linspace(0, -40, V))
+    rows.append(torch.full((V,), 3e38))
+    return torch.stack(rows)
+
+
+def test_categorical_proposal_bounds_target():
+    """The acceptance ratio e^(x - m) 2^23 s_b / (M s_hat_b what_k) never exceeds 1 (proof in
+    vqfast/_random.py), and acceptance stays high."""
+    x = _hard_rows()
+    n, V = x.shape
+    m, what, s, s_hat = R.proposal_blocks(x)
+    xb = torch.nn.functional.pad(x, (0, what.shape[1] * 256 - V), value=float("-inf")).view(what.shape)
+    target = (R.exp_f32(xb - m[:, None, None]) * 2.0 ** 23).double() * s.double()[..., None]
+    bound = R._ACCEPT_MARGIN * s_hat.double()[..., None] * what.double()
+    assert torch.all(target <= bound * (1 - 2 ** -20))
+    assert torch.all((what == 0) == (xb == float("-inf")))
+    # acceptance = sum_k q_k ratio_k with proposal q_k = s_hat_b what_k / (s_b S)
+    accept = (target / bound.clamp_min(1) * s_hat.double()[..., None] * what.double()
+              / s.double().clamp_min(1)[..., None]).sum((1, 2)) / s_hat.sum(-1).double()
+    assert torch.all(accept > 0.85)
+
+
+def test_categorical_exact_distribution():
+    V, n = 700, 120000
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(V, generator=g) * 2
+    x[300:560] = float("-inf")  # an empty proposal block and a partial one
+    x[5] = float("-inf")
+    x[600:] -= 15.0
+    draws = R.categorical(x.expand(n, V).contiguous(), 77, 1, torch.arange(n))
+    counts = torch.bincount(draws, minlength=V).double()
+    assert counts[x == float("-inf")].sum() == 0
+    p = torch.softmax(x.double(), 0)
+    big = p * n >= 5  # chi-square cells; the rest pooled
+    obs = torch.cat([counts[big], counts[~big].sum()[None]])
+    exp = torch.cat([p[big], p[~big].sum()[None]]) * n
+    stat = float(((obs - exp) ** 2 / exp).sum())
+    assert stat < chi2.isf(1e-6, obs.numel() - 1)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=pytest.mark.skipif(not available("cpu"), reason="no cpu")),
+                                     pytest.param("triton", marks=pytest.mark.skipif(not available("triton"), reason="no triton"))])
+def test_categorical_same_draws_on_hard_rows(backend):
+    import vqfast
+    x = _hard_rows(1025 if backend == "triton" else 1300)
+    for seed in (0, 2 ** 64 - 5):
+        exp = vqfast.ops.sample_logits(x, 1.0, seed=seed, backend="reference")
+        got = vqfast.ops.sample_logits(x, 1.0, seed=seed, backend=backend)
+        assert torch.equal(got, exp)

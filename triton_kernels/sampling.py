@@ -88,7 +88,7 @@ def _proposal(x, m, NB: tl.constexpr):
     mb = tl.max(x2, 1)
     mb = tl.where(mb > float("-inf"), mb, m)
     wts = cat_in_block_weight(x2, mb[:, None])
-    s = tl.sum(wts, 1).to(tl.int64)
+    s = tl.sum(wts.to(tl.int64), 1)  # up to 256 * (2^23 + 1): beyond int32
     return x2, wts, s, cat_block_weight(s, m, mb)
 
 

@@ -209,8 +209,8 @@ at::Tensor sample_logits_cpu(const at::Tensor& logits, const c10::optional<at::T
   int64_t* tk = tokens.data_ptr<int64_t>();
   const uint64_t k = static_cast<uint64_t>(key);
   at::parallel_for(0, N, grain_rows(V), [&](int64_t r0, int64_t r1) {
-    std::vector<float> scratch(V), uscratch(u.defined() ? V : 0), kept, tmp;
-    std::vector<std::pair<float, int64_t>> cand;
+    std::vector<float> scratch(V), uscratch(u.defined() ? V : 0), kept, tmp, cv, ce;
+    std::vector<int32_t> ci;
     RowScan rs;
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = ld.load(r, scratch.data(), uscratch.data());
@@ -231,7 +231,7 @@ at::Tensor sample_logits_cpu(const at::Tensor& logits, const c10::optional<at::T
       kept.resize(V);
       if (use_k) keep_top_k(x, V, top_k, kept.data(), tmp);
       else std::copy(x, x + V, kept.begin());
-      if (use_p) keep_top_p(kept.data(), V, top_p, rs.m, cand);
+      if (use_p) keep_top_p(kept.data(), V, top_p, rs.m, cv, ci, ce);
       scan_row(kept.data(), V, true, false, rs);
       tk[r] = categorical(kept.data(), V, rs, k, kStreamToken, static_cast<uint64_t>(r));
     }

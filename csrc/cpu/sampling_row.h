@@ -64,6 +64,35 @@ inline float exp_nonpos(float d) {
 // One pass over a row in blocks of cat::kBlock (the row is read from memory once; each
 // block's second look hits L1): block max, NaN/+inf flags, the categorical proposal's
 // in-block sums and, when asked, sum exp(x - block max) for the log-sum-exp.
+// sum_i exp(x[i] - m) for n <= 256 values <= m (or -inf): ~1 ulp per term. Only for
+// log-sum-exps, never for noise, so AVX-512 FMAs are fine here (the rest of the file
+// avoids contraction to match the reference bit for bit).
+inline float sum_exp_block(const float* x, int n, float m) {
+  int i = 0;
+  float s = 0.0f;
+#if defined(__AVX512F__)
+  const __m512 vm = _mm512_set1_ps(m), lo = _mm512_set1_ps(-100.0f), log2e = _mm512_set1_ps(1.44269504088896341f);
+  const __m512 ln2_hi = _mm512_set1_ps(-0.693359375f), ln2_lo = _mm512_set1_ps(2.12194440e-4f);
+  __m512 acc = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    const __m512 d = _mm512_max_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm), lo);  // -inf -> -100
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(d, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_fmadd_ps(k, ln2_lo, _mm512_fmadd_ps(k, ln2_hi, d));  // d - k ln2, |r| <= 0.35
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    acc = _mm512_add_ps(acc, _mm512_scalef_ps(e, k));  // e * 2^k; 2^-145 flushes to 0
+  }
+  s = _mm512_reduce_add_ps(acc);
+#endif
+  for (; i < n; ++i) s += exp_nonpos(x[i] - m);
+  return s;
+}
+
 struct RowScan {
   std::vector<float> mb, se;             // per block: max, sum exp(x - mb) (want_lse)
   std::vector<uint64_t> s, s_hat;        // per block: proposal sum, block weight (want_prop)
@@ -108,17 +137,12 @@ inline void scan_row(const float* x, int64_t V, bool want_prop, bool want_lse, R
       continue;
     }
     if (want_prop) {
-      int32_t acc = 0;  // < 256 * (2^23 + 1) < 2^31
+      uint32_t acc = 0;  // <= 256 * (2^23 + 1) < 2^32
 #pragma omp simd reduction(+ : acc)
-      for (int i = 0; i < n; ++i) acc += cat::in_block_weight(xb[i], bm);
+      for (int i = 0; i < n; ++i) acc += static_cast<uint32_t>(cat::in_block_weight(xb[i], bm));
       sc.s[b] = static_cast<uint64_t>(acc);
     }
-    if (want_lse) {
-      float se = 0.0f;
-#pragma omp simd reduction(+ : se)
-      for (int i = 0; i < n; ++i) se += exp_nonpos(xb[i] - bm);
-      sc.se[b] = se;
-    }
+    if (want_lse) sc.se[b] = sum_exp_block(xb, n, bm);
   }
   sc.m = m;
   sc.bad = bad != 0 || m == -kInf;
@@ -163,30 +187,69 @@ inline int64_t categorical(const float* x, int64_t V, const RowScan& sc, uint64_
   }
 }
 
-// The k-th largest value of x[0..n) (1 <= k <= n, no NaN). A strided sample picks a
-// pivot with about 2k values above it, so the exact selection runs on few elements.
-inline float kth_largest(const float* x, int64_t n, int64_t k, std::vector<float>& tmp) {
-  tmp.resize(n);
-  constexpr int64_t kStride = 16;
-  const int64_t ns = n / kStride;
-  if (ns >= 64 && 2 * k + 8 < n / 4) {
-    for (int64_t j = 0; j < ns; ++j) tmp[j] = x[j * kStride];
-    const int64_t rs = std::min(ns - 1, 2 * k / kStride + 4);
-    std::nth_element(tmp.begin(), tmp.begin() + rs, tmp.begin() + ns, std::greater<float>());
-    const float pivot = tmp[rs];
-    int64_t cnt = 0;
-    for (int64_t v = 0; v < n; ++v) {
-      tmp[cnt] = x[v];
-      cnt += x[v] >= pivot;
+// Values of x[0..n) that are >= t, in index order, into out (n + 16 slots); returns the
+// count. AVX-512: compress 16 lanes at a time (no branch per element).
+inline int64_t compress_ge(const float* x, int64_t n, float t, float* out, int32_t* ids = nullptr) {
+  int64_t cnt = 0, v = 0;
+#if defined(__AVX512F__)
+  const __m512 vt = _mm512_set1_ps(t);
+  __m512i iv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  for (; v + 16 <= n; v += 16) {
+    const __m512 xv = _mm512_loadu_ps(x + v);
+    const __mmask16 mk = _mm512_cmp_ps_mask(xv, vt, _CMP_GE_OQ);
+    if (mk) {
+      _mm512_storeu_ps(out + cnt, _mm512_maskz_compress_ps(mk, xv));
+      if (ids) _mm512_storeu_si512(ids + cnt, _mm512_maskz_compress_epi32(mk, iv));
+      cnt += __builtin_popcount(mk);
     }
-    if (cnt >= k) {
-      std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.begin() + cnt, std::greater<float>());
-      return tmp[k - 1];
-    }
+    iv = _mm512_add_epi32(iv, step);
   }
-  std::copy(x, x + n, tmp.begin());
-  std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<float>());
-  return tmp[k - 1];
+#endif
+  for (; v < n; ++v) {
+    out[cnt] = x[v];
+    if (ids) ids[cnt] = static_cast<int32_t>(v);
+    cnt += x[v] >= t;
+  }
+  return cnt;
+}
+
+// float32 -> int32 with the same order (no NaN).
+inline int32_t order_key(float f) {
+  const int32_t b = static_cast<int32_t>(float_to_bits(f));
+  return b ^ ((b >> 31) & 0x7FFFFFFF);
+}
+
+// The k-th largest of v[0..n) (1 <= k <= n, no NaN): the largest key K with
+// count(key >= K) >= k, by bisection (32 vectorized counting passes over v).
+inline float kth_by_bisection(const float* v, int64_t n, int64_t k) {
+  int64_t lo = INT32_MIN, hi = INT32_MAX;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo + 1) / 2;
+    const int32_t m32 = static_cast<int32_t>(mid);
+    int64_t cnt = 0;
+#pragma omp simd reduction(+ : cnt)
+    for (int64_t i = 0; i < n; ++i) cnt += order_key(v[i]) >= m32;
+    if (cnt >= k) lo = mid;
+    else hi = mid - 1;
+  }
+  const int32_t key = static_cast<int32_t>(lo);
+  return bits_to_float(static_cast<uint32_t>(key ^ ((key >> 31) & 0x7FFFFFFF)));
+}
+
+// The k-th largest value of x[0..n) (1 <= k <= n, no NaN). The k-th largest of a strided
+// sample is a pivot with about 4k values above it: the exact selection runs on those.
+inline float kth_largest(const float* x, int64_t n, int64_t k, std::vector<float>& tmp) {
+  tmp.resize(n + 16);
+  constexpr int64_t kStride = 64;
+  const int64_t ns = n / kStride;
+  if (ns >= 64 && 4 * k < n / 8) {
+    for (int64_t j = 0; j < ns; ++j) tmp[j] = x[j * kStride + (j & 63)];
+    const float pivot = kth_by_bisection(tmp.data(), ns, std::min(ns, 4 * k / kStride + 4));
+    const int64_t cnt = compress_ge(x, n, pivot, tmp.data());
+    if (cnt >= k) return kth_by_bisection(tmp.data(), cnt, k);
+  }
+  return kth_by_bisection(x, n, k);
 }
 
 // y = x restricted to its top k (ties: lower index), others -inf.
@@ -210,44 +273,74 @@ inline void keep_top_k(const float* x, int64_t n, int64_t k, float* y, std::vect
   }
 }
 
-// Top-p nucleus in place: y keeps the smallest (prob desc, index asc) prefix whose
-// mass reaches p (a value stays when the mass before it is below p), others -inf.
-// Probabilities softmax(y) in float64. Candidates: values above a threshold whose
-// mass already reaches p, lowered in steps of 4 nats; then a halving selection.
-inline void keep_top_p(float* y, int64_t n, double p, float m, std::vector<std::pair<float, int64_t>>& cand) {
+// Top-p nucleus in place: y keeps the smallest (prob desc, index asc) prefix whose mass
+// reaches p (a value stays when the mass before it is below p), others -inf; m = max y.
+// Masses e^(y - m) in float32 (~1 ulp), sums in float64. Candidates: values above a
+// threshold whose mass already reaches p (lowered in steps of 4 nats); then the nucleus
+// boundary by bisection on the order-preserving keys of the candidates (32 vector passes
+// over a few hundred values), ties at the boundary in index order.
+inline void keep_top_p(float* y, int64_t n, double p, float m, std::vector<float>& cv, std::vector<int32_t>& ci,
+                       std::vector<float>& ce) {
   double z = 0.0;
-  for (int64_t v = 0; v < n; ++v) z += std::exp(static_cast<double>(y[v]) - m);
-  // candidate threshold: a float32 estimate of the mass above t with a 1e-3 margin, so the
-  // exact float64 selection below only ever sees a superset of the nucleus
+  for (int64_t v0 = 0; v0 < n; v0 += cat::kBlock)
+    z += sum_exp_block(y + v0, static_cast<int>(std::min<int64_t>(cat::kBlock, n - v0)), m);
+  const double goal = p * z;
   float t = m - 4.0f;
   for (;; t -= 4.0f) {
-    float mass = 0.0f;
-#pragma omp simd reduction(+ : mass)
-    for (int64_t v = 0; v < n; ++v) mass += y[v] >= t ? exp_nonpos(y[v] - m) : 0.0f;
-    if (mass >= (p + 1e-3) * z || t < m - 200.0f) break;
-  }
-  cand.clear();
-  for (int64_t v = 0; v < n; ++v)
-    if (y[v] >= t && y[v] > -kInf) cand.emplace_back(y[v], v);
-  auto before = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
-    return a.first > b.first || (a.first == b.first && a.second < b.second);
-  };
-  int64_t lo = 0, hi = static_cast<int64_t>(cand.size());
-  double acc = 0.0;  // mass of cand[0 .. lo), all in the nucleus, < p
-  while (hi - lo > 1) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    std::nth_element(cand.begin() + lo, cand.begin() + mid, cand.begin() + hi, before);
-    double s = acc;
-    for (int64_t i = lo; i < mid; ++i) s += std::exp(static_cast<double>(cand[i].first) - m) / z;
-    if (s >= p) {
-      hi = mid;
-    } else {
-      lo = mid;
-      acc = s;
+    double mass = 0.0;
+    for (int64_t v0 = 0; v0 < n; v0 += cat::kBlock) {
+      const int bn = static_cast<int>(std::min<int64_t>(cat::kBlock, n - v0));
+      float bm = 0.0f;
+#pragma omp simd reduction(+ : bm)
+      for (int i = 0; i < bn; ++i) bm += y[v0 + i] >= t ? exp_nonpos(y[v0 + i] - m) : 0.0f;
+      mass += bm;
     }
+    if (mass >= goal * (1.0 + 1e-3) || t < m - 200.0f) break;  // margin: float32 masses
+  }
+  cv.resize(n + 16);
+  ci.resize(n + 16);
+  const int64_t c = compress_ge(y, n, t, cv.data(), ci.data());
+  ce.resize(c);
+  std::vector<int32_t> keys(c);
+  for (int64_t i = 0; i < c; ++i) {
+    ce[i] = exp_nonpos(cv[i] - m);
+    keys[i] = order_key(cv[i]);
+  }
+  // largest key K with mass(key >= K) >= goal: the boundary value; mass above it is < goal
+  int64_t lo = order_key(-kInf), hi = order_key(m);
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo + 1) / 2;
+    const int32_t m32 = static_cast<int32_t>(mid);
+    const int32_t* kp = keys.data();
+    const float* ep = ce.data();
+    double mass = 0.0;
+    for (int64_t i0 = 0; i0 < c; i0 += 256) {
+      const int i1 = static_cast<int>(std::min<int64_t>(c - i0, 256));
+      float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+      for (int i = 0; i < i1; ++i) part += kp[i0 + i] >= m32 ? ep[i0 + i] : 0.0f;
+      mass += part;
+    }
+    if (mass >= goal) lo = mid;
+    else hi = mid - 1;
+  }
+  const int32_t kb = static_cast<int32_t>(lo);
+  double above = 0.0;
+  float eb = 0.0f;
+  for (int64_t i = 0; i < c; ++i) {
+    if (keys[i] > kb) above += ce[i];
+    if (keys[i] == kb) eb = ce[i];
   }
   std::fill(y, y + n, -kInf);
-  for (int64_t i = 0; i < hi; ++i) y[cand[i].second] = cand[i].first;
+  double before = above;  // boundary ties join in index order while the mass before them is < p
+  for (int64_t i = 0; i < c; ++i) {
+    if (keys[i] > kb) {
+      y[ci[i]] = cv[i];
+    } else if (keys[i] == kb && before < goal) {
+      y[ci[i]] = cv[i];
+      before += eb;
+    }
+  }
 }
 
 }  // namespace sampling
