@@ -7,11 +7,17 @@ Algorithm-1 iterations so the run stays in minutes on CPU):
              softmax over the vocabulary, a Python top-K filter + torch.multinomial, a
              Python update loop, everything recomputed every iteration
   fp32       vqfast.samplers.put_fill (fused select_and_sample_topk, SDPA attention)
-  bf16       the same under torch.autocast(bfloat16) (LayerNorm/head in fp32)
+  bf16       put_fill(autocast_dtype=torch.bfloat16): the transformer's cached low-precision
+             copy (bf16 block weights cast once, fp32 residual stream, LayerNorms and head;
+             CPU attention through bf16 GEMMs)
+  bf16-autocast  the same model under plain torch.autocast(bfloat16) (comparison row)
 Each row's extra_info holds tokens/s, the seed's RTX 3090 figure, the speedup over the
-official-style loop, the forward's FLOP/s as a fraction of this machine's GEMM rate for
-its dtype (an [L, D] x [D, 4D] matmul timed just before the row) and, for bf16, the logit
-error and greedy agreement against fp32.
+official-style loop on wall time and on process CPU time (with VQFAST_BENCH_THREADS=1 the
+CPU-time ratio is the one the machine's load disturbs least), the forward's FLOP/s as a
+fraction of this machine's GEMM rate for its dtype (an [L, D] x [D, 4D] matmul in fp32 and
+bf16 timed beside the row) and, for bf16, the logit error and greedy agreement against fp32
+(next-token argmax at every unknown position, and Algorithm 1's position choice, on
+identical inputs).
 
     python -m pytest benchmarks/test_bench_put.py --benchmark-only
     PUT_BENCH_PRESETS=ffhq PUT_BENCH_ITERS=2 VQFAST_BENCH_THREADS=1 python -m pytest benchmarks/test_bench_put.py
@@ -29,7 +35,8 @@ import torch.nn.functional as F
 from vqfast.models.put import PVQVAE, UQTransformer
 from vqfast.ops.sampling import select_and_sample_topk
 from vqfast.samplers.put import put_fill
-from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
+from vqfast.models.transformer import cached_low_precision_copy
+from timing import gemm_seconds, machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 # PUT supp. Table 4 (RTX 3090).
 SEED_TOKENS_PER_S = {"ffhq": 37.138, "places2": 32.048, "imagenet": 17.186}
@@ -42,19 +49,21 @@ TOP_K, L, V, D_FEAT = 50, 1024, 512, 256
 if os.environ.get("VQFAST_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["VQFAST_BENCH_THREADS"]))
 
-_TIMES: dict[tuple[str, str], float] = {}  # (preset, row) -> median seconds per iteration, this run
+# (preset, row) -> (wall, cpu) s per iteration; ("select" / "pvqvae", backend) -> wall s; this run
+_TIMES: dict[tuple[str, str], object] = {}
 
 
-def gemm_rate(m: int, k: int, n: int, dtype: torch.dtype) -> float:
-    """FLOP/s of an [m, k] x [k, n] matmul in dtype (median of 5 after a warm-up)."""
-    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
-    a @ b
-    ts = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        a @ b
-        ts.append(time.perf_counter() - t0)
-    return 2 * m * k * n / sorted(ts)[2]
+def gemm_rate(m: int, k: int, n: int, dtype: torch.dtype) -> tuple[float, float]:
+    """(wall, process CPU-time) FLOP/s of an [m, k] x [k, n] matmul in dtype (medians of 5 after a warm-up)."""
+    mm = gemm_seconds(m, n, k, dtype)
+    mm(0)
+    walls, cpus = [], []
+    for i in range(5):
+        t0, c0 = time.perf_counter(), time.process_time()
+        mm(i % 3)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return 2 * m * k * n / sorted(walls)[2], 2 * m * k * n / sorted(cpus)[2]
 
 
 def forward_flops(model: UQTransformer, batch: int, length: int) -> float:
@@ -135,18 +144,35 @@ def _model(preset: str) -> UQTransformer:
 
 
 def _timed(benchmark, fn, sets):
-    state = {"i": 0}
+    """(wall, CPU-time) median seconds per Algorithm-1 iteration, input sets rotated."""
+    state, cpu = {"i": 0}, []
 
     def setup():
         s = sets[state["i"] % len(sets)]
         state["i"] += 1
         return s, {}
 
-    benchmark.pedantic(fn, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    return benchmark.stats.stats.median / ITERS
+    def timed(*args):
+        c0 = time.process_time()
+        fn(*args)
+        cpu.append(time.process_time() - c0)
+
+    benchmark.pedantic(timed, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    cpu = cpu[1:]  # the warm-up round
+    return benchmark.stats.stats.median / ITERS, sorted(cpu)[len(cpu) // 2] / ITERS
 
 
-@pytest.mark.parametrize("row", ["official", "fp32", "bf16"])
+class _Autocast:
+    """The model under plain torch.autocast (put_fill sees no vqfast Blocks): the comparison row."""
+
+    def __init__(self, model):
+        self.model, self.vocab_size = model, model.vocab_size
+
+    def __call__(self, feats):
+        return self.model(feats)
+
+
+@pytest.mark.parametrize("row", ["official", "fp32", "bf16", "bf16-autocast"])
 @pytest.mark.parametrize("preset", PRESETS)
 def test_uq_transformer_tokens_per_s(benchmark, env, preset, row):
     benchmark.group = f"put-uq-transformer-{preset}"
@@ -158,24 +184,29 @@ def test_uq_transformer_tokens_per_s(benchmark, env, preset, row):
             with torch.no_grad():
                 official_fill(model, codes, feats, tokens, known, ITERS, TOP_K, 1.0, g)
     else:
-        dtype = torch.bfloat16 if row == "bf16" else None
+        dtype = torch.bfloat16 if row.startswith("bf16") else None
+        net = _Autocast(model) if row == "bf16-autocast" else model
 
         def fn(feats, tokens, known):
-            put_fill(model, codes, feats, tokens, known, top_k=TOP_K, generator=g, autocast_dtype=dtype,
+            put_fill(net, codes, feats, tokens, known, top_k=TOP_K, generator=g, autocast_dtype=dtype,
                      max_iterations=ITERS)
     # The GEMM ceiling is re-measured beside each row: the machine is shared and its load drifts.
     D = model.config["dim"]
-    gemm = gemm_rate(L, D, 4 * D, torch.bfloat16 if row == "bf16" else torch.float32)
-    t = _timed(benchmark, fn, env["sets"])
-    _TIMES[(preset, row)] = t
+    gemm = {name: gemm_rate(L, D, 4 * D, dt) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    t, cpu = _timed(benchmark, fn, env["sets"])
+    _TIMES[(preset, row)] = (t, cpu)
     info = benchmark.extra_info
     info.update(env["machine"])
     info.update({"tokens_per_s": 1.0 / t, "seed_rtx3090_tokens_per_s": SEED_TOKENS_PER_S[preset],
-                 "iterations_per_round": ITERS, "tokens": L, "unknown": L // 2})
+                 "iterations_per_round": ITERS, "tokens": L, "unknown": L // 2, "cpu_s_per_iteration": cpu})
     if (preset, "official") in _TIMES:
-        info["speedup_vs_official"] = _TIMES[(preset, "official")] / t
-    info["forward_fraction_of_gemm"] = forward_flops(model, 1, L) / t / gemm
-    info["gemm_gflops"] = gemm / 1e9
+        info["speedup_vs_official"] = _TIMES[(preset, "official")][0] / t
+        info["cpu_time_speedup_vs_official"] = _TIMES[(preset, "official")][1] / cpu
+    mine = gemm["bf16" if row.startswith("bf16") else "fp32"]
+    info["forward_fraction_of_gemm"] = forward_flops(model, 1, L) / t / mine[0]
+    info["cpu_time_forward_fraction_of_gemm"] = forward_flops(model, 1, L) / cpu / mine[1]
+    info["gemm_gflops"] = mine[0] / 1e9
+    info["bf16_over_fp32_gemm"] = gemm["bf16"][1] / gemm["fp32"][1]
     if row == "bf16":
         info.update(_bf16_accuracy(model, env))
     print(f"\n[{preset} {row}] {1 / t:.3f} tokens/s (seed RTX 3090: {SEED_TOKENS_PER_S[preset]}) "
@@ -184,23 +215,28 @@ def test_uq_transformer_tokens_per_s(benchmark, env, preset, row):
 
 @torch.no_grad()
 def _bf16_accuracy(model: UQTransformer, env) -> dict:
-    """Next-token logits bf16-autocast vs fp32 on the rotated inputs, and greedy agreement:
-    the argmax token at every unknown position, and the Algorithm-1 position choice."""
-    errs, scale, tok_agree, pos_agree, n_tok = [], [], 0, 0, 0
+    """Next-token logits bf16 (the low-precision copy put_fill runs; and plain autocast) vs fp32
+    on the rotated inputs, and greedy agreement: the argmax token at every unknown position,
+    and the Algorithm-1 position choice."""
+    fast = cached_low_precision_copy(model)
+    errs, scale, tok_agree, pos_agree, n_tok, amp_agree = [], [], 0, 0, 0, 0
     for feats, _, known in env["sets"]:
         ref = model(feats)
+        low = fast(feats)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = model(feats)
+            amp = model(feats)
         u = ~known[0]
         errs.append((low[0, u] - ref[0, u]).abs().max())
         scale.append(ref[0, u].std())
         tok_agree += int((low[0, u].argmax(-1) == ref[0, u].argmax(-1)).sum())
+        amp_agree += int((amp[0, u].argmax(-1) == ref[0, u].argmax(-1)).sum())
         n_tok += int(u.sum())
         p_ref = ref.softmax(-1).amax(-1).masked_fill(known, -1).argmax(1)
         p_low = low.softmax(-1).amax(-1).masked_fill(known, -1).argmax(1)
         pos_agree += int((p_ref == p_low).sum())
     return {"bf16_logit_max_abs_err": float(max(errs)), "fp32_logit_std": float(sum(scale) / len(scale)),
             "bf16_greedy_token_agreement": tok_agree / n_tok,
+            "bf16_autocast_greedy_token_agreement": amp_agree / n_tok,
             "bf16_position_choice_agreement": pos_agree / len(env["sets"])}
 
 
