@@ -7,11 +7,12 @@ Groups (each row beside its baseline, timed in the same run):
   the same model under plain torch.autocast. extra_info: tokens/s, and the ratio to the
   reference (fp32 rows) or to fused fp32 (bf16 rows), on wall time and on process CPU time
   (with VQFAST_BENCH_THREADS=1 the CPU-time ratio is the one the machine's load disturbs least).
-- maskgit-bf16-agreement-<cfg>: bf16 vs fp32 under argmax choice, two ways: the logits'
-  argmax on identical inputs (half-masked token maps; what bf16 changes in one step), and
-  whole decodes (one flipped token changes the context of every later step, so differences
-  cascade). `weight_rounding_step_agreement`: fp32 compute with the block weights rounded
-  to bf16, the floor that any bf16-GEMM path shares.
+- maskgit-bf16-agreement-<cfg>: bf16 vs fp32 under argmax choice: the logits' argmax on
+  identical inputs (half-masked token maps: `step_agreement`; the fp32 decode's own state
+  before each step, at the positions that step revealed: `decode_step_agreement`), and
+  whole decodes (`decode_agreement`: one flipped token changes the context of every later
+  step, so differences cascade). `weight_rounding_*`: fp32 compute with the block weights
+  rounded to bf16, the floor that any path with bf16 GEMM weights shares.
 - maskgit-forward-<cfg>: transformer forward FLOP/s as a fraction of the machine's GEMM
   FLOP/s for the same dtype ([B*L, D] x [D, 4D], fp32 and bf16 both timed in the same test).
 Configs: "tiny" (the demo's: 8x8 tokens, 256 codes, 4 x 128) and "seed" (16x16 tokens,
@@ -119,8 +120,9 @@ def test_sampler(benchmark, cfg, variant):
         b_wall, b_cpu = _MEDIANS[(cfg, base)]
         benchmark.extra_info[f"speedup_vs_{base}"] = b_wall / wall
         benchmark.extra_info[f"cpu_time_speedup_vs_{base}"] = b_cpu / cpu
+    ratios = {k: v for k, v in benchmark.extra_info.items() if "speedup" in k}
     print(f"\n[{cfg} {variant}] {tokens / wall:.1f} tokens/s, cpu {cpu:.3f} s "
-          + " ".join(f"{k}={v:.3g}" for k, v in benchmark.extra_info.items() if k.startswith(("speedup", "cpu_time_s"))))
+          + " ".join(f"{k}={v:.3g}" for k, v in ratios.items()))
 
 
 def _rounded_weights(net: BidirectionalTransformer) -> BidirectionalTransformer:
@@ -155,17 +157,28 @@ def test_bf16_agreement(benchmark, cfg):
     info = dict(step_agreement=step_agreement(cached_low_precision_copy(net)), autocast_step_agreement=autocast_step,
                 weight_rounding_step_agreement=step_agreement(_rounded_weights(net)))
     kw = dict(batch_size=c["batch"] * 2, steps=STEPS, choice="argmax", generator=0)
-    fp32 = maskgit_decode(net, **kw)
+    fp32, hist = maskgit_decode(net, return_history=True, **kw)
+    # Teacher-forced: bf16's argmax on the fp32 decode's own state before each step, at the
+    # positions that step revealed (under argmax choice fp32 revealed its own argmax there).
+    fast, agree, n = cached_low_precision_copy(net), 0, 0
+    for t in range(STEPS):
+        revealed = hist[t] & ~hist[t + 1]
+        low = fast(fp32.masked_fill(hist[t], net.mask_id)).argmax(-1)
+        agree, n = agree + int((low[revealed] == fp32[revealed]).sum()), n + int(revealed.sum())
+    info["decode_step_agreement"] = agree / n
     bf16 = benchmark.pedantic(lambda: maskgit_decode(net, autocast_dtype=torch.bfloat16, **kw), rounds=1,
                               iterations=1)
     info["decode_agreement"] = (fp32 == bf16).float().mean().item()
     info["autocast_decode_agreement"] = (fp32 == maskgit_decode(_Autocast(net), autocast_dtype=torch.bfloat16,
                                                                 **kw)).float().mean().item()
+    rounded = maskgit_decode(_rounded_weights(net), **kw)
+    info["weight_rounding_decode_agreement"] = (fp32 == rounded).float().mean().item()
     benchmark.extra_info.update(info, weights=net.weights, steps=STEPS)
     print(f"\n[{cfg} agreement] " + " ".join(f"{k}={v:.4f}" for k, v in info.items()))
 
 
-_FORWARD_ROWS = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, False), "bf16-autocast": (torch.bfloat16, True)}
+_FORWARD_ROWS = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, False),
+                 "bf16-autocast": (torch.bfloat16, True)}
 
 
 @pytest.mark.parametrize("row", list(_FORWARD_ROWS))
