@@ -150,7 +150,7 @@ def reconstruction_figures(vq: MQVAE, args, out: Path) -> dict:
     titles = ["input"] + [t for name in names for t in (f"kept: {name}", "reconstruction")]
     save_grid(grid, titles, out / "reconstructions.png", row_labels=[PHOTOS[int(c)] for c in labels])
     # held-out MSE over a larger batch: learned vs random mask at the same k
-    xb, _ = test.sample(256, g)
+    xb, _ = test.sample(args.eval_crops, g)
     xb = xb.to(args.device)
     c, p, _ = vq.encode(xb)
     rb = torch.stack([torch.randperm(n_pos, generator=g)[:k] for _ in range(len(xb))]).to(args.device)
@@ -210,6 +210,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="override both step counts (smoke runs)")
     p.add_argument("--pool", type=int, default=4096, help="crops encoded once for Stackformer training")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--eval-crops", type=int, default=256, help="held-out crops for the learned-vs-random mask MSE")
     p.add_argument("--lr-vae", type=float, default=1e-3, help="paper: 4.5e-6 x batch (taming's base rate)")
     p.add_argument("--lr-tf", type=float, default=1e-3)
     p.add_argument("--perceptual", default=None, help="VGG16/LPIPS weights file (safetensors) for the perceptual loss")
