@@ -27,12 +27,12 @@ import torch
 
 from vqfast import checkpoint
 from vqfast.data import PHOTOS, CropSampler
-from vqfast.models.mqvae import PRESETS, MQVAE
+from vqfast.models.mqvae import MQVAE, PRESETS
 from vqfast.models.mqvae_mask import select_top
 from vqfast.models.stackformer import PRESETS as STACKFORMER_PRESETS
 from vqfast.models.stackformer import Stackformer
-from vqfast.samplers import stackformer_sample
 from vqfast.models.vqgan_losses import HingeGAN, PatchDiscriminator, VGGPerceptual
+from vqfast.samplers import stackformer_sample
 from vqfast.visualize import plot_curves, save_grid
 
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from vqfast import checkpoint
 from vqfast.data import CropSampler
-from vqfast.models.mqvae import PRESETS, MQVAE
+from vqfast.models.mqvae import MQVAE, PRESETS
 from vqfast.models.mqvae_mask import select_top
 
 # a smaller tiny model for the tests that train

@@ -116,7 +116,7 @@ class MQVAE(nn.Module):
         self.decoder = Decoder(cfg.in_channels, cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.z_channels, cfg.attn)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "MQVAE":
+    def from_preset(cls, name: str, **overrides) -> MQVAE:
         """A named configuration (`PRESETS`), with field overrides (e.g. ratio=0.5)."""
         if name not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")

@@ -62,7 +62,7 @@ class AdaptiveMask(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """positions [B, n] int64 (optional): keep these instead of the top k (ablations)."""
-        B, C = x.shape[:2]
+        C = x.shape[1]
         scores = self.score(x)
         flat = scores.flatten(1)                                           # [B, h*w]
         if positions is None:

@@ -23,7 +23,8 @@ def save_importance_maps(images: torch.Tensor, scores: torch.Tensor, positions: 
     B, _, R, _ = images.shape
     h, w = scores.shape[1:]
     s = scores.detach().float().cpu().flatten(1)
-    s = (s - s.min(1, keepdim=True).values) / (s.max(1, keepdim=True).values - s.min(1, keepdim=True).values).clamp_min(1e-6)
+    lo, hi = s.min(1, keepdim=True).values, s.max(1, keepdim=True).values
+    s = (s - lo) / (hi - lo).clamp_min(1e-6)
     heat = F.interpolate(s.view(B, 1, h, w), size=(R, R), mode="nearest")[:, 0]
     kept = torch.zeros(B, h * w).scatter_(1, positions.cpu(), 1.0).view(B, 1, h, w)
     kept = F.interpolate(kept, size=(R, R), mode="nearest")[:, 0].bool()
