@@ -34,8 +34,6 @@ and pairs m .. num_tokens - 1 are sampled; their positions are never drawn again
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 
 from vqfast import ops
@@ -93,92 +91,117 @@ def stackformer_sample(model: Stackformer, n_samples: int, num_tokens: int | Non
     embeddings, LayerNorms and heads; `vqfast.models.transformer.low_precision_copy`).
     Positions of a sample are distinct; the order of the pairs is the sampling order.
     """
-    if not isinstance(model, Stackformer):
-        raise ValueError(f"model must be a Stackformer, got {type(model).__name__}")
-    _check_filter("code_top_k", code_top_k, "k"), _check_filter("position_top_k", position_top_k, "k")
-    _check_filter("code_top_p", code_top_p, "p"), _check_filter("position_top_p", position_top_p, "p")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
-    n = model.max_len if num_tokens is None else num_tokens
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= model.max_len:
-        raise ValueError(f"num_tokens must be an int in [1, max_len={model.max_len}], got {num_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-    device = model.code_emb.weight.device
-    B, HW = n_samples, model.num_positions
-    start = model.start_ids(_labels(labels, B, device), B, device)
-    if (prefix_codes is None) != (prefix_positions is None):
-        raise ValueError("prefix_codes and prefix_positions go together: pass both or neither")
-    m = 0
-    if prefix_codes is not None:
-        model.check_tokens(prefix_codes, prefix_positions, max_len=n, names=("prefix_codes", "prefix_positions"))
-        if prefix_codes.shape[0] != B:
-            raise ValueError(f"prefix_codes must have n_samples={B} rows, got shape {tuple(prefix_codes.shape)}")
-        m = prefix_codes.shape[1]
-    g = _generator(generator, seed, device)
+    was_training = getattr(model, "training", False)
+    try:
+        run = StackformerDecoding(model, n_samples, num_tokens, labels, code_top_k, code_top_p, position_top_k,
+                                  position_top_p, temperature, generator, seed, use_cache, prefix_codes,
+                                  prefix_positions, autocast_dtype)
+        bar = _progress(run.num_tokens - run.num_prefix, progress)
+        run.prefill()
+        for i in range(run.num_prefix, run.num_tokens):
+            run.step(i)
+            bar.update(1)
+        bar.close()
+    finally:
+        if isinstance(model, Stackformer):
+            model.train(was_training)
+    return run.tokens["code"], run.tokens["position"]
 
-    tokens = {"code": torch.zeros(B, n, dtype=torch.long, device=device),
-              "position": torch.full((B, n), model.start_position, dtype=torch.long, device=device)}
-    used = torch.zeros(B, HW + 1, dtype=torch.bool, device=device)
-    used[:, HW] = True  # the start token is never a position
-    if m:
-        tokens["code"][:, :m] = prefix_codes.to(device)
-        tokens["position"][:, :m] = prefix_positions.to(device)
-        used.scatter_(1, prefix_positions.to(device), True)
-    filters = {"code": (code_top_k, code_top_p), "position": (position_top_k, position_top_p)}
 
-    base = philox_key(g)
+class StackformerDecoding:
+    """The state of one `stackformer_sample` run (arguments as there): tokens {"code",
+    "position"} [B, n], used positions [B, HW + 1], KV caches. `prefill()` runs the kept
+    prefix through the caches, `step(i)` draws pair i (i = num_prefix .. num_tokens - 1, in
+    order). Puts `model` in eval mode. Benchmarks time `step` alone through it."""
 
-    def draw(kind: str, logits: torch.Tensor, step: int) -> torch.Tensor:
+    @torch.no_grad()
+    def __init__(self, model: Stackformer, n_samples: int, num_tokens: int | None = None, labels=None,
+                 code_top_k: int | None = 100, code_top_p: float | None = 0.95, position_top_k: int | None = 10,
+                 position_top_p: float | None = 0.95, temperature: float = 1.0, generator=None,
+                 seed: int | None = None, use_cache: bool = True, prefix_codes: torch.Tensor | None = None,
+                 prefix_positions: torch.Tensor | None = None, autocast_dtype: torch.dtype | None = None):
+        if not isinstance(model, Stackformer):
+            raise ValueError(f"model must be a Stackformer, got {type(model).__name__}")
+        _check_filter("code_top_k", code_top_k, "k"), _check_filter("position_top_k", position_top_k, "k")
+        _check_filter("code_top_p", code_top_p, "p"), _check_filter("position_top_p", position_top_p, "p")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        n = model.max_len if num_tokens is None else num_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= model.max_len:
+            raise ValueError(f"num_tokens must be an int in [1, max_len={model.max_len}], got {num_tokens!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        device = model.code_emb.weight.device
+        B, HW = n_samples, model.num_positions
+        start = model.start_ids(_labels(labels, B, device), B, device)
+        if (prefix_codes is None) != (prefix_positions is None):
+            raise ValueError("prefix_codes and prefix_positions go together: pass both or neither")
+        m = 0
+        if prefix_codes is not None:
+            model.check_tokens(prefix_codes, prefix_positions, max_len=n, names=("prefix_codes", "prefix_positions"))
+            if prefix_codes.shape[0] != B:
+                raise ValueError(f"prefix_codes must have n_samples={B} rows, got shape {tuple(prefix_codes.shape)}")
+            m = prefix_codes.shape[1]
+        g = _generator(generator, seed, device)
+        model.eval()
+        # a Stackformer is built from vqfast Blocks: a low dtype always gives the cached copy (no autocast)
+        self.net = low_precision(model, autocast_dtype)[0]
+        self.num_tokens, self.num_prefix, self.use_cache = n, m, bool(use_cache)
+        self.temperature = float(temperature)
+        self.filters = {"code": (code_top_k, code_top_p), "position": (position_top_k, position_top_p)}
+        self.base_key = philox_key(g)
+        self.tokens = {"code": torch.zeros(B, n, dtype=torch.long, device=device),
+                       "position": torch.full((B, n), model.start_position, dtype=torch.long, device=device)}
+        self.used = torch.zeros(B, HW + 1, dtype=torch.bool, device=device)
+        self.used[:, HW] = True  # the start token is never a position
+        if m:
+            self.tokens["code"][:, :m] = prefix_codes.to(device)
+            self.tokens["position"][:, :m] = prefix_positions.to(device)
+            self.used.scatter_(1, prefix_positions.to(device), True)
+        # inputs of every step (E_v rows, position ids); entries after the prefix are set as pairs are drawn
+        self.prev_ids, self.prev_pos = self.net.shifted(self.tokens["code"], self.tokens["position"], start)
+        dtype = self.net.code_blocks[0].attn.qkv.weight.dtype
+        self.caches = self.net.new_caches(B, n, dtype, device) if self.use_cache else None
+
+    def draw(self, kind: str, logits: torch.Tensor, step: int) -> torch.Tensor:
+        """One token per row from logits [B, V]: used positions and the start token set to -inf."""
         logits = logits.float()
         if kind == "position":
-            logits = logits.masked_fill(used, float("-inf"))
-        top_k, top_p = filters[kind]
+            logits = logits.masked_fill(self.used, float("-inf"))
+        top_k, top_p = self.filters[kind]
         # one key per (step, head): a continuation of a prefix draws what the full run drew
-        key = (base + (2 * step + (kind == second)) * _KEY_STRIDE) & _MASK64
-        return ops.sample_logits(logits, float(temperature), top_k=top_k, top_p=top_p, seed=key)
+        key = (self.base_key + (2 * step + (kind == self.net.stacks[1])) * _KEY_STRIDE) & _MASK64
+        return ops.sample_logits(logits, self.temperature, top_k=top_k, top_p=top_p, seed=key)
 
-    first, second = model.stacks
-    was_training = model.training
-    model.eval()
-    net, amp_dtype = low_precision(model, autocast_dtype)
-    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    bar = _progress(n - m, progress)
-    try:
-        with amp:
-            prev_ids, prev_pos = net.shifted(tokens["code"], tokens["position"], start)  # refreshed per step
-            if use_cache:
-                caches = net.new_caches(B, n, _cache_dtype(net, amp_dtype), device)
-                if m:  # one pass over the kept pairs fills both caches
-                    h = run_causal(net.blocks(first), net.inputs(prev_ids[:, :m], prev_pos[:, :m]), caches[0])
-                    run_causal(net.blocks(second), net.second_input(first, h, tokens[first][:, :m]), caches[1])
-            for i in range(m, n):
-                if i:  # the pair drawn at step i - 1 is the input of step i
-                    prev_ids[:, i] = tokens["code"][:, i - 1] + net.num_starts
-                    prev_pos[:, i] = tokens["position"][:, i - 1]
-                if use_cache:
-                    h = run_causal(net.blocks(first), net.inputs(prev_ids[:, i:i + 1], prev_pos[:, i:i + 1], i),
-                                   caches[0])[:, -1]
-                    tokens[first][:, i] = tok = draw(first, net.logits(first, h), i)
-                    hg = net.second_input(first, h, tok)[:, None]
-                    out = run_causal(net.blocks(second), hg, caches[1])[:, -1]
-                else:  # the official way: both stacks over the whole prefix
-                    h = run_causal(net.blocks(first), net.inputs(prev_ids[:, :i + 1], prev_pos[:, :i + 1]))
-                    tokens[first][:, i] = draw(first, net.logits(first, h[:, -1]), i)
-                    hg = net.second_input(first, h, tokens[first][:, :i + 1])
-                    out = run_causal(net.blocks(second), hg)[:, -1]
-                tokens[second][:, i] = draw(second, net.logits(second, out), i)
-                used.scatter_(1, tokens["position"][:, i:i + 1], True)
-                bar.update(1)
-    finally:
-        bar.close()
-        model.train(was_training)
-    return tokens["code"], tokens["position"]
+    @torch.no_grad()
+    def prefill(self) -> None:
+        """One pass over the kept prefix fills both caches (nothing to do without cache or prefix)."""
+        m, net = self.num_prefix, self.net
+        if not (self.use_cache and m):
+            return
+        first, second = net.stacks
+        h = run_causal(net.blocks(first), net.inputs(self.prev_ids[:, :m], self.prev_pos[:, :m]), self.caches[0])
+        run_causal(net.blocks(second), net.second_input(first, h, self.tokens[first][:, :m]), self.caches[1])
 
-
-def _cache_dtype(net: Stackformer, amp_dtype: torch.dtype | None) -> torch.dtype:
-    """dtype of the keys/values the blocks produce (bf16 for a bf16 copy or under autocast)."""
-    return amp_dtype if amp_dtype is not None else net.code_blocks[0].attn.qkv.weight.dtype
+    @torch.no_grad()
+    def step(self, i: int) -> None:
+        """Draw pair i: the first stack's token, then the second's given it."""
+        net, tokens = self.net, self.tokens
+        first, second = net.stacks
+        if i:  # the pair drawn at step i - 1 is the input of step i
+            self.prev_ids[:, i] = tokens["code"][:, i - 1] + net.num_starts
+            self.prev_pos[:, i] = tokens["position"][:, i - 1]
+        if self.use_cache:
+            x = net.inputs(self.prev_ids[:, i:i + 1], self.prev_pos[:, i:i + 1], i)
+            h = run_causal(net.blocks(first), x, self.caches[0])[:, -1]
+            tokens[first][:, i] = tok = self.draw(first, net.logits(first, h), i)
+            out = run_causal(net.blocks(second), net.second_input(first, h, tok)[:, None], self.caches[1])[:, -1]
+        else:  # the official way: both stacks over the whole prefix
+            h = run_causal(net.blocks(first), net.inputs(self.prev_ids[:, :i + 1], self.prev_pos[:, :i + 1]))
+            tokens[first][:, i] = self.draw(first, net.logits(first, h[:, -1]), i)
+            out = run_causal(net.blocks(second), net.second_input(first, h, tokens[first][:, :i + 1]))[:, -1]
+        tokens[second][:, i] = self.draw(second, net.logits(second, out), i)
+        self.used.scatter_(1, tokens["position"][:, i:i + 1], True)
 
 
 class _NoBar:
