@@ -127,7 +127,7 @@ def test_categorical_proposal_bounds_target():
     vqfast/_random.py), and acceptance stays high."""
     x = _hard_rows()
     n, V = x.shape
-    m, what, s, s_hat = R.proposal_blocks(x)
+    m, _, what, s, s_hat = R.proposal_blocks(x)
     xb = torch.nn.functional.pad(x, (0, what.shape[1] * 256 - V), value=float("-inf")).view(what.shape)
     target = (R.exp_f32(xb - m[:, None, None]) * 2.0 ** 23).double() * s.double()[..., None]
     bound = R._ACCEPT_MARGIN * s_hat.double()[..., None] * what.double()

@@ -1,17 +1,19 @@
 """Discrete-diffusion posterior in Triton (DESIGN.md op 10; VQ-DDM seed Sec. 3.1, eqs. 16-24).
 
 One program per position walks its K logits in BLOCK chunks: a max pass and a sum-exp
-pass give the log-normalizer, then one more pass writes log-probs, keeps a running
-Gumbel-max, or accumulates the VLB sums. Same math and coefficient layout as
+pass give the log-normalizer, then one more pass writes log-probs or accumulates the
+VLB sums; the sampler draws from the categorical proposal of triton_kernels/random.py. Same math and coefficient layout as
 csrc/include/vqfast/diffusion_math.h (uniform: a0, a1, log ab, lc, ab, (1-ab)/K;
-absorbing: log c, log m, c). Gumbel noise is vqfast's Philox (bit-exact with the other
+absorbing: log c, log m, c). Noise is vqfast's Philox (bit-exact with the other
 backends); launches pass enable_fp_fusion=False as triton_kernels/random.py requires.
 """
 import torch
 import triton
 import triton.language as tl
 
-from vqfast.triton_kernels.random import element_words, gumbel_from_words, split_key
+from vqfast.triton_kernels.random import (block_words, cat_accept, cat_block_weight, cat_floor_mul,
+                                          split_key, uniform_from_words)
+from vqfast.triton_kernels.sampling import _proposal
 
 _INF = float("inf")
 
@@ -111,37 +113,122 @@ def _logprobs_kernel(X, ZT, C, OUT, LSE, K, KS, L, KIND: tl.constexpr, BLOCK: tl
 
 
 @triton.jit
-def _sample_kernel(X, ZT, C, OUT, K, KS, L, key_lo, key_hi, stream, KIND: tl.constexpr, BLOCK: tl.constexpr):
+def _walk(X, row, K, m, total, w_block, w_id, ex_block, ex_lane, ex_s, ex_sh, BLOCK: tl.constexpr):
+    """One trial of the categorical proposal of row X[row : row + K] (max m), with the weight of
+    lane ex_lane of block ex_block set to 0 (ex_block = -1: none; that block's sums ex_s / ex_sh,
+    the row total `total`) -> (id, its logit, its in-block weight, its block's s and s_hat)."""
+    NB: tl.constexpr = BLOCK // 256
+    cols = tl.arange(0, BLOCK)
+    bidx = tl.arange(0, NB)
+    lane = tl.arange(0, 256)
+    thr = cat_floor_mul(total, w_block)
+    acc = tl.zeros((), tl.int64)
+    found = tl.zeros((), tl.int32)
+    k = tl.zeros((), tl.int64)
+    xk = tl.zeros((), tl.float32)
+    wk = tl.zeros((), tl.int32)
+    s_b = tl.zeros((), tl.int64)
+    s_hat_b = tl.zeros((), tl.int64)
+    for v0 in range(0, K, BLOCK):
+        x = tl.load(X + row + v0 + cols, mask=v0 + cols < K, other=-_INF).to(tl.float32)
+        x2, wts, s, s_hat = _proposal(x, m, NB)
+        cut = v0 // 256 + bidx == ex_block
+        wts = tl.where(cut[:, None] & (lane[None, :] == ex_lane), 0, wts)
+        s = tl.where(cut, ex_s, s)
+        s_hat = tl.where(cut, ex_sh, s_hat)
+        hit = (tl.cumsum(s_hat, 0) + acc > thr) & (found == 0)
+        idx = tl.min(tl.where(hit, bidx, NB), 0)
+        sel = bidx == idx
+        sb = tl.sum(tl.where(sel, s, 0), 0)
+        w_row = tl.sum(tl.where(sel[:, None], wts, 0), 0)
+        x_row = tl.max(tl.where(sel[:, None], x2, -_INF), 0)
+        k_in = tl.sum((tl.cumsum(w_row.to(tl.int64), 0) <= cat_floor_mul(sb, w_id)).to(tl.int32), 0)
+        at = lane == k_in
+        new = idx < NB
+        k = tl.where(new, (v0 + idx * 256 + k_in).to(tl.int64), k)
+        xk = tl.where(new, tl.max(tl.where(at, x_row, -_INF), 0), xk)
+        wk = tl.where(new, tl.sum(tl.where(at, w_row, 0), 0), wk)
+        s_b = tl.where(new, sb, s_b)
+        s_hat_b = tl.where(new, tl.sum(tl.where(sel, s_hat, 0), 0), s_hat_b)
+        found = found | new.to(tl.int32)
+        acc += tl.sum(s_hat, 0)
+    return k, xk, wk, s_b, s_hat_b
+
+
+@triton.jit
+def _sample_kernel(X, ZT, C, OUT, K, L, key_lo, key_hi, stream, KIND: tl.constexpr, BLOCK: tl.constexpr):
+    """z_{t-1} of one position: the mixture sampler of vqfast/reference/diffusion.py posterior_sample."""
+    NB: tl.constexpr = BLOCK // 256
     n = tl.program_id(0).to(tl.int64)
     row = n * K
-    c = C + (n // L) * 6
+    c = C + (n // L) * 4
     zt = tl.load(ZT + n)
-    m, s, ok = _row_lse(X, row, K, BLOCK)
-    offs = tl.arange(0, BLOCK)
-    if KIND == 0:
-        a0, a1, lab, lc, ab, ck, lse, z = _uniform_row(c, X, row, zt, K, m, s)
-    else:
-        lse = m + tl.log(s)
-    best = -_INF
-    best_k = tl.zeros((), dtype=tl.int64)
-    for k0 in range(0, KS, BLOCK):
-        k = k0 + offs
-        x = tl.load(X + row + k, mask=k < K, other=-_INF).to(tl.float32)
-        y = x - lse
-        if KIND == 0:
-            o = (tl.where(k == zt, a1, a0) + _logaddexp(lab + y, lc)) - z
-        else:
-            o = tl.where(k < K, tl.load(c + 0) + y, tl.load(c + 1))
-        g = gumbel_from_words(element_words(key_lo, key_hi, stream, n * KS + k.to(tl.int64)))
-        v = tl.where(k < KS, o + g, -_INF)
-        bmax = tl.max(v, axis=0)
-        bk = tl.min(tl.where(v == bmax, k, KS), axis=0).to(tl.int64)
-        better = bmax > best
-        best_k = tl.where(better, bk, best_k)
-        best = tl.where(better, bmax, best)
-    out = tl.where(ok, best_k, -1)
-    if KIND == 1:
-        out = tl.where(zt < K, zt, out)
+    cols = tl.arange(0, BLOCK)
+    bidx = tl.arange(0, NB)
+    lane = tl.arange(0, 256)
+    m = -_INF
+    bad = 0
+    for v0 in range(0, K, BLOCK):
+        x = tl.load(X + row + v0 + cols, mask=v0 + cols < K, other=-_INF).to(tl.float32)
+        m = tl.maximum(m, tl.max(x, 0))
+        bad = bad | tl.max(((x != x) | (x == _INF)).to(tl.int32), 0)
+    bad = bad | (m == -_INF).to(tl.int32)
+    out = tl.where(bad != 0, -1, zt)
+    if (bad == 0) & ((KIND == 0) | (zt == K)):
+        jz = tl.minimum(zt, K - 1)
+        bz = jz // 256
+        total = tl.zeros((), tl.int64)
+        s_bz = tl.zeros((), tl.int64)
+        sh_bz = tl.zeros((), tl.int64)
+        mb_bz = -_INF
+        w_zt = tl.zeros((), tl.int32)
+        for v0 in range(0, K, BLOCK):
+            x = tl.load(X + row + v0 + cols, mask=v0 + cols < K, other=-_INF).to(tl.float32)
+            x2, wts, s, s_hat = _proposal(x, m, NB)
+            total += tl.sum(s_hat, 0)
+            sel = v0 // 256 + bidx == bz
+            s_bz += tl.sum(tl.where(sel, s, 0), 0)
+            sh_bz += tl.sum(tl.where(sel, s_hat, 0), 0)
+            mb = tl.max(x2, 1)
+            mb_bz = tl.maximum(mb_bz, tl.max(tl.where(sel, tl.where(mb > -_INF, mb, m), -_INF), 0))
+            w_zt += tl.sum(tl.sum(tl.where(sel[:, None] & (lane[None, :] == jz % 256), wts, 0), 1), 0)
+        if KIND == 1:
+            w_zt = w_zt * 0
+        ex_block = bz
+        if KIND == 1:  # nothing is excluded: the "rest" part is the whole softmax
+            ex_block = bz * 0 - 1
+        ex_s = s_bz - w_zt.to(tl.int64)
+        ex_sh = cat_block_weight(ex_s, m, mb_bz)
+        ex_total = total - sh_bz + ex_sh
+        x_zt = tl.load(X + row + jz).to(tl.float32)
+        spike = tl.load(c + 0) * ((sh_bz.to(tl.float32) * w_zt.to(tl.float32)) / tl.maximum(s_bz, 1).to(tl.float32))
+        rest = tl.load(c + 1) * ex_total.to(tl.float32)
+        unif = tl.load(c + 2) * total.to(tl.float32)
+        base = n << 8
+        done = tl.zeros((), tl.int32)
+        trial = tl.zeros((), tl.int64)
+        while done == 0:
+            a0, a1, a2, a3 = block_words(key_lo, key_hi, stream, base + 3 * trial)
+            u = uniform_from_words(a0) * ((spike + rest) + unif)
+            k = jz
+            ok = cat_accept(a3, x_zt, m, w_zt, s_bz, sh_bz)
+            if u >= spike:
+                if u < spike + rest:
+                    k, xk, wk, sb, shb = _walk(X, row, K, m, ex_total, a1, a2, ex_block, jz % 256, ex_s, ex_sh, BLOCK)
+                    ok = cat_accept(a3, xk, m, wk, sb, shb)
+                else:
+                    if KIND == 0:
+                        b0, b1, b2, b3 = block_words(key_lo, key_hi, stream, base + 3 * trial + 1)
+                        other = (b1.to(tl.int64) * (K - 1)) >> 32
+                        k = tl.where(uniform_from_words(b0) < tl.load(c + 3), jz, other + (other >= jz).to(tl.int64))
+                    else:
+                        k = zt  # the mask state K
+                    f0, f1, f2, f3 = block_words(key_lo, key_hi, stream, base + 3 * trial + 2)
+                    kf, xf, wf, sf, shf = _walk(X, row, K, m, total, f0, f1, -1, -1, ex_s, ex_sh, BLOCK)
+                    ok = cat_accept(f2, xf, m, wf, sf, shf)
+            done = (ok | (trial == 63)).to(tl.int32)
+            out = k
+            trial += 1
     tl.store(OUT + n, out)
 
 
@@ -258,12 +345,12 @@ def posterior_logprobs_triton(x: torch.Tensor, zt: torch.Tensor, coef: torch.Ten
 
 
 def posterior_sample_triton(x, zt, coef, L: int, kind: int, key: int, stream: int) -> torch.Tensor:
-    """-> z_{t-1} [N] int64 (-1 where the row of x is not finite)."""
+    """coef [B, 4] = sample_coefficients -> z_{t-1} [N] int64 (-1 where the row of x is not finite)."""
     N, K = x.shape
     out = torch.empty(N, dtype=torch.int64, device=x.device)
     if N:
         lo, hi = split_key(key)
-        _sample_kernel[(N,)](x, zt, coef, out, K, K + kind, L, lo, hi, stream, KIND=kind, BLOCK=_block(K + kind),
+        _sample_kernel[(N,)](x, zt, coef, out, K, L, lo, hi, stream, KIND=kind, BLOCK=max(256, _block(K)),
                              enable_fp_fusion=False)
     return out
 

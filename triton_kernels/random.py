@@ -178,9 +178,14 @@ def cat_accept(word, x, m, wk, s, s_hat):
 @triton.jit
 def cat_trial_words(key_lo, key_hi, stream, row, trial):
     """The 4 uint32 words of trial `trial` of row `row` (int64 scalars): Philox block (row << 6) + trial."""
+    return block_words(key_lo, key_hi, stream, (row << 6) + trial)
+
+
+@triton.jit
+def block_words(key_lo, key_hi, stream, block):
+    """The 4 uint32 words of Philox block `block` (int64) of `stream`."""
     k0 = tl.to_tensor(key_lo).to(tl.uint32, bitcast=True)
     k1 = tl.to_tensor(key_hi).to(tl.uint32, bitcast=True)
-    block = (row << 6) + trial
     c0 = (block & 0xFFFFFFFF).to(tl.uint32)
     c1 = (block >> 32).to(tl.uint32)
     c2 = (tl.zeros_like(block) + stream).to(tl.uint32)

@@ -1,9 +1,9 @@
 // Discrete-diffusion posterior on the CPU (DESIGN.md op 10; VQ-DDM seed Sec. 3.1,
-// eqs. 16-24): log-probs, Gumbel-max sample and the VLB KL with its backward, one task
+// eqs. 16-24): log-probs, the mixture sample and the VLB KL with its backward, one task
 // per position (at::parallel_for), math in vqfast/diffusion_math.h. Each position reads
 // its K logits from memory once; the later passes over the row hit the cache. Extra
 // memory is O(threads * K) scratch plus O(positions) outputs: no [B, L, K] temporaries.
-#pragma GCC optimize("fp-contract=off")  // gumbel_from_word must match the reference bit for bit
+#pragma GCC optimize("fp-contract=off")  // the sampler's float32 steps must match the reference bit for bit
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -13,6 +13,7 @@
 #include <limits>
 #include <vector>
 
+#include "sampling_row.h"
 #include "vqfast/diffusion_math.h"
 #include "vqfast/philox.h"
 
@@ -94,87 +95,6 @@ VQFAST_ROW_LOOP void posterior_row(const float* x, int64_t K, int64_t zt, const 
   o[K] = c[kLogMask];
 }
 
-// The Philox words of blocks b0 .. b0 + nb - 1 (4 per block) into w.
-VQFAST_ROW_LOOP void philox_words(uint64_t key, uint32_t stream, uint64_t b0, int64_t nb, uint32_t* w) {
-#pragma omp simd
-  for (int64_t q = 0; q < nb; ++q) {
-    const philox::Words pw = philox::block_words(key, stream, b0 + q);
-    w[4 * q] = pw.w[0];
-    w[4 * q + 1] = pw.w[1];
-    w[4 * q + 2] = pw.w[2];
-    w[4 * q + 3] = pw.w[3];
-  }
-}
-
-// Gumbel-max with block skipping: a block of kSkip states whose upper bound (the posterior at
-// the block's largest logit plus the Gumbel noise of its largest word; both are increasing
-// functions) stays below the running best by kSkipMargin cannot hold the maximum, so its
-// per-element logs are skipped. The margin covers float rounding of the bound, so the result
-// is the argmax of the full scan: the same scores, compared in the same order.
-constexpr int64_t kSkip = 64;
-constexpr float kSkipMargin = 1e-3f;
-
-struct BlockMax {
-  float x;
-  uint32_t w;
-};
-
-VQFAST_ROW_LOOP BlockMax block_max(const float* x, const uint32_t* w, int64_t n) {
-  float xm = -INFINITY;
-  uint32_t wm = 0;
-#pragma omp simd reduction(max : xm, wm)
-  for (int64_t k = 0; k < n; ++k) {
-    xm = x[k] > xm ? x[k] : xm;
-    wm = w[k] > wm ? w[k] : wm;
-  }
-  return {xm, wm};
-}
-
-// z_{t-1} of one uniform row: argmax_k log q(k | z_t, x0) + gumbel(w[k]), ties to the lowest k.
-VQFAST_ROW_LOOP int64_t uniform_sample_row(const float* x, int64_t K, int64_t zt, const UniformRow& u,
-                                           const uint32_t* w) {
-  float best = -INFINITY, v[kSkip];
-  int64_t arg = 0;
-  for (int64_t k0 = 0; k0 < K; k0 += kSkip) {
-    const int64_t n = std::min(kSkip, K - k0);
-    const BlockMax m = block_max(x + k0, w + k0, n);
-    const float a = (zt >= k0 && zt < k0 + n) ? u.a1 : u.a0;  // a1 >= a0
-    const float bound = ((a + logaddexp_f32(u.lab + (m.x - u.lse), u.lc)) - u.z) + gumbel_from_word(m.w);
-    if (bound + kSkipMargin <= best) continue;
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) {
-      const float b = logaddexp_f32(u.lab + (x[k0 + k] - u.lse), u.lc);
-      v[k] = (((k0 + k == zt ? u.a1 : u.a0) + b) - u.z) + gumbel_from_word(w[k0 + k]);
-    }
-    for (int64_t k = 0; k < n; ++k)
-      if (v[k] > best) {
-        best = v[k];
-        arg = k0 + k;
-      }
-  }
-  return arg;
-}
-
-// z_{t-1} of one masked absorbing row: states 0..K-1 score log c + y_k, the mask K scores log m.
-VQFAST_ROW_LOOP int64_t absorbing_sample_row(const float* x, int64_t K, float lkeep, float lmask, float lse,
-                                             const uint32_t* w) {
-  float best = -INFINITY, v[kSkip];
-  int64_t arg = 0;
-  for (int64_t k0 = 0; k0 < K; k0 += kSkip) {
-    const int64_t n = std::min(kSkip, K - k0);
-    const BlockMax m = block_max(x + k0, w + k0, n);
-    if ((lkeep + (m.x - lse)) + gumbel_from_word(m.w) + kSkipMargin <= best) continue;
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) v[k] = (lkeep + (x[k0 + k] - lse)) + gumbel_from_word(w[k0 + k]);
-    for (int64_t k = 0; k < n; ++k)
-      if (v[k] > best) {
-        best = v[k];
-        arg = k0 + k;
-      }
-  }
-  return lmask + gumbel_from_word(w[K]) > best ? K : arg;
-}
-
 int64_t grain(int64_t K) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)); }
 
 template <typename T>
@@ -198,14 +118,18 @@ void logprobs_impl(const at::Tensor& x, const int64_t* zt, const float* coef, in
   });
 }
 
+// z_{t-1} of every position by the mixture sampler of vqfast/reference/diffusion.py
+// posterior_sample: one blocked scan per row (the categorical proposal), then ~1.1 trials of
+// a few Philox words each; no per-element noise or log. scoef [B, 4] = sample_coefficients.
 template <typename T>
-void sample_impl(const at::Tensor& x, const int64_t* zt, const float* coef, int64_t L, int64_t kind,
+void sample_impl(const at::Tensor& x, const int64_t* zt, const float* scoef, int64_t L, int64_t kind,
                  uint64_t key, uint32_t stream, int64_t* out) {
-  const int64_t N = x.size(0), K = x.size(1), Ks = K + (kind == kAbsorbing);
+  const int64_t N = x.size(0), K = x.size(1);
   const T* xp = x.data_ptr<T>();
   at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
     std::vector<float> buf(std::is_same<T, float>::value ? 0 : K);
-    std::vector<uint32_t> words(Ks + 8);
+    sampling::RowScan sc;
+    const sampling::Excluded none;
     for (int64_t n = n0; n < n1; ++n) {
       const int64_t j = zt[n];
       if (kind == kAbsorbing && j < K) {  // unmasked tokens stay; no noise is used
@@ -213,18 +137,48 @@ void sample_impl(const at::Tensor& x, const int64_t* zt, const float* coef, int6
         continue;
       }
       const float* row = as_float(xp + n * K, K, buf.data());
-      const RowLse r = row_lse(row, K);
-      if (!r.ok) {
+      sampling::scan_row(row, K, true, false, sc);
+      if (sc.bad) {
         out[n] = -1;  // the caller reports the row
         continue;
       }
-      // Noise element e = n * K' + k is word (e & 3) of Philox block e >> 2.
-      const uint64_t e0 = static_cast<uint64_t>(n) * Ks, b0 = e0 >> 2;
-      philox_words(key, stream, b0, static_cast<int64_t>(((e0 + Ks + 3) >> 2) - b0), words.data());
-      const uint32_t* wr = words.data() + (e0 & 3);
-      const float* c = coef + (n / L) * kNumCoef;
-      out[n] = kind == kUniform ? uniform_sample_row(row, K, j, uniform_row(c, row, K, j, r), wr)
-                                : absorbing_sample_row(row, K, c[kLogKeep], c[kLogMask], r.lse, wr);
+      const float* c = scoef + (n / L) * 4;
+      const int64_t jz = std::min(j, K - 1), bz = jz / cat::kBlock;
+      const int32_t w_zt = kind == kUniform ? cat::in_block_weight(row[jz], sc.mb[bz]) : 0;
+      sampling::Excluded ex;
+      ex.id = jz;
+      ex.block = kind == kUniform ? bz : -1;  // absorbing: the "rest" part is the whole softmax
+      ex.s = sc.s[bz] - static_cast<uint64_t>(w_zt);
+      ex.s_hat = cat::block_weight(ex.s, sc.m, sc.mb[bz]);
+      ex.total = sc.total - sc.s_hat[bz] + ex.s_hat;
+      const float s_bz = static_cast<float>(std::max<uint64_t>(sc.s[bz], 1));
+      const float spike = c[0] * ((static_cast<float>(sc.s_hat[bz]) * static_cast<float>(w_zt)) / s_bz);
+      const float rest = c[1] * static_cast<float>(ex.total);
+      const float unif = c[2] * static_cast<float>(sc.total);
+      const uint64_t base = static_cast<uint64_t>(n) << 8;
+      for (int trial = 0;; ++trial) {
+        const philox::Words a = philox::block_words(key, stream, base + 3 * trial);
+        const float u = uniform_from_word(a.w[0]) * ((spike + rest) + unif);
+        sampling::Trial tr;
+        if (u < spike) {
+          tr = {jz, cat::accept(a.w[3], row[jz], sc.m, w_zt, sc.s[bz], sc.s_hat[bz])};
+        } else if (u < spike + rest) {
+          tr = sampling::proposal_trial(row, K, sc, a.w[1], a.w[2], a.w[3], ex);
+        } else {
+          int64_t k = K;  // absorbing: the mask
+          if (kind == kUniform) {
+            const philox::Words b = philox::block_words(key, stream, base + 3 * trial + 1);
+            const int64_t other = static_cast<int64_t>((static_cast<uint64_t>(b.w[1]) * (K - 1)) >> 32);
+            k = uniform_from_word(b.w[0]) < c[3] ? jz : other + (other >= jz);
+          }
+          const philox::Words f = philox::block_words(key, stream, base + 3 * trial + 2);
+          tr = {k, sampling::proposal_trial(row, K, sc, f.w[0], f.w[1], f.w[2], none).ok};
+        }
+        if (tr.ok || trial == cat::kTrials - 1) {
+          out[n] = tr.k;
+          break;
+        }
+      }
     }
   });
 }
@@ -417,10 +371,17 @@ std::tuple<at::Tensor, at::Tensor> diffusion_posterior_logprobs_cpu(const at::Te
   return {out, lse};
 }
 
+// scoef [B, 4] fp32 (vqfast/reference/diffusion.py sample_coefficients)
 // -> z_{t-1} [N] int64 (-1 where a row of log_x0 is not finite).
 at::Tensor diffusion_posterior_sample_cpu(const at::Tensor& x, const at::Tensor& zt, const at::Tensor& coef,
                                           int64_t L, int64_t kind, int64_t key, int64_t stream) {
-  check_common(x, zt, coef, L, kind);
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.size(1) >= 1, "diffusion_cpu: log_x0 [N, K] contiguous expected");
+  TORCH_CHECK(zt.dim() == 1 && zt.size(0) == x.size(0) && zt.scalar_type() == at::kLong && zt.is_contiguous(),
+              "diffusion_cpu: z_t [N] int64 expected");
+  TORCH_CHECK(coef.dim() == 2 && coef.size(1) == 4 && coef.scalar_type() == at::kFloat && coef.is_contiguous() &&
+                  L >= 1 && coef.size(0) * L == x.size(0),
+              "diffusion_cpu: sample coefficients [B, 4] fp32 with B * L == N expected");
+  TORCH_CHECK(kind == kUniform || kind == kAbsorbing, "diffusion_cpu: unknown transition kind");
   auto out = at::empty({x.size(0)}, x.options().dtype(at::kLong));
   VQFAST_DIFFUSION_DISPATCH(x, [&] {
     sample_impl<scalar_t>(x, zt.data_ptr<int64_t>(), coef.data_ptr<float>(), L, kind, static_cast<uint64_t>(key),

@@ -160,30 +160,57 @@ inline int64_t first_max(const float* x, int64_t V, const RowScan& sc) {
   return v;
 }
 
-// Draw from softmax(x) (the scan of x with want_prop) with the words of row `row` of `stream`:
-// block by s_hat, element by its in-block weight, accepted by cat::accept (vqfast/_random.py).
-inline int64_t categorical(const float* x, int64_t V, const RowScan& sc, uint64_t key, uint32_t stream,
-                           uint64_t row) {
+// The proposal of a row with one id's weight set to 0 (that id's block has sums s / s_hat,
+// the row total is total); block < 0: the plain proposal.
+struct Excluded {
+  int64_t id = -1, block = -1;
+  uint64_t s = 0, s_hat = 0, total = 0;
+};
+
+struct Trial {
+  int64_t k;
+  bool ok;
+};
+
+// One trial of the categorical proposal of x (its scan with want_prop) with the words
+// (block, id, accept): block by s_hat, id by its in-block weight, then cat::accept.
+inline Trial proposal_trial(const float* x, int64_t V, const RowScan& sc, uint32_t w_block, uint32_t w_id,
+                            uint32_t w_accept, const Excluded& ex) {
   constexpr int kB = cat::kBlock;
   const int64_t nb = static_cast<int64_t>(sc.s_hat.size());
+  const uint64_t thr = cat::floor_mul(ex.block < 0 ? sc.total : ex.total, w_block);
+  uint64_t acc = 0;
+  int64_t b = 0;
+  for (; b < nb - 1; ++b) {
+    const uint64_t sh = b == ex.block ? ex.s_hat : sc.s_hat[b];
+    if (acc + sh > thr) break;
+    acc += sh;
+  }
+  const float* xb = x + b * kB;
+  const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
+  const float bm = sc.mb[b];
   int32_t w[kB];
+#pragma omp simd
+  for (int i = 0; i < n; ++i) w[i] = cat::in_block_weight(xb[i], bm);
+  const bool cut = b == ex.block;
+  if (cut) w[ex.id - b * kB] = 0;
+  const uint64_t s_b = cut ? ex.s : sc.s[b], s_hat_b = cut ? ex.s_hat : sc.s_hat[b];
+  const uint64_t thr2 = cat::floor_mul(s_b, w_id);
+  uint64_t c = 0;
+  int i = 0;
+  while (i < n - 1 && c + static_cast<uint64_t>(w[i]) <= thr2) c += static_cast<uint64_t>(w[i++]);
+  return {b * kB + i, cat::accept(w_accept, xb[i], sc.m, w[i], s_b, s_hat_b)};
+}
+
+// Draw from softmax(x) (the scan of x with want_prop) with the words of row `row` of `stream`
+// (vqfast/_random.py "Categorical draws").
+inline int64_t categorical(const float* x, int64_t V, const RowScan& sc, uint64_t key, uint32_t stream,
+                           uint64_t row) {
+  const Excluded none;
   for (int trial = 0;; ++trial) {
     const philox::Words pw = philox::block_words(key, stream, (row << 6) + static_cast<uint64_t>(trial));
-    const uint64_t thr = cat::floor_mul(sc.total, pw.w[0]);
-    uint64_t acc = 0;
-    int64_t b = 0;
-    while (b < nb - 1 && acc + sc.s_hat[b] <= thr) acc += sc.s_hat[b++];
-    const float* xb = x + b * kB;
-    const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
-    const float bm = sc.mb[b];
-#pragma omp simd
-    for (int i = 0; i < n; ++i) w[i] = cat::in_block_weight(xb[i], bm);
-    const uint64_t thr2 = cat::floor_mul(sc.s[b], pw.w[1]);
-    uint64_t c = 0;
-    int i = 0;
-    while (i < n - 1 && c + static_cast<uint64_t>(w[i]) <= thr2) c += static_cast<uint64_t>(w[i++]);
-    if (trial == cat::kTrials - 1 || cat::accept(pw.w[2], xb[i], sc.m, w[i], sc.s[b], sc.s_hat[b]))
-      return b * kB + i;
+    const Trial tr = proposal_trial(x, V, sc, pw.w[0], pw.w[1], pw.w[2], none);
+    if (tr.ok || trial == cat::kTrials - 1) return tr.k;
   }
 }
 

@@ -187,6 +187,51 @@ def test_posterior_sample_distribution(backend, kind, t):
     _chi2_check(counts, probs)
 
 
+def _hard_posterior_rows(K=600):
+    """Rows the mixture sampler must get right: z_t dominant, z_t excluded (-inf), an empty
+    proposal block, a huge range, all ties, a single finite state."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, K, generator=g)
+    z = torch.tensor([5, 300, 100, 599, 17, 42])
+    x[0, 5] = 40.0
+    x[1, 300] = float("-inf")
+    x[2, 256:512] = float("-inf")
+    x[3] *= 1e3
+    x[4] = 0.0
+    x[5] = float("-inf")
+    x[5, 42] = 1.0
+    return x[None], z[None]
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("t", [1, 2, 25, 50])
+def test_posterior_sample_hard_rows_same_tokens(backend, kind, t):
+    x, z = _hard_posterior_rows()
+    if kind == "absorbing":
+        z[0, ::2] = x.shape[-1]  # masked positions; the others are kept
+    tt = torch.tensor([t])
+    for seed in (0, 7, 2 ** 64 - 1):
+        want = ref.posterior_sample(x, z, tt, SCHED, seed, kind)
+        got = D.posterior_sample(x, z, tt, SCHED, seed=seed, transition=kind, backend=backend)
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", backend_params("reference", "cpu"))
+@pytest.mark.parametrize("t", [2, 25])
+def test_posterior_sample_distribution_multiblock(backend, t):
+    """Several proposal blocks, an empty one, z_t's logit excluded or dominant: exact posterior."""
+    x, z = _hard_posterior_rows()
+    n = 20000 if backend == "cpu" else 6000
+    for r in (1, 2):
+        xr = x[:, r].expand(1, n, x.shape[-1])
+        zr = z[:, r].expand(1, n)
+        tt = torch.tensor([t])
+        draws = D.posterior_sample(xr, zr, tt, SCHED, seed=11, backend=backend)
+        probs = ref.posterior_logprobs(xr[:, :1], zr[:, :1], tt, SCHED)[0, 0].exp()
+        _chi2_check(torch.bincount(draws.reshape(-1), minlength=probs.numel()).double(), probs)
+
+
 # ---------------------------------------------------------------- vlb_kl
 
 @pytest.mark.parametrize("backend", BACKENDS)

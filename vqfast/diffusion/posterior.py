@@ -75,7 +75,7 @@ def _sample_op(log_x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, alpha_b
         if transition == "absorbing":
             bad &= z_t == K
         return torch.where(bad, -1, out.reshape(N))
-    coef = _args.coefficients(_sched(alpha_bar, alpha), t, K, transition)
+    coef = ref.sample_coefficients(_sched(alpha_bar, alpha), t, K, transition).contiguous()
     kind = _args.KIND[transition]
     if backend == "cpu":
         return torch.ops.vqfast_cpu.diffusion_posterior_sample(log_x0, z_t, coef, N // B, kind, key,
@@ -126,12 +126,13 @@ def posterior_logprobs(log_x0: torch.Tensor, z_t: torch.Tensor, t, schedule, *, 
 
 def posterior_sample(log_x0: torch.Tensor, z_t: torch.Tensor, t, schedule, generator: torch.Generator | None = None,
                      *, seed: int | None = None, transition: str = "uniform", backend: str = "auto") -> torch.Tensor:
-    """z_{t-1} ~ q(z_{t-1} | z_t, softmax(log_x0)) by Gumbel-max, without writing [B, L, K].
+    """z_{t-1} ~ q(z_{t-1} | z_t, softmax(log_x0)) without writing [B, L, K] or per-state noise.
 
-    Shapes as in `posterior_logprobs`; returns z_{t-1} [B, ...] int64. The Gumbel noise of
-    state k at flat position n is element n * K' + k of vqfast's Philox stream 16
-    (vqfast._random), keyed by `generator` or `seed`: every backend draws the same
-    tokens (up to float32 rounding of near-tied scores). Ties go to the lowest state.
+    Shapes as in `posterior_logprobs`; returns z_{t-1} [B, ...] int64. The posterior is
+    sampled as a mixture (the z_t spike, the softmax of log_x0, the uniform part) by
+    rejection from vqfast's integer categorical proposal (vqfast/reference/diffusion.py
+    posterior_sample), with a few words per position of vqfast's Philox stream 16 keyed by
+    `generator` or `seed`: every backend draws the same tokens, exactly.
     "absorbing": unmasked tokens are kept, masked ones become a token or stay masked.
 
         z_prev = posterior_sample(logits, z_t, t, sched, torch.Generator().manual_seed(0))

@@ -20,7 +20,7 @@ import torch
 from vqfast.reference import random as rnd
 
 TRANSITIONS = ("uniform", "absorbing")
-STREAM_POSTERIOR = 16  # vqfast._random.STREAM_DIFFUSION + 0: Gumbel noise, element (b*L + l) * K' + k
+STREAM_POSTERIOR = 16  # vqfast._random.STREAM_DIFFUSION + 0: posterior_sample, blocks (n << 8) + 3 trial + j
 STREAM_Q_KEEP = 17  # q_sample: uniform per position deciding keep vs resample / mask
 STREAM_Q_TOKEN = 18  # q_sample: word per position picking the uniform replacement token
 
@@ -76,13 +76,97 @@ def posterior_logprobs(log_x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor,
     return out
 
 
+def sample_coefficients(schedule, t: torch.Tensor, K: int, transition: str) -> torch.Tensor:
+    """float32 [B, 4] mixture weights of `posterior_sample` (float64 from the schedule, rounded once).
+
+    uniform: (ab E1, ab E0, ck (E0 (K-1) + E1), E1 / (E0 (K-1) + E1)) with E0 = (1-a)/K,
+    E1 = a + (1-a)/K, ab = abar_{t-1}, ck = (1-ab)/K; absorbing: (0, c, m, 0) with
+    c = (abar_{t-1} - abar_t) / (1 - abar_t), m = (1 - abar_{t-1}) / (1 - abar_t).
+    """
+    abar = schedule.alpha_bar.to(t.device)
+    ab, a, abt = abar[t - 1], schedule.alpha.to(t.device)[t], abar[t]
+    if transition == "uniform":
+        e0, e1, ck = (1 - a) / K, a + (1 - a) / K, (1 - ab) / K
+        cols = [ab * e1, ab * e0, ck * (e0 * (K - 1) + e1), e1 / (e0 * (K - 1) + e1)]
+    else:
+        zero = torch.zeros_like(ab)
+        cols = [zero, (ab - abt) / (1 - abt), (1 - ab) / (1 - abt), zero]
+    return torch.stack(cols, dim=1).to(torch.float32)
+
+
+def _trial_words(key: int, rows: torch.Tensor, trial: int, j: int) -> tuple[torch.Tensor, ...]:
+    blk = (rows << 8) + 3 * trial + j
+    return rnd.philox4x32(blk & 0xFFFFFFFF, blk >> 32, STREAM_POSTERIOR, 0, key)
+
+
 def posterior_sample(log_x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, schedule, key: int,
                      transition: str = "uniform") -> torch.Tensor:
-    """z_{t-1} [B, L] int64: Gumbel-max over the posterior log-probs (rounded to float32,
-    plus float32 Gumbel noise of stream STREAM_POSTERIOR); ties go to the lowest state."""
-    lp = posterior_logprobs(log_x0, z_t, t, schedule, transition).float()
-    g = rnd.gumbel_grid(key, STREAM_POSTERIOR, tuple(lp.shape), device=lp.device)
-    return (lp + g).argmax(dim=-1)
+    """z_{t-1} [B, L] int64 drawn from q(z_{t-1} | z_t, softmax(log_x0)) without its [K] log-probs.
+
+    q(k) ~ E_k (ab p_k + ck) (uniform; E_k = E1 at k = z_t, else E0) or c p_k / m at the mask
+    (absorbing, z_t masked; unmasked z_t is kept). With p_k = w_k / W, w_k = e^(x_k - max x),
+    the categorical proposal of `random.proposal_blocks` (w_k 2^23 <= M w'_k, sum w' = S)
+    bounds the three parts: "spike" ab E1 w'_zt (accept z_t with the proposal's test),
+    "rest" ab E0 S' (a proposal draw with z_t's weight removed, accepted by its test) and
+    "uniform" ck (E0 (K-1) + E1) S (z_t with probability E1 / (E0 (K-1) + E1), else a uniform
+    other state; accepted when a proposal trial accepts, which happens with probability
+    W 2^23 / (M S)). Each accepted part contributes exactly its share of q, so accepted
+    draws follow q. Trial j of flat position n uses Philox blocks (n << 8) + 3j + {0, 1, 2}
+    of stream STREAM_POSTERIOR: (part, block, id, accept), (z_t-or-other, other id),
+    (the uniform part's proposal trial); float32 part masses
+    ((spike + rest) + uniform) * u compared in that order; trial 63 accepts.
+    """
+    B, L, K = log_x0.shape
+    N = B * L
+    x = log_x0.reshape(N, K).to(torch.float32)
+    bad = torch.isnan(x).any(-1) | (x == torch.inf).any(-1) | (x == -torch.inf).all(-1)
+    x = torch.where(bad[:, None], torch.zeros_like(x), x)  # the caller reports such rows
+    zt = z_t.reshape(N)
+    coef = sample_coefficients(schedule, t, K, transition).repeat_interleave(L, 0)
+    m, mb, what, s, s_hat = rnd.proposal_blocks(x)
+    uniform = transition == "uniform"
+    rows = torch.arange(N, device=x.device)
+    # the proposal without z_t (uniform kind): one block changes
+    bz, iz = (zt.clamp_max(K - 1) // rnd.CAT_BLOCK), zt.clamp_max(K - 1) % rnd.CAT_BLOCK
+    w_zt = what[rows, bz, iz] if uniform else torch.zeros_like(zt)
+    what_x = what.clone()
+    what_x[rows, bz, iz] -= w_zt
+    s_x = s.clone()
+    s_x[rows, bz] -= w_zt
+    s_hat_x = s_hat.clone()
+    s_hat_x[rows, bz] = rnd.block_weight(s_x[rows, bz], m, mb[rows, bz])
+    f32 = torch.float32
+    spike = coef[:, 0] * ((s_hat[rows, bz].to(f32) * w_zt.to(f32)) / s[rows, bz].to(f32).clamp_min(1))
+    rest = coef[:, 1] * s_hat_x.sum(-1).to(f32)
+    unif = coef[:, 2] * s_hat.sum(-1).to(f32)
+    out = torch.where(uniform | (zt == K), -1, zt)
+    todo = rows[out < 0]
+    for trial in range(rnd.CAT_TRIALS):
+        r = todo
+        a0, a1, a2, a3 = _trial_words(key, r, trial, 0)
+        b0, b1, _, _ = _trial_words(key, r, trial, 1)
+        c0, c1, c2, _ = _trial_words(key, r, trial, 2)
+        u = rnd.uniform_from_words(a0) * ((spike[r] + rest[r]) + unif[r])
+        part = torch.where(u < spike[r], 0, torch.where(u < spike[r] + rest[r], 1, 2))
+        k_rest, ok_rest = rnd.proposal_trial(x[r], m[r], what_x[r], s_x[r], s_hat_x[r], a1, a2, a3)
+        z = zt[r]
+        # spike: accept z_t with the proposal's test at z_t
+        lhs = ((rnd.uniform_from_words(a3) * rnd._f32(rnd._ACCEPT_MARGIN)) * s_hat[r, bz[r]].to(f32)) * w_zt[r].to(f32)
+        rhs = (rnd.exp_f32(x[r, z.clamp_max(K - 1)] - m[r]) * rnd._f32(2.0 ** 23)) * s[r, bz[r]].to(f32)
+        ok_spike = lhs < rhs
+        if uniform:
+            other = (b1 * (K - 1)) >> 32
+            k_unif = torch.where(rnd.uniform_from_words(b0) < coef[r, 3], z, other + (other >= z).long())
+        else:
+            k_unif = torch.full_like(z, K)
+        ok_unif = rnd.proposal_trial(x[r], m[r], what[r], s[r], s_hat[r], c0, c1, c2)[1]
+        k = torch.where(part == 0, z, torch.where(part == 1, k_rest, k_unif))
+        ok = torch.where(part == 0, ok_spike, torch.where(part == 1, ok_rest, ok_unif)) | (trial == rnd.CAT_TRIALS - 1)
+        out[r[ok]] = k[ok]
+        todo = r[~ok]
+        if todo.numel() == 0:
+            break
+    return out.reshape(B, L)
 
 
 def vlb_kl(x0: torch.Tensor, log_x0_pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, schedule,

@@ -157,31 +157,50 @@ def _floor_mul(total: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return hi * w + ((lo_hi + (lo_lo >> 16)) >> 16)
 
 
+def block_weight(s: torch.Tensor, m: torch.Tensor, mb: torch.Tensor) -> torch.Tensor:
+    """s_hat = ceil(s * (2^24 - phi) / 2^(24 + sh)), (m - mb) * C = sh * 2^23 + phi (int64 s, float32 m, mb)."""
+    e = ((m - mb) * _f32(_C_LOG2E)).clamp_max(_CLAMP_OUT * 2.0 ** 23).to(torch.int64)
+    sh, phi = (e >> 23).clamp_max(_CLAMP_OUT), e & 0x7FFFFF
+    shift = 24 + sh
+    return (s * ((1 << 24) - phi) + (torch.ones_like(shift) << shift) - 1) >> shift
+
+
 def proposal_blocks(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """x [n, V] float32 (-inf = excluded, max finite) -> the proposal of every row.
 
-    Returns (m [n] row max, what [n, nb, 256] int64 in-block weights, s [n, nb] block sums,
-    s_hat [n, nb] block weights). what_k = trunc(2^(23 + t/2^23)-as-float) + 1 with
-    t = trunc(max((x_k - mb) * C, -30 * 2^23)), mb the block max: the float bits
-    t + (150 << 23) are 2^23 * 2^e * (1 + f) >= 2^23 * 2^(e + f); s_hat_b =
-    ceil(s_b * (2^24 - phi) / 2^(24 + sh)) with (m - mb) * C = sh * 2^23 + phi:
-    (1 - phi / 2^24) / 2^sh >= 2^-((m - mb) log2 e).
+    Returns (m [n] row max, mb [n, nb] block max (m for empty blocks), what [n, nb, 256]
+    int64 in-block weights, s [n, nb] block sums, s_hat [n, nb] block weights).
+    what_k = trunc(2^(23 + t/2^23)-as-float) + 1 with t = trunc(max((x_k - mb) * C, -30 * 2^23)):
+    the float bits t + (150 << 23) are 2^23 * 2^e * (1 + f) >= 2^23 * 2^(e + f); s_hat_b =
+    `block_weight`: (1 - phi / 2^24) / 2^sh >= 2^-((m - mb) log2 e).
     """
     n, V = x.shape
     nb = -(-V // CAT_BLOCK)
     xb = torch.nn.functional.pad(x, (0, nb * CAT_BLOCK - V), value=float("-inf")).view(n, nb, CAT_BLOCK)
     mb = xb.amax(-1)
     m = mb.amax(-1)
-    mb_ref = torch.where(mb > float("-inf"), mb, m[:, None])
-    y = ((xb - mb_ref[..., None]) * _f32(_C_LOG2E)).clamp_min(_CLAMP_IN)
+    mb = torch.where(mb > float("-inf"), mb, m[:, None])
+    y = ((xb - mb[..., None]) * _f32(_C_LOG2E)).clamp_min(_CLAMP_IN)
     t = y.to(torch.int32)
     what = ((t + (150 << 23)).view(torch.float32).to(torch.int64) + 1) * (xb > float("-inf"))
     s = what.sum(-1)
-    e = ((m[:, None] - mb_ref) * _f32(_C_LOG2E)).clamp_max(_CLAMP_OUT * 2.0 ** 23).to(torch.int64)
-    sh, phi = (e >> 23).clamp_max(_CLAMP_OUT), e & 0x7FFFFF
-    shift = 24 + sh
-    s_hat = (s * ((1 << 24) - phi) + (torch.ones_like(shift) << shift) - 1) >> shift
-    return m, what, s, s_hat
+    return m, mb, what, s, block_weight(s, m[:, None], mb)
+
+
+def proposal_trial(x: torch.Tensor, m: torch.Tensor, what: torch.Tensor, s: torch.Tensor, s_hat: torch.Tensor,
+                   w_block: torch.Tensor, w_id: torch.Tensor, w_accept: torch.Tensor):
+    """One trial per row (rows of `proposal_blocks`' outputs, words [n]) -> (id [n], accepted [n] bool)."""
+    csum = s_hat.cumsum(-1)
+    b = (csum <= _floor_mul(csum[:, -1], w_block)[:, None]).sum(-1).clamp_max(s.shape[1] - 1)
+    rows = torch.arange(x.shape[0], device=x.device)
+    wb, sb, shb = what[rows, b], s[rows, b], s_hat[rows, b]
+    k_in = (wb.cumsum(-1) <= _floor_mul(sb, w_id)[:, None]).sum(-1).clamp_max(CAT_BLOCK - 1)
+    k = b * CAT_BLOCK + k_in
+    xk = x[rows, k.clamp_max(x.shape[1] - 1)].to(torch.float32)
+    lhs = (uniform_from_words(w_accept) * _f32(_ACCEPT_MARGIN)) * shb.to(torch.float32)
+    lhs = lhs * wb.gather(-1, k_in[:, None]).squeeze(-1).to(torch.float32)
+    rhs = (exp_f32(xk - m) * _f32(2.0 ** 23)) * sb.to(torch.float32)
+    return k, lhs < rhs
 
 
 def categorical(x: torch.Tensor, key: int, stream: int, rows: torch.Tensor) -> torch.Tensor:
@@ -193,25 +212,14 @@ def categorical(x: torch.Tensor, key: int, stream: int, rows: torch.Tensor) -> t
     x = x.to(torch.float32)
     bad = torch.isnan(x).any(-1) | (x == float("inf")).any(-1) | (x == float("-inf")).all(-1)
     x = torch.where(bad[:, None], torch.zeros_like(x), x)  # callers discard the draws of such rows
-    m, what, s, s_hat = proposal_blocks(x)
-    csum = s_hat.cumsum(-1)
-    total = csum[:, -1]
+    m, _, what, s, s_hat = proposal_blocks(x)
     out = torch.full((n,), -1, dtype=torch.int64, device=x.device)
     todo = torch.arange(n, device=x.device)
     for trial in range(CAT_TRIALS):
         blk = (rows[todo].to(torch.int64) << 6) + trial
-        w = torch.stack(philox4x32(blk & _MASK32, blk >> 32, stream & _MASK32, 0, key), -1)
-        b = (csum[todo] <= _floor_mul(total[todo], w[:, 0])[:, None]).sum(-1)
-        wb = what[todo, b]
-        sb = s[todo, b]
-        k_in = (wb.cumsum(-1) <= _floor_mul(sb, w[:, 1])[:, None]).sum(-1)
-        k = b * CAT_BLOCK + k_in
-        xk = x[todo, k].to(torch.float32)
-        wk = exp_f32(xk - m[todo])
-        lhs = (uniform_from_words(w[:, 2]) * _f32(_ACCEPT_MARGIN)) * s_hat[todo, b].to(torch.float32)
-        lhs = lhs * wb.gather(-1, k_in[:, None]).squeeze(-1).to(torch.float32)
-        rhs = (wk * _f32(2.0 ** 23)) * sb.to(torch.float32)
-        ok = (lhs < rhs) | (trial == CAT_TRIALS - 1)
+        w = philox4x32(blk & _MASK32, blk >> 32, stream & _MASK32, 0, key)
+        k, ok = proposal_trial(x[todo], m[todo], what[todo], s[todo], s_hat[todo], w[0], w[1], w[2])
+        ok = ok | (trial == CAT_TRIALS - 1)
         out[todo[ok]] = k[ok]
         todo = todo[~ok]
         if todo.numel() == 0:
