@@ -1,25 +1,29 @@
 """Discrete-diffusion posterior (DESIGN.md op 10): the fused CPU kernels beside their baselines.
 
-Rows per (B, L, K), all in one run:
-  copy       logits copied into a preallocated buffer: the machine's copy bandwidth;
-             "read once" = half a copy
-  reference  vqfast.reference.diffusion (float64, every [B, L, K] tensor; small sizes only)
+Rows per (op, B, L, K, threads), interleaved round-robin in one run (median of
+DIFFUSION_BENCH_ROUNDS, default 3):
+  read_once  torch.amax over the logits: reading them once (the issue's target unit)
+  copy       logits copied into a preallocated buffer: the machine's copy bandwidth
+  reference  vqfast.reference.diffusion (float64, every [B, L, K] tensor) on 1 x 32
+             positions, scaled to the full size
   chain      multinomial-diffusion-style log-space posterior (Hoogeboom et al.; VQ-DDM's
              official code copies it): float32 [B, K, L] log one-hots, q_pred, one-step
              q_pred, logsumexp, Gumbel noise from torch.rand, autograd for the VLB backward
-  cpu        vqfast.diffusion on the C++ kernels (one read of the logits per position)
-for posterior_sample and vlb_kl forward+backward. extra_info of the cpu rows holds the
-speedups over chain and reference and the time as a multiple of reading the logits once
-(posterior_sample) or of one copy (vlb_kl fwd+bwd: it reads the logits twice and writes
-the gradient once).
+  cpu        vqfast.diffusion on the C++ kernels
+for posterior_sample and vlb_kl forward+backward, at DIFFUSION_BENCH_THREADS (default
+"1,2") torch threads. extra_info of the cpu rows: x_read_once (the target is <= 1.5;
+vlb_kl fwd+bwd reads the logits twice and writes the gradient, so it cannot go below
+~3), speedup_vs_reference, speedup_vs_chain.
 
-    python -m pytest benchmarks/test_bench_diffusion.py --benchmark-only
+    python -m pytest benchmarks/test_bench_diffusion.py --benchmark-only -s
     DIFFUSION_BENCH_FULL=1 ...   # adds B=8 L=1024 K=16384 (needs ~8 GB for the chain)
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+import time
 
 import pytest
 import torch
@@ -34,9 +38,10 @@ B, T = 8, 4000
 SIZES = [(256, 1024), (1024, 1024), (256, 16384)]
 if os.environ.get("DIFFUSION_BENCH_FULL") == "1":
     SIZES.append((1024, 16384))
-REFERENCE_MAX = 1 << 23  # the float64 reference holds ~10 [B, L, K] tensors: small sizes only
+THREADS = [int(v) for v in os.environ.get("DIFFUSION_BENCH_THREADS", "1,2").split(",")]
+ROUNDS = int(os.environ.get("DIFFUSION_BENCH_ROUNDS", "3"))
+REF_POS = 32  # the float64 reference runs on 1 x 32 positions, scaled to B x L
 SCHED = D.CosineSchedule(T)
-_TIMES: dict[tuple, float] = {}
 
 
 class MultinomialChain:
@@ -89,30 +94,32 @@ def _inputs(L, K, n_sets, layout):
 
 
 def _make(op, impl, L, K):
-    """A zero-argument callable rotating over input sets, for one row."""
+    """fn(i) running one row on input set i % n_sets."""
     n_sets = 3 if B * L * K <= (1 << 25) else 1
     sets = _inputs(L, K, n_sets, "BKL" if impl == "chain" else "BLK")
-    state = {"i": 0}
+    if impl == "reference":  # a 1 x 32 slice, scaled in _measure
+        sets = [tuple(v[:1, :REF_POS] if v.dim() >= 2 else v[:1] for v in s) for s in sets]
 
-    def nxt():
-        state["i"] = (state["i"] + 1) % len(sets)
-        return sets[state["i"]]
+    def get(i):
+        return sets[i % len(sets)]
 
+    if impl == "read_once":
+        return lambda i: torch.amax(get(i)[0], -1)
     if impl == "copy":  # into a preallocated buffer: page faults of a fresh allocation are not bandwidth
         buf = torch.empty_like(sets[0][0])
-        return lambda: buf.copy_(nxt()[0])
+        return lambda i: buf.copy_(get(i)[0])
     if op == "posterior_sample":
         if impl == "reference":
-            return lambda: ref.posterior_sample(*_args3(nxt()), SCHED, 1)
+            return lambda i: ref.posterior_sample(*_args3(get(i)), SCHED, 1)
         if impl == "chain":
             chain = MultinomialChain(SCHED, K)
-            return lambda: chain.sample(*_args3(nxt()))
-        return lambda: D.posterior_sample(*_args3(nxt()), SCHED, seed=1, backend=impl)
+            return lambda i: chain.sample(*_args3(get(i)))
+        return lambda i: D.posterior_sample(*_args3(get(i)), SCHED, seed=1, backend=impl)
 
     chain = MultinomialChain(SCHED, K)
 
-    def vlb():
-        x, z, x0, t = nxt()
+    def vlb(i):
+        x, z, x0, t = get(i)
         xg = x.detach().requires_grad_(True)
         if impl == "reference":
             loss = ref.vlb_kl(x0, xg, z, t, SCHED)
@@ -130,30 +137,52 @@ def _args3(s):
     return x, z, t
 
 
-ROWS = [(op, L, K, impl) for op in ("posterior_sample", "vlb_kl_fwd_bwd") for (L, K) in SIZES
-        for impl in ("copy", "chain", "reference", "cpu")]
+IMPLS = ("read_once", "copy", "chain", "reference", "cpu")
 
 
-@pytest.mark.parametrize("op, L, K, impl", [pytest.param(*r, id=f"{r[0]}-B{B}-L{r[1]}-K{r[2]}-{r[3]}") for r in ROWS])
-def test_bench_diffusion(benchmark, op, L, K, impl):
-    if impl == "reference" and B * L * K > REFERENCE_MAX:
-        pytest.skip("float64 reference too large for this size")
+@functools.lru_cache(maxsize=None)
+def _measure(op: str, L: int, K: int, threads: int) -> dict:
+    """Median seconds of every impl, interleaved round-robin (one warm-up call each)."""
+    impls = [i for i in IMPLS if i != "cpu" or backends()["cpu"]["available"]]
+    fns = {i: _make(op, i, L, K) for i in impls}
+    times: dict[str, list[float]] = {i: [] for i in impls}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for fn in fns.values():
+            fn(0)
+        for r in range(ROUNDS):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn(r)
+                times[name].append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    scale = {"reference": B * L / min(L, REF_POS)}
+    return {name: scale.get(name, 1) * sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+ROWS = [(op, L, K, th, impl) for op in ("posterior_sample", "vlb_kl_fwd_bwd") for (L, K) in SIZES
+        for th in THREADS for impl in IMPLS]
+
+
+@pytest.mark.parametrize("op, L, K, threads, impl",
+                         [pytest.param(*r, id=f"{r[0]}-B{B}-L{r[1]}-K{r[2]}-t{r[3]}-{r[4]}") for r in ROWS])
+def test_bench_diffusion(benchmark, op, L, K, threads, impl):
     if impl == "cpu" and not backends()["cpu"]["available"]:
         pytest.skip("cpu backend not built")
-    benchmark.group = f"{op} B={B} L={L} K={K}"
-    fn = _make(op, impl, L, K)
-    benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
-    t = benchmark.stats.stats.median
-    _TIMES[(op, L, K, impl)] = t
-    info = {**machine(), "median_s": t, "logit_bytes": B * L * K * 4}
+    benchmark.group = f"{op} B={B} L={L} K={K} threads={threads}"
+    med = _measure(op, L, K, threads)
+    t = med[impl]
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # the timing is _measure's, stored below
+    info = {**machine(), "threads": threads, "median_s": t, "logit_bytes": B * L * K * 4,
+            "x_read_once": t / med["read_once"]}
     if impl == "copy":
         info["copy_GBps"] = 2 * B * L * K * 4 / t / 1e9
     if impl == "cpu":
-        copy = _TIMES.get((op, L, K, "copy"))
-        for base in ("chain", "reference"):
-            if (op, L, K, base) in _TIMES:
-                info[f"speedup_vs_{base}"] = _TIMES[(op, L, K, base)] / t
-        if copy:
-            info["x_read_once"] = t / (copy / 2)
-            info["x_copy"] = t / copy
+        info["speedup_vs_chain"] = med["chain"] / t
+        info["speedup_vs_reference"] = med["reference"] / t
     benchmark.extra_info.update(info)
+    print(f"\n{op:<18} L={L:<5} K={K:<6} t={threads} {impl:<10} {1e3 * t:9.2f} ms  x_read_once={t / med['read_once']:.2f}"
+          + (f"  vs_chain={info['speedup_vs_chain']:.1f}  vs_reference={info['speedup_vs_reference']:.1f}"
+             if impl == "cpu" else ""))
