@@ -202,7 +202,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs/mqvae_tiny")
     p.add_argument("--device", default="cpu")
     p.add_argument("--mqvae", default=None, help="a trained MQ-VAE checkpoint: skip stage 1")
-    p.add_argument("--vae-steps", type=int, default=1200)
+    p.add_argument("--vae-steps", type=int, default=800)
     p.add_argument("--stackformer", default="tiny", choices=sorted(STACKFORMER_PRESETS),
                    help="Stackformer preset (K, grid, length and classes are set from the MQ-VAE and the data)")
     p.add_argument("--unconditional", action="store_true", help="unconditional Stackformer (default: photo classes)")
@@ -249,13 +249,16 @@ def main(argv=None):
         checkpoint.save(tf, out / "stackformer", extra={"steps": args.tf_steps, "preset": args.stackformer})
         metrics.update(stackformer=args.stackformer, stackformer_code_ce=log[-1]["code"],
                        stackformer_position_ce=log[-1]["position"], **sample_figures(vq, tf, args, out))
-    vae_log = [r for r in log if r["stage"] == "mqvae"]
-    panels = {"MQ-VAE (L2 reconstruction, commitment)": {k: [(r["step"], r[k]) for r in vae_log]
-                                                          for k in ("rec", "commit")}}
+    vae_log = [r for r in log if r["stage"] == "mqvae"]  # empty with --mqvae
     tf_log = [r for r in log if r["stage"] == "stackformer"]
+    panels = {}
+    if vae_log:
+        panels["MQ-VAE (L2 reconstruction, commitment)"] = {k: [(r["step"], r[k]) for r in vae_log]
+                                                            for k in ("rec", "commit")}
     if tf_log:
         panels["Stackformer (cross-entropy)"] = {k: [(r["step"], r[k]) for r in tf_log] for k in ("code", "position")}
-    plot_curves(panels, out / "losses.png", smoothing=25)
+    if panels:
+        plot_curves(panels, out / "losses.png", smoothing=25)
     metrics["minutes"] = (time.time() - t0) / 60
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics))
