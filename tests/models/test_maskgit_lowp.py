@@ -21,7 +21,7 @@ def _qkv(B, L, H, Dh, dtype, seed=0):
 
 @pytest.mark.parametrize("B, H, L, Dh", [pytest.param(1, 1, 1, 8, id="one"), pytest.param(2, 3, 37, 24, id="odd"),
                                          pytest.param(1, 4, 64, 16, id="square")])
-@pytest.mark.parametrize("chunk", [1 << 21, 1], ids=["one-chunk", "per-head"])
+@pytest.mark.parametrize("chunk", [1 << 21, 100, 1], ids=["one-chunk", "row-blocks", "per-row"])
 def test_matmul_attention_matches_oracle(B, H, L, Dh, chunk, monkeypatch):
     monkeypatch.setattr(tf, "_SCORE_CHUNK", chunk)
     q, k, v = _qkv(B, L, H, Dh, torch.float32)

@@ -46,10 +46,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(Dh)) v with batched GEMMs, q/k/v [B, H, L, Dh] -> [B, H, L, Dh].
 
-    The [B*H, L, L] scores are materialized in chunks of heads (at most _SCORE_CHUNK
-    elements at once) in the input dtype; the softmax computes in fp32 internally. In
-    bf16 the scores are rounded to 8 bits of mantissa (SDPA keeps them in fp32), so
-    the output error is about 3x SDPA's bf16 error (tests/models/test_maskgit_lowp.py bounds it).
+    The [B*H, L, Lk] scores are materialized in chunks of heads (and of query rows when
+    one head's L x Lk exceeds the budget), at most _SCORE_CHUNK elements at once, in the
+    input dtype; the softmax computes in fp32 internally. In bf16 the scores are rounded
+    to 8 bits of mantissa (SDPA keeps them in fp32), so the output error is a few times
+    SDPA's bf16 error (tests/models/test_maskgit_lowp.py bounds it).
     """
     B, H, L, Dh = q.shape
     Lk = k.shape[2]
@@ -57,10 +58,15 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     qs = (q * Dh ** -0.5).reshape(n, L, Dh)  # scaling q (L*Dh) is cheaper than scaling the scores (L*Lk)
     ks, vs = k.reshape(n, Lk, Dh), v.reshape(n, Lk, Dh)
     out = q.new_empty(n, L, Dh)
-    step = max(1, _SCORE_CHUNK // (L * Lk))
+    rows = max(1, min(L, _SCORE_CHUNK // Lk))
+    step = max(1, _SCORE_CHUNK // (rows * Lk))
     for i in range(0, n, step):
-        scores = torch.bmm(qs[i:i + step], ks[i:i + step].transpose(1, 2))
-        torch.bmm(torch.softmax(scores, -1), vs[i:i + step], out=out[i:i + step])
+        kt, vi = ks[i:i + step].transpose(1, 2), vs[i:i + step]
+        if rows == L:
+            torch.bmm(torch.softmax(torch.bmm(qs[i:i + step], kt), -1), vi, out=out[i:i + step])
+            continue
+        for j in range(0, L, rows):
+            out[i:i + step, j:j + rows] = torch.bmm(torch.softmax(torch.bmm(qs[i:i + step, j:j + rows], kt), -1), vi)
     return out.view(B, H, L, Dh)
 
 
