@@ -266,3 +266,19 @@ def test_importance_map_png(tmp_path):
     png = (tmp_path / "maps" / "importance.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     assert m.training and all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())  # no EMA/BN update
+
+
+def test_bf16_model_and_autocast_run():
+    torch.manual_seed(0)
+    m = MQVAE.from_preset("tiny", **SMALL).eval()
+    x = _images(2, seed=6)
+    codes, positions, _ = m.encode(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        c, p, _ = m.encode(x)
+        assert c.shape == p.shape == codes.shape and m.decode_tokens(c, p).isfinite().all()
+    m.to(torch.bfloat16)
+    with torch.no_grad():
+        c, p, _ = m.encode(x.bfloat16())
+        y = m.decode_tokens(c, p)
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape and y.isfinite().all()
+    assert (p[:, 1:] > p[:, :-1]).all() and p.shape == positions.shape

@@ -175,7 +175,8 @@ class MQVAE(nn.Module):
 
     def decode(self, z_q: torch.Tensor, positions: torch.Tensor, record: list | None = None) -> torch.Tensor:
         """Code vectors [B, n, d] at positions [B, n] -> images [B, C, R, R] (differentiable)."""
-        return self.decoder(self.demasker(z_q, positions, record))
+        # the codebook stays fp32 (EMA state) when the model is cast to bf16/fp16
+        return self.decoder(self.demasker(z_q.to(self.demasker.proj.weight.dtype), positions, record))
 
     def decode_tokens(self, codes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """codes [B, n] at positions [B, n] (any order, distinct per row) -> images [B, C, R, R]."""
