@@ -4,7 +4,10 @@ Rows (N = 65536 rows, K = 1024 codes, d = 256, fp32 unless named), all timed in 
 interleaved round-robin over 3 input sets so that load from other processes hits every
 row alike; each row's extra_info holds its median and its ratio to the baselines:
   copy          y.copy_(x): the machine's copy bandwidth (STREAM convention: bytes read +
-                written); reading x once at that bandwidth takes copy_time / 2
+                written); reading x once at that bandwidth takes copy_time / 2. Timed
+                last in each round: the row after it pays for its 64 MiB of dirty lines
+  sum0          x.sum(0): torch reading x once (what one core's reads reach, without
+                the writes copy's bandwidth counts)
   vqfast        vqfast.ops.ema_statistics (CPU kernel), also fp16/bf16 x
   index_add     torch.bincount + zeros(K, d).index_add_ (the best plain-torch formulation)
   one_hot       one_hot(idx).T @ x and .sum(0), as PUT / rq-vae-transformer /
@@ -49,7 +52,6 @@ def _rows():
     vq = VectorQuantizer(D, K, decay=0.8).train()
     stats = lambda x, i: vqfast.ops.ema_statistics(x, i, K)  # noqa: E731
     rows = {
-        "copy": (lambda x, i: out.copy_(x), torch.float32),
         "vqfast": (stats, torch.float32),
         "vqfast_fp16": (stats, torch.float16),
         "vqfast_bf16": (stats, torch.bfloat16),
@@ -65,6 +67,8 @@ def _rows():
         rows["vqp_forward"] = (lambda x, i: vqp(x[None]), torch.float32)
     except ImportError:
         pass
+    rows["sum0"] = (lambda x, i: x.sum(0), torch.float32)
+    rows["copy"] = (lambda x, i: out.copy_(x), torch.float32)
     return rows
 
 
@@ -103,12 +107,13 @@ def _info(name: str) -> dict:
         info["speedup_vs_index_add"] = t["index_add"] / t[name]
         info["speedup_vs_one_hot"] = t["one_hot"] / t[name]
         info["x_read_once_at_copy_bw"] = t[name] / read_once
+        info["time_vs_torch_sum0"] = t[name] / t["sum0"]
     if name == "vq_forward" and "vqp_forward" in t:
         info["speedup_vs_vector_quantize_pytorch"] = t["vqp_forward"] / t[name]
     return info
 
 
-NAMES = ["copy", "vqfast", "vqfast_fp16", "vqfast_bf16", "index_add", "one_hot", "step", "vq_forward", "vqp_forward"]
+NAMES = ["copy", "sum0", "vqfast", "vqfast_fp16", "vqfast_bf16", "index_add", "one_hot", "step", "vq_forward", "vqp_forward"]
 
 
 @pytest.mark.benchmark(group=f"ema N={N} K={K} d={D}")
@@ -123,4 +128,4 @@ def test_bench_ema(benchmark, name):
     with torch.no_grad():
         benchmark.pedantic(fn, args=(x.to(dt), i), rounds=1 if name == "one_hot" else 3, warmup_rounds=1)
     print(f"\n{name:<12} {1e3 * t[name]:9.2f} ms  " + "  ".join(
-        f"{k}={v:.2f}" for k, v in benchmark.extra_info.items() if k.startswith(("speedup", "x_read"))))
+        f"{k}={v:.2f}" for k, v in benchmark.extra_info.items() if k.startswith(("speedup", "x_read", "time_vs"))))
