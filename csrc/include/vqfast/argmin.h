@@ -1,4 +1,13 @@
 // Running argmin with vqfast's tie rule, shared by every CPU and CUDA kernel.
+//
+// Who uses what: `better` (the tie rule) and `finite_value` are used by the CUDA
+// kernels (float scores) and by the CPU search core's exact float64 re-rank and row
+// checks (csrc/cpu/search_core.cpp), so both pick the same index for the same
+// distances. The CPU core's candidate filter (lower bound <= best upper bound over 64
+// codes at once) stays in AVX-512 intrinsics there: a per-element call of a scalar
+// header function would cost the vectorized scan its speed. The score helpers below
+// (code_score, score_to_dist, l2_from_dot) serve the float-only GPU argmin; the CPU
+// core instead bounds each score's rounding and re-ranks in float64.
 #pragma once
 #include <math.h>
 
