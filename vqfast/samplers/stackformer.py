@@ -39,8 +39,7 @@ import torch
 from vqfast import ops
 from vqfast._random import philox_key
 from vqfast.data.seeding import as_generator
-from vqfast.models.stackformer import Stackformer, run_causal
-from vqfast.models.transformer import low_precision
+from vqfast.models.stackformer import Stackformer, inference_copy, run_causal
 
 _MASK64 = (1 << 64) - 1
 _KEY_STRIDE = 0x9E3779B97F4A7C15  # odd: the 2n keys of one call are distinct
@@ -88,7 +87,8 @@ def stackformer_sample(model: Stackformer, n_samples: int, num_tokens: int | Non
     (False: the official full recomputation); prefix_codes / prefix_positions [B, m]: kept
     pairs (see the module docstring); progress: tqdm bar; autocast_dtype: e.g.
     torch.bfloat16 runs the blocks from a cached bf16-weight copy (fp32 residual stream,
-    embeddings, LayerNorms and heads; `vqfast.models.transformer.low_precision_copy`).
+    embeddings, LayerNorms and heads; on CPU oneDNN-packed weights, see
+    `vqfast.models.stackformer.inference_copy`; elsewhere `low_precision_copy`).
     Positions of a sample are distinct; the order of the pairs is the sampling order.
     """
     was_training = getattr(model, "training", False)
@@ -144,8 +144,8 @@ class StackformerDecoding:
             m = prefix_codes.shape[1]
         g = _generator(generator, seed, device)
         model.eval()
-        # a Stackformer is built from vqfast Blocks: a low dtype always gives the cached copy (no autocast)
-        self.net = low_precision(model, autocast_dtype)[0]
+        # a Stackformer is built from vqfast Blocks: a low dtype gives a cached weight copy (no autocast)
+        self.net = inference_copy(model, autocast_dtype, B)
         self.num_tokens, self.num_prefix, self.use_cache = n, m, bool(use_cache)
         self.temperature = float(temperature)
         self.filters = {"code": (code_top_k, code_top_p), "position": (position_top_k, position_top_p)}
