@@ -29,11 +29,11 @@ import time
 
 import pytest
 import torch
+from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 from vqfast.models.stackformer import Stackformer
 from vqfast.models.transformer import cached_low_precision_copy
 from vqfast.samplers.stackformer import StackformerDecoding, stackformer_sample
-from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 BATCH = int(os.environ.get("STACKFORMER_BENCH_BATCH", "1"))
 ROUNDS = int(os.environ.get("STACKFORMER_BENCH_ROUNDS", "3"))

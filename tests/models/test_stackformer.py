@@ -5,8 +5,17 @@ import pytest
 import torch
 
 from vqfast import checkpoint
-from vqfast.models.stackformer import PRESETS, KVCache, Stackformer, order_tokens, run_causal
+from vqfast.models.stackformer import (
+    PRESETS,
+    KVCache,
+    PackedLinear,
+    Stackformer,
+    inference_copy,
+    order_tokens,
+    run_causal,
+)
 from vqfast.samplers import stackformer_sample
+from vqfast.samplers.stackformer import StackformerDecoding
 
 VARIANTS = [pytest.param({}, id="stackformer"), pytest.param(dict(reversed=True), id="reversed"),
             pytest.param(dict(absolute_position=False), id="no-abs"),
@@ -143,6 +152,48 @@ def test_greedy_and_class_labels():
     code_logits, pos_logits = m(*_tokens(m, 3, 9), torch.tensor([0, 1, 4]))
     assert code_logits.shape == (3, 9, 256) and pos_logits.shape == (3, 9, 65)
     assert m.code_emb.num_embeddings == 5 + 256
+
+
+def _step_logits(net: Stackformer, codes, positions, use_cache: bool):
+    """Logits of the first stack's head at every step of a teacher-forced decoding."""
+    d = StackformerDecoding(net, codes.shape[0], codes.shape[1], use_cache=use_cache)
+    prev_ids, prev_pos = net.shifted(codes, positions, net.start_ids(None, codes.shape[0], "cpu"))
+    first = net.stacks[0]
+    out = []
+    with torch.no_grad():
+        for i in range(codes.shape[1]):
+            if use_cache:
+                h = run_causal(net.blocks(first), net.inputs(prev_ids[:, i:i + 1], prev_pos[:, i:i + 1], i),
+                               d.caches[0])
+            else:
+                h = run_causal(net.blocks(first), net.inputs(prev_ids[:, :i + 1], prev_pos[:, :i + 1]))
+            out.append(net.logits(first, h[:, -1]))
+    return torch.stack(out, 1)
+
+
+def test_bf16_inference_copy_close_to_fp32_and_shares_weights():
+    m = _model()
+    fast = inference_copy(m, torch.bfloat16, batch_hint=2)
+    if any(isinstance(x, PackedLinear) for x in fast.modules()):
+        assert fast.code_emb.weight is m.code_emb.weight and fast.code_head.weight is m.code_head.weight
+    assert inference_copy(m, torch.bfloat16, batch_hint=2) is fast  # cached
+    assert inference_copy(m, None) is m and inference_copy(m, torch.float32) is m
+    codes, positions = _tokens(m, 2, 12)
+    with torch.no_grad():
+        ref = m(codes, positions)
+        got = fast(codes, positions)
+        ref64 = m.double()(codes, positions)
+        m.float()
+    for r, g, r64 in zip(ref, got, ref64):
+        assert g.dtype == torch.float32  # fp32 heads
+        bf16_err = (g.double() - r64).abs().max()
+        assert bf16_err < 0.05 * r64.abs().max() and bf16_err > (r.double() - r64).abs().max()
+    # cached bf16 decoding (one-shape attention over the buffer) == the bf16 full pass, up to bf16 rounding
+    a, b = _step_logits(fast, codes, positions, True), _step_logits(fast, codes, positions, False)
+    torch.testing.assert_close(a, b, atol=0.02 * float(b.abs().max()), rtol=0)
+    with torch.no_grad():
+        m.code_blocks[0].mlp[0].weight.add_(1.0)  # a parameter change rebuilds the copy
+    assert inference_copy(m, torch.bfloat16, batch_hint=2) is not fast
 
 
 def test_bf16_sampling_runs_and_keeps_positions_distinct():
