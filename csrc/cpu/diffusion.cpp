@@ -53,10 +53,10 @@ VQFAST_ROW_LOOP RowLse row_lse(const float* x, int64_t K) {
     bad |= !(v < INFINITY);  // NaN or +inf
   }
   if (bad || m == -INFINITY) return {m, 0.0f, kNaN, false};
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t k = 0; k < K; ++k) s += exp_f32(x[k] - m);
-  return {m, s, m + std::log(s), true};
+  double s = 0.0;
+  for (int64_t k0 = 0; k0 < K; k0 += 256)
+    s += sampling::sum_exp_block(x + k0, static_cast<int>(std::min<int64_t>(256, K - k0)), m);
+  return {m, static_cast<float>(s), m + static_cast<float>(std::log(s)), true};
 }
 
 // Per-row constants of the uniform posterior with x0 = softmax(x) (diffusion_math.h).
@@ -209,17 +209,52 @@ UniformKl uniform_kl_row(const float* c, const float* x, int64_t K, int64_t i, i
 // Over k not in {x0 = i, z_t = j}: d = -sum softplus(lr + y_k) (= sum (lc - B_k)), sig = sum sigmoid(lr + y_k).
 VQFAST_ROW_LOOP void uniform_kl_sums(const float* row, int64_t K, int64_t i, int64_t j, float lr, float lse, float& d,
                                      float& sig_o) {
-  float ds = 0.0f, ss = 0.0f;
-#pragma omp simd reduction(+ : ds, ss)
-  for (int64_t k = 0; k < K; ++k) {
-    float sp, sig;
-    softplus_sigmoid(lr + (row[k] - lse), sp, sig);
-    const bool other = k != i && k != j;
-    ds -= other ? sp : 0.0f;
-    ss += other ? sig : 0.0f;
+  double ds = 0.0, ss = 0.0;
+  int64_t k = 0;
+#if defined(__AVX512F__)
+  // softplus(u) = max(u, 0) + log(1 + e^-|u|): the logs of 16 lanes are taken as the log of their
+  // running product (factors in (1, 2], renormalized by getexp / getmant every 256 values), so
+  // the loop has one exp and one division per value and no log.
+  const __m512 vlr = _mm512_set1_ps(lr), vlse = _mm512_set1_ps(lse), one = _mm512_set1_ps(1.0f);
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 pos = zero, sig = zero, expo = zero, prod = one;
+  while (k + 16 <= K) {
+    for (int v = 0; v < 16 && k + 16 <= K; ++v, k += 16) {
+      const __m512 u = _mm512_add_ps(vlr, _mm512_sub_ps(_mm512_loadu_ps(row + k), vlse));
+      const __m512 e = sampling::exp512_nonpos(_mm512_sub_ps(zero, _mm512_abs_ps(u)));
+      const __m512 ope = _mm512_add_ps(one, e);
+      pos = _mm512_add_ps(pos, _mm512_max_ps(u, zero));
+      prod = _mm512_mul_ps(prod, ope);
+      const __m512 inv = _mm512_div_ps(one, ope);
+      sig = _mm512_add_ps(sig, _mm512_mask_mul_ps(inv, _mm512_cmp_ps_mask(u, zero, _CMP_LE_OQ), e, inv));
+    }
+    expo = _mm512_add_ps(expo, _mm512_getexp_ps(prod));
+    prod = _mm512_getmant_ps(prod, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
   }
-  d = ds;
-  sig_o = ss;
+  alignas(64) float pr[16];
+  _mm512_store_ps(pr, prod);
+  double logs = 0.0;
+  for (int l = 0; l < 16; ++l) logs += std::log(static_cast<double>(pr[l]));
+  ds = -(static_cast<double>(_mm512_reduce_add_ps(pos)) + logs +
+         0.6931471805599453 * static_cast<double>(_mm512_reduce_add_ps(expo)));
+  ss = _mm512_reduce_add_ps(sig);
+#endif
+  for (; k < K; ++k) {
+    float sp, sg;
+    softplus_sigmoid(lr + (row[k] - lse), sp, sg);
+    ds -= sp;
+    ss += sg;
+  }
+  const int64_t special[2] = {i, j};
+  for (int q = 0; q < (i == j ? 1 : 2); ++q) {  // x0 and z_t are not "other" states (once if equal)
+    const int64_t o = special[q];
+    float sp, sg;
+    softplus_sigmoid(lr + (row[o] - lse), sp, sg);
+    ds += sp;
+    ss -= sg;
+  }
+  d = static_cast<float>(ds);
+  sig_o = static_cast<float>(ss);
 }
 
 // sigmoid(lr + y) = d B_k / d y_k (1 at t = 1, where B_k = y_k).
@@ -290,8 +325,44 @@ template <typename T>
 VQFAST_ROW_LOOP void uniform_grad_row(const float* row, int64_t K, int64_t i, int64_t j, float lse, float lr,
                                       float e0, float e1, float q_o, float q_i, float q_j, float sg, float go, T* g) {
   const bool t1 = lr == INFINITY;  // t = 1: B_k = y_k, sigmoid = 1
+  int64_t k0 = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value) {
+    // every k as an "other" state (q_o, e0), then x0 and z_t below; sigmoid(lr + y) = 1 / (1 + e^-(lr + y))
+    const __m512 vlse = _mm512_set1_ps(lse), vmlr = _mm512_set1_ps(-lr), one = _mm512_set1_ps(1.0f);
+    const __m512 ve0 = _mm512_set1_ps(e0), vsg = _mm512_set1_ps(sg), vgo = _mm512_set1_ps(go);
+    const __m512 vq = _mm512_set1_ps(q_o > 0.0f ? q_o : 0.0f);
+    for (; k0 + 16 <= K; k0 += 16) {
+      const __m512 y = _mm512_sub_ps(_mm512_loadu_ps(row + k0), vlse);
+      const __m512 p = sampling::exp512_nonpos(y);
+      __m512 sig = one;
+      if (!t1) {
+        const __m512 u = _mm512_sub_ps(vmlr, y);  // -(lr + y)
+        const __m512 au = _mm512_abs_ps(u);
+        const __m512 e = sampling::exp512_nonpos(_mm512_sub_ps(_mm512_setzero_ps(), au));
+        const __m512 inv = _mm512_div_ps(one, _mm512_add_ps(one, e));
+        // 1 / (1 + e^u): inv when u <= 0, e * inv when u > 0
+        sig = _mm512_mask_mul_ps(inv, _mm512_cmp_ps_mask(u, _mm512_setzero_ps(), _CMP_GT_OQ), e, inv);
+      }
+      const __m512 gk = _mm512_mul_ps(vgo, _mm512_sub_ps(_mm512_sub_ps(_mm512_mul_ps(ve0, p), _mm512_mul_ps(vq, sig)),
+                                                         _mm512_mul_ps(p, vsg)));
+      _mm512_storeu_ps(reinterpret_cast<float*>(g) + k0, gk);
+    }
+    for (const int64_t k : {i, j}) {  // the two special states, scalar
+      if (k >= k0) continue;
+      const float y = row[k] - lse;
+      const float p = exp_f32(y);
+      float sp, sig;
+      softplus_sigmoid(lr + y, sp, sig);
+      sig = t1 ? 1.0f : sig;
+      const float q = k == i ? q_i : q_j;
+      const float qs = q > 0.0f ? q * sig : 0.0f;
+      g[k] = static_cast<T>(go * (((k == j ? e1 : e0) * p - qs) - p * sg));
+    }
+  }
+#endif
 #pragma omp simd
-  for (int64_t k = 0; k < K; ++k) {
+  for (int64_t k = k0; k < K; ++k) {
     const float y = row[k] - lse;
     const float p = exp_f32(y);
     float sp, sig;

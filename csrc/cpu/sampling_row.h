@@ -67,26 +67,32 @@ inline float exp_nonpos(float d) {
 // sum_i exp(x[i] - m) for n <= 256 values <= m (or -inf): ~1 ulp per term. Only for
 // log-sum-exps, never for noise, so AVX-512 FMAs are fine here (the rest of the file
 // avoids contraction to match the reference bit for bit).
+#if defined(__AVX512F__)
+// e^d in 16 lanes for d <= 0 (d = -inf and d < -100 give ~0): Cephes expf with FMAs, ~1 ulp.
+inline __m512 exp512_nonpos(__m512 d) {
+  d = _mm512_max_ps(d, _mm512_set1_ps(-100.0f));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(d, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f),
+                                   _mm512_fmadd_ps(k, _mm512_set1_ps(-0.693359375f), d));  // d - k ln2
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(e, k);  // e * 2^k; 2^-145 flushes to 0
+}
+#endif
+
 inline float sum_exp_block(const float* x, int n, float m) {
   int i = 0;
   float s = 0.0f;
 #if defined(__AVX512F__)
-  const __m512 vm = _mm512_set1_ps(m), lo = _mm512_set1_ps(-100.0f), log2e = _mm512_set1_ps(1.44269504088896341f);
-  const __m512 ln2_hi = _mm512_set1_ps(-0.693359375f), ln2_lo = _mm512_set1_ps(2.12194440e-4f);
+  const __m512 vm = _mm512_set1_ps(m);
   __m512 acc = _mm512_setzero_ps();
-  for (; i + 16 <= n; i += 16) {
-    const __m512 d = _mm512_max_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm), lo);  // -inf -> -100
-    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(d, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 r = _mm512_fmadd_ps(k, ln2_lo, _mm512_fmadd_ps(k, ln2_hi, d));  // d - k ln2, |r| <= 0.35
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-    acc = _mm512_add_ps(acc, _mm512_scalef_ps(e, k));  // e * 2^k; 2^-145 flushes to 0
-  }
+  for (; i + 16 <= n; i += 16) acc = _mm512_add_ps(acc, exp512_nonpos(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm)));
   s = _mm512_reduce_add_ps(acc);
 #endif
   for (; i < n; ++i) s += exp_nonpos(x[i] - m);
