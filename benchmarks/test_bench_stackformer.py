@@ -18,7 +18,9 @@ minutes uncached, so the rows time STEPS steps at sequence positions 1.. and 253
 (after a 252-pair prefix run through the caches untimed). Full-sequence estimate: a step
 costs a + b * i at position i (GEMMs over i rows uncached; weight reads plus a growing
 cache read cached), so 256 steps take 256 * (step@start + step@end) / 2 (trapezoid).
-tiny (d 64, 2+1 layers, K 1024, 32x32 positions, n = 256): whole 256-token runs, timed.
+tiny (d 64, 2+1 layers, K 1024, 32x32 positions, n = 256): whole 256-token runs, timed, at
+batch 1 (dispatch-bound: a cached step is ~40 small ops plus two sample_logits calls, so
+recomputing 256 rows costs only ~3x one) and batch TINY_BATCH = 8.
 
     flock /tmp/vqfast_bench.lock python -m pytest benchmarks/test_bench_stackformer.py --benchmark-only
 """
@@ -39,11 +41,12 @@ BATCH = int(os.environ.get("STACKFORMER_BENCH_BATCH", "1"))
 ROUNDS = int(os.environ.get("STACKFORMER_BENCH_ROUNDS", "3"))
 STEPS = int(os.environ.get("STACKFORMER_BENCH_STEPS", "2"))
 THREADS = int(os.environ.get("STACKFORMER_BENCH_THREADS", "1"))
+TINY_BATCH = int(os.environ.get("STACKFORMER_BENCH_TINY_BATCH", "8"))
 N = 256  # tokens per sample (f8 MQ-VAE at 25% kept: 256 of 32x32)
 BIG_ROWS = ["fp32-uncached", "fp32-cached", "bf16-uncached", "bf16-cached", "bf16-unpacked-cached",
             "bf16-autocast-cached"]
 TINY_ROWS = ["fp32-uncached", "fp32-cached", "bf16-uncached", "bf16-cached"]
-_RESULTS: dict[str, dict] = {}
+_RESULTS: dict[tuple[str, int], dict] = {}
 _MODELS: dict[str, Stackformer] = {}
 
 
@@ -98,8 +101,8 @@ def _model(preset: str) -> Stackformer:
     return _MODELS[preset]
 
 
-def _tiny_run(row: str, seed: int) -> None:
-    stackformer_sample(_model("tiny"), BATCH, seed=seed, use_cache="uncached" not in row,
+def _tiny_run(row: str, seed: int, batch: int) -> None:
+    stackformer_sample(_model("tiny"), batch, seed=seed, use_cache="uncached" not in row,
                        autocast_dtype=None if row.startswith("fp32") else torch.bfloat16)
 
 
@@ -120,32 +123,33 @@ def _measure_307m() -> dict:
     return out
 
 
-def _measure_tiny() -> dict:
+def _measure_tiny(batch: int) -> dict:
     times = {row: [] for row in TINY_ROWS}
     for r in range(ROUNDS + 1):  # round 0 warms up
         for row in TINY_ROWS:
             t0 = time.perf_counter()
-            _tiny_run(row, seed=r)
+            _tiny_run(row, seed=r, batch=batch)
             if r:
                 times[row].append(time.perf_counter() - t0)
     return {row: {"full_256_s": _median(t), "step_s_mean": _median(t) / N} for row, t in times.items()}
 
 
-def _results(preset: str) -> dict:
-    if preset not in _RESULTS:
-        _RESULTS[preset] = _measure_307m() if preset == "307M" else _measure_tiny()
-    return _RESULTS[preset]
+def _results(preset: str, batch: int) -> dict:
+    if (preset, batch) not in _RESULTS:
+        _RESULTS[(preset, batch)] = _measure_307m() if preset == "307M" else _measure_tiny(batch)
+    return _RESULTS[(preset, batch)]
 
 
-@pytest.mark.parametrize("preset, row", [("307M", r) for r in BIG_ROWS] + [("tiny", r) for r in TINY_ROWS])
-def test_stackformer_sampling_tokens_per_s(benchmark, preset, row):
-    benchmark.group = f"stackformer-sample-{preset}"
-    res = _results(preset)
+@pytest.mark.parametrize("preset, batch, row", [("307M", BATCH, r) for r in BIG_ROWS]
+                         + [("tiny", b, r) for b in sorted({BATCH, TINY_BATCH}) for r in TINY_ROWS])
+def test_stackformer_sampling_tokens_per_s(benchmark, preset, batch, row):
+    benchmark.group = f"stackformer-sample-{preset}-batch{batch}"
+    res = _results(preset, batch)
     full = "full_256_s_estimate" if preset == "307M" else "full_256_s"
     info = benchmark.extra_info
     info.update(machine())
-    info.update({"batch": BATCH, "tokens": N, "rounds": ROUNDS, **res[row]})
-    info["tokens_per_s_full_256"] = BATCH * N / res[row][full]
+    info.update({"batch": batch, "tokens": N, "rounds": ROUNDS, **res[row]})
+    info["tokens_per_s_full_256"] = batch * N / res[row][full]
     dtype, mode = row.split("-", 1)
     base = f"{dtype}-uncached"
     info["speedup_vs_official_uncached_full_256"] = res[base][full] / res[row][full]
@@ -162,4 +166,4 @@ def test_stackformer_sampling_tokens_per_s(benchmark, preset, row):
     if preset == "307M":
         benchmark.pedantic(lambda: _steps(_model("307M"), row, 0, seed=99), rounds=1, iterations=1)
     else:
-        benchmark.pedantic(lambda: _tiny_run(row, seed=99), rounds=1, iterations=1)
+        benchmark.pedantic(lambda: _tiny_run(row, seed=99, batch=batch), rounds=1, iterations=1)

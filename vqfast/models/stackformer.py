@@ -59,15 +59,16 @@ PRESETS: dict[str, dict] = {
 
 class KVCache:
     """Keys/values of one causal stack, preallocated: keys k [layers, B, H, Dh, max_len]
-    (stored transposed, so a decoding step multiplies q by k[..., :t] without a copy),
-    values v [layers, B, H, max_len, Dh]. `length` tokens are written; a step writes its
-    keys/values in place (no torch.cat per step)."""
+    (stored transposed, so a decoding step multiplies q by k without a copy), values
+    v [layers, B, H, max_len, Dh], and bias [max_len]: 0 for the `length` written slots,
+    -inf after them. A step writes its keys/values in place (no torch.cat per step)."""
 
     def __init__(self, layers: int, batch: int, heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str):
         # zeros: a decoding step reads the unwritten slots with weight 0 (0 * NaN would be NaN)
         self.k = torch.zeros(layers, batch, heads, head_dim, max_len, dtype=dtype, device=device)
         self.v = torch.zeros(layers, batch, heads, max_len, head_dim, dtype=dtype, device=device)
+        self.bias = torch.full((max_len,), float("-inf"), dtype=dtype, device=device)
         self.length = 0
         self.max_len = max_len
 
@@ -76,35 +77,42 @@ def causal_attention(attn: SelfAttention, x: torch.Tensor, cache: KVCache | None
                      layer: int = 0) -> torch.Tensor:
     """Causal self-attention with a `Block`'s weights, x [B, L, D] -> [B, L, D].
 
-    cache None: the whole sequence. Else x holds tokens cache.length .. cache.length + L - 1,
-    whose keys/values are written to cache layer `layer` (cache.length is advanced by the caller)."""
+    cache None: the whole sequence. Else x holds tokens t = cache.length .. t + L - 1, whose
+    keys/values are written to cache layer `layer` (`run_causal` opens cache.bias up to
+    t + L - 1 before the first layer and advances cache.length after the last)."""
     B, L, D = x.shape
-    q, k, v = attn.qkv(x).view(B, L, 3, attn.heads, D // attn.heads).permute(2, 0, 3, 1, 4)
+    H = attn.heads
+    q, k, v = attn.qkv(x).view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4)
     if cache is None:
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0,
                                              is_causal=True)
     else:
-        t = cache.length
-        if t + L > cache.max_len:
-            raise ValueError(f"KV cache holds {cache.max_len} tokens, cannot add {L} to {t}")
+        t, n = cache.length, cache.max_len
         cache.k[layer, ..., t:t + L] = k.transpose(-1, -2)
         cache.v[layer, :, :, t:t + L] = v
-        keys_t, values = cache.k[layer, ..., :t + L], cache.v[layer, :, :, :t + L]
         if L == 1:
-            # The newest token sees every cached one. Two GEMMs over the whole buffer, slots after
-            # t masked: one shape for every step, so oneDNN reuses its bf16 primitives instead of
-            # creating new ones for each length (CPU SDPA / sliced bmm: 0.1-0.4 ms per call).
-            scores = torch.matmul(q * (q.shape[-1] ** -0.5), cache.k[layer]).float()
-            scores[..., t + 1:] = float("-inf")
-            out = torch.matmul(torch.softmax(scores, -1).to(values.dtype), cache.v[layer])
+            # The newest token sees every cached one. Two GEMMs over the whole buffer, later slots
+            # masked by the bias: one shape for every step, so oneDNN reuses its bf16 primitives
+            # instead of creating new ones for each length (CPU SDPA / sliced bmm: 0.1-0.4 ms a call).
+            dh = D // H
+            scores = torch.baddbmm(cache.bias, q.reshape(B * H, 1, dh), cache.k[layer].view(B * H, dh, n),
+                                   alpha=dh ** -0.5)
+            probs = torch.softmax(scores.float(), -1).to(v.dtype)
+            out = torch.bmm(probs, cache.v[layer].view(B * H, n, dh)).view(B, H, 1, dh)
         else:
             allowed = torch.arange(L, device=x.device)[:, None] + t >= torch.arange(t + L, device=x.device)
-            out = F.scaled_dot_product_attention(q, keys_t.transpose(-1, -2), values, attn_mask=allowed)
+            out = F.scaled_dot_product_attention(q, cache.k[layer, ..., :t + L].transpose(-1, -2),
+                                                 cache.v[layer, :, :, :t + L], attn_mask=allowed)
     return attn.proj(out.transpose(1, 2).reshape(B, L, D))
 
 
 def run_causal(blocks: nn.ModuleList, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
     """x [B, L, D] through causal `Block`s (cached: the next L tokens; cache.length advances)."""
+    if cache is not None:
+        t, L = cache.length, x.shape[1]
+        if t + L > cache.max_len:
+            raise ValueError(f"KV cache holds {cache.max_len} tokens, cannot add {L} to {t}")
+        cache.bias[t:t + L] = 0.0
     for i, blk in enumerate(blocks):
         dtype = blk.attn.qkv.weight.dtype  # bf16 blocks of a low_precision_copy: fp32 residual stream
         x = x + causal_attention(blk.attn, blk.norm1(x).to(dtype), cache, i)
