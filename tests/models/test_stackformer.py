@@ -94,6 +94,10 @@ def test_positions_distinct_and_start_token_never_sampled(kw):
     assert (positions < m.num_positions).all() and (positions >= 0).all()
     assert all(sorted(r) == list(range(64)) for r in positions.tolist())
     assert ((codes >= 0) & (codes < m.codebook_size)).all()
+    # the paper's filters (position top-k 10) down to the last free position, and greedy
+    for t in (1.0, 0.0):
+        _, positions = stackformer_sample(m, 2, labels=_labels(m, 2), temperature=t, seed=4)
+        assert all(sorted(r) == list(range(64)) for r in positions.tolist())
 
 
 def test_start_token_forbidden_even_when_favoured():
@@ -307,3 +311,16 @@ def test_bad_inputs_name_the_argument():
     for fn, word in cases:
         with pytest.raises(ValueError, match=word):
             fn()
+
+
+def test_samples_decode_with_the_tiny_mqvae():
+    """The tiny presets match: 32 (code, position) pairs on MQVAE("tiny")'s 8x8 grid, K = 256."""
+    from vqfast.models.mqvae import MQVAE
+    torch.manual_seed(0)
+    vq = MQVAE.from_preset("tiny").eval()
+    m = _model()
+    assert (m.codebook_size, m.num_positions, m.max_len) == (vq.codebook_size, vq.num_positions, vq.num_kept)
+    codes, positions = stackformer_sample(m, 2, seed=0)
+    with torch.no_grad():
+        images = vq.decode_tokens(codes, positions)
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
