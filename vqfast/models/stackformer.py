@@ -215,8 +215,6 @@ class Stackformer(nn.Module):
             raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
-        if max_len > num_positions:
-            raise ValueError(f"max_len={max_len} must be <= num_positions={num_positions} (one pair per position)")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         self.config = dict(codebook_size=codebook_size, num_positions=num_positions, num_classes=num_classes,

@@ -81,8 +81,9 @@ def stackformer_sample(model: Stackformer, n_samples: int, num_tokens: int | Non
                        autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """n_samples sequences of num_tokens (code, position) pairs -> (codes [B, n], positions [B, n]).
 
-    num_tokens: default model.max_len; labels: [B] int64 or an int for every sample (class-
-    conditional models only); top-k / top-p per head (None: off); temperature divides the
+    num_tokens: default min(model.max_len, model.num_positions); labels: [B] int64 or an int
+    for every sample (class-conditional models only); top-k / top-p per head (None: off);
+    temperature divides the
     logits (0: greedy); generator (torch.Generator or int seed) or seed; use_cache: KV cache
     (False: the official full recomputation); prefix_codes / prefix_positions [B, m]: kept
     pairs (see the module docstring); progress: tqdm bar; autocast_dtype: e.g.
@@ -126,9 +127,11 @@ class StackformerDecoding:
         _check_filter("code_top_p", code_top_p, "p"), _check_filter("position_top_p", position_top_p, "p")
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
-        n = model.max_len if num_tokens is None else num_tokens
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= model.max_len:
-            raise ValueError(f"num_tokens must be an int in [1, max_len={model.max_len}], got {num_tokens!r}")
+        longest = min(model.max_len, model.num_positions)  # one pair per position
+        n = longest if num_tokens is None else num_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= longest:
+            raise ValueError(f"num_tokens must be an int in [1, min(max_len, num_positions) = {longest}], "
+                             f"got {num_tokens!r}")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
             raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
         device = model.code_emb.weight.device
