@@ -83,10 +83,9 @@ def stackformer_sample(model: Stackformer, n_samples: int, num_tokens: int | Non
 
     num_tokens: default min(model.max_len, model.num_positions); labels: [B] int64 or an int
     for every sample (class-conditional models only); top-k / top-p per head (None: off);
-    temperature divides the
-    logits (0: greedy); generator (torch.Generator or int seed) or seed; use_cache: KV cache
-    (False: the official full recomputation); prefix_codes / prefix_positions [B, m]: kept
-    pairs (see the module docstring); progress: tqdm bar; autocast_dtype: e.g.
+    temperature divides the logits (0: greedy); generator (torch.Generator or int seed) or
+    seed; use_cache: KV cache (False: the official full recomputation); prefix_codes /
+    prefix_positions [B, m]: kept pairs (see the module docstring); progress: tqdm bar; autocast_dtype: e.g.
     torch.bfloat16 runs the blocks from a cached bf16-weight copy (fp32 residual stream,
     embeddings, LayerNorms and heads; on CPU oneDNN-packed weights, see
     `vqfast.models.stackformer.inference_copy`; elsewhere `low_precision_copy`).
