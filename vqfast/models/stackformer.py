@@ -57,6 +57,9 @@ PRESETS: dict[str, dict] = {
 }
 
 
+_SPAN = 64  # decoding attention reads the cache in multiples of this many slots
+
+
 class KVCache:
     """Keys/values of one causal stack, preallocated: keys k [layers, B, H, Dh, max_len]
     (stored transposed, so a decoding step multiplies q by k without a copy), values
@@ -91,14 +94,15 @@ def causal_attention(attn: SelfAttention, x: torch.Tensor, cache: KVCache | None
         cache.k[layer, ..., t:t + L] = k.transpose(-1, -2)
         cache.v[layer, :, :, t:t + L] = v
         if L == 1:
-            # The newest token sees every cached one. Two GEMMs over the whole buffer, later slots
-            # masked by the bias: one shape for every step, so oneDNN reuses its bf16 primitives
-            # instead of creating new ones for each length (CPU SDPA / sliced bmm: 0.1-0.4 ms a call).
-            dh = D // H
-            scores = torch.baddbmm(cache.bias, q.reshape(B * H, 1, dh), cache.k[layer].view(B * H, dh, n),
-                                   alpha=dh ** -0.5)
+            # The newest token sees every cached one. Two GEMMs over the first `span` slots (t + 1
+            # rounded up to a multiple of _SPAN), later slots masked by the bias: few shapes, so
+            # oneDNN reuses its bf16 primitives instead of creating new ones for each length
+            # (CPU SDPA / bmm over exactly t + 1 keys: 0.1-0.4 ms a call).
+            dh, span = D // H, min(n, -(-(t + 1) // _SPAN) * _SPAN)
+            keys_t = cache.k[layer].view(B * H, dh, n)[:, :, :span]
+            scores = torch.baddbmm(cache.bias[:span], q.reshape(B * H, 1, dh), keys_t, alpha=dh ** -0.5)
             probs = torch.softmax(scores.float(), -1).to(v.dtype)
-            out = torch.bmm(probs, cache.v[layer].view(B * H, n, dh)).view(B, H, 1, dh)
+            out = torch.bmm(probs, cache.v[layer].view(B * H, n, dh)[:, :span]).view(B, H, 1, dh)
         else:
             allowed = torch.arange(L, device=x.device)[:, None] + t >= torch.arange(t + L, device=x.device)
             out = F.scaled_dot_product_attention(q, cache.k[layer, ..., :t + L].transpose(-1, -2),
