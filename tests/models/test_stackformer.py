@@ -20,6 +20,8 @@ from vqfast.samplers.stackformer import StackformerDecoding
 VARIANTS = [pytest.param({}, id="stackformer"), pytest.param(dict(reversed=True), id="reversed"),
             pytest.param(dict(absolute_position=False), id="no-abs"),
             pytest.param(dict(num_classes=5), id="class")]
+# sequences longer than the 64-slot spans the cached attention reads
+LONG = pytest.param(dict(num_positions=256, max_len=150, num_classes=3, reversed=True), id="long")
 
 
 def _model(seed: int = 0, **kw) -> Stackformer:
@@ -37,7 +39,7 @@ def _labels(m: Stackformer, B: int):
     return torch.arange(B) % m.num_classes if m.num_classes else None
 
 
-@pytest.mark.parametrize("kw", VARIANTS)
+@pytest.mark.parametrize("kw", [*VARIANTS, LONG])
 def test_cached_equals_uncached_token_for_token(kw):
     m = _model(**kw)
     lab = _labels(m, 3)
@@ -47,20 +49,21 @@ def test_cached_equals_uncached_token_for_token(kw):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-@pytest.mark.parametrize("kw", VARIANTS)
+@pytest.mark.parametrize("kw", [*VARIANTS, LONG])
 def test_cached_logits_match_teacher_forcing(kw):
     """A cached step-by-step pass over a sequence gives the forward's logits."""
     m = _model(**kw)
-    codes, positions = _tokens(m, 2, 20)
+    n = min(m.max_len, 140)
+    codes, positions = _tokens(m, 2, n)
     lab = _labels(m, 2)
     code_logits, pos_logits = m(codes, positions, lab)
     prev_ids, prev_pos = m.shifted(codes, positions, m.start_ids(lab, 2, "cpu"))
-    c1, c2 = m.new_caches(2, 20, torch.float32, "cpu")
+    c1, c2 = m.new_caches(2, n, torch.float32, "cpu")
     first, second = m.stacks
     truth = {"code": codes, "position": positions}
     got = {"code": [], "position": []}
     with torch.no_grad():
-        for i in range(20):
+        for i in range(n):
             h = run_causal(m.blocks(first), m.inputs(prev_ids[:, i:i + 1], prev_pos[:, i:i + 1], i), c1)
             got[first].append(m.logits(first, h))
             g = run_causal(m.blocks(second), m.second_input(first, h, truth[first][:, i:i + 1]), c2)
