@@ -231,11 +231,10 @@ inline int64_t compress_ge(const float* x, int64_t n, float t, float* out, int32
   for (; v + 16 <= n; v += 16) {
     const __m512 xv = _mm512_loadu_ps(x + v);
     const __mmask16 mk = _mm512_cmp_ps_mask(xv, vt, _CMP_GE_OQ);
-    if (mk) {
-      _mm512_storeu_ps(out + cnt, _mm512_maskz_compress_ps(mk, xv));
-      if (ids) _mm512_storeu_si512(ids + cnt, _mm512_maskz_compress_epi32(mk, iv));
-      cnt += __builtin_popcount(mk);
-    }
+    // branch-free: a sparse, irregular mask would mispredict a test on every vector
+    _mm512_storeu_ps(out + cnt, _mm512_maskz_compress_ps(mk, xv));
+    if (ids) _mm512_storeu_si512(ids + cnt, _mm512_maskz_compress_epi32(mk, iv));
+    cnt += __builtin_popcount(static_cast<unsigned>(mk));
     iv = _mm512_add_epi32(iv, step);
   }
 #endif
@@ -315,11 +314,48 @@ inline void keep_top_k(const float* x, int64_t n, int64_t k, float* y, std::vect
 inline void keep_top_p(float* y, int64_t n, double p, float m, std::vector<float>& cv, std::vector<int32_t>& ci,
                        std::vector<float>& ce) {
   double z = 0.0;
+  float t = m - 2.0f;
+  bool found = false;
+#if defined(__AVX512F__)
+  // one pass: z and the masses above m - 2, m - 4, ..., m - 16 (the nucleus usually starts there)
+  constexpr int kSteps = 8;
+  {
+    double mass[kSteps] = {};
+    const __m512 vm = _mm512_set1_ps(m);
+    for (int64_t v0 = 0; v0 < n; v0 += cat::kBlock) {
+      const int bn = static_cast<int>(std::min<int64_t>(cat::kBlock, n - v0));
+      __m512 acc[kSteps + 1];
+      for (auto& a : acc) a = _mm512_setzero_ps();
+      int i = 0;
+      for (; i + 16 <= bn; i += 16) {
+        const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(y + v0 + i), vm);
+        const __m512 e = exp512_nonpos(d);
+        acc[kSteps] = _mm512_add_ps(acc[kSteps], e);
+        for (int q = 0; q < kSteps; ++q)
+          acc[q] = _mm512_mask_add_ps(acc[q], _mm512_cmp_ps_mask(d, _mm512_set1_ps(-2.0f * (q + 1)), _CMP_GE_OQ),
+                                      acc[q], e);
+      }
+      for (int q = 0; q < kSteps; ++q) mass[q] += _mm512_reduce_add_ps(acc[q]);
+      z += _mm512_reduce_add_ps(acc[kSteps]);
+      for (; i < bn; ++i) {
+        const float d = y[v0 + i] - m, e = exp_nonpos(d);
+        z += e;
+        for (int q = 0; q < kSteps; ++q) mass[q] += d >= -2.0f * (q + 1) ? e : 0.0f;
+      }
+    }
+    for (int q = 0; q < kSteps && !found; ++q)
+      if (mass[q] >= p * z * (1.0 + 1e-3)) {  // margin: float32 masses
+        t = m - 2.0f * (q + 1);
+        found = true;
+      }
+    if (!found) t = m - 2.0f * kSteps;
+  }
+#else
   for (int64_t v0 = 0; v0 < n; v0 += cat::kBlock)
     z += sum_exp_block(y + v0, static_cast<int>(std::min<int64_t>(cat::kBlock, n - v0)), m);
+#endif
   const double goal = p * z;
-  float t = m - 4.0f;
-  for (;; t -= 4.0f) {
+  for (; !found; t -= 4.0f) {
     double mass = 0.0;
     for (int64_t v0 = 0; v0 < n; v0 += cat::kBlock) {
       const int bn = static_cast<int>(std::min<int64_t>(cat::kBlock, n - v0));
