@@ -14,8 +14,8 @@ call whenever another process holds a core), all timed in one run, interleaved r
              rows at 307M: bf16-unpacked (the plain low_precision_copy, nn.Linear in bf16)
              and bf16-autocast (torch.autocast around the fp32 model: weights cast every call)
 307M (supp. Table 2, ImageNet class-conditional, n = 256): a whole 256-token run takes
-minutes uncached, so the rows time STEPS steps at sequence positions 1.. and 253..256
-(after a 252-pair prefix run through the caches untimed). Full-sequence estimate: a step
+minutes uncached, so the rows time STEPS steps at sequence positions 1.. and 257 - STEPS..256
+(after a (256 - STEPS)-pair prefix run through the caches untimed). Full-sequence estimate: a step
 costs a + b * i at position i (GEMMs over i rows uncached; weight reads plus a growing
 cache read cached), so 256 steps take 256 * (step@start + step@end) / 2 (trapezoid).
 tiny (d 64, 2+1 layers, K 1024, 32x32 positions, n = 256): whole 256-token runs, timed, at
