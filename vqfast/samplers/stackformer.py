@@ -9,8 +9,9 @@ draw per row); the generator gives one Philox key per call and draw j of step i 
 key + (2i + j) * stride, so a seed fixes the samples and a continuation of the first m
 pairs of a sample (same seed) redraws the rest of that sample.
 
-KV cache (`use_cache=True`): each stack keeps preallocated keys/values
-[layers, B, H, n, Dh]; a step runs one token through each stack. `use_cache=False`
+KV cache (`use_cache=True`): each stack keeps preallocated keys [layers, B, H, Dh, n]
+(transposed) and values [layers, B, H, n, Dh] (`vqfast.models.stackformer.KVCache`); a step
+runs one token through each stack and writes its keys/values in place. `use_cache=False`
 recomputes the whole prefix of both stacks at every step, as the official sampler does
 (it even runs the Code-Transformer twice per step). Both paths draw from the same
 keys: in fp32 they give the same tokens up to floating-point rounding of the logits
@@ -24,7 +25,7 @@ and pairs m .. num_tokens - 1 are sampled; their positions are never drawn again
   (outpainting in raster order), or a new class label on such a prefix (editing);
 - accepted but out of distribution: any other set of kept pairs (e.g. a region in
   the middle, or pairs in a non-raster order): the model was trained on sequences
-  whose later positions follow the earlier ones, so it tends to sample only positions
+  whose later positions follow the earlier ones, so it is likely to place the new pairs
   after the last kept one;
 - not supported: per-row prefix lengths, and resampling codes at fixed positions
   (the position is predicted after its code, so there is no p(v | p) to draw from).
