@@ -5,7 +5,8 @@ interleaved round-robin over 3 input sets so that load from other processes hits
 row alike; each row's extra_info holds its median and its ratio to the baselines:
   copy          y.copy_(x): the machine's copy bandwidth (STREAM convention: bytes read +
                 written); reading x once at that bandwidth takes copy_time / 2. Timed
-                last in each round: the row after it pays for its 64 MiB of dirty lines
+                just before vq_forward: the row after copy pays for its 64 MiB of
+                dirty lines, which is ~1% of vq_forward's time
   sum0          x.sum(0): torch reading x once (what one core's reads reach, without
                 the writes copy's bandwidth counts)
   vqfast        vqfast.ops.ema_statistics (CPU kernel), also fp16/bf16 x
@@ -59,6 +60,7 @@ def _rows():
                       torch.float32),
         "one_hot": (lambda x, i: (lambda oh: (oh.sum(0), oh.T @ x))(F.one_hot(i, K).float()), torch.float32),
         "step": (lambda x, i: vqfast.ops.ema_update_(n, s, *stats(x, i), 0.99, 1e-5), torch.float32),
+        "copy": (lambda x, i: out.copy_(x), torch.float32),
         "vq_forward": (lambda x, i: vq(x), torch.float32),
     }
     try:
@@ -68,7 +70,6 @@ def _rows():
     except ImportError:
         pass
     rows["sum0"] = (lambda x, i: x.sum(0), torch.float32)
-    rows["copy"] = (lambda x, i: out.copy_(x), torch.float32)
     return rows
 
 
@@ -87,10 +88,12 @@ def _measure() -> dict[str, float]:
         for name, (fn, dt) in rows.items():  # warm-up
             fn(*by_dtype[dt][0])
         for r in range(ROUNDS):
-            for name, (fn, dt) in rows.items():
+            for j, (name, (fn, dt)) in enumerate(rows.items()):
                 if name == "one_hot" and r >= 3:  # ~100x slower than the rest: 3 rounds suffice
                     continue
-                x, i = by_dtype[dt][r % 3]
+                # Each row reads another input set than the row before it (x is 64 MiB, L3
+                # 32 MiB): no row finds part of its x left in cache by the previous one.
+                x, i = by_dtype[dt][(r + j) % 3]
                 t0 = time.perf_counter()
                 fn(x, i)
                 times[name].append(time.perf_counter() - t0)
