@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from vqfast.data.seeding import as_generator
 from vqfast.models.maskgit import random_mask
-from vqfast.models.transformer import Block, SelfAttention
+from vqfast.models.transformer import Block, SelfAttention, init_weights
 
 # supp. Table 1 (ImageNet; CC-3M sizes need a text encoder and are left out) plus CPU configs.
 PRESETS: dict[str, dict] = {
@@ -113,16 +113,9 @@ class ContextualRQTransformer(nn.Module):
         self.depth = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(n_depth))
         self.head_norm = nn.LayerNorm(dim)
         self.head_bias = nn.Parameter(torch.zeros(codebook_size))
-        self.apply(self._init)
+        self.apply(init_weights)
         for p in (self.mask_emb, self.spatial_pos, self.depth_pos):
             nn.init.trunc_normal_(p, std=0.02)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ContextualRQTransformer":

@@ -32,13 +32,14 @@ ImageNet, 1000 classes, K = 1024, 32x32 positions, n = 256): "307M" 307.8M (+0.3
 from __future__ import annotations
 
 import copy
+import functools
 import weakref
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqfast.models.transformer import Block, SelfAttention, low_precision
+from vqfast.models.transformer import Block, SelfAttention, init_weights, low_precision
 
 _PAPER = dict(codebook_size=1024, num_positions=1024, num_classes=1000, d_model=1024, n_heads=16, max_len=256,
               dropout=0.1)
@@ -240,16 +241,9 @@ class Stackformer(nn.Module):
         self.code_norm, self.position_norm = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.code_head = nn.Linear(d_model, codebook_size, bias=False)
         self.position_head = nn.Linear(d_model, num_positions + 1, bias=False)
-        self.apply(self._init)
+        self.apply(functools.partial(init_weights, truncated=False))
         if self.seq_pos is not None:
             nn.init.trunc_normal_(self.seq_pos, std=0.02)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "Stackformer":

@@ -88,6 +88,15 @@ class SelfAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
 
 
+def init_weights(m: nn.Module, truncated: bool = True) -> None:
+    """GPT-style init for `model.apply`: Linear and Embedding weights N(0, 0.02) (truncated at
+    +-2 by default), Linear biases 0."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        (nn.init.trunc_normal_ if truncated else nn.init.normal_)(m.weight, std=0.02)
+    if isinstance(m, nn.Linear) and m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
 class Block(nn.Module):
     """Pre-LN transformer block.
 
@@ -137,15 +146,8 @@ class BidirectionalTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, codebook_size)
-        self.apply(self._init)
+        self.apply(init_weights)
         nn.init.trunc_normal_(self.pos_emb, std=0.02)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
     def forward(self, tokens: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         if tokens.dim() != 2 or tokens.shape[1] != self.seq_len:
