@@ -23,11 +23,18 @@ from pathlib import Path
 import torch
 
 from vqfast import checkpoint
-from vqfast.data import MASK_KINDS, CropSampler, make_masks, pixel_to_token_mask, token_to_pixel_mask
+from vqfast.data import (
+    MASK_KINDS,
+    CropSampler,
+    make_masks,
+    pixel_to_token_mask,
+    token_to_pixel_mask,
+)
 from vqfast.data.seeding import as_generator
 from vqfast.models.maskgit import MaskGIT
 from vqfast.models.transformer import BidirectionalTransformer
 from vqfast.models.vqgan import VQGAN
+from vqfast.progress import progress_bar
 from vqfast.samplers import maskgit_decode
 from vqfast.visualize import save_grid
 
@@ -47,11 +54,6 @@ def _cosine_lr(opt, step: int, steps: int, lr: float, warmup: int) -> None:
         group["lr"] = lr * max(scale, 0.05)
 
 
-def _bar(total: int, desc: str, progress: bool):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, disable=not progress, leave=False, mininterval=1.0)
-
-
 def train_tokenizer(vq: VQGAN, data: CropSampler, steps: int, *, batch: int = 32, lr: float = 2e-3, seed: int = 0,
                     budget_s: float | None = None, progress: bool = True, log: list | None = None) -> int:
     """Train vq on crops from data (channels-last convs: ~2x faster on CPU). Returns steps run;
@@ -59,7 +61,7 @@ def train_tokenizer(vq: VQGAN, data: CropSampler, steps: int, *, batch: int = 32
     g = as_generator(seed)
     vq.train().to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(vq.parameters(), lr=lr, betas=(0.5, 0.9), weight_decay=0.0, fused=True)
-    t0, bar = time.perf_counter(), _bar(steps, "tokenizer", progress)
+    t0, bar = time.perf_counter(), progress_bar(steps, "tokenizer", progress)
     for step in range(steps):
         if budget_s is not None and time.perf_counter() - t0 > budget_s:
             break
@@ -96,7 +98,7 @@ def train_transformer(mg: MaskGIT, tokens: torch.Tensor, steps: int, *, batch: i
     other = [p for n, p in mg.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95), fused=True)
-    t0, bar = time.perf_counter(), _bar(steps, "transformer", progress)
+    t0, bar = time.perf_counter(), progress_bar(steps, "transformer", progress)
     for step in range(steps):
         if budget_s is not None and time.perf_counter() - t0 > budget_s:
             break

@@ -22,6 +22,7 @@ from vqfast import ops
 from vqfast.data.seeding import as_generator
 from vqfast.models.put_vqvae import check_image_and_mask
 from vqfast.models.transformer import low_precision
+from vqfast.progress import progress_bar
 
 
 class PUTSample(NamedTuple):
@@ -75,7 +76,7 @@ def put_fill(transformer, codes, features: torch.Tensor, tokens: torch.Tensor, k
     steps = -(-int((~kn).sum(1).max()) // tokens_per_iter)
     if max_iterations is not None:
         steps = min(steps, max_iterations)
-    bar = _progress(steps, progress)
+    bar = progress_bar(steps, "PUT sampling", progress)
     transformer, autocast_dtype = low_precision(transformer, autocast_dtype)
     amp = torch.autocast(feats.device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     it = 0
@@ -149,18 +150,3 @@ def put_sample(vae, transformer, image: torch.Tensor, mask: torch.Tensor, *, num
         vae.train(was[0]), transformer.train(was[1])
     return PUTSample(images.reshape(B, S, *images.shape[1:]), fill.tokens.reshape(B, S, h, w),
                      fill.order.reshape(B, S, h, w), known, fill.iterations)
-
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-    return tqdm(total=total, desc="PUT sampling", unit="it")

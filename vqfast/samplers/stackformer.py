@@ -41,6 +41,7 @@ from vqfast import ops
 from vqfast._random import philox_key
 from vqfast.data.seeding import as_generator
 from vqfast.models.stackformer import Stackformer, inference_copy, run_causal
+from vqfast.progress import progress_bar
 
 _MASK64 = (1 << 64) - 1
 _KEY_STRIDE = 0x9E3779B97F4A7C15  # odd: the 2n keys of one call are distinct
@@ -97,7 +98,7 @@ def stackformer_sample(model: Stackformer, n_samples: int, num_tokens: int | Non
         run = StackformerDecoding(model, n_samples, num_tokens, labels, code_top_k, code_top_p, position_top_k,
                                   position_top_p, temperature, generator, seed, use_cache, prefix_codes,
                                   prefix_positions, autocast_dtype)
-        bar = _progress(run.num_tokens - run.num_prefix, progress)
+        bar = progress_bar(run.num_tokens - run.num_prefix, "Stackformer sampling", progress, unit="token")
         run.prefill()
         for i in range(run.num_prefix, run.num_tokens):
             run.step(i)
@@ -205,18 +206,3 @@ class StackformerDecoding:
             out = run_causal(net.blocks(second), net.second_input(first, h, tokens[first][:, :i + 1]))[:, -1]
         tokens[second][:, i] = self.draw(second, net.logits(second, out), i)
         self.used.scatter_(1, tokens["position"][:, i:i + 1], True)
-
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-    return tqdm(total=total, desc="Stackformer sampling", unit="token")
