@@ -1,13 +1,13 @@
 """vqfast's counter-based noise: Philox known answers, bit-exact across reference / C++ / Triton,
-keys from generator or seed, and the distributions of the uniform and Gumbel maps."""
+keys from generator or seed, the distributions of the uniform and Gumbel maps, and the
+categorical sampler (envelope bound, exact distribution, same draws on every backend)."""
 import math
 
 import pytest
 import torch
-
-from vqfast import _random
 from scipy.stats import chi2
 
+from vqfast import _random
 from vqfast.reference import random as R
 from tests.conftest import available
 

@@ -2,7 +2,7 @@
 
 Uniform (multinomial, VQ-DDM) and absorbing-state (mask) transitions behind one API
 (`transition="uniform"|"absorbing"`): the cosine schedule, the forward process, and the
-fused posterior ops (log-probs, Gumbel-max sample, VLB KL with a fused backward).
+fused posterior ops (log-probs, a mixture sample without per-state noise, VLB KL with a fused backward).
 """
 from vqfast.diffusion.forward import q_sample
 from vqfast.diffusion.posterior import posterior_logprobs, posterior_sample

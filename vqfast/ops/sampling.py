@@ -156,7 +156,7 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
     logits [B, L, V] fp32/fp16/bf16, masked [B, L] bool, n_reveal [B] int (or an int for
     every row, 0 <= n_reveal[b] <= masked[b].sum()), temperature >= 0 (the choice
     temperature tau). Returns (tokens [B, L] int64, confidence [B, L] fp32, reveal [B, L] bool):
-    token = argmax of the logits ("argmax") or a Gumbel-max draw from softmax(logits)
+    token = argmax of the logits ("argmax") or a draw from softmax(logits)
     ("sample"), banned_ids never chosen; confidence = log softmax(logits)[token] + tau * Gumbel
     at masked positions (MaskGIT adds 1e-9 inside the log; vqfast uses the exact
     log-probability), -inf elsewhere; reveal marks exactly n_reveal[b] masked positions of
@@ -201,7 +201,7 @@ def select_and_sample_topk(logits: torch.Tensor, known: torch.Tensor, top_k: int
     logits [B, L, V], known [B, L] bool (True = token already fixed), top_k >= 1 (K_gibbs;
     clamped to V), n_positions >= 1, temperature > 0. Returns positions [B, n] and tokens
     [B, n] (int64): the n unknown positions with the largest max_v softmax(logits /
-    temperature) in decreasing order (ties: lower position), each with a Gumbel-max draw
+    temperature) in decreasing order (ties: lower position), each with a draw
     from softmax(logits / temperature) restricted to its top_k ids (ties at the k-th value:
     lower ids). Slots beyond a row's number of unknown positions hold -1 (a row with
     every position known gives all -1). Note: PUT's official code multiplies the logits
@@ -237,7 +237,7 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     greedy: argmax x, lowest id on ties, top_k/top_p ignored. Else x / temperature, keep
     the top_k largest (ties: lower id; top_k >= V keeps all), then the top-p nucleus: the
     smallest set of most probable ids whose probability (renormalized after top-k) reaches
-    top_p (0 < top_p <= 1), then a Gumbel-max draw. NaN/+inf or all -inf rows raise ValueError.
+    top_p (0 < top_p <= 1), then a categorical draw. NaN/+inf or all -inf rows raise ValueError.
 
         tok = vqfast.ops.sample_logits(logits, 0.8, top_k=100, cfg_scale=3.0, uncond_logits=u, generator=g)
     """

@@ -62,49 +62,6 @@ VQFAST_HD uint32_t element_word(uint64_t key, uint32_t stream, uint64_t i) {
   return block_words(key, stream, i >> 2).w[i & 3];
 }
 
-#if !defined(__CUDA_ARCH__)
-// Words of the n consecutive elements first .. first+n-1 of `stream` into out[0 .. n).
-// Host loop in structure-of-arrays form so the compiler vectorizes the rounds
-// (vpmuludq); same numbers as element_word. n <= kFillMax.
-constexpr int kFillMax = 256;
-inline void fill_words(uint64_t key, uint32_t stream, uint64_t first, int n, uint32_t* out) {
-  const uint64_t b0 = first >> 2;
-  const int lead = static_cast<int>(first & 3);
-  const int nb = (lead + n + 3) >> 2;
-  alignas(64) uint32_t c0[kFillMax / 4 + 2], c1[kFillMax / 4 + 2], c2[kFillMax / 4 + 2], c3[kFillMax / 4 + 2];
-  for (int j = 0; j < nb; ++j) {
-    c0[j] = static_cast<uint32_t>(b0 + j);
-    c1[j] = static_cast<uint32_t>((b0 + j) >> 32);
-    c2[j] = stream;
-    c3[j] = 0u;
-  }
-  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
-  for (int r = 0; r < kRounds; ++r) {
-#pragma omp simd
-    for (int j = 0; j < nb; ++j) {
-      const uint64_t p0 = static_cast<uint64_t>(kM0) * c0[j];
-      const uint64_t p1 = static_cast<uint64_t>(kM1) * c2[j];
-      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[j] ^ k0;
-      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[j] ^ k1;
-      c1[j] = static_cast<uint32_t>(p1);
-      c3[j] = static_cast<uint32_t>(p0);
-      c0[j] = n0;
-      c2[j] = n2;
-    }
-    k0 += kW0;
-    k1 += kW1;
-  }
-  alignas(64) uint32_t all[kFillMax + 8];
-  for (int j = 0; j < nb; ++j) {
-    all[4 * j] = c0[j];
-    all[4 * j + 1] = c1[j];
-    all[4 * j + 2] = c2[j];
-    all[4 * j + 3] = c3[j];
-  }
-  for (int i = 0; i < n; ++i) out[i] = all[lead + i];
-}
-#endif
-
 }  // namespace philox
 
 VQFAST_HD float bits_to_float(uint32_t b) {
