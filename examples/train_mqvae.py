@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from vqfast import checkpoint
-from vqfast.data import PHOTOS, CropSampler
+from vqfast.data import PHOTOS, ClassCrops
 from vqfast.models.mqvae import MQVAE, PRESETS
 from vqfast.models.mqvae_mask import select_top
 from vqfast.models.stackformer import PRESETS as STACKFORMER_PRESETS
@@ -34,18 +34,6 @@ from vqfast.models.stackformer import Stackformer
 from vqfast.models.vqgan_losses import HingeGAN, PatchDiscriminator, VGGPerceptual
 from vqfast.samplers import stackformer_sample
 from vqfast.visualize import plot_curves, save_grid
-
-
-class ClassCrops:
-    """Crops labelled by their photo: class c = PHOTOS[c]."""
-
-    def __init__(self, split: str, size: int):
-        self.samplers = [CropSampler(split, size=size, photos=(name,)) for name in PHOTOS]
-
-    def sample(self, n: int, g: torch.Generator, labels: torch.Tensor | None = None):
-        labels = torch.randint(len(self.samplers), (n,), generator=g) if labels is None else labels
-        x = torch.stack([self.samplers[int(c)].sample(1, generator=g)[0] for c in labels])
-        return x, labels
 
 
 def train_mqvae(vq: MQVAE, data: ClassCrops, args, g: torch.Generator, log: list) -> None:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from vqfast import checkpoint
-from vqfast.data import PHOTOS, CropSampler, make_masks
+from vqfast.data import PHOTOS, ClassCrops, make_masks
 from vqfast.models.rq_transformer import ContextualRQTransformer
 from vqfast.models.rqvae import RQVAE
 from vqfast.samplers.draft_and_revise import PAPER_SETTINGS, draft_and_revise
@@ -41,18 +41,6 @@ def build(preset: str, device: str):
         rq = RQVAE.paper()
         tf = ContextualRQTransformer.preset(preset, num_classes=n_classes)
     return rq.to(device), tf.to(device), rq.config["resolution"]
-
-
-class ClassCrops:
-    """Crops labelled by their photo: class c = PHOTOS[c]."""
-
-    def __init__(self, split: str, size: int):
-        self.samplers = [CropSampler(split, size=size, photos=(name,)) for name in PHOTOS]
-
-    def sample(self, n: int, g: torch.Generator, labels: torch.Tensor | None = None):
-        labels = torch.randint(len(self.samplers), (n,), generator=g) if labels is None else labels
-        x = torch.stack([self.samplers[int(c)].sample(1, generator=g)[0] for c in labels])
-        return x, labels
 
 
 def train_rqvae(rq, data, args, g, log):

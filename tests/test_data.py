@@ -91,3 +91,21 @@ def test_bad_arguments():
         make_masks("box", 1, 4, 4, generator="seed")
     with pytest.raises(ValueError, match="photo"):
         load_photo("lena")
+
+
+def test_class_crops_labels_follow_photos_and_are_reproducible():
+    from vqfast.data import PHOTOS, ClassCrops, CropSampler
+    data = ClassCrops("test", 16)
+    assert data.num_classes == len(PHOTOS)
+    x, y = data.sample(6, generator=3)
+    assert x.shape == (6, 3, 16, 16) and y.dtype == torch.long and y.shape == (6,)
+    x2, y2 = data.sample(6, generator=3)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    labels = torch.tensor([2, 0])
+    x, y = data.sample(2, generator=torch.Generator().manual_seed(5), labels=labels)
+    assert torch.equal(y, labels)
+    # each crop comes from its class's photo: the same draw from that photo's own sampler
+    ref = CropSampler("test", size=16, photos=(PHOTOS[2],)).sample(1, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(x[0], ref[0])
+    with pytest.raises(ValueError, match="labels"):
+        data.sample(2, labels=torch.tensor([0, len(PHOTOS)]))

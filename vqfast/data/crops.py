@@ -84,3 +84,29 @@ class CropSampler:
             flips = torch.rand(n, generator=g) < 0.5
             out[flips] = out[flips].flip(-1)
         return out.mul_(2.0).sub_(1.0)
+
+
+class ClassCrops:
+    """Crops labelled by their photo (class c = PHOTOS[c]): a small class-conditional dataset.
+
+        x, labels = ClassCrops("train", 32).sample(8, generator=0)   # [8, 3, 32, 32], [8] int64
+    """
+
+    def __init__(self, split: str = "train", size: int = 32):
+        self.samplers = [CropSampler(split, size=size, photos=(name,)) for name in PHOTOS]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.samplers)
+
+    def sample(self, n: int, generator=None, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """n crops -> (images [n, 3, size, size] in [-1, 1], labels [n] int64); labels: the classes to draw."""
+        g = as_generator(generator)
+        if labels is None:
+            labels = torch.randint(self.num_classes, (n,), generator=g)
+        elif not isinstance(labels, torch.Tensor) or labels.dtype != torch.long or labels.shape != (n,) or \
+                (n and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes)):
+            raise ValueError(f"labels must be int64 [{n}] in [0, {self.num_classes}), got {labels!r}")
+        x = torch.stack([self.samplers[int(c)].sample(1, generator=g)[0] for c in labels]) if n else \
+            torch.empty(0, 3, self.samplers[0].size, self.samplers[0].size)
+        return x, labels
