@@ -98,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_select_cpu(
     RowScan sc;
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = ld.load(r, scratch.data(), nullptr);
-      scan_row(x, V, sample, true, sc);
+      scan_row(x, V, sample, mk[r], sc);  // the log-sum-exp only where a confidence is written
       if (sc.bad) {
         tok[r] = -1;
         cf[r] = std::numeric_limits<float>::quiet_NaN();
