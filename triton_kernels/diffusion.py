@@ -15,7 +15,7 @@ from vqfast.triton_kernels.random import (block_words, cat_accept, cat_block_wei
                                           split_key, uniform_from_words)
 from vqfast.triton_kernels.sampling import _proposal
 
-_INF = float("inf")
+_INF = tl.constexpr(float("inf"))  # constexpr: jit code reads it
 
 
 @triton.jit

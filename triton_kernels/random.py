@@ -7,10 +7,10 @@ launched with enable_fp_fusion=False so `log_f32` is not contracted into FMAs.
 import triton
 import triton.language as tl
 
-_M0: tl.constexpr = 0xD2511F53
-_M1: tl.constexpr = 0xCD9E8D57
-_W0: tl.constexpr = 0x9E3779B9
-_W1: tl.constexpr = 0xBB67AE85
+_M0 = tl.constexpr(0xD2511F53)
+_M1 = tl.constexpr(0xCD9E8D57)
+_W0 = tl.constexpr(0x9E3779B9)
+_W1 = tl.constexpr(0xBB67AE85)
 
 
 def split_key(key: int) -> tuple[int, int]:

@@ -17,7 +17,7 @@ import triton.language as tl
 from vqfast.triton_kernels.random import (cat_accept, cat_block_weight, cat_floor_mul, cat_in_block_weight,
                                           cat_trial_words, split_key)
 
-_STREAM_TOKEN = 1  # vqfast/_random.py
+_STREAM_TOKEN = tl.constexpr(1)  # vqfast/_random.py (constexpr: jit code reads it)
 _STREAM_CONFIDENCE = 2
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
