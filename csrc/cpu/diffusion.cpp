@@ -322,27 +322,24 @@ VQFAST_ROW_LOOP void absorbing_grad_row(const float* row, int64_t K, int64_t i, 
 
 // g_k = go (dKL/dy_k - p_k SG), dKL/dy_k = e^{A_k - Z} ab p_k - q_k sigmoid(lr + y_k) (e0/e1 = ab e^{a0/a1 - Z}).
 template <typename T>
-VQFAST_ROW_LOOP void uniform_grad_row(const float* row, int64_t K, int64_t i, int64_t j, float lse, float lr,
-                                      float e0, float e1, float q_o, float q_i, float q_j, float sg, float go, T* g) {
+VQFAST_ROW_LOOP void uniform_grad_row(const float* row, int64_t K, int64_t i, int64_t j, float lse, float lr, float ab,
+                                      float ck, float e0, float e1, float q_o, float q_i, float q_j, float sg, float go,
+                                      T* g) {
   const bool t1 = lr == INFINITY;  // t = 1: B_k = y_k, sigmoid = 1
   int64_t k0 = 0;
 #if defined(__AVX512F__)
   if constexpr (std::is_same<T, float>::value) {
     // every k as an "other" state (q_o, e0), then x0 and z_t below; sigmoid(lr + y) = 1 / (1 + e^-(lr + y))
-    const __m512 vlse = _mm512_set1_ps(lse), vmlr = _mm512_set1_ps(-lr), one = _mm512_set1_ps(1.0f);
+    const __m512 vlse = _mm512_set1_ps(lse), vab = _mm512_set1_ps(ab), vck = _mm512_set1_ps(ck), one = _mm512_set1_ps(1.0f);
     const __m512 ve0 = _mm512_set1_ps(e0), vsg = _mm512_set1_ps(sg), vgo = _mm512_set1_ps(go);
     const __m512 vq = _mm512_set1_ps(q_o > 0.0f ? q_o : 0.0f);
     for (; k0 + 16 <= K; k0 += 16) {
       const __m512 y = _mm512_sub_ps(_mm512_loadu_ps(row + k0), vlse);
       const __m512 p = sampling::exp512_nonpos(y);
       __m512 sig = one;
-      if (!t1) {
-        const __m512 u = _mm512_sub_ps(vmlr, y);  // -(lr + y)
-        const __m512 au = _mm512_abs_ps(u);
-        const __m512 e = sampling::exp512_nonpos(_mm512_sub_ps(_mm512_setzero_ps(), au));
-        const __m512 inv = _mm512_div_ps(one, _mm512_add_ps(one, e));
-        // 1 / (1 + e^u): inv when u <= 0, e * inv when u > 0
-        sig = _mm512_mask_mul_ps(inv, _mm512_cmp_ps_mask(u, _mm512_setzero_ps(), _CMP_GT_OQ), e, inv);
+      if (!t1) {  // sigmoid(lr + y) = ab p / (ab p + ck): e^lr = ab / ck
+        const __m512 abp = _mm512_mul_ps(vab, p);
+        sig = _mm512_div_ps(abp, _mm512_add_ps(abp, vck));
       }
       const __m512 gk = _mm512_mul_ps(vgo, _mm512_sub_ps(_mm512_sub_ps(_mm512_mul_ps(ve0, p), _mm512_mul_ps(vq, sig)),
                                                          _mm512_mul_ps(p, vsg)));
@@ -402,7 +399,7 @@ void vlb_bwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
       // dKL/dy_k = e^{A_k - Z} ab p_k - q_k sigmoid(lr + y_k); dKL/dx = dKL/dy - p * SG.
       const float e0 = u.p.ab * std::exp(u.p.a0 - u.p.z), e1 = u.p.ab * std::exp(u.p.a1 - u.p.z);
       const float sg = st[2], lr = u.lr, q_o = u.q_o, q_i = u.q_i, q_j = u.q_j;
-      uniform_grad_row(row, K, i, j, lse, lr, e0, e1, q_o, q_i, q_j, sg, go, g);
+      uniform_grad_row(row, K, i, j, lse, lr, c[kAb], c[kCK], e0, e1, q_o, q_i, q_j, sg, go, g);
     }
   });
 }
