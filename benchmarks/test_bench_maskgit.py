@@ -34,7 +34,7 @@ from vqfast import checkpoint
 from vqfast.demo import default_cache_dir
 from vqfast.models.transformer import Block, BidirectionalTransformer, cached_low_precision_copy
 from vqfast.samplers import maskgit_decode
-from timing import gemm_seconds, machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
+from timing import gemm_rate, machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 if os.environ.get("VQFAST_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["VQFAST_BENCH_THREADS"]))
@@ -199,17 +199,7 @@ def test_forward_flops_vs_gemm(benchmark, cfg, row):
     flops = net.flops_per_forward(c["batch"])
     # the machine's GEMM rate for both dtypes, timed here (the load drifts): [B*L, D] x [D, 4D]
     m, d = c["batch"] * c["seq_len"], c["dim"]
-    gemm = {}
-    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        mm = gemm_seconds(m, 4 * d, d, dt)
-        mm(0)
-        walls, cpus = [], []
-        for i in range(5):
-            t0, c0 = time.perf_counter(), time.process_time()
-            mm(i % 3)
-            walls.append(time.perf_counter() - t0)
-            cpus.append(time.process_time() - c0)
-        gemm[name] = (2 * m * d * 4 * d / sorted(walls)[2], 2 * m * d * 4 * d / sorted(cpus)[2])
+    gemm = {name: gemm_rate(m, d, 4 * d, dt) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     mine = gemm["bf16" if dtype == torch.bfloat16 else "fp32"]
     benchmark.extra_info.update(machine(), forward_gflops=flops / wall / 1e9, fraction_of_gemm=flops / wall / mine[0],
                                 cpu_time_fraction_of_gemm=flops / cpu / mine[1],

@@ -37,7 +37,7 @@ from vqfast.models.put import PVQVAE, UQTransformer
 from vqfast.ops.sampling import select_and_sample_topk
 from vqfast.samplers.put import put_fill
 from vqfast.models.transformer import cached_low_precision_copy
-from timing import gemm_seconds, machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
+from timing import gemm_rate, machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 # PUT supp. Table 4 (RTX 3090).
 SEED_TOKENS_PER_S = {"ffhq": 37.138, "places2": 32.048, "imagenet": 17.186}
@@ -52,19 +52,6 @@ if os.environ.get("VQFAST_BENCH_THREADS"):
 
 # (preset, row) -> (wall, cpu) s per iteration; ("select" / "pvqvae", backend) -> wall s; this run
 _TIMES: dict[tuple[str, str], object] = {}
-
-
-def gemm_rate(m: int, k: int, n: int, dtype: torch.dtype) -> tuple[float, float]:
-    """(wall, process CPU-time) FLOP/s of an [m, k] x [k, n] matmul in dtype (medians of 5 after a warm-up)."""
-    mm = gemm_seconds(m, n, k, dtype)
-    mm(0)
-    walls, cpus = [], []
-    for i in range(5):
-        t0, c0 = time.perf_counter(), time.process_time()
-        mm(i % 3)
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
-    return 2 * m * k * n / sorted(walls)[2], 2 * m * k * n / sorted(cpus)[2]
 
 
 def forward_flops(model: UQTransformer, batch: int, length: int) -> float:

@@ -65,6 +65,19 @@ def gemm_seconds(m: int, n: int, k: int, dtype=torch.float32) -> Callable[[int],
     return lambda i: torch.mm(a[i], b, out=out)
 
 
+def gemm_rate(m: int, k: int, n: int, dtype: torch.dtype) -> tuple[float, float]:
+    """(wall, process CPU-time) FLOP/s of an [m, k] x [k, n] matmul in dtype (medians of 5 after a warm-up)."""
+    mm = gemm_seconds(m, n, k, dtype)
+    mm(0)
+    walls, cpus = [], []
+    for i in range(5):
+        t0, c0 = time.perf_counter(), time.process_time()
+        mm(i % 3)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return 2 * m * k * n / sorted(walls)[2], 2 * m * k * n / sorted(cpus)[2]
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far (MiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
