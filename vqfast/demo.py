@@ -74,7 +74,7 @@ def train_tokenizer(vq: VQGAN, data: CropSampler, steps: int, *, batch: int = 32
         if log is not None:
             log.append((step, logs["rec"]))
         bar.update(1)
-        bar.set_postfix(rec=f"{logs['rec']:.3f}")
+        bar.set_postfix(rec=f"{logs['rec']:.3f}", refresh=False)
     bar.close()
     vq.eval().to(memory_format=torch.contiguous_format)
     return step + 1 if steps else 0
@@ -111,7 +111,7 @@ def train_transformer(mg: MaskGIT, tokens: torch.Tensor, steps: int, *, batch: i
         if log is not None:
             log.append((step, float(loss.detach())))
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
     bar.close()
     mg.eval()
     return step + 1 if steps else 0
