@@ -42,25 +42,6 @@ inline void to_float(const void* src, at::ScalarType dtype, int64_t n, float* ds
   }
 }
 
-// exp(d) for d <= 0 or -inf (Cephes expf polynomial, branch-free; ~1 ulp). Used only
-// for sums (logsumexp), never for noise, so it need not match other backends bit for bit.
-inline float exp_nonpos(float d) {
-  const float c = std::max(d, -87.0f);
-  // round to nearest by the 1.5 * 2^23 trick: std::floor keeps GCC from vectorizing
-  const float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = c - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
-  return d < -87.0f ? 0.0f : p * scale;
-}
-
 // One pass over a row in blocks of cat::kBlock (the row is read from memory once; each
 // block's second look hits L1): block max, NaN/+inf flags, the categorical proposal's
 // in-block sums and, when asked, sum exp(x - block max) for the log-sum-exp.
@@ -95,7 +76,7 @@ inline float sum_exp_block(const float* x, int n, float m) {
   for (; i + 16 <= n; i += 16) acc = _mm512_add_ps(acc, exp512_nonpos(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm)));
   s = _mm512_reduce_add_ps(acc);
 #endif
-  for (; i < n; ++i) s += exp_nonpos(x[i] - m);
+  for (; i < n; ++i) s += exp_f32(x[i] - m);
   return s;
 }
 
@@ -338,7 +319,7 @@ inline void keep_top_p(float* y, int64_t n, double p, float m, std::vector<float
       for (int q = 0; q < kSteps; ++q) mass[q] += _mm512_reduce_add_ps(acc[q]);
       z += _mm512_reduce_add_ps(acc[kSteps]);
       for (; i < bn; ++i) {
-        const float d = y[v0 + i] - m, e = exp_nonpos(d);
+        const float d = y[v0 + i] - m, e = exp_f32(d);
         z += e;
         for (int q = 0; q < kSteps; ++q) mass[q] += d >= -2.0f * (q + 1) ? e : 0.0f;
       }
@@ -361,7 +342,7 @@ inline void keep_top_p(float* y, int64_t n, double p, float m, std::vector<float
       const int bn = static_cast<int>(std::min<int64_t>(cat::kBlock, n - v0));
       float bm = 0.0f;
 #pragma omp simd reduction(+ : bm)
-      for (int i = 0; i < bn; ++i) bm += y[v0 + i] >= t ? exp_nonpos(y[v0 + i] - m) : 0.0f;
+      for (int i = 0; i < bn; ++i) bm += y[v0 + i] >= t ? exp_f32(y[v0 + i] - m) : 0.0f;
       mass += bm;
     }
     if (mass >= goal * (1.0 + 1e-3) || t < m - 200.0f) break;  // margin: float32 masses
@@ -372,7 +353,7 @@ inline void keep_top_p(float* y, int64_t n, double p, float m, std::vector<float
   ce.resize(c);
   std::vector<int32_t> keys(c);
   for (int64_t i = 0; i < c; ++i) {
-    ce[i] = exp_nonpos(cv[i] - m);
+    ce[i] = exp_f32(cv[i] - m);
     keys[i] = order_key(cv[i]);
   }
   // largest key K with mass(key >= K) >= goal: the boundary value; mass above it is < goal
