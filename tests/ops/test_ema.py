@@ -52,10 +52,12 @@ def test_ema_statistics_noncontiguous_int32_and_collapsed(backend):
     assert counts[0] == 150
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("backend", backend_params(*[b for b in HAS if b == "cpu"]))
-def test_cpu_statistics_deterministic_across_thread_counts(backend):
+def test_cpu_statistics_deterministic_across_thread_counts(backend, dtype):
+    """One thread streams rows in x order, more threads walk code-sorted rows: same bits."""
     g = torch.Generator().manual_seed(4)
-    x = torch.randn(3000, 96, generator=g)
+    x = torch.randn(3000, 96, generator=g).to(dtype)
     idx = torch.randint(0, 13, (3000,), generator=g)
     idx[:1500] = 2  # one big cluster: ranges and column blocks depend on the thread count
     before = torch.get_num_threads()
