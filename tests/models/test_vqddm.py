@@ -206,8 +206,9 @@ def _exact_bpd(model, x0, sched, seed=0):
 
 def test_tiny_model_loss_falls_below_bound():
     """Two fixed 4x4 maps over K = 8 codes: data entropy ~1 bit per map, so a model can get
-    far below the log2(8) = 3 bits/dim of a uniform guess. Bound: < 0.6 bits/dim after 300 steps
-    (the untrained model, which predicts x0 = z_t, sits well above 2)."""
+    far below the log2(8) = 3 bits/dim of a uniform guess. Bound: < 0.6 bits/dim after 400 steps,
+    where runs sit near 0.2 (at 300 they are still falling steeply, 0.48-0.63 by seed and kernel
+    rounding); the untrained model, which predicts x0 = z_t, sits well above 2."""
     torch.manual_seed(0)
     K, T = 8, 20
     data = torch.stack([torch.arange(16) % K, (torch.arange(16) * 3 + 1) % K]).view(2, 4, 4)
@@ -217,7 +218,7 @@ def test_tiny_model_loss_falls_below_bound():
     sampler = ImportanceSampler(T)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(300):
+    for _ in range(400):
         x0 = data[torch.randint(2, (16,), generator=g)]
         loss, logs = vlb_loss(model, x0, sched, sampler, generator=g)
         opt.zero_grad()
