@@ -6,16 +6,19 @@ Algorithm-1 iterations so the run stays in minutes on CPU):
   official   the official-style loop: explicit softmax(QK^T)V attention in fp32, a full
              softmax over the vocabulary, a Python top-K filter + torch.multinomial, a
              Python update loop, everything recomputed every iteration
-  fp32       vqfast.samplers.put_fill (fused select_and_sample_topk, SDPA attention)
-  bf16       put_fill(autocast_dtype=torch.bfloat16): the transformer's cached low-precision
-             copy (bf16 block weights cast once, fp32 residual stream, LayerNorms and head;
-             CPU attention through bf16 GEMMs)
+  fp32       vqfast.samplers.put_fill (fused select_and_sample_topk, SDPA attention, the
+             transformer's inference copy: on CPU oneDNN-packed fp32 block weights)
+  bf16       put_fill(autocast_dtype=torch.bfloat16): the bf16 inference copy (oneDNN-packed
+             bf16 block weights, fp32 residual stream, LayerNorms and head; CPU attention
+             through bf16 GEMMs)
   bf16-autocast  the same model under plain torch.autocast(bfloat16) (comparison row)
 Each row's extra_info holds tokens/s, the seed's RTX 3090 figure, the speedup over the
 official-style loop on wall time and on process CPU time (with VQFAST_BENCH_THREADS=1 the
 CPU-time ratio is the one the machine's load disturbs least), the forward's FLOP/s as a
 fraction of this machine's GEMM rate for its dtype (an [L, D] x [D, 4D] matmul in fp32 and
-bf16 timed beside the row) and, for bf16, the logit error and greedy agreement against fp32
+bf16 timed beside the row, through torch.mm = MKL and through oneDNN on a packed weight:
+on this AMD CPU MKL's sgemm runs at less than half of oneDNN's fp32 rate), the greedy
+agreement of the packed fp32 copy with the plain model and, for bf16, the logit error and greedy agreement against fp32
 (next-token argmax at every unknown position and at the quarter of them fp32 is most
 confident about, where greedy steps pick, and Algorithm 1's position choice, on identical
 inputs).
@@ -36,7 +39,7 @@ import torch.nn.functional as F
 from vqfast.models.put import PVQVAE, UQTransformer
 from vqfast.ops.sampling import select_and_sample_topk
 from vqfast.samplers.put import put_fill
-from vqfast.models.transformer import cached_low_precision_copy
+from vqfast.models.inference import inference_copy
 from timing import gemm_rate, machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 # PUT supp. Table 4 (RTX 3090).
@@ -181,6 +184,8 @@ def test_uq_transformer_tokens_per_s(benchmark, env, preset, row):
     # The GEMM ceiling is re-measured beside each row: the machine is shared and its load drifts.
     D = model.config["dim"]
     gemm = {name: gemm_rate(L, D, 4 * D, dt) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    packed = {name: gemm_rate(L, D, 4 * D, dt, packed=True)
+              for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     t, cpu = _timed(benchmark, fn, env["sets"])
     _TIMES[(preset, row)] = (t, cpu)
     info = benchmark.extra_info
@@ -190,13 +195,18 @@ def test_uq_transformer_tokens_per_s(benchmark, env, preset, row):
     if (preset, "official") in _TIMES:
         info["speedup_vs_official"] = _TIMES[(preset, "official")][0] / t
         info["cpu_time_speedup_vs_official"] = _TIMES[(preset, "official")][1] / cpu
-    mine = gemm["bf16" if row.startswith("bf16") else "fp32"]
+    kind = "bf16" if row.startswith("bf16") else "fp32"
+    mine, mine_packed = gemm[kind], packed[kind]
     info["forward_fraction_of_gemm"] = forward_flops(model, 1, L) / t / mine[0]
     info["cpu_time_forward_fraction_of_gemm"] = forward_flops(model, 1, L) / cpu / mine[1]
+    info["forward_fraction_of_packed_gemm"] = forward_flops(model, 1, L) / t / mine_packed[0]
     info["gemm_gflops"] = mine[0] / 1e9
+    info["packed_gemm_gflops"] = mine_packed[0] / 1e9
     info["bf16_over_fp32_gemm"] = gemm["bf16"][1] / gemm["fp32"][1]
     if row == "bf16":
         info.update(_bf16_accuracy(model, env))
+    if row == "fp32":
+        info.update(_fp32_agreement(model, env))
     print(f"\n[{preset} {row}] {1 / t:.3f} tokens/s (seed RTX 3090: {SEED_TOKENS_PER_S[preset]}) "
           + " ".join(f"{k}={v:.4g}" for k, v in info.items() if isinstance(v, float)))
 
@@ -206,7 +216,7 @@ def _bf16_accuracy(model: UQTransformer, env) -> dict:
     """Next-token logits bf16 (the low-precision copy put_fill runs; and plain autocast) vs fp32
     on the rotated inputs, and greedy agreement: the argmax token at every unknown position,
     and the Algorithm-1 position choice."""
-    fast = cached_low_precision_copy(model)
+    fast = inference_copy(model, torch.bfloat16, batch_hint=L)
     errs, scale, tok_agree, pos_agree, n_tok, amp_agree, top_agree, n_top = [], [], 0, 0, 0, 0, 0, 0
     for feats, _, known in env["sets"]:
         ref = model(feats)
@@ -233,6 +243,24 @@ def _bf16_accuracy(model: UQTransformer, env) -> dict:
             "bf16_autocast_greedy_token_agreement": amp_agree / n_tok,
             "bf16_top_quarter_confidence_token_agreement": top_agree / n_top,
             "bf16_position_choice_agreement": pos_agree / len(env["sets"])}
+
+
+@torch.no_grad()
+def _fp32_agreement(model: UQTransformer, env) -> dict:
+    """The fp32 inference copy put_fill runs vs the plain model on the rotated inputs: logit
+    error and argmax agreement at the unknown positions, Algorithm 1's position choice."""
+    fast = inference_copy(model, None, batch_hint=L)
+    err, tok, n, pos = 0.0, 0, 0, 0
+    for feats, _, known in env["sets"]:
+        ref, got = model(feats), fast(feats)
+        u = ~known[0]
+        err = max(err, float((got[0, u] - ref[0, u]).abs().max()))
+        tok += int((got[0, u].argmax(-1) == ref[0, u].argmax(-1)).sum())
+        n += int(u.sum())
+        choose = [x.softmax(-1).amax(-1).masked_fill(known, -1).argmax(1) for x in (ref, got)]
+        pos += int((choose[0] == choose[1]).sum())
+    return {"packed_fp32_logit_max_abs_err": err, "packed_fp32_greedy_token_agreement": tok / n,
+            "packed_fp32_position_choice_agreement": pos / len(env["sets"])}
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])

@@ -1,14 +1,15 @@
-"""Low-precision inference of the transformers (vqfast.models.transformer): the CPU bf16
-matmul attention against an fp64 oracle, `low_precision_copy` (bf16 blocks, fp32 stream,
-LayerNorms and head) against fp32 and autocast, its cache, and the samplers' bf16 path."""
+"""Low-precision inference of the transformers: the CPU bf16 matmul attention against an
+fp64 oracle, `low_precision_copy` (bf16 blocks, fp32 stream, LayerNorms and head) against
+fp32 and autocast, and the samplers' bf16 path (tests/models/test_inference_copy.py: the
+packed copies and their cache)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import vqfast.models.transformer as tf
 from vqfast.models.put import UQTransformer
-from vqfast.models.transformer import (BidirectionalTransformer, Block, attention, cached_low_precision_copy,
-                                       low_precision_copy, matmul_attention)
+from vqfast.models.inference import inference_copy, low_precision_copy
+from vqfast.models.transformer import BidirectionalTransformer, Block, attention, matmul_attention
 from vqfast.samplers import maskgit_decode, put_fill
 
 
@@ -90,21 +91,6 @@ def test_uq_transformer_low_precision_copy():
     assert _rms(out, ref) <= 0.02 * float(ref.std())
 
 
-def test_cached_copy_follows_updates(net):
-    torch.manual_seed(0)
-    model = BidirectionalTransformer(16, 8, dim=32, depth=1, heads=2).eval()
-    a = cached_low_precision_copy(model)
-    assert cached_low_precision_copy(model) is a
-    assert cached_low_precision_copy(model, torch.float16) is not a
-    with torch.no_grad():
-        model.blocks[0].attn.qkv.weight.mul_(2.0)  # in-place update (optimizer step)
-    b = cached_low_precision_copy(model)
-    assert b is not a
-    torch.testing.assert_close(b.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight.bfloat16())
-    model.train()
-    assert cached_low_precision_copy(model) is not b and cached_low_precision_copy(model).training
-
-
 def test_low_precision_copy_rejects_other_models():
     with pytest.raises(TypeError, match="Block"):
         low_precision_copy(torch.nn.Linear(3, 3))
@@ -123,7 +109,8 @@ def test_maskgit_decode_bf16_runs_the_copy(net):
     mask = torch.rand(4, 30, generator=g) < 0.6
     kw = dict(steps=4, generator=5, class_labels=torch.tensor([1, 2, 3, 0]), guidance_scale=2.0)
     out = maskgit_decode(net, tokens, mask, autocast_dtype=torch.bfloat16, **kw)
-    assert torch.equal(out, maskgit_decode(low_precision_copy(net), tokens, mask, **kw))
+    fast = inference_copy(net, torch.bfloat16, batch_hint=4 * 30 * 2)  # the sampler's rows: B * L, twice (guidance)
+    assert torch.equal(out, maskgit_decode(fast, tokens, mask, **kw))
     assert torch.equal(out[~mask], tokens[~mask])
 
 
@@ -140,6 +127,7 @@ def test_put_fill_bf16_runs_the_copy():
         return F.embedding(i, codebook)
 
     out = put_fill(t, codes, feats, tokens, known, top_k=5, generator=1, autocast_dtype=torch.bfloat16)
-    ref = put_fill(low_precision_copy(t), codes, feats, tokens, known, top_k=5, generator=1)
+    ref = put_fill(inference_copy(t, torch.bfloat16, batch_hint=2 * 64), codes, feats, tokens, known, top_k=5,
+                   generator=1)
     assert torch.equal(out.tokens, ref.tokens) and torch.equal(out.order, ref.order)
     assert bool(out.known.all())

@@ -91,7 +91,7 @@ class UQTransformer(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features [B, L, d] -> logits [B, L, K] (fp32).
 
-        Under autocast, or as a `vqfast.models.transformer.low_precision_copy` (bf16 block
+        Under autocast, or as a bf16 `vqfast.models.inference.inference_copy` (bf16 block
         weights, fp32 residual stream: what put_fill runs for autocast_dtype), the blocks run
         in the low-precision dtype, but the final LayerNorm and head stay in fp32: they cost
         ~0.3% of the FLOPs and bf16 logits (8-bit mantissa) would flip near-tied argmaxes of

@@ -31,15 +31,13 @@ ImageNet, 1000 classes, K = 1024, 32x32 positions, n = 256): "307M" 307.8M (+0.3
 """
 from __future__ import annotations
 
-import copy
 import functools
-import weakref
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqfast.models.transformer import Block, SelfAttention, init_weights, low_precision
+from vqfast.models.transformer import Block, SelfAttention, init_weights
 
 _PAPER = dict(codebook_size=1024, num_positions=1024, num_classes=1000, d_model=1024, n_heads=16, max_len=256,
               dropout=0.1)
@@ -125,54 +123,6 @@ def run_causal(blocks: nn.ModuleList, x: torch.Tensor, cache: KVCache | None = N
     if cache is not None:
         cache.length += x.shape[1]
     return x
-
-
-class PackedLinear(nn.Module):
-    """Inference-only Linear on a oneDNN-packed bf16 weight (CPU). For the 1-8 row GEMMs
-    of cached decoding the blocked layout reads the weight 2-4x faster than nn.Linear's
-    bf16 path (which falls below fp32's bandwidth on this machine's AVX-512-BF16 cores)."""
-
-    def __init__(self, linear: nn.Linear, batch_hint: int):
-        super().__init__()
-        w = linear.weight.detach().to(torch.bfloat16)
-        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(w, batch_hint), persistent=False)
-        b = linear.bias
-        self.register_buffer("bias", None if b is None else b.detach().to(torch.bfloat16), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-
-
-def _can_pack(model: nn.Module, dtype: torch.dtype | None) -> bool:
-    p = next(model.parameters())
-    return (dtype == torch.bfloat16 and p.device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
-
-
-_PACKED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def inference_copy(model: "Stackformer", dtype: torch.dtype | None, batch_hint: int = 1) -> "Stackformer":
-    """The model to sample with in `dtype`: fp32/None -> `model`; bf16 on CPU -> a copy whose
-    block Linears are `PackedLinear`s (packed for `batch_hint` rows; embeddings, LayerNorms,
-    heads and the fp32 residual stream shared with `model`), rebuilt only after a parameter,
-    the train/eval mode or batch_hint changed (one copy per model is kept); other dtypes or
-    devices -> `low_precision_copy`. On CPU bf16 pays off for wide models only (307M: 1.9-3.3x
-    fp32 per cached step; d_model 64: 0.5x, the steps being dispatch-bound)."""
-    if not _can_pack(model, dtype):
-        return low_precision(model, dtype)[0]
-    key = (model.training, batch_hint, tuple((id(p), p.data_ptr(), p._version) for p in model.parameters()))
-    hit = _PACKED.get(model)
-    if hit is None or hit["key"] != key:
-        memo = {id(t): t for t in (*model.parameters(), *model.buffers())}  # share, do not copy
-        out = copy.deepcopy(model, memo)
-        for blk in (m for m in out.modules() if isinstance(m, Block)):
-            blk.attn.qkv = PackedLinear(blk.attn.qkv, batch_hint)
-            blk.attn.proj = PackedLinear(blk.attn.proj, batch_hint)
-            blk.mlp[0] = PackedLinear(blk.mlp[0], batch_hint)
-            blk.mlp[2] = PackedLinear(blk.mlp[2], batch_hint)
-        hit = _PACKED[model] = {"key": key, "model": out}
-    return hit["model"]
 
 
 def order_tokens(codes: torch.Tensor, positions: torch.Tensor, scores: torch.Tensor | None = None,

@@ -10,9 +10,7 @@ guidance uses. The head predicts the K codes only ([MASK] is never a prediction)
 """
 from __future__ import annotations
 
-import copy
 import importlib.util
-import weakref
 
 import torch
 import torch.nn as nn
@@ -174,53 +172,3 @@ class BidirectionalTransformer(nn.Module):
         d, hidden = c["dim"], int(c["dim"] * c["mlp_ratio"])
         per_block = 2 * L * d * (3 * d + d + 2 * hidden) + 2 * 2 * L * L * d
         return batch * (c["depth"] * per_block + 2 * self.seq_len * d * self.codebook_size)
-
-
-def low_precision_copy(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """An inference copy of `model` whose `Block` Linear layers hold weights in `dtype`.
-
-    Everything else (embeddings, positions, LayerNorms, the head) is shared with `model`,
-    not copied, and stays fp32: the residual stream, the normalization statistics and the
-    logits keep fp32 precision (bf16 logits would flip near-tied argmaxes), while the
-    GEMMs, >99% of the FLOPs, run in `dtype` with weights cast once instead of on every
-    call as under torch.autocast. The copy does not follow later updates of `model`;
-    `cached_low_precision_copy` rebuilds it when they happen.
-
-        fast = low_precision_copy(net)          # bf16 blocks, fp32 stream and head
-        logits = fast(tokens)                   # fp32 logits, close to net(tokens)
-    """
-    if not any(isinstance(m, Block) for m in model.modules()):
-        raise TypeError(f"model must contain vqfast Block modules, got {type(model).__name__}")
-    memo = {id(t): t for t in (*model.parameters(), *model.buffers())}  # share, do not copy
-    out = copy.deepcopy(model, memo)
-    for blk in (m for m in out.modules() if isinstance(m, Block)):
-        for lin in (m for m in blk.modules() if isinstance(m, nn.Linear)):
-            lin.weight = nn.Parameter(lin.weight.detach().to(dtype), requires_grad=False)
-            if lin.bias is not None:
-                lin.bias = nn.Parameter(lin.bias.detach().to(dtype), requires_grad=False)
-    return out
-
-
-_COPIES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def cached_low_precision_copy(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """`low_precision_copy(model, dtype)`, rebuilt only when a parameter of `model` changed
-    (in-place update, new tensor, device move) or its train/eval mode did, since the last call."""
-    key = (model.training, tuple((id(p), p.data_ptr(), p._version) for p in model.parameters()))
-    cache = _COPIES.setdefault(model, {})
-    hit = cache.get(dtype)
-    if hit is None or hit[0] != key:
-        hit = cache[dtype] = (key, low_precision_copy(model, dtype))
-    return hit[1]
-
-
-def low_precision(model, dtype: torch.dtype | None):
-    """(model to run, dtype left for torch.autocast) for a sampler asked to run in `dtype`:
-    the cached low-precision copy of an nn.Module built from vqfast Blocks, else the model
-    itself under autocast. dtype None or fp32: (model, None)."""
-    if dtype is None or dtype == torch.float32:
-        return model, None
-    if isinstance(model, nn.Module) and any(isinstance(m, Block) for m in model.modules()):
-        return cached_low_precision_copy(model, dtype), None
-    return model, dtype

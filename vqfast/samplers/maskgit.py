@@ -18,7 +18,7 @@ import torch
 from vqfast import ops
 from vqfast.data.seeding import as_generator
 from vqfast.models.maskgit import SCHEDULES, mask_ratio
-from vqfast.models.transformer import low_precision
+from vqfast.models.inference import low_precision
 
 
 def reveal_schedule(n_masked: torch.Tensor, steps: int, schedule: str) -> torch.Tensor:
@@ -74,10 +74,11 @@ def maskgit_decode(model: Callable, tokens: torch.Tensor | None = None, mask: to
     class_labels [B] and guidance_scale s: logits = uncond + s * (cond - uncond)
         (s = 1: conditional only, no extra forward).
     generator: torch.Generator or int seed (same seed -> same tokens).
-    autocast_dtype: run the transformer's blocks in this dtype (e.g. torch.bfloat16).
-        A model made of vqfast `Block`s runs as `cached_low_precision_copy(model, dtype)`:
-        weights cast once, fp32 residual stream, LayerNorms and head, fp32 logits. Any
-        other callable runs under torch.autocast.
+    autocast_dtype: run the transformer's blocks in this dtype (None: fp32; e.g.
+        torch.bfloat16). A model made of vqfast `Block`s runs as
+        `vqfast.models.inference.inference_copy(model, dtype)`: on CPU oneDNN-packed block
+        weights, fp32 residual stream, LayerNorms and head, fp32 logits. Any other
+        callable runs as it is (under torch.autocast for bf16).
     Returns tokens (same shape as the input), or (tokens, masked [steps_run + 1, B, L])
     with return_history: the still-masked positions before each step and at the end.
 
@@ -113,7 +114,8 @@ def maskgit_decode(model: Callable, tokens: torch.Tensor | None = None, mask: to
     cur = tokens.reshape(B, L).to(device).masked_fill(masked, mask_id)
     plan = reveal_schedule(masked.sum(1), steps, schedule).to(device)
     g = as_generator(generator, device)
-    model, autocast_dtype = low_precision(model, autocast_dtype)
+    guided = class_labels is not None and guidance_scale != 1.0
+    model, autocast_dtype = low_precision(model, autocast_dtype, batch_hint=B * L * (2 if guided else 1))
     n_steps = sweet_spot or steps
     history = [masked.clone()] if return_history else None
     it = range(n_steps)

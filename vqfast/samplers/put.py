@@ -21,7 +21,7 @@ import torch
 from vqfast import ops
 from vqfast.data.seeding import as_generator
 from vqfast.models.put_vqvae import check_image_and_mask
-from vqfast.models.transformer import low_precision
+from vqfast.models.inference import low_precision
 from vqfast.progress import progress_bar
 
 
@@ -77,7 +77,7 @@ def put_fill(transformer, codes, features: torch.Tensor, tokens: torch.Tensor, k
     if max_iterations is not None:
         steps = min(steps, max_iterations)
     bar = progress_bar(steps, "PUT sampling", progress)
-    transformer, autocast_dtype = low_precision(transformer, autocast_dtype)
+    transformer, autocast_dtype = low_precision(transformer, autocast_dtype, batch_hint=feats.shape[0] * feats.shape[1])
     amp = torch.autocast(feats.device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     it = 0
     # One autocast region for the whole loop (callables without vqfast Blocks): its cache keeps
@@ -116,9 +116,10 @@ def put_sample(vae, transformer, image: torch.Tensor, mask: torch.Tensor, *, num
     top_k: K of the Gibbs step; tokens_per_iter: positions filled per forward (1 = the
     seed; more is the official code's speed option); temperature divides the logits;
     generator: torch.Generator or int seed (same seed -> same completions);
-    autocast_dtype: e.g. torch.bfloat16 runs the transformer blocks in bf16 (a UQTransformer
-    as `cached_low_precision_copy`: bf16 weights cast once, fp32 residual stream, LayerNorms
-    and head; other callables under torch.autocast);
+    autocast_dtype: None runs the transformer in fp32, torch.bfloat16 its blocks in bf16; a
+    UQTransformer runs as `vqfast.models.inference.inference_copy` (on CPU oneDNN-packed
+    block weights, fp32 residual stream, LayerNorms and head), other callables as they are
+    (under torch.autocast for bf16);
     max_iterations: stop after this many forward passes (benchmarks; positions left
     unfilled keep their e' tokens and are decoded from e'); progress: a tqdm bar;
     backend: of select_and_sample_topk.

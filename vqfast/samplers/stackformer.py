@@ -40,7 +40,8 @@ import torch
 from vqfast import ops
 from vqfast._random import philox_key
 from vqfast.data.seeding import as_generator
-from vqfast.models.stackformer import Stackformer, inference_copy, run_causal
+from vqfast.models.inference import inference_copy
+from vqfast.models.stackformer import Stackformer, run_causal
 from vqfast.progress import progress_bar
 
 _MASK64 = (1 << 64) - 1
@@ -87,10 +88,10 @@ def stackformer_sample(model: Stackformer, n_samples: int, num_tokens: int | Non
     for every sample (class-conditional models only); top-k / top-p per head (None: off);
     temperature divides the logits (0: greedy); generator (torch.Generator or int seed) or
     seed; use_cache: KV cache (False: the official full recomputation); prefix_codes /
-    prefix_positions [B, m]: kept pairs (see the module docstring); progress: tqdm bar; autocast_dtype: e.g.
-    torch.bfloat16 runs the blocks from a cached bf16-weight copy (fp32 residual stream,
-    embeddings, LayerNorms and heads; on CPU oneDNN-packed weights, see
-    `vqfast.models.stackformer.inference_copy`; elsewhere `low_precision_copy`).
+    prefix_positions [B, m]: kept pairs (see the module docstring); progress: tqdm bar; autocast_dtype: None
+    runs in fp32, e.g. torch.bfloat16 runs the blocks from a cached bf16-weight copy (fp32
+    residual stream, embeddings, LayerNorms and heads); on CPU both run oneDNN-packed block
+    weights (`vqfast.models.inference.inference_copy`).
     Positions of a sample are distinct; the order of the pairs is the sampling order.
     """
     was_training = getattr(model, "training", False)
@@ -148,7 +149,7 @@ class StackformerDecoding:
             m = prefix_codes.shape[1]
         g = _generator(generator, seed, device)
         model.eval()
-        # a Stackformer is built from vqfast Blocks: a low dtype gives a cached weight copy (no autocast)
+        # a Stackformer is built from vqfast Blocks: a cached inference copy (no autocast)
         self.net = inference_copy(model, autocast_dtype, B)
         self.num_tokens, self.num_prefix, self.use_cache = n, m, bool(use_cache)
         self.temperature = float(temperature)
