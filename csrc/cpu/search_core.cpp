@@ -295,6 +295,7 @@ Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16)
   const double u = std::ldexp(1.0, -24), n = static_cast<double>(d + 8);
   const double gamma = 2.0 * n * u / (1.0 - n * u);
   std::vector<uint8_t> valid(cb.Kp, 0);
+  std::vector<double> norms(cb.Kp, 0.0);
   // Codes (and below, panels) in parallel: this O(K d) set-up runs on every op call.
   at::parallel_for(0, cb.Kp, kNR, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
@@ -311,6 +312,7 @@ Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16)
         continue;
       }
       const double cn = std::sqrt(cc), tiny = std::ldexp(1.0, -100) * (1.0 + cn);
+      norms[k] = cn;
       if (metric == kL2) {
         bias[k] = static_cast<float>(cc);
         scale[k] = -2.f;
@@ -325,6 +327,7 @@ Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16)
       }
     }
   });
+  cb.max_norm = *std::max_element(norms.begin(), norms.end());
   const int64_t panels = cb.Kp / kNR;
   if (!bf16) {
     cb.packed = at::empty({panels, d, kNR}, f32);
@@ -391,17 +394,20 @@ void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist
   sc.xn32.assign(n + kMR, 0.f);  // padded: micro-tiles read kMR entries
   sc.finite.resize(n);
   RowState* state = sc.state.data();
+  // Scores, dots and bounds are below (|x| + |c|)^2: past 2^124 the fp32 pass could overflow.
+  const double huge = std::ldexp(1.0, 62);
   for (int64_t r = 0; r < n; ++r) {
     const float* x = rows.row32(r);
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
     for (int64_t i = 0; i < d; ++i) s += static_cast<double>(x[i]) * x[i];
-    sc.finite[r] = vqfast::finite_value(s);
     sc.x_norm[r] = std::sqrt(s);
-    sc.xn32[r] = static_cast<float>(sc.x_norm[r]) * 1.0001f;  // rounded up: the bound stays a bound
+    const bool finite = vqfast::finite_value(s), overflow = finite && sc.x_norm[r] + cb.max_norm > huge;
+    sc.finite[r] = finite && !overflow;  // not scanned: non-finite or re-ranked in full
+    sc.xn32[r] = overflow ? 0.f : static_cast<float>(sc.x_norm[r]) * 1.0001f;  // rounded up: the bound stays a bound
     state[r].best_hi = kFloatMax;
     state[r].n = 0;
-    state[r].overflow = false;
+    state[r].overflow = overflow;
   }
   // Rows packed k-major per micro-panel (zeros past the last row: only the last tile has them).
   const int64_t tiles = (n + kMR - 1) / kMR, steps = cb.bf16 ? cb.dp / 2 : d;
@@ -451,7 +457,7 @@ void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist
     }
   }
   for (int64_t r = 0; r < n; ++r) {
-    if (!finite[r]) {
+    if (!finite[r] && !state[r].overflow) {
       idx[r] = 0;
       dist[r] = std::numeric_limits<float>::quiet_NaN();
       continue;

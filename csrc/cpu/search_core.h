@@ -32,6 +32,8 @@ struct Codebook {
   int64_t K = 0, d = 0, Kp = 0, dp = 0;  // Kp: K rounded up to kNR; dp: d rounded up to even
   int64_t metric = kL2;
   bool bf16 = false;     // packed codes are bf16 and rows must be given as bf16
+  double max_norm = 0;   // largest |c| of the finite codes: rows whose scores could overflow fp32
+                         // (|x| + max_norm past 2^62) skip the fp32 pass and are re-ranked in full
   at::Tensor packed;     // fp32 [Kp/kNR, d, kNR] or bf16 [Kp/kNR, dp/2, kNR, 2] (VNNI pairs)
   at::Tensor raw;        // fp32 [K, d]: exact values for the re-rank and the gather
   at::Tensor bias, scale, err_a, err_b;  // fp32 [Kp]: score = bias + scale * dot; err = err_a + |x| err_b

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 METRICS = ("l2", "cosine")
 
 
@@ -42,5 +43,19 @@ def codebook(name: str, cb, d: int | None = None) -> None:
     tensor(name, cb, dim=2)
     if cb.shape[0] < 1:
         raise ValueError(f"{name} is empty: shape {tuple(cb.shape)}, need at least one code")
+    if cb.shape[1] < 1:
+        raise ValueError(f"{name} has d=0: shape {tuple(cb.shape)}, need d >= 1")
     if d is not None and cb.shape[1] != d:
         raise ValueError(f"x has d={d} but {name} has d={cb.shape[1]}")
+
+
+def indices(name: str, idx, K: int) -> torch.Tensor:
+    """Integer code indices, every one in [0, K) -> idx as int64 (what F.embedding takes).
+    The range check reads the values (a device sync), so a compiled graph (and a meta
+    tensor, which has none) skips it."""
+    tensor(name, idx, dtypes=INDEX_DTYPES)
+    if idx.numel() and idx.device.type != "meta" and not torch.compiler.is_compiling():
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= K:
+            raise ValueError(f"{name} must be in [0, {K}), got values in [{lo}, {hi}]")
+    return idx.long()

@@ -1,6 +1,7 @@
 """residual_quantize (DESIGN.md op 4, RQ-VAE): validation, dispatch, losses."""
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple
 
 import torch
@@ -67,6 +68,7 @@ class ResidualQuantizeOutput(_ResidualFields):
 
 
 def _check(x, codebook, depth, metric, backend) -> tuple[str, int]:
+    depth_arg = depth
     _validate.tensor("x", x, min_dim=1)
     _validate.tensor("codebook", codebook)
     if codebook.dim() not in (2, 3):
@@ -74,14 +76,20 @@ def _check(x, codebook, depth, metric, backend) -> tuple[str, int]:
                          f"got shape {tuple(codebook.shape)}")
     if codebook.shape[-2] < 1 or (codebook.dim() == 3 and codebook.shape[0] < 1):
         raise ValueError(f"codebook is empty: shape {tuple(codebook.shape)}, need at least one code")
+    if codebook.shape[-1] < 1:
+        raise ValueError(f"codebook has d=0: shape {tuple(codebook.shape)}, need d >= 1")
     if codebook.shape[-1] != x.shape[-1]:
         raise ValueError(f"x has d={x.shape[-1]} but codebook has d={codebook.shape[-1]}")
     if depth is None:
         if codebook.dim() == 2:
             raise ValueError("depth is required with a shared codebook [K, d]")
         depth = codebook.shape[0]
-    if isinstance(depth, bool) or not isinstance(depth, int):
-        raise TypeError(f"depth must be an int, got {type(depth).__name__}")
+    try:  # numpy and 0-d tensor integers too
+        depth = operator.index(depth) if not isinstance(depth, bool) else None
+    except TypeError:
+        depth = None
+    if depth is None:
+        raise TypeError(f"depth must be an int, got {type(depth_arg).__name__}")
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     if codebook.dim() == 3 and codebook.shape[0] != depth:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from vqfast import ops
+from vqfast.ops import _validate
 from vqfast.quantizers import distributed
 from vqfast.quantizers.codebook import Codebook
 from vqfast.quantizers.stats import perplexity, usage
@@ -72,6 +73,7 @@ class DualCodebookQuantizer(nn.Module):
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """indices [...] in [0, K + K') -> codes [..., dim] from e (< K) or e' (>= K)."""
+        indices = _validate.indices("indices", indices, self.codebook_size)
         both = torch.cat([self.visible_codebook.codes(), self.masked_codebook.codes()])
         return from_channel_last(nn.functional.embedding(indices, both), self.channel_first)
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqfast import ops
+from vqfast.ops import _validate
 from vqfast.quantizers.codebook import Codebook
 from vqfast.quantizers.stats import perplexity, usage
 from vqfast.quantizers.vector import QuantizerLosses, from_channel_last, losses, to_channel_last
@@ -85,7 +86,10 @@ class ResidualQuantizer(nn.Module):
             r = r - codes[i]
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices [..., D] -> sum of the D codes [..., dim]."""
+        """indices [..., D] in [0, K) -> sum of the D codes [..., dim]."""
+        indices = _validate.indices("indices", indices, self.codebook_size)
+        if indices.dim() < 1 or indices.shape[-1] != self.depth:
+            raise ValueError(f"indices must have shape [..., depth={self.depth}], got {tuple(indices.shape)}")
         total = sum(F.embedding(indices[..., i], self.level(i).codes()) for i in range(self.depth))
         return from_channel_last(total, self.channel_first)
 

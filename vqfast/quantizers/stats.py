@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import torch
 
+from vqfast.ops import _validate
+
 
 def histogram(indices: torch.Tensor, K: int) -> torch.Tensor:
     """indices [...] in [0, K) -> counts [K] int64."""
-    return torch.bincount(indices.reshape(-1).long(), minlength=K)
+    return torch.bincount(_validate.indices("indices", indices, K).reshape(-1), minlength=K)
 
 
 def usage(indices: torch.Tensor, K: int) -> float:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqfast import ops
+from vqfast.ops import _validate
 from vqfast.quantizers.codebook import Codebook
 from vqfast.quantizers.stats import perplexity, usage
 
@@ -104,7 +105,8 @@ class VectorQuantizer(nn.Module):
         return from_channel_last(out.z_q, self.channel_first), out.indices, loss
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices [...] -> codes [..., dim] (or [B, dim, ...] when channel_first)."""
+        """indices [...] in [0, K) -> codes [..., dim] (or [B, dim, ...] when channel_first)."""
+        indices = _validate.indices("indices", indices, self.codebook_size)
         return from_channel_last(F.embedding(indices, self.codebook), self.channel_first)
 
     @torch.no_grad()

@@ -1,0 +1,32 @@
+"""Quantizer modules on inputs a user may get wrong: indices outside the token space."""
+import pytest
+import torch
+
+from vqfast.quantizers import DualCodebookQuantizer, ResidualQuantizer, VectorQuantizer
+
+
+@pytest.mark.parametrize("module, bad", [
+    (VectorQuantizer(8, 16), torch.tensor([3, 16])),
+    (VectorQuantizer(8, 16), torch.tensor([-1, 2])),
+    (DualCodebookQuantizer(8, 16, 4), torch.tensor([19, 20])),
+    (ResidualQuantizer(8, 16, 3), torch.tensor([[0, 1, 16]])),
+])
+def test_indices_to_codes_out_of_range(module, bad):
+    with pytest.raises(ValueError, match=r"indices must be in \[0, "):
+        module.indices_to_codes(bad)
+    with pytest.raises(ValueError, match=r"indices must be in \[0, "):
+        module.statistics(bad)
+
+
+def test_indices_to_codes_dtypes_and_depth():
+    vq = VectorQuantizer(8, 16)
+    with pytest.raises(TypeError, match="indices must have dtype"):
+        vq.indices_to_codes(torch.tensor([1.0]))
+    torch.testing.assert_close(vq.indices_to_codes(torch.tensor([3], dtype=torch.uint8)), vq.codebook[[3]])
+    assert vq.indices_to_codes(torch.zeros(0, 5, dtype=torch.long)).shape == (0, 5, 8)
+    rq = ResidualQuantizer(8, 16, 3)
+    for bad in (torch.tensor([[0, 1]]), torch.tensor([[0, 1, 2, 3]]), torch.tensor(1)):
+        with pytest.raises(ValueError, match=r"indices must have shape \[\.\.\., depth=3\]"):
+            rq.indices_to_codes(bad)
+    torch.testing.assert_close(rq.indices_to_codes(torch.tensor([[1, 2, 3]])),
+                               (rq.codebook[1] + rq.codebook[2] + rq.codebook[3])[None])
