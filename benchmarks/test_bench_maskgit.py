@@ -32,7 +32,8 @@ import torch
 
 from vqfast import checkpoint
 from vqfast.demo import default_cache_dir
-from vqfast.models.transformer import Block, BidirectionalTransformer, cached_low_precision_copy
+from vqfast.models.inference import inference_copy
+from vqfast.models.transformer import Block, BidirectionalTransformer
 from vqfast.samplers import maskgit_decode
 from timing import gemm_rate, machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
@@ -154,13 +155,14 @@ def test_bf16_agreement(benchmark, cfg):
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast_step = step_agreement(net)
-    info = dict(step_agreement=step_agreement(cached_low_precision_copy(net)), autocast_step_agreement=autocast_step,
+    info = dict(step_agreement=step_agreement(inference_copy(net, torch.bfloat16, tokens.numel())),
+                autocast_step_agreement=autocast_step,
                 weight_rounding_step_agreement=step_agreement(_rounded_weights(net)))
     kw = dict(batch_size=c["batch"] * 2, steps=STEPS, choice="argmax", generator=0)
     fp32, hist = maskgit_decode(net, return_history=True, **kw)
     # Teacher-forced: bf16's argmax on the fp32 decode's own state before each step, at the
     # positions that step revealed (under argmax choice fp32 revealed its own argmax there).
-    fast, agree, n = cached_low_precision_copy(net), 0, 0
+    fast, agree, n = inference_copy(net, torch.bfloat16, fp32.numel()), 0, 0
     for t in range(STEPS):
         revealed = hist[t] & ~hist[t + 1]
         low = fast(fp32.masked_fill(hist[t], net.mask_id)).argmax(-1)
@@ -177,22 +179,24 @@ def test_bf16_agreement(benchmark, cfg):
     print(f"\n[{cfg} agreement] " + " ".join(f"{k}={v:.4f}" for k, v in info.items()))
 
 
-_FORWARD_ROWS = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, False),
-                 "bf16-autocast": (torch.bfloat16, True)}
+# row -> (dtype, how): "copy" = the inference copy the samplers run (on CPU oneDNN-packed
+# block weights), "plain" = the model as trained, "autocast" = the model under torch.autocast
+_FORWARD_ROWS = {"fp32": (torch.float32, "copy"), "fp32-plain": (torch.float32, "plain"),
+                 "bf16": (torch.bfloat16, "copy"), "bf16-autocast": (torch.bfloat16, "autocast")}
 
 
 @pytest.mark.parametrize("row", list(_FORWARD_ROWS))
 @pytest.mark.parametrize("cfg", list(CONFIGS))
 def test_forward_flops_vs_gemm(benchmark, cfg, row):
     c = CONFIGS[cfg]
-    dtype, plain = _FORWARD_ROWS[row]
+    dtype, how = _FORWARD_ROWS[row]
     net = _net(cfg)
     benchmark.group = f"maskgit-forward-{cfg}"
     tokens = torch.randint(c["codebook_size"] + 1, (c["batch"], c["seq_len"]))
-    model = cached_low_precision_copy(net) if dtype == torch.bfloat16 and not plain else net
+    model = inference_copy(net, dtype, tokens.numel()) if how == "copy" else net
 
     def forward():
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=plain):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=how == "autocast"):
             return model(tokens)
 
     wall, cpu = _pedantic(benchmark, forward, c["rounds"] + 1)
@@ -200,8 +204,10 @@ def test_forward_flops_vs_gemm(benchmark, cfg, row):
     # the machine's GEMM rate for both dtypes, timed here (the load drifts): [B*L, D] x [D, 4D]
     m, d = c["batch"] * c["seq_len"], c["dim"]
     gemm = {name: gemm_rate(m, d, 4 * d, dt) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    mine = gemm["bf16" if dtype == torch.bfloat16 else "fp32"]
+    kind = "bf16" if dtype == torch.bfloat16 else "fp32"
+    mine, packed = gemm[kind], gemm_rate(m, d, 4 * d, dtype, packed=True)
     benchmark.extra_info.update(machine(), forward_gflops=flops / wall / 1e9, fraction_of_gemm=flops / wall / mine[0],
+                                fraction_of_packed_gemm=flops / wall / packed[0], packed_gemm_gflops=packed[0] / 1e9,
                                 cpu_time_fraction_of_gemm=flops / cpu / mine[1],
                                 gemm_gflops_fp32=gemm["fp32"][0] / 1e9, gemm_gflops_bf16=gemm["bf16"][0] / 1e9,
                                 bf16_over_fp32_gemm=gemm["bf16"][1] / gemm["fp32"][1])
