@@ -1,16 +1,14 @@
 """vqfast.models.inference: packed copies (oneDNN block weights, fp32 and bf16) against the
-model they copy, what they share, the cache and its invalidation, the fallbacks, and the
-samplers running them."""
+model they copy, what they share, the cache and its invalidation and the fallbacks
+(tests/models/test_maskgit_lowp.py: the samplers run them)."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import vqfast.models.inference as inf
 from vqfast.models.inference import PackedLinear, can_pack, inference_copy, low_precision, packed_copy
 from vqfast.models.put import UQTransformer
 from vqfast.models.stackformer import Stackformer
 from vqfast.models.transformer import BidirectionalTransformer
-from vqfast.samplers import maskgit_decode, put_fill
 
 needs_pack = pytest.mark.skipif(not can_pack(torch.nn.Linear(2, 2), torch.float32), reason="no oneDNN on this torch")
 
@@ -109,26 +107,3 @@ def test_stackformer_fp32_copy_packs_code_and_position_blocks():
     blocks = len(m.code_blocks) + len(m.position_blocks)
     assert sum(isinstance(x, PackedLinear) for x in fast.modules()) == 4 * blocks
 
-
-def test_samplers_run_the_fp32_copy():
-    torch.manual_seed(0)
-    t = UQTransformer.tiny(n_layers=2, dim=64).eval()
-    g = torch.Generator().manual_seed(4)
-    feats = torch.randn(2, 64, 64, generator=g)
-    tokens = torch.randint(128, (2, 64), generator=g)
-    known = torch.rand(2, 64, generator=g) < 0.5
-    codebook = torch.randn(128, 64, generator=g)
-
-    def codes(i):
-        return F.embedding(i, codebook)
-
-    out = put_fill(t, codes, feats, tokens, known, top_k=5, generator=1)
-    ref = put_fill(inference_copy(t, None, batch_hint=2 * 64), codes, feats, tokens, known, top_k=5, generator=1)
-    assert torch.equal(out.tokens, ref.tokens) and torch.equal(out.order, ref.order)
-    net = _maskgit()
-    tok, labels = _inputs()
-    mask = torch.rand(3, 30, generator=g) < 0.6
-    kw = dict(steps=4, generator=5, class_labels=labels, guidance_scale=2.0)
-    got = maskgit_decode(net, tok, mask, **kw)
-    assert torch.equal(got, maskgit_decode(inference_copy(net, None, 3 * 30 * 2), tok, mask, **kw))
-    assert torch.equal(got[~mask], tok[~mask])

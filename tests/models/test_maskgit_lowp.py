@@ -103,18 +103,20 @@ def test_full_bf16_model_still_runs(net):
         assert blk(x).dtype == torch.bfloat16
 
 
-def test_maskgit_decode_bf16_runs_the_copy(net):
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_maskgit_decode_runs_the_inference_copy(net, dtype):
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(64, (4, 30), generator=g)
     mask = torch.rand(4, 30, generator=g) < 0.6
     kw = dict(steps=4, generator=5, class_labels=torch.tensor([1, 2, 3, 0]), guidance_scale=2.0)
-    out = maskgit_decode(net, tokens, mask, autocast_dtype=torch.bfloat16, **kw)
-    fast = inference_copy(net, torch.bfloat16, batch_hint=4 * 30 * 2)  # the sampler's rows: B * L, twice (guidance)
+    out = maskgit_decode(net, tokens, mask, autocast_dtype=dtype, **kw)
+    fast = inference_copy(net, dtype, batch_hint=4 * 30 * 2)  # the sampler's rows: B * L, twice (guidance)
     assert torch.equal(out, maskgit_decode(fast, tokens, mask, **kw))
     assert torch.equal(out[~mask], tokens[~mask])
 
 
-def test_put_fill_bf16_runs_the_copy():
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_put_fill_runs_the_inference_copy(dtype):
     torch.manual_seed(0)
     t = UQTransformer.tiny(n_layers=2, dim=64).eval()
     g = torch.Generator().manual_seed(4)
@@ -126,8 +128,7 @@ def test_put_fill_bf16_runs_the_copy():
     def codes(i):
         return F.embedding(i, codebook)
 
-    out = put_fill(t, codes, feats, tokens, known, top_k=5, generator=1, autocast_dtype=torch.bfloat16)
-    ref = put_fill(inference_copy(t, torch.bfloat16, batch_hint=2 * 64), codes, feats, tokens, known, top_k=5,
-                   generator=1)
+    out = put_fill(t, codes, feats, tokens, known, top_k=5, generator=1, autocast_dtype=dtype)
+    ref = put_fill(inference_copy(t, dtype, batch_hint=2 * 64), codes, feats, tokens, known, top_k=5, generator=1)
     assert torch.equal(out.tokens, ref.tokens) and torch.equal(out.order, ref.order)
     assert bool(out.known.all())
