@@ -15,7 +15,12 @@ Exactness (the index semantics of vqfast.reference.nearest_code, ties -> lowest 
   bf16 arithmetic is wrong) and dots are summed in fp64 (see _dot); the hi/lo
   layout is kept, so the same kernels run, only the dot's input type differs.
 Scores are c_sq - 2 x.c (l2) or -x.c (cosine, codes pre-normalized); a NaN score
-never wins; a row of x that is not finite gets idx 0 and dist NaN. So indices equal
+never wins. So that squares and dots neither overflow nor underflow fp32 whatever the
+magnitudes, x and the codes are multiplied by a power of two (exact, so the indices do
+not change where nothing overflowed): for l2 one scale for x and every code, from the
+codebook's largest element (`pow2_scale`); for cosine, whose argmax does not depend on
+|x|, a scale per row from that row's largest element (`row_scale`). Distances are
+computed from the scaled values and scaled back; a row of x that is not finite gets idx 0 and dist NaN. So indices equal
 the float64 reference wherever its best and second-best distances differ by more
 than the fp32 rounding of the scores (about d * 2^-24 * |x| |c|), and bit-equal codes
 always tie to the lowest index (each score is computed the same way for every code).
@@ -39,6 +44,35 @@ def load_rows(X, rows, row_mask, stride_n, stride_d, D, BLOCK_D: tl.constexpr):
     dcol = tl.arange(0, BLOCK_D)
     ptr = X + rows.to(tl.int64)[:, None] * stride_n + dcol[None, :] * stride_d
     return tl.load(ptr, mask=row_mask[:, None] & (dcol[None, :] < D), other=0.0)
+
+
+@triton.jit
+def pow2_of(m):
+    """m >= 0 (fp32) -> 2^(127 - e) with e m's biased exponent, clamped to [2^-126, 2^127]:
+    m times it lies in [1, 4) for normal m (m = 0 or denormal: below 1). Built from bits: exact."""
+    e = (m.to(tl.int32, bitcast=True) >> 23) & 255
+    return (tl.minimum(tl.maximum(254 - e, 1), 254) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def row_scale(xf):
+    """fp32 tile [BLOCK_N, BLOCK_D] -> per-row power of two that brings the row's largest |x| to [1, 4)."""
+    return pow2_of(tl.max(tl.abs(xf), axis=1))
+
+
+@triton.jit
+def scaled_rows(xt, xf, SCALE, IS_L2: tl.constexpr, DOT_F32: tl.constexpr):
+    """x tile (its dtype) and the same in fp32 -> (the dot operand, fp32 scaled rows, scale [BLOCK_N]):
+    l2 rows times the codebook's scale SCALE[0], cosine rows times their own row_scale."""
+    if IS_L2:
+        s = tl.load(SCALE + tl.zeros([xf.shape[0]], tl.int32))
+    else:
+        s = row_scale(xf)
+    xs = xf * s[:, None]
+    xd = xs.to(xt.dtype)
+    if DOT_F32:
+        xd = xs
+    return xd, xs, s
 
 
 @triton.jit
@@ -98,11 +132,12 @@ def argmin_codes(xt, C_HI, C_LO, C_SQ, K, stride_c, D,
 
 
 @triton.jit
-def score_to_dist(best, x_sq, IS_L2: tl.constexpr):
-    """Best score -> distance: ||x - c||^2 (clamped at 0) or 1 - cos(x, c)."""
+def score_to_dist(best, x_sq, s, IS_L2: tl.constexpr):
+    """Best score of rows scaled by s -> distance of the unscaled rows: ||x - c||^2 (clamped
+    at 0) or 1 - <x, c> / max(|x|, 1e-12) (the reference's normalization)."""
     if IS_L2:
-        return tl.maximum(x_sq + best, 0.0)
-    return 1.0 + tl.div_rn(best, tl.maximum(tl.sqrt_rn(x_sq), 1e-12))
+        return tl.div_rn(tl.div_rn(tl.maximum(x_sq + best, 0.0), s), s)
+    return 1.0 + tl.div_rn(best, tl.maximum(tl.sqrt_rn(x_sq), 1e-12 * s))
 
 
 @triton.jit
@@ -135,26 +170,49 @@ def store_rows(DST, tile, rows, row_mask, stride_n, D, BLOCK_D: tl.constexpr):
 
 
 class SearchCodebook(NamedTuple):
-    """A codebook laid out for argmin_codes: hi (+ lo) parts, squared norms, flags."""
+    """A codebook laid out for argmin_codes: hi (+ lo) parts, squared norms, flags, and the
+    power of two its codes (and, for l2, the rows of x) are multiplied by."""
 
     hi: torch.Tensor
     lo: torch.Tensor  # == hi when not split (never read then)
     sq: torch.Tensor
     split: bool
     dot_f32: bool
+    scale: torch.Tensor  # [1] fp32; 1 for cosine (rows are scaled one by one in the kernel)
 
 
-def layout(cb: torch.Tensor, x_dtype: torch.dtype, metric: str, source_dtype: torch.dtype) -> SearchCodebook:
-    """cb [K, d] fp32 (normalized for cosine, as ops.nearest_code.search_codebook gives)."""
-    cb = cb.contiguous()  # the kernels assume unit stride along d
+def pow2_scale(x: torch.Tensor, *codebooks: torch.Tensor) -> torch.Tensor:
+    """x [N, d], codebooks [..., d] fp32 -> [1] fp32 power of two that brings the largest finite
+    |element| of them all to [1, 4), so no square or dot of the scaled values overflows (and
+    none underflows that matters next to the largest). If x holds inf/NaN its largest finite
+    element is unknown (one min/max pass, no temporaries): the scale then only shrinks.
+    On the device, without a sync; exact as in pow2_of."""
+    m = torch.stack([torch.where(torch.isfinite(c), c.abs(), 0.0).amax() for c in codebooks]).amax().float()
+    lo, hi = torch.aminmax(x) if x.numel() else (x.new_zeros(()), x.new_zeros(()))
+    mx = torch.maximum(lo.float().abs(), hi.float().abs())
+    x_finite = torch.isfinite(mx)
+    m = torch.maximum(m, torch.where(x_finite, mx, 0.0)).reshape(1)
+    e = (m.view(torch.int32) >> 23) & 255
+    field = torch.where(x_finite, 254 - e, (254 - e).clamp(max=127))  # 127: a scale of 1
+    return (field.clamp(1, 254) << 23).view(torch.float32)
+
+
+def layout(cb: torch.Tensor, x_dtype: torch.dtype, metric: str, source_dtype: torch.dtype,
+           scale: torch.Tensor | None = None) -> SearchCodebook:
+    """cb [K, d] fp32 (normalized for cosine, as ops.nearest_code.search_codebook gives);
+    scale: the l2 power of two for x and the codes (pow2_scale; default 1)."""
+    fp32_dots = x_dtype == torch.float32 or (x_dtype == torch.float16 and metric == "l2" and source_dtype != x_dtype)
+    if scale is None or metric == "cosine" or (x_dtype == torch.float16 and not fp32_dots):
+        scale = torch.ones(1, device=cb.device)  # fp16 codes and rows cannot overflow fp32 sums; scaling could round
+    cb = (cb * scale).contiguous()  # the kernels assume unit stride along d
     sq = cb.square().sum(1).contiguous()
-    if x_dtype == torch.float32 or (x_dtype == torch.float16 and metric == "l2" and source_dtype != x_dtype):
-        return SearchCodebook(cb, cb, sq, False, True)
+    if fp32_dots:
+        return SearchCodebook(cb, cb, sq, False, True, scale)
     hi = cb.to(x_dtype)
     if metric == "l2" and source_dtype == x_dtype:  # the fp32 codes came from x's dtype: exact
-        return SearchCodebook(hi, hi, sq, False, INTERPRET)
+        return SearchCodebook(hi, hi, sq, False, INTERPRET, scale)
     lo = (cb - hi.float()).to(x_dtype)
-    return SearchCodebook(hi, lo, sq, True, INTERPRET)
+    return SearchCodebook(hi, lo, sq, True, INTERPRET, scale)
 
 
 class Blocks(NamedTuple):

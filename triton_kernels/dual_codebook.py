@@ -15,11 +15,12 @@ import torch
 import triton
 import triton.language as tl
 
-from vqfast.triton_kernels._search import argmin_codes, blocks, gather_rows, layout, load_rows, row_stats, store_rows
+from vqfast.triton_kernels._search import (argmin_codes, blocks, gather_rows, layout, load_rows, pow2_scale, row_stats,
+                                           scaled_rows, store_rows)
 
 
 @triton.jit
-def _dual_codebook_kernel(X, VIS, ORDER, E_HI, E_LO, E_SQ, E_SRC, F_HI, F_LO, F_SQ, F_SRC, IDX, Q, N, K, K2, D,
+def _dual_codebook_kernel(X, VIS, ORDER, E_HI, E_LO, E_SQ, E_SRC, F_HI, F_LO, F_SQ, F_SRC, SCALE, IDX, Q, N, K, K2, D,
                           stride_xn, stride_xd, stride_e, stride_f, stride_qn,
                           IS_L2: tl.constexpr, E_SPLIT: tl.constexpr, F_SPLIT: tl.constexpr,
                           DOT_F32: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -33,8 +34,7 @@ def _dual_codebook_kernel(X, VIS, ORDER, E_HI, E_LO, E_SQ, E_SRC, F_HI, F_LO, F_
     xt = load_rows(X, rows, rmask, stride_xn, stride_xd, D, BLOCK_D)
     xf = xt.to(tl.float32)
     _, finite = row_stats(xf)
-    if DOT_F32:
-        xt = xf
+    xt, _, _ = scaled_rows(xt, xf, SCALE, IS_L2, DOT_F32)
     # Search a codebook only when some row of this block needs it (0 codes: no loop trips).
     k_e = tl.where(tl.max((vis & rmask).to(tl.int32), axis=0) > 0, K, 0)
     k_f = tl.where(tl.max((~vis & rmask).to(tl.int32), axis=0) > 0, K2, 0)
@@ -61,8 +61,11 @@ def dual_codebook_quantize_triton(x: torch.Tensor, visible: torch.Tensor, e_sear
     if n == 0:
         return q, idx
     k, k2 = e_search.shape[0], e2_search.shape[0]
-    le = layout(e_search, x.dtype, metric, e.dtype)
-    lf = layout(e2_search, x.dtype, metric, e2.dtype)
+    # One l2 scale for x and both codebooks (a row is scaled before it is routed); none for
+    # an fp16 x, as layout() (fp16 sums cannot overflow; a scaled fp16 codebook could round).
+    scale = torch.ones(1, device=x.device) if x.dtype == torch.float16 else pow2_scale(x, e_search, e2_search)
+    le = layout(e_search, x.dtype, metric, e.dtype, scale)
+    lf = layout(e2_search, x.dtype, metric, e2.dtype, scale)
     # Gather sources already in x's dtype: the kernel then copies rows, no rounding inside.
     src_e, src_f = e.detach().to(x.dtype).contiguous(), e2.detach().to(x.dtype).contiguous()
     vis = visible.contiguous().view(torch.uint8)
@@ -70,7 +73,7 @@ def dual_codebook_quantize_triton(x: torch.Tensor, visible: torch.Tensor, e_sear
     dot_f32 = le.dot_f32 or lf.dot_f32
     b = blocks(n, max(k, k2), d, 4 if dot_f32 else 2)
     _dual_codebook_kernel[(triton.cdiv(n, b.n),)](
-        x, vis, order, le.hi, le.lo, le.sq, src_e, lf.hi, lf.lo, lf.sq, src_f, idx, q, n, k, k2, d,
+        x, vis, order, le.hi, le.lo, le.sq, src_e, lf.hi, lf.lo, lf.sq, src_f, le.scale, idx, q, n, k, k2, d,
         x.stride(0), x.stride(1), le.hi.stride(0), lf.hi.stride(0), q.stride(0),
         IS_L2=metric == "l2", E_SPLIT=le.split, F_SPLIT=lf.split, DOT_F32=dot_f32,
         BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d, num_warps=b.warps, num_stages=b.stages)

@@ -11,12 +11,12 @@ import torch
 import triton
 import triton.language as tl
 
-from vqfast.triton_kernels._search import (argmin_codes, blocks, gather_rows, layout, load_rows, row_stats,
-                                           score_to_dist, store_rows)
+from vqfast.triton_kernels._search import (argmin_codes, blocks, gather_rows, layout, load_rows, pow2_scale,
+                                           row_stats, scaled_rows, score_to_dist, store_rows)
 
 
 @triton.jit
-def _nearest_code_kernel(X, C_HI, C_LO, C_SQ, SRC, IDX, DIST, Q, N, K, D,
+def _nearest_code_kernel(X, C_HI, C_LO, C_SQ, SCALE, SRC, IDX, DIST, Q, N, K, D,
                          stride_xn, stride_xd, stride_c, stride_src, stride_qn,
                          IS_L2: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr,
                          WRITE_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -26,13 +26,13 @@ def _nearest_code_kernel(X, C_HI, C_LO, C_SQ, SRC, IDX, DIST, Q, N, K, D,
     rmask = rows < N
     xt = load_rows(X, rows, rmask, stride_xn, stride_xd, D, BLOCK_D)
     xf = xt.to(tl.float32)
-    x_sq, finite = row_stats(xf)
-    if DOT_F32:
-        xt = xf
+    _, finite = row_stats(xf)
+    xt, xs, s = scaled_rows(xt, xf, SCALE, IS_L2, DOT_F32)
+    x_sq, _ = row_stats(xs)
     best, best_i = argmin_codes(xt, C_HI, C_LO, C_SQ, K, stride_c, D, IS_L2, SPLIT, DOT_F32,
                                 BLOCK_N, BLOCK_K, BLOCK_D)
     best_i = tl.where(finite, best_i, 0)
-    dist = tl.where(finite, score_to_dist(best, x_sq, IS_L2), float("nan"))
+    dist = tl.where(finite, score_to_dist(best, x_sq, s, IS_L2), float("nan"))
     tl.store(IDX + rows, best_i.to(tl.int64), mask=rmask)
     tl.store(DIST + rows, dist, mask=rmask)
     if WRITE_Q:
@@ -46,11 +46,11 @@ def _launch(x: torch.Tensor, cb: torch.Tensor, metric: str, codebook: torch.Tens
     q = torch.empty((n, d) if write_q else (0, d), dtype=x.dtype, device=x.device)
     if n == 0:
         return idx, dist, q
-    lay = layout(cb, x.dtype, metric, codebook.dtype)
+    lay = layout(cb, x.dtype, metric, codebook.dtype, pow2_scale(x, cb) if metric == "l2" else None)
     src = codebook.detach().contiguous()
     b = blocks(n, cb.shape[0], d, 4 if lay.dot_f32 else 2)
     _nearest_code_kernel[(triton.cdiv(n, b.n),)](
-        x, lay.hi, lay.lo, lay.sq, src, idx, dist, q, n, cb.shape[0], d,
+        x, lay.hi, lay.lo, lay.sq, lay.scale, src, idx, dist, q, n, cb.shape[0], d,
         x.stride(0), x.stride(1), lay.hi.stride(0), src.stride(0), q.stride(0) if write_q else d,
         IS_L2=metric == "l2", SPLIT=lay.split, DOT_F32=lay.dot_f32, WRITE_Q=write_q,
         BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d, num_warps=b.warps, num_stages=b.stages)

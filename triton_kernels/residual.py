@@ -12,11 +12,12 @@ import torch
 import triton
 import triton.language as tl
 
-from vqfast.triton_kernels._search import argmin_codes, blocks, gather_rows, layout, load_rows, row_stats, store_rows
+from vqfast.triton_kernels._search import (argmin_codes, blocks, gather_rows, layout, load_rows, pow2_scale, row_stats,
+                                           scaled_rows, store_rows)
 
 
 @triton.jit
-def _residual_kernel(X, C, C_SQ, SRC, IDX, Q, N, K, D, DEPTH,
+def _residual_kernel(X, C, C_SQ, SCALE, SRC, IDX, Q, N, K, D, DEPTH,
                      stride_xn, stride_xd, stride_cl, stride_sql, stride_c, stride_qn,
                      IS_L2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      BLOCK_D: tl.constexpr):
@@ -28,7 +29,8 @@ def _residual_kernel(X, C, C_SQ, SRC, IDX, Q, N, K, D, DEPTH,
     total = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for level in range(0, DEPTH):
         _, finite = row_stats(r)
-        _, k = argmin_codes(r, C + level * stride_cl, C, C_SQ + level * stride_sql, K, stride_c, D,
+        rs, _, _ = scaled_rows(r, r, SCALE, IS_L2, True)  # the search sees r times a power of two
+        _, k = argmin_codes(rs, C + level * stride_cl, C, C_SQ + level * stride_sql, K, stride_c, D,
                             IS_L2, False, True, BLOCK_N, BLOCK_K, BLOCK_D)
         k = tl.where(finite, k, 0)
         tl.store(IDX + rows.to(tl.int64) * DEPTH + level, k.to(tl.int64), mask=rmask)
@@ -51,11 +53,13 @@ def residual_quantize_triton(x: torch.Tensor, cb: torch.Tensor, codebook: torch.
     shared = cb.dim() == 2
     levels = cb.reshape(-1, *cb.shape[-2:])
     k = levels.shape[1]
-    lay = layout(levels.reshape(-1, d), torch.float32, metric, torch.float32)  # fp32 residual: fp32 dots
+    flat = levels.reshape(-1, d)
+    lay = layout(flat, torch.float32, metric, torch.float32,  # fp32 residual: fp32 dots
+                 pow2_scale(x, flat) if metric == "l2" else None)
     src = codebook.detach().float().reshape(-1, d).contiguous()  # codes are added in fp32
     b = blocks(n, k, d, 4)
     _residual_kernel[(triton.cdiv(n, b.n),)](
-        x, lay.hi, lay.sq, src, idx, q, n, k, d, depth,
+        x, lay.hi, lay.sq, lay.scale, src, idx, q, n, k, d, depth,
         x.stride(0), x.stride(1), 0 if shared else k * d, 0 if shared else k, d, q.stride(0),
         IS_L2=metric == "l2", BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d, num_warps=b.warps, num_stages=b.stages)
     return q, idx

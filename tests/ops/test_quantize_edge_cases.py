@@ -23,7 +23,7 @@ def _assert_oracle(x, codebook, metric, idx, dist):
     torch.testing.assert_close(dist, rdist, rtol=1e-4, atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("backend", backend_params("reference", "cpu"))
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 @pytest.mark.parametrize("scale", [1e-20, 1e6, 5e18, 1e19, 1e30])
 def test_nearest_code_extreme_magnitudes(backend, metric, scale):
@@ -35,6 +35,28 @@ def test_nearest_code_extreme_magnitudes(backend, metric, scale):
     q = ops.quantize(x, cb, metric=metric, backend=backend)
     assert torch.equal(q.indices, idx)
     assert torch.equal(q.z_q, cb[idx])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("scale, dtype", [(1e19, torch.float32), (1e30, torch.bfloat16), (1e-25, torch.float32)])
+def test_dual_and_residual_extreme_magnitudes(backend, metric, scale, dtype):
+    if metric == "cosine" and scale < 1e-12:
+        pytest.skip("below the normalization eps 1e-12 every reference cosine distance rounds to 1: all tie")
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(50, 12, generator=g) * scale).to(dtype)
+    e, e2 = (torch.randn(40, 12, generator=g) * scale).to(dtype), (torch.randn(30, 12, generator=g) * scale).to(dtype)
+    visible = torch.rand(50, generator=g) > 0.5
+    out = ops.dual_codebook_quantize(x, visible, e, e2, metric=metric, backend=backend)
+    # each side searched alone must agree with the reference's search of that side
+    i_v, _ = ops.nearest_code(x, e, metric=metric, backend="reference")
+    i_m, _ = ops.nearest_code(x, e2, metric=metric, backend="reference")
+    assert torch.equal(out.indices, torch.where(visible, i_v, i_m + e.shape[0]))
+    if dtype == torch.float32:  # residuals of bf16 inputs are fp32: the reference's first level only
+        cb = torch.randn(2, 40, 12, generator=g) * scale
+        res = ops.residual_quantize(x, cb, metric=metric, backend=backend)
+        ref_res = ops.residual_quantize(x, cb, metric=metric, backend="reference")
+        assert torch.equal(res.indices, ref_res.indices)
 
 
 @pytest.mark.parametrize("call", [

@@ -44,7 +44,8 @@ SCRIPT = textwrap.dedent('''
         cb = torch.randn(300, d)
         lay = _search.layout(cb, x_dtype, metric, source_dtype)
         b = _search.blocks(10000, 300, d, 4 if lay.dot_f32 else 2)
-        ptrs = dict(X=x_dtype, C_HI=lay.hi.dtype, C_LO=lay.lo.dtype, C_SQ=torch.float32, SRC=source_dtype,
+        ptrs = dict(X=x_dtype, C_HI=lay.hi.dtype, C_LO=lay.lo.dtype, C_SQ=torch.float32, SCALE=torch.float32,
+                    SRC=source_dtype,
                     IDX=torch.int64, DIST=torch.float32, Q=x_dtype)
         compile_kernel(_nearest_code_kernel, ptrs, dict(IS_L2=metric == "l2", SPLIT=lay.split, DOT_F32=lay.dot_f32,
                        WRITE_Q=True, BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d), b)
@@ -60,12 +61,13 @@ SCRIPT = textwrap.dedent('''
     b = _search.blocks(10000, 300, 64, 2)
     bf = torch.bfloat16
     ptrs = dict(X=bf, VIS=torch.uint8, ORDER=torch.int64, E_HI=bf, E_LO=bf, E_SQ=torch.float32, E_SRC=bf,
-                F_HI=bf, F_LO=bf, F_SQ=torch.float32, F_SRC=bf, IDX=torch.int64, Q=bf)
+                F_HI=bf, F_LO=bf, F_SQ=torch.float32, F_SRC=bf, SCALE=torch.float32, IDX=torch.int64, Q=bf)
     compile_kernel(_dual_codebook_kernel, ptrs, dict(IS_L2=True, E_SPLIT=le.split, F_SPLIT=lf.split, DOT_F32=False,
                    BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d), b)
 
     b = _search.blocks(10000, 300, 256, 4)
-    ptrs = dict(X=bf, C=torch.float32, C_SQ=torch.float32, SRC=torch.float32, IDX=torch.int64, Q=bf)
+    ptrs = dict(X=bf, C=torch.float32, C_SQ=torch.float32, SCALE=torch.float32, SRC=torch.float32, IDX=torch.int64,
+                Q=bf)
     compile_kernel(_residual_kernel, ptrs, dict(IS_L2=True, BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d), b)
     print("compiled")
 ''')

@@ -16,11 +16,12 @@ _METRIC_ID = {"l2": 0, "cosine": 1}
 
 
 def search_codebook(codebook: torch.Tensor, metric: str) -> torch.Tensor:
-    """The codebook as the kernels search it: fp32, rows L2-normalized for cosine."""
-    cb = codebook.detach().float()
+    """The codebook as the kernels search it: fp32, rows L2-normalized for cosine (in float64:
+    an fp32 |c|^2 overflows for codes past ~1e19 and would zero them)."""
+    cb = codebook.detach()
     if metric == "cosine":
-        cb = F.normalize(cb, dim=1, eps=1e-12)
-    return cb.contiguous()
+        return F.normalize(cb.double(), dim=1, eps=1e-12).float().contiguous()
+    return cb.float().contiguous()
 
 
 def _run(x: torch.Tensor, codebook: torch.Tensor, metric: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
