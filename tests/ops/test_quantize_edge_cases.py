@@ -80,3 +80,36 @@ def test_residual_depth_accepts_integer_likes_only():
     for bad in (2.0, True, torch.tensor(2.0), "2"):
         with pytest.raises(TypeError, match="depth must be an int"):
             ops.residual_quantize(x, cb, bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_results_identical_across_thread_counts(dtype):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1001, 33, generator=g).to(dtype)
+    cb = torch.randn(300, 33, generator=g).to(dtype)
+    cb = torch.cat([cb, cb[:50]])  # duplicate codes: ties
+    visible = torch.rand(1001, generator=g) > 0.3
+    levels = torch.randn(4, 300, 33, generator=g).to(dtype).requires_grad_()
+
+    def run():
+        out = []
+        for metric in ("l2", "cosine"):
+            out += list(ops.nearest_code(x, cb, metric=metric))
+            out += list(ops.quantize(x, cb, metric=metric))
+            d = ops.dual_codebook_quantize(x, visible, cb, cb[:77], metric=metric)
+            out += [*d, d.commit_loss]
+            r = ops.residual_quantize(x, levels, metric=metric)
+            out += [*r, r.codebook_loss]
+        return [t.detach() for t in out]
+
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(run())
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)

@@ -126,8 +126,14 @@ def residual_quantize(x: torch.Tensor, codebook: torch.Tensor, depth: int | None
                         dim=-2).float()
     partial = codes.cumsum(dim=-2)
     xf = x.float().unsqueeze(-2)
-    out = ResidualQuantizeOutput(x + (z_q - x).detach(), idx,
-                                 F.mse_loss(xf.expand_as(partial), partial.detach()))
+    out = ResidualQuantizeOutput(x + (z_q - x).detach(), idx, _mean_square(xf - partial.detach()))
     if codebook.requires_grad:
-        out.codebook_loss = F.mse_loss(xf.detach().expand_as(partial), partial)
+        out.codebook_loss = _mean_square(xf.detach() - partial)
     return out
+
+
+def _mean_square(diff: torch.Tensor) -> torch.Tensor:
+    """mean(diff^2) as fp32 (NaN when empty, as mse_loss), the same whatever the thread count:
+    each row's sum is one thread's, the rows are added in float64 (mse_loss's fp32 total
+    changed in the last bit with torch.set_num_threads)."""
+    return (diff.square().sum(-1).double().sum() / diff.numel()).float()
