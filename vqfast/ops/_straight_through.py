@@ -26,10 +26,11 @@ class _StraightThrough(torch.autograd.Function):
         return codes.view_as(codes), commit.view_as(commit)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_z, grad_commit):
         x, codes = ctx.saved_tensors
-        term = (x.float() - codes.float()).mul_(grad_commit.float() * (2.0 / x.numel()))
+        diff, scale = x.float() - codes.float(), grad_commit.float() * (2.0 / x.numel())
+        # In place unless a graph of this backward is recorded (create_graph: double backward).
+        term = diff * scale if torch.is_grad_enabled() else diff.mul_(scale)
         return grad_z + term.to(x.dtype), None, None
 
 
