@@ -30,3 +30,15 @@ def test_indices_to_codes_dtypes_and_depth():
             rq.indices_to_codes(bad)
     torch.testing.assert_close(rq.indices_to_codes(torch.tensor([[1, 2, 3]])),
                                (rq.codebook[1] + rq.codebook[2] + rq.codebook[3])[None])
+
+
+def test_kmeans_init_under_inference_mode_then_training():
+    """The k-means init of a first training step run under inference_mode must not leave
+    inference tensors behind (later EMA steps update them in place)."""
+    vq = VectorQuantizer(8, 16, kmeans_init=True)
+    with torch.inference_mode():
+        vq(torch.randn(40, 8))
+    assert bool(vq.codebook_state.initted)
+    before = vq.codebook.clone()
+    vq(torch.randn(40, 8))
+    assert not torch.equal(vq.codebook, before)

@@ -72,6 +72,7 @@ class Codebook(nn.Module):
         return self.embed
 
     @torch.no_grad()
+    @torch.inference_mode(False)  # new state must be normal tensors (a first training step under inference_mode)
     def replace(self, centroids: torch.Tensor, count: float = 1.0) -> None:
         """Set the codebook to centroids [K', dim] (K' may differ from K: ReFiT) and restart the EMA
         state from it with every code's count = `count`."""
