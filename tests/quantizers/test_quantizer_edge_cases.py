@@ -42,3 +42,18 @@ def test_kmeans_init_under_inference_mode_then_training():
     before = vq.codebook.clone()
     vq(torch.randn(40, 8))
     assert not torch.equal(vq.codebook, before)
+
+
+@pytest.mark.parametrize("init", ["afkmc2", "kmeans++", "random"])
+def test_kmeans_single_centroid_is_the_mean(init):
+    from vqfast.quantizers import kmeans
+
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    res = kmeans(x, 1, iters=2, init=init, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(res.centroids[0], x.mean(0))
+    assert torch.equal(res.assignments, torch.zeros(50, dtype=torch.long))
+
+
+def test_dual_zero_masked_codes_rejected():
+    with pytest.raises(ValueError, match="codebook_size and dim must be >= 1"):
+        DualCodebookQuantizer(8, 16, 0)  # was taken as "default" and gave K' = 16

@@ -40,7 +40,9 @@ def afkmc2_draws(x: torch.Tensor, K: int, m: int, generator: torch.Generator | N
     d1 = _sq_dist(x, x[first]).double().cpu()
     total = d1.sum()
     q = (0.5 * d1 / total if total > 0 else torch.zeros_like(d1)) + 0.5 / P
-    cand = torch.multinomial(q, max(K - 1, 0) * m, replacement=True, generator=generator).view(max(K - 1, 0), m)
+    # K = 1 needs no chain (multinomial refuses to draw 0 samples)
+    cand = (torch.multinomial(q, (K - 1) * m, replacement=True, generator=generator).view(K - 1, m) if K > 1
+            else torch.zeros(0, m, dtype=torch.long))
     u = torch.rand(max(K - 1, 0), m, generator=generator, dtype=torch.float64)
     return first, q, cand, u
 

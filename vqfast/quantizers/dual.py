@@ -36,7 +36,8 @@ class DualCodebookQuantizer(nn.Module):
         super().__init__()
         kw = dict(decay=decay, eps=eps, threshold_dead_code=threshold_dead_code, sync_distributed=sync_distributed)
         self.visible_codebook = Codebook(dim, codebook_size, seed=seed, **kw)
-        self.masked_codebook = Codebook(dim, codebook_size_masked or codebook_size, seed=seed + 1, **kw)
+        self.masked_codebook = Codebook(dim, codebook_size if codebook_size_masked is None else codebook_size_masked,
+                                        seed=seed + 1, **kw)
         self.commitment_weight, self.channel_first = commitment_weight, channel_first
 
     @property
