@@ -57,3 +57,16 @@ def test_kmeans_single_centroid_is_the_mean(init):
 def test_dual_zero_masked_codes_rejected():
     with pytest.raises(ValueError, match="codebook_size and dim must be >= 1"):
         DualCodebookQuantizer(8, 16, 0)  # was taken as "default" and gave K' = 16
+
+
+def test_refit_zero_codes_rejected():
+    from vqfast.quantizers import refit
+
+    class Tokenizer:
+        quantizer = VectorQuantizer(4, 16)
+
+        def encode_features(self, images):
+            return images
+
+    with pytest.raises(ValueError, match="K must be an int >= 1"):
+        refit(Tokenizer(), torch.randn(4, 4, 3, 3), P=50, K=0)  # was taken as "keep K"

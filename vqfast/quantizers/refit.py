@@ -93,7 +93,7 @@ def refit(tokenizer: RefitTokenizer, images: torch.Tensor, P: int = 20000, K: in
                         "with .codebook and .replace_codebook(centroids) (see vqfast.quantizers.refit)")
     if not isinstance(images, torch.Tensor) or images.dim() < 1 or images.shape[0] < 1:
         raise ValueError("images must be a tensor with at least one image along dim 0")
-    K = K or tokenizer.quantizer.codebook.shape[0]
+    K = tokenizer.quantizer.codebook.shape[0] if K is None else K
     if P < K:
         raise ValueError(f"P={P} sampled features cannot make K={K} codes: need P >= K (VQ-DDM: P >> K)")
     heldout = images if heldout is None else heldout
