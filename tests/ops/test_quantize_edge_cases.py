@@ -135,3 +135,18 @@ def test_commit_loss_double_backward_matches_reference(backend):
             gx.square().sum().backward()
             grads.append((gx.detach(), x.grad))
         torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_nearest_code_distance_of_near_matches(backend, dtype, metric):
+    """Rows close to a code: dist within fp32 tolerances of the reference's, though it is
+    small next to |x|^2 (the GEMM expansion |x|^2 - 2 x.c + |c|^2 loses it to cancellation)."""
+    g = torch.Generator().manual_seed(11)
+    cb = torch.randn(256, 64, generator=g).to(dtype)
+    x = (cb[torch.randint(0, 256, (300,), generator=g)].float() + 0.01 * torch.randn(300, 64, generator=g)).to(dtype)
+    idx, dist = ops.nearest_code(x, cb, metric=metric, backend=backend)
+    ridx, rdist = ref.nearest_code(x, cb, metric)
+    assert torch.equal(idx, ridx)
+    torch.testing.assert_close(dist, rdist)

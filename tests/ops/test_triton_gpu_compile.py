@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent('''
                            options=opts)
         assert k.metadata.shared <= SMEM, (fn.__name__, constexprs, k.metadata.shared)
 
-    def nearest(x_dtype, source_dtype, metric, d):
+    def nearest(x_dtype, source_dtype, metric, d, write_q=True):
         cb = torch.randn(300, d)
         lay = _search.layout(cb, x_dtype, metric, source_dtype)
         b = _search.blocks(10000, 300, d, 4 if lay.dot_f32 else 2)
@@ -48,12 +48,13 @@ SCRIPT = textwrap.dedent('''
                     SRC=source_dtype,
                     IDX=torch.int64, DIST=torch.float32, Q=x_dtype)
         compile_kernel(_nearest_code_kernel, ptrs, dict(IS_L2=metric == "l2", SPLIT=lay.split, DOT_F32=lay.dot_f32,
-                       WRITE_Q=True, BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d), b)
+                       WRITE_Q=write_q, BLOCK_N=b.n, BLOCK_K=b.k, BLOCK_D=b.d), b)
 
     nearest(torch.float32, torch.float32, "l2", 64)
     nearest(torch.bfloat16, torch.bfloat16, "cosine", 256)  # hi/lo split, bf16 tensor-core dots
     nearest(torch.float16, torch.float16, "l2", 100)        # exact fp16 codebook, no split
     nearest(torch.float16, torch.float32, "l2", 512)        # fp32 dots, the largest tile that fits
+    nearest(torch.bfloat16, torch.bfloat16, "l2", 64, write_q=False)  # nearest_code: l2 dist from the chosen code
 
     cb = torch.randn(300, 64)
     le = _search.layout(cb, torch.bfloat16, "l2", torch.bfloat16)
