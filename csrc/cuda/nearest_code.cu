@@ -15,6 +15,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ TileSmem sm;
   __shared__ RowStats st;
   __shared__ int chosen[kRows];
+  __shared__ float best_score[kRows];
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
   const auto x_at = [&](int r, int i) { return row0 + r < n ? to_float(x[(row0 + r) * ldx + i]) : 0.0f; };
   row_stats(x_at, d, st);
@@ -26,16 +27,32 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int i = 0; i < kMicro; ++i) {
       const int r = ty + 16 * i;
-      const bool ok = st.finite[r];
-      chosen[r] = ok ? best_i[i] : 0;
-      if (row0 + r < n) {
-        idx[row0 + r] = chosen[r];
-        if (dist != nullptr) dist[row0 + r] = ok ? score_to_dist(best[i], st.x_sq[r], l2) : NAN;
-      }
+      chosen[r] = st.finite[r] ? best_i[i] : 0;
+      best_score[r] = best[i];
+      if (row0 + r < n) idx[row0 + r] = chosen[r];
     }
   }
-  if (q == nullptr) return;
   __syncthreads();
+  if (dist != nullptr && threadIdx.x < kRows && row0 + threadIdx.x < n) {
+    const int r = threadIdx.x;
+    float v = NAN;
+    if (st.finite[r] && !l2) {
+      v = score_to_dist(best_score[r], st.x_sq[r], false);
+    } else if (st.finite[r] && !(best_score[r] < INFINITY)) {
+      v = INFINITY;  // no code could be searched (all NaN/inf), as the reference
+    } else if (st.finite[r]) {
+      // l2 from the chosen code itself: |x|^2 + (|c|^2 - 2 x.c) cancels for near matches.
+      const float* c = codebook + static_cast<int64_t>(chosen[r]) * d;
+      float s = 0.0f;
+      for (int i = 0; i < d; ++i) {
+        const float t = x_at(r, i) - c[i];
+        s = fmaf(t, t, s);
+      }
+      v = s;
+    }
+    dist[row0 + r] = v;
+  }
+  if (q == nullptr) return;
   for (int e = threadIdx.x; e < kRows * d; e += kThreads) {
     const int r = e / d, i = e % d;
     if (row0 + r < n) q[(row0 + r) * d + i] = src[static_cast<int64_t>(chosen[r]) * d + i];

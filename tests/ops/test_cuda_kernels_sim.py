@@ -157,3 +157,19 @@ def test_residual_kernel(lib, dtype, shared, metric):
         code = c[idx[:, level]].float()
         r, total = r - code, total + code
     assert torch.equal(q, total.to(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nearest_code_kernel_distance_of_near_matches(lib, dtype):
+    """l2 dist of rows close to a code within fp32 tolerances of the reference (the GEMM
+    expansion |x|^2 - 2 x.c + |c|^2 lost it to cancellation)."""
+    g = torch.Generator().manual_seed(11)
+    cb = torch.randn(130, 64, generator=g).to(dtype)
+    x = (cb[torch.randint(0, 130, (70,), generator=g)].float() + 0.01 * torch.randn(70, 64, generator=g)).to(dtype)
+    x[5] = float("nan")
+    idx, dist, _ = sim_nearest_code(lib, x, cb, "l2")
+    ref_idx, ref_dist = ref_nc.nearest_code(x, cb)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(dist, ref_dist, equal_nan=True)
+    _, dist_inf, _ = sim_nearest_code(lib, x[:3], torch.full((4, 64), float("nan")).to(dtype), "l2")
+    assert torch.equal(dist_inf, torch.full((3,), float("inf")))
