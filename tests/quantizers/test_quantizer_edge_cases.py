@@ -70,3 +70,18 @@ def test_refit_zero_codes_rejected():
 
     with pytest.raises(ValueError, match="K must be an int >= 1"):
         refit(Tokenizer(), torch.randn(4, 4, 3, 3), P=50, K=0)  # was taken as "keep K"
+
+
+@pytest.mark.parametrize("call, err, match", [
+    (lambda: VectorQuantizer(1, 4)(torch.tensor(1.0)), ValueError, "x must have at least 1 dims"),
+    (lambda: VectorQuantizer(8, 4, channel_first=True)(torch.randn(8)), ValueError, "x must have at least 2 dims"),
+    (lambda: VectorQuantizer(8, 4)([1.0] * 8), TypeError, "x must be a torch.Tensor"),
+    (lambda: VectorQuantizer(8, 4)(torch.ones(3, 8, dtype=torch.int32)), TypeError, "x must have dtype"),
+    (lambda: DualCodebookQuantizer(1, 4)(torch.tensor(1.0), torch.tensor(True)), ValueError, "at least 1 dims"),
+    (lambda: ResidualQuantizer(8, 4, 2, channel_first=True)(torch.randn(8)), ValueError, "at least 2 dims"),
+    (lambda: VectorQuantizer(8, 4, channel_first=True).indices_to_codes(torch.tensor(1)), ValueError, "batch dim"),
+])
+def test_module_inputs_of_wrong_rank_or_type(call, err, match):
+    """Named errors, not IndexError/AttributeError from inside the module."""
+    with pytest.raises(err, match=match):
+        call()

@@ -28,10 +28,16 @@ def losses(commitment: torch.Tensor, codebook: torch.Tensor | None, weight: floa
 
 
 def to_channel_last(x: torch.Tensor, channel_first: bool) -> torch.Tensor:
+    """The module input x ([..., dim], or [B, dim, ...] when channel_first) as [..., dim]."""
+    _validate.tensor("x", x, min_dim=2 if channel_first else 1)
     return x.movedim(1, -1) if channel_first else x
 
 
 def from_channel_last(x: torch.Tensor, channel_first: bool) -> torch.Tensor:
+    """codes [..., dim] -> the module's layout; channel_first needs a batch dim: [B, ..., dim] -> [B, dim, ...]."""
+    if channel_first and x.dim() < 2:
+        raise ValueError(f"indices must have a batch dim with channel_first (codes [B, dim, ...]), "
+                         f"got codes of shape {tuple(x.shape)}")
     return x.movedim(-1, 1) if channel_first else x
 
 
