@@ -150,3 +150,21 @@ def test_nearest_code_distance_of_near_matches(backend, dtype, metric):
     ridx, rdist = ref.nearest_code(x, cb, metric)
     assert torch.equal(idx, ridx)
     torch.testing.assert_close(dist, rdist)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", ["quantize", "dual", "residual"])
+def test_empty_batch_backward(backend, op):
+    """N = 0 rows with grads: the losses are NaN (as mse_loss) and backward gives empty/zero grads."""
+    x = torch.randn(2, 0, 8, requires_grad=True)
+    cb = torch.randn(5, 8, requires_grad=True)
+    if op == "quantize":
+        out = ops.quantize(x, cb, backend=backend)
+    elif op == "dual":
+        out = ops.dual_codebook_quantize(x, torch.zeros(2, 0, dtype=torch.bool), cb, cb, backend=backend)
+    else:
+        out = ops.residual_quantize(x, cb, 2, backend=backend)
+    assert out.z_q.shape == x.shape and out.commit_loss.isnan()
+    (out.z_q.sum() + out.commit_loss + out.codebook_loss).backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(cb.grad, torch.zeros_like(cb))

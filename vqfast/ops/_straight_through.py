@@ -28,7 +28,7 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_z, grad_commit):
         x, codes = ctx.saved_tensors
-        diff, scale = x.float() - codes.float(), grad_commit.float() * (2.0 / x.numel())
+        diff, scale = x.float() - codes.float(), grad_commit.float() * (2.0 / max(x.numel(), 1))  # empty x: no term
         # In place unless a graph of this backward is recorded (create_graph: double backward).
         term = diff * scale if torch.is_grad_enabled() else diff.mul_(scale)
         return grad_z + term.to(x.dtype), None, None
