@@ -85,3 +85,26 @@ def test_module_inputs_of_wrong_rank_or_type(call, err, match):
     """Named errors, not IndexError/AttributeError from inside the module."""
     with pytest.raises(err, match=match):
         call()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: VectorQuantizer(8, 10, threshold_dead_code=2.0),
+    lambda: VectorQuantizer(8, 10, decay=None),
+    lambda: VectorQuantizer(8, 10, kmeans_init=True),
+    lambda: ResidualQuantizer(8, 10, 2),
+    lambda: DualCodebookQuantizer(8, 10, threshold_dead_code=2.0),
+])
+def test_empty_training_batch(make):
+    """A training step on a batch with no rows: NaN losses (as mse_loss), finite state, backward runs;
+    k-means init waits for a batch with rows."""
+    module = make()
+    x = torch.randn(0, 3, 8, requires_grad=True)
+    args = (x, torch.zeros(0, 3, dtype=torch.bool)) if isinstance(module, DualCodebookQuantizer) else (x,)
+    z_q, idx, loss = module(*args)
+    assert z_q.shape == x.shape and idx.shape[:2] == (0, 3) and loss.total.isnan()
+    (loss.total + z_q.sum()).backward()
+    assert all(t.isfinite().all() for t in module.state_dict().values() if t.is_floating_point())
+    if isinstance(module, VectorQuantizer) and module.kmeans_init:
+        assert not bool(module.codebook_state.initted)
+        module(torch.randn(40, 8))
+        assert bool(module.codebook_state.initted)

@@ -95,10 +95,13 @@ class Codebook(nn.Module):
 
     @torch.no_grad()
     def init_from(self, x: torch.Tensor, iters: int = 10) -> None:
-        """k-means init (once): rank 0 clusters its batch and broadcasts the centroids."""
+        """k-means init (once): rank 0 clusters its batch and broadcasts the centroids. A batch
+        with no rows on any rank leaves the codebook as it is (the next batch initializes it)."""
         from vqfast.quantizers.clustering import kmeans
 
         x = x.detach().reshape(-1, self.dim).float()
+        if distributed.global_rows(x.shape[0], x.device, enabled=self._sync())[1] == 0:
+            return
         if x.shape[0] < self.codebook_size:  # too few rows: tile with noise as the restart does
             x = distributed.sample_rows(x, self.codebook_size, self.generator, 0.01 / math.sqrt(self.dim), enabled=False)
         centroids = kmeans(x, self.codebook_size, iters=iters, init="kmeans++", generator=self.generator).centroids
