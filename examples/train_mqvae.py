@@ -33,6 +33,7 @@ from vqfast.models.stackformer import PRESETS as STACKFORMER_PRESETS
 from vqfast.models.stackformer import Stackformer
 from vqfast.models.vqgan_losses import HingeGAN, PatchDiscriminator, VGGPerceptual
 from vqfast.samplers import stackformer_sample
+from vqfast.training import optimizer_step, start_run
 from vqfast.visualize import plot_curves, save_grid
 
 
@@ -53,15 +54,9 @@ def train_mqvae(vq: MQVAE, data: ClassCrops, args, g: torch.Generator, log: list
         x = x.to(args.device)
         gan_on = adversarial is not None and step >= args.vae_steps // 2  # taming's delayed discriminator
         rec, losses = vq(x, perceptual=perceptual, adversarial=adversarial if gan_on else None)
-        opt.zero_grad()
-        losses["total"].backward()
-        opt.step()
-        sched.step()
+        optimizer_step(losses["total"], opt, scheduler=sched)
         if gan_on:
-            d_loss = adversarial.discriminator_loss(x, rec)
-            opt_d.zero_grad()
-            d_loss.backward()
-            opt_d.step()
+            optimizer_step(adversarial.discriminator_loss(x, rec), opt_d)
         log.append({"stage": "mqvae", "step": step, **{k: float(v.detach()) for k, v in losses.items()}})
         if step % args.log_every == 0 or step == args.vae_steps - 1:
             with torch.no_grad():
@@ -92,11 +87,7 @@ def train_stackformer(tf: Stackformer, codes, positions, labels, args, g: torch.
     for step in range(args.tf_steps):
         pick = torch.randint(len(codes), (args.batch,), generator=g).to(codes.device)
         losses = tf.loss(codes[pick], positions[pick], labels[pick] if tf.num_classes else None)
-        opt.zero_grad()
-        losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_(tf.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(losses["total"], opt, clip=1.0, scheduler=sched)
         log.append({"stage": "stackformer", "step": step, **{k: float(v.detach()) for k, v in losses.items()}})
         if step % args.log_every == 0 or step == args.tf_steps - 1:
             r = log[-1]
@@ -211,12 +202,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.steps is not None:
         args.vae_steps = args.tf_steps = args.steps
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    g, out = start_run(args.out, args.seed, args.threads)
     log: list[dict] = []
     t0 = time.time()
     if args.mqvae:  # stage 1 done before: reuse that tokenizer

@@ -23,6 +23,7 @@ from vqfast import checkpoint
 from vqfast.data import CropSampler, make_masks
 from vqfast.models.put import PVQVAE, PVQVAELoss, UQTransformer, uq_loss, uq_training_batch
 from vqfast.samplers.put import put_sample
+from vqfast.training import optimizer_step, start_run
 from vqfast.visualize import plot_curves, save_grid
 
 MASK_KINDS = ("box", "strokes", "half", "outside")
@@ -54,14 +55,9 @@ def train_vae(vae, data, args, g, size, log):
         m2 = random_masks(args.batch, size, g).to(args.device) & (torch.rand(args.batch, 1, 1, generator=g) < 0.75)
         out = vae(x, m, m2)
         terms = loss_fn.generator_loss(out, step)
-        opt.zero_grad()
-        terms["total"].backward()
-        opt.step()
+        optimizer_step(terms["total"], opt)
         if step >= loss_fn.adv_start:
-            d = loss_fn.discriminator_loss(out)
-            opt_d.zero_grad()
-            d["total"].backward()
-            opt_d.step()
+            optimizer_step(loss_fn.discriminator_loss(out)["total"], opt_d)
         usage = vae.quantizer.statistics(out.tokens)["usage"]
         log.append({"stage": "vae", "step": step, "usage": usage, **{k: float(v.detach()) for k, v in terms.items()}})
         if step % args.log_every == 0 or step == args.vae_steps - 1:
@@ -80,11 +76,7 @@ def train_transformer(vae, tf, data, args, g, size, log):
         x = data.sample(args.batch, generator=g).to(args.device)
         m = random_masks(args.batch, size, g).to(args.device)
         loss = uq_loss(tf, uq_training_batch(vae, x, m, random_quantize=0.3, generator=g))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(tf.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, clip=1.0, scheduler=sched)
         log.append({"stage": "transformer", "step": step, "ce": float(loss.detach())})
         if step % args.log_every == 0 or step == args.tf_steps - 1:
             print(f"transformer {step:5d} ce {float(loss.detach()):.4f}", flush=True)
@@ -130,12 +122,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--log-every", type=int, default=100)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    g, out = start_run(args.out, args.seed, args.threads)
     vae, tf, size = build(args.preset, args.device)
     data = CropSampler("train", size=size, source=args.source)
     log: list[dict] = []

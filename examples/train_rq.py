@@ -29,6 +29,7 @@ from vqfast.data import PHOTOS, ClassCrops, make_masks
 from vqfast.models.rq_transformer import ContextualRQTransformer
 from vqfast.models.rqvae import RQVAE
 from vqfast.samplers.draft_and_revise import PAPER_SETTINGS, draft_and_revise
+from vqfast.training import optimizer_step, start_run
 from vqfast.visualize import plot_curves, save_grid
 
 
@@ -49,9 +50,7 @@ def train_rqvae(rq, data, args, g, log):
     for step in range(args.vae_steps):
         x, _ = data.sample(args.batch, g)
         loss, logs = rq.loss(x.to(args.device))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        optimizer_step(loss, opt)
         log.append({"stage": "rqvae", "step": step, **logs})
         if step % args.log_every == 0 or step == args.vae_steps - 1:
             stats = rq.quantizer.statistics(rq.encode(x.to(args.device)))
@@ -77,11 +76,7 @@ def train_transformer(tf, codes, labels, args, g, log):
     for step in range(args.tf_steps):
         pick = torch.randint(len(codes), (args.batch,), generator=g).to(codes.device)
         loss = tf.loss(codes[pick], labels[pick], generator=g)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(tf.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, clip=1.0, scheduler=sched)
         log.append({"stage": "transformer", "step": step, "nll": float(loss.detach())})
         if step % args.log_every == 0 or step == args.tf_steps - 1:
             print(f"transformer {step:5d} nll {float(loss.detach()):.4f}", flush=True)
@@ -172,12 +167,7 @@ def main(argv=None):
     args.t_revise = args.t_revise or paper["T_revise"]
     args.m = paper["M"] if args.m is None else args.m
     args.guidance = paper["revise_guidance"] if args.guidance is None else args.guidance
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    g, out = start_run(args.out, args.seed, args.threads)
     rq, tf, size = build(args.preset, args.device)
     data = ClassCrops("train", size)
     log: list[dict] = []

@@ -35,6 +35,7 @@ from vqfast.models.vqddm import VQDDM
 from vqfast.models.vqddm_refit import finetune_decoder, refit_tokenizer
 from vqfast.models.vqgan import VQGAN
 from vqfast.samplers import vqddm_sample
+from vqfast.training import optimizer_step
 from vqfast.visualize import plot_curves, save_grid
 
 CONFIGS = {
@@ -66,11 +67,7 @@ def train_ddm(model: VQDDM, tokens: torch.Tensor, sched, steps: int, *, batch: i
     for step in bar:
         x0 = tokens[torch.randint(len(tokens), (batch,), generator=g)].to(next(model.parameters()).device)
         loss, logs = vlb_loss(model, x0, sched, sampler, generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        lr_sched.step()
+        optimizer_step(loss, opt, clip=1.0, scheduler=lr_sched)
         sampler.update(logs["t"], logs["L_t"])
         log.append((step, logs["bpd"]))
         bar.set_postfix(bpd=f"{logs['bpd']:.3f}")
