@@ -109,11 +109,9 @@ def reconstruction_figures(vq: MQVAE, args, out: Path) -> dict:
     vq.eval()
     size, k, n_pos = vq.resolution, vq.num_kept, vq.num_positions
     test = ClassCrops("test", size)
-    g = torch.Generator().manual_seed(123)
-    rows = min(args.grid_rows, len(PHOTOS))
-    labels = torch.arange(rows) * (len(PHOTOS) // rows)
-    x, _ = test.sample(rows, g, labels)
-    x = x.to(args.device)
+    labels = test.spread_labels(args.grid_rows)
+    rows, g = len(labels), torch.Generator().manual_seed(123)
+    x = test.sample(rows, g, labels)[0].to(args.device)
     vq.importance_map_png(x, out / "importance.png")
     codes, positions, scores = vq.encode(x)
     rand = torch.stack([torch.randperm(n_pos, generator=g)[:k] for _ in range(rows)]).to(args.device)
@@ -145,9 +143,9 @@ def sample_figures(vq: MQVAE, tf: Stackformer, args, out: Path) -> dict:
     """samples.png (per class, or unconditional rows) and continuation.png (the first half of a
     held-out crop's raster sequence kept, the rest sampled)."""
     vq.eval(), tf.eval()
-    rows, n = min(args.grid_rows, len(PHOTOS)), args.samples
-    labels = torch.arange(rows) * (len(PHOTOS) // rows)
     test = ClassCrops("test", vq.resolution)
+    labels = test.spread_labels(args.grid_rows)
+    rows, n = len(labels), args.samples
     real, _ = test.sample(rows, torch.Generator().manual_seed(321), labels)
     real = real.to(args.device)
     y = labels.to(args.device).repeat_interleave(n) if tf.num_classes else None

@@ -94,11 +94,9 @@ def figures(rq, tf, args, size, out: Path):
     dec = dict(T_draft=args.t_draft, T_revise=args.t_revise, M=args.m, revise_temperature=0.8,
                revise_guidance=args.guidance)
     test = ClassCrops("test", size)
-    g = torch.Generator().manual_seed(123)
-    rows = min(args.grid_rows, len(PHOTOS))
-    labels = torch.arange(rows) * (len(PHOTOS) // rows)
-    x, _ = test.sample(rows, g, labels)
-    x = x.to(args.device)
+    labels = test.spread_labels(args.grid_rows)
+    rows, g = len(labels), torch.Generator().manual_seed(123)
+    x = test.sample(rows, g, labels)[0].to(args.device)
     codes = rq.encode(x)
     D = rq.code_depth
     recs = [decode_partial(rq, codes, d) for d in range(1, D + 1)]

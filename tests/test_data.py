@@ -109,3 +109,15 @@ def test_class_crops_labels_follow_photos_and_are_reproducible():
     assert torch.equal(x[0], ref[0])
     with pytest.raises(ValueError, match="labels"):
         data.sample(2, labels=torch.tensor([0, len(PHOTOS)]))
+
+
+def test_class_crops_spread_labels():
+    from vqfast.data import ClassCrops
+    data = ClassCrops("test", 16)
+    K = data.num_classes
+    for rows in (1, 2, K - 1, K, K + 5):
+        labels = data.spread_labels(rows)
+        assert labels.dtype == torch.long and len(labels) == min(rows, K)
+        assert len(set(labels.tolist())) == len(labels) and 0 <= int(labels.min()) and int(labels.max()) < K
+        data.sample(len(labels), generator=0, labels=labels)  # valid labels for sample
+    assert data.spread_labels(0).numel() == 0

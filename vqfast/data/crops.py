@@ -99,6 +99,11 @@ class ClassCrops:
     def num_classes(self) -> int:
         return len(self.samplers)
 
+    def spread_labels(self, rows: int) -> torch.Tensor:
+        """min(rows, num_classes) class ids [rows] int64 spread evenly over the classes (figure rows)."""
+        rows = min(rows, self.num_classes)
+        return torch.arange(rows) * (self.num_classes // max(rows, 1))
+
     def sample(self, n: int, generator=None, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """n crops -> (images [n, 3, size, size] in [-1, 1], labels [n] int64); labels: the classes to draw."""
         g = as_generator(generator)
