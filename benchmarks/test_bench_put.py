@@ -23,6 +23,9 @@ agreement of the packed fp32 copy with the plain model and, for bf16, the logit 
 confident about, where greedy steps pick, and Algorithm 1's position choice, on identical
 inputs).
 
+On a CUDA machine the rows run on the GPU (PUT_BENCH_DEVICE=cpu|cuda overrides), timed
+with a synchronize after each round; the GEMM ceiling is then the GPU's torch.mm rate.
+
     python -m pytest benchmarks/test_bench_put.py --benchmark-only
     PUT_BENCH_PRESETS=ffhq PUT_BENCH_ITERS=2 VQFAST_BENCH_THREADS=1 python -m pytest benchmarks/test_bench_put.py
 """
@@ -40,7 +43,7 @@ from vqfast.models.put import PVQVAE, UQTransformer
 from vqfast.ops.sampling import select_and_sample_topk
 from vqfast.samplers.put import put_fill
 from vqfast.models.inference import inference_copy
-from timing import gemm_rate, machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
+from timing import gemm_rate, machine, sync  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 # PUT supp. Table 4 (RTX 3090).
 SEED_TOKENS_PER_S = {"ffhq": 37.138, "places2": 32.048, "imagenet": 17.186}
@@ -50,6 +53,7 @@ PRESETS = [p for p in os.environ.get("PUT_BENCH_PRESETS", "ffhq,places2,imagenet
 ITERS = int(os.environ.get("PUT_BENCH_ITERS", "1"))     # Algorithm-1 iterations per timed round
 ROUNDS = int(os.environ.get("PUT_BENCH_ROUNDS", "3"))   # rounds, one input set each (rotated)
 TOP_K, L, V, D_FEAT = 50, 1024, 512, 256
+DEVICE = torch.device(os.environ.get("PUT_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
 if os.environ.get("VQFAST_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["VQFAST_BENCH_THREADS"]))
 
@@ -113,8 +117,9 @@ def _inputs(n_sets: int = 3):
     for _ in range(n_sets):
         known = torch.zeros(1, L, dtype=torch.bool)
         known[0, torch.randperm(L, generator=g)[:L // 2]] = True
-        sets.append((torch.randn(1, L, D_FEAT, generator=g).relu(), torch.randint(0, V, (1, L), generator=g), known))
-    return sets, torch.randn(V, D_FEAT, generator=g).relu()
+        feats, tokens = torch.randn(1, L, D_FEAT, generator=g).relu(), torch.randint(0, V, (1, L), generator=g)
+        sets.append((feats.to(DEVICE), tokens.to(DEVICE), known.to(DEVICE)))
+    return sets, torch.randn(V, D_FEAT, generator=g).relu().to(DEVICE)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +135,7 @@ def _model(preset: str) -> UQTransformer:
     if preset not in _MODELS:
         _MODELS.clear()  # one preset in memory at a time
         torch.manual_seed(0)
-        _MODELS[preset] = UQTransformer.from_preset(preset).eval()
+        _MODELS[preset] = UQTransformer.from_preset(preset, device=DEVICE).eval()
     return _MODELS[preset]
 
 
@@ -146,6 +151,7 @@ def _timed(benchmark, fn, sets):
     def timed(*args):
         c0 = time.process_time()
         fn(*args)
+        sync(DEVICE)
         cpu.append(time.process_time() - c0)
 
     benchmark.pedantic(timed, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=1)
@@ -168,7 +174,7 @@ class _Autocast:
 def test_uq_transformer_tokens_per_s(benchmark, env, preset, row):
     benchmark.group = f"put-uq-transformer-{preset}"
     model = _model(preset)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(DEVICE).manual_seed(1)
     codes = env["codes"]
     if row == "official":
         def fn(feats, tokens, known):
@@ -183,9 +189,9 @@ def test_uq_transformer_tokens_per_s(benchmark, env, preset, row):
                      max_iterations=ITERS)
     # The GEMM ceiling is re-measured beside each row: the machine is shared and its load drifts.
     D = model.config["dim"]
-    gemm = {name: gemm_rate(L, D, 4 * D, dt) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    packed = {name: gemm_rate(L, D, 4 * D, dt, packed=True)
-              for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    dtypes = (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    gemm = {name: gemm_rate(L, D, 4 * D, dt, device=DEVICE) for name, dt in dtypes}
+    packed = {name: gemm_rate(L, D, 4 * D, dt, packed=True) for name, dt in dtypes} if DEVICE.type == "cpu" else gemm
     t, cpu = _timed(benchmark, fn, env["sets"])
     _TIMES[(preset, row)] = (t, cpu)
     info = benchmark.extra_info
@@ -221,7 +227,7 @@ def _bf16_accuracy(model: UQTransformer, env) -> dict:
     for feats, _, known in env["sets"]:
         ref = model(feats)
         low = fast(feats)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
             amp = model(feats)
         u = ~known[0]
         errs.append((low[0, u] - ref[0, u]).abs().max())
@@ -263,12 +269,13 @@ def _fp32_agreement(model: UQTransformer, env) -> dict:
             "packed_fp32_position_choice_agreement": pos / len(env["sets"])}
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "auto"])
 def test_select_and_sample_topk_op(benchmark, env, backend):
     """The selection + top-K draw alone (one Algorithm-1 step on [1, 1024, 512] logits): fused vs reference."""
     benchmark.group = "put-select-and-sample-topk"
     g = torch.Generator().manual_seed(0)
-    logits = [torch.randn(1, L, V, generator=g) for _ in range(3)]
+    logits = [torch.randn(1, L, V, generator=g).to(DEVICE) for _ in range(3)]
+    g = torch.Generator(DEVICE).manual_seed(0)
     sets = [(lg, s[2]) for lg, s in zip(logits, env["sets"])]
     state = {"i": 0}
 
@@ -276,7 +283,11 @@ def test_select_and_sample_topk_op(benchmark, env, backend):
         state["i"] += 1
         return sets[state["i"] % 3], {}
 
-    benchmark.pedantic(lambda lg, kn: select_and_sample_topk(lg, kn, TOP_K, generator=g, backend=backend),
+    def select(lg, kn):
+        select_and_sample_topk(lg, kn, TOP_K, generator=g, backend=backend)
+        sync(DEVICE)
+
+    benchmark.pedantic(select,
                        setup=setup, rounds=20, iterations=1, warmup_rounds=2)
     _TIMES[("select", backend)] = benchmark.stats.stats.median
     benchmark.extra_info.update(env["machine"])
@@ -291,14 +302,14 @@ def test_pvqvae_images_per_s(benchmark, env, backend, monkeypatch):
     if backend == "reference":
         monkeypatch.setenv("VQFAST_BACKEND", "reference")  # every vqfast op runs its PyTorch reference
     torch.manual_seed(0)
-    vae = PVQVAE().eval()
+    vae = PVQVAE().to(DEVICE).eval()
     g = torch.Generator().manual_seed(0)
     batch = 2
     sets = []
     for _ in range(3):
         mask = torch.zeros(batch, 256, 256, dtype=torch.bool)
         mask[:, 64:192, 32:160] = True
-        sets.append((torch.rand(batch, 3, 256, 256, generator=g) * 2 - 1, mask))
+        sets.append(((torch.rand(batch, 3, 256, 256, generator=g) * 2 - 1).to(DEVICE), mask.to(DEVICE)))
     state = {"i": 0}
 
     def setup():
@@ -308,6 +319,7 @@ def test_pvqvae_images_per_s(benchmark, env, backend, monkeypatch):
     def fn(x, m):
         with torch.no_grad():
             vae(x, m)
+        sync(DEVICE)
 
     benchmark.pedantic(fn, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     t = benchmark.stats.stats.median

@@ -56,12 +56,19 @@ def interleaved(rows: dict[str, Callable[[int], object]], rounds: int = ROUNDS,
     return {name: {"median": sorted(t)[len(t) // 2], "min": min(t), "max": max(t)} for name, t in times.items()}
 
 
-def gemm_seconds(m: int, n: int, k: int, dtype=torch.float32, packed: bool = False) -> Callable[[int], object]:
-    """A row timing torch's own GEMM of the same shape: the machine's ceiling. packed: oneDNN's
+def sync(device: str | torch.device) -> None:
+    """Waits for the device's queued kernels (CUDA timings); nothing on CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_seconds(m: int, n: int, k: int, dtype=torch.float32, packed: bool = False,
+                 device: str | torch.device = "cpu") -> Callable[[int], object]:
+    """A row timing torch's own GEMM of the same shape: the machine's ceiling. packed (CPU): oneDNN's
     GEMM on a weight packed once (what vqfast.models.inference runs; MKL's torch.mm otherwise)."""
     g = torch.Generator().manual_seed(1)
-    a = [torch.randn(m, k, generator=g).to(dtype) for _ in range(3)]
-    b = torch.randn(k, n, generator=g).to(dtype)
+    a = [torch.randn(m, k, generator=g).to(device, dtype) for _ in range(3)]
+    b = torch.randn(k, n, generator=g).to(device, dtype)
     if packed:
         w = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), m)
         return lambda i: torch.ops.mkldnn._linear_pointwise(a[i], w, None, "none", [], "")
@@ -69,15 +76,17 @@ def gemm_seconds(m: int, n: int, k: int, dtype=torch.float32, packed: bool = Fal
     return lambda i: torch.mm(a[i], b, out=out)
 
 
-def gemm_rate(m: int, k: int, n: int, dtype: torch.dtype, packed: bool = False) -> tuple[float, float]:
-    """(wall, process CPU-time) FLOP/s of an [m, k] x [k, n] matmul in dtype (medians of 5 after a
-    warm-up); packed as in gemm_seconds."""
-    mm = gemm_seconds(m, n, k, dtype, packed)
+def gemm_rate(m: int, k: int, n: int, dtype: torch.dtype, packed: bool = False,
+              device: str | torch.device = "cpu") -> tuple[float, float]:
+    """(wall, process CPU-time) FLOP/s of an [m, k] x [k, n] matmul in dtype on device (medians of
+    5 after a warm-up); packed as in gemm_seconds."""
+    mm = gemm_seconds(m, n, k, dtype, packed, device)
     mm(0)
     walls, cpus = [], []
     for i in range(5):
         t0, c0 = time.perf_counter(), time.process_time()
         mm(i % 3)
+        sync(device)
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     return 2 * m * k * n / sorted(walls)[2], 2 * m * k * n / sorted(cpus)[2]
