@@ -7,7 +7,7 @@
 #include <torch/library.h>
 #include <ATen/ATen.h>
 
-#include "sampling_row.h"
+#include "sampling_filter.h"
 
 namespace vqfast {
 namespace {
@@ -69,6 +69,54 @@ void check_logits(const at::Tensor& logits, int64_t dim, const char* op) {
   TORCH_CHECK(logits.dim() == dim && logits.is_contiguous(), op, ": contiguous logits with ", dim, " dims expected");
   const auto t = logits.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op, ": fp32/fp16/bf16 logits expected");
+}
+
+// Per-thread state of the filtered draws (sampling_filter.h).
+struct FilterState {
+  std::vector<float> mb;
+  SparseRow c;
+  FilterScratch fs;
+  DrawScratch ds;
+  float t = -std::numeric_limits<float>::max();  // candidates: x >= t (a guess from the previous row)
+};
+
+// Token of one row under top_k (> 0) and/or top_p (< 1), -1 on bad rows. The candidates
+// x >= t hold the answer when there are >= top_k of them (top-k) or their mass reaches
+// top_p * Z (top-p alone); else the pass is repeated with t lowered, down to every finite x.
+int64_t filtered_draw(const float* x, int64_t V, int64_t top_k, double top_p, uint64_t key, uint64_t row,
+                      FilterState& st) {
+  constexpr float kAll = -std::numeric_limits<float>::max();
+  const bool use_k = top_k > 0, use_p = top_p < 1.0;
+  const bool z_in_pass = use_p && !use_k;  // after top-k, Z sums the kept values only
+  float t = st.t;
+  const Collected a = z_in_pass ? collect<true>(x, V, t, st.mb, st.c) : collect<false>(x, V, t, st.mb, st.c);
+  if (a.bad) return -1;
+  double total = 0.0, goal = 0.0;
+  for (;;) {
+    bool enough;
+    if (use_k) {
+      enough = st.c.n >= top_k;
+    } else {
+      total = masses(st.c, a.m, st.fs);
+      goal = top_p * a.z;
+      enough = total >= goal;
+    }
+    if (enough || t == kAll) break;
+    t = a.m - t < 64.0f ? a.m - 2.0f * std::max(a.m - t, 1.0f) : kAll;
+    collect<false>(x, V, t, st.mb, st.c);
+  }
+  if (use_k) {
+    top_k_of(st.c, top_k, st.fs);
+    if (use_p) {
+      total = masses(st.c, a.m, st.fs);
+      goal = top_p * total;
+    }
+  }
+  if (use_p) top_p_of(st.c, goal, st.fs);
+  float lo = a.m;  // next row's guess: this row's boundary, lowered by a margin
+  for (int64_t i = 0; i < st.c.n; ++i) lo = std::min(lo, st.c.x[i]);
+  st.t = lo - ((use_k ? 0.15f : 0.15f) * (a.m - lo) + 0.1f);
+  return sparse_categorical(st.c, a.m, st.mb, key, kStreamToken, row, st.ds);
 }
 
 }  // namespace
@@ -176,15 +224,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_sample_topk_cpu(
   int64_t* tk = tokens.data_ptr<int64_t>();
   const uint64_t k = static_cast<uint64_t>(key);
   at::parallel_for(0, B * n_positions, 1, [&](int64_t s0, int64_t s1) {
-    std::vector<float> scratch(V), kept(V), tmp;
+    std::vector<float> scratch(V);
     RowScan rs;
+    FilterState st;
     for (int64_t s = s0; s < s1; ++s) {
       if (pos[s] < 0) continue;
       const int64_t r = (s / n_positions) * L + pos[s];
       const float* x = ld.load(r, scratch.data(), nullptr);
-      keep_top_k(x, V, kk, kept.data(), tmp);
-      scan_row(kept.data(), V, true, false, rs);
-      tk[s] = categorical(kept.data(), V, rs, k, kStreamToken, static_cast<uint64_t>(r));
+      if (kk < V) {
+        tk[s] = filtered_draw(x, V, kk, 1.0, k, static_cast<uint64_t>(r), st);
+      } else {
+        scan_row(x, V, true, false, rs);
+        tk[s] = categorical(x, V, rs, k, kStreamToken, static_cast<uint64_t>(r));
+      }
     }
   });
   return {positions, tokens, bad};
@@ -209,12 +261,16 @@ at::Tensor sample_logits_cpu(const at::Tensor& logits, const c10::optional<at::T
   int64_t* tk = tokens.data_ptr<int64_t>();
   const uint64_t k = static_cast<uint64_t>(key);
   at::parallel_for(0, N, grain_rows(V), [&](int64_t r0, int64_t r1) {
-    std::vector<float> scratch(V), uscratch(u.defined() ? V : 0), kept, tmp, cv, ce;
-    std::vector<int32_t> ci;
+    std::vector<float> scratch(V), uscratch(u.defined() ? V : 0);
     RowScan rs;
+    FilterState st;
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = ld.load(r, scratch.data(), uscratch.data());
-      const bool plain = !greedy && !use_k && !use_p;
+      if (!greedy && (use_k || use_p)) {
+        tk[r] = filtered_draw(x, V, use_k ? top_k : 0, use_p ? top_p : 1.0, k, static_cast<uint64_t>(r), st);
+        continue;
+      }
+      const bool plain = !greedy;
       scan_row(x, V, plain, false, rs);
       if (rs.bad) {
         tk[r] = -1;
@@ -224,16 +280,7 @@ at::Tensor sample_logits_cpu(const at::Tensor& logits, const c10::optional<at::T
         tk[r] = first_max(x, V, rs);
         continue;
       }
-      if (plain) {
-        tk[r] = categorical(x, V, rs, k, kStreamToken, static_cast<uint64_t>(r));
-        continue;
-      }
-      kept.resize(V);
-      if (use_k) keep_top_k(x, V, top_k, kept.data(), tmp);
-      else std::copy(x, x + V, kept.begin());
-      if (use_p) keep_top_p(kept.data(), V, top_p, rs.m, cv, ci, ce);
-      scan_row(kept.data(), V, true, false, rs);
-      tk[r] = categorical(kept.data(), V, rs, k, kStreamToken, static_cast<uint64_t>(r));
+      tk[r] = categorical(x, V, rs, k, kStreamToken, static_cast<uint64_t>(r));
     }
   });
   return tokens;

@@ -180,6 +180,65 @@ def test_sample_logits_reproducible_and_fresh(backend):
     assert not torch.equal(vqfast.ops.sample_logits(x, generator=g, backend=backend), a)
 
 
+def _filter_rows(V, g):
+    """Rows that defeat the CPU filter's threshold carried over from the previous row (scales
+    from 1e-3 to 1e3, shifted maxima), rows with fewer finite values than top_k, rows full of
+    ties at any boundary, and a constant row."""
+    rows = [torch.randn(V, generator=g) * s for s in (1.0, 1000.0, 1e-3, 30.0, 1.0)]
+    rows.append(torch.randn(V, generator=g) + 50.0)
+    few = torch.full((V,), float("-inf"))
+    few[::max(1, V // 3)] = torch.randn(len(range(0, V, max(1, V // 3))), generator=g)
+    rows.append(few)
+    rows.append(torch.randint(0, 3, (V,), generator=g).float())
+    rows.append(torch.randint(0, 2, (V,), generator=g).float() * 0.5 - 7.0)
+    rows.append(torch.zeros(V))
+    return torch.stack(rows)
+
+
+FILTER_KW = [pytest.param({"top_k": 1}, id="k1"), pytest.param({"top_k": 5}, id="k5"),
+             pytest.param({"top_k": 50}, id="k50"), pytest.param({"top_k": -1}, id="kV-1"),
+             pytest.param({"top_p": 1e-6}, id="p-tiny"), pytest.param({"top_p": 0.5}, id="p0.5"),
+             pytest.param({"top_p": 1 - 1e-6}, id="p-near-1"), pytest.param({"top_k": 7, "top_p": 0.3}, id="k7-p0.3"),
+             # p * 2000 equal ties off an integer: at an exact boundary float rounding decides (any backend)
+             pytest.param({"top_k": 2000, "top_p": 0.9537, "temperature": 0.5}, id="k2000-p0.95")]
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("V", [pytest.param(3, id="V3"), pytest.param(1025, id="V1025"),
+                               pytest.param(4099, id="V4099")])
+@pytest.mark.parametrize("kw", FILTER_KW)
+def test_sample_logits_filters_on_hard_rows(backend, V, kw):
+    """Top-k / top-p edge rows (see _filter_rows), each also repeated after a row of another
+    scale, exactly against the reference; k >= V means no filter."""
+    if backend == "triton" and V > 3:
+        pytest.skip("Triton interpreter time budget: the CPU filter's row-to-row guess is what is tested")
+    g = torch.Generator().manual_seed(V)
+    x = _filter_rows(V, g)
+    if backend != "triton":  # one interpreter program per row
+        x = torch.cat([x, x.flip(0), x[torch.randperm(x.shape[0], generator=g)]])
+    kw = dict(kw)
+    if kw.get("top_k") == -1:
+        kw["top_k"] = max(1, V - 1)
+    for seed in (0, 1) if backend != "triton" else (0,):
+        tok = vqfast.ops.sample_logits(x, seed=seed, backend=backend, **kw)
+        exp = vqfast.ops.sample_logits(x, seed=seed, backend="reference", **kw)
+        assert torch.equal(tok, exp), (tok, exp)
+        if "top_k" in kw:  # always one of the k largest (ties: lower ids)
+            assert bool((ref._topk_keep(x.float(), min(kw["top_k"], V)).gather(1, tok[:, None])).all())
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_select_and_sample_topk_hard_rows(backend):
+    """PUT's top-k draw on rows of very different scales and with ties, exactly against the reference."""
+    V = 37 if backend == "triton" else 1025
+    x = _filter_rows(V, torch.Generator().manual_seed(3))[None]
+    known = torch.zeros(1, x.shape[1], dtype=torch.bool)
+    for top_k, n in [(3, x.shape[1]), (V - 1, 4), (V, 2)]:
+        pos, tok = vqfast.ops.select_and_sample_topk(x, known, top_k, n, 1.0, seed=top_k, backend=backend)
+        epos, etok = vqfast.ops.select_and_sample_topk(x, known, top_k, n, 1.0, seed=top_k, backend="reference")
+        assert torch.equal(pos, epos) and torch.equal(tok, etok)
+
+
 # ---------------------------------------------------------------- distributions
 
 def _chi_square_ok(counts: torch.Tensor, probs: torch.Tensor) -> None:

@@ -1,0 +1,420 @@
+// Top-k / top-p filtered categorical draws on the CPU without a dense filtered row.
+//
+// One pass over the row (`collect`) finds the row max, the NaN/+inf flag, the block maxima
+// and (top-p) sum exp(x - m), and keeps as candidates every finite x above the running max
+// minus a gap: a superset of {x >= m - gap}. When that set holds the answer (>= k values,
+// or mass >= top_p * Z) the top-k / nucleus boundary is found among the candidates by a
+// bisection on the order-preserving int32 keys that drops the half it rules out after
+// each step; otherwise a second pass collects every finite value. The gap adapts to the
+// previous row (a guess only: the tokens never depend on it). The kept ids (ascending)
+// are drawn by `sparse_categorical`, which consumes the same words and returns the same
+// token as `categorical` on the dense row with -inf outside the kept set
+// (vqfast/_random.py "Categorical draws"). Include only from fp-contract-off files.
+#pragma once
+#include <bit>
+#include <functional>
+
+#include "sampling_row.h"
+
+namespace vqfast {
+namespace sampling {
+
+// A sparse row: n (id ascending, value) pairs; every other id is -inf. Capacity V + 16.
+struct SparseRow {
+  std::vector<int32_t> id;
+  std::vector<float> x;
+  int64_t n = 0;
+  void reserve(int64_t V) {
+    if (static_cast<int64_t>(x.size()) < V + 16) {
+      id.resize(V + 16);
+      x.resize(V + 16);
+    }
+  }
+};
+
+struct Collected {
+  float m = -kInf;  // row max
+  bool bad = false;  // NaN or +inf, or no finite value
+  double z = 0.0;    // sum exp(x - m) (want_z)
+};
+
+inline float key_to_float(int32_t key) { return bits_to_float(static_cast<uint32_t>(key ^ ((key >> 31) & 0x7FFFFFFF))); }
+
+// float32 -> int32 with the same order (no NaN).
+inline int32_t order_key(float f) {
+  const int32_t b = static_cast<int32_t>(float_to_bits(f));
+  return b ^ ((b >> 31) & 0x7FFFFFFF);
+}
+
+// Appends the values of xb[0..n) that are >= t (with ids v0 + i), in index order, at c.
+inline int64_t append_ge(const float* xb, int n, int64_t v0, float t, SparseRow& c, int64_t cnt) {
+  int i = 0;
+#if defined(__AVX512F__)
+  const __m512 vt = _mm512_set1_ps(t);
+  __m512i iv = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(v0)),
+                                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  for (; i + 16 <= n; i += 16) {
+    const __m512 xv = _mm512_loadu_ps(xb + i);
+    const __mmask16 mk = _mm512_cmp_ps_mask(xv, vt, _CMP_GE_OQ);
+    // branch-free: the candidate lanes are sparse and irregular
+    _mm512_storeu_ps(c.x.data() + cnt, _mm512_maskz_compress_ps(mk, xv));
+    _mm512_storeu_si512(c.id.data() + cnt, _mm512_maskz_compress_epi32(mk, iv));
+    cnt += std::popcount(static_cast<unsigned>(mk));
+    iv = _mm512_add_epi32(iv, _mm512_set1_epi32(16));
+  }
+#endif
+  for (; i < n; ++i) {
+    c.x[cnt] = xb[i];
+    c.id[cnt] = static_cast<int32_t>(v0 + i);
+    cnt += xb[i] >= t;
+  }
+  return cnt;
+}
+
+// The pass over x[0..V): block maxima into mb, candidates into c (every x >= t; t = -FLT_MAX:
+// every finite x). Bad rows return early (their token is -1 anyway).
+template <bool kZ>
+inline Collected collect(const float* x, int64_t V, float t, std::vector<float>& mb, SparseRow& c) {
+  constexpr int kB = cat::kBlock;
+  const int64_t nb = (V + kB - 1) / kB;
+  mb.resize(nb);
+  c.reserve(V);
+  Collected out;
+  float m = -kInf;
+  double z = 0.0;
+  int64_t cnt = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kB;
+    const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
+    float bm = -kInf;
+    int bbad = 0;
+#if defined(__AVX512F__)
+    if (!kZ && n == kB) {  // one look: max, bad values and candidates (t is known before the pass)
+      __m512 vmax = _mm512_set1_ps(-kInf);
+      __mmask16 vbad = 0;
+      const __m512 vt = _mm512_set1_ps(t), vinf = _mm512_set1_ps(kInf);
+      __m512i iv = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(b * kB)),
+                                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+      for (int i = 0; i < kB; i += 16) {
+        const __m512 xv = _mm512_loadu_ps(xb + i);
+        vmax = _mm512_max_ps(vmax, xv);
+        vbad |= _mm512_cmp_ps_mask(xv, vinf, _CMP_NLT_UQ);  // NaN or +inf
+        const __mmask16 mk = _mm512_cmp_ps_mask(xv, vt, _CMP_GE_OQ);
+        _mm512_storeu_ps(c.x.data() + cnt, _mm512_maskz_compress_ps(mk, xv));
+        _mm512_storeu_si512(c.id.data() + cnt, _mm512_maskz_compress_epi32(mk, iv));
+        cnt += std::popcount(static_cast<unsigned>(mk));
+        iv = _mm512_add_epi32(iv, _mm512_set1_epi32(16));
+      }
+      mb[b] = bm = _mm512_reduce_max_ps(vmax);
+      if (vbad) {
+        out.bad = true;
+        return out;
+      }
+      m = bm > m ? bm : m;
+      continue;
+    }
+#endif
+#pragma omp simd reduction(max : bm) reduction(| : bbad)
+    for (int i = 0; i < n; ++i) {
+      bm = xb[i] > bm ? xb[i] : bm;
+      bbad |= static_cast<int>(!(xb[i] < kInf));  // NaN or +inf
+    }
+    mb[b] = bm;
+    if (bbad) {
+      out.bad = true;
+      return out;
+    }
+    if (bm == -kInf) continue;
+    if (kZ) {
+      if (bm > m && m > -kInf) z *= static_cast<double>(exp_f32(m - bm));  // rescale to the new max
+      m = bm > m ? bm : m;
+      z += static_cast<double>(sum_exp_block(xb, n, m));
+    }
+    m = bm > m ? bm : m;
+    if (bm >= t) cnt = append_ge(xb, n, b * kB, t, c, cnt);
+  }
+  c.n = cnt;
+  out.m = m;
+  out.bad = m == -kInf;
+  out.z = z;
+  return out;
+}
+
+// Keeps the entries of w[0..n) (and their masses e, when given) with key >= mid (ge) or
+// < mid (!ge), in order; returns their count.
+inline int64_t compact(int32_t* w, float* e, int64_t n, int32_t mid, bool ge) {
+  int64_t j = 0, i = 0;
+#if defined(__AVX512F__)
+  const __m512i vm = _mm512_set1_epi32(mid);
+  for (; i + 16 <= n; i += 16) {
+    const __m512i k = _mm512_loadu_si512(w + i);
+    const __mmask16 mk = ge ? _mm512_cmpge_epi32_mask(k, vm) : _mm512_cmplt_epi32_mask(k, vm);
+    const __m512 ev = e ? _mm512_loadu_ps(e + i) : _mm512_setzero_ps();
+    _mm512_storeu_si512(w + j, _mm512_maskz_compress_epi32(mk, k));  // j <= i: never ahead of the reads
+    if (e) _mm512_storeu_ps(e + j, _mm512_maskz_compress_ps(mk, ev));
+    j += std::popcount(static_cast<unsigned>(mk));
+  }
+#endif
+  for (; i < n; ++i) {
+    const int32_t k = w[i];
+    const float ei = e ? e[i] : 0.0f;
+    w[j] = k;
+    if (e) e[j] = ei;
+    j += (k >= mid) == ge;
+  }
+  return j;
+}
+
+// The k-th largest of keys[0..n) (1 <= k <= n): bisection on the key value; after each step
+// the keys on the side that cannot hold it are dropped. w: scratch.
+inline int32_t kth_key(const int32_t* keys, int64_t n, int64_t k, std::vector<int32_t>& w) {
+  w.assign(keys, keys + n);
+  int32_t lo = INT32_MAX, hi = INT32_MIN;
+#pragma omp simd reduction(min : lo) reduction(max : hi)
+  for (int64_t i = 0; i < n; ++i) {
+    lo = keys[i] < lo ? keys[i] : lo;
+    hi = keys[i] > hi ? keys[i] : hi;
+  }
+  int64_t above = 0;  // keys > hi
+  while (lo < hi && n > 16) {
+    const int32_t mid = static_cast<int32_t>(lo + (static_cast<int64_t>(hi) - lo + 1) / 2);
+    int64_t ge = 0;
+    const int32_t* wp = w.data();
+#pragma omp simd reduction(+ : ge)
+    for (int64_t i = 0; i < n; ++i) ge += wp[i] >= mid;
+    if (above + ge >= k) {
+      lo = mid;
+      n = compact(w.data(), nullptr, n, mid, true);
+    } else {
+      hi = mid - 1;
+      above += ge;
+      n = compact(w.data(), nullptr, n, mid, false);
+    }
+  }
+  if (lo == hi) return lo;
+  std::sort(w.begin(), w.begin() + n, std::greater<int32_t>());  // above < k <= above + n
+  return w[k - above - 1];
+}
+
+// The top-p boundary: the largest key K with mass(key >= K) >= goal among keys/masses
+// [0..n) (float32 masses, float64 sums), the smallest key when the total is below goal;
+// *above = mass(key > K).
+inline int32_t mass_key(const int32_t* keys, const float* e, int64_t n, double goal, std::vector<int32_t>& w,
+                        std::vector<float>& we, double* above_out) {
+  w.assign(keys, keys + n);
+  we.assign(e, e + n);
+  int32_t lo = INT32_MAX, hi = INT32_MIN;
+#pragma omp simd reduction(min : lo) reduction(max : hi)
+  for (int64_t i = 0; i < n; ++i) {
+    lo = keys[i] < lo ? keys[i] : lo;
+    hi = keys[i] > hi ? keys[i] : hi;
+  }
+  double above = 0.0;  // mass of keys > hi
+  while (lo < hi && n > 16) {
+    const int32_t mid = static_cast<int32_t>(lo + (static_cast<int64_t>(hi) - lo + 1) / 2);
+    double ge = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += 256) {
+      const int i1 = static_cast<int>(std::min<int64_t>(n - i0, 256));
+      const int32_t* kp = w.data() + i0;
+      const float* ep = we.data() + i0;
+      float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+      for (int i = 0; i < i1; ++i) part += kp[i] >= mid ? ep[i] : 0.0f;
+      ge += part;
+    }
+    if (above + ge >= goal) {
+      lo = mid;
+      n = compact(w.data(), we.data(), n, mid, true);
+    } else {
+      hi = mid - 1;
+      above += ge;
+      n = compact(w.data(), we.data(), n, mid, false);
+    }
+  }
+  if (lo < hi && n > 0) {  // n <= 16 left: walk their distinct keys from the top
+    std::vector<std::pair<int32_t, float>> q(n);
+    for (int64_t i = 0; i < n; ++i) q[i] = {w[i], we[i]};
+    std::sort(q.begin(), q.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    int64_t i = 0;
+    for (;;) {
+      const int32_t key = q[i].first;
+      double ge = 0.0;
+      for (int64_t j = i; j < n && q[j].first == key; ++j) ge += q[j].second;
+      if (above + ge >= goal || i + 1 == n || q[n - 1].first == key) {
+        lo = key;  // the boundary, or the smallest key when the total stays below goal
+        break;
+      }
+      above += ge;
+      while (q[i].first == key) ++i;
+    }
+  }
+  *above_out = above;
+  return lo;
+}
+
+// Candidates c -> kept (in place): every key >= K.
+inline void keep_ge(SparseRow& c, const int32_t* keys, int32_t K) {
+  int64_t j = 0, i = 0;
+#if defined(__AVX512F__)
+  const __m512i vk = _mm512_set1_epi32(K);
+  for (; i + 16 <= c.n; i += 16) {
+    const __mmask16 mk = _mm512_cmpge_epi32_mask(_mm512_loadu_si512(keys + i), vk);
+    const __m512 xv = _mm512_loadu_ps(c.x.data() + i);
+    const __m512i iv = _mm512_loadu_si512(c.id.data() + i);
+    _mm512_storeu_ps(c.x.data() + j, _mm512_maskz_compress_ps(mk, xv));  // j <= i
+    _mm512_storeu_si512(c.id.data() + j, _mm512_maskz_compress_epi32(mk, iv));
+    j += std::popcount(static_cast<unsigned>(mk));
+  }
+#endif
+  for (; i < c.n; ++i) {
+    c.x[j] = c.x[i];
+    c.id[j] = c.id[i];
+    j += keys[i] >= K;
+  }
+  c.n = j;
+}
+
+// Candidates c -> kept (in place): every key > K, then the ties key == K in id order while
+// tie(count of ties taken so far) holds.
+template <class Tie>
+inline void keep_from(SparseRow& c, const int32_t* keys, int32_t K, Tie tie) {
+  int64_t j = 0, ties = 0;
+  for (int64_t i = 0; i < c.n; ++i) {
+    const int32_t q = keys[i];
+    const bool keep = q > K || (q == K && tie(ties));
+    ties += q == K && keep;
+    c.x[j] = c.x[i];
+    c.id[j] = c.id[i];
+    j += keep;
+  }
+  c.n = j;
+}
+
+struct FilterScratch {
+  std::vector<int32_t> keys, w;
+  std::vector<float> e, we;
+};
+
+// Top k (ties: lower id) of candidates c that hold every value >= the k-th largest, in place.
+inline void top_k_of(SparseRow& c, int64_t k, FilterScratch& s) {
+  if (c.n <= k) return;
+  s.keys.resize(c.n);
+  for (int64_t i = 0; i < c.n; ++i) s.keys[i] = order_key(c.x[i]);
+  const int32_t K = kth_key(s.keys.data(), c.n, k, s.w);
+  int64_t above = 0, ties = 0;
+#pragma omp simd reduction(+ : above, ties)
+  for (int64_t i = 0; i < c.n; ++i) {
+    above += s.keys[i] > K;
+    ties += s.keys[i] == K;
+  }
+  const int64_t room = k - above;
+  if (ties == room) keep_ge(c, s.keys.data(), K);
+  else keep_from(c, s.keys.data(), K, [room](int64_t taken) { return taken < room; });
+}
+
+// Masses e^(x - m) of the candidates into s.e, keys into s.keys; returns their float64 sum.
+inline double masses(const SparseRow& c, float m, FilterScratch& s) {
+  s.keys.resize(c.n);
+  s.e.resize(c.n);
+  double total = 0.0;
+  for (int64_t i0 = 0; i0 < c.n; i0 += 256) {
+    const int i1 = static_cast<int>(std::min<int64_t>(c.n - i0, 256));
+    const float* xp = c.x.data() + i0;
+    float* ep = s.e.data() + i0;
+    int32_t* kp = s.keys.data() + i0;
+    float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+    for (int i = 0; i < i1; ++i) {
+      ep[i] = exp_f32(xp[i] - m);
+      kp[i] = order_key(xp[i]);
+      part += ep[i];
+    }
+    total += part;
+  }
+  return total;
+}
+
+// Top-p nucleus of candidates c (masses and keys in s, goal = top_p * Z) in place: every
+// value above the boundary, then the boundary ties in id order while the mass before them
+// is below goal. Needs mass(candidates) >= goal or candidates = every finite value.
+inline void top_p_of(SparseRow& c, double goal, FilterScratch& s) {
+  double above = 0.0;
+  const int32_t K = mass_key(s.keys.data(), s.e.data(), c.n, goal, s.w, s.we, &above);
+  double eb = 0.0;
+  int64_t ties = 0;
+  for (int64_t i = 0; i < c.n; ++i) {
+    eb = s.keys[i] == K ? s.e[i] : eb;
+    ties += s.keys[i] == K;
+  }
+  if (ties == 1) {  // the boundary itself: mass(key > K) < goal always keeps it
+    keep_ge(c, s.keys.data(), K);
+    return;
+  }
+  keep_from(c, s.keys.data(), K, [above, eb, goal](int64_t taken) {
+    return above + static_cast<double>(taken) * eb < goal;
+  });
+}
+
+struct DrawScratch {
+  std::vector<int32_t> w, first, last;
+  std::vector<uint32_t> pre;
+  std::vector<uint64_t> s, s_hat;
+};
+
+// Draw from softmax over a sparse row (ids ascending, max m, at least one entry), mb = the
+// block maxima of the dense row, which equal the kept maxima of every block holding a kept
+// id (kept sets here are upper sets of the row up to ties at one value). Same words, same
+// token as `categorical` on the dense filtered row: a dense block or id of weight 0 is never
+// picked, so walking only the kept entries picks the same ones.
+inline int64_t sparse_categorical(const SparseRow& r, float m, const std::vector<float>& mb, uint64_t key,
+                                  uint32_t stream, uint64_t row, DrawScratch& d) {
+  const int64_t n = r.n, nb = static_cast<int64_t>(mb.size());
+  d.w.resize(n);
+  d.pre.resize(n + 1);
+  d.first.assign(nb, 0);
+  d.last.assign(nb, -1);
+  d.s.resize(nb);
+  d.s_hat.resize(nb);
+  const int32_t* id = r.id.data();
+  const float* x = r.x.data();
+  int32_t* w = d.w.data();
+  const float* mbp = mb.data();
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) w[i] = cat::in_block_weight(x[i], mbp[id[i] >> 8]);
+  // block sums from a wrapping prefix sum (each block's sum is < 2^32) and each block's
+  // first / last entry: stores only, no branch per entry
+  uint32_t acc = 0;
+  d.pre[0] = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    acc += static_cast<uint32_t>(w[i]);
+    d.pre[i + 1] = acc;
+    d.last[id[i] >> 8] = static_cast<int32_t>(i);
+  }
+  for (int64_t i = n - 1; i >= 0; --i) d.first[id[i] >> 8] = static_cast<int32_t>(i);
+  uint64_t total = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    const bool any = d.last[b] >= 0;
+    const uint64_t sb = any ? static_cast<uint32_t>(d.pre[d.last[b] + 1] - d.pre[d.first[b]]) : 0;
+    d.s[b] = sb;
+    d.s_hat[b] = cat::block_weight(sb, m, mbp[b]);
+    total += d.s_hat[b];
+  }
+  for (int trial = 0;; ++trial) {
+    const philox::Words pw = philox::block_words(key, stream, (row << 6) + static_cast<uint64_t>(trial));
+    const uint64_t thr = cat::floor_mul(total, pw.w[0]);
+    uint64_t a = 0;
+    int64_t b = 0;
+    for (; b < nb - 1; ++b) {
+      if (a + d.s_hat[b] > thr) break;
+      a += d.s_hat[b];
+    }
+    const uint64_t thr2 = cat::floor_mul(d.s[b], pw.w[1]);
+    uint64_t c = 0;
+    int64_t i = d.first[b];
+    while (i < d.last[b] && c + static_cast<uint64_t>(w[i]) <= thr2) c += static_cast<uint64_t>(w[i++]);
+    if (cat::accept(pw.w[2], x[i], m, w[i], d.s[b], d.s_hat[b]) || trial == cat::kTrials - 1) return id[i];
+  }
+}
+
+}  // namespace sampling
+}  // namespace vqfast
