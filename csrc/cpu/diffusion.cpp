@@ -13,6 +13,7 @@
 #include <limits>
 #include <vector>
 
+#include "diffusion_scan.h"
 #include "sampling_row.h"
 #include "vqfast/diffusion_math.h"
 #include "vqfast/philox.h"
@@ -137,7 +138,7 @@ void sample_impl(const at::Tensor& x, const int64_t* zt, const float* scoef, int
         continue;
       }
       const float* row = as_float(xp + n * K, K, buf.data());
-      sampling::scan_row(row, K, true, false, sc);
+      diffusion_scan::scan(row, K, sc);
       if (sc.bad) {
         out[n] = -1;  // the caller reports the row
         continue;
@@ -163,7 +164,7 @@ void sample_impl(const at::Tensor& x, const int64_t* zt, const float* scoef, int
         if (u < spike) {
           tr = {jz, cat::accept(a.w[3], row[jz], sc.m, w_zt, sc.s[bz], sc.s_hat[bz])};
         } else if (u < spike + rest) {
-          tr = sampling::proposal_trial(row, K, sc, a.w[1], a.w[2], a.w[3], ex);
+          tr = diffusion_scan::trial(row, K, sc, a.w[1], a.w[2], a.w[3], ex);
         } else {
           int64_t k = K;  // absorbing: the mask
           if (kind == kUniform) {
@@ -172,7 +173,7 @@ void sample_impl(const at::Tensor& x, const int64_t* zt, const float* scoef, int
             k = uniform_from_word(b.w[0]) < c[3] ? jz : other + (other >= jz);
           }
           const philox::Words f = philox::block_words(key, stream, base + 3 * trial + 2);
-          tr = {k, sampling::proposal_trial(row, K, sc, f.w[0], f.w[1], f.w[2], none).ok};
+          tr = {k, diffusion_scan::trial(row, K, sc, f.w[0], f.w[1], f.w[2], none).ok};
         }
         if (tr.ok || trial == cat::kTrials - 1) {
           out[n] = tr.k;

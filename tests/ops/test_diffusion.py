@@ -189,10 +189,11 @@ def test_posterior_sample_distribution(backend, kind, t):
 
 def _hard_posterior_rows(K=600):
     """Rows the mixture sampler must get right: z_t dominant, z_t excluded (-inf), an empty
-    proposal block, a huge range, all ties, a single finite state."""
+    proposal block, a huge range, all ties, a single finite state, a full block whose float32
+    sum overflows (the CPU scan's fast-path check)."""
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(6, K, generator=g)
-    z = torch.tensor([5, 300, 100, 599, 17, 42])
+    x = torch.randn(7, K, generator=g)
+    z = torch.tensor([5, 300, 100, 599, 17, 42, 3])
     x[0, 5] = 40.0
     x[1, 300] = float("-inf")
     x[2, 256:512] = float("-inf")
@@ -200,6 +201,8 @@ def _hard_posterior_rows(K=600):
     x[4] = 0.0
     x[5] = float("-inf")
     x[5, 42] = 1.0
+    x[6, :256] = 3e37 + x[6, :256].abs() * 1e37
+    x[6, 3] = 3.1e37
     return x[None], z[None]
 
 
