@@ -1,184 +1,95 @@
 // EMA codebook statistics and update on the CPU (DESIGN.md op 5, PUT supp. eq. 2).
 //
 // ema_statistics: counts[k] = #{r : idx[r] = k}, sums[k] = sum of those rows of x, read
-// in one pass without the N x K one-hot the seeds build. The rows are counting-sorted
-// by code (O(N) indices, x itself is not moved); each code's sum is then accumulated
-// in a buffer that stays in L1 and stored once, so the only large traffic is reading
-// x, its rows prefetched ahead (one thread: x is streamed in row order instead, see
-// accumulate_in_row_order). Deterministic for every thread count: codes are split
-// into ranges that own their rows of `sums`, and every sum adds its member rows in
-// increasing row order (each element is accumulated independently, so vector width
-// does not change the bits either). When few ranges exist (one giant cluster), the
-// columns are split as well, which keeps that order.
+// in one pass, streamed in row order, without the N x K one-hot the seeds build. The
+// rows are cut into fixed chunks (ema_accumulate.h), each streamed into its own partial
+// sums by one thread; the partials are then added in chunk order. The order depends
+// only on (N, K), so every run and thread count gives the same bits.
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-#include <immintrin.h>
 #include <torch/library.h>
 #include <ATen/ATen.h>
 
+#include "ema_accumulate.h"
+
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 namespace vqfast {
 namespace {
 
-constexpr int64_t kMinCols = 16;  // narrowest column block: one 64-byte line of fp32 sums
-// Rows ahead of the current one to prefetch (the sorted rows are scattered in x; 8 was
-// 1.3x faster than 4 single-threaded here, 12 and 16 no better).
-constexpr int64_t kPrefetchAhead = 8;
-
-inline void add_row(float* __restrict acc, const float* __restrict x, int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) acc[j] += x[j];
-}
-
-inline void add_row(float* __restrict acc, const c10::BFloat16* __restrict x, int64_t n) {
-  const uint16_t* xs = reinterpret_cast<const uint16_t*>(x);
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    uint32_t bits = static_cast<uint32_t>(xs[j]) << 16;  // bf16 -> fp32 is exact
-    float f;
-    std::memcpy(&f, &bits, sizeof f);
-    acc[j] += f;
-  }
-}
-
-inline void add_row(float* __restrict acc, const c10::Half* __restrict x, int64_t n) {
-  int64_t j = 0;
-#if defined(__AVX512F__)
-  const uint16_t* xs = reinterpret_cast<const uint16_t*>(x);
-  for (; j + 16 <= n; j += 16) {
-    __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + j)));
-    _mm512_storeu_ps(acc + j, _mm512_add_ps(_mm512_loadu_ps(acc + j), v));
-  }
-#elif defined(__F16C__)
-  const uint16_t* xs = reinterpret_cast<const uint16_t*>(x);
-  for (; j + 8 <= n; j += 8) {
-    __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xs + j)));
-    _mm256_storeu_ps(acc + j, _mm256_add_ps(_mm256_loadu_ps(acc + j), v));
-  }
-#endif
-  for (; j < n; ++j) acc[j] += static_cast<float>(x[j]);
-}
-
-// Splits codes [0, K) into at most `want` ranges of about N / want member rows each.
-// Returns range boundaries (size R + 1).
-std::vector<int64_t> code_ranges(const std::vector<int64_t>& counts, int64_t N, int64_t want) {
-  const int64_t K = static_cast<int64_t>(counts.size());
-  std::vector<int64_t> bounds{0};
-  int64_t seen = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    seen += counts[k];
-    const int64_t r = static_cast<int64_t>(bounds.size());  // ranges closed so far + 1
-    if (k + 1 < K && r < want && seen * want >= r * N) bounds.push_back(k + 1);
-  }
-  bounds.push_back(K);
-  return bounds;
-}
+using ema::add_row;
 
 constexpr int64_t kSerialElements = 1 << 16;  // below this many x elements one thread is faster
 
-// rows: row indices sorted by code (code k's members are rows[code_start[k] ..
-// code_start[k + 1]), in increasing order); bounds: the code ranges (tasks).
+// sums [K, d] (and `partials` [(C - 1), K, d]) from x [N, d], idx [N]: chunk c's
+// partial is sums for c = 0, else partials[c - 1]. The first column block of each chunk
+// also counts its rows into counts [C, K]. Returns the first row whose idx is out of
+// [0, K) (N if none; its chunk is then not accumulated) so that the caller raises.
 template <typename T>
-void accumulate(const T* x, const int64_t* rows, const int64_t* code_start, int64_t n_ranges,
-                const int64_t* bounds, int64_t d, int64_t col_block, float* sums) {
-  const int64_t n_cols = (d + col_block - 1) / col_block, tasks = n_ranges * n_cols;
-  const int64_t grain = code_start[bounds[n_ranges]] * d < kSerialElements ? tasks : 1;
-  at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
-    std::vector<float> acc(col_block);
+int64_t accumulate(const T* x, const int64_t* idx, int64_t N, int64_t K, int64_t d, int64_t C, float* sums,
+                   float* partials, int64_t* counts) {
+  const int64_t threads = at::get_num_threads();
+  const bool parallel = N * std::max<int64_t>(d, 1) >= kSerialElements && threads > 1;
+  const int64_t col_block = parallel ? ema::column_block(d, C, threads) : d;
+  const int64_t n_cols = d == 0 ? 1 : (d + col_block - 1) / col_block, tasks = C * n_cols;
+  std::vector<int64_t> first_bad(tasks, N);
+  at::parallel_for(0, tasks, parallel ? 1 : tasks, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t range = t / n_cols, c0 = (t % n_cols) * col_block;
-      const int64_t w = std::min(col_block, d - c0);
-      const int64_t end = code_start[bounds[range + 1]];
-      for (int64_t k = bounds[range]; k < bounds[range + 1]; ++k) {
-        std::fill_n(acc.data(), w, 0.0f);
-        for (int64_t i = code_start[k]; i < code_start[k + 1]; ++i) {
-          if (i + kPrefetchAhead < end) {  // across code boundaries: the next codes' rows too
-            const char* p = reinterpret_cast<const char*>(x + rows[i + kPrefetchAhead] * d + c0);
-            for (int64_t b = 0; b < static_cast<int64_t>(w * sizeof(T)); b += 64) __builtin_prefetch(p + b);
-          }
-          add_row(acc.data(), x + rows[i] * d + c0, w);
+      const int64_t c = t / n_cols, c0 = (t % n_cols) * col_block, w = std::min(col_block, d - c0);
+      const int64_t r0 = ema::chunk_begin(N, C, c), r1 = ema::chunk_begin(N, C, c + 1);
+      // idx is validated here, in the pass (no separate scan), and counted in its own
+      // loop: folded into the row loop below it cost that loop ~10%.
+      int64_t* cnt = counts + c * K;
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t k = idx[r];
+        if (k < 0 || k >= K) {
+          first_bad[t] = r;
+          break;
         }
-        std::copy_n(acc.data(), w, sums + k * d + c0);
+        if (c0 == 0) ++cnt[k];
       }
+      if (first_bad[t] < N) continue;
+      float* acc = c == 0 ? sums : partials + (c - 1) * K * d;
+      ema::zero_columns(acc, K, d, c0, w);
+      ema::add_rows(x, idx, r0, r1, d, c0, w, acc);
     }
   });
-}
-
-// One thread: rows in x order, each added into its code's sum (x and idx are streamed
-// sequentially; the sums stay in cache). Every element still adds its member rows in
-// increasing row order, so the bits equal `accumulate`'s (1.1x faster single-threaded
-// at N=65536 K=1024 d=256; with more threads the sorted ranges scale, this does not).
-template <typename T>
-void accumulate_in_row_order(const T* x, const int64_t* idx, int64_t N, int64_t K, int64_t d, float* sums) {
-  std::fill_n(sums, K * d, 0.0f);
-  for (int64_t r = 0; r < N; ++r) add_row(sums + idx[r] * d, x + r * d, d);
+  ema::add_partials(sums, partials, C - 1, K, d, parallel && K * d >= kSerialElements);
+  return *std::min_element(first_bad.begin(), first_bad.end());
 }
 
 }  // namespace
 
 // x [N, d] contiguous fp32/fp16/bf16, idx [N] int64 contiguous in [0, K) ->
-// counts [K] fp32, sums [K, d] fp32. Extra memory: O(N + K) indices.
+// counts [K] fp32, sums [K, d] fp32. Extra memory: at most (kMaxChunks - 1) K d floats.
 std::tuple<at::Tensor, at::Tensor> ema_statistics_cpu(const at::Tensor& x, const at::Tensor& idx, int64_t K) {
   TORCH_CHECK(x.dim() == 2 && idx.dim() == 1 && idx.size(0) == x.size(0), "ema_statistics_cpu: x [N, d], idx [N]");
   TORCH_CHECK(idx.scalar_type() == at::kLong, "ema_statistics_cpu: int64 idx expected");
   TORCH_CHECK(K >= 1, "ema_statistics_cpu: K >= 1 expected");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
+              "ema_statistics_cpu: x must be fp32, fp16 or bf16");
   const int64_t N = x.size(0), d = x.size(1);
   auto xc = x.contiguous();
   auto ic = idx.contiguous();
   const int64_t* ip = ic.data_ptr<int64_t>();
-  std::vector<int64_t> counts(K, 0);
-  for (int64_t r = 0; r < N; ++r) {
-    const int64_t k = ip[r];
-    TORCH_CHECK_VALUE(k >= 0 && k < K, "idx values must be in [0, K=", K, "), got idx[", r, "] = ", k);
-    ++counts[k];
+  const int64_t C = ema::stat_chunks(N, K);
+  std::vector<float> partials((C - 1) * K * d);
+  std::vector<int64_t> counts(C * K, 0);
+  auto sums = at::empty({K, d}, x.options().dtype(at::kFloat));
+  float* sp = sums.data_ptr<float>();
+  int64_t bad;
+  switch (xc.scalar_type()) {
+    case at::kFloat: bad = accumulate(xc.data_ptr<float>(), ip, N, K, d, C, sp, partials.data(), counts.data()); break;
+    case at::kHalf: bad = accumulate(xc.data_ptr<at::Half>(), ip, N, K, d, C, sp, partials.data(), counts.data()); break;
+    default: bad = accumulate(xc.data_ptr<at::BFloat16>(), ip, N, K, d, C, sp, partials.data(), counts.data()); break;
   }
+  TORCH_CHECK_VALUE(bad == N, "idx values must be in [0, K=", K, "), got idx[", bad, "] = ", bad < N ? ip[bad] : 0);
   auto counts_t = at::empty({K}, x.options().dtype(at::kFloat));
   float* cp = counts_t.data_ptr<float>();
-  for (int64_t k = 0; k < K; ++k) cp[k] = static_cast<float>(counts[k]);
-  auto sums = at::empty({K, d}, x.options().dtype(at::kFloat));
-  if (d == 0) return {counts_t, sums};
-  float* sp = sums.data_ptr<float>();
-  const int64_t threads = at::get_num_threads();
-  if (threads == 1) {
-    switch (xc.scalar_type()) {
-      case at::kFloat: accumulate_in_row_order(xc.data_ptr<float>(), ip, N, K, d, sp); break;
-      case at::kHalf: accumulate_in_row_order(xc.data_ptr<at::Half>(), ip, N, K, d, sp); break;
-      case at::kBFloat16: accumulate_in_row_order(xc.data_ptr<at::BFloat16>(), ip, N, K, d, sp); break;
-      default: TORCH_CHECK(false, "ema_statistics_cpu: x must be fp32, fp16 or bf16");
-    }
-    return {counts_t, sums};
-  }
-
-  // Rows counting-sorted by code (stable: increasing row order within a code), and
-  // ranges of codes with balanced membership as the parallel tasks.
-  std::vector<int64_t> code_start(K + 1, 0);
-  for (int64_t k = 0; k < K; ++k) code_start[k + 1] = code_start[k] + counts[k];
-  std::vector<int64_t> fill(code_start.begin(), code_start.end() - 1), rows(std::max<int64_t>(N, 1));
-  for (int64_t r = 0; r < N; ++r) rows[fill[ip[r]]++] = r;
-  std::vector<int64_t> bounds = code_ranges(counts, N, 4 * threads);
-  const int64_t R = static_cast<int64_t>(bounds.size()) - 1;
-
-  // Too few ranges to feed every thread twice: split the columns too.
-  int64_t n_cols = std::min((2 * threads + R - 1) / R, (d + kMinCols - 1) / kMinCols);
-  n_cols = std::max<int64_t>(n_cols, 1);
-  const int64_t col_block = ((d + n_cols - 1) / n_cols + kMinCols - 1) / kMinCols * kMinCols;
-
-  switch (xc.scalar_type()) {
-    case at::kFloat:
-      accumulate(xc.data_ptr<float>(), rows.data(), code_start.data(), R, bounds.data(), d, col_block, sp);
-      break;
-    case at::kHalf:
-      accumulate(xc.data_ptr<at::Half>(), rows.data(), code_start.data(), R, bounds.data(), d, col_block, sp);
-      break;
-    case at::kBFloat16:
-      accumulate(xc.data_ptr<at::BFloat16>(), rows.data(), code_start.data(), R, bounds.data(), d, col_block, sp);
-      break;
-    default:
-      TORCH_CHECK(false, "ema_statistics_cpu: x must be fp32, fp16 or bf16");
+  for (int64_t k = 0; k < K; ++k) {
+    int64_t n = 0;
+    for (int64_t c = 0; c < C; ++c) n += counts[c * K + k];
+    cp[k] = static_cast<float>(n);
   }
   return {counts_t, sums};
 }

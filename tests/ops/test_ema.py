@@ -52,24 +52,53 @@ def test_ema_statistics_noncontiguous_int32_and_collapsed(backend):
     assert counts[0] == 150
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("backend", backend_params(*[b for b in HAS if b == "cpu"]))
-def test_cpu_statistics_deterministic_across_thread_counts(backend, dtype):
-    """One thread streams rows in x order, more threads walk code-sorted rows: same bits."""
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(3000, 96, generator=g).to(dtype)
-    idx = torch.randint(0, 13, (3000,), generator=g)
-    idx[:1500] = 2  # one big cluster: ranges and column blocks depend on the thread count
+def _at_thread_counts(fn, counts=(1, 2, 3)):
     before = torch.get_num_threads()
     try:
-        results = []
-        for threads in (1, 2, 3):
+        out = []
+        for threads in counts:
             torch.set_num_threads(threads)
-            results.append(vqfast.ops.ema_statistics(x, idx, 13, backend=backend))
+            out.append(fn())
+        return out
     finally:
         torch.set_num_threads(before)
+
+
+CPU = backend_params(*[b for b in HAS if b == "cpu"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("N, K, d", [
+    pytest.param(3000, 13, 96, id="7-chunks"),  # N >= 32 K per chunk: several chunk partials
+    pytest.param(3000, 300, 96, id="1-chunk-column-split"),  # one chunk: threads split the columns
+    pytest.param(20000, 5, 7, id="8-chunks-narrow"),  # d < 16: no column split
+])
+@pytest.mark.parametrize("backend", CPU)
+def test_cpu_statistics_deterministic_across_thread_counts(backend, dtype, N, K, d):
+    """The summation order is fixed by (N, K): the same bits for every thread count."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(N, d, generator=g).to(dtype)
+    idx = torch.randint(0, K, (N,), generator=g)
+    idx[: N // 2] = 2  # one big cluster
+    results = _at_thread_counts(lambda: vqfast.ops.ema_statistics(x, idx, K, backend=backend))
     for counts, sums in results[1:]:
         assert torch.equal(counts, results[0][0]) and torch.equal(sums, results[0][1])
+    check_stats(x, idx, K, *results[0], 1e-5)
+
+
+@pytest.mark.parametrize("backend", CPU)
+def test_cpu_statistics_index_out_of_range_in_a_late_chunk(backend):
+    """The range check runs inside the parallel pass: the first bad row is named whatever the threads."""
+    idx = torch.randint(0, 4, (70000,), generator=torch.Generator().manual_seed(5))
+    idx[60001], idx[65000] = 9, -3
+    for threads in (1, 2):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with pytest.raises(ValueError, match=r"idx values must be in \[0, K=4\), got idx\[60001\] = 9"):
+                vqfast.ops.ema_statistics(torch.randn(70000, 2), idx, 4, backend=backend)
+        finally:
+            torch.set_num_threads(before)
 
 
 def test_ema_statistics_empty_batch():

@@ -88,8 +88,9 @@ def ema_statistics(x: torch.Tensor, idx: torch.Tensor, K: int, *,
 
     x [N, d] (fp32/fp16/bf16), idx [N] int64/int32 in [0, K) -> counts [K] fp32,
     sums [K, d] fp32, accumulated in fp32 (fp64 in the reference). No N x K one-hot.
-    The CPU kernel is deterministic: each sum adds its rows in increasing row order
-    whatever the thread count. The Triton kernel uses atomics (order not fixed).
+    The CPU kernel is deterministic: the rows are cut into chunks fixed by (N, K), each
+    chunk's rows added in row order, the chunk sums added in chunk order, whatever the
+    thread count. The Triton kernel uses atomics (order not fixed).
 
         counts, sums = vqfast.ops.ema_statistics(x, idx, K=512)
     """
@@ -98,8 +99,8 @@ def ema_statistics(x: torch.Tensor, idx: torch.Tensor, K: int, *,
     check_indices(idx, x.shape[0], K, values=False)
     device = _validate.same_device(x=x, idx=idx)
     name = _backend.resolve("ema_statistics", backend, device, has=HAS)
-    # The CPU kernel range-checks idx in its first (serial) pass, before any output is written,
-    # raising the same ValueError; that saves a separate scan (and a parallel region) here.
+    # The CPU kernel range-checks idx in its accumulation pass (skipping bad rows, raising the
+    # same ValueError before it returns); that saves a separate scan of idx here.
     if name != "cpu":
         check_indices(idx, x.shape[0], K)
     xc, ic = x.detach().contiguous(), idx.detach().long().contiguous()
