@@ -1,0 +1,103 @@
+// quantize_statistics on the CPU: the nearest-code search of nearest_code / quantize and
+// ema_statistics' counts and sums of the same batch, with x read from memory once.
+//
+// Rows go in superblocks (a few search blocks per thread, ~L2-sized): the threads search
+// a superblock's blocks (and gather their codes for quantize), then add its rows, still
+// in cache, into the chunk sums, split by columns. Chunks and summation order are those
+// of ema_statistics (ema_accumulate.h), so counts and sums equal
+// ema_statistics(x, idx, K) bit for bit, for every thread count.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <ATen/ATen.h>
+
+#include "ema_accumulate.h"
+#include "search_core.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace vqfast::cpu {
+namespace {
+
+constexpr int64_t kSuperblocksPerThread = 4;  // search blocks per thread between two statistics steps
+constexpr int64_t kParallelAddElements = 1 << 14;  // below this a superblock's rows are added serially
+
+template <typename T>
+void add_superblock(const T* x, const int64_t* idx, int64_t s0, int64_t s1, int64_t d, int64_t col_block, float* acc) {
+  const int64_t n_cols = (d + col_block - 1) / col_block;
+  const int64_t grain = (s1 - s0) * d < kParallelAddElements ? n_cols : 1;
+  at::parallel_for(0, n_cols, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c0 = t * col_block;
+      ema::add_rows(x, idx, s0, s1, d, c0, std::min(col_block, d - c0), acc);
+    }
+  });
+}
+
+}  // namespace
+
+// x [N, d] (fp32/fp16/bf16), codebook [K, d] (raw). Returns z_q [N, d] (x's dtype) and
+// sq_err [N] fp64 as quantize_cpu when `gather` (else empty), idx [N] int64, dist [N]
+// fp32 as nearest_code_cpu, counts [K] fp32, sums [K, d] fp32 as ema_statistics_cpu.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_statistics_cpu(
+    const at::Tensor& x, const at::Tensor& codebook, int64_t metric, bool gather) {
+  check_search_args(x, codebook, metric, "quantize_statistics_cpu");
+  auto xc = x.contiguous();
+  const int64_t N = xc.size(0), d = xc.size(1), K = codebook.size(0);
+  auto idx = at::empty({N}, x.options().dtype(at::kLong));
+  auto dist = at::empty({N}, x.options().dtype(at::kFloat));
+  auto z_q = gather ? at::empty_like(xc) : at::empty({0}, x.options());
+  auto sq_err = at::empty({gather ? N : 0}, x.options().dtype(at::kDouble));
+  auto counts = at::zeros({K}, x.options().dtype(at::kFloat));
+  auto sums = at::zeros({K, d}, x.options().dtype(at::kFloat));
+  if (N == 0) return {z_q, idx, dist, sq_err, counts, sums};
+  const Codebook cb = prepare_codebook(codebook, metric, use_bf16(xc, codebook));
+  const int64_t threads = at::get_num_threads();
+  const int64_t block = block_rows(N), super = block * threads * kSuperblocksPerThread;
+  const int64_t col_block = ema::column_block(d, 1, threads);
+  const int64_t C = ema::stat_chunks(N, K);
+  std::vector<float> partial(C > 1 ? K * d : 0);
+  int64_t* ip = idx.data_ptr<int64_t>();
+  float* dp = dist.data_ptr<float>();
+  double* ep = gather ? sq_err.data_ptr<double>() : nullptr;
+  float* sp = sums.data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c) {
+    float* acc = c == 0 ? sp : partial.data();
+    if (c > 0) std::fill(partial.begin(), partial.end(), 0.0f);
+    const int64_t r1 = ema::chunk_begin(N, C, c + 1);
+    for (int64_t s0 = ema::chunk_begin(N, C, c); s0 < r1; s0 += super) {
+      const int64_t s1 = std::min(r1, s0 + super);
+      at::parallel_for(0, (s1 - s0 + block - 1) / block, 1, [&](int64_t b0, int64_t b1) {
+        RowBuffers buf;
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r0 = s0 + b * block, rn = std::min(block, s1 - r0);
+          const Rows rows = load_rows(xc, r0, rn, cb, buf);
+          search_rows(cb, rows, ip + r0, dp + r0);
+          if (gather) gather_codes(cb, ip + r0, rn, z_q, r0, nullptr, &rows, ep, dp + r0);
+        }
+      });
+      switch (xc.scalar_type()) {
+        case at::kFloat: add_superblock(xc.data_ptr<float>(), ip, s0, s1, d, col_block, acc); break;
+        case at::kHalf: add_superblock(xc.data_ptr<at::Half>(), ip, s0, s1, d, col_block, acc); break;
+        default: add_superblock(xc.data_ptr<at::BFloat16>(), ip, s0, s1, d, col_block, acc); break;
+      }
+    }
+    if (c > 0) ema::add_partials(sp, partial.data(), 1, K, d, K * d >= kParallelAddElements);
+  }
+  float* cp = counts.data_ptr<float>();
+  std::vector<int64_t> n(K, 0);
+  for (int64_t r = 0; r < N; ++r) ++n[ip[r]];
+  for (int64_t k = 0; k < K; ++k) cp[k] = static_cast<float>(n[k]);
+  return {z_q, idx, dist, sq_err, counts, sums};
+}
+
+TORCH_LIBRARY_FRAGMENT(vqfast_cpu, m) {
+  m.def("quantize_statistics(Tensor x, Tensor codebook, int metric, bool gather) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(vqfast_cpu, CPU, m) {
+  m.impl("quantize_statistics", &quantize_statistics_cpu);
+}
+
+}  // namespace vqfast::cpu
