@@ -105,17 +105,20 @@ int64_t filtered_draw(const float* x, int64_t V, int64_t top_k, double top_p, ui
     t = a.m - t < 64.0f ? a.m - 2.0f * std::max(a.m - t, 1.0f) : kAll;
     collect<false>(x, V, t, st.mb, st.c);
   }
+  int32_t K = 0;
   if (use_k) {
-    top_k_of(st.c, top_k, st.fs);
+    K = top_k_of(st.c, top_k, st.fs);
     if (use_p) {
       total = masses(st.c, a.m, st.fs);
       goal = top_p * total;
     }
   }
-  if (use_p) top_p_of(st.c, goal, st.fs);
-  float lo = a.m;  // next row's guess: this row's boundary, lowered by a margin
-  for (int64_t i = 0; i < st.c.n; ++i) lo = std::min(lo, st.c.x[i]);
-  st.t = lo - ((use_k ? 0.15f : 0.15f) * (a.m - lo) + 0.1f);
+  if (use_p) {
+    const int32_t Kp = top_p_of(st.c, goal, st.fs);
+    K = use_k ? K : Kp;
+  }
+  const float lo = key_to_float(K);  // next row's guess: this row's boundary, lowered by a margin
+  st.t = lo - (0.15f * (a.m - lo) + 0.1f);
   return sparse_categorical(st.c, a.m, st.mb, key, kStreamToken, row, st.ds);
 }
 

@@ -22,12 +22,14 @@ namespace sampling {
 // A sparse row: n (id ascending, value) pairs; every other id is -inf. Capacity V + 16.
 struct SparseRow {
   std::vector<int32_t> id;
-  std::vector<float> x;
+  std::vector<float> x, e;  // e: masses e^(x - m) (set by `masses`)
   int64_t n = 0;
+  std::vector<uint16_t> masks;  // collect: candidate lanes of each 16 values
   void reserve(int64_t V) {
     if (static_cast<int64_t>(x.size()) < V + 16) {
       id.resize(V + 16);
       x.resize(V + 16);
+      e.resize(V + 16);
     }
   }
 };
@@ -71,6 +73,53 @@ inline int64_t append_ge(const float* xb, int n, int64_t v0, float t, SparseRow&
   return cnt;
 }
 
+#if defined(__AVX512F__)
+// The first min(r, 16) lanes.
+inline __mmask16 tail_mask(int r) { return r >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << r) - 1); }
+
+// Lane indices of the set bits of every 8-bit mask, in order (a permutation table: AVX-512's
+// compress instructions cost several cycles each on this class of CPU).
+struct LaneTable {
+  alignas(32) int32_t idx[256][8];
+  LaneTable() {
+    for (int m = 0; m < 256; ++m) {
+      int c = 0;
+      for (int l = 0; l < 8; ++l)
+        if (m >> l & 1) idx[m][c++] = l;
+      for (; c < 8; ++c) idx[m][c] = 0;
+    }
+  }
+};
+inline const LaneTable kLanes;
+
+// Candidates from the per-16-value masks of a row (collecting inside the pass costs more
+// than the pass): only the vectors with a candidate are read again (the row is in cache).
+inline int64_t extract(const float* x, int64_t V, const uint16_t* masks, SparseRow& c) {
+  const int64_t nv = (V + 15) / 16;
+  int64_t cnt = 0;
+  for (int64_t j0 = 0; j0 < nv; j0 += 32) {
+    const int64_t nj = std::min<int64_t>(32, nv - j0);
+    const __mmask32 live = nj == 32 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << nj) - 1);
+    const __m512i mv = _mm512_maskz_loadu_epi16(live, masks + j0);
+    for (uint32_t nz = _mm512_test_epi16_mask(mv, mv); nz; nz &= nz - 1) {
+      const int64_t j = j0 + std::countr_zero(nz);
+      const unsigned mk = masks[j];
+      const __m512 xv = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mk), x + 16 * j);  // in bounds at the tail
+      for (int h = 0; h < 2; ++h) {
+        const unsigned bits = (mk >> (8 * h)) & 0xFF;
+        const __m256i lanes = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLanes.idx[bits]));
+        const __m256 half = h ? _mm512_extractf32x8_ps(xv, 1) : _mm512_castps512_ps256(xv);
+        _mm256_storeu_ps(c.x.data() + cnt, _mm256_permutevar8x32_ps(half, lanes));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(c.id.data() + cnt),
+                            _mm256_add_epi32(lanes, _mm256_set1_epi32(static_cast<int32_t>(16 * j + 8 * h))));
+        cnt += std::popcount(bits);
+      }
+    }
+  }
+  return cnt;
+}
+#endif
+
 // The pass over x[0..V): block maxima into mb, candidates into c (every x >= t; t = -FLT_MAX:
 // every finite x). Bad rows return early (their token is -1 anyway).
 template <bool kZ>
@@ -83,37 +132,59 @@ inline Collected collect(const float* x, int64_t V, float t, std::vector<float>&
   float m = -kInf;
   double z = 0.0;
   int64_t cnt = 0;
+#if defined(__AVX512F__)
+  c.masks.resize((V + 15) / 16 + 32);
+  uint16_t* masks = c.masks.data();
+  const __m512 vt = _mm512_set1_ps(t), vinf = _mm512_set1_ps(kInf);
+#endif
   for (int64_t b = 0; b < nb; ++b) {
     const float* xb = x + b * kB;
     const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
     float bm = -kInf;
-    int bbad = 0;
 #if defined(__AVX512F__)
-    if (!kZ && n == kB) {  // one look: max, bad values and candidates (t is known before the pass)
-      __m512 vmax = _mm512_set1_ps(-kInf);
-      __mmask16 vbad = 0;
-      const __m512 vt = _mm512_set1_ps(t), vinf = _mm512_set1_ps(kInf);
-      __m512i iv = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(b * kB)),
-                                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-      for (int i = 0; i < kB; i += 16) {
-        const __m512 xv = _mm512_loadu_ps(xb + i);
-        vmax = _mm512_max_ps(vmax, xv);
-        vbad |= _mm512_cmp_ps_mask(xv, vinf, _CMP_NLT_UQ);  // NaN or +inf
-        const __mmask16 mk = _mm512_cmp_ps_mask(xv, vt, _CMP_GE_OQ);
-        _mm512_storeu_ps(c.x.data() + cnt, _mm512_maskz_compress_ps(mk, xv));
-        _mm512_storeu_si512(c.id.data() + cnt, _mm512_maskz_compress_epi32(mk, iv));
-        cnt += std::popcount(static_cast<unsigned>(mk));
-        iv = _mm512_add_epi32(iv, _mm512_set1_epi32(16));
-      }
-      mb[b] = bm = _mm512_reduce_max_ps(vmax);
-      if (vbad) {
-        out.bad = true;
-        return out;
-      }
-      m = bm > m ? bm : m;
-      continue;
+    if (kZ && b + 4 < nb)  // the exp look is compute-bound: keep the memory stream running during it
+      for (int i = 0; i < kB; i += 16) _mm_prefetch(reinterpret_cast<const char*>(xb + 4 * kB + i), _MM_HINT_T0);
+    // look 1: max, bad values and (without z) the candidate masks; t is known before the pass
+    __m512 vmax = _mm512_set1_ps(-kInf);
+    __mmask16 vbad = 0;
+    uint16_t* mk = masks + b * (kB / 16);
+    auto look1 = [&](int i, __m512 xv) {
+      vmax = _mm512_max_ps(vmax, xv);
+      vbad |= _mm512_cmp_ps_mask(xv, vinf, _CMP_NLT_UQ);  // NaN or +inf
+      if (!kZ) mk[i / 16] = _mm512_cmp_ps_mask(xv, vt, _CMP_GE_OQ);
+    };
+    if (n == kB) {  // plain loads: masked ones stall the stream from memory
+      for (int i = 0; i < kB; i += 16) look1(i, _mm512_loadu_ps(xb + i));
+    } else {
+      for (int i = 0; i < n; i += 16)
+        look1(i, _mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), tail_mask(n - i), xb + i));
     }
-#endif
+    mb[b] = bm = _mm512_reduce_max_ps(vmax);
+    if (vbad) {
+      out.bad = true;
+      return out;
+    }
+    if (kZ) {
+      if (bm > m && m > -kInf) z *= static_cast<double>(exp_f32(m - bm));  // rescale to the new max
+      m = bm > m ? bm : m;
+      // look 2 (in L1): sum exp(x - m) and the candidate masks
+      const __m512 vm = _mm512_set1_ps(m);
+      __m512 acc = _mm512_setzero_ps();
+      auto look2 = [&](int i, __m512 xv, __mmask16 live) {
+        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(live, exp512_nonpos(_mm512_sub_ps(xv, vm))));
+        mk[i / 16] = _mm512_cmp_ps_mask(xv, vt, _CMP_GE_OQ);
+      };
+      if (n == kB) {
+        for (int i = 0; i < kB; i += 16) look2(i, _mm512_loadu_ps(xb + i), 0xFFFF);
+      } else {
+        for (int i = 0; i < n; i += 16)
+          look2(i, _mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), tail_mask(n - i), xb + i), tail_mask(n - i));
+      }
+      z += static_cast<double>(_mm512_reduce_add_ps(acc));
+    }
+    m = bm > m ? bm : m;
+#else
+    int bbad = 0;
 #pragma omp simd reduction(max : bm) reduction(| : bbad)
     for (int i = 0; i < n; ++i) {
       bm = xb[i] > bm ? xb[i] : bm;
@@ -132,7 +203,11 @@ inline Collected collect(const float* x, int64_t V, float t, std::vector<float>&
     }
     m = bm > m ? bm : m;
     if (bm >= t) cnt = append_ge(xb, n, b * kB, t, c, cnt);
+#endif
   }
+#if defined(__AVX512F__)
+  cnt = extract(x, V, masks, c);
+#endif
   c.n = cnt;
   out.m = m;
   out.bad = m == -kInf;
@@ -296,8 +371,13 @@ struct FilterScratch {
 };
 
 // Top k (ties: lower id) of candidates c that hold every value >= the k-th largest, in place.
-inline void top_k_of(SparseRow& c, int64_t k, FilterScratch& s) {
-  if (c.n <= k) return;
+// Returns the k-th largest key (the smallest key when there are <= k candidates).
+inline int32_t top_k_of(SparseRow& c, int64_t k, FilterScratch& s) {
+  if (c.n <= k) {
+    int32_t lo = INT32_MAX;
+    for (int64_t i = 0; i < c.n; ++i) lo = std::min(lo, order_key(c.x[i]));
+    return lo;
+  }
   s.keys.resize(c.n);
   for (int64_t i = 0; i < c.n; ++i) s.keys[i] = order_key(c.x[i]);
   const int32_t K = kth_key(s.keys.data(), c.n, k, s.w);
@@ -310,22 +390,24 @@ inline void top_k_of(SparseRow& c, int64_t k, FilterScratch& s) {
   const int64_t room = k - above;
   if (ties == room) keep_ge(c, s.keys.data(), K);
   else keep_from(c, s.keys.data(), K, [room](int64_t taken) { return taken < room; });
+  return K;
 }
 
-// Masses e^(x - m) of the candidates into s.e, keys into s.keys; returns their float64 sum.
-inline double masses(const SparseRow& c, float m, FilterScratch& s) {
+// Keys of the candidates into s.keys and their masses e^(x - m) into c.e; returns the masses'
+// float64 sum.
+inline double masses(SparseRow& c, float m, FilterScratch& s) {
   s.keys.resize(c.n);
-  s.e.resize(c.n);
   double total = 0.0;
   for (int64_t i0 = 0; i0 < c.n; i0 += 256) {
     const int i1 = static_cast<int>(std::min<int64_t>(c.n - i0, 256));
     const float* xp = c.x.data() + i0;
-    float* ep = s.e.data() + i0;
+    float* ep = c.e.data() + i0;
     int32_t* kp = s.keys.data() + i0;
     float part = 0.0f;
+#pragma omp simd
+    for (int i = 0; i < i1; ++i) ep[i] = exp_f32(xp[i] - m);
 #pragma omp simd reduction(+ : part)
     for (int i = 0; i < i1; ++i) {
-      ep[i] = exp_f32(xp[i] - m);
       kp[i] = order_key(xp[i]);
       part += ep[i];
     }
@@ -334,25 +416,27 @@ inline double masses(const SparseRow& c, float m, FilterScratch& s) {
   return total;
 }
 
-// Top-p nucleus of candidates c (masses and keys in s, goal = top_p * Z) in place: every
+// Top-p nucleus of candidates c (keys in s, masses in c.e, goal = top_p * Z) in place: every
 // value above the boundary, then the boundary ties in id order while the mass before them
 // is below goal. Needs mass(candidates) >= goal or candidates = every finite value.
-inline void top_p_of(SparseRow& c, double goal, FilterScratch& s) {
+// Returns the boundary key.
+inline int32_t top_p_of(SparseRow& c, double goal, FilterScratch& s) {
   double above = 0.0;
-  const int32_t K = mass_key(s.keys.data(), s.e.data(), c.n, goal, s.w, s.we, &above);
-  double eb = 0.0;
+  const int32_t K = mass_key(s.keys.data(), c.e.data(), c.n, goal, s.w, s.we, &above);
   int64_t ties = 0;
-  for (int64_t i = 0; i < c.n; ++i) {
-    eb = s.keys[i] == K ? s.e[i] : eb;
-    ties += s.keys[i] == K;
-  }
+#pragma omp simd reduction(+ : ties)
+  for (int64_t i = 0; i < c.n; ++i) ties += s.keys[i] == K;
   if (ties == 1) {  // the boundary itself: mass(key > K) < goal always keeps it
     keep_ge(c, s.keys.data(), K);
-    return;
+    return K;
   }
+  double eb = 0.0;
+  for (int64_t i = 0; i < c.n; ++i)
+    if (s.keys[i] == K) eb = c.e[i];
   keep_from(c, s.keys.data(), K, [above, eb, goal](int64_t taken) {
     return above + static_cast<double>(taken) * eb < goal;
   });
+  return K;
 }
 
 struct DrawScratch {
@@ -371,7 +455,7 @@ inline int64_t sparse_categorical(const SparseRow& r, float m, const std::vector
   const int64_t n = r.n, nb = static_cast<int64_t>(mb.size());
   d.w.resize(n);
   d.pre.resize(n + 1);
-  d.first.assign(nb, 0);
+  d.first.resize(nb);
   d.last.assign(nb, -1);
   d.s.resize(nb);
   d.s_hat.resize(nb);
@@ -390,10 +474,12 @@ inline int64_t sparse_categorical(const SparseRow& r, float m, const std::vector
     d.pre[i + 1] = acc;
     d.last[id[i] >> 8] = static_cast<int32_t>(i);
   }
-  for (int64_t i = n - 1; i >= 0; --i) d.first[id[i] >> 8] = static_cast<int32_t>(i);
   uint64_t total = 0;
+  int32_t prev = -1;  // last entry of the blocks before b
   for (int64_t b = 0; b < nb; ++b) {
     const bool any = d.last[b] >= 0;
+    d.first[b] = prev + 1;
+    prev = any ? d.last[b] : prev;
     const uint64_t sb = any ? static_cast<uint32_t>(d.pre[d.last[b] + 1] - d.pre[d.first[b]]) : 0;
     d.s[b] = sb;
     d.s_hat[b] = cat::block_weight(sb, m, mbp[b]);
