@@ -74,9 +74,6 @@ inline int64_t append_ge(const float* xb, int n, int64_t v0, float t, SparseRow&
 }
 
 #if defined(__AVX512F__)
-// The first min(r, 16) lanes.
-inline __mmask16 tail_mask(int r) { return r >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << r) - 1); }
-
 // Lane indices of the set bits of every 8-bit mask, in order (a permutation table: AVX-512's
 // compress instructions cost several cycles each on this class of CPU).
 struct LaneTable {

@@ -80,6 +80,35 @@ inline float sum_exp_block(const float* x, int n, float m) {
   return s;
 }
 
+#if defined(__AVX512F__)
+// The first min(r, 16) lanes.
+inline __mmask16 tail_mask(int r) { return r >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << r) - 1); }
+
+// The categorical proposal's in-block sum (cat::in_block_weight, bit for bit) and, into *se,
+// sum exp(x - mb) of a block of n <= 256 values of max mb, in one look.
+inline uint64_t prop_and_sum_exp(const float* x, int n, float mb, float* se) {
+  const __m512 vmb = _mm512_set1_ps(mb), vc = _mm512_set1_ps(cat::kC), vclamp = _mm512_set1_ps(cat::kClampIn);
+  const __m512 vninf = _mm512_set1_ps(-kInf);
+  const __m512i v150 = _mm512_set1_epi32(150 << 23), one = _mm512_set1_epi32(1);
+  __m512i accw = _mm512_setzero_si512();
+  __m512 acce = _mm512_setzero_ps();
+  auto step = [&](__m512 xv, __mmask16 live) {
+    const __m512 d = _mm512_sub_ps(xv, vmb);
+    const __m512i t = _mm512_cvttps_epi32(_mm512_max_ps(_mm512_mul_ps(d, vc), vclamp));
+    const __m512i w = _mm512_add_epi32(_mm512_cvttps_epi32(_mm512_castsi512_ps(_mm512_add_epi32(t, v150))), one);
+    accw = _mm512_add_epi32(accw, _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(xv, vninf, _CMP_GT_OQ), w));
+    acce = _mm512_add_ps(acce, _mm512_maskz_mov_ps(live, exp512_nonpos(d)));
+  };
+  if (n == cat::kBlock) {
+    for (int i = 0; i < n; i += 16) step(_mm512_loadu_ps(x + i), 0xFFFF);
+  } else {
+    for (int i = 0; i < n; i += 16) step(_mm512_mask_loadu_ps(vninf, tail_mask(n - i), x + i), tail_mask(n - i));
+  }
+  *se = _mm512_reduce_add_ps(acce);
+  return static_cast<uint32_t>(_mm512_reduce_add_epi32(accw));  // <= 256 * (2^23 + 1) < 2^32
+}
+#endif
+
 struct RowScan {
   std::vector<float> mb, se;             // per block: max, sum exp(x - mb) (want_lse)
   std::vector<uint64_t> s, s_hat;        // per block: proposal sum, block weight (want_prop)
@@ -87,11 +116,15 @@ struct RowScan {
   bool bad = false;                      // NaN or +inf present, or no finite value
   uint64_t total = 0;                    // sum of s_hat
 
-  // log sum_v exp(x[v]) from the block sums (float64 combination).
+  // log sum_v exp(x[v]) from the block sums (float32 factors e^(mb - m), float64 sums; one
+  // vector loop instead of a float64 exp per block).
   float lse() const {
     double z = 0.0;
-    for (size_t b = 0; b < mb.size(); ++b)
-      if (mb[b] > -kInf) z += static_cast<double>(se[b]) * std::exp(static_cast<double>(mb[b]) - m);
+    const float* mp = mb.data();
+    const float* sp = se.data();
+    const int64_t nb = static_cast<int64_t>(mb.size());
+#pragma omp simd reduction(+ : z)
+    for (int64_t b = 0; b < nb; ++b) z += static_cast<double>(sp[b]) * static_cast<double>(exp_f32(mp[b] - m));
     return m + static_cast<float>(std::log(z));
   }
 };
@@ -108,6 +141,8 @@ inline void scan_row(const float* x, int64_t V, bool want_prop, bool want_lse, R
   for (int64_t b = 0; b < nb; ++b) {
     const float* xb = x + b * kB;
     const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
+    if ((want_prop || want_lse) && b + 4 < nb)  // the second look is compute: keep the memory stream running
+      for (int i = 0; i < kB; i += 16) _mm_prefetch(reinterpret_cast<const char*>(xb + 4 * kB + i), _MM_HINT_T0);
     float bm = -kInf;
     int bbad = 0;
 #pragma omp simd reduction(max : bm) reduction(| : bbad)
@@ -123,6 +158,12 @@ inline void scan_row(const float* x, int64_t V, bool want_prop, bool want_lse, R
       if (want_lse) sc.se[b] = 0.0f;
       continue;
     }
+#if defined(__AVX512F__)
+    if (want_prop && want_lse) {  // one look for both (the row block is in L1)
+      sc.s[b] = prop_and_sum_exp(xb, n, bm, &sc.se[b]);
+      continue;
+    }
+#endif
     if (want_prop) {
       uint32_t acc = 0;  // <= 256 * (2^23 + 1) < 2^32
 #pragma omp simd reduction(+ : acc)
