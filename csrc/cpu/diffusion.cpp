@@ -9,11 +9,14 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "diffusion_alloc.h"
 #include "diffusion_scan.h"
+#include "diffusion_vlb_rows.h"
 #include "sampling_row.h"
 #include "vqfast/diffusion_math.h"
 #include "vqfast/philox.h"
@@ -207,57 +210,6 @@ UniformKl uniform_kl_row(const float* c, const float* x, int64_t K, int64_t i, i
   return u;
 }
 
-// Over k not in {x0 = i, z_t = j}: d = -sum softplus(lr + y_k) (= sum (lc - B_k)), sig = sum sigmoid(lr + y_k).
-VQFAST_ROW_LOOP void uniform_kl_sums(const float* row, int64_t K, int64_t i, int64_t j, float lr, float lse, float& d,
-                                     float& sig_o) {
-  double ds = 0.0, ss = 0.0;
-  int64_t k = 0;
-#if defined(__AVX512F__)
-  // softplus(u) = max(u, 0) + log(1 + e^-|u|): the logs of 16 lanes are taken as the log of their
-  // running product (factors in (1, 2], renormalized by getexp / getmant every 256 values), so
-  // the loop has one exp and one division per value and no log.
-  const __m512 vlr = _mm512_set1_ps(lr), vlse = _mm512_set1_ps(lse), one = _mm512_set1_ps(1.0f);
-  const __m512 zero = _mm512_setzero_ps();
-  __m512 pos = zero, sig = zero, expo = zero, prod = one;
-  while (k + 16 <= K) {
-    for (int v = 0; v < 16 && k + 16 <= K; ++v, k += 16) {
-      const __m512 u = _mm512_add_ps(vlr, _mm512_sub_ps(_mm512_loadu_ps(row + k), vlse));
-      const __m512 e = sampling::exp512_nonpos(_mm512_sub_ps(zero, _mm512_abs_ps(u)));
-      const __m512 ope = _mm512_add_ps(one, e);
-      pos = _mm512_add_ps(pos, _mm512_max_ps(u, zero));
-      prod = _mm512_mul_ps(prod, ope);
-      const __m512 inv = _mm512_div_ps(one, ope);
-      sig = _mm512_add_ps(sig, _mm512_mask_mul_ps(inv, _mm512_cmp_ps_mask(u, zero, _CMP_LE_OQ), e, inv));
-    }
-    expo = _mm512_add_ps(expo, _mm512_getexp_ps(prod));
-    prod = _mm512_getmant_ps(prod, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
-  }
-  alignas(64) float pr[16];
-  _mm512_store_ps(pr, prod);
-  double logs = 0.0;
-  for (int l = 0; l < 16; ++l) logs += std::log(static_cast<double>(pr[l]));
-  ds = -(static_cast<double>(_mm512_reduce_add_ps(pos)) + logs +
-         0.6931471805599453 * static_cast<double>(_mm512_reduce_add_ps(expo)));
-  ss = _mm512_reduce_add_ps(sig);
-#endif
-  for (; k < K; ++k) {
-    float sp, sg;
-    softplus_sigmoid(lr + (row[k] - lse), sp, sg);
-    ds -= sp;
-    ss += sg;
-  }
-  const int64_t special[2] = {i, j};
-  for (int q = 0; q < (i == j ? 1 : 2); ++q) {  // x0 and z_t are not "other" states (once if equal)
-    const int64_t o = special[q];
-    float sp, sg;
-    softplus_sigmoid(lr + (row[o] - lse), sp, sg);
-    ds += sp;
-    ss -= sg;
-  }
-  d = static_cast<float>(ds);
-  sig_o = static_cast<float>(ss);
-}
-
 // sigmoid(lr + y) = d B_k / d y_k (1 at t = 1, where B_k = y_k).
 inline float dprev(float lr, float y) {
   float sp, sig;
@@ -271,7 +223,9 @@ void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
   const int64_t N = x.size(0), K = x.size(1);
   const T* xp = x.data_ptr<T>();
   at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
-    std::vector<float> buf(std::is_same<T, float>::value ? 0 : K);
+    std::vector<float> buf(std::is_same<T, float>::value ? 0 : K), E(kind == kUniform ? K : 0);
+    std::vector<float> mb(kind == kUniform ? K / 256 + 1 : 0);
+    std::vector<double> se(mb.size());
     for (int64_t n = n0; n < n1; ++n) {
       const float* c = coef + (n / L) * kNumCoef;
       float* st = stats + 3 * n;
@@ -282,7 +236,13 @@ void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
         continue;
       }
       const float* row = as_float(xp + n * K, K, buf.data());
-      const RowLse r = row_lse(row, K);
+      RowLse r;
+      if (kind == kUniform) {  // one exp per logit: the sums below reuse E
+        const diffusion_vlb::RowExp e = diffusion_vlb::row_exp_blocks(row, K, E.data(), mb.data(), se.data());
+        r = {e.m, e.s, e.lse, e.ok};
+      } else {
+        r = row_lse(row, K);
+      }
       st[0] = r.lse;
       if (!r.ok) {
         kl[n] = st[1] = st[2] = kNaN;
@@ -296,7 +256,18 @@ void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
       const UniformKl u = uniform_kl_row(c, row, K, i, j, r);
       // Sum over k not in {x0, z_t} of (lc - B_k) = -softplus(lr + y_k), and of sigmoid(lr + y_k).
       float d = 0.0f, sig_o = 0.0f;
-      if (u.q_o > 0.0f) uniform_kl_sums(row, K, i, j, u.lr, r.lse, d, sig_o);
+      if (u.q_o > 0.0f) {
+        double ds, ss;
+        diffusion_vlb::kl_sums(E.data(), mb.data(), K, u.lr, r.lse, ds, ss);
+        for (int q = 0; q < (i == j ? 1 : 2); ++q) {  // x0 and z_t are not "other" states (once if equal)
+          const int64_t o = q == 0 ? i : j;
+          const float v = static_cast<float>(std::exp(static_cast<double>(u.lr) + mb[o / 256] - r.lse)) * E[o];
+          ds += std::log1p(static_cast<double>(v));
+          ss -= v / (1.0f + v);
+        }
+        d = static_cast<float>(ds);
+        sig_o = static_cast<float>(ss);
+      }
       float v = u.q_i * (u.bq_i - u.b_i) + (u.p.z - u.zq);
       if (u.q_o > 0.0f) v += u.q_o * d;
       if (u.q_j > 0.0f) v += u.q_j * (u.p.lc - u.b_j);
@@ -330,32 +301,47 @@ VQFAST_ROW_LOOP void uniform_grad_row(const float* row, int64_t K, int64_t i, in
   int64_t k0 = 0;
 #if defined(__AVX512F__)
   if constexpr (std::is_same<T, float>::value) {
-    // every k as an "other" state (q_o, e0), then x0 and z_t below; sigmoid(lr + y) = 1 / (1 + e^-(lr + y))
-    const __m512 vlse = _mm512_set1_ps(lse), vab = _mm512_set1_ps(ab), vck = _mm512_set1_ps(ck), one = _mm512_set1_ps(1.0f);
-    const __m512 ve0 = _mm512_set1_ps(e0), vsg = _mm512_set1_ps(sg), vgo = _mm512_set1_ps(go);
-    const __m512 vq = _mm512_set1_ps(q_o > 0.0f ? q_o : 0.0f);
-    for (; k0 + 16 <= K; k0 += 16) {
-      const __m512 y = _mm512_sub_ps(_mm512_loadu_ps(row + k0), vlse);
-      const __m512 p = sampling::exp512_nonpos(y);
-      __m512 sig = one;
-      if (!t1) {  // sigmoid(lr + y) = ab p / (ab p + ck): e^lr = ab / ck
-        const __m512 abp = _mm512_mul_ps(vab, p);
-        sig = _mm512_div_ps(abp, _mm512_add_ps(abp, vck));
-      }
-      const __m512 gk = _mm512_mul_ps(vgo, _mm512_sub_ps(_mm512_sub_ps(_mm512_mul_ps(ve0, p), _mm512_mul_ps(vq, sig)),
-                                                         _mm512_mul_ps(p, vsg)));
-      _mm512_storeu_ps(reinterpret_cast<float*>(g) + k0, gk);
-    }
-    for (const int64_t k : {i, j}) {  // the two special states, scalar
-      if (k >= k0) continue;
+    // every k as an "other" state (q_o, e0), with the lanes of x0 and z_t replaced by their
+    // scalar values; sigmoid(lr + y) = ab p / (ab p + ck) (e^lr = ab / ck)
+    float special[2];
+    for (int q = 0; q < 2; ++q) {
+      const int64_t k = q == 0 ? i : j;
       const float y = row[k] - lse;
       const float p = exp_f32(y);
       float sp, sig;
       softplus_sigmoid(lr + y, sp, sig);
       sig = t1 ? 1.0f : sig;
-      const float q = k == i ? q_i : q_j;
-      const float qs = q > 0.0f ? q * sig : 0.0f;
-      g[k] = static_cast<T>(go * (((k == j ? e1 : e0) * p - qs) - p * sg));
+      const float qk = k == i ? q_i : q_j;
+      const float qs = qk > 0.0f ? qk * sig : 0.0f;
+      special[q] = go * (((k == j ? e1 : e0) * p - qs) - p * sg);
+    }
+    const int64_t ib = i & ~int64_t{15}, jb = j & ~int64_t{15};
+    const __m512 vlse = _mm512_set1_ps(lse), vab = _mm512_set1_ps(ab), vck = _mm512_set1_ps(ck), one = _mm512_set1_ps(1.0f);
+    const __m512 ve0 = _mm512_set1_ps(e0), vsg = _mm512_set1_ps(sg), vgo = _mm512_set1_ps(go);
+    const __m512 vq = _mm512_set1_ps(q_o > 0.0f ? q_o : 0.0f);
+    // streaming stores (the caller fences): the gradient is not read back here, and a
+    // cache-missing plain store would first read its line from memory
+    float* gf = reinterpret_cast<float*>(g);
+    const bool stream = (reinterpret_cast<uintptr_t>(gf) & 63) == 0;
+    for (; k0 + 16 <= K; k0 += 16) {
+      const __m512 y = _mm512_sub_ps(_mm512_loadu_ps(row + k0), vlse);
+      const __m512 p = sampling::exp512_nonpos(y);
+      __m512 sig = one;
+      if (!t1) {
+        // ab p / (ab p + ck) by a reciprocal and one Newton step (~2^-28 relative; a division
+        // limited this loop): the denominator is >= ck, a normal float for t > 1
+        const __m512 abp = _mm512_mul_ps(vab, p);
+        const __m512 den = _mm512_max_ps(_mm512_add_ps(abp, vck), _mm512_set1_ps(FLT_MIN));
+        __m512 r = _mm512_rcp14_ps(den);
+        r = _mm512_mul_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(2.0f)));
+        sig = _mm512_mul_ps(abp, r);
+      }
+      __m512 gk = _mm512_mul_ps(vgo, _mm512_sub_ps(_mm512_sub_ps(_mm512_mul_ps(ve0, p), _mm512_mul_ps(vq, sig)),
+                                                   _mm512_mul_ps(p, vsg)));
+      if (k0 == ib) gk = _mm512_mask_mov_ps(gk, static_cast<__mmask16>(1u << (i - ib)), _mm512_set1_ps(special[0]));
+      if (k0 == jb) gk = _mm512_mask_mov_ps(gk, static_cast<__mmask16>(1u << (j - jb)), _mm512_set1_ps(special[1]));
+      if (stream) _mm512_stream_ps(gf + k0, gk);
+      else _mm512_storeu_ps(gf + k0, gk);
     }
   }
 #endif
@@ -402,6 +388,7 @@ void vlb_bwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
       const float sg = st[2], lr = u.lr, q_o = u.q_o, q_i = u.q_i, q_j = u.q_j;
       uniform_grad_row(row, K, i, j, lse, lr, c[kAb], c[kCK], e0, e1, q_o, q_i, q_j, sg, go, g);
     }
+    _mm_sfence();  // uniform_grad_row's streaming stores are visible before the op returns
   });
 }
 
@@ -484,7 +471,7 @@ at::Tensor diffusion_vlb_kl_backward_cpu(const at::Tensor& grad, const at::Tenso
                   grad.is_contiguous() && stats.scalar_type() == at::kFloat && stats.is_contiguous() &&
                   stats.numel() == 3 * x.size(0),
               "diffusion_cpu: grad [N] fp32 and stats [N, 3] fp32 expected");
-  auto out = at::empty_like(x);
+  auto out = diffusion_alloc::empty(x.sizes(), x.options());
   VQFAST_DIFFUSION_DISPATCH(x, [&] {
     vlb_bwd_impl<scalar_t>(x, zt.data_ptr<int64_t>(), x0.data_ptr<int64_t>(), coef.data_ptr<float>(), L, kind,
                            stats.data_ptr<float>(), grad.data_ptr<float>(), out.data_ptr<scalar_t>());

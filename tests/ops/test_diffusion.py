@@ -260,6 +260,43 @@ def test_vlb_kl_and_grad_match_reference(backend, dtype, kind, B, L, K):
     torch.testing.assert_close(got_grad.double(), want_grad, atol=tol * (1 + float(want_grad.abs().max())), rtol=tol)
 
 
+@pytest.mark.parametrize("backend", backend_params("cpu"))
+@pytest.mark.parametrize("kind", KINDS)
+def test_vlb_kl_large_gradient_buffers(backend, kind):
+    """Gradients of 4 MB and more come from the CPU kernel's huge-page pool: twice in a row
+    (the second reuses the first's freed buffer), T = 4000 with t = 1, 2, T - 1, T, and rows
+    with -inf entries, a whole -inf block, a dominant logit and peaked logits."""
+    sched = D.CosineSchedule(4000)
+    B, L, K = 4, 17, 16384
+    g = torch.Generator().manual_seed(21)
+    x = 2.0 * torch.randn(B, L, K, generator=g)
+    x[1, 1, :300] = -torch.inf  # (at t = 1 the float64 reference gives NaN gradients for -inf logits)
+    x[1, 2, 5] = 60.0
+    x[2, 3] *= 40.0
+    x[3, 4, 7:9000] = -torch.inf
+    z = torch.randint(0, ref.num_states(K, kind), (B, L), generator=g)
+    x0 = torch.randint(0, K, (B, L), generator=g)
+    x0[3, 4] = 8
+    if kind == "absorbing":
+        z[:, ::2] = K
+    else:
+        z[:, 0] = x0[:, 0]
+    t = torch.tensor([1, 2, 3999, 4000])
+    upstream = torch.randn(B, L, generator=g)
+    xr = x.double().requires_grad_(True)
+    want = ref.vlb_kl(x0, xr, z, t, sched, kind)
+    (want_grad,) = torch.autograd.grad(want, xr, upstream.double())
+    for _ in range(2):
+        xg = x.clone().requires_grad_(True)
+        got = D.vlb_kl(x0, xg, z, t, sched, transition=kind, backend=backend)
+        torch.testing.assert_close(got, want.float(), atol=2e-5, rtol=1e-4)
+        (got_grad,) = torch.autograd.grad(got, xg, upstream)
+        assert torch.isfinite(got_grad).all()
+        torch.testing.assert_close(got_grad.double(), want_grad, atol=1e-5 * (1 + float(want_grad.abs().max())),
+                                   rtol=1e-5)
+        del xg, got, got_grad
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_vlb_kl_at_t1_is_decoder_nll(backend):
     x, z, x0, _ = make_inputs(2, 6, 50, "uniform", seed=8)
