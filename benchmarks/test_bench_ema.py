@@ -14,6 +14,8 @@ row alike; each row's extra_info holds its median and its ratio to the baselines
   one_hot       one_hot(idx).T @ x and .sum(0), as PUT / rq-vae-transformer /
                 vector-quantize-pytorch do it (N x K fp32 one-hot)
   step          ema_statistics + ema_update_ (the whole EMA step)
+  separate      nearest_code + ema_statistics (search, then a second pass over x) vs
+  fused         nearest_code_with_statistics (the same results, x read once)
   vq_forward    vqfast VectorQuantizer training forward (search + EMA step) vs
   vqp_forward   vector-quantize-pytorch VectorQuantize training forward, same N, K, d, decay
 
@@ -51,6 +53,7 @@ def _rows():
     out = torch.empty(N, D)
     n, s = torch.ones(K), torch.zeros(K, D)
     vq = VectorQuantizer(D, K, decay=0.8).train()
+    cb = torch.randn(K, D, generator=torch.Generator().manual_seed(1))
     stats = lambda x, i: vqfast.ops.ema_statistics(x, i, K)  # noqa: E731
     rows = {
         "vqfast": (stats, torch.float32),
@@ -60,6 +63,8 @@ def _rows():
                       torch.float32),
         "one_hot": (lambda x, i: (lambda oh: (oh.sum(0), oh.T @ x))(F.one_hot(i, K).float()), torch.float32),
         "step": (lambda x, i: vqfast.ops.ema_update_(n, s, *stats(x, i), 0.99, 1e-5), torch.float32),
+        "separate": (lambda x, i: stats(x, vqfast.ops.nearest_code(x, cb)[0]), torch.float32),
+        "fused": (lambda x, i: vqfast.ops.nearest_code_with_statistics(x, cb), torch.float32),
         "copy": (lambda x, i: out.copy_(x), torch.float32),
         "vq_forward": (lambda x, i: vq(x), torch.float32),
     }
@@ -111,12 +116,15 @@ def _info(name: str) -> dict:
         info["speedup_vs_one_hot"] = t["one_hot"] / t[name]
         info["x_read_once_at_copy_bw"] = t[name] / read_once
         info["time_vs_torch_sum0"] = t[name] / t["sum0"]
+    if name == "fused":
+        info["speedup_vs_separate"] = t["separate"] / t[name]
     if name == "vq_forward" and "vqp_forward" in t:
         info["speedup_vs_vector_quantize_pytorch"] = t["vqp_forward"] / t[name]
     return info
 
 
-NAMES = ["copy", "sum0", "vqfast", "vqfast_fp16", "vqfast_bf16", "index_add", "one_hot", "step", "vq_forward", "vqp_forward"]
+NAMES = ["copy", "sum0", "vqfast", "vqfast_fp16", "vqfast_bf16", "index_add", "one_hot", "step", "separate", "fused",
+         "vq_forward", "vqp_forward"]
 
 
 @pytest.mark.benchmark(group=f"ema N={N} K={K} d={D}")
