@@ -297,6 +297,55 @@ def test_vlb_kl_large_gradient_buffers(backend, kind):
         del xg, got, got_grad
 
 
+def _logprobs_grad_want(x, z, t, kind, upstream, sched=SCHED):
+    """Autograd through the float64 reference; -inf outputs carry no gradient (as in the op)."""
+    xr = x.detach().double().requires_grad_(True)
+    out = ref.posterior_logprobs(xr, z, t, sched, kind)
+    out = torch.where(torch.isfinite(out), out, torch.zeros_like(out))
+    (want,) = torch.autograd.grad(out, xr, upstream.double())
+    return want
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("B, L, K", [pytest.param(2, 5, 2, id="K2"), pytest.param(3, 4, 1000, id="K1000"),
+                                     pytest.param(2, 3, 1025, id="K1025"), pytest.param(2, 2, 16384, id="K16384")])
+def test_posterior_logprobs_grad_matches_reference(backend, dtype, kind, B, L, K):
+    """The fused CPU backward (and the others) against autograd through the reference, t = 1 and T included."""
+    x, z, _, t = make_inputs(B, L, K, kind, dtype, scale=2.0, seed=K + 5)
+    x[-1, 0, : K // 2] = -torch.inf  # excluded tokens (at t = 1 the reference's own gradient is NaN there)
+    x[-1, -1, K - 1] = 30.0  # a dominant token
+    if kind == "uniform":
+        z[-1, -1] = K - 1
+    else:  # a kept z_t with an excluded logit: the reference's gradient is NaN (the op's is 0)
+        z[-1, 0] = K
+    Ks = ref.num_states(K, kind)
+    upstream = torch.randn(B, L, 2 * Ks, generator=torch.Generator().manual_seed(6))[..., ::2]  # non-contiguous
+    want = _logprobs_grad_want(x, z, t, kind, upstream)
+    xg = x.detach().clone().requires_grad_(True)
+    out = D.posterior_logprobs(xg, z, t, SCHED, transition=kind, backend=backend)
+    (got,) = torch.autograd.grad(out, xg, upstream)
+    assert got.dtype == dtype and got.shape == x.shape
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got.double(), want, atol=tol * (1 + float(want.abs().max())), rtol=tol)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_posterior_logprobs_grad_large_schedule(backend):
+    """T = 4000 at t = 1, 2, T - 1, T (ab near 1 and near 0), uniform and absorbing."""
+    sched = D.CosineSchedule(4000)
+    for kind in KINDS:
+        x, z, _, _ = make_inputs(4, 3, 300, kind, scale=4.0, seed=13)
+        t = torch.tensor([1, 2, 3999, 4000])
+        upstream = torch.randn(4, 3, ref.num_states(300, kind), generator=torch.Generator().manual_seed(2))
+        want = _logprobs_grad_want(x, z, t, kind, upstream, sched)
+        xg = x.clone().requires_grad_(True)
+        (got,) = torch.autograd.grad(D.posterior_logprobs(xg, z, t, sched, transition=kind, backend=backend), xg,
+                                     upstream)
+        torch.testing.assert_close(got.double(), want, atol=1e-5 * (1 + float(want.abs().max())), rtol=1e-5)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_vlb_kl_at_t1_is_decoder_nll(backend):
     x, z, x0, _ = make_inputs(2, 6, 50, "uniform", seed=8)
