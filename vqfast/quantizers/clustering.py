@@ -1,6 +1,6 @@
 """k-means for codebooks (DESIGN.md op 6, VQ-DDM Sec. 3.2): AFK-MC2 / k-means++ / random seeding,
-then Lloyd iterations built from the two fused ops (nearest_code to assign, ema_statistics
-to average), so no P x K matrix is ever held.
+then Lloyd iterations built from nearest_code_with_statistics (assignment and per-cluster
+sums in one pass over x), so no P x K matrix is ever held.
 """
 from __future__ import annotations
 
@@ -163,7 +163,8 @@ def kmeans(x: torch.Tensor, K: int, iters: int = 25, init: str | torch.Tensor = 
     """Lloyd's k-means: x [P, d] (fp32/fp16/bf16) -> KMeansResult(centroids [K, d], assignments [P], inertia).
 
     init: "afkmc2" (chain_length m, VQ-DDM uses m = 200), "kmeans++", "random", or a
-    [K, d] tensor. Each iteration is one nearest_code pass and one ema_statistics pass;
+    [K, d] tensor. Each iteration is one nearest_code_with_statistics pass (assignment and
+    update statistics with x read once);
     empty clusters are re-seeded with the farthest points. Stops early when the relative
     inertia decrease is <= tol. With sync_distributed (torch.distributed initialized),
     every rank passes its shard of the points: seeds and re-seeds come from rank 0 and
@@ -182,13 +183,15 @@ def kmeans(x: torch.Tensor, K: int, iters: int = 25, init: str | torch.Tensor = 
     distributed.broadcast_(centroids, enabled=sync_distributed)
     inertia = []
     for it in range(iters + 1):
-        idx, dist = ops.nearest_code(x, centroids)
+        if it == iters:  # the final assignment needs no statistics
+            idx, dist = ops.nearest_code(x, centroids)
+        else:  # assignment and the update's statistics in one pass over x
+            idx, dist, counts, sums = ops.nearest_code_with_statistics(x, centroids)
         total = dist.double().sum()
         distributed.all_reduce_sum_(total, enabled=sync_distributed)
         inertia.append(total)
         if it == iters or (it and tol > 0 and inertia[-2] - total <= tol * total):
             break
-        counts, sums = ops.ema_statistics(x, idx, K)
         distributed.all_reduce_sum_(counts, sums, enabled=sync_distributed)
         centroids = sums / counts.clamp_min(1)[:, None]
         if bool((counts == 0).any()):

@@ -111,6 +111,11 @@ class Codebook(nn.Module):
     def statistics(self, x: torch.Tensor, idx: torch.Tensor, K: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-code counts and sums of this batch, all-reduced over ranks when synced."""
         counts, sums = ops.ema_statistics(x.reshape(-1, x.shape[-1]), idx.reshape(-1), K or self.codebook_size)
+        return self.sync_statistics(counts, sums)
+
+    @torch.no_grad()
+    def sync_statistics(self, counts: torch.Tensor, sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """counts [K], sums [K, dim] of this rank's batch, all-reduced over ranks when synced (in place)."""
         distributed.all_reduce_sum_(counts, sums, enabled=self.sync_distributed)
         return counts, sums
 
