@@ -1,11 +1,12 @@
 """k-means (DESIGN.md op 6): 25 Lloyd iterations on P = 100k, d = 256, K = 1024, fp32.
 
 Rows, all from the same random init and measured in one run:
-  vqfast        vqfast.kmeans (nearest_code + ema_statistics per iteration)
+  vqfast        vqfast.kmeans (one nearest_code_with_statistics pass per iteration)
   torch_lloyd   a plain-torch Lloyd loop: chunked addmm distances + argmin, bincount + index_add_
   faiss         faiss.Kmeans(d, K, niter) (its own init; same iteration count)
   pass_pair     one nearest_code pass + one ema_statistics pass over the same data: the
                 floor a k-means iteration is measured against (target: within 1.3x)
+  fused_pass    one nearest_code_with_statistics pass (what an iteration runs)
   afkmc2        AFK-MC2 seeding alone (chain length 200, VQ-DDM)
 extra_info: per-iteration ms and the ratios.
 
@@ -61,6 +62,7 @@ def _rows():
         "vqfast": lambda: vqfast.kmeans(x, K, ITERS, init=c),
         "torch_lloyd": lambda: torch_lloyd(x, c, ITERS),
         "pass_pair": lambda: vqfast.ops.ema_statistics(x, vqfast.ops.nearest_code(x, c)[0], K),
+        "fused_pass": lambda: vqfast.ops.nearest_code_with_statistics(x, c),
         "afkmc2": lambda: afkmc2(x, K, 200, torch.Generator().manual_seed(0)),
     }
     try:
@@ -75,7 +77,7 @@ _RESULTS: dict[str, float] = {}
 
 
 def _measure() -> dict[str, float]:
-    """Seconds per row (median of 3 for the cheap pass_pair, one run otherwise), interleaved."""
+    """Seconds per row (median of 3 for the cheap single passes, one run otherwise), interleaved."""
     if _RESULTS:
         return _RESULTS
     rows = _rows()
@@ -83,7 +85,7 @@ def _measure() -> dict[str, float]:
     times = {name: [] for name in rows}
     for r in range(3):
         for name, fn in rows.items():
-            if r and name != "pass_pair":
+            if r and name not in ("pass_pair", "fused_pass"):
                 continue
             t0 = time.perf_counter()
             fn()
@@ -93,20 +95,22 @@ def _measure() -> dict[str, float]:
 
 
 @pytest.mark.benchmark(group=f"kmeans P={P} d={D} K={K} iters={ITERS}")
-@pytest.mark.parametrize("name", ["vqfast", "torch_lloyd", "faiss", "pass_pair", "afkmc2"])
+@pytest.mark.parametrize("name", ["vqfast", "torch_lloyd", "faiss", "pass_pair", "fused_pass", "afkmc2"])
 def test_bench_kmeans(benchmark, name):
     t = _measure()
     if name not in t:
         pytest.skip(f"{name}: not installed")
     # vqfast.kmeans runs ITERS updates plus one final assignment pass
     per_iter = {"vqfast": t["vqfast"] / (ITERS + 1), "torch_lloyd": t["torch_lloyd"] / ITERS,
-                "faiss": t.get("faiss", float("nan")) / ITERS, "pass_pair": t["pass_pair"]}
+                "faiss": t.get("faiss", float("nan")) / ITERS, "pass_pair": t["pass_pair"],
+                "fused_pass": t["fused_pass"]}
     info = {"seconds": t[name], "P": P, "d": D, "K": K, "iters": ITERS, "load_avg_1min": os.getloadavg()[0],
             "threads": torch.get_num_threads()}
     if name in per_iter:
         info["per_iter_ms"] = 1e3 * per_iter[name]
     if name == "vqfast":
         info["per_iter_vs_pass_pair"] = per_iter["vqfast"] / per_iter["pass_pair"]
+        info["per_iter_vs_fused_pass"] = per_iter["vqfast"] / per_iter["fused_pass"]
         info["speedup_vs_torch_lloyd"] = per_iter["torch_lloyd"] / per_iter["vqfast"]
         info["speedup_vs_faiss"] = per_iter["faiss"] / per_iter["vqfast"]
     benchmark.extra_info.update(info)
