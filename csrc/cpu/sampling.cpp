@@ -102,7 +102,7 @@ int64_t filtered_draw(const float* x, int64_t V, int64_t top_k, double top_p, ui
       enough = total >= goal;
     }
     if (enough || t == kAll) break;
-    t = a.m - t < 64.0f ? a.m - 2.0f * std::max(a.m - t, 1.0f) : kAll;
+    t = a.m - t < 64.0f ? a.m - 1.5f * std::max(a.m - t, 1.0f) : kAll;
     collect<false>(x, V, t, st.mb, st.c);
   }
   int32_t K = 0;
@@ -118,7 +118,7 @@ int64_t filtered_draw(const float* x, int64_t V, int64_t top_k, double top_p, ui
     K = use_k ? K : Kp;
   }
   const float lo = key_to_float(K);  // next row's guess: this row's boundary, lowered by a margin
-  st.t = lo - (0.15f * (a.m - lo) + 0.1f);
+  st.t = lo - ((use_p && !use_k ? 0.07f : 0.15f) * (a.m - lo) + 0.1f);
   return sparse_categorical(st.c, a.m, st.mb, key, kStreamToken, row, st.ds);
 }
 

@@ -48,23 +48,10 @@ inline int32_t order_key(float f) {
   return b ^ ((b >> 31) & 0x7FFFFFFF);
 }
 
-// Appends the values of xb[0..n) that are >= t (with ids v0 + i), in index order, at c.
+// Appends the values of xb[0..n) that are >= t (with ids v0 + i), in index order, at c
+// (the pass without AVX-512).
 inline int64_t append_ge(const float* xb, int n, int64_t v0, float t, SparseRow& c, int64_t cnt) {
   int i = 0;
-#if defined(__AVX512F__)
-  const __m512 vt = _mm512_set1_ps(t);
-  __m512i iv = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(v0)),
-                                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-  for (; i + 16 <= n; i += 16) {
-    const __m512 xv = _mm512_loadu_ps(xb + i);
-    const __mmask16 mk = _mm512_cmp_ps_mask(xv, vt, _CMP_GE_OQ);
-    // branch-free: the candidate lanes are sparse and irregular
-    _mm512_storeu_ps(c.x.data() + cnt, _mm512_maskz_compress_ps(mk, xv));
-    _mm512_storeu_si512(c.id.data() + cnt, _mm512_maskz_compress_epi32(mk, iv));
-    cnt += std::popcount(static_cast<unsigned>(mk));
-    iv = _mm512_add_epi32(iv, _mm512_set1_epi32(16));
-  }
-#endif
   for (; i < n; ++i) {
     c.x[cnt] = xb[i];
     c.id[cnt] = static_cast<int32_t>(v0 + i);
@@ -250,10 +237,11 @@ inline int32_t kth_key(const int32_t* keys, int64_t n, int64_t k, std::vector<in
   int64_t above = 0;  // keys > hi
   while (lo < hi && n > 16) {
     const int32_t mid = static_cast<int32_t>(lo + (static_cast<int64_t>(hi) - lo + 1) / 2);
-    int64_t ge = 0;
     const int32_t* wp = w.data();
+    const int ni = static_cast<int>(n);
+    int ge = 0;  // 32-bit lanes (an int64 count makes GCC gather)
 #pragma omp simd reduction(+ : ge)
-    for (int64_t i = 0; i < n; ++i) ge += wp[i] >= mid;
+    for (int i = 0; i < ni; ++i) ge += wp[i] >= mid;
     if (above + ge >= k) {
       lo = mid;
       n = compact(w.data(), nullptr, n, mid, true);
@@ -376,13 +364,18 @@ inline int32_t top_k_of(SparseRow& c, int64_t k, FilterScratch& s) {
     return lo;
   }
   s.keys.resize(c.n);
-  for (int64_t i = 0; i < c.n; ++i) s.keys[i] = order_key(c.x[i]);
+  int32_t* ko = s.keys.data();
+  const float* xo = c.x.data();
+#pragma omp simd
+  for (int64_t i = 0; i < c.n; ++i) ko[i] = order_key(xo[i]);
   const int32_t K = kth_key(s.keys.data(), c.n, k, s.w);
-  int64_t above = 0, ties = 0;
+  const int32_t* kp = s.keys.data();
+  const int n = static_cast<int>(c.n);
+  int above = 0, ties = 0;  // 32-bit lanes (an int64 count makes GCC gather)
 #pragma omp simd reduction(+ : above, ties)
-  for (int64_t i = 0; i < c.n; ++i) {
-    above += s.keys[i] > K;
-    ties += s.keys[i] == K;
+  for (int i = 0; i < n; ++i) {
+    above += kp[i] > K;
+    ties += kp[i] == K;
   }
   const int64_t room = k - above;
   if (ties == room) keep_ge(c, s.keys.data(), K);
@@ -420,9 +413,11 @@ inline double masses(SparseRow& c, float m, FilterScratch& s) {
 inline int32_t top_p_of(SparseRow& c, double goal, FilterScratch& s) {
   double above = 0.0;
   const int32_t K = mass_key(s.keys.data(), c.e.data(), c.n, goal, s.w, s.we, &above);
-  int64_t ties = 0;
+  const int32_t* kp = s.keys.data();
+  const int n = static_cast<int>(c.n);
+  int ties = 0;  // 32-bit lanes (an int64 count makes GCC gather)
 #pragma omp simd reduction(+ : ties)
-  for (int64_t i = 0; i < c.n; ++i) ties += s.keys[i] == K;
+  for (int i = 0; i < n; ++i) ties += kp[i] == K;
   if (ties == 1) {  // the boundary itself: mass(key > K) < goal always keeps it
     keep_ge(c, s.keys.data(), K);
     return K;
