@@ -10,10 +10,15 @@ DIFFUSION_BENCH_ROUNDS, default 3):
              official code copies it): float32 [B, K, L] log one-hots, q_pred, one-step
              q_pred, logsumexp, Gumbel noise from torch.rand, autograd for the VLB backward
   cpu        vqfast.diffusion on the C++ kernels
-for posterior_sample and vlb_kl forward+backward, at DIFFUSION_BENCH_THREADS (default
-"1,2") torch threads. extra_info of the cpu rows: x_read_once (the target is <= 1.5;
-vlb_kl fwd+bwd reads the logits twice and writes the gradient, so it cannot go below
-~3), speedup_vs_reference, speedup_vs_chain.
+for posterior_sample, vlb_kl forward alone (vlb_kl_fwd), its backward alone (vlb_kl_bwd:
+the forward runs untimed, then loss.backward() is timed), both (vlb_kl_fwd_bwd) and the
+backward of posterior_logprobs alone (logprobs_bwd, a fixed random upstream gradient; its
+chain is autograd through the float32 log-space posterior), at DIFFUSION_BENCH_THREADS
+(default "1,2") torch threads. extra_info of every row: x_read_once and x_copy (time / the
+copy row's). Targets: x_read_once <= 1.5 for posterior_sample and vlb_kl_fwd, x_copy <= 1.5
+for vlb_kl_bwd (it reads the logits and writes the gradient once). cpu rows add
+speedup_vs_reference and speedup_vs_chain. Gradients are dropped after each call, as in a
+training loop (the CPU kernels reuse their freed huge-page buffers).
 
     python -m pytest benchmarks/test_bench_diffusion.py --benchmark-only -s
     DIFFUSION_BENCH_FULL=1 ...   # adds B=8 L=1024 K=16384 (needs ~8 GB for the chain)
@@ -117,18 +122,51 @@ def _make(op, impl, L, K):
         return lambda i: D.posterior_sample(*_args3(get(i)), SCHED, seed=1, backend=impl)
 
     chain = MultinomialChain(SCHED, K)
+    if op == "logprobs_bwd":
+        upstream = torch.randn(B, L, K, generator=torch.Generator().manual_seed(1))
+        if impl == "chain":
+            upstream = upstream.permute(0, 2, 1).contiguous()
+        elif impl == "reference":
+            upstream = upstream[:1, :REF_POS]
+
+        def logprobs_bwd(i):
+            x, z, _, t = get(i)
+            xg = x.detach().requires_grad_(True)
+            if impl == "reference":
+                out = ref.posterior_logprobs(xg, z, t, SCHED)
+            elif impl == "chain":
+                out = chain.q_posterior(F.log_softmax(xg, 1), chain.log_onehot(z), t - 1)
+            else:
+                out = D.posterior_logprobs(xg, z, t, SCHED, backend=impl)
+            t0 = time.perf_counter()
+            (g,) = torch.autograd.grad(out, xg, upstream)
+            return time.perf_counter() - t0
+        return logprobs_bwd
+
+    def vlb_loss(x, z, x0, t):
+        if impl == "reference":
+            return ref.vlb_kl(x0, x, z, t, SCHED)
+        if impl == "chain":
+            return chain.vlb(x0, x, z, t)
+        return D.vlb_kl(x0, x, z, t, SCHED, backend=impl)
+
+    if op == "vlb_kl_fwd":
+        return lambda i: vlb_loss(*get(i))
+
+    if op == "vlb_kl_bwd":
+        def vlb_bwd(i):
+            x, z, x0, t = get(i)
+            xg = x.detach().requires_grad_(True)
+            loss = vlb_loss(xg, z, x0, t).sum()
+            t0 = time.perf_counter()
+            loss.backward()
+            return time.perf_counter() - t0
+        return vlb_bwd
 
     def vlb(i):
         x, z, x0, t = get(i)
         xg = x.detach().requires_grad_(True)
-        if impl == "reference":
-            loss = ref.vlb_kl(x0, xg, z, t, SCHED)
-        elif impl == "chain":
-            loss = chain.vlb(x0, xg, z, t)
-        else:
-            loss = D.vlb_kl(x0, xg, z, t, SCHED, backend=impl)
-        loss.sum().backward()
-        return xg.grad
+        vlb_loss(xg, z, x0, t).sum().backward()
     return vlb
 
 
@@ -154,15 +192,16 @@ def _measure(op: str, L: int, K: int, threads: int) -> dict:
         for r in range(ROUNDS):
             for name, fn in fns.items():
                 t0 = time.perf_counter()
-                fn(r)
-                times[name].append(time.perf_counter() - t0)
+                inner = fn(r)  # backward rows time themselves (their forward is not counted)
+                times[name].append(inner if isinstance(inner, float) else time.perf_counter() - t0)
     finally:
         torch.set_num_threads(before)
     scale = {"reference": B * L / min(L, REF_POS)}
     return {name: scale.get(name, 1) * sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-ROWS = [(op, L, K, th, impl) for op in ("posterior_sample", "vlb_kl_fwd_bwd") for (L, K) in SIZES
+OPS = ("posterior_sample", "vlb_kl_fwd", "vlb_kl_bwd", "vlb_kl_fwd_bwd", "logprobs_bwd")
+ROWS = [(op, L, K, th, impl) for op in OPS for (L, K) in SIZES
         for th in THREADS for impl in IMPLS]
 
 
@@ -176,7 +215,7 @@ def test_bench_diffusion(benchmark, op, L, K, threads, impl):
     t = med[impl]
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # the timing is _measure's, stored below
     info = {**machine(), "threads": threads, "median_s": t, "logit_bytes": B * L * K * 4,
-            "x_read_once": t / med["read_once"]}
+            "x_read_once": t / med["read_once"], "x_copy": t / med["copy"]}
     if impl == "copy":
         info["copy_GBps"] = 2 * B * L * K * 4 / t / 1e9
     if impl == "cpu":
@@ -184,5 +223,6 @@ def test_bench_diffusion(benchmark, op, L, K, threads, impl):
         info["speedup_vs_reference"] = med["reference"] / t
     benchmark.extra_info.update(info)
     print(f"\n{op:<18} L={L:<5} K={K:<6} t={threads} {impl:<10} {1e3 * t:9.2f} ms  x_read_once={t / med['read_once']:.2f}"
+          f"  x_copy={t / med['copy']:.2f}"
           + (f"  vs_chain={info['speedup_vs_chain']:.1f}  vs_reference={info['speedup_vs_reference']:.1f}"
              if impl == "cpu" else ""))

@@ -261,7 +261,7 @@ void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
         diffusion_vlb::kl_sums(E.data(), mb.data(), K, u.lr, r.lse, ds, ss);
         for (int q = 0; q < (i == j ? 1 : 2); ++q) {  // x0 and z_t are not "other" states (once if equal)
           const int64_t o = q == 0 ? i : j;
-          const float v = static_cast<float>(std::exp(static_cast<double>(u.lr) + mb[o / 256] - r.lse)) * E[o];
+          const float v = diffusion_vlb::block_scale(u.lr, mb[o / 256], r.lse) * E[o];
           ds += std::log1p(static_cast<double>(v));
           ss -= v / (1.0f + v);
         }

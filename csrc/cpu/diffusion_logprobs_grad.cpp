@@ -17,6 +17,7 @@
 #include <cmath>
 #include <vector>
 
+#include "diffusion_alloc.h"
 #include "vqfast/diffusion_math.h"
 #include "vqfast/philox.h"
 
@@ -119,7 +120,7 @@ at::Tensor diffusion_posterior_logprobs_backward_cpu(const at::Tensor& grad_out,
               "diffusion_cpu: grad_out [N, K'] fp32 contiguous expected");
   TORCH_CHECK(lse.dim() == 1 && lse.size(0) == N && lse.scalar_type() == at::kFloat && lse.is_contiguous(),
               "diffusion_cpu: lse [N] fp32 expected");
-  auto out = at::empty_like(x);
+  auto out = diffusion_alloc::empty(x.sizes(), x.options());  // huge pages, pooled
   const float* go = grad_out.data_ptr<float>();
   switch (x.scalar_type()) {
     case at::kFloat:
