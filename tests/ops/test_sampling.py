@@ -344,6 +344,13 @@ def test_bad_inputs_raise_clear_errors():
         with pytest.raises(ValueError, match="NaN"):
             vqfast.ops.select_and_sample_topk(bad, ~m, 3, backend=backend)
     vqfast.ops.select_and_sample_topk(bad, m.clone().index_fill_(0, torch.tensor([0]), False), 3)  # NaN only where known
+    huge = torch.full((2, 7), 3e38)  # finite, but +inf once divided by the temperature
+    for backend in ("reference", *HAS):
+        with pytest.raises(ValueError, match="NaN or \\+inf"):
+            vqfast.ops.sample_logits(huge, 0.5, top_k=3, backend=backend)
+        with pytest.raises(ValueError, match="NaN or \\+inf"):
+            vqfast.ops.select_and_sample_topk(huge[None], torch.zeros(1, 2, dtype=torch.bool), 3, temperature=0.5,
+                                              backend=backend)
     for k in (0, -2):
         with pytest.raises(ValueError, match="top_k"):
             vqfast.ops.select_and_sample_topk(x, ~m, k)

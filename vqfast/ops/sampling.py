@@ -52,7 +52,7 @@ def _select_and_sample_topk_op(logits: torch.Tensor, known: torch.Tensor, top_k:
     if backend == "triton":
         from vqfast.triton_kernels.sampling import select_and_sample_topk_triton
         return select_and_sample_topk_triton(logits, known, top_k, n_positions, temperature, key)
-    bad = (ref.bad_rows(logits) & ~known).any(1)
+    bad = (ref.bad_rows(logits.float() / torch.tensor(temperature, dtype=torch.float32)) & ~known).any(1)
     pos, tok = ref.select_and_sample_topk(logits, known, top_k, n_positions, temperature, key % (1 << 64))
     return pos, tok, bad
 
@@ -77,6 +77,8 @@ def _sample_logits_op(logits: torch.Tensor, uncond: torch.Tensor | None, cfg_sca
     x = logits.float()
     if uncond is not None:
         x = uncond.float() + torch.tensor(cfg_scale, dtype=torch.float32) * (x - uncond.float())
+    if temperature > 0:  # a row that overflows to inf by the division is bad, as in the kernels
+        x = x / torch.tensor(temperature, dtype=torch.float32)
     return tok.masked_fill(ref.bad_rows(x), -1)
 
 
