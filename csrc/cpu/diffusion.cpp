@@ -193,19 +193,49 @@ struct UniformKl {
   float zq, q_o, q_i, q_j, bq_i, b_i, b_j, lr;
 };
 
-UniformKl uniform_kl_row(const float* c, const float* x, int64_t K, int64_t i, int64_t j, const RowLse& r) {
+// The true posterior's constants depend only on the batch row and on whether x0 == z_t.
+struct TrueQ {
+  float bq_i, zq, q_o, q_i, q_j;
+};
+
+TrueQ true_q(const float* c, int64_t K, bool same) {
+  const float a0 = c[kA0], a1 = c[kA1], lc = c[kLogC];
+  TrueQ q;
+  q.bq_i = logaddexp_scalar(c[kLogAb], lc);  // log(ab + (1-ab)/K)
+  const float bq_j = same ? q.bq_i : lc;
+  const float restq = c[kCK] * static_cast<float>(K - 1) + (same ? 0.0f : c[kAb]);
+  q.zq = uniform_log_norm(a0, a1, bq_j, restq);
+  q.q_o = std::exp(a0 + lc - q.zq);
+  q.q_i = std::exp((same ? a1 : a0) + q.bq_i - q.zq);
+  q.q_j = same ? 0.0f : std::exp(a1 + lc - q.zq);
+  return q;
+}
+
+// TrueQ of the two cases for the batch row of the current position, recomputed when it changes.
+struct TrueQCache {
+  int64_t b = -1;
+  TrueQ q[2];
+  const TrueQ& get(const float* c, int64_t K, int64_t b_now, bool same) {
+    if (b_now != b) {
+      q[0] = true_q(c, K, false);
+      q[1] = true_q(c, K, true);
+      b = b_now;
+    }
+    return q[same];
+  }
+};
+
+UniformKl uniform_kl_row(const float* c, const float* x, int64_t K, int64_t i, int64_t j, const RowLse& r,
+                         const TrueQ& tq) {
   UniformKl u;
   u.p = uniform_row(c, x, K, j, r);
-  const float bq_i = logaddexp_scalar(u.p.lab, u.p.lc);  // log(ab + (1-ab)/K)
-  const float bq_j = i == j ? bq_i : u.p.lc;
-  const float restq = u.p.ck * static_cast<float>(K - 1) + (i == j ? 0.0f : u.p.ab);
-  u.zq = uniform_log_norm(u.p.a0, u.p.a1, bq_j, restq);
-  u.q_o = std::exp(u.p.a0 + u.p.lc - u.zq);
-  u.q_i = std::exp((i == j ? u.p.a1 : u.p.a0) + bq_i - u.zq);
-  u.q_j = i == j ? 0.0f : std::exp(u.p.a1 + u.p.lc - u.zq);
-  u.bq_i = bq_i;
+  u.zq = tq.zq;
+  u.q_o = tq.q_o;
+  u.q_i = tq.q_i;
+  u.q_j = tq.q_j;
+  u.bq_i = tq.bq_i;
   u.b_i = logaddexp_scalar(u.p.lab + (x[i] - r.lse), u.p.lc);
-  u.b_j = logaddexp_scalar(u.p.lab + (x[j] - r.lse), u.p.lc);
+  u.b_j = i == j ? u.b_i : logaddexp_scalar(u.p.lab + (x[j] - r.lse), u.p.lc);
   u.lr = u.p.lab - u.p.lc;  // log(ab K / (1 - ab)); +inf at t = 1
   return u;
 }
@@ -226,6 +256,7 @@ void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
     std::vector<float> buf(std::is_same<T, float>::value ? 0 : K), E(kind == kUniform ? K : 0);
     std::vector<float> mb(kind == kUniform ? K / 256 + 1 : 0);
     std::vector<double> se(mb.size());
+    TrueQCache tqc;
     for (int64_t n = n0; n < n1; ++n) {
       const float* c = coef + (n / L) * kNumCoef;
       float* st = stats + 3 * n;
@@ -253,7 +284,7 @@ void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
         st[1] = st[2] = 0.0f;
         continue;
       }
-      const UniformKl u = uniform_kl_row(c, row, K, i, j, r);
+      const UniformKl u = uniform_kl_row(c, row, K, i, j, r, tqc.get(c, K, n / L, i == j));
       // Sum over k not in {x0, z_t} of (lc - B_k) = -softplus(lr + y_k), and of sigmoid(lr + y_k).
       float d = 0.0f, sig_o = 0.0f;
       if (u.q_o > 0.0f) {
@@ -365,6 +396,7 @@ void vlb_bwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
   const T* xp = x.data_ptr<T>();
   at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
     std::vector<float> buf(std::is_same<T, float>::value ? 0 : K);
+    TrueQCache tqc;
     for (int64_t n = n0; n < n1; ++n) {
       const float* c = coef + (n / L) * kNumCoef;
       const float* st = stats + 3 * n;
@@ -382,7 +414,7 @@ void vlb_bwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
         continue;
       }
       RowLse r{lse, 1.0f, lse, true};  // m = lse, s = 1: the same row constants as the forward
-      const UniformKl u = uniform_kl_row(c, row, K, i, j, r);
+      const UniformKl u = uniform_kl_row(c, row, K, i, j, r, tqc.get(c, K, n / L, i == j));
       // dKL/dy_k = e^{A_k - Z} ab p_k - q_k sigmoid(lr + y_k); dKL/dx = dKL/dy - p * SG.
       const float e0 = u.p.ab * std::exp(u.p.a0 - u.p.z), e1 = u.p.ab * std::exp(u.p.a1 - u.p.z);
       const float sg = st[2], lr = u.lr, q_o = u.q_o, q_i = u.q_i, q_j = u.q_j;
