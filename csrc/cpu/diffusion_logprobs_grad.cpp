@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <vector>
 
@@ -26,10 +27,10 @@ namespace {
 
 using namespace diffusion;
 
-// One row: x [K] (float32), go [K'] upstream gradient, lse of x -> g [K].
+// One row: x [K] (float32), go [K'] upstream gradient, lse of x -> g [K] (P, GY: [K] scratch).
 template <typename T>
 void logprobs_grad_row(const float* x, const float* go, int64_t K, int64_t zt, const float* c, int64_t kind,
-                       float lse, float* P, T* g) {
+                       float lse, float* P, float* GY, T* g) {
   if (kind == kAbsorbing) {
     if (zt < K) {
       std::fill(g, g + K, static_cast<T>(0.0f));
@@ -48,16 +49,25 @@ void logprobs_grad_row(const float* x, const float* go, int64_t K, int64_t zt, c
   const float a0 = c[kA0], a1 = c[kA1], lab = c[kLogAb], lc = c[kLogC], ab = c[kAb], ck = c[kCK];
   const bool t1 = lc == -INFINITY;  // t = 1: B = y, s = 1; out = -inf exactly where x = -inf
   double ps = 0.0, gs = 0.0;
-  float gsum_f = 0.0f, ps_f = 0.0f;
+  // by blocks of 256, prefetching x and go 8 blocks ahead (the loads stalled on memory); the
+  // next row follows in memory, and prefetches past the end never fault
+  for (int64_t k0 = 0; k0 < K; k0 += 256) {
+    const int64_t k1 = std::min<int64_t>(K, k0 + 256);
+    for (int64_t q = k0; q < k0 + 256; q += 16) {
+      __builtin_prefetch(x + q + 2048);
+      __builtin_prefetch(go + q + 2048);
+    }
+    float gsum_f = 0.0f, ps_f = 0.0f;
 #pragma omp simd reduction(+ : gsum_f, ps_f)
-  for (int64_t k = 0; k < K; ++k) {
-    const float p = exp_f32(x[k] - lse);
-    P[k] = p;
-    ps_f += k == zt ? 0.0f : p;  // the mass outside z_t, summed without cancellation
-    gsum_f += (t1 && !(x[k] > -INFINITY)) ? 0.0f : go[k];
+    for (int64_t k = k0; k < k1; ++k) {
+      const float p = exp_f32(x[k] - lse);
+      P[k] = p;
+      ps_f += k == zt ? 0.0f : p;  // the mass outside z_t, summed without cancellation
+      gsum_f += (t1 && !(x[k] > -INFINITY)) ? 0.0f : go[k];
+    }
+    ps += ps_f;
+    gs += gsum_f;
   }
-  ps = ps_f;
-  gs = gsum_f;
   // Z from the row's mass outside z_t (sum_k e^{B_k} = 1, see diffusion_math.h)
   const float b_zt = logaddexp_scalar(lab + (x[zt] - lse), lc);
   const float rest_p = static_cast<float>(ps);
@@ -65,19 +75,22 @@ void logprobs_grad_row(const float* x, const float* go, int64_t K, int64_t zt, c
   const float e0 = std::exp(a0 - z), e1 = std::exp(a1 - z);
   const float S = static_cast<float>(gs);
   float sy = 0.0f;
+  // branch-free (0/1 blends, a floored denominator) so the loop vectorizes: den = 0 only where
+  // p = 0 and ck = 0, i.e. at t = 1, where s = 1 anyway
+  const float w1 = t1 ? 1.0f : 0.0f;
 #pragma omp simd reduction(+ : sy)
   for (int64_t k = 0; k < K; ++k) {
     const float p = P[k];
     const float abp = ab * p, den = abp + ck;
-    const float s = t1 ? 1.0f : (den > 0.0f ? abp / den : 0.0f);
+    const float s = w1 + (1.0f - w1) * (abp / std::max(den, FLT_MIN));
     const float pi = (k == zt ? e1 : e0) * den;
     const float gk = (t1 && !(x[k] > -INFINITY)) ? 0.0f : go[k];
     const float gy = s * (gk - S * pi);
-    P[k] = gy;  // P now holds g^y; p is recomputed below
+    GY[k] = gy;
     sy += gy;
   }
 #pragma omp simd
-  for (int64_t k = 0; k < K; ++k) g[k] = static_cast<T>(P[k] - exp_f32(x[k] - lse) * sy);
+  for (int64_t k = 0; k < K; ++k) g[k] = static_cast<T>(GY[k] - P[k] * sy);
 }
 
 template <typename T>
@@ -86,7 +99,7 @@ void logprobs_grad_impl(const at::Tensor& x, const float* go, const int64_t* zt,
   const int64_t N = x.size(0), K = x.size(1), Ks = K + (kind == kAbsorbing);
   const T* xp = x.data_ptr<T>();
   at::parallel_for(0, N, std::max<int64_t>(1, 16384 / K), [&](int64_t n0, int64_t n1) {
-    std::vector<float> buf(std::is_same<T, float>::value ? 0 : K), P(K);
+    std::vector<float> buf(std::is_same<T, float>::value ? 0 : K), P(K), GY(K);  // p and g^y of a row
     for (int64_t n = n0; n < n1; ++n) {
       const float* row;
       if constexpr (std::is_same<T, float>::value) {
@@ -96,7 +109,7 @@ void logprobs_grad_impl(const at::Tensor& x, const float* go, const int64_t* zt,
         row = buf.data();
       }
       logprobs_grad_row(row, go + n * Ks, K, zt[n], coef + (n / L) * kNumCoef, kind, lse[n], P.data(),
-                        grad + n * K);
+                        GY.data(), grad + n * K);
     }
   });
 }
