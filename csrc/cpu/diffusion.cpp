@@ -355,6 +355,7 @@ VQFAST_ROW_LOOP void uniform_grad_row(const float* row, int64_t K, int64_t i, in
     float* gf = reinterpret_cast<float*>(g);
     const bool stream = (reinterpret_cast<uintptr_t>(gf) & 63) == 0;
     for (; k0 + 16 <= K; k0 += 16) {
+      _mm_prefetch(reinterpret_cast<const char*>(row + k0 + 2048), _MM_HINT_T0);  // 8 KB ahead (next row too)
       const __m512 y = _mm512_sub_ps(_mm512_loadu_ps(row + k0), vlse);
       const __m512 p = sampling::exp512_nonpos(y);
       __m512 sig = one;
