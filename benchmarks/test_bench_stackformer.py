@@ -78,6 +78,8 @@ def _decoding(m: Stackformer, row: str, start: int, seed: int) -> StackformerDec
     d = StackformerDecoding(m, BATCH, N, torch.zeros(BATCH, dtype=torch.long), seed=seed,
                             use_cache="uncached" not in row, prefix_codes=codes, prefix_positions=pos,
                             autocast_dtype=None if "autocast" in row or "unpacked" in row else dtype)
+    if "autocast" in row:
+        d.net = m  # the model as trained, under torch.autocast (see _steps)
     if "unpacked" in row:
         d.net = _unpacked(m)
         d.caches = d.net.new_caches(BATCH, N, torch.bfloat16, "cpu")

@@ -107,3 +107,19 @@ def test_stackformer_fp32_copy_packs_code_and_position_blocks():
     blocks = len(m.code_blocks) + len(m.position_blocks)
     assert sum(isinstance(x, PackedLinear) for x in fast.modules()) == 4 * blocks
 
+
+
+@needs_pack
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_copy_under_an_enclosing_autocast(dtype):
+    if not can_pack(torch.nn.Linear(2, 2), dtype):
+        pytest.skip("no packing for this dtype here")
+    net = _maskgit()
+    tokens, labels = _inputs()
+    fast = packed_copy(net, dtype, 90)
+    with torch.no_grad():
+        plain = fast(tokens, labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 activations reach fp32 packed weights
+            amp = fast(tokens, labels)
+    assert amp.shape == plain.shape and bool(torch.isfinite(amp).all())
+    assert float((amp.float() - plain).abs().max()) <= 0.05 * float(plain.abs().max())

@@ -24,7 +24,8 @@ from vqfast.models.transformer import Block
 
 class PackedLinear(nn.Module):
     """Inference-only Linear on a oneDNN-packed weight (CPU), in the weight's dtype
-    (fp32 or bf16); `batch_hint` is the number of rows the GEMMs will usually have."""
+    (fp32 or bf16; inputs of another dtype, e.g. from an enclosing torch.autocast, are cast
+    to it); `batch_hint` is the number of rows the GEMMs will usually have."""
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype, batch_hint: int):
         super().__init__()
@@ -34,6 +35,8 @@ class PackedLinear(nn.Module):
         self.register_buffer("bias", None if b is None else b.detach().to(dtype), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != self.weight.dtype:  # oneDNN has no mixed-dtype primitive for a packed weight
+            x = x.to(self.weight.dtype)
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
