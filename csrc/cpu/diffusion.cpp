@@ -167,7 +167,7 @@ void sample_impl(const at::Tensor& x, const int64_t* zt, const float* scoef, int
         if (u < spike) {
           tr = {jz, cat::accept(a.w[3], row[jz], sc.m, w_zt, sc.s[bz], sc.s_hat[bz])};
         } else if (u < spike + rest) {
-          tr = diffusion_scan::trial(row, K, sc, a.w[1], a.w[2], a.w[3], ex);
+          tr = sampling::proposal_trial(row, K, sc, a.w[1], a.w[2], a.w[3], ex);
         } else {
           int64_t k = K;  // absorbing: the mask
           if (kind == kUniform) {
@@ -176,7 +176,7 @@ void sample_impl(const at::Tensor& x, const int64_t* zt, const float* scoef, int
             k = uniform_from_word(b.w[0]) < c[3] ? jz : other + (other >= jz);
           }
           const philox::Words f = philox::block_words(key, stream, base + 3 * trial + 2);
-          tr = {k, diffusion_scan::trial(row, K, sc, f.w[0], f.w[1], f.w[2], none).ok};
+          tr = {k, sampling::proposal_trial(row, K, sc, f.w[0], f.w[1], f.w[2], none).ok};
         }
         if (tr.ok || trial == cat::kTrials - 1) {
           out[n] = tr.k;

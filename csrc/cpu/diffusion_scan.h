@@ -1,6 +1,6 @@
-// AVX-512 forms of sampling_row.h's categorical-proposal scan and trial for the diffusion
+// An AVX-512 form of sampling_row.h's categorical-proposal scan for the diffusion
 // sampler (csrc/cpu/diffusion.cpp). Same integers and float32 steps as scan_row /
-// proposal_trial, so the same tokens; they exist because GCC 12 vectorizes the generic loops
+// proposal_trial, so the same tokens; it exists because GCC 12 vectorizes the generic loops
 // at 256 bits here and searches a block's prefix sums one element at a time, which left
 // posterior_sample at ~1.8x the time of reading the logits (K = 16384) and ~3x (K = 1024).
 // Include only from files compiled with fp-contract off.
@@ -40,14 +40,6 @@ inline uint32_t block_weight_sum(const float* xb, float bm) {
   return static_cast<uint32_t>(_mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1)));
 }
 
-// 16 in-block weights (0 for -inf).
-inline __m512i weights16(__m512 x, __m512 vbm) {
-  const __m512 y = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(x, vbm), _mm512_set1_ps(cat::kC)),
-                                 _mm512_set1_ps(cat::kClampIn));
-  const __m512i t = _mm512_add_epi32(_mm512_cvttps_epi32(y), _mm512_set1_epi32(150 << 23));
-  const __m512i w = _mm512_add_epi32(_mm512_cvttps_epi32(_mm512_castsi512_ps(t)), _mm512_set1_epi32(1));
-  return _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_GT_OQ), w);
-}
 #endif
 
 // sampling::scan_row(x, V, want_prop = true, want_lse = false, sc), same results. A full
@@ -108,56 +100,6 @@ inline void scan(const float* x, int64_t V, sampling::RowScan& sc) {
   sc.total = 0;
   if (!sc.bad)
     for (int64_t b = 0; b < nb; ++b) sc.total += sc.s_hat[b] = cat::block_weight(sc.s[b], m, sc.mb[b]);
-}
-
-// sampling::proposal_trial with the same result: the block's weights 16 at a time, then the
-// first id whose prefix sum passes the threshold by groups of 16 (one add per group, not per id).
-inline sampling::Trial trial(const float* x, int64_t V, const sampling::RowScan& sc, uint32_t w_block, uint32_t w_id,
-                             uint32_t w_accept, const sampling::Excluded& ex) {
-  const int64_t nb = static_cast<int64_t>(sc.s_hat.size());
-  const uint64_t thr = cat::floor_mul(ex.block < 0 ? sc.total : ex.total, w_block);
-  uint64_t acc = 0;
-  int64_t b = 0;
-  for (; b < nb - 1; ++b) {
-    const uint64_t sh = b == ex.block ? ex.s_hat : sc.s_hat[b];
-    if (acc + sh > thr) break;
-    acc += sh;
-  }
-  const float* xb = x + b * kB;
-  const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
-  const float bm = sc.mb[b];
-  alignas(64) int32_t w[kB];
-  uint64_t g[kB / 16];
-  const int ng = (n + 15) / 16;
-#if defined(__AVX512F__)
-  const __m512 vbm = _mm512_set1_ps(bm);
-  for (int q = 0; q < ng; ++q) {
-    const __mmask16 live = n - 16 * q >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - 16 * q)) - 1);
-    const __m512i wv = _mm512_maskz_mov_epi32(live, weights16(_mm512_maskz_loadu_ps(live, xb + 16 * q), vbm));
-    _mm512_store_si512(w + 16 * q, wv);
-    g[q] = static_cast<uint32_t>(_mm512_reduce_add_epi32(wv));
-  }
-#else
-  for (int q = 0; q < ng; ++q) {
-    uint32_t s = 0;
-    for (int l = 16 * q; l < 16 * q + 16; ++l) s += static_cast<uint32_t>(w[l] = l < n ? cat::in_block_weight(xb[l], bm) : 0);
-    g[q] = s;
-  }
-#endif
-  const bool cut = b == ex.block;
-  if (cut) {
-    const int64_t e = ex.id - b * kB;
-    g[e / 16] -= static_cast<uint64_t>(w[e]);
-    w[e] = 0;
-  }
-  const uint64_t s_b = cut ? ex.s : sc.s[b], s_hat_b = cut ? ex.s_hat : sc.s_hat[b];
-  const uint64_t thr2 = cat::floor_mul(s_b, w_id);
-  uint64_t c = 0;
-  int q = 0;
-  while (q < ng - 1 && c + g[q] <= thr2) c += g[q++];
-  int i = 16 * q;
-  while (i < n - 1 && c + static_cast<uint64_t>(w[i]) <= thr2) c += static_cast<uint64_t>(w[i++]);
-  return {b * kB + i, cat::accept(w_accept, xb[i], sc.m, w[i], s_b, s_hat_b)};
 }
 
 }  // namespace diffusion_scan

@@ -189,6 +189,17 @@ inline int64_t first_max(const float* x, int64_t V, const RowScan& sc) {
   return v;
 }
 
+#if defined(__AVX512F__)
+// 16 in-block weights (0 for -inf).
+inline __m512i weights16(__m512 x, __m512 vbm) {
+  const __m512 y = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(x, vbm), _mm512_set1_ps(cat::kC)),
+                                 _mm512_set1_ps(cat::kClampIn));
+  const __m512i t = _mm512_add_epi32(_mm512_cvttps_epi32(y), _mm512_set1_epi32(150 << 23));
+  const __m512i w = _mm512_add_epi32(_mm512_cvttps_epi32(_mm512_castsi512_ps(t)), _mm512_set1_epi32(1));
+  return _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_GT_OQ), w);
+}
+#endif
+
 // The proposal of a row with one id's weight set to 0 (that id's block has sums s / s_hat,
 // the row total is total); block < 0: the plain proposal.
 struct Excluded {
@@ -202,7 +213,8 @@ struct Trial {
 };
 
 // One trial of the categorical proposal of x (its scan with want_prop) with the words
-// (block, id, accept): block by s_hat, id by its in-block weight, then cat::accept.
+// (block, id, accept): block by s_hat, id by its in-block weight (the block's weights 16 at a
+// time, then the first id whose prefix sum passes the threshold, by groups of 16), then cat::accept.
 inline Trial proposal_trial(const float* x, int64_t V, const RowScan& sc, uint32_t w_block, uint32_t w_id,
                             uint32_t w_accept, const Excluded& ex) {
   constexpr int kB = cat::kBlock;
@@ -218,18 +230,40 @@ inline Trial proposal_trial(const float* x, int64_t V, const RowScan& sc, uint32
   const float* xb = x + b * kB;
   const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
   const float bm = sc.mb[b];
-  int32_t w[kB];
-#pragma omp simd
-  for (int i = 0; i < n; ++i) w[i] = cat::in_block_weight(xb[i], bm);
+  alignas(64) int32_t w[kB];
+  uint64_t g[kB / 16];
+  const int ng = (n + 15) / 16;
+#if defined(__AVX512F__)
+  const __m512 vbm = _mm512_set1_ps(bm);
+  for (int q = 0; q < ng; ++q) {
+    const __mmask16 live = n - 16 * q >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - 16 * q)) - 1);
+    const __m512i wv = _mm512_maskz_mov_epi32(live, weights16(_mm512_maskz_loadu_ps(live, xb + 16 * q), vbm));
+    _mm512_store_si512(w + 16 * q, wv);
+    g[q] = static_cast<uint32_t>(_mm512_reduce_add_epi32(wv));
+  }
+#else
+  for (int q = 0; q < ng; ++q) {
+    uint32_t s = 0;
+    for (int l = 16 * q; l < 16 * q + 16; ++l) s += static_cast<uint32_t>(w[l] = l < n ? cat::in_block_weight(xb[l], bm) : 0);
+    g[q] = s;
+  }
+#endif
   const bool cut = b == ex.block;
-  if (cut) w[ex.id - b * kB] = 0;
+  if (cut) {
+    const int64_t e = ex.id - b * kB;
+    g[e / 16] -= static_cast<uint64_t>(w[e]);
+    w[e] = 0;
+  }
   const uint64_t s_b = cut ? ex.s : sc.s[b], s_hat_b = cut ? ex.s_hat : sc.s_hat[b];
   const uint64_t thr2 = cat::floor_mul(s_b, w_id);
   uint64_t c = 0;
-  int i = 0;
+  int q = 0;
+  while (q < ng - 1 && c + g[q] <= thr2) c += g[q++];
+  int i = 16 * q;
   while (i < n - 1 && c + static_cast<uint64_t>(w[i]) <= thr2) c += static_cast<uint64_t>(w[i++]);
   return {b * kB + i, cat::accept(w_accept, xb[i], sc.m, w[i], s_b, s_hat_b)};
 }
+
 
 // Draw from softmax(x) (the scan of x with want_prop) with the words of row `row` of `stream`
 // (vqfast/_random.py "Categorical draws").
