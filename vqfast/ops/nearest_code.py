@@ -93,12 +93,13 @@ def _quantize_backward(ctx, grad_codes, _grad_idx, _grad_sq_err):
 _quantize_op.register_autograd(_quantize_backward, setup_context=_quantize_setup)
 
 
-def _check(x, codebook, metric, backend, op):
+def _check(x, codebook, metric, backend, op, has=HAS):
+    """Validates a search's arguments; the backend op runs on (`has`: the backends built for it)."""
     _validate.tensor("x", x, min_dim=1)
     _validate.codebook("codebook", codebook, x.shape[-1])
     _validate.metric(metric)
     device = _validate.same_device(x=x, codebook=codebook)
-    return _backend.resolve(op, backend, device, has=HAS)
+    return _backend.resolve(op, backend, device, has=has)
 
 
 def nearest_code(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2",

@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from vqfast import _backend
-from vqfast.ops import _validate
 from vqfast.ops import ema as _ema
-from vqfast.ops.nearest_code import (_METRIC_ID, QuantizeOutput, _quantize_backward, _quantize_op, _quantize_setup,
-                                     _run)
+from vqfast.ops.nearest_code import (_METRIC_ID, QuantizeOutput, _check, _quantize_backward, _quantize_op,
+                                     _quantize_setup, _run)
 from vqfast.ops._straight_through import straight_through
 from vqfast.reference import ema as ref_ema
 from vqfast.reference import quantize_statistics as ref
@@ -81,14 +80,6 @@ def _quantize_statistics_backward(ctx, grad_codes, grad_idx, grad_sq_err, _grad_
 _quantize_statistics_op.register_autograd(_quantize_statistics_backward, setup_context=_quantize_setup)
 
 
-def _check(x, codebook, metric, backend, op):
-    _validate.tensor("x", x, min_dim=1)
-    _validate.codebook("codebook", codebook, x.shape[-1])
-    _validate.metric(metric)
-    device = _validate.same_device(x=x, codebook=codebook)
-    return _backend.resolve(op, backend, device, has=HAS)
-
-
 class CodeStatistics(NamedTuple):
     """indices [...] and dist [...] as nearest_code; counts [K] and sums [K, d] fp32 as
     ema_statistics(x, indices, K)."""
@@ -110,7 +101,7 @@ def nearest_code_with_statistics(x: torch.Tensor, codebook: torch.Tensor, *, met
 
         idx, dist, counts, sums = vqfast.ops.nearest_code_with_statistics(x, codebook)
     """
-    name = _check(x, codebook, metric, backend, "nearest_code_with_statistics")
+    name = _check(x, codebook, metric, backend, "nearest_code_with_statistics", HAS)
     lead = x.shape[:-1]
     flat = x.detach().reshape(-1, x.shape[-1]).contiguous()
     idx, dist, counts, sums = _nearest_code_statistics_op(flat, codebook.detach(), metric, name)
@@ -136,7 +127,7 @@ def quantize_with_statistics(x: torch.Tensor, codebook: torch.Tensor, *, metric:
 
         (z_q, idx, commit), counts, sums = vqfast.ops.quantize_with_statistics(x, codebook)
     """
-    name = _check(x, codebook, metric, backend, "quantize_with_statistics")
+    name = _check(x, codebook, metric, backend, "quantize_with_statistics", HAS)
     flat = x.reshape(-1, x.shape[-1])
     codes, idx, sq_err, counts, sums = _quantize_statistics_op(flat.detach().contiguous(), codebook, metric, name)
     codes = codes.reshape(x.shape)
