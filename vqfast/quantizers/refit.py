@@ -14,7 +14,6 @@ import torch
 
 from vqfast import ops
 from vqfast.quantizers.clustering import KMeansResult, kmeans
-from vqfast.quantizers.stats import usage
 
 
 class RefitTokenizer(Protocol):
