@@ -108,3 +108,21 @@ def test_empty_training_batch(make):
         assert not bool(module.codebook_state.initted)
         module(torch.randn(40, 8))
         assert bool(module.codebook_state.initted)
+
+
+@pytest.mark.parametrize("decay, eps", [(0.0, 1e-5), (0.0, 0.0)])
+def test_ema_codes_without_mass_keep_their_vector(decay, eps):
+    """decay 0 (allowed) with an empty batch, or eps 0 with unused codes, gives 0 / 0 in the
+    EMA quotient: those codes keep their vectors instead of turning NaN (and dead for good)."""
+    vq = VectorQuantizer(4, 8, decay=decay, eps=eps)
+    before = vq.codebook.clone()
+    vq(torch.randn(0, 4))
+    assert torch.equal(vq.codebook, before)
+    x = torch.randn(3, 4)
+    _, idx, _ = vq(x)
+    assert vq.codebook.isfinite().all()
+    used = idx.unique()
+    unused = torch.ones(8, dtype=torch.bool)
+    unused[used] = False
+    if eps == 0:  # with eps > 0 the smoothed quotient of an unused code is 0 / eps = 0, as the equation says
+        assert torch.equal(vq.codebook[unused], before[unused])

@@ -127,6 +127,8 @@ class Codebook(nn.Module):
         already synced stats), then dead codes are re-seeded from rows of x (or of pool())."""
         counts, sums = stats if stats is not None else self.statistics(x, idx)
         new = ops.ema_update_(self.cluster_size, self.embed_sum, counts, sums, self.decay, self.eps)
+        # A code with no EMA mass left (decay 0 or eps 0 and no members: 0 / 0) keeps its vector.
+        new = torch.where(new.isfinite().all(1, keepdim=True), new, self.embed)
         if self.cosine:
             new = nn.functional.normalize(new, dim=1)
         self.embed.copy_(new)
