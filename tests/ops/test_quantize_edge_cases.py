@@ -168,3 +168,20 @@ def test_empty_batch_backward(backend, op):
     (out.z_q.sum() + out.commit_loss + out.codebook_loss).backward()
     assert x.grad.shape == x.shape
     assert torch.equal(cb.grad, torch.zeros_like(cb))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_z_q_equals_the_reference_exactly_in_every_dtype(backend, dtype):
+    """z_q's value is the code itself (sg(c) + x - sg(x)) in the ops and the references alike."""
+    from vqfast.reference import dual_codebook as ref_dual
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(203, 19, generator=g) * 0.01).to(dtype).requires_grad_()
+    cb, e2 = (torch.randn(k, 19, generator=g).to(dtype) for k in (37, 23))
+    visible = torch.rand(203, generator=g) < 0.5
+    z_q = ops.quantize(x, cb, backend=backend).z_q
+    torch.testing.assert_close(z_q, ref.quantize(x, cb)[0], rtol=0, atol=0)
+    out = ops.dual_codebook_quantize(x, visible, cb, e2, backend=backend)
+    torch.testing.assert_close(out[1], ref_dual.dual_codebook_quantize(x, visible, cb, e2)[1], rtol=0, atol=0)
+    z_q.float().sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones_like(x), rtol=0, atol=0)  # straight-through

@@ -14,7 +14,8 @@ def dual_codebook_quantize(x: torch.Tensor, visible: torch.Tensor, e: torch.Tens
 
     Visible rows take their nearest code of e (idx in [0, K)); masked rows their
     nearest code of e2, with the index offset by K (idx in [K, K + K2)).
-    commit_loss = mean((x - sg(c))^2); codebook_loss = mean((sg(x) - c)^2).
+    z_q = sg(c) + (x - sg(x)) as in quantize; commit_loss = mean((x - sg(c))^2);
+    codebook_loss = mean((sg(x) - c)^2).
     """
     K = e.shape[0]
     idx_v, _ = nearest_code(x.detach(), e.detach(), metric)
@@ -23,4 +24,4 @@ def dual_codebook_quantize(x: torch.Tensor, visible: torch.Tensor, e: torch.Tens
     idx = torch.where(visible, idx_v, idx_m + K)
     commit = F.mse_loss(x.float(), codes.detach().float())
     codebook_loss = F.mse_loss(x.detach().float(), codes.float())
-    return idx, x + (codes - x).detach(), commit, codebook_loss
+    return idx, codes.detach() + (x - x.detach()), commit, codebook_loss

@@ -48,11 +48,13 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor, metric: str = "l2") ->
 def quantize(x: torch.Tensor, codebook: torch.Tensor, metric: str = "l2"):
     """x [..., d] -> (z_q [..., d] straight-through, idx [...], commit_loss, codebook_loss).
 
-    z_q = x + (c_idx - x).detach(); commit_loss = mean((x - sg(c_idx))^2);
+    z_q = sg(c_idx) + (x - sg(x)): the value is exactly the code (in x's dtype; the textbook
+    x + sg(c_idx - x) rounds in fp16/bf16), the gradient to x is the identity (straight-through);
+    commit_loss = mean((x - sg(c_idx))^2);
     codebook_loss = mean((sg(x) - c_idx)^2) (its gradient reaches the codebook).
     """
     idx, _ = nearest_code(x.detach(), codebook.detach(), metric)
     codes = F.embedding(idx, codebook).to(x.dtype)
     commit = F.mse_loss(x.float(), codes.detach().float())
     codebook_loss = F.mse_loss(x.detach().float(), codes.float())
-    return x + (codes - x).detach(), idx, commit, codebook_loss
+    return codes.detach() + (x - x.detach()), idx, commit, codebook_loss
