@@ -13,6 +13,7 @@
 #pragma once
 #include <bit>
 #include <functional>
+#include <utility>
 
 #include "sampling_row.h"
 
@@ -224,16 +225,22 @@ inline int64_t compact(int32_t* w, float* e, int64_t n, int32_t mid, bool ge) {
   return j;
 }
 
-// The k-th largest of keys[0..n) (1 <= k <= n): bisection on the key value; after each step
-// the keys on the side that cannot hold it are dropped. w: scratch.
-inline int32_t kth_key(const int32_t* keys, int64_t n, int64_t k, std::vector<int32_t>& w) {
-  w.assign(keys, keys + n);
+// (min, max) of keys[0..n), n >= 1.
+inline std::pair<int32_t, int32_t> key_range(const int32_t* keys, int64_t n) {
   int32_t lo = INT32_MAX, hi = INT32_MIN;
 #pragma omp simd reduction(min : lo) reduction(max : hi)
   for (int64_t i = 0; i < n; ++i) {
     lo = keys[i] < lo ? keys[i] : lo;
     hi = keys[i] > hi ? keys[i] : hi;
   }
+  return {lo, hi};
+}
+
+// The k-th largest of keys[0..n) (1 <= k <= n): bisection on the key value; after each step
+// the keys on the side that cannot hold it are dropped. w: scratch.
+inline int32_t kth_key(const int32_t* keys, int64_t n, int64_t k, std::vector<int32_t>& w) {
+  w.assign(keys, keys + n);
+  auto [lo, hi] = key_range(keys, n);
   int64_t above = 0;  // keys > hi
   while (lo < hi && n > 16) {
     const int32_t mid = static_cast<int32_t>(lo + (static_cast<int64_t>(hi) - lo + 1) / 2);
@@ -263,12 +270,7 @@ inline int32_t mass_key(const int32_t* keys, const float* e, int64_t n, double g
                         std::vector<float>& we, double* above_out) {
   w.assign(keys, keys + n);
   we.assign(e, e + n);
-  int32_t lo = INT32_MAX, hi = INT32_MIN;
-#pragma omp simd reduction(min : lo) reduction(max : hi)
-  for (int64_t i = 0; i < n; ++i) {
-    lo = keys[i] < lo ? keys[i] : lo;
-    hi = keys[i] > hi ? keys[i] : hi;
-  }
+  auto [lo, hi] = key_range(keys, n);
   double above = 0.0;  // mass of keys > hi
   while (lo < hi && n > 16) {
     const int32_t mid = static_cast<int32_t>(lo + (static_cast<int64_t>(hi) - lo + 1) / 2);
