@@ -100,22 +100,6 @@ def gumbel(key: int, stream: int, index: torch.Tensor) -> torch.Tensor:
     return gumbel_from_words(words(key, stream, index))
 
 
-def gumbel_grid(key: int, stream: int, shape: tuple[int, ...], device=None) -> torch.Tensor:
-    """Gumbel noise for a contiguous tensor of `shape`: element index = flat row-major index."""
-    n = 1
-    for s in shape:
-        n *= s
-    return gumbel(key, stream, torch.arange(n, device=device)).reshape(shape)
-
-
-def uniform_grid(key: int, stream: int, shape: tuple[int, ...], device=None) -> torch.Tensor:
-    """Uniforms for a contiguous tensor of `shape`: element index = flat row-major index."""
-    n = 1
-    for s in shape:
-        n *= s
-    return uniform(key, stream, torch.arange(n, device=device)).reshape(shape)
-
-
 # ---------------------------------------------------------------- categorical draws
 # One categorical draw per row from softmax(x) with a few words per row instead of one
 # Gumbel per element: rejection sampling from a cheap, bit-exact integer proposal
