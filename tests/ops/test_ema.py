@@ -86,6 +86,39 @@ def test_cpu_statistics_deterministic_across_thread_counts(backend, dtype, N, K,
     check_stats(x, idx, K, *results[0], 1e-5)
 
 
+def _documented_order_sums(x, idx, K):
+    """sums as ema_accumulate.h documents their order: fixed row chunks, each summed in fp32
+    in row order into its own partial, the partials added in chunk order."""
+    N, d = x.shape
+    C = min(max(N // (32 * K), 1), 8)
+    total = None
+    for c in range(C):
+        partial = torch.zeros(K, d)
+        for r in range(N * c // C, N * (c + 1) // C):
+            partial[idx[r]] += x[r].float()
+        total = partial if total is None else total + partial
+    return total
+
+
+@pytest.mark.parametrize("N, K, d, dtype", [
+    pytest.param(5000, 3, 300, torch.float32, id="8-chunks-two-strips"),  # 256 + 44 columns
+    pytest.param(3000, 200, 37, torch.bfloat16, id="1-chunk-column-split"),
+    pytest.param(4000, 2, 512, torch.float16, id="wide"),
+    pytest.param(2500, 600, 16, torch.float32, id="few-rows-per-code"),  # no grouping
+])
+@pytest.mark.parametrize("backend", CPU)
+def test_cpu_statistics_bits_follow_the_documented_order(backend, N, K, d, dtype):
+    """The grouped pass (rows visited code by code) keeps every code's row order: the bits of
+    a plain row-order sum per chunk, at every thread count."""
+    g = torch.Generator().manual_seed(N + d)
+    x = (torch.randn(N, d, generator=g) * torch.logspace(-3, 3, d)).to(dtype)  # rounding differs by order
+    idx = torch.randint(0, K, (N,), generator=g)
+    expected = _documented_order_sums(x, idx, K)
+    for counts, sums in _at_thread_counts(lambda: vqfast.ops.ema_statistics(x, idx, K, backend=backend)):
+        assert torch.equal(sums, expected)
+        assert torch.equal(counts, torch.bincount(idx, minlength=K).float())
+
+
 @pytest.mark.parametrize("backend", CPU)
 def test_cpu_statistics_index_out_of_range_in_a_late_chunk(backend):
     """The range check runs inside the parallel pass: the first bad row is named whatever the threads."""
