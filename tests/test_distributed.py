@@ -57,6 +57,7 @@ def _worker(rank, world, port, out_dir):
         km = vqfast.kmeans(pts[rank], 4, iters=3, init=init, sync_distributed=True)
         torch.save({"states": states, "centroids": km.centroids, "inertia": km.inertia},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
