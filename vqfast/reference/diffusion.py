@@ -35,12 +35,26 @@ def _rows(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return v.to(t.device)[t].reshape(-1, 1, 1)
 
 
+def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """logaddexp whose gradient is 0, not NaN, where both terms are -inf (a -inf logit at t = 1)."""
+    dead = (a == -torch.inf) & (b == -torch.inf)
+    out = torch.logaddexp(a.masked_fill(dead, 0.0), b.masked_fill(dead, 0.0))
+    return out.masked_fill(dead, -torch.inf)
+
+
+def _log_normalize(u: torch.Tensor) -> torch.Tensor:
+    """u - logsumexp(u) over the last dim; a row of -inf stays -inf with a zero gradient."""
+    dead = (u == -torch.inf).all(-1, keepdim=True)
+    safe = u.masked_fill(dead, 0.0)
+    return (safe - torch.logsumexp(safe, dim=-1, keepdim=True)).masked_fill(dead, -torch.inf)
+
+
 def log_q_prev(y: torch.Tensor, t: torch.Tensor, schedule, transition: str) -> torch.Tensor:
     """log q(z_{t-1} = k | x0) for x0 = exp(y) (y [B, L, K] normalized log-probs) -> [B, L, K']."""
     ab = _rows(schedule.alpha_bar, t - 1)
     K = y.shape[-1]
     if transition == "uniform":
-        return torch.logaddexp(y + ab.log(), ((1 - ab) / K).log().expand_as(y))
+        return _logaddexp(y + ab.log(), ((1 - ab) / K).log().expand_as(y))
     mask = (1 - ab).log().expand(*y.shape[:-1], 1)
     return torch.cat([y + ab.log(), mask], dim=-1)
 
@@ -69,7 +83,7 @@ def posterior_logprobs(log_x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor,
     y = torch.log_softmax(log_x0.double(), dim=-1)
     K = y.shape[-1]
     u = log_q_prev(y, t, schedule, transition) + log_step(z_t, t, schedule, K, transition)
-    out = u - torch.logsumexp(u, dim=-1, keepdim=True)
+    out = _log_normalize(u)
     if transition == "absorbing":
         kept = torch.full_like(out, -torch.inf).scatter_(-1, z_t[..., None], 0.0)
         out = torch.where((z_t < K)[..., None], kept, out)
@@ -182,7 +196,8 @@ def vlb_kl(x0: torch.Tensor, log_x0_pred: torch.Tensor, z_t: torch.Tensor, t: to
     lq = posterior_logprobs(onehot.scatter_(-1, x0[..., None], 0.0), z_t, t, schedule, transition)
     lp = posterior_logprobs(log_x0_pred, z_t, t, schedule, transition)
     q = lq.exp()
-    kl = torch.where(q > 0, q * (lq - lp), torch.zeros_like(q)).sum(-1)
+    live = q > 0  # lp is masked where q = 0 too: 0 * (-inf) would be a NaN gradient
+    kl = (q * (lq - lp.masked_fill(~live, 0.0))).masked_fill(~live, 0.0).sum(-1)
     if transition == "absorbing":  # unmasked positions: both posteriors are one-hot at z_t
         kl = torch.where(z_t < K, torch.zeros_like(kl), kl)
     return kl
