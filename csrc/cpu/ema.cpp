@@ -51,7 +51,7 @@ int64_t accumulate(const T* x, const int64_t* idx, int64_t N, int64_t K, int64_t
       if (first_bad[t] < N) continue;
       float* acc = c == 0 ? sums : partials + (c - 1) * K * d;
       ema::zero_columns(acc, K, d, c0, w);
-      ema::add_chunk_rows(x, idx, r0, r1, d, c0, w, acc, K);
+      ema::add_rows(x, idx, r0, r1, d, c0, w, acc);
     }
   });
   ema::add_partials(sums, partials, C - 1, K, d, parallel && K * d >= kSerialElements);
