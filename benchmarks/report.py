@@ -27,6 +27,13 @@ RATIOS = {
     "speedup_vs_torch_split": "x torch split",
     "speedup_vs_loop_nearest": "x D nearest_code calls",
     "speedup_vs_loop_addmm": "x D addmm calls",
+    "speedup_vs_index_add": "x bincount+index_add_",
+    "speedup_vs_one_hot": "x one-hot matmul",
+    "time_vs_torch_read": "time / torch read of x",
+    "index_add_over_read": "index_add_ / torch read",
+    "x_read_once_at_copy_bw": "time / read once at copy bw",
+    "speedup_vs_separate": "x separate passes",
+    "speedup_vs_vector_quantize_pytorch": "x vector-quantize-pytorch",
     "peak_rss_MiB": "peak RSS MiB",
     "extra_rss_MiB": "extra RSS MiB",
 }

@@ -9,8 +9,9 @@ row alike; each row's extra_info holds its median and its ratio to the baselines
                 dirty lines, which is ~1% of vq_forward's time
   read          x.sum(): torch's fastest read of x (no writes). No one-pass kernel can beat
                 it, so index_add / read bounds any kernel's speedup over index_add:
-                `index_add_over_read` (2.9-3.4 at 2 threads on the 2-core dev VM, where one
-                core nearly saturates memory while index_add_ scales with the cores)
+                `index_add_over_read` (3.0-4.9 at 2 threads on the 2-core dev VM, varying
+                from process to process with where x lands in memory: one core nearly
+                saturates the memory, while index_add_ scales with the cores)
   vqfast        vqfast.ops.ema_statistics (CPU kernel), also fp16/bf16 x
   index_add     torch.bincount + zeros(K, d).index_add_ (the best plain-torch formulation)
   one_hot       one_hot(idx).T @ x and .sum(0), as PUT / rq-vae-transformer /

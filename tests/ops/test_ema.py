@@ -108,8 +108,8 @@ def _documented_order_sums(x, idx, K):
 ])
 @pytest.mark.parametrize("backend", CPU)
 def test_cpu_statistics_bits_follow_the_documented_order(backend, N, K, d, dtype):
-    """The grouped pass (rows visited code by code) keeps every code's row order: the bits of
-    a plain row-order sum per chunk, at every thread count."""
+    """The bits are those of a plain fp32 row-order sum per chunk, partials added in chunk
+    order, at every thread count (any faster pass must keep them)."""
     g = torch.Generator().manual_seed(N + d)
     x = (torch.randn(N, d, generator=g) * torch.logspace(-3, 3, d)).to(dtype)  # rounding differs by order
     idx = torch.randint(0, K, (N,), generator=g)
