@@ -33,8 +33,9 @@ def _block(V: int) -> int:
 
 @triton.jit
 def _key(x):
-    """float32 -> int32 with the same order (NaN aside)."""
+    """float32 -> int32 with the same order (NaN aside); -0 and +0 share key 0."""
     b = x.to(tl.int32, bitcast=True)
+    b = tl.where(b == -2147483648, 0, b)
     return b ^ ((b >> 31) & 0x7FFFFFFF)
 
 

@@ -43,9 +43,11 @@ struct Collected {
 
 inline float key_to_float(int32_t key) { return bits_to_float(static_cast<uint32_t>(key ^ ((key >> 31) & 0x7FFFFFFF))); }
 
-// float32 -> int32 with the same order (no NaN).
+// float32 -> int32 with the same order (no NaN); -0 and +0 get the same key, as they
+// compare equal (the reference's ties, broken by id).
 inline int32_t order_key(float f) {
-  const int32_t b = static_cast<int32_t>(float_to_bits(f));
+  int32_t b = static_cast<int32_t>(float_to_bits(f));
+  b = b == INT32_MIN ? 0 : b;
   return b ^ ((b >> 31) & 0x7FFFFFFF);
 }
 
