@@ -80,7 +80,7 @@ def _sample_op(log_x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, alpha_b
         if transition == "absorbing":
             bad &= z_t == K
         return torch.where(bad, -1, out.reshape(N))
-    coef = ref.sample_coefficients(_sched(alpha_bar, alpha), t, K, transition).contiguous()
+    coef = _args.sample_coefficients(_sched(alpha_bar, alpha), t, K, transition)
     kind = _args.KIND[transition]
     if backend == "cpu":
         return torch.ops.vqfast_cpu.diffusion_posterior_sample(log_x0, z_t, coef, N // B, kind, key,
