@@ -141,9 +141,6 @@ inline void scan_row(const float* x, int64_t V, bool want_prop, bool want_lse, R
   for (int64_t b = 0; b < nb; ++b) {
     const float* xb = x + b * kB;
     const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
-    if ((want_prop || want_lse) && nb >= 32 && b + 4 < nb)  // the second look is compute: keep the memory
-      // stream running (measured: helps rows of 64 KB, slows rows of 16 KB, which the hardware streams)
-      for (int i = 0; i < kB; i += 16) _mm_prefetch(reinterpret_cast<const char*>(xb + 4 * kB + i), _MM_HINT_T0);
     float bm = -kInf;
     int bbad = 0;
 #pragma omp simd reduction(max : bm) reduction(| : bbad)
