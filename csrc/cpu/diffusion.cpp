@@ -256,6 +256,7 @@ void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
     std::vector<float> buf(std::is_same<T, float>::value ? 0 : K), E(kind == kUniform ? K : 0);
     std::vector<float> mb(kind == kUniform ? K / 256 + 1 : 0);
     std::vector<double> se(mb.size());
+    std::vector<float> cb(mb.size());
     TrueQCache tqc;
     for (int64_t n = n0; n < n1; ++n) {
       const float* c = coef + (n / L) * kNumCoef;
@@ -289,10 +290,11 @@ void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
       float d = 0.0f, sig_o = 0.0f;
       if (u.q_o > 0.0f) {
         double ds, ss;
-        diffusion_vlb::kl_sums(E.data(), mb.data(), K, u.lr, r.lse, ds, ss);
+        diffusion_vlb::block_scales(mb.data(), (K + 255) / 256, u.lr, r.lse, cb.data());
+        diffusion_vlb::kl_sums(E.data(), mb.data(), se.data(), cb.data(), K, ds, ss);
         for (int q = 0; q < (i == j ? 1 : 2); ++q) {  // x0 and z_t are not "other" states (once if equal)
           const int64_t o = q == 0 ? i : j;
-          const float v = diffusion_vlb::block_scale(u.lr, mb[o / 256], r.lse) * E[o];
+          const float v = cb[o / 256] * E[o];
           ds += std::log1p(static_cast<double>(v));
           ss -= v / (1.0f + v);
         }

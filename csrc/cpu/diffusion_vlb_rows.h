@@ -20,12 +20,34 @@ namespace vqfast {
 namespace diffusion_vlb {
 
 constexpr int kB = 256;
-constexpr int kPrefetch = 8;  // blocks ahead, as in diffusion_scan.h
+constexpr int kPrefetch = 16;  // blocks ahead, into L2, as in diffusion_scan.h
 
 struct RowExp {
   float m, s, lse;
   bool ok;  // no NaN or +inf, and at least one entry above -inf
 };
+
+#if defined(__AVX512F__)
+// e^d in 16 lanes for d <= 88, ~2.6e-7 relative (~1e-38 instead of 0 below -87): n = round(d log2 e)
+// by the 1.5 * 2^23 trick, r = d - n ln2 (one FMA), a degree-5 minimax polynomial of e^r on
+// [-ln2/2, ln2/2] (Lawson-fitted, 7.5e-8), 2^n added to the exponent bits. 7 ops on the FMA
+// pipes instead of sampling::exp512_nonpos's 10 (Cephes degree 7 and a scalef): on Zen 4 those
+// pipes bound this file's loops.
+inline __m512 exp512_fast(__m512 d) {
+  d = _mm512_max_ps(d, _mm512_set1_ps(-87.0f));  // keeps 2^n a normal exponent
+  const __m512 magic = _mm512_set1_ps(12582912.0f);
+  const __m512 kf = _mm512_fmadd_ps(d, _mm512_set1_ps(1.44269504f), magic);
+  const __m512 n = _mm512_sub_ps(kf, magic);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147182f), d);
+  __m512 p = _mm512_set1_ps(8.2976539e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1915383e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6667575e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.9998894e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.9999970e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0000001f));
+  return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_castps_si512(kf), 23)));
+}
+#endif
 
 // mb [nb] block maxima, E [K] = e^(x - mb_b) (0 in blocks without a finite value), se [nb]
 // scratch; s = sum_k e^(x_k - m) from the block sums in float64.
@@ -45,8 +67,8 @@ inline RowExp row_exp_blocks(const float* x, int64_t K, float* E, float* mb, dou
     __mmask16 nf = 0;  // lanes with NaN or +inf
     int i = 0;
     for (; i + 32 <= n; i += 32) {
-      _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + i), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + i + 16), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + i), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + i + 16), _MM_HINT_T1);
       const __m512 a = _mm512_loadu_ps(xb + i), c = _mm512_loadu_ps(xb + i + 16);
       nf |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(c, inf, _CMP_NLT_UQ);
       vm0 = _mm512_max_ps(vm0, a);
@@ -65,14 +87,26 @@ inline RowExp row_exp_blocks(const float* x, int64_t K, float* E, float* mb, dou
     }
     if (bm > -INFINITY) {
       const __m512 vbm = _mm512_set1_ps(bm);
-      __m512 acc = _mm512_setzero_ps();
-      for (i = 0; i < n; i += 16) {
-        const __mmask16 live = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
-        const __m512 e = sampling::exp512_nonpos(_mm512_sub_ps(_mm512_mask_loadu_ps(vbm, live, xb + i), vbm));
-        _mm512_mask_storeu_ps(eb + i, live, e);
-        acc = _mm512_mask_add_ps(acc, live, acc, e);
+      __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+      if (n == kB) {
+#pragma GCC unroll 2
+        for (i = 0; i < kB; i += 32) {
+          const __m512 e0 = exp512_fast(_mm512_sub_ps(_mm512_loadu_ps(xb + i), vbm));
+          const __m512 e1 = exp512_fast(_mm512_sub_ps(_mm512_loadu_ps(xb + i + 16), vbm));
+          _mm512_storeu_ps(eb + i, e0);
+          _mm512_storeu_ps(eb + i + 16, e1);
+          acc0 = _mm512_add_ps(acc0, e0);
+          acc1 = _mm512_add_ps(acc1, e1);
+        }
+      } else {
+        for (i = 0; i < n; i += 16) {
+          const __mmask16 live = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
+          const __m512 e = exp512_fast(_mm512_sub_ps(_mm512_mask_loadu_ps(vbm, live, xb + i), vbm));
+          _mm512_mask_storeu_ps(eb + i, live, e);
+          acc0 = _mm512_mask_add_ps(acc0, live, acc0, e);
+        }
       }
-      sum = _mm512_reduce_add_ps(acc);
+      sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
     }
 #else
     for (int i = 0; i < n; ++i) {
@@ -95,47 +129,91 @@ inline RowExp row_exp_blocks(const float* x, int64_t K, float* E, float* mb, dou
   return {m, static_cast<float>(s), m + static_cast<float>(std::log(s)), true};
 }
 
-// c_b = e^(lr + mb_b - lse): v_k = c_b E_k for k in block b (0 for a block without a finite value).
-inline float block_scale(float lr, float mb, float lse) { return exp_f32(lr + (mb - lse)); }
+// cb [nb] = e^(lr + mb_b - lse): v_k = cb_b E_k for k in block b (~0 for a block without a finite
+// value). Vectorized: a scalar exp per block was a long serial chain in kl_sums' block loop.
+inline void block_scales(const float* mb, int64_t nb, float lr, float lse, float* cb) {
+#if defined(__AVX512F__)
+  const __m512 vlr = _mm512_set1_ps(lr), vlse = _mm512_set1_ps(lse), hi = _mm512_set1_ps(88.0f);
+  for (int64_t b = 0; b < nb; b += 16) {
+    const __mmask16 live = static_cast<__mmask16>(nb - b >= 16 ? 0xFFFF : (1u << (nb - b)) - 1);
+    const __m512 d = _mm512_add_ps(vlr, _mm512_sub_ps(_mm512_maskz_loadu_ps(live, mb + b), vlse));
+    _mm512_mask_storeu_ps(cb + b, live, exp512_fast(_mm512_min_ps(d, hi)));
+  }
+#else
+  for (int64_t b = 0; b < nb; ++b) cb[b] = exp_f32(lr + (mb[b] - lse));
+#endif
+}
 
-// Over every k: d = -sum softplus(lr + y_k), sig = sum sigmoid(lr + y_k), from E and mb of
-// row_exp_blocks (lse the row's log-sum-exp, lr finite).
-inline void kl_sums(const float* E, const float* mb, int64_t K, float lr, float lse, double& d, double& sig) {
+// Over every k: d = -sum softplus(lr + y_k), sig = sum sigmoid(lr + y_k), from E, mb and se of
+// row_exp_blocks and cb of block_scales.
+inline void kl_sums(const float* E, const float* mb, const double* se, const float* cb_all, int64_t K, double& d,
+                    double& sig) {
   const int64_t nb = (K + kB - 1) / kB;
   double logs = 0.0, ss = 0.0;
 #if defined(__AVX512F__)
   const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
-  __m512 expo = _mm512_setzero_ps(), prod = one, vs = _mm512_setzero_ps();
+  __m512 expo = _mm512_setzero_ps(), prod0 = one, prod1 = one, vs0 = _mm512_setzero_ps(), vs1 = vs0;
+  // sigmoid = v / f by a reciprocal and one Newton step (f >= 1): ~2^-28 relative
+  const auto add_sigmoid = [&](__m512 v, __m512 f, __m512& vs) {
+    __m512 r = _mm512_rcp14_ps(f);
+    r = _mm512_mul_ps(r, _mm512_fnmadd_ps(f, r, two));
+    vs = _mm512_add_ps(vs, _mm512_mul_ps(v, r));
+  };
   for (int64_t b = 0; b < nb; ++b) {
     if (mb[b] == -INFINITY) continue;  // v = 0: softplus 0, sigmoid 0
+    const float cb = cb_all[b];
+    if (cb < 0x1p-24f) {  // every v < 2^-24: softplus and sigmoid are v to float32 precision
+      logs += cb * se[b];
+      ss += cb * se[b];
+      continue;
+    }
     const float* eb = E + b * kB;
     const int n = static_cast<int>(std::min<int64_t>(kB, K - b * kB));
-    const __m512 cb = _mm512_set1_ps(block_scale(lr, mb[b], lse));
-    for (int i = 0; i < n; i += 16) {
-      const __mmask16 live = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
-      const __m512 v = _mm512_mul_ps(cb, _mm512_maskz_loadu_ps(live, eb + i));  // 0 in dead lanes
-      const __m512 f = _mm512_add_ps(one, v);
-      expo = _mm512_add_ps(expo, _mm512_getexp_ps(f));
-      prod = _mm512_mul_ps(prod, _mm512_getmant_ps(f, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero));
-      __m512 r = _mm512_rcp14_ps(f);  // f >= 1; one Newton step: ~2^-28 relative
-      r = _mm512_mul_ps(r, _mm512_fnmadd_ps(f, r, two));
-      vs = _mm512_add_ps(vs, _mm512_mul_ps(v, r));
+    const __m512 vcb = _mm512_set1_ps(cb);
+    if (n == kB && cb < 16383.0f) {
+      // each accumulator takes 8 factors f = 1 + v < 2^14 per block: the products stay below
+      // 2^113, so no per-element split into mantissa and exponent
+#pragma GCC unroll 2
+      for (int i = 0; i < kB; i += 32) {
+        const __m512 v0 = _mm512_mul_ps(vcb, _mm512_loadu_ps(eb + i));
+        const __m512 v1 = _mm512_mul_ps(vcb, _mm512_loadu_ps(eb + i + 16));
+        const __m512 f0 = _mm512_add_ps(one, v0), f1 = _mm512_add_ps(one, v1);
+        prod0 = _mm512_mul_ps(prod0, f0);
+        prod1 = _mm512_mul_ps(prod1, f1);
+        add_sigmoid(v0, f0, vs0);
+        add_sigmoid(v1, f1, vs1);
+      }
+    } else {
+      for (int i = 0; i < n; i += 16) {
+        const __mmask16 live = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
+        const __m512 v = _mm512_mul_ps(vcb, _mm512_maskz_loadu_ps(live, eb + i));  // 0 in dead lanes
+        const __m512 f = _mm512_add_ps(one, v);
+        expo = _mm512_add_ps(expo, _mm512_getexp_ps(f));
+        prod0 = _mm512_mul_ps(prod0, _mm512_getmant_ps(f, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero));
+        add_sigmoid(v, f, vs0);
+      }
     }
-    // 16 mantissas in [1, 2) per block: renormalize before the product can overflow
-    expo = _mm512_add_ps(expo, _mm512_getexp_ps(prod));
-    prod = _mm512_getmant_ps(prod, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+    // renormalize to mantissas in [1, 2) before the products can overflow
+    expo = _mm512_add_ps(expo, _mm512_add_ps(_mm512_getexp_ps(prod0), _mm512_getexp_ps(prod1)));
+    prod0 = _mm512_getmant_ps(prod0, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+    prod1 = _mm512_getmant_ps(prod1, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
   }
   alignas(64) float pr[16];
-  _mm512_store_ps(pr, prod);
-  double pp = 1.0;  // 16 mantissas in [1, 2): one log instead of 16
+  _mm512_store_ps(pr, _mm512_mul_ps(prod0, prod1));
+  double pp = 1.0;  // 16 lanes in [1, 4): one log instead of 16
   for (int l = 0; l < 16; ++l) pp *= pr[l];
   logs += std::log(pp);
   logs += 0.6931471805599453 * static_cast<double>(_mm512_reduce_add_ps(expo));
-  ss = _mm512_reduce_add_ps(vs);
+  ss += _mm512_reduce_add_ps(_mm512_add_ps(vs0, vs1));
 #else
   for (int64_t b = 0; b < nb; ++b) {
     if (mb[b] == -INFINITY) continue;
-    const float cb = block_scale(lr, mb[b], lse);
+    const float cb = cb_all[b];
+    if (cb < 0x1p-24f) {
+      logs += cb * se[b];
+      ss += cb * se[b];
+      continue;
+    }
     const int n = static_cast<int>(std::min<int64_t>(kB, K - b * kB));
     for (int i = 0; i < n; ++i) {
       const float v = cb * E[b * kB + i];
