@@ -113,6 +113,75 @@ def _logprobs_kernel(X, ZT, C, OUT, LSE, K, KS, L, KIND: tl.constexpr, BLOCK: tl
 
 
 @triton.jit
+def _logprobs_backward_kernel(GO, X, ZT, C, LSE, OUT, K, KS, L, KIND: tl.constexpr, BLOCK: tl.constexpr):
+    # gradient to x of sum_k G_k out_k (math: csrc/cpu/diffusion_logprobs_grad.cpp); entries
+    # where out is -inf carry no gradient
+    n = tl.program_id(0).to(tl.int64)
+    row = n * K
+    c = C + (n // L) * 6
+    zt = tl.load(ZT + n)
+    lse = tl.load(LSE + n)
+    offs = tl.arange(0, BLOCK)
+    if KIND == 1:
+        gs = 0.0
+        for k0 in range(0, K, BLOCK):
+            k = k0 + offs
+            x = tl.load(X + row + k, mask=k < K, other=-_INF).to(tl.float32)
+            go = tl.load(GO + n * KS + k, mask=k < K, other=0.0)
+            gs += tl.sum(tl.where(x > -_INF, go, 0.0), axis=0)
+        for k0 in range(0, K, BLOCK):
+            k = k0 + offs
+            x = tl.load(X + row + k, mask=k < K, other=-_INF).to(tl.float32)
+            go = tl.load(GO + n * KS + k, mask=k < K, other=0.0)
+            g = tl.where(x > -_INF, go, 0.0) - tl.exp(x - lse) * gs
+            tl.store(OUT + row + k, tl.where(zt < K, 0.0, g).to(OUT.dtype.element_ty), mask=k < K)
+    else:
+        a0 = tl.load(c + 0)
+        a1 = tl.load(c + 1)
+        lab = tl.load(c + 2)
+        lc = tl.load(c + 3)
+        ab = tl.load(c + 4)
+        ck = tl.load(c + 5)
+        t1 = lc == -_INF  # t = 1: s = 1, out = -inf exactly where x = -inf
+        ps = 0.0
+        gs = 0.0
+        for k0 in range(0, K, BLOCK):
+            k = k0 + offs
+            x = tl.load(X + row + k, mask=k < K, other=-_INF).to(tl.float32)
+            go = tl.load(GO + n * KS + k, mask=k < K, other=0.0)
+            ps += tl.sum(tl.where(k == zt, 0.0, tl.exp(x - lse)), axis=0)  # mass outside z_t
+            gs += tl.sum(tl.where(x == -_INF, tl.where(t1, 0.0, go), go), axis=0)
+        xj = tl.load(X + row + zt).to(tl.float32)
+        z = _uniform_norm(a0, a1, _logaddexp(lab + (xj - lse), lc), ab * ps + ck * (K - 1).to(tl.float32))
+        e0 = tl.exp(a0 - z)
+        e1 = tl.exp(a1 - z)
+        sy = 0.0
+        for k0 in range(0, K, BLOCK):
+            k = k0 + offs
+            x = tl.load(X + row + k, mask=k < K, other=-_INF).to(tl.float32)
+            go = tl.load(GO + n * KS + k, mask=k < K, other=0.0)
+            sy += tl.sum(_logprobs_gy(x, go, k, zt, lse, ab, ck, e0, e1, gs, t1), axis=0)
+        for k0 in range(0, K, BLOCK):
+            k = k0 + offs
+            x = tl.load(X + row + k, mask=k < K, other=-_INF).to(tl.float32)
+            go = tl.load(GO + n * KS + k, mask=k < K, other=0.0)
+            g = _logprobs_gy(x, go, k, zt, lse, ab, ck, e0, e1, gs, t1) - tl.exp(x - lse) * sy
+            tl.store(OUT + row + k, g.to(OUT.dtype.element_ty), mask=k < K)
+
+
+@triton.jit
+def _logprobs_gy(x, go, k, zt, lse, ab, ck, e0, e1, S, t1):
+    """g^y_k = s_k (G_k - S pi_k) of the uniform posterior (0 in lanes past K, where x = -inf)."""
+    p = tl.exp(x - lse)
+    abp = ab * p
+    den = abp + ck
+    s = tl.where(t1, 1.0, abp / tl.maximum(den, 1.1754943508222875e-38))
+    pi = tl.where(k == zt, e1, e0) * den
+    gk = tl.where(x == -_INF, tl.where(t1, 0.0, go), go)
+    return s * (gk - S * pi)
+
+
+@triton.jit
 def _walk(X, row, K, m, total, w_block, w_id, ex_block, ex_lane, ex_s, ex_sh, BLOCK: tl.constexpr):
     """One trial of the categorical proposal of row X[row : row + K] (max m), with the weight of
     lane ex_lane of block ex_block set to 0 (ex_block = -1: none; that block's sums ex_s / ex_sh,
@@ -342,6 +411,16 @@ def posterior_logprobs_triton(x: torch.Tensor, zt: torch.Tensor, coef: torch.Ten
     if N:
         _logprobs_kernel[(N,)](x, zt, coef, out, lse, K, ks, L, KIND=kind, BLOCK=_block(ks))
     return out, lse
+
+
+def posterior_logprobs_backward_triton(grad_out, x, zt, coef, L: int, kind: int, lse) -> torch.Tensor:
+    """grad_out [N, K'] fp32, x [N, K], lse [N] (the forward's) -> d / d x [N, K] in x's dtype."""
+    N, K = x.shape
+    out = torch.empty_like(x)
+    if N:
+        _logprobs_backward_kernel[(N,)](grad_out, x, zt, coef, lse, out, K, K + kind, L, KIND=kind,
+                                        BLOCK=_block(K))
+    return out
 
 
 def posterior_sample_triton(x, zt, coef, L: int, kind: int, key: int, stream: int) -> torch.Tensor:

@@ -332,6 +332,20 @@ def test_posterior_logprobs_grad_matches_reference(backend, dtype, kind, B, L, K
 
 
 @pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("kind", KINDS)
+def test_posterior_logprobs_backward_is_fused(backend, kind, monkeypatch):
+    """The fast backends' backward runs their own kernel, never autograd through the reference."""
+    x, z, _, t = make_inputs(2, 3, 77, kind, seed=21)
+    upstream = torch.randn(2, 3, ref.num_states(77, kind), generator=torch.Generator().manual_seed(1))
+    want = _logprobs_grad_want(x, z, t, kind, upstream)
+    xg = x.clone().requires_grad_(True)
+    out = D.posterior_logprobs(xg, z, t, SCHED, transition=kind, backend=backend)
+    monkeypatch.setattr(ref, "posterior_logprobs", lambda *a, **k: pytest.fail("reference ran in the backward"))
+    (got,) = torch.autograd.grad(out, xg, upstream)
+    torch.testing.assert_close(got.double(), want, atol=1e-5 * (1 + float(want.abs().max())), rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", FAST)
 def test_posterior_logprobs_grad_large_schedule(backend):
     """T = 4000 at t = 1, 2, T - 1, T (ab near 1 and near 0), uniform and absorbing."""
     sched = D.CosineSchedule(4000)

@@ -41,6 +41,8 @@ for kind in (0, 1):
     comp(D._vlb_kernel, dict(X="*bf16", ZT="*i64", X0="*i64", C="*fp32", KL="*fp32", STATS="*fp32"), dict(KIND=kind, BLOCK=4096))
     comp(D._vlb_backward_kernel, dict(GRAD="*fp32", X="*fp32", ZT="*i64", X0="*i64", C="*fp32", STATS="*fp32", OUT="*fp32"),
          dict(KIND=kind, BLOCK=4096))
+    comp(D._logprobs_backward_kernel, dict(GO="*fp32", X="*bf16", ZT="*i64", C="*fp32", LSE="*fp32", OUT="*bf16"),
+         dict(KIND=kind, BLOCK=4096))
 comp(S._reveal_kernel, dict(CONF="*fp32", MASKED="*i8", NREV="*i64", REVEAL="*i8"), dict(BLOCK_L=1024))
 for kind in (0, 1, 2):
     comp(R._noise_kernel, dict(OUT="*i64" if kind == 0 else "*fp32", start=i64), dict(KIND=kind, BLOCK=1024))

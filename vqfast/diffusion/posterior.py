@@ -51,12 +51,16 @@ def _logprobs_setup(ctx, inputs, output):
 def _logprobs_backward(ctx, grad_out, _grad_lse):
     log_x0, z_t, t, alpha_bar, alpha, lse = ctx.saved_tensors
     B, N, K = t.shape[0], log_x0.shape[0], log_x0.shape[1]
-    if ctx.backend == "cpu":  # fused: one task per position, no [N, K] temporaries
+    if ctx.backend in _args.HAS:  # fused: one task per position, no [N, K] temporaries
         coef = _args.coefficients(_sched(alpha_bar, alpha), t, K, ctx.transition)
-        g = torch.ops.vqfast_cpu.diffusion_posterior_logprobs_backward(
-            grad_out.float().contiguous(), log_x0, z_t, coef, N // B, _args.KIND[ctx.transition], lse)
+        args = (grad_out.float().contiguous(), log_x0, z_t, coef, N // B, _args.KIND[ctx.transition], lse)
+        if ctx.backend == "cpu":
+            g = torch.ops.vqfast_cpu.diffusion_posterior_logprobs_backward(*args)
+        else:
+            from vqfast.triton_kernels.diffusion import posterior_logprobs_backward_triton
+            g = posterior_logprobs_backward_triton(*args)
         return g, None, None, None, None, None, None
-    # reference and Triton: autograd through the float64 reference (the Triton backend has no fused backward)
+    # reference: autograd through the float64 reference
     with torch.enable_grad():
         x = log_x0.detach().double().requires_grad_(True)
         out = ref.posterior_logprobs(x.reshape(B, N // B, K), z_t.reshape(B, -1), t, _sched(alpha_bar, alpha),
@@ -118,8 +122,8 @@ def posterior_logprobs(log_x0: torch.Tensor, z_t: torch.Tensor, t, schedule, *, 
     log_x0 [B, ..., K] logits or log-probs of x0 (normalized inside; fp32/fp16/bf16),
     z_t [B, ...] int64 in [0, K) ("uniform") or [0, K] ("absorbing", K = mask),
     t [B] int64 (or an int) in 1..T -> [B, ..., K] (K + 1 for "absorbing").
-    Differentiable in log_x0 (fused backward on "cpu"; autograd through the float64
-    reference on the other backends). Rows of log_x0 with NaN
+    Differentiable in log_x0 (fused backward on "cpu" and "triton"; autograd through the
+    float64 reference on "reference"). Rows of log_x0 with NaN
     or +inf raise ValueError.
 
         lp = posterior_logprobs(logits, z_t, t, CosineSchedule(4000))
