@@ -25,17 +25,27 @@ constexpr int kB = cat::kBlock;
 constexpr int kPrefetch = 16;
 
 #if defined(__AVX512F__)
+// Zen 4 runs 512-bit float adds, max and conversions on two pipes and multiplies / FMAs on two
+// others (one op per cycle each); integer adds and max go to all four. The scan's loops were
+// bound by the first group, so exact subtractions and sums run as FMAs with 1 (round(x * 1 + y)
+// is round(x + y)) and the clamp as an integer max: 7 ops of the first group per 16 logits
+// instead of 11.
+inline __m512 add_on_fma_pipe(__m512 x, __m512 y, __m512 one) { return _mm512_fmadd_ps(x, one, y); }
+
 // sum of in_block_weight(x_i, bm) - 1 over 256 finite values (each weight - 1 is 0..2^23).
 inline uint32_t block_weight_sum(const float* xb, float bm) {
-  const __m512 vbm = _mm512_set1_ps(bm), vc = _mm512_set1_ps(cat::kC), lo = _mm512_set1_ps(cat::kClampIn);
-  const __m512i e150 = _mm512_set1_epi32(150 << 23);
-  __m512i a0 = _mm512_setzero_si512(), a1 = a0;
+  const __m512 nbm = _mm512_set1_ps(-bm), vc = _mm512_set1_ps(cat::kC), one = _mm512_set1_ps(1.0f);
+  const __m512i e150 = _mm512_set1_epi32(150 << 23), zero = _mm512_setzero_si512();
+  __m512i a0 = zero, a1 = zero;
   for (int i = 0; i < kB; i += 32) {
-    // (x - bm) * C without contraction, clamped, then the float with bits t + (150 << 23), truncated
-    const __m512 y0 = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(xb + i), vbm), vc), lo);
-    const __m512 y1 = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(xb + i + 16), vbm), vc), lo);
-    const __m512i t0 = _mm512_add_epi32(_mm512_cvttps_epi32(y0), e150);
-    const __m512i t1 = _mm512_add_epi32(_mm512_cvttps_epi32(y1), e150);
+    // (x - bm) * C without contraction, truncated: t; then the float with bits t + (150 << 23),
+    // truncated. in_block_weight clamps (x - bm) * C at -30 * 2^23 (weight - 1 = 0); here the bits
+    // are clamped at 0 instead, which gives the same 0 for every t < -23 * 2^23 (a float below 1)
+    // and also covers products below -2^31 (cvtt gives INT_MIN)
+    const __m512 y0 = _mm512_mul_ps(add_on_fma_pipe(_mm512_loadu_ps(xb + i), nbm, one), vc);
+    const __m512 y1 = _mm512_mul_ps(add_on_fma_pipe(_mm512_loadu_ps(xb + i + 16), nbm, one), vc);
+    const __m512i t0 = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(y0), e150), zero);
+    const __m512i t1 = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(y1), e150), zero);
     a0 = _mm512_add_epi32(a0, _mm512_cvttps_epi32(_mm512_castsi512_ps(t0)));
     a1 = _mm512_add_epi32(a1, _mm512_cvttps_epi32(_mm512_castsi512_ps(t1)));
   }
@@ -44,9 +54,68 @@ inline uint32_t block_weight_sum(const float* xb, float bm) {
 
 #endif
 
+#if defined(__AVX512F__)
+// Max and float32 sum of a full block, lane by lane: the sums are finite iff the block has no NaN
+// and no +-inf (or else a sum overflowed; that block takes the per-element path too).
+struct BlockLook {
+  __m512 m, s;
+};
+
+inline bool finite(const BlockLook& lk) {  // s - s is NaN exactly in non-finite lanes
+  return _mm512_cmp_ps_mask(_mm512_sub_ps(lk.s, lk.s), _mm512_setzero_ps(), _CMP_NEQ_UQ) == 0;
+}
+
+// Loads of xb (rows are read in order: keep memory busy ahead of them; prefetches never fault,
+// also past the end of the tensor).
+inline void prefetch_ahead(const float* xb, int i) {
+  _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + i), _MM_HINT_T1);
+  _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + i + 16), _MM_HINT_T1);
+}
+
+inline BlockLook look(const float* xb) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0, s0 = _mm512_setzero_ps(), s1 = s0;
+  for (int i = 0; i < kB; i += 32) {
+    prefetch_ahead(xb, i);
+    const __m512 a = _mm512_loadu_ps(xb + i), c = _mm512_loadu_ps(xb + i + 16);
+    m0 = _mm512_max_ps(m0, a);
+    m1 = _mm512_max_ps(m1, c);
+    s0 = add_on_fma_pipe(a, s0, one);
+    s1 = add_on_fma_pipe(c, s1, one);
+  }
+  return {_mm512_max_ps(m0, m1), _mm512_add_ps(s0, s1)};
+}
+
+// block_weight_sum(xc, bm) with, in the same loop, look(xn) of the next block: a block's weights
+// wait for its max, so block by block the core stalled on that reduction (the scan took ~2x its
+// op count); here the next block's loads run meanwhile.
+inline uint32_t weights_and_look(const float* xc, float bm, const float* xn, BlockLook& lk) {
+  const __m512 nbm = _mm512_set1_ps(-bm), vc = _mm512_set1_ps(cat::kC), one = _mm512_set1_ps(1.0f);
+  const __m512i e150 = _mm512_set1_epi32(150 << 23), zero = _mm512_setzero_si512();
+  __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0, s0 = _mm512_setzero_ps(), s1 = s0;
+  __m512i a0 = zero, a1 = zero;
+  for (int i = 0; i < kB; i += 32) {
+    prefetch_ahead(xn, i);
+    const __m512 a = _mm512_loadu_ps(xn + i), c = _mm512_loadu_ps(xn + i + 16);
+    m0 = _mm512_max_ps(m0, a);
+    m1 = _mm512_max_ps(m1, c);
+    s0 = add_on_fma_pipe(a, s0, one);
+    s1 = add_on_fma_pipe(c, s1, one);
+    const __m512 y0 = _mm512_mul_ps(add_on_fma_pipe(_mm512_loadu_ps(xc + i), nbm, one), vc);
+    const __m512 y1 = _mm512_mul_ps(add_on_fma_pipe(_mm512_loadu_ps(xc + i + 16), nbm, one), vc);
+    const __m512i t0 = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(y0), e150), zero);
+    const __m512i t1 = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(y1), e150), zero);
+    a0 = _mm512_add_epi32(a0, _mm512_cvttps_epi32(_mm512_castsi512_ps(t0)));
+    a1 = _mm512_add_epi32(a1, _mm512_cvttps_epi32(_mm512_castsi512_ps(t1)));
+  }
+  lk = {_mm512_max_ps(m0, m1), _mm512_add_ps(s0, s1)};
+  return static_cast<uint32_t>(_mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1)));
+}
+#endif
+
 // sampling::scan_row(x, V, want_prop = true, want_lse = false, sc), same results. A full
-// block whose float32 sum is finite has no NaN and no +-inf, so its weights are computed
-// without per-element checks; any other block takes scan_row's per-element path.
+// block without NaN and +-inf has its weights computed without per-element checks; any other
+// block takes scan_row's per-element path.
 inline void scan(const float* x, int64_t V, sampling::RowScan& sc) {
   const int64_t nb = (V + kB - 1) / kB;
   sc.mb.resize(nb);
@@ -55,32 +124,25 @@ inline void scan(const float* x, int64_t V, sampling::RowScan& sc) {
   sc.se.resize(0);
   float m = -INFINITY;
   int bad = 0;
+#if defined(__AVX512F__)
+  const int64_t nfull = V / kB;
+  BlockLook lk;
+  if (nfull > 0) lk = look(x);
+#endif
   for (int64_t b = 0; b < nb; ++b) {
     const float* xb = x + b * kB;
     const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
 #if defined(__AVX512F__)
-    if (n == kB) {
-      __m512 m0 = _mm512_loadu_ps(xb), m1 = _mm512_loadu_ps(xb + 16), s0 = m0, s1 = m1;
-      for (int i = 32; i < kB; i += 32) {
-        // rows are read in order (the next row follows this one): keep memory busy while the
-        // weights are computed (prefetches never fault, also past the end of the tensor)
-        _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + i - 32), _MM_HINT_T1);
-        _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + i - 16), _MM_HINT_T1);
-        const __m512 a = _mm512_loadu_ps(xb + i), c = _mm512_loadu_ps(xb + i + 16);
-        m0 = _mm512_max_ps(m0, a);
-        m1 = _mm512_max_ps(m1, c);
-        s0 = _mm512_add_ps(s0, a);
-        s1 = _mm512_add_ps(s1, c);
-      }
-      _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + kB - 32), _MM_HINT_T1);
-      _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + kB - 16), _MM_HINT_T1);
-      if (std::isfinite(_mm512_reduce_add_ps(_mm512_add_ps(s0, s1)))) {
-        const float bm = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+    if (b < nfull) {  // lk is block b's look
+      const bool more = b + 1 < nfull;
+      if (finite(lk)) {
+        const float bm = _mm512_reduce_max_ps(lk.m);
         sc.mb[b] = bm;
         m = bm > m ? bm : m;
-        sc.s[b] = static_cast<uint64_t>(block_weight_sum(xb, bm)) + kB;
+        sc.s[b] = static_cast<uint64_t>(more ? weights_and_look(xb, bm, xb + kB, lk) : block_weight_sum(xb, bm)) + kB;
         continue;
       }
+      if (more) lk = look(xb + kB);
     }
 #endif
     float bm = -INFINITY;
