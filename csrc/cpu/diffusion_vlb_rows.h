@@ -49,12 +49,65 @@ inline __m512 exp512_fast(__m512 d) {
 }
 #endif
 
+#if defined(__AVX512F__)
+// Max and NaN / +inf lanes of a full block (rows are read in order: its loads also prefetch
+// ahead; prefetches never fault, also past the end of the tensor).
+struct BlockLook {
+  __m512 m;
+  __mmask16 nf;
+};
+
+inline void look_step(const float* xb, int i, __m512& m0, __m512& m1, __mmask16& nf) {
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + i), _MM_HINT_T1);
+  _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + i + 16), _MM_HINT_T1);
+  const __m512 a = _mm512_loadu_ps(xb + i), c = _mm512_loadu_ps(xb + i + 16);
+  nf |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(c, inf, _CMP_NLT_UQ);
+  m0 = _mm512_max_ps(m0, a);
+  m1 = _mm512_max_ps(m1, c);
+}
+
+inline BlockLook look(const float* xb) {
+  __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+  __mmask16 nf = 0;
+  for (int i = 0; i < kB; i += 32) look_step(xb, i, m0, m1, nf);
+  return {_mm512_max_ps(m0, m1), nf};
+}
+
+// ec = e^(xc - bm) of a full block, returns its sum; with kLook, look(xn) of the next block in
+// the same loop: a block's exps wait for the reduction of its max, and block by block the core
+// stalled on it.
+template <bool kLook>
+inline float exp_block(const float* xc, float bm, float* ec, const float* xn, BlockLook& lk) {
+  const __m512 vbm = _mm512_set1_ps(bm);
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+  __mmask16 nf = 0;
+#pragma GCC unroll 2
+  for (int i = 0; i < kB; i += 32) {
+    if (kLook) look_step(xn, i, m0, m1, nf);
+    const __m512 e0 = exp512_fast(_mm512_sub_ps(_mm512_loadu_ps(xc + i), vbm));
+    const __m512 e1 = exp512_fast(_mm512_sub_ps(_mm512_loadu_ps(xc + i + 16), vbm));
+    _mm512_storeu_ps(ec + i, e0);
+    _mm512_storeu_ps(ec + i + 16, e1);
+    acc0 = _mm512_add_ps(acc0, e0);
+    acc1 = _mm512_add_ps(acc1, e1);
+  }
+  if (kLook) lk = {_mm512_max_ps(m0, m1), nf};
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+#endif
+
 // mb [nb] block maxima, E [K] = e^(x - mb_b) (0 in blocks without a finite value), se [nb]
 // scratch; s = sum_k e^(x_k - m) from the block sums in float64.
 inline RowExp row_exp_blocks(const float* x, int64_t K, float* E, float* mb, double* se) {
   const int64_t nb = (K + kB - 1) / kB;
   float m = -INFINITY;
   bool bad = false;
+#if defined(__AVX512F__)
+  const int64_t nfull = K / kB;
+  BlockLook lk;
+  if (nfull > 0) lk = look(x);
+#endif
   for (int64_t b = 0; b < nb; ++b) {
     const float* xb = x + b * kB;
     float* eb = E + b * kB;
@@ -62,51 +115,44 @@ inline RowExp row_exp_blocks(const float* x, int64_t K, float* E, float* mb, dou
     float bm = -INFINITY;
     float sum = 0.0f;
 #if defined(__AVX512F__)
-    const __m512 ninf = _mm512_set1_ps(-INFINITY), inf = _mm512_set1_ps(INFINITY);
-    __m512 vm0 = ninf, vm1 = ninf;
-    __mmask16 nf = 0;  // lanes with NaN or +inf
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-      _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + i), _MM_HINT_T1);
-      _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + i + 16), _MM_HINT_T1);
-      const __m512 a = _mm512_loadu_ps(xb + i), c = _mm512_loadu_ps(xb + i + 16);
-      nf |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(c, inf, _CMP_NLT_UQ);
-      vm0 = _mm512_max_ps(vm0, a);
-      vm1 = _mm512_max_ps(vm1, c);
-    }
-    for (; i < n; i += 16) {
-      const __mmask16 live = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
-      const __m512 a = _mm512_mask_loadu_ps(ninf, live, xb + i);
-      nf |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ);
-      vm0 = _mm512_max_ps(vm0, a);
-    }
-    bm = _mm512_reduce_max_ps(_mm512_max_ps(vm0, vm1));
-    if (nf) {
-      bad = true;
-      break;
-    }
-    if (bm > -INFINITY) {
-      const __m512 vbm = _mm512_set1_ps(bm);
-      __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
-      if (n == kB) {
-#pragma GCC unroll 2
-        for (i = 0; i < kB; i += 32) {
-          const __m512 e0 = exp512_fast(_mm512_sub_ps(_mm512_loadu_ps(xb + i), vbm));
-          const __m512 e1 = exp512_fast(_mm512_sub_ps(_mm512_loadu_ps(xb + i + 16), vbm));
-          _mm512_storeu_ps(eb + i, e0);
-          _mm512_storeu_ps(eb + i + 16, e1);
-          acc0 = _mm512_add_ps(acc0, e0);
-          acc1 = _mm512_add_ps(acc1, e1);
-        }
-      } else {
-        for (i = 0; i < n; i += 16) {
+    if (b < nfull) {  // lk is block b's look
+      if (lk.nf) {
+        bad = true;
+        break;
+      }
+      bm = _mm512_reduce_max_ps(lk.m);
+      const bool more = b + 1 < nfull;
+      if (bm > -INFINITY) {
+        sum = more ? exp_block<true>(xb, bm, eb, xb + kB, lk) : exp_block<false>(xb, bm, eb, nullptr, lk);
+      } else if (more) {
+        lk = look(xb + kB);
+      }
+    } else {  // the last, partial block
+      const __m512 ninf = _mm512_set1_ps(-INFINITY), inf = _mm512_set1_ps(INFINITY);
+      __m512 vm = ninf;
+      __mmask16 nf = 0;  // lanes with NaN or +inf
+      for (int i = 0; i < n; i += 16) {
+        const __mmask16 live = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
+        const __m512 a = _mm512_mask_loadu_ps(ninf, live, xb + i);
+        nf |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ);
+        vm = _mm512_max_ps(vm, a);
+      }
+      if (nf) {
+        bad = true;
+        break;
+      }
+      bm = _mm512_reduce_max_ps(vm);
+      if (bm > -INFINITY) {
+        const __m512 vbm = _mm512_set1_ps(bm);
+        __m512 acc = _mm512_setzero_ps();
+        for (int i = 0; i < n; i += 16) {
           const __mmask16 live = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
           const __m512 e = exp512_fast(_mm512_sub_ps(_mm512_mask_loadu_ps(vbm, live, xb + i), vbm));
           _mm512_mask_storeu_ps(eb + i, live, e);
-          acc0 = _mm512_mask_add_ps(acc0, live, acc0, e);
+          acc = _mm512_mask_add_ps(acc, live, acc, e);
         }
+        sum = _mm512_reduce_add_ps(acc);
       }
-      sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
     }
 #else
     for (int i = 0; i < n; ++i) {
