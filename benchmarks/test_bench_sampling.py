@@ -3,7 +3,7 @@ and the machine's memory ceiling, all timed in one run, at 1 and 2 threads.
 
 Cases B = 8, (L, V) from SAMPLING_BENCH_CASES (default 256x1024, 1024x4096, 1024x16384),
 logits = 3 * randn in fp32. Rows per case, interleaved round-robin over 3 input sets
-(median of SAMPLING_BENCH_ROUNDS, default 3; min/max in extra_info):
+(median of SAMPLING_BENCH_ROUNDS, default 5; min/max in extra_info):
   read_once        torch.amax(logits, -1): reading the logits once (the target's unit)
   copy             dst.copy_(logits): copy bandwidth (reads and writes the logits)
   sample_*         vqfast.ops.sample_logits: greedy, Gumbel-max over V, top-k 50, top-p 0.9
@@ -39,7 +39,7 @@ from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pyte
 B = 8
 CASES = [tuple(int(v) for v in c.split("x"))
          for c in os.environ.get("SAMPLING_BENCH_CASES", "256x1024,1024x4096,1024x16384").split(",")]
-ROUNDS = int(os.environ.get("SAMPLING_BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("SAMPLING_BENCH_ROUNDS", "5"))
 THREADS = [int(t) for t in os.environ.get("SAMPLING_BENCH_THREADS", "1,2").split(",")]
 REF_ROWS, REF_POS = 1, 32  # the reference is timed on 1 batch row x 32 positions and scaled
 TAU, TOP_K, TOP_P = 4.5, 50, 0.9
