@@ -66,13 +66,14 @@ VQFAST_ROW_LOOP RowLse row_lse(const float* x, int64_t K) {
 // Per-row constants of the uniform posterior with x0 = softmax(x) (diffusion_math.h).
 struct UniformRow {
   float a0, a1, lab, lc, ab, ck, lse, z;
+  float b_zt, rest_p;  // B_{z_t}; 1 - p_{z_t}
 };
 
 UniformRow uniform_row(const float* c, const float* x, int64_t K, int64_t zt, const RowLse& r) {
-  UniformRow u{c[kA0], c[kA1], c[kLogAb], c[kLogC], c[kAb], c[kCK], r.lse, 0.0f};
-  const float b_zt = logaddexp_scalar(u.lab + (x[zt] - r.lse), u.lc);
-  const float rest_p = std::max(r.s - exp_f32(x[zt] - r.m), 0.0f) / r.s;  // 1 - p_{z_t}, no cancellation in p
-  u.z = uniform_log_norm(u.a0, u.a1, b_zt, u.ab * rest_p + u.ck * static_cast<float>(K - 1));
+  UniformRow u{c[kA0], c[kA1], c[kLogAb], c[kLogC], c[kAb], c[kCK], r.lse, 0.0f, 0.0f, 0.0f};
+  u.b_zt = logaddexp_scalar(u.lab + (x[zt] - r.lse), u.lc);
+  u.rest_p = std::max(r.s - exp_f32(x[zt] - r.m), 0.0f) / r.s;  // no cancellation in p
+  u.z = uniform_log_norm(u.a0, u.a1, u.b_zt, u.ab * u.rest_p + u.ck * static_cast<float>(K - 1));
   return u;
 }
 
@@ -190,12 +191,12 @@ void sample_impl(const at::Tensor& x, const int64_t* zt, const float* scoef, int
 // Per-row constants of the uniform VLB (true x0 = i one-hot, prediction softmax(x)).
 struct UniformKl {
   UniformRow p;
-  float zq, q_o, q_i, q_j, bq_i, b_i, b_j, lr;
+  float zq, q_o, q_i, q_j, bq_i, b_i, b_j, lr, ea0, ea1;
 };
 
 // The true posterior's constants depend only on the batch row and on whether x0 == z_t.
 struct TrueQ {
-  float bq_i, zq, q_o, q_i, q_j;
+  float bq_i, zq, q_o, q_i, q_j, ea0, ea1;  // ea0 / ea1 = e^a0 / e^a1
 };
 
 TrueQ true_q(const float* c, int64_t K, bool same) {
@@ -208,6 +209,8 @@ TrueQ true_q(const float* c, int64_t K, bool same) {
   q.q_o = std::exp(a0 + lc - q.zq);
   q.q_i = std::exp((same ? a1 : a0) + q.bq_i - q.zq);
   q.q_j = same ? 0.0f : std::exp(a1 + lc - q.zq);
+  q.ea0 = std::exp(a0);
+  q.ea1 = std::exp(a1);
   return q;
 }
 
@@ -234,18 +237,16 @@ UniformKl uniform_kl_row(const float* c, const float* x, int64_t K, int64_t i, i
   u.q_i = tq.q_i;
   u.q_j = tq.q_j;
   u.bq_i = tq.bq_i;
+  u.ea0 = tq.ea0;
+  u.ea1 = tq.ea1;
   u.b_i = logaddexp_scalar(u.p.lab + (x[i] - r.lse), u.p.lc);
-  u.b_j = i == j ? u.b_i : logaddexp_scalar(u.p.lab + (x[j] - r.lse), u.p.lc);
+  u.b_j = i == j ? u.b_i : u.p.b_zt;
   u.lr = u.p.lab - u.p.lc;  // log(ab K / (1 - ab)); +inf at t = 1
   return u;
 }
 
 // sigmoid(lr + y) = d B_k / d y_k (1 at t = 1, where B_k = y_k).
-inline float dprev(float lr, float y) {
-  float sp, sig;
-  softplus_sigmoid(lr + y, sp, sig);
-  return lr == INFINITY ? 1.0f : sig;
-}
+inline float dprev(float lr, float y) { return lr == INFINITY ? 1.0f : sigmoid_f32(lr + y); }
 
 template <typename T>
 void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, const float* coef, int64_t L,
@@ -307,8 +308,7 @@ void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
       kl[n] = v;
       // SG = sum_k dKL/dy_k, needed by the backward's softmax projection.
       const float p_j = std::exp(row[j] - r.lse);
-      const float rest_p = std::max(r.s - exp_f32(row[j] - r.m), 0.0f) / r.s;
-      float sg = u.p.ab * std::exp(-u.p.z) * (std::exp(u.p.a0) * rest_p + std::exp(u.p.a1) * p_j);
+      float sg = u.p.ab * std::exp(-u.p.z) * (u.ea0 * u.p.rest_p + u.ea1 * p_j);
       sg -= u.q_i * dprev(u.lr, row[i] - r.lse);
       if (u.q_j > 0.0f) sg -= u.q_j * dprev(u.lr, row[j] - r.lse);
       if (u.q_o > 0.0f) sg -= u.q_o * sig_o;
