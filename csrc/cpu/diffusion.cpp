@@ -290,15 +290,13 @@ void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
       // Sum over k not in {x0, z_t} of (lc - B_k) = -softplus(lr + y_k), and of sigmoid(lr + y_k).
       float d = 0.0f, sig_o = 0.0f;
       if (u.q_o > 0.0f) {
+        for (const int64_t o : {i, j}) {  // x0 and z_t are not "other" states: v = 0 adds nothing
+          se[o / 256] -= E[o];
+          E[o] = 0.0f;
+        }
         double ds, ss;
         diffusion_vlb::block_scales(mb.data(), (K + 255) / 256, u.lr, r.lse, cb.data());
         diffusion_vlb::kl_sums(E.data(), mb.data(), se.data(), cb.data(), K, ds, ss);
-        for (int q = 0; q < (i == j ? 1 : 2); ++q) {  // x0 and z_t are not "other" states (once if equal)
-          const int64_t o = q == 0 ? i : j;
-          const float v = cb[o / 256] * E[o];
-          ds += std::log1p(static_cast<double>(v));
-          ss -= v / (1.0f + v);
-        }
         d = static_cast<float>(ds);
         sig_o = static_cast<float>(ss);
       }
