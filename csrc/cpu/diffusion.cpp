@@ -134,6 +134,7 @@ void sample_impl(const at::Tensor& x, const int64_t* zt, const float* scoef, int
   at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
     std::vector<float> buf(std::is_same<T, float>::value ? 0 : K);
     sampling::RowScan sc;
+    diffusion_scan::Carry carry;
     const sampling::Excluded none;
     for (int64_t n = n0; n < n1; ++n) {
       const int64_t j = zt[n];
@@ -142,7 +143,7 @@ void sample_impl(const at::Tensor& x, const int64_t* zt, const float* scoef, int
         continue;
       }
       const float* row = as_float(xp + n * K, K, buf.data());
-      diffusion_scan::scan(row, K, sc);
+      diffusion_scan::scan(row, K, sc, carry, std::is_same<T, float>::value && n + 1 < n1);
       if (sc.bad) {
         out[n] = -1;  // the caller reports the row
         continue;

@@ -113,10 +113,20 @@ inline uint32_t weights_and_look(const float* xc, float bm, const float* xn, Blo
 }
 #endif
 
+// The look of the first block of the row at `at`, taken by the scan of the row before it.
+struct Carry {
+  const float* at = nullptr;
+#if defined(__AVX512F__)
+  BlockLook lk;
+#endif
+};
+
 // sampling::scan_row(x, V, want_prop = true, want_lse = false, sc), same results. A full
 // block without NaN and +-inf has its weights computed without per-element checks; any other
-// block takes scan_row's per-element path.
-inline void scan(const float* x, int64_t V, sampling::RowScan& sc) {
+// block takes scan_row's per-element path. next: x + V may be read (the next row, usually
+// scanned next): when V is a multiple of the block, its first block's look runs with this
+// row's last weights (short rows otherwise waited for that look at every row start).
+inline void scan(const float* x, int64_t V, sampling::RowScan& sc, Carry& carry, bool next) {
   const int64_t nb = (V + kB - 1) / kB;
   sc.mb.resize(nb);
   sc.s.resize(nb);
@@ -127,7 +137,9 @@ inline void scan(const float* x, int64_t V, sampling::RowScan& sc) {
 #if defined(__AVX512F__)
   const int64_t nfull = V / kB;
   BlockLook lk;
-  if (nfull > 0) lk = look(x);
+  if (nfull > 0) lk = carry.at == x ? carry.lk : look(x);
+  carry.at = nullptr;
+  const bool ahead = next && V % kB == 0;
 #endif
   for (int64_t b = 0; b < nb; ++b) {
     const float* xb = x + b * kB;
@@ -139,7 +151,16 @@ inline void scan(const float* x, int64_t V, sampling::RowScan& sc) {
         const float bm = _mm512_reduce_max_ps(lk.m);
         sc.mb[b] = bm;
         m = bm > m ? bm : m;
-        sc.s[b] = static_cast<uint64_t>(more ? weights_and_look(xb, bm, xb + kB, lk) : block_weight_sum(xb, bm)) + kB;
+        uint32_t w;
+        if (more) {
+          w = weights_and_look(xb, bm, xb + kB, lk);
+        } else if (ahead) {
+          w = weights_and_look(xb, bm, xb + kB, carry.lk);
+          carry.at = xb + kB;
+        } else {
+          w = block_weight_sum(xb, bm);
+        }
+        sc.s[b] = static_cast<uint64_t>(w) + kB;
         continue;
       }
       if (more) lk = look(xb + kB);
