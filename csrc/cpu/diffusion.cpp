@@ -260,6 +260,7 @@ void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
     std::vector<double> se(mb.size());
     std::vector<float> cb(mb.size());
     TrueQCache tqc;
+    diffusion_vlb::Carry carry;
     for (int64_t n = n0; n < n1; ++n) {
       const float* c = coef + (n / L) * kNumCoef;
       float* st = stats + 3 * n;
@@ -272,7 +273,8 @@ void vlb_fwd_impl(const at::Tensor& x, const int64_t* zt, const int64_t* x0, con
       const float* row = as_float(xp + n * K, K, buf.data());
       RowLse r;
       if (kind == kUniform) {  // one exp per logit: the sums below reuse E
-        const diffusion_vlb::RowExp e = diffusion_vlb::row_exp_blocks(row, K, E.data(), mb.data(), se.data());
+        const diffusion_vlb::RowExp e = diffusion_vlb::row_exp_blocks(row, K, E.data(), mb.data(), se.data(), carry,
+                                                                      std::is_same<T, float>::value && n + 1 < n1);
         r = {e.m, e.s, e.lse, e.ok};
       } else {
         r = row_lse(row, K);

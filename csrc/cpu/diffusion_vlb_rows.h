@@ -97,16 +97,28 @@ inline float exp_block(const float* xc, float bm, float* ec, const float* xn, Bl
 }
 #endif
 
+// The look of the first block of the row at `at`, taken by the pass over the row before it.
+struct Carry {
+  const float* at = nullptr;
+#if defined(__AVX512F__)
+  BlockLook lk;
+#endif
+};
+
 // mb [nb] block maxima, E [K] = e^(x - mb_b) (0 in blocks without a finite value), se [nb]
-// scratch; s = sum_k e^(x_k - m) from the block sums in float64.
-inline RowExp row_exp_blocks(const float* x, int64_t K, float* E, float* mb, double* se) {
+// scratch; s = sum_k e^(x_k - m) from the block sums in float64. next: x + K may be read (the
+// next row, usually passed next): when K is a multiple of the block, its first block's look
+// runs with this row's last exps, as in diffusion_scan.h.
+inline RowExp row_exp_blocks(const float* x, int64_t K, float* E, float* mb, double* se, Carry& carry, bool next) {
   const int64_t nb = (K + kB - 1) / kB;
   float m = -INFINITY;
   bool bad = false;
 #if defined(__AVX512F__)
   const int64_t nfull = K / kB;
   BlockLook lk;
-  if (nfull > 0) lk = look(x);
+  if (nfull > 0) lk = carry.at == x ? carry.lk : look(x);
+  carry.at = nullptr;
+  const bool ahead = next && K % kB == 0;
 #endif
   for (int64_t b = 0; b < nb; ++b) {
     const float* xb = x + b * kB;
@@ -123,7 +135,14 @@ inline RowExp row_exp_blocks(const float* x, int64_t K, float* E, float* mb, dou
       bm = _mm512_reduce_max_ps(lk.m);
       const bool more = b + 1 < nfull;
       if (bm > -INFINITY) {
-        sum = more ? exp_block<true>(xb, bm, eb, xb + kB, lk) : exp_block<false>(xb, bm, eb, nullptr, lk);
+        if (more) {
+          sum = exp_block<true>(xb, bm, eb, xb + kB, lk);
+        } else if (ahead) {
+          sum = exp_block<true>(xb, bm, eb, xb + kB, carry.lk);
+          carry.at = xb + kB;
+        } else {
+          sum = exp_block<false>(xb, bm, eb, nullptr, lk);
+        }
       } else if (more) {
         lk = look(xb + kB);
       }
