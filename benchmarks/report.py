@@ -34,6 +34,15 @@ RATIOS = {
     "x_read_once_at_copy_bw": "time / read once at copy bw",
     "speedup_vs_separate": "x separate passes",
     "speedup_vs_vector_quantize_pytorch": "x vector-quantize-pytorch",
+    "x_read_once": "time / read once",
+    "exp_ceiling_x_read_once": "exp ceiling / read once",
+    "x_copy": "time / copy",
+    "speedup_vs_chain": "x anchor chain",
+    "speedup_vs_anchor_sample": "x softmax+multinomial",
+    "speedup_vs_anchor_topk": "x topk+multinomial",
+    "speedup_vs_anchor_maskgit_argmax": "x MaskGIT chain (argmax)",
+    "speedup_vs_anchor_maskgit_sample": "x MaskGIT chain (sample)",
+    "speedup_vs_anchor_put": "x PUT chain",
     "peak_rss_MiB": "peak RSS MiB",
     "extra_rss_MiB": "extra RSS MiB",
 }
@@ -47,7 +56,7 @@ def load(path: str) -> tuple[dict, dict[str, list[dict]]]:
     machine = {}
     for b in data["benchmarks"]:
         info = b.get("extra_info", {})
-        name = b["param"] if b.get("param") else b["name"].split("[")[0].removeprefix("test_bench_")
+        name = info.get("row") or (b["param"] if b.get("param") else b["name"].split("[")[0].removeprefix("test_bench_"))
         groups[b.get("group") or b["name"]].append({"name": name, "info": info})
         machine = machine or {k: info[k] for k in ("cpu", "threads", "torch", "commit", "load_avg_1min") if k in info}
     return machine, groups

@@ -161,7 +161,7 @@ BASELINES = {"sample_greedy": ("ref_sample_greedy", "anchor_sample"),
 def _info(L: int, V: int, threads: int, name: str) -> dict:
     t = _measure(L, V, threads)
     med = {k: v["median"] for k, v in t.items()}
-    info = {"B": B, "L": L, "V": V, "median_ms": 1e3 * med[name], "min_ms": 1e3 * t[name]["min"],
+    info = {"row": name, "B": B, "L": L, "V": V, "median_ms": 1e3 * med[name], "min_ms": 1e3 * t[name]["min"],
             "max_ms": 1e3 * t[name]["max"], "x_read_once": med[name] / med["read_once"],
             "copy_GBps": 2 * B * L * V * 4 / med["copy"] / 1e9,
             "exp_ceiling_x_read_once": med["exp_ceiling"] / med["read_once"], **machine(), "threads": threads}
