@@ -14,6 +14,12 @@ def _reference_kl(x0, log_x0_pred, z_t, t, alpha_bar, alpha, transition):
                       _sched(alpha_bar, alpha), transition).reshape(N)
 
 
+def _vlb_cpu(x0, log_x0_pred, z_t, t, alpha_bar, alpha, transition):
+    N, K = log_x0_pred.shape
+    coef = _args.coefficients(_sched(alpha_bar, alpha), t, K, transition)
+    return torch.ops.vqfast_cpu.diffusion_vlb_kl(log_x0_pred, z_t, x0, coef, N // t.shape[0], _args.KIND[transition])
+
+
 @torch.library.custom_op("vqfast::diffusion_vlb_kl", mutates_args=())
 def _vlb_op(x0: torch.Tensor, log_x0_pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor,
             alpha_bar: torch.Tensor, alpha: torch.Tensor, transition: str, backend: str
@@ -24,10 +30,10 @@ def _vlb_op(x0: torch.Tensor, log_x0_pred: torch.Tensor, z_t: torch.Tensor, t: t
         kl = _reference_kl(x0, log_x0_pred, z_t, t, alpha_bar, alpha, transition).float()
         lse = torch.logsumexp(log_x0_pred.float(), dim=-1)
         return kl, torch.stack([lse, torch.zeros_like(lse), torch.zeros_like(lse)], dim=1)
+    if backend == "cpu":
+        return _vlb_cpu(x0, log_x0_pred, z_t, t, alpha_bar, alpha, transition)
     coef = _args.coefficients(_sched(alpha_bar, alpha), t, K, transition)
     kind, L = _args.KIND[transition], N // t.shape[0]
-    if backend == "cpu":
-        return torch.ops.vqfast_cpu.diffusion_vlb_kl(log_x0_pred, z_t, x0, coef, L, kind)
     if backend == "triton":
         from vqfast.triton_kernels.diffusion import vlb_kl_triton
         return vlb_kl_triton(log_x0_pred, z_t, x0, coef, L, kind)
@@ -99,6 +105,12 @@ def vlb_kl(x0: torch.Tensor, log_x0_pred: torch.Tensor, z_t: torch.Tensor, t, sc
     flat, zt, t, name = _check(log_x0_pred, z_t, t, schedule, transition, "vlb_kl", backend)
     K = log_x0_pred.shape[-1]
     _args.tokens("x0", x0, log_x0_pred.shape[:-1], K, "K")
-    kl, _ = _vlb_op(x0.reshape(-1).contiguous(), flat, zt, t, schedule.alpha_bar, schedule.alpha, transition, name)
+    args = (x0.reshape(-1).contiguous(), flat, zt, t, schedule.alpha_bar, schedule.alpha, transition)
+    if (name == "cpu" and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and log_x0_pred.requires_grad)):
+        # Eager without autograd: the registered kernel directly, as in posterior_sample.
+        kl, _ = _vlb_cpu(*args)
+    else:
+        kl, _ = _vlb_op(*args, name)
     _args.nonfinite_rows("log_x0_pred", torch.isnan(kl.detach()).reshape(z_t.shape))
     return kl.reshape(z_t.shape)
