@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -177,13 +178,22 @@ inline void scan_row(const float* x, int64_t V, bool want_prop, bool want_lse, R
     for (int64_t b = 0; b < nb; ++b) sc.total += sc.s_hat[b] = cat::block_weight(sc.s[b], m, sc.mb[b]);
 }
 
-// Lowest v with x[v] == m (m the row max, found in block order).
+// Lowest v with x[v] == m (m the row max, found in block order; 16 values per compare).
 inline int64_t first_max(const float* x, int64_t V, const RowScan& sc) {
   int64_t b = 0;
   while (sc.mb[b] != sc.m) ++b;
   int64_t v = b * cat::kBlock;
+#if defined(__AVX512F__)
+  const __m512 vm = _mm512_set1_ps(sc.m);
+  for (;; v += 16) {  // the block holds m: the search stops inside it
+    const __mmask16 live = tail_mask(static_cast<int>(std::min<int64_t>(16, V - v)));
+    const unsigned hit = _mm512_mask_cmp_ps_mask(live, _mm512_maskz_loadu_ps(live, x + v), vm, _CMP_EQ_OQ);
+    if (hit) return v + std::countr_zero(hit);
+  }
+#else
   while (x[v] != sc.m) ++v;
   return v;
+#endif
 }
 
 #if defined(__AVX512F__)
