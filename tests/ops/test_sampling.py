@@ -373,3 +373,19 @@ def test_bad_inputs_raise_clear_errors():
         vqfast.ops.sample_logits(x, generator=torch.Generator(), seed=1)
     with pytest.raises(TypeError, match="top_k"):
         vqfast.ops.sample_logits(x, top_k=2.5)
+
+
+def test_torch_compile_gives_the_eager_tokens():
+    """Eager CPU calls skip the custom-op layer; traced calls go through it: same tokens."""
+    x = torch.randn(2, 5, 33, generator=torch.Generator().manual_seed(0))
+    m = torch.rand(2, 5, generator=torch.Generator().manual_seed(1)) < 0.6
+
+    def draws(x):
+        return (vqfast.ops.sample_logits(x, 0.9, top_k=7, seed=3),
+                vqfast.ops.gumbel_topk_select(x, m, 1, 2.0, "sample", seed=4).tokens,
+                vqfast.ops.select_and_sample_topk(x, ~m, 5, 2, seed=5)[1])
+
+    eager = draws(x)
+    traced = torch.compile(draws, backend="aot_eager")(x)
+    for a, b in zip(eager, traced):
+        assert torch.equal(a, b)

@@ -189,8 +189,11 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
     banned = _banned(banned_ids, V, logits.device)
     name = _backend.resolve("gumbel_topk_select", backend, logits.device, has=HAS)
     key = key_as_int64(philox_key(generator, seed))
-    tokens, conf, reveal = _gumbel_topk_select_op(logits.detach().contiguous(), masked, n_reveal, tau,
-                                                  choice == "sample", banned, key, name)
+    args = (logits.detach().contiguous(), masked, n_reveal, tau, choice == "sample", banned, key)
+    if name == "cpu" and not torch.compiler.is_compiling():  # eager: the kernel without the custom-op layer
+        tokens, conf, reveal = torch.ops.vqfast_cpu.gumbel_topk_select(*args)
+    else:
+        tokens, conf, reveal = _gumbel_topk_select_op(*args, name)
     _raise_bad(tokens < 0, "logits rows (positions)")
     return GumbelTopkSelection(tokens, conf, reveal)
 
@@ -222,8 +225,11 @@ def select_and_sample_topk(logits: torch.Tensor, known: torch.Tensor, top_k: int
     temperature = _real("temperature", temperature, low=0.0, low_open=True)
     name = _backend.resolve("select_and_sample_topk", backend, logits.device, has=HAS)
     key = key_as_int64(philox_key(generator, seed))
-    pos, tok, bad = _select_and_sample_topk_op(logits.detach().contiguous(), known, min(top_k, V), n_positions,
-                                               temperature, key, name)
+    args = (logits.detach().contiguous(), known, min(top_k, V), n_positions, temperature, key)
+    if name == "cpu" and not torch.compiler.is_compiling():  # eager: the kernel without the custom-op layer
+        pos, tok, bad = torch.ops.vqfast_cpu.select_and_sample_topk(*args)
+    else:
+        pos, tok, bad = _select_and_sample_topk_op(*args, name)
     _raise_bad(bad, "logits of unknown positions in batch rows")
     return pos, tok
 
@@ -264,7 +270,10 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
         uncond = uncond_logits.detach().to(logits.dtype).reshape(-1, V).contiguous()
     name = _backend.resolve("sample_logits", backend, logits.device, has=HAS)
     key = key_as_int64(philox_key(generator, seed))
-    tok = _sample_logits_op(logits.detach().reshape(-1, V).contiguous(), uncond, s, temperature,
-                            k if k < V else 0, p, key, name)
+    args = (logits.detach().reshape(-1, V).contiguous(), uncond, s, temperature, k if k < V else 0, p, key)
+    if name == "cpu" and not torch.compiler.is_compiling():  # eager: the kernel without the custom-op layer
+        tok = torch.ops.vqfast_cpu.sample_logits(*args)
+    else:
+        tok = _sample_logits_op(*args, name)
     _raise_bad(tok.reshape(logits.shape[:-1]) < 0, "logits rows")
     return tok.reshape(logits.shape[:-1])
