@@ -72,17 +72,20 @@ inline void prefetch_ahead(const float* xb, int i) {
   _mm_prefetch(reinterpret_cast<const char*>(xb + kPrefetch * kB + i + 16), _MM_HINT_T1);
 }
 
-inline BlockLook look(const float* xb) {
+// Values i .. i + 31 of a block into its running maxima and sums (two lanes sets).
+inline void look_step(const float* xb, int i, __m512& m0, __m512& m1, __m512& s0, __m512& s1) {
   const __m512 one = _mm512_set1_ps(1.0f);
+  prefetch_ahead(xb, i);
+  const __m512 a = _mm512_loadu_ps(xb + i), c = _mm512_loadu_ps(xb + i + 16);
+  m0 = _mm512_max_ps(m0, a);
+  m1 = _mm512_max_ps(m1, c);
+  s0 = add_on_fma_pipe(a, s0, one);
+  s1 = add_on_fma_pipe(c, s1, one);
+}
+
+inline BlockLook look(const float* xb) {
   __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0, s0 = _mm512_setzero_ps(), s1 = s0;
-  for (int i = 0; i < kB; i += 32) {
-    prefetch_ahead(xb, i);
-    const __m512 a = _mm512_loadu_ps(xb + i), c = _mm512_loadu_ps(xb + i + 16);
-    m0 = _mm512_max_ps(m0, a);
-    m1 = _mm512_max_ps(m1, c);
-    s0 = add_on_fma_pipe(a, s0, one);
-    s1 = add_on_fma_pipe(c, s1, one);
-  }
+  for (int i = 0; i < kB; i += 32) look_step(xb, i, m0, m1, s0, s1);
   return {_mm512_max_ps(m0, m1), _mm512_add_ps(s0, s1)};
 }
 
@@ -95,12 +98,7 @@ inline uint32_t weights_and_look(const float* xc, float bm, const float* xn, Blo
   __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0, s0 = _mm512_setzero_ps(), s1 = s0;
   __m512i a0 = zero, a1 = zero;
   for (int i = 0; i < kB; i += 32) {
-    prefetch_ahead(xn, i);
-    const __m512 a = _mm512_loadu_ps(xn + i), c = _mm512_loadu_ps(xn + i + 16);
-    m0 = _mm512_max_ps(m0, a);
-    m1 = _mm512_max_ps(m1, c);
-    s0 = add_on_fma_pipe(a, s0, one);
-    s1 = add_on_fma_pipe(c, s1, one);
+    look_step(xn, i, m0, m1, s0, s1);
     const __m512 y0 = _mm512_mul_ps(add_on_fma_pipe(_mm512_loadu_ps(xc + i), nbm, one), vc);
     const __m512 y1 = _mm512_mul_ps(add_on_fma_pipe(_mm512_loadu_ps(xc + i + 16), nbm, one), vc);
     const __m512i t0 = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(y0), e150), zero);
