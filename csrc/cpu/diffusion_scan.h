@@ -32,23 +32,27 @@ constexpr int kPrefetch = 16;
 // instead of 11.
 inline __m512 add_on_fma_pipe(__m512 x, __m512 y, __m512 one) { return _mm512_fmadd_ps(x, one, y); }
 
-// sum of in_block_weight(x_i, bm) - 1 over 256 finite values (each weight - 1 is 0..2^23).
-inline uint32_t block_weight_sum(const float* xb, float bm) {
-  const __m512 nbm = _mm512_set1_ps(-bm), vc = _mm512_set1_ps(cat::kC), one = _mm512_set1_ps(1.0f);
+// in_block_weight(x_i, bm) - 1 of values i .. i + 31 of a block (nbm = -bm) into two lane sums
+// (each weight - 1 is 0..2^23). (x - bm) * C without contraction, truncated: t; then the float
+// with bits t + (150 << 23), truncated. in_block_weight clamps (x - bm) * C at -30 * 2^23
+// (weight - 1 = 0); here the bits are clamped at 0 instead, which gives the same 0 for every
+// t < -23 * 2^23 (a float below 1) and also covers products below -2^31 (cvtt gives INT_MIN).
+inline void weights_step(const float* xb, int i, __m512 nbm, __m512i& a0, __m512i& a1) {
+  const __m512 vc = _mm512_set1_ps(cat::kC), one = _mm512_set1_ps(1.0f);
   const __m512i e150 = _mm512_set1_epi32(150 << 23), zero = _mm512_setzero_si512();
-  __m512i a0 = zero, a1 = zero;
-  for (int i = 0; i < kB; i += 32) {
-    // (x - bm) * C without contraction, truncated: t; then the float with bits t + (150 << 23),
-    // truncated. in_block_weight clamps (x - bm) * C at -30 * 2^23 (weight - 1 = 0); here the bits
-    // are clamped at 0 instead, which gives the same 0 for every t < -23 * 2^23 (a float below 1)
-    // and also covers products below -2^31 (cvtt gives INT_MIN)
-    const __m512 y0 = _mm512_mul_ps(add_on_fma_pipe(_mm512_loadu_ps(xb + i), nbm, one), vc);
-    const __m512 y1 = _mm512_mul_ps(add_on_fma_pipe(_mm512_loadu_ps(xb + i + 16), nbm, one), vc);
-    const __m512i t0 = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(y0), e150), zero);
-    const __m512i t1 = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(y1), e150), zero);
-    a0 = _mm512_add_epi32(a0, _mm512_cvttps_epi32(_mm512_castsi512_ps(t0)));
-    a1 = _mm512_add_epi32(a1, _mm512_cvttps_epi32(_mm512_castsi512_ps(t1)));
-  }
+  const __m512 y0 = _mm512_mul_ps(add_on_fma_pipe(_mm512_loadu_ps(xb + i), nbm, one), vc);
+  const __m512 y1 = _mm512_mul_ps(add_on_fma_pipe(_mm512_loadu_ps(xb + i + 16), nbm, one), vc);
+  const __m512i t0 = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(y0), e150), zero);
+  const __m512i t1 = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(y1), e150), zero);
+  a0 = _mm512_add_epi32(a0, _mm512_cvttps_epi32(_mm512_castsi512_ps(t0)));
+  a1 = _mm512_add_epi32(a1, _mm512_cvttps_epi32(_mm512_castsi512_ps(t1)));
+}
+
+// sum of in_block_weight(x_i, bm) - 1 over 256 finite values.
+inline uint32_t block_weight_sum(const float* xb, float bm) {
+  const __m512 nbm = _mm512_set1_ps(-bm);
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0;
+  for (int i = 0; i < kB; i += 32) weights_step(xb, i, nbm, a0, a1);
   return static_cast<uint32_t>(_mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1)));
 }
 
@@ -93,18 +97,12 @@ inline BlockLook look(const float* xb) {
 // wait for its max, so block by block the core stalled on that reduction (the scan took ~2x its
 // op count); here the next block's loads run meanwhile.
 inline uint32_t weights_and_look(const float* xc, float bm, const float* xn, BlockLook& lk) {
-  const __m512 nbm = _mm512_set1_ps(-bm), vc = _mm512_set1_ps(cat::kC), one = _mm512_set1_ps(1.0f);
-  const __m512i e150 = _mm512_set1_epi32(150 << 23), zero = _mm512_setzero_si512();
+  const __m512 nbm = _mm512_set1_ps(-bm);
   __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0, s0 = _mm512_setzero_ps(), s1 = s0;
-  __m512i a0 = zero, a1 = zero;
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0;
   for (int i = 0; i < kB; i += 32) {
     look_step(xn, i, m0, m1, s0, s1);
-    const __m512 y0 = _mm512_mul_ps(add_on_fma_pipe(_mm512_loadu_ps(xc + i), nbm, one), vc);
-    const __m512 y1 = _mm512_mul_ps(add_on_fma_pipe(_mm512_loadu_ps(xc + i + 16), nbm, one), vc);
-    const __m512i t0 = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(y0), e150), zero);
-    const __m512i t1 = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(y1), e150), zero);
-    a0 = _mm512_add_epi32(a0, _mm512_cvttps_epi32(_mm512_castsi512_ps(t0)));
-    a1 = _mm512_add_epi32(a1, _mm512_cvttps_epi32(_mm512_castsi512_ps(t1)));
+    weights_step(xc, i, nbm, a0, a1);
   }
   lk = {_mm512_max_ps(m0, m1), _mm512_add_ps(s0, s1)};
   return static_cast<uint32_t>(_mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1)));
