@@ -27,7 +27,7 @@ import torch
 
 from vqfast import checkpoint
 from vqfast.data import MASK_KINDS, CropSampler, make_masks, pixel_to_token_mask, token_to_pixel_mask
-from vqfast.data.seeding import as_generator
+from vqfast.random import as_generator
 from vqfast.demo import tokenize, train_tokenizer
 from vqfast.diffusion import CosineSchedule
 from vqfast.diffusion_training import ImportanceSampler, vlb_loss

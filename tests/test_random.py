@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from vqfast import _random
+from vqfast import random as _random
 from vqfast.reference import random as R
 from tests.conftest import available
 
@@ -97,8 +97,11 @@ def test_philox_key_from_seed_and_generator():
         _random.philox_key(torch.Generator(), 3)
     with pytest.raises(TypeError, match="seed"):
         _random.philox_key(seed=1.5)
+    assert _random.philox_key(3) == _random.philox_key(seed=3) == 3  # an int generator is a seed
     with pytest.raises(TypeError, match="generator"):
-        _random.philox_key(generator=3)
+        _random.philox_key(generator=3.0)
+    with pytest.raises(ValueError, match="either generator or seed"):
+        _random.philox_key(3, 4)
     assert _random.key_as_int64(2 ** 64 - 1) == -1
 
 
@@ -124,7 +127,7 @@ def _hard_rows(V: int = 1300) -> torch.Tensor:
 
 def test_categorical_proposal_bounds_target():
     """The acceptance ratio e^(x - m) 2^23 s_b / (M s_hat_b what_k) never exceeds 1 (proof in
-    vqfast/_random.py), and acceptance stays high."""
+    vqfast/random.py), and acceptance stays high."""
     x = _hard_rows()
     n, V = x.shape
     m, _, what, s, s_hat = R.proposal_blocks(x)

@@ -1,5 +1,5 @@
 """vqfast's counter-based noise in Triton, bit-exact with csrc/include/vqfast/philox.h and
-vqfast/reference/random.py (scheme documented in vqfast/_random.py).
+vqfast/reference/random.py (scheme documented in vqfast/random.py).
 
 Kernels receive the 64-bit key as two int32 bit patterns (`split_key`) and must be
 launched with enable_fp_fusion=False so `log_f32` is not contracted into FMAs.
@@ -120,7 +120,7 @@ def noise_triton(key: int, stream: int, start: int, n: int, kind: str, device) -
 
 
 # ---------------------------------------------------------------- categorical draws
-# The proposal / acceptance of vqfast/_random.py "Categorical draws", operation for operation.
+# The proposal / acceptance of vqfast/random.py "Categorical draws", operation for operation.
 
 @triton.jit
 def exp_f32(x):

@@ -3,7 +3,7 @@
 One program per row of V logits, looping over V in blocks: guidance mix, temperature
 (IEEE division, div_rn), top-k / top-p thresholds by bisection over the order-preserving
 int32 keys of the float32 values (32 passes over the row, which stays in cache), and the
-shared categorical draw (vqfast/_random.py: integer proposal sums, then ~1.1 walks over
+shared categorical draw (vqfast/random.py: integer proposal sums, then ~1.1 walks over
 the row per draw), so tokens equal the other backends'. MaskGIT's
 reveal is a per-row bisection over the confidences (no sort). Launch with
 enable_fp_fusion=False so the float32 arithmetic is the reference's.
@@ -17,12 +17,12 @@ import triton.language as tl
 from vqfast.triton_kernels.random import (cat_accept, cat_block_weight, cat_floor_mul, cat_in_block_weight,
                                           cat_trial_words, split_key)
 
-_STREAM_TOKEN = tl.constexpr(1)  # vqfast/_random.py (constexpr: jit code reads it)
+_STREAM_TOKEN = tl.constexpr(1)  # vqfast/random.py (constexpr: jit code reads it)
 _STREAM_CONFIDENCE = 2
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-_CAT = 256  # ids per block of the categorical proposal (vqfast/_random.py)
+_CAT = 256  # ids per block of the categorical proposal (vqfast/random.py)
 
 
 def _block(V: int) -> int:
@@ -97,7 +97,7 @@ def _proposal(x, m, NB: tl.constexpr):
 def _draw(X, U, BAN, row, V, m, key_lo, key_hi, scale, temperature, t_key, need, p_key, p_need,
           HAS_CFG: tl.constexpr, APPLY_T: tl.constexpr, HAS_BAN: tl.constexpr, USE_K: tl.constexpr,
           USE_P: tl.constexpr, BLOCK: tl.constexpr):
-    """Categorical draw from softmax of the filtered row (max m): vqfast/_random.py, trial by trial."""
+    """Categorical draw from softmax of the filtered row (max m): vqfast/random.py, trial by trial."""
     NB: tl.constexpr = BLOCK // 256
     cols = tl.arange(0, BLOCK)
     bidx = tl.arange(0, NB)

@@ -30,7 +30,7 @@ from vqfast.data import (
     pixel_to_token_mask,
     token_to_pixel_mask,
 )
-from vqfast.data.seeding import as_generator
+from vqfast.random import as_generator
 from vqfast.models.maskgit import MaskGIT
 from vqfast.models.transformer import BidirectionalTransformer
 from vqfast.models.vqgan import VQGAN

@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vqfast import _random
+from vqfast import random as _random
 from vqfast.diffusion import q_sample, vlb_kl
 
 

@@ -9,7 +9,7 @@
 // previous row (a guess only: the tokens never depend on it). The kept ids (ascending)
 // are drawn by `sparse_categorical`, which consumes the same words and returns the same
 // token as `categorical` on the dense row with -inf outside the kept set
-// (vqfast/_random.py "Categorical draws"). Include only from fp-contract-off files.
+// (vqfast/random.py "Categorical draws"). Include only from fp-contract-off files.
 #pragma once
 #include <bit>
 #include <functional>

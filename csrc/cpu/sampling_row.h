@@ -21,8 +21,8 @@ namespace vqfast {
 namespace sampling {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
-constexpr uint32_t kStreamToken = 1;       // vqfast/_random.py STREAM_TOKEN
-constexpr uint32_t kStreamConfidence = 2;  // vqfast/_random.py STREAM_CONFIDENCE
+constexpr uint32_t kStreamToken = 1;       // vqfast/random.py STREAM_TOKEN
+constexpr uint32_t kStreamConfidence = 2;  // vqfast/random.py STREAM_CONFIDENCE
 
 // n values of src (fp32/fp16/bf16) -> float32 dst.
 inline void to_float(const void* src, at::ScalarType dtype, int64_t n, float* dst) {
@@ -273,7 +273,7 @@ inline Trial proposal_trial(const float* x, int64_t V, const RowScan& sc, uint32
 
 
 // Draw from softmax(x) (the scan of x with want_prop) with the words of row `row` of `stream`
-// (vqfast/_random.py "Categorical draws").
+// (vqfast/random.py "Categorical draws").
 inline int64_t categorical(const float* x, int64_t V, const RowScan& sc, uint64_t key, uint32_t stream,
                            uint64_t row) {
   const Excluded none;

@@ -9,8 +9,8 @@ from vqfast.diffusion import CosineSchedule, posterior_logprobs, posterior_sampl
 from vqfast.models.vqddm import VQDDM
 from vqfast.ops import sample_logits
 from vqfast.samplers import vqddm_sample
-from vqfast.samplers.vqddm import _mix, mixture_step, strided_schedule, timesteps
-from vqfast import _random
+from vqfast.samplers.vqddm import mixture_step, strided_schedule, timesteps
+from vqfast import random as _random
 
 K, S, T = 10, 4, 12
 
@@ -33,16 +33,16 @@ def test_stride_one_equals_full_chain(model, clip_sqrt, method):
     labels = torch.tensor([0, 1, 1])
     got = vqddm_sample(model, 3, sched, steps=T, seed=7, class_labels=labels, method=method)
     key = _random.philox_key(None, 7)
-    z = torch.randint(K, (3, S, S), generator=torch.Generator().manual_seed(_mix(key, -1) >> 1))
+    z = torch.randint(K, (3, S, S), generator=torch.Generator().manual_seed(_random.step_key(key, -1) >> 1))
     with torch.no_grad():
         for t in range(T, 0, -1):
             logits = model(z, torch.full((3,), t), labels)
             if t > 1 and method == "gumbel":
-                z = posterior_sample(logits, z, t, sched, seed=_mix(key, t))
+                z = posterior_sample(logits, z, t, sched, seed=_random.step_key(key, t))
             elif t > 1:
-                z = mixture_step(logits, z, t, sched, _mix(key, t))
+                z = mixture_step(logits, z, t, sched, _random.step_key(key, t))
             else:
-                z = sample_logits(logits, seed=_mix(key, t))
+                z = sample_logits(logits, seed=_random.step_key(key, t))
     assert torch.equal(got, z)
     assert torch.equal(got, vqddm_sample(model, 3, sched, seed=7, class_labels=labels, method=method))  # steps=None
 

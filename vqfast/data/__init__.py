@@ -13,7 +13,7 @@ from vqfast.data.crops import SOURCES, SPLITS, ClassCrops, CropSampler
 from vqfast.data.masks import (MASK_KINDS, box_masks, half_masks, make_masks, outside_masks, pixel_to_token_mask,
                                stroke_masks, token_to_pixel_mask)
 from vqfast.data.photos import PHOTOS, load_faces, load_photo
-from vqfast.data.seeding import as_generator
+from vqfast.random import as_generator
 
 __all__ = ["ClassCrops", "CropSampler", "MASK_KINDS", "PHOTOS", "SOURCES", "SPLITS", "as_generator", "box_masks", "half_masks",
            "load_faces", "load_photo", "make_masks", "outside_masks", "pixel_to_token_mask", "stroke_masks",

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from vqfast.data.photos import PHOTOS, load_faces, load_photo
-from vqfast.data.seeding import as_generator
+from vqfast.random import as_generator
 
 SOURCES = ("photos", "faces")
 SPLITS = ("train", "test")

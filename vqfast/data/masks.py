@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vqfast.data.seeding import as_generator
+from vqfast.random import as_generator
 
 MASK_KINDS = ("box", "outside", "strokes", "half")
 

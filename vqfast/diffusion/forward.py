@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from vqfast import _random
+from vqfast import random as _random
 from vqfast.diffusion import _args
 from vqfast.reference import diffusion as ref
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import torch
 
-from vqfast import _random
+from vqfast import random as _random
 from vqfast.diffusion import _args
 from vqfast.reference import diffusion as ref
 

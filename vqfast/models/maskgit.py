@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqfast.data.seeding import as_generator
+from vqfast.random import as_generator
 from vqfast.models.transformer import BidirectionalTransformer
 
 SCHEDULES = ("linear", "cosine", "square", "cubic", "sqrt", "log", "exp")

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqfast.data.seeding import as_generator
+from vqfast.random import as_generator
 from vqfast.models.maskgit import random_mask
 from vqfast.models.transformer import Block, SelfAttention, init_weights
 

@@ -55,7 +55,7 @@ def finetune_decoder(vq, data, steps: int, *, batch: int = 16, lr: float = 1e-4,
     Returns the steps run; log collects (step, reconstruction loss)."""
     from tqdm.auto import tqdm
 
-    from vqfast.data.seeding import as_generator
+    from vqfast.random import as_generator
 
     frozen = [vq.encoder, vq.quant_conv]
     for m in frozen:

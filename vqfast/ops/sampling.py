@@ -1,6 +1,6 @@
 """Token samplers (DESIGN.md ops 7-9): validation, dispatch, public functions.
 
-Semantics, noise layout and tie rules: vqfast/reference/sampling.py and vqfast/_random.py.
+Semantics, noise layout and tie rules: vqfast/reference/sampling.py and vqfast/random.py.
 Every backend draws the same counter-based noise, so one key gives the same tokens on
 the reference, the C++ CPU kernels and the Triton kernels.
 """
@@ -12,7 +12,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from vqfast import _backend
-from vqfast._random import key_as_int64, philox_key
+from vqfast.random import key_as_int64, philox_key
 from vqfast.ops import _validate
 from vqfast.reference import sampling as ref
 

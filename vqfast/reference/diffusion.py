@@ -20,7 +20,7 @@ import torch
 from vqfast.reference import random as rnd
 
 TRANSITIONS = ("uniform", "absorbing")
-STREAM_POSTERIOR = 16  # vqfast._random.STREAM_DIFFUSION + 0: posterior_sample, blocks (n << 8) + 3 trial + j
+STREAM_POSTERIOR = 16  # vqfast.random.STREAM_DIFFUSION + 0: posterior_sample, blocks (n << 8) + 3 trial + j
 STREAM_Q_KEEP = 17  # q_sample: uniform per position deciding keep vs resample / mask
 STREAM_Q_TOKEN = 18  # q_sample: word per position picking the uniform replacement token
 

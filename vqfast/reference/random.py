@@ -1,7 +1,7 @@
 """vqfast's counter-based noise in pure PyTorch, bit-exact with csrc/include/vqfast/philox.h
 and triton_kernels/random.py.
 
-Philox4x32-10 keyed by a 64-bit call key (see `vqfast._random.philox_key`):
+Philox4x32-10 keyed by a 64-bit call key (see `vqfast.random.philox_key`):
 element i of stream s is word (i & 3) of philox(counter=(i>>2 lo32, i>>2 hi32, s, 0), key).
 uniform(w) = (2*(w >> 9) + 1) * 2^-24 (float32, in (0, 1)); gumbel(w) = -log(-log(u))
 with `log_f32`, a fixed sequence of float32 operations that every backend repeats.
@@ -103,7 +103,7 @@ def gumbel(key: int, stream: int, index: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- categorical draws
 # One categorical draw per row from softmax(x) with a few words per row instead of one
 # Gumbel per element: rejection sampling from a cheap, bit-exact integer proposal
-# (layout and proof in vqfast/_random.py "Categorical draws"; C++ csrc/include/vqfast/philox.h,
+# (layout and proof in vqfast/random.py "Categorical draws"; C++ csrc/include/vqfast/philox.h,
 # Triton triton_kernels/random.py repeat every operation).
 
 CAT_BLOCK = 256  # elements per proposal block (index order: block b holds ids b*256 .. b*256+255)

@@ -2,7 +2,7 @@
 position selection + top-K Gibbs draw, and guided top-k/top-p categorical sampling.
 
 Every draw is `vqfast.reference.random.categorical` over vqfast's counter-based noise
-(vqfast/_random.py "Categorical draws"): the draw of row r (flat index of the position)
+(vqfast/random.py "Categorical draws"): the draw of row r (flat index of the position)
 uses the words of row r of stream STREAM_TOKEN; MaskGIT's confidence noise at position r
 is Gumbel element r of stream STREAM_CONFIDENCE. Ties (argmax, selection): the lowest
 vocabulary id, the lowest position. Arithmetic is float32 in this order (the kernels
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from vqfast._random import STREAM_CONFIDENCE, STREAM_TOKEN
+from vqfast.random import STREAM_CONFIDENCE, STREAM_TOKEN
 from vqfast.reference import random as R
 
 _NEG_INF = float("-inf")

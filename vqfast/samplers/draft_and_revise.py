@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vqfast.data.seeding import as_generator
+from vqfast.random import as_generator
 from vqfast.ops.sampling import sample_logits
 
 PAPER_SETTINGS: dict[str, dict] = {  # supp. A.4 (ImageNet); T_draft = 64 (main paper)

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from vqfast import ops
-from vqfast.data.seeding import as_generator
+from vqfast.random import as_generator
 from vqfast.models.maskgit import SCHEDULES, mask_ratio
 from vqfast.models.inference import low_precision
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 
 from vqfast import ops
-from vqfast.data.seeding import as_generator
+from vqfast.random import as_generator
 from vqfast.models.put_vqvae import check_image_and_mask
 from vqfast.models.inference import low_precision
 from vqfast.progress import progress_bar

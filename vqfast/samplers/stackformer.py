@@ -38,8 +38,8 @@ from __future__ import annotations
 import torch
 
 from vqfast import ops
-from vqfast._random import philox_key
-from vqfast.data.seeding import as_generator
+from vqfast.random import philox_key
+from vqfast.random import as_generator
 from vqfast.models.inference import inference_copy
 from vqfast.models.stackformer import Stackformer, run_causal
 from vqfast.progress import progress_bar

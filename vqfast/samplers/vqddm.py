@@ -43,21 +43,12 @@ from types import SimpleNamespace
 
 import torch
 
-from vqfast import _random
+from vqfast import random as _random
 from vqfast.diffusion import posterior_sample, q_sample
 from vqfast.ops import sample_logits
 
-_MASK64 = (1 << 64) - 1
 METHODS = ("mixture", "gumbel")
 _CHUNK = 256  # rows per log-normalizer chunk: the scratch is _CHUNK x K floats
-
-
-def _mix(key: int, salt: int) -> int:
-    """splitmix64 of key + salt: independent 64-bit keys per timestep."""
-    z = (key + (salt + 1) * 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
 
 
 def timesteps(T: int, steps: int | None = None) -> list[int]:
@@ -108,7 +99,7 @@ def mixture_step(logits: torch.Tensor, z_t: torch.Tensor, i: int, schedule, key:
     out = torch.where(r < keep, z, torch.randint(K, (z.numel(),), generator=g).to(z.device))
     from_model = (r >= keep + uniform_mass).nonzero()[:, 0]
     if from_model.numel():
-        out[from_model] = sample_logits(flat[from_model], seed=_mix(key, 1))
+        out[from_model] = sample_logits(flat[from_model], seed=_random.step_key(key, 1))
     return out.reshape(z_t.shape)
 
 
@@ -158,11 +149,11 @@ def vqddm_sample(model, batch: int | None, schedule, *, steps: int | None = None
     taus = timesteps(schedule.T, steps)
     sched = strided_schedule(schedule, taus)
     key = _random.philox_key(generator, seed)
-    g = torch.Generator().manual_seed(_mix(key, -1) >> 1)
+    g = torch.Generator().manual_seed(_random.step_key(key, -1) >> 1)
     z = torch.randint(K, (B, *shape), generator=g).to(device)
     if known is not None:
         known, missing = known.to(device), mask.to(device)
-        z = torch.where(missing, z, q_sample(known, schedule.T, schedule, seed=_mix(key, -2), num_classes=K))
+        z = torch.where(missing, z, q_sample(known, schedule.T, schedule, seed=_random.step_key(key, -2), num_classes=K))
     from tqdm.auto import tqdm
 
     for i in tqdm(range(sched.T, 0, -1), desc="vqddm", disable=not progress, leave=False):
@@ -170,13 +161,13 @@ def vqddm_sample(model, batch: int | None, schedule, *, steps: int | None = None
         t = torch.full((B,), tau, dtype=torch.long, device=device)
         logits = model(z, t, class_labels)
         if i > 1 and method == "mixture":
-            z = mixture_step(logits, z, i, sched, _mix(key, tau))
+            z = mixture_step(logits, z, i, sched, _random.step_key(key, tau))
         elif i > 1:
-            z = posterior_sample(logits, z, i, sched, seed=_mix(key, tau), backend=backend)
+            z = posterior_sample(logits, z, i, sched, seed=_random.step_key(key, tau), backend=backend)
         else:  # decoder p(z0 | z_tau1) = Cat(softmax(logits)) (eq. 22)
-            z = sample_logits(logits, seed=_mix(key, tau), backend=backend)
+            z = sample_logits(logits, seed=_random.step_key(key, tau), backend=backend)
         if known is not None:
-            again = known if tau_prev == 0 else q_sample(known, tau_prev, schedule, seed=_mix(key, -3 - tau_prev),
+            again = known if tau_prev == 0 else q_sample(known, tau_prev, schedule, seed=_random.step_key(key, -3 - tau_prev),
                                                           num_classes=K)
             z = torch.where(missing, z, again)
     return z

@@ -2,7 +2,7 @@
 // bit by vqfast/reference/random.py (PyTorch) and triton_kernels/random.py (Triton).
 //
 // Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11):
-//   key   = (k0, k1)     = the 64-bit call key (low word, high word), from vqfast/_random.py
+//   key   = (k0, k1)     = the 64-bit call key (low word, high word), from vqfast/random.py
 //   ctr   = (c0, c1, c2, c3) = (block lo32, block hi32, stream, 0), block = element >> 2
 //   word  = philox(ctr, key)[element & 3]
 // so element i of stream s is a pure function of (key, s, i): every backend, thread
@@ -149,7 +149,7 @@ VQFAST_FI float exp_f32(float x) {
 }
 
 // Categorical draws from softmax(x) with 4 words per trial instead of one Gumbel per element
-// (scheme and proof: vqfast/_random.py "Categorical draws"; vqfast/reference/random.py
+// (scheme and proof: vqfast/random.py "Categorical draws"; vqfast/reference/random.py
 // `categorical` is the oracle). The proposal is integer-valued, so every backend sums it
 // exactly in any order; the acceptance test is a fixed sequence of float32 operations.
 namespace cat {

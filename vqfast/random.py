@@ -1,10 +1,17 @@
-"""Turning `generator` / `seed` arguments into the 64-bit key of vqfast's counter-based noise.
+"""Randomness in vqfast: one convention for every sampler, data function and op.
 
-Every sampling op draws its noise from Philox4x32-10 (csrc/include/vqfast/philox.h,
-vqfast/reference/random.py, triton_kernels/random.py, all bit-exact):
+Arguments: every random function takes `generator`: a `torch.Generator` (used and
+advanced), an int seed (same seed + same arguments -> same output on every machine), or
+None (torch's global generator). `as_generator` turns that into a torch.Generator,
+`philox_key` into the 64-bit key of the counter-based noise the kernels draw, and
+`step_key(key, step)` derives the independent key of step `step` of an iterative
+sampler (so step i of a run draws the same numbers whatever ran before it).
+
+Counter-based noise (Philox4x32-10; csrc/include/vqfast/philox.h and
+triton_kernels/random.py are bit-exact with the reference):
 
 - key: 64 bits per op call, from `philox_key(generator, seed)`:
-  `seed` given -> key = seed mod 2^64 (no generator state is touched);
+  an int seed -> key = seed mod 2^64 (no generator state is touched);
   else one `torch.randint(0, 2**32, (2,))` draw from `generator` (or torch's default
   generator when None) -> key = lo | hi << 32. So `torch.manual_seed(s)` or a
   `torch.Generator().manual_seed(s)` makes a call reproducible, and successive calls
@@ -51,8 +58,25 @@ STREAM_CONFIDENCE = 2  # per-position Gumbel noise of MaskGIT's confidence
 STREAM_DIFFUSION = 16  # first id reserved for vqfast.diffusion (16..31)
 
 
-def philox_key(generator: torch.Generator | None = None, seed: int | None = None) -> int:
-    """64-bit Philox key (a Python int in [0, 2^64)) for one op call; see the module doc."""
+def as_generator(generator: torch.Generator | int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+    """A torch.Generator from a generator, an int seed, or None (None: global RNG)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, bool) or not isinstance(generator, int):
+        raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
+    return torch.Generator(device=device).manual_seed(generator)
+
+
+def philox_key(generator: torch.Generator | int | None = None, seed: int | None = None) -> int:
+    """64-bit Philox key (a Python int in [0, 2^64)) for one call.
+
+    An int `generator` (or `seed`) is the key itself mod 2^64; a torch.Generator (or None:
+    the global one) gives one draw of two 32-bit words.
+    """
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        if seed is not None:
+            raise ValueError("pass either generator or seed, not both")
+        generator, seed = None, generator
     if seed is not None:
         if generator is not None:
             raise ValueError("pass either generator or seed, not both")
@@ -60,7 +84,7 @@ def philox_key(generator: torch.Generator | None = None, seed: int | None = None
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         return seed & _MASK64
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
     device = generator.device if generator is not None else "cpu"
     lo, hi = torch.randint(0, 1 << 32, (2,), generator=generator, dtype=torch.int64, device=device).tolist()
     return lo | (hi << 32)
@@ -69,3 +93,11 @@ def philox_key(generator: torch.Generator | None = None, seed: int | None = None
 def key_as_int64(key: int) -> int:
     """The key's bit pattern as a signed int64 (how C++ and Triton kernels receive it)."""
     return key - (1 << 64) if key >= (1 << 63) else key
+
+
+def step_key(key: int, step: int) -> int:
+    """Key of step `step` of an iterative sampler: splitmix64 of key + (step + 1) * golden ratio."""
+    z = (key + (step + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
