@@ -32,9 +32,10 @@ import torch
 
 from vqfast import checkpoint
 from vqfast.demo import default_cache_dir
-from vqfast.models.inference import inference_copy
-from vqfast.models.transformer import Block, BidirectionalTransformer
-from vqfast.samplers import maskgit_decode
+from vqfast.models.common.inference import inference_copy
+from vqfast.models.common.transformer import Block
+from vqfast.models.maskgit.transformer import BidirectionalTransformer
+from vqfast.models.maskgit.sampler import maskgit_decode
 from timing import gemm_rate, machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 if os.environ.get("VQFAST_BENCH_THREADS"):

@@ -31,8 +31,8 @@ import types
 import pytest
 import torch
 
-from vqfast.models.transformer import BidirectionalTransformer
-from vqfast.samplers import maskgit_decode
+from vqfast.models.maskgit.transformer import BidirectionalTransformer
+from vqfast.models.maskgit.sampler import maskgit_decode
 from timing import interleaved, machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 STEPS = 8

@@ -6,7 +6,7 @@ Algorithm-1 iterations so the run stays in minutes on CPU):
   official   the official-style loop: explicit softmax(QK^T)V attention in fp32, a full
              softmax over the vocabulary, a Python top-K filter + torch.multinomial, a
              Python update loop, everything recomputed every iteration
-  fp32       vqfast.samplers.put_fill (fused select_and_sample_topk, SDPA attention, the
+  fp32       vqfast.models.put.put_fill (fused select_and_sample_topk, SDPA attention, the
              transformer's inference copy: on CPU oneDNN-packed fp32 block weights)
   bf16       put_fill(autocast_dtype=torch.bfloat16): the bf16 inference copy (oneDNN-packed
              bf16 block weights, fp32 residual stream, LayerNorms and head; CPU attention
@@ -39,10 +39,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqfast.models.put import PVQVAE, UQTransformer
+from vqfast.models.put.tokenizer import PVQVAE
+from vqfast.models.put.transformer import UQTransformer
 from vqfast.ops.sampling import select_and_sample_topk
-from vqfast.samplers.put import put_fill
-from vqfast.models.inference import inference_copy
+from vqfast.models.put.sampler import put_fill
+from vqfast.models.common.inference import inference_copy
 from timing import gemm_rate, machine, sync  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 # PUT supp. Table 4 (RTX 3090).

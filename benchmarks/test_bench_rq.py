@@ -29,8 +29,8 @@ import time
 import pytest
 import torch
 
-from vqfast.models.rq_transformer import ContextualRQTransformer
-from vqfast.samplers.draft_and_revise import PAPER_SETTINGS, _Sampler, draft_and_revise
+from vqfast.models.rq.transformer import ContextualRQTransformer
+from vqfast.models.rq.sampler import PAPER_SETTINGS, _Sampler, draft_and_revise
 from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 SEED_S_PER_SAMPLE = 0.08  # 371M, A100-class GPUs, supp. Table 2

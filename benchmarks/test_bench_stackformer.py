@@ -34,9 +34,9 @@ import pytest
 import torch
 from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
-from vqfast.models.inference import low_precision_copy
-from vqfast.models.stackformer import Stackformer
-from vqfast.samplers.stackformer import StackformerDecoding, stackformer_sample
+from vqfast.models.common.inference import low_precision_copy
+from vqfast.models.mqvae.stackformer import Stackformer
+from vqfast.models.mqvae.sampler import StackformerDecoding, stackformer_sample
 
 BATCH = int(os.environ.get("STACKFORMER_BENCH_BATCH", "1"))
 ROUNDS = int(os.environ.get("STACKFORMER_BENCH_ROUNDS", "3"))

@@ -4,7 +4,7 @@
 of benchmarks/test_bench_diffusion.py, imported, not copied): the network emits [B, K, L],
 then log_softmax, a [B, K, L] log one-hot of z_t, q_pred, one-step q_pred, logsumexp and
 torch.rand Gumbel noise, all [B, K, L] float32 temporaries, every step.
-"vqfast-mixture": `vqddm_sample`'s default step (`vqfast.samplers.vqddm.mixture_step`: one
+"vqfast-mixture": `vqddm_sample`'s default step (`vqfast.models.vqddm.sampler.mixture_step`: one
 chunked log-normalizer pass over the [B, L, K] logits, a categorical draw only for the rows
 that pick the x0-model component, O(B * L) memory).
 "vqfast-gumbel": `vqfast.diffusion.posterior_sample` (fused Gumbel-max over all K states;
@@ -29,9 +29,9 @@ import pytest
 import torch
 
 from vqfast.diffusion import CosineSchedule, posterior_sample
-from vqfast.models.vqddm import VQDDM
-from vqfast.samplers import vqddm_sample
-from vqfast.samplers.vqddm import mixture_step
+from vqfast.models.vqddm.denoiser import VQDDM
+from vqfast.models.vqddm.sampler import vqddm_sample
+from vqfast.models.vqddm.sampler import mixture_step
 from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 _DIFF_BENCH = Path(__file__).with_name("test_bench_diffusion.py")

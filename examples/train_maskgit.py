@@ -19,9 +19,10 @@ import torch
 from vqfast import checkpoint
 from vqfast.data import CropSampler
 from vqfast.demo import TOKENIZER, TRANSFORMER, inpaint_grid, tokenize, train_tokenizer, train_transformer
-from vqfast.models.maskgit import SCHEDULES, MaskGIT
-from vqfast.models.transformer import BidirectionalTransformer
-from vqfast.models.vqgan import VQGAN
+from vqfast.models.common.masking import SCHEDULES
+from vqfast.models.maskgit.model import MaskGIT
+from vqfast.models.maskgit.transformer import BidirectionalTransformer
+from vqfast.models.common.vqgan import VQGAN
 from vqfast.visualize import plot_curves, save_grid
 
 CONFIGS = {

@@ -27,12 +27,12 @@ import torch
 
 from vqfast import checkpoint
 from vqfast.data import PHOTOS, ClassCrops
-from vqfast.models.mqvae import MQVAE, PRESETS
-from vqfast.models.mqvae_mask import select_top
-from vqfast.models.stackformer import PRESETS as STACKFORMER_PRESETS
-from vqfast.models.stackformer import Stackformer
-from vqfast.models.vqgan_losses import HingeGAN, PatchDiscriminator, VGGPerceptual
-from vqfast.samplers import stackformer_sample
+from vqfast.models.mqvae.tokenizer import MQVAE, PRESETS
+from vqfast.models.mqvae.mask import select_top
+from vqfast.models.mqvae.stackformer import PRESETS as STACKFORMER_PRESETS
+from vqfast.models.mqvae.stackformer import Stackformer
+from vqfast.models.common.losses import HingeGAN, PatchDiscriminator, VGGPerceptual
+from vqfast.models.mqvae.sampler import stackformer_sample
 from vqfast.training import optimizer_step, start_run
 from vqfast.visualize import plot_curves, save_grid
 

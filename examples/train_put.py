@@ -21,8 +21,10 @@ import torch
 
 from vqfast import checkpoint
 from vqfast.data import CropSampler, make_masks
-from vqfast.models.put import PVQVAE, PVQVAELoss, UQTransformer, uq_loss, uq_training_batch
-from vqfast.samplers.put import put_sample
+from vqfast.models.put.losses import PVQVAELoss
+from vqfast.models.put.tokenizer import PVQVAE
+from vqfast.models.put.transformer import UQTransformer, uq_loss, uq_training_batch
+from vqfast.models.put.sampler import put_sample
 from vqfast.training import optimizer_step, start_run
 from vqfast.visualize import plot_curves, save_grid
 

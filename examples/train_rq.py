@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 from vqfast import checkpoint
 from vqfast.data import PHOTOS, ClassCrops, make_masks
-from vqfast.models.rq_transformer import ContextualRQTransformer
-from vqfast.models.rqvae import RQVAE
-from vqfast.samplers.draft_and_revise import PAPER_SETTINGS, draft_and_revise
+from vqfast.models.rq.transformer import ContextualRQTransformer
+from vqfast.models.rq.tokenizer import RQVAE
+from vqfast.models.rq.sampler import PAPER_SETTINGS, draft_and_revise
 from vqfast.training import optimizer_step, start_run
 from vqfast.visualize import plot_curves, save_grid
 

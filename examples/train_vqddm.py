@@ -5,7 +5,7 @@
         --ddm-steps 1000000 --batch 180                           # the appendix's 117M U-Net, K = 1024
 
 Stages (a stage whose checkpoint exists in --out is loaded, unless --retrain):
-1. VQGAN tokenizer (vqfast.models.vqgan) on crops -> 16x16 token maps.
+1. VQGAN tokenizer (vqfast.models.common.conv) on crops -> 16x16 token maps.
 2. ReFiT (Sec. 3.2): P = 20k encoder features, AFK-MC2 (m = 200) + k-means rebuild the
    codebook (optionally to a smaller K), usage before/after on held-out crops; then the
    decoder is fine-tuned with the encoder frozen.
@@ -30,11 +30,11 @@ from vqfast.data import MASK_KINDS, CropSampler, make_masks, pixel_to_token_mask
 from vqfast.random import as_generator
 from vqfast.demo import tokenize, train_tokenizer
 from vqfast.diffusion import CosineSchedule
-from vqfast.diffusion_training import ImportanceSampler, vlb_loss
-from vqfast.models.vqddm import VQDDM
-from vqfast.models.vqddm_refit import finetune_decoder, refit_tokenizer
-from vqfast.models.vqgan import VQGAN
-from vqfast.samplers import vqddm_sample
+from vqfast.models.vqddm.objective import ImportanceSampler, vlb_loss
+from vqfast.models.vqddm.denoiser import VQDDM
+from vqfast.models.vqddm.refit import finetune_decoder, refit_tokenizer
+from vqfast.models.common.vqgan import VQGAN
+from vqfast.models.vqddm.sampler import vqddm_sample
 from vqfast.training import optimizer_step
 from vqfast.visualize import plot_curves, save_grid
 

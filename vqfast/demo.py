@@ -31,11 +31,11 @@ from vqfast.data import (
     token_to_pixel_mask,
 )
 from vqfast.random import as_generator
-from vqfast.models.maskgit import MaskGIT
-from vqfast.models.transformer import BidirectionalTransformer
-from vqfast.models.vqgan import VQGAN
+from vqfast.models.maskgit.model import MaskGIT
+from vqfast.models.maskgit.transformer import BidirectionalTransformer
+from vqfast.models.common.vqgan import VQGAN
 from vqfast.progress import progress_bar
-from vqfast.samplers import maskgit_decode
+from vqfast.models.maskgit.sampler import maskgit_decode
 from vqfast.visualize import save_grid
 
 DEMO_VERSION = 1  # bump when the recipe changes so stale caches are retrained

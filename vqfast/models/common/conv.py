@@ -1,0 +1,188 @@
+"""VQGAN-style convolutional tokenizer (taming-transformers' shape; MaskGIT's stage 1).
+
+Encoder: conv stem -> per level `num_res_blocks` ResBlocks (GroupNorm + Swish) and a
+stride-2 downsample (all levels but the last) -> mid ResBlock, self-attention,
+ResBlock -> GroupNorm, Swish, conv -> 1x1 to the code dim. Decoder mirrors it with
+nearest-neighbour upsampling. The quantizer is `vqfast.quantizers.VectorQuantizer`
+(EMA codebook, PUT eq. 2, decay 0.99). A resolution R image gives an
+(R / 2^(levels-1))^2 token map.
+
+Loss (`VQGAN.loss`): L1 or L2 reconstruction + the quantizer's commitment term, plus
+optional perceptual and adversarial terms (`vqfast.models.common.losses`).
+
+Configs: `VQGAN.tiny()` (32x32 crops -> 8x8 tokens, 256 codes: the CPU demo's) and
+`VQGAN.seed_config()` (64x64 -> 16x16 tokens, 1024 codes, dim 256: the seed lab's).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vqfast.quantizers import VectorQuantizer
+
+
+def _norm(ch: int) -> nn.GroupNorm:
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if ch % g == 0)
+    return nn.GroupNorm(groups, ch, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> Swish -> conv3x3, twice, with a 1x1 skip when channels change."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(_norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
+                                  _norm(cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.body(x)
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention (used at the lowest resolution)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm = _norm(ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=-1)  # [B, HW, C] each
+        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        return x + self.proj(out.transpose(1, 2).reshape(B, C, H, W))
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # taming's asymmetric pad: exact halving
+
+
+class Upsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _mid(ch: int, attn: bool) -> nn.Sequential:
+    return nn.Sequential(ResBlock(ch, ch), AttnBlock(ch) if attn else nn.Identity(), ResBlock(ch, ch))
+
+
+class Encoder(nn.Module):
+    def __init__(self, in_channels: int, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int,
+                 attn: bool):
+        super().__init__()
+        layers, cin = [nn.Conv2d(in_channels, ch, 3, padding=1)], ch
+        for i, m in enumerate(ch_mult):
+            for _ in range(num_res_blocks):
+                layers.append(ResBlock(cin, ch * m))
+                cin = ch * m
+            if i < len(ch_mult) - 1:
+                layers.append(Downsample(cin))
+        layers += [_mid(cin, attn), _norm(cin), nn.SiLU(), nn.Conv2d(cin, z_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, out_channels: int, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int,
+                 attn: bool):
+        super().__init__()
+        cin = ch * ch_mult[-1]
+        layers = [nn.Conv2d(z_channels, cin, 3, padding=1), _mid(cin, attn)]
+        for i, m in reversed(list(enumerate(ch_mult))):
+            for _ in range(num_res_blocks + 1):
+                layers.append(ResBlock(cin, ch * m))
+                cin = ch * m
+            if i > 0:
+                layers.append(Upsample(cin))
+        layers += [_norm(cin), nn.SiLU(), nn.Conv2d(cin, out_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class ConvTokenizer(nn.Module):
+    """The body VQGAN and RQVAE share: encoder -> 1x1 -> quantizer -> 1x1 -> decoder, and the loss.
+
+    config holds resolution, in_channels, ch, ch_mult, num_res_blocks, embed_dim, z_channels,
+    attn, rec_loss; make_quantizer() builds the quantizer (called between the encoder and
+    decoder so parameters are created in the same order as before the split)."""
+
+    def __init__(self, config: dict, make_quantizer):
+        super().__init__()
+        c = config
+        f = 2 ** (len(c["ch_mult"]) - 1)
+        if c["resolution"] % f:
+            raise ValueError(f"resolution={c['resolution']} must be divisible by the downsampling factor {f}")
+        if c["rec_loss"] not in ("l1", "l2"):
+            raise ValueError(f"rec_loss must be 'l1' or 'l2', got {c['rec_loss']!r}")
+        self.config = config
+        self.token_hw = (c["resolution"] // f, c["resolution"] // f)
+        self.rec_loss = c["rec_loss"]
+        ch_mult = tuple(c["ch_mult"])
+        self.encoder = Encoder(c["in_channels"], c["ch"], ch_mult, c["num_res_blocks"], c["z_channels"], c["attn"])
+        self.quant_conv = nn.Conv2d(c["z_channels"], c["embed_dim"], 1)
+        self.quantizer = make_quantizer()
+        self.post_quant_conv = nn.Conv2d(c["embed_dim"], c["z_channels"], 1)
+        self.decoder = Decoder(c["in_channels"], c["ch"], ch_mult, c["num_res_blocks"], c["z_channels"], c["attn"])
+
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizer.codebook_size
+
+    def _check_images(self, x: torch.Tensor) -> None:
+        r, c = self.config["resolution"], self.config["in_channels"]
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != c or tuple(x.shape[2:]) != (r, r):
+            raise ValueError(f"images must be [B, {c}, {r}, {r}], got {tuple(getattr(x, 'shape', ()))}")
+
+    def quantize(self, x: torch.Tensor):
+        """images -> (z_q [B, d, h, w], indices [B, h, w] (RQVAE: [B, h, w, D]), QuantizerLosses)."""
+        self._check_images(x)
+        return self.quantizer(self.quant_conv(self.encoder(x)))
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """images [B, C, R, R] -> token indices int64 [B, h, w] (RQVAE: [B, h, w, D])."""
+        return self.quantize(x)[1]
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        """quantized latents [B, d, h, w] -> images [B, C, R, R]."""
+        return self.decoder(self.post_quant_conv(z_q))
+
+    def forward(self, x: torch.Tensor):
+        """images -> (reconstruction, indices, QuantizerLosses)."""
+        z_q, idx, qloss = self.quantize(x)
+        return self.decode(z_q), idx, qloss
+
+    def loss(self, x: torch.Tensor, perceptual: nn.Module | None = None, perceptual_weight: float = 1.0,
+             adversarial=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss of a batch: rec (L1/L2) + quantizer (commitment, codebook) terms,
+        + perceptual_weight * perceptual(x, rec) when given, + adversarial.generator_loss(rec)
+        when given (e.g. `vqfast.models.common.losses.HingeGAN`). Returns (loss, logs)."""
+        rec, idx, qloss = self(x)
+        rec_term = F.l1_loss(rec, x) if self.rec_loss == "l1" else F.mse_loss(rec, x)
+        total = rec_term + qloss.total
+        logs = {"rec": float(rec_term.detach()), "commit": float(qloss.commitment.detach())}
+        if perceptual is not None:
+            p = perceptual(x, rec)
+            total = total + perceptual_weight * p
+            logs["perceptual"] = float(p.detach())
+        if adversarial is not None:
+            a = adversarial.generator_loss(rec)
+            total = total + a
+            logs["adversarial"] = float(a.detach())
+        return total, logs
