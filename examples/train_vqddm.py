@@ -82,7 +82,7 @@ def sample_grid(vq: VQGAN, model: VQDDM, sched, n: int, strides: list[int | None
         t0 = time.perf_counter()
         z = vqddm_sample(model, n, sched, steps=steps, seed=seed, progress=True)
         secs = time.perf_counter() - t0
-        rows.append(list(vq.decode_indices(z)))
+        rows.append(list(vq.decode_tokens(z)))
         labels.append(f"{steps or sched.T} steps ({secs:.0f} s)")
     return rows, labels
 
@@ -98,9 +98,9 @@ def inpaint_grid(vq: VQGAN, model: VQDDM, sched, data: CropSampler, *, steps: in
     tokens = vq.encode(x)
     rep = lambda t: t.repeat_interleave(n_samples, 0)  # noqa: E731 -- every image n_samples times
     z = vqddm_sample(model, None, sched, steps=steps, known=rep(tokens), mask=rep(tok_mask), seed=seed, progress=True)
-    imgs = vq.decode_indices(z).view(len(x), n_samples, 3, R, R)
+    imgs = vq.decode_tokens(z).view(len(x), n_samples, 3, R, R)
     masked_in = torch.where(pix[:, None], torch.full_like(x, 0.6), x)
-    rows = [[masked_in[i], *imgs[i], vq.decode_indices(tokens[i:i + 1])[0], x[i]] for i in range(len(x))]
+    rows = [[masked_in[i], *imgs[i], vq.decode_tokens(tokens[i:i + 1])[0], x[i]] for i in range(len(x))]
     return rows, ["masked input", *[f"sample {j + 1}" for j in range(n_samples)], "VQ recon", "ground truth"]
 
 

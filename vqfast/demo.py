@@ -67,12 +67,12 @@ def train_tokenizer(vq: VQGAN, data: CropSampler, steps: int, *, batch: int = 32
             break
         _cosine_lr(opt, step, steps, lr, warmup=20)
         x = data.sample(batch, g).contiguous(memory_format=torch.channels_last)
-        loss, logs = vq.loss(x)
+        loss, logs = vq(x).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if log is not None:
-            log.append((step, logs["rec"]))
+            log.append((step, float(logs["rec"])))
         bar.update(1)
         bar.set_postfix(rec=f"{logs['rec']:.3f}", refresh=False)
     bar.close()
@@ -137,10 +137,10 @@ def inpaint_grid(vq: VQGAN, net: BidirectionalTransformer, data: CropSampler, *,
     tok_mask = pixel_to_token_mask(pix, vq.token_hw)
     pix = token_to_pixel_mask(tok_mask, (R, R))  # the region actually regenerated: whole tokens
     tokens = vq.encode(x)
-    rec = vq.decode_indices(tokens)
+    rec = vq.decode_tokens(tokens)
     reps = lambda t: t.repeat_interleave(n_samples, 0)  # noqa: E731 -- every image n_samples times
     out = maskgit_decode(net, reps(tokens), reps(tok_mask), steps=steps, choice="sample", generator=seed)
-    imgs = vq.decode_indices(out).view(len(x), n_samples, 3, R, R)
+    imgs = vq.decode_tokens(out).view(len(x), n_samples, 3, R, R)
     keep = (~pix)[:, None, None]
     imgs = torch.where(keep, x[:, None], imgs)
     masked_in = torch.where(pix[:, None], torch.full_like(x, 0.6), x)  # light grey = missing

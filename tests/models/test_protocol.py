@@ -14,7 +14,7 @@ from vqfast.models.vqddm import VQDDM, vqddm_sample
 
 CLASSES = [VQGAN, BidirectionalTransformer, PVQVAE, UQTransformer, MQVAE, Stackformer, RQVAE,
            ContextualRQTransformer, VQDDM]
-PRESETS = [(cls, name) for cls in CLASSES for name in cls.PRESETS]
+PRESETS = [(cls, name) for cls in CLASSES for name in getattr(cls, "PRESETS", ())]
 
 
 def images(model, batch=2, seed=0):

@@ -118,19 +118,19 @@ def test_vqgan_shapes():
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     idx = vq.encode(x)
     assert idx.shape == (2, 8, 8) and idx.dtype == torch.long and vq.token_hw == (8, 8)
-    assert vq.decode_indices(idx).shape == (2, 3, 16, 16)
-    assert vq.decode_indices(idx.flatten(1)).shape == (2, 3, 16, 16)
+    assert vq.decode_tokens(idx).shape == (2, 3, 16, 16)
+    assert vq.decode_tokens(idx.flatten(1)).shape == (2, 3, 16, 16)
     with pytest.raises(ValueError, match="images must be"):
         vq.encode(torch.rand(2, 3, 8, 8))
-    with pytest.raises(ValueError, match="indices"):
-        vq.decode_indices(torch.full((1, 8, 8), 32))
+    with pytest.raises(ValueError, match="tokens must lie"):
+        vq.decode_tokens(torch.full((1, 8, 8), 32))
     with pytest.raises(ValueError, match="divisible"):
         VQGAN(resolution=18, ch_mult=(1, 2, 2))
 
 
 def test_vqgan_seed_config_token_grid():
-    assert VQGAN.seed_config().token_hw == (16, 16)
-    assert VQGAN.seed_config().codebook_size == 1024
+    assert VQGAN.from_preset("64px").token_hw == (16, 16)
+    assert VQGAN.from_preset("64px").codebook_size == 1024
 
 
 def test_vqgan_trains():
@@ -142,7 +142,7 @@ def test_vqgan_trains():
     opt = torch.optim.Adam(vq.parameters(), lr=5e-3)
     first = None
     for _ in range(40):
-        loss, logs = vq.loss(x)
+        loss, logs = vq(x).loss
         first = first if first is not None else logs["rec"]
         opt.zero_grad()
         loss.backward()

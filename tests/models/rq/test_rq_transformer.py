@@ -67,7 +67,7 @@ def test_bad_inputs_name_the_argument():
     net = ContextualRQTransformer(**SMALL)
     codes = _codes(net, 1)
     masked = torch.zeros(1, 3, 5, dtype=torch.bool)
-    with pytest.raises(ValueError, match="codes must be"):
+    with pytest.raises(ValueError, match="tokens must be"):
         net(codes[..., :2], masked)
     with pytest.raises(TypeError, match="codes"):
         net(codes.int(), masked)
@@ -103,7 +103,7 @@ def test_tiny_model_overfits_a_batch():
 
 
 def test_tiny_preset_matches_tiny_rqvae():
-    net, rq = ContextualRQTransformer.preset("tiny"), RQVAE.tiny()
+    net, rq = ContextualRQTransformer.preset("tiny"), RQVAE.from_preset("tiny")
     assert (net.codebook_size, net.grid, net.code_depth) == (rq.codebook_size, rq.token_hw, rq.code_depth)
     assert set(PRESETS) >= {"371M", "821M", "1.4B", "tiny"}
 
@@ -112,17 +112,17 @@ def test_rqvae_shapes_codes_and_training_step():
     torch.manual_seed(0)
     rq = RQVAE(resolution=16, ch=16, ch_mult=(1, 2), codebook_size=32, embed_dim=8, code_depth=3)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
-    loss, logs = rq.loss(x)
+    loss, logs = rq(x).loss
     loss.backward()
     assert set(logs) == {"rec", "commit"} and rq.encoder.net[0].weight.grad is not None
     rq.eval()
     rec, codes, _ = rq(x)
     assert codes.shape == (2, 8, 8, 3) and codes.dtype == torch.long
-    torch.testing.assert_close(rq.decode_codes(codes), rec)
-    with pytest.raises(ValueError, match="codes must be"):
-        rq.decode_codes(codes[..., :2])
+    torch.testing.assert_close(rq.decode_tokens(codes), rec)
+    with pytest.raises(ValueError, match="tokens must be"):
+        rq.decode_tokens(codes[..., :2])
     with pytest.raises(ValueError, match="images must be"):
         rq.encode(x[:, :, :8])
     with torch.device("meta"):
-        paper = RQVAE.paper()
+        paper = RQVAE.from_preset("paper")
     assert paper.token_hw == (8, 8) and paper.codebook_size == 16384

@@ -7,19 +7,18 @@ nearest-neighbour upsampling. The quantizer is `vqfast.quantizers.VectorQuantize
 (EMA codebook, PUT eq. 2, decay 0.99). A resolution R image gives an
 (R / 2^(levels-1))^2 token map.
 
-Loss (`VQGAN.loss`): L1 or L2 reconstruction + the quantizer's commitment term, plus
+Loss (`forward`): L1 or L2 reconstruction + the quantizer's commitment term, plus
 optional perceptual and adversarial terms (`vqfast.models.common.losses`).
-
-Configs: `VQGAN.tiny()` (32x32 crops -> 8x8 tokens, 256 codes: the CPU demo's) and
-`VQGAN.seed_config()` (64x64 -> 16x16 tokens, 1024 codes, dim 256: the seed lab's).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqfast.quantizers import VectorQuantizer
+from vqfast.models.common.outputs import TokenizerOutput, loss_output
 
 
 def _norm(ch: int) -> nn.GroupNorm:
@@ -144,6 +143,11 @@ class ConvTokenizer(nn.Module):
     def codebook_size(self) -> int:
         return self.quantizer.codebook_size
 
+    @property
+    def token_shape(self) -> tuple[int, ...]:
+        """Shape of one image's tokens: (h, w)."""
+        return self.token_hw
+
     def _check_images(self, x: torch.Tensor) -> None:
         r, c = self.config["resolution"], self.config["in_channels"]
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != c or tuple(x.shape[2:]) != (r, r):
@@ -163,26 +167,33 @@ class ConvTokenizer(nn.Module):
         """quantized latents [B, d, h, w] -> images [B, C, R, R]."""
         return self.decoder(self.post_quant_conv(z_q))
 
-    def forward(self, x: torch.Tensor):
-        """images -> (reconstruction, indices, QuantizerLosses)."""
-        z_q, idx, qloss = self.quantize(x)
-        return self.decode(z_q), idx, qloss
-
-    def loss(self, x: torch.Tensor, perceptual: nn.Module | None = None, perceptual_weight: float = 1.0,
-             adversarial=None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss of a batch: rec (L1/L2) + quantizer (commitment, codebook) terms,
-        + perceptual_weight * perceptual(x, rec) when given, + adversarial.generator_loss(rec)
-        when given (e.g. `vqfast.models.common.losses.HingeGAN`). Returns (loss, logs)."""
-        rec, idx, qloss = self(x)
-        rec_term = F.l1_loss(rec, x) if self.rec_loss == "l1" else F.mse_loss(rec, x)
+    def forward(self, images: torch.Tensor, *, perceptual: nn.Module | None = None, perceptual_weight: float = 1.0,
+                adversarial=None) -> TokenizerOutput:
+        """images -> TokenizerOutput(reconstruction, tokens, loss): rec (L1/L2) + the quantizer's
+        commitment term, + perceptual_weight * perceptual(images, rec) when given, +
+        adversarial.generator_loss(rec) when given (e.g. `vqfast.models.common.losses.HingeGAN`)."""
+        z_q, tokens, qloss = self.quantize(images)
+        rec = self.decode(z_q)
+        rec_term = F.l1_loss(rec, images) if self.rec_loss == "l1" else F.mse_loss(rec, images)
         total = rec_term + qloss.total
-        logs = {"rec": float(rec_term.detach()), "commit": float(qloss.commitment.detach())}
+        terms = {"rec": rec_term, "commit": qloss.commitment}
         if perceptual is not None:
-            p = perceptual(x, rec)
-            total = total + perceptual_weight * p
-            logs["perceptual"] = float(p.detach())
+            terms["perceptual"] = perceptual(images, rec)
+            total = total + perceptual_weight * terms["perceptual"]
         if adversarial is not None:
-            a = adversarial.generator_loss(rec)
-            total = total + a
-            logs["adversarial"] = float(a.detach())
-        return total, logs
+            terms["adversarial"] = adversarial.generator_loss(rec)
+            total = total + terms["adversarial"]
+        return TokenizerOutput(rec, tokens, loss_output(total, **terms))
+
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens int64 [B, h, w] (or [B, h*w]; RQVAE: [B, h, w, D]) -> images [B, C, R, R]."""
+        h, w = self.token_hw
+        shape = self.token_shape
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() < 2 or \
+                tokens[0].numel() != math.prod(shape):
+            raise ValueError(f"tokens must be int64 [B, {', '.join(map(str, shape))}], got "
+                             f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
+            raise ValueError(f"tokens must lie in [0, {self.codebook_size}), got range "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        return self.decode(self.quantizer.indices_to_codes(tokens.reshape(-1, *shape)))

@@ -6,26 +6,32 @@ codes[B, h, w, D]: z ~ sum_d e(codes[..., d]).
 Quantizer: `vqfast.quantizers.ResidualQuantizer` (EMA decay 0.99, Laplace smoothing,
 restart of codes with EMA count < 1; commitment over the partial sums
 mean_d ||z - sg(sum_{i<=d} e_{k_i})||^2, weight 0.25). Loss: MSE + 0.25 * commitment
-(+ optional perceptual / adversarial terms as `VQGAN.loss`).
+(+ optional perceptual / adversarial terms, as every conv tokenizer's `forward`).
 
-Configs: `RQVAE.tiny()` (32x32 crops -> 8x8x4 codes, K = 256: CPU demo; matches the
-"tiny" Contextual RQ-Transformer preset) and `RQVAE.paper()` (256x256 -> 8x8x4,
-K = 16384, dim 256, five downsamplings with two ResBlocks per level).
+Presets: "tiny" (32x32 crops -> 8x8x4 codes, K = 256: CPU demo; matches the "tiny"
+Contextual RQ-Transformer preset) and "paper" (256x256 -> 8x8x4, K = 16384, dim 256,
+five downsamplings with two ResBlocks per level).
 
-    rq = RQVAE.tiny()
+    rq = RQVAE.from_preset("tiny")
     codes = rq.encode(torch.rand(2, 3, 32, 32) * 2 - 1)   # [2, 8, 8, 4]
-    x = rq.decode_codes(codes)                            # [2, 3, 32, 32]
+    x = rq.decode_tokens(codes)                           # [2, 3, 32, 32]
 """
 from __future__ import annotations
 
-import torch
-
 from vqfast.models.common.conv import ConvTokenizer
+from vqfast.models.common.presets import PresetMixin
 from vqfast.quantizers import ResidualQuantizer
 
 
-class RQVAE(ConvTokenizer):
+class RQVAE(PresetMixin, ConvTokenizer):
     """images [B, C, R, R] in [-1, 1] <-> codes [B, R/f, R/f, D] (f = 2^(len(ch_mult)-1))."""
+
+    PRESETS = {
+        "tiny": dict(resolution=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, codebook_size=256, embed_dim=32,
+                     code_depth=4),
+        "paper": dict(resolution=256, ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, codebook_size=16384,
+                      embed_dim=256, code_depth=4),
+    }
 
     def __init__(self, resolution: int = 32, in_channels: int = 3, ch: int = 32, ch_mult: tuple[int, ...] = (1, 2, 2),
                  num_res_blocks: int = 1, codebook_size: int = 256, embed_dim: int = 32, code_depth: int = 4,
@@ -43,25 +49,7 @@ class RQVAE(ConvTokenizer):
             seed=seed))
         self.code_depth = code_depth
 
-    @classmethod
-    def tiny(cls, **overrides) -> "RQVAE":
-        """32x32 crops -> 8x8x4 codes, K = 256 codes of dim 32 (~1M parameters)."""
-        return cls(**{**dict(resolution=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, codebook_size=256,
-                             embed_dim=32, code_depth=4), **overrides})
-
-    @classmethod
-    def paper(cls, **overrides) -> "RQVAE":
-        """supp. A.1: 256x256 -> 8x8x4 codes, K = 16384 shared codes of dim 256."""
-        return cls(**{**dict(resolution=256, ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
-                             codebook_size=16384, embed_dim=256, code_depth=4), **overrides})
-
-    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes int64 [B, h, w, D] -> images [B, C, R, R]."""
-        h, w = self.token_hw
-        if not isinstance(codes, torch.Tensor) or codes.dtype != torch.long or \
-                tuple(codes.shape[1:]) != (h, w, self.code_depth):
-            raise ValueError(f"codes must be int64 [B, {h}, {w}, {self.code_depth}], got "
-                             f"{getattr(codes, 'dtype', type(codes))} {tuple(getattr(codes, 'shape', ()))}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.codebook_size})")
-        return self.decode(self.quantizer.indices_to_codes(codes))
+    @property
+    def token_shape(self) -> tuple[int, ...]:
+        """Shape of one image's codes: (h, w, D)."""
+        return (*self.token_hw, self.code_depth)

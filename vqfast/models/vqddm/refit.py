@@ -68,12 +68,12 @@ def finetune_decoder(vq, data, steps: int, *, batch: int = 16, lr: float = 1e-4,
         m.eval()
     try:
         for step in tqdm(range(steps), desc="decoder fine-tune", disable=not progress, leave=False):
-            loss, logs = vq.loss(data.sample(batch, g))
+            loss, logs = vq(data.sample(batch, g)).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if log is not None:
-                log.append((step, logs["rec"]))
+                log.append((step, float(logs["rec"])))
     finally:
         for m in frozen:
             m.requires_grad_(True)
