@@ -67,7 +67,7 @@ def test_bad_inputs_name_the_argument():
     net = ContextualRQTransformer(**SMALL)
     codes = _codes(net, 1)
     masked = torch.zeros(1, 3, 5, dtype=torch.bool)
-    with pytest.raises(ValueError, match="tokens must be"):
+    with pytest.raises(ValueError, match="codes must be"):
         net(codes[..., :2], masked)
     with pytest.raises(TypeError, match="codes"):
         net(codes.int(), masked)
