@@ -82,7 +82,8 @@ def test_vgg_features_reject_bad_files_and_names(tmp_path):
 def test_vgg_perceptual_is_lpips_on_the_file_weights(tmp_path):
     ref = torchvision_features(16).eval()
     g = torch.Generator().manual_seed(1)
-    lin = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for k, c in enumerate((64, 128, 256, 512, 512))}
+    widths = (64, 128, 256, 512, 512)
+    lin = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for k, c in enumerate(widths)}
     net = VGGPerceptual.from_file(save_vgg(tmp_path / "lpips.safetensors", ref, lin))
     x, y = images(2), images(3)
     with torch.no_grad():

@@ -62,8 +62,8 @@ def _check_options(num_samples, top_k, tokens_per_iter, temperature, max_iterati
 
 def _check_fill_inputs(features, known, mask):
     if not isinstance(features, torch.Tensor) or not features.is_floating_point() or features.dim() != 3:
-        raise ValueError(f"features must be a float tensor [N, L, d], got "
-                         f"{getattr(features, 'dtype', type(features).__name__)} {tuple(getattr(features, 'shape', ()))}")
+        got = f"{getattr(features, 'dtype', type(features).__name__)} {tuple(getattr(features, 'shape', ()))}"
+        raise ValueError(f"features must be a float tensor [N, L, d], got {got}")
     N, L = features.shape[:2]
     for name, t, dtype in (("known", known, torch.long), ("mask", mask, torch.bool)):
         if not isinstance(t, torch.Tensor) or t.dtype != dtype:

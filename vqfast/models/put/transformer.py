@@ -93,7 +93,6 @@ class UQTransformer(PresetMixin, nn.Module):
         with plain:
             return self.head(self.ln(x.to(self.head.weight.dtype))).float()
 
-
     def loss(self, batch: UQTrainingBatch) -> LossOutput:
         """Training objective: cross-entropy over the masked tokens only, averaged over them.
 
