@@ -45,7 +45,7 @@ def train_mqvae(vq: MQVAE, data: ClassCrops, args, g: torch.Generator, log: list
     perceptual = VGGPerceptual.from_file(args.perceptual).to(args.device) if args.perceptual else None
     adversarial, opt_d = None, None
     if args.adversarial > 0:
-        adversarial = HingeGAN(PatchDiscriminator(ch=32 if args.preset.startswith("tiny") else 64),
+        adversarial = HingeGAN(PatchDiscriminator(channels=32 if args.preset.startswith("tiny") else 64),
                                weight=args.adversarial).to(args.device)
         opt_d = torch.optim.Adam(adversarial.parameters(), lr=args.lr_vae, betas=(0.5, 0.9))
     vq.train()
