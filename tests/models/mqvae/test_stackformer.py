@@ -132,8 +132,8 @@ def test_batch_rows_are_independent_of_batch_size():
 def test_prefix_continuation_redraws_the_rest(kw, use_cache):
     m = _model(**kw)
     codes, positions = stackformer_sample(m, batch_size=3, generator=2)
-    c, p = stackformer_sample(m, batch_size=3, generator=2, prefix_codes=codes[:, :11], prefix_positions=positions[:, :11],
-                              use_cache=use_cache)
+    c, p = stackformer_sample(m, batch_size=3, generator=2, prefix_codes=codes[:, :11],
+                              prefix_positions=positions[:, :11], use_cache=use_cache)
     assert torch.equal(c, codes) and torch.equal(p, positions)
     # a foreign prefix is kept and its positions are never drawn again
     kc, kp = _tokens(m, 3, 7, seed=8)
