@@ -10,8 +10,8 @@ from vqfast.models.rq.sampler import Step, draft_and_revise, random_partition
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    net = ContextualRQTransformer(codebook_size=24, grid=(4, 5), code_depth=3, dim=32, n_spatial=2, n_depth=1,
-                                  num_classes=5).eval()
+    net = ContextualRQTransformer(codebook_size=24, grid=(4, 5), code_depth=3, dim=32, spatial_depth=2,
+                                  depth_depth=1, num_classes=5).eval()
     with torch.no_grad():  # at init (std 0.02) every logit is ~0 and the class barely matters: make them matter
         for p in net.parameters():
             if p.dim() >= 2:
@@ -117,20 +117,21 @@ def test_top_c_reveals_the_most_confident_and_as_many_as_random(net):
 
 def test_same_seed_same_output_and_cache_equals_naive(net):
     kw = dict(batch_size=2, class_labels=torch.tensor([1, 2]), T_draft=5, M=1, revise_guidance=1.5)
-    a = draft_and_revise(net, generator=7, **kw)
-    assert torch.equal(a, draft_and_revise(net, generator=7, **kw))
-    assert torch.equal(a, draft_and_revise(net, generator=torch.Generator().manual_seed(7), **kw))
-    assert not torch.equal(a, draft_and_revise(net, generator=8, **kw))
-    assert torch.equal(a, draft_and_revise(net, generator=7, depth_cache=False, **kw))
+    a = draft_and_revise(net, generator=7, **kw).tokens
+    assert torch.equal(a, draft_and_revise(net, generator=7, **kw).tokens)
+    assert torch.equal(a, draft_and_revise(net, generator=torch.Generator().manual_seed(7), **kw).tokens)
+    assert not torch.equal(a, draft_and_revise(net, generator=8, **kw).tokens)
+    assert torch.equal(a, draft_and_revise(net, generator=7, depth_cache=False, **kw).tokens)
 
 
 def test_guidance_scale_zero_is_the_unconditional_model(net):
     kw = dict(batch_size=3, T_draft=4, M=1, generator=11)
-    uncond = draft_and_revise(net, **kw)  # no labels: the null class
+    uncond = draft_and_revise(net, **kw).tokens  # no labels: the null class
     guided0 = draft_and_revise(net, class_labels=torch.tensor([0, 1, 2]), draft_guidance=0.0,
-                               revise_guidance=0.0, **kw)
+                               revise_guidance=0.0, **kw).tokens
     assert torch.equal(guided0, uncond)
-    cond = draft_and_revise(net, class_labels=torch.tensor([0, 1, 2]), draft_guidance=1.0, revise_guidance=1.0, **kw)
+    cond = draft_and_revise(net, class_labels=torch.tensor([0, 1, 2]), draft_guidance=1.0, revise_guidance=1.0,
+                            **kw).tokens
     assert not torch.equal(cond, uncond)
 
 
@@ -163,5 +164,5 @@ def test_bad_arguments(net):
 def test_bf16_autocast_and_top_k_top_p(net):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = draft_and_revise(net, batch_size=2, class_labels=torch.tensor([1, 2]), T_draft=3, M=1, top_k=5,
-                               top_p=0.9, generator=0)
+                               top_p=0.9, generator=0).tokens
     assert out.shape == (2, 4, 5, 3) and out.min() >= 0 and out.max() < net.codebook_size
