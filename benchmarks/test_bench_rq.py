@@ -29,8 +29,8 @@ import time
 import pytest
 import torch
 
-from vqfast.models.rq.transformer import ContextualRQTransformer
-from vqfast.models.rq.sampler import PAPER_SETTINGS, _Sampler, draft_and_revise
+from vqfast.models.rq import PAPER_SETTINGS, ContextualRQTransformer, draft_and_revise
+from vqfast.models.rq.sampler import _Sampler
 from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 SEED_S_PER_SAMPLE = 0.08  # 371M, A100-class GPUs, supp. Table 2
@@ -63,7 +63,7 @@ def gemm_rate(m: int, k: int, n: int, dtype) -> float:
 
 def _net(preset: str) -> ContextualRQTransformer:
     torch.manual_seed(0)
-    return ContextualRQTransformer.preset("tiny-cond" if preset == "tiny" else preset).eval()
+    return ContextualRQTransformer.from_preset("tiny-cond" if preset == "tiny" else preset).eval()
 
 
 def _step_fn(net, B, labels, T, guidance, cached, dtype):

@@ -7,7 +7,7 @@ from tests.conftest import backend_params
 from vqfast.data import make_masks
 from vqfast.models.common.masking import SCHEDULES, mask_ratio
 from vqfast.models.maskgit.transformer import BidirectionalTransformer
-from vqfast.models.maskgit.sampler import maskgit_decode, reveal_schedule
+from vqfast.models.maskgit.sampler import MaskGITSample, maskgit_decode, reveal_schedule
 
 K, H, W = 24, 4, 5
 L = H * W
@@ -129,3 +129,23 @@ def test_bf16_autocast_path(net):
     tokens, mask = batch()
     out = maskgit_decode(net, tokens, mask, steps=3, generator=0, autocast_dtype=torch.bfloat16).tokens
     assert out.dtype == torch.long and torch.equal(out[~mask], tokens[~mask])
+
+
+def test_result_is_a_named_tuple_with_tokens_first(net):
+    tokens, mask = batch()
+    out = maskgit_decode(net, known=tokens, mask=mask, steps=3, generator=1)
+    assert isinstance(out, MaskGITSample) and out._fields[0] == "tokens" and out.history is None
+    with_history = maskgit_decode(net, tokens, mask, steps=3, generator=1, return_history=True)
+    assert torch.equal(with_history.tokens, out.tokens) and with_history.history.shape == (4, len(tokens), L)
+
+
+def test_bad_known_labels_and_batch(net):
+    tokens, mask = batch()
+    with pytest.raises(ValueError, match="outside the mask"):
+        maskgit_decode(net, tokens.masked_fill(~mask, K), mask)
+    with pytest.raises(TypeError, match="known must be an int64"):
+        maskgit_decode(net, tokens.int(), mask)
+    with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 3\]"):
+        maskgit_decode(net, batch_size=2, class_labels=torch.tensor([0, 7]))
+    with pytest.raises(ValueError, match="batch_size"):
+        maskgit_decode(net, batch_size=0)

@@ -1,10 +1,8 @@
-"""Draft-and-Revise: partitions, per-step updates, inpainting, guidance, seeds, strategies."""
+"""Draft-and-Revise: partitions, per-step updates, inpainting, guidance, seeds, strategies, arguments."""
 import pytest
 import torch
 
-from vqfast.models.rq.transformer import ContextualRQTransformer
-from vqfast.models.rq.sampler import Step, draft_and_revise, random_partition
-
+from vqfast.models.rq import PAPER_SETTINGS, ContextualRQTransformer, RQSample, Step, draft_and_revise, random_partition
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +164,31 @@ def test_bf16_autocast_and_top_k_top_p(net):
         out = draft_and_revise(net, batch_size=2, class_labels=torch.tensor([1, 2]), T_draft=3, M=1, top_k=5,
                                top_p=0.9, generator=0).tokens
     assert out.shape == (2, 4, 5, 3) and out.min() >= 0 and out.max() < net.codebook_size
+
+
+def test_result_is_a_named_tuple_with_tokens_first(net):
+    out = draft_and_revise(net, batch_size=2, T_draft=3, M=1, generator=0)
+    assert isinstance(out, RQSample) and out._fields[0] == "tokens" and out.history is None
+    region, given = _region(), _given(net)
+    kept = draft_and_revise(net, known=given, mask=region, T_draft=3, M=1, generator=0).tokens
+    assert torch.equal(kept[~region], given[~region])
+
+
+def test_paper_settings_are_draft_and_revise_arguments(net):
+    for name, settings in PAPER_SETTINGS.items():
+        out = draft_and_revise(net, batch_size=1, class_labels=torch.tensor([2]), generator=0,
+                               **{**settings, "T_draft": 4})
+        assert out.tokens.shape == (1, *net.code_shape), name
+
+
+def test_bad_known_mask_labels_and_batch(net):
+    with pytest.raises(TypeError, match="known must be an int64"):
+        draft_and_revise(net, _given(net).int(), _region())
+    with pytest.raises(TypeError, match="mask must be a bool"):
+        draft_and_revise(net, _given(net), _region().long())
+    with pytest.raises(ValueError, match="mask must be"):
+        draft_and_revise(net, _given(net), _region()[:, :2])
+    with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 5\]"):
+        draft_and_revise(net, batch_size=2, class_labels=torch.tensor([1, 6]))
+    with pytest.raises(ValueError, match="batch_size"):
+        draft_and_revise(net, batch_size=0)

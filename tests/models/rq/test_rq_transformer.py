@@ -1,7 +1,10 @@
-"""Contextual RQ-Transformer and RQ-VAE: shapes, Table 1 sizes, the depth cache, training."""
+"""Contextual RQ-Transformer and RQ-VAE: shapes, Table 1 sizes, the depth cache, training, old checkpoints."""
+import json
+
 import pytest
 import torch
 
+from vqfast import checkpoint
 from vqfast.models.rq.transformer import ContextualRQTransformer
 from vqfast.models.rq.tokenizer import RQVAE
 
@@ -126,3 +129,35 @@ def test_rqvae_shapes_codes_and_training_step():
     with torch.device("meta"):
         paper = RQVAE.from_preset("paper")
     assert paper.token_hw == (8, 8) and paper.codebook_size == 16384
+
+
+def test_code_shape_and_loss_output():
+    net = ContextualRQTransformer.from_preset("tiny-cond")
+    assert net.code_shape == (8, 8, 4) and net.config["spatial_depth"] == 4 and net.config["depth_depth"] == 2
+    codes = _codes(net, 2)
+    out = net.loss(codes, class_labels=torch.tensor([0, 9]), generator=0)
+    assert set(out.terms) == {"nll"} and out.total.requires_grad and not out.terms["nll"].requires_grad
+    with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 10\]"):
+        net.loss(codes, class_labels=torch.tensor([0, 11]))
+    with pytest.raises(ValueError, match="at least one map"):
+        net.loss(codes[:0])
+
+
+def test_checkpoint_with_the_old_names_loads(tmp_path):
+    """Checkpoints saved with n_spatial / n_depth under the flat module path rebuild the same model."""
+    torch.manual_seed(0)
+    net = ContextualRQTransformer(**SMALL, num_classes=3).eval()
+    checkpoint.save(net, tmp_path / "old")
+    meta = tmp_path / "old.json"
+    record = json.loads(meta.read_text())
+    config = record["config"]
+    config["n_spatial"], config["n_depth"] = config.pop("spatial_depth"), config.pop("depth_depth")
+    record["class"] = "vqfast.models.rq_transformer.ContextualRQTransformer"
+    meta.write_text(json.dumps(record))
+    back = checkpoint.load(tmp_path / "old", expected=ContextualRQTransformer)
+    assert back.config == net.config
+    codes = _codes(net, 2)
+    masked = torch.zeros(2, 3, 5, dtype=torch.bool)
+    masked[:, 1] = True
+    with torch.no_grad():
+        assert torch.equal(back(codes, masked), net(codes, masked))
