@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from tests.conftest import backend_params
 from vqfast.models.rq import PAPER_SETTINGS, ContextualRQTransformer, RQSample, Step, draft_and_revise, random_partition
 
 
@@ -192,3 +193,10 @@ def test_bad_known_mask_labels_and_batch(net):
         draft_and_revise(net, batch_size=2, class_labels=torch.tensor([1, 6]))
     with pytest.raises(ValueError, match="batch_size"):
         draft_and_revise(net, batch_size=0)
+
+
+@pytest.mark.parametrize("backend", backend_params("cpu"))
+def test_backends_draw_the_same_codes(net, backend):
+    kw = dict(batch_size=2, class_labels=torch.tensor([1, 2]), T_draft=4, M=1, top_k=6, generator=3)
+    ref = draft_and_revise(net, backend="reference", **kw).tokens
+    assert torch.equal(draft_and_revise(net, backend=backend, **kw).tokens, ref)

@@ -90,9 +90,9 @@ def random_partition(region: torch.Tensor, groups: int, generator=None) -> torch
 class _Sampler:
     """The per-step machinery shared by both phases (one instance per call)."""
 
-    def __init__(self, model, labels, generator, top_k, top_p, depth_cache):
+    def __init__(self, model, labels, generator, top_k, top_p, depth_cache, backend="auto"):
         self.model, self.labels, self.g = model, labels, generator
-        self.top_k, self.top_p, self.depth_cache = top_k, top_p, depth_cache
+        self.top_k, self.top_p, self.depth_cache, self.backend = top_k, top_p, depth_cache, backend
         self.null = getattr(model, "num_classes", 0)
 
     def _inputs(self, codes, hidden, guidance):
@@ -109,7 +109,8 @@ class _Sampler:
         else:
             cond, uncond = logits.float(), None
         code = sample_logits(cond, temperature=temperature, top_k=self.top_k, top_p=self.top_p,
-                             cfg_scale=guidance if guided else None, uncond_logits=uncond, generator=self.g)
+                             cfg_scale=guidance if guided else None, uncond_logits=uncond, generator=self.g,
+                             backend=self.backend)
         if confidence is not None:  # log p of the drawn code under the guided, tempered distribution
             mixed = cond if uncond is None else uncond + guidance * (cond - uncond)
             logp = torch.log_softmax(mixed / temperature, -1)
@@ -194,7 +195,7 @@ def _choose(strategy, conf, cand_b, n_reveal, g):
 @torch.no_grad()
 def draft_and_revise(model, known: torch.Tensor | None = None, mask: torch.Tensor | None = None, *,
                      batch_size: int | None = None, class_labels: torch.Tensor | None = None,
-                     generator: torch.Generator | int | None = None, progress: bool = False,
+                     generator: torch.Generator | int | None = None, backend: str = "auto", progress: bool = False,
                      return_history: bool = False, T_draft: int = 64, T_revise: int = 2, M: int = 3,
                      draft_temperature: float = 1.0, draft_guidance: float = 1.0, revise_temperature: float = 0.8,
                      revise_guidance: float = 1.4, top_k: int | None = None, top_p: float | None = None,
@@ -204,7 +205,8 @@ def draft_and_revise(model, known: torch.Tensor | None = None, mask: torch.Tenso
     model: a ContextualRQTransformer. known int64 [B, H, W, D] codes (stacks under `mask`
     are ignored), mask bool [B, H, W] (True = generate; rows may differ); without known,
     batch_size maps are generated from all [MASK]. class_labels [B] (None: the null
-    class / an unconditional model). generator: torch.Generator or int seed. T_draft,
+    class / an unconditional model). generator: torch.Generator or int seed. backend: of
+    every draw (`vqfast.ops.sample_logits`: "auto" fused kernels, "reference"). T_draft,
     T_revise, M; per-phase temperature and guidance scale (applied only with
     class_labels); top_k / top_p filter every draw; strategy for the draft phase
     ("random" | "top-c" | "top-c-50"); depth_cache=False is the naive baseline. Defaults:
@@ -223,7 +225,7 @@ def draft_and_revise(model, known: torch.Tensor | None = None, mask: torch.Tenso
     cur = codes.reshape(B, N, D).clone()
     region = mask.reshape(B, N)
     known = ~region  # stacks the spatial transformer may see
-    sampler = _Sampler(model, labels, g, top_k, top_p, depth_cache)
+    sampler = _Sampler(model, labels, g, top_k, top_p, depth_cache, backend)
     history: list[Step] = []
     plan = [("draft", 0, T_draft, draft_temperature, draft_guidance)]
     plan += [("revise", r + 1, T_revise, revise_temperature, revise_guidance) for r in range(M)]
