@@ -191,6 +191,8 @@ def test_loss_rejects_bad_labels_masks_and_config():
         net.loss(tok, mask=torch.ones(2, 15, dtype=torch.bool))
     with pytest.raises(ValueError, match="B >= 1"):
         net.loss(tok[:0])
+    with pytest.raises(ValueError, match="seq_len=16"):
+        net.loss(tok[:, :8])
     with pytest.raises(ValueError, match="schedule"):
         tiny_net(schedule="zigzag")
     with pytest.raises(ValueError, match="label_smoothing"):

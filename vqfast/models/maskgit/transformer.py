@@ -104,7 +104,8 @@ class BidirectionalTransformer(PresetMixin, nn.Module):
         if self.num_classes == 0:
             raise ValueError("class_labels given but the transformer was built with num_classes=0")
         if not isinstance(class_labels, torch.Tensor) or class_labels.dtype != torch.long:
-            raise TypeError(f"class_labels must be an int64 tensor, got {getattr(class_labels, 'dtype', type(class_labels))}")
+            got = getattr(class_labels, "dtype", type(class_labels))
+            raise TypeError(f"class_labels must be an int64 tensor, got {got}")
         if tuple(class_labels.shape) != (batch,):
             raise ValueError(f"class_labels must be [B={batch}], got {tuple(class_labels.shape)}")
         if batch and (class_labels.min() < 0 or class_labels.max() > self.num_classes):
@@ -120,13 +121,12 @@ class BidirectionalTransformer(PresetMixin, nn.Module):
         In training mode class labels [B] become the null class with probability class_dropout.
         """
         K = self.codebook_size
-        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() not in (2, 3):
-            raise TypeError(f"tokens must be int64 [B, L] or [B, h, w], got "
-                            f"{getattr(tokens, 'dtype', type(tokens))} {tuple(getattr(tokens, 'shape', ()))}")
-        B = tokens.shape[0]
-        if B == 0 or tokens[0].numel() != self.seq_len:
-            raise ValueError(f"tokens must hold B >= 1 maps of seq_len={self.seq_len} tokens, got shape "
-                             f"{tuple(tokens.shape)}")
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long:
+            raise TypeError(f"tokens must be an int64 tensor, got {getattr(tokens, 'dtype', type(tokens))}")
+        B = tokens.shape[0] if tokens.dim() else 0
+        if tokens.dim() not in (2, 3) or B == 0 or tokens[0].numel() != self.seq_len:
+            raise ValueError(f"tokens must be [B, L] or [B, h, w] with B >= 1 and L = h * w = seq_len={self.seq_len}, "
+                             f"got shape {tuple(tokens.shape)}")
         if tokens.min() < 0 or tokens.max() >= K:
             raise ValueError(f"tokens must lie in [0, {K}), got range [{int(tokens.min())}, {int(tokens.max())}]")
         self.check_class_labels(class_labels, B)

@@ -164,7 +164,8 @@ class ContextualRQTransformer(PresetMixin, nn.Module):
         if self.cls_emb is None:
             raise ValueError("class_labels given but the model was built with num_classes=0")
         if not isinstance(class_labels, torch.Tensor) or class_labels.dtype != torch.long:
-            raise TypeError(f"class_labels must be an int64 tensor, got {getattr(class_labels, 'dtype', type(class_labels))}")
+            got = getattr(class_labels, "dtype", type(class_labels))
+            raise TypeError(f"class_labels must be an int64 tensor, got {got}")
         if tuple(class_labels.shape) != (batch,):
             raise ValueError(f"class_labels must be [B={batch}], got {tuple(class_labels.shape)}")
         if batch and (class_labels.min() < 0 or class_labels.max() > self.num_classes):
