@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from vqfast.random import STREAM_CONFIDENCE, STREAM_TOKEN
+from vqfast.random import STREAM_CONFIDENCE, STREAM_TOKEN, gumbel
 from vqfast.reference import random as R
 
 _NEG_INF = float("-inf")
@@ -63,7 +63,7 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
     else:
         tokens = x.argmax(-1)
     logp = x.gather(-1, tokens[..., None]).squeeze(-1) - lse
-    conf = logp + _f32(temperature) * R.gumbel(key, STREAM_CONFIDENCE, rows).reshape(B, L)
+    conf = logp + _f32(temperature) * gumbel(key, STREAM_CONFIDENCE, rows).reshape(B, L)
     conf = conf.masked_fill(~masked, _NEG_INF)
     reveal = (_rank_desc(conf) < n_reveal[:, None]) & masked
     return tokens, conf, reveal
