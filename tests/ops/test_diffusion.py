@@ -92,7 +92,7 @@ def assert_logprobs_close(got, want):
     torch.testing.assert_close(got[fin], want[fin], atol=2e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST)  # the reference itself: test_reference_matches_dense_bayes
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("B, L, K", [pytest.param(2, 3, 2, id="K2"), pytest.param(3, 5, 1000, id="K1000"),
@@ -104,7 +104,7 @@ def test_posterior_logprobs_matches_reference(backend, dtype, kind, B, L, K):
     assert_logprobs_close(got, ref.posterior_logprobs(x, z, t, SCHED, kind))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST)  # the reference itself: test_reference_matches_dense_bayes
 @pytest.mark.parametrize("kind", KINDS)
 def test_posterior_logprobs_batch_dims_noncontiguous_int_t(backend, kind):
     big = torch.randn(2, 3, 8, 40, generator=torch.Generator().manual_seed(2))
@@ -140,7 +140,7 @@ def test_posterior_stable_extremes(backend, kind, t):
 
 # ---------------------------------------------------------------- posterior_sample
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST)  # the reference itself: test_reference_matches_dense_bayes
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("B, L, K", [pytest.param(2, 6, 2, id="K2"), pytest.param(3, 7, 1000, id="K1000"),
@@ -239,7 +239,7 @@ def test_posterior_sample_distribution_multiblock(backend, t):
 
 # ---------------------------------------------------------------- vlb_kl
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST)  # the reference itself: test_reference_matches_dense_bayes
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("B, L, K", [pytest.param(2, 5, 2, id="K2"), pytest.param(3, 4, 1000, id="K1000"),
@@ -308,7 +308,7 @@ def _logprobs_grad_want(x, z, t, kind, upstream, sched=SCHED):
     return want
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST)  # the reference itself: test_reference_matches_dense_bayes
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("B, L, K", [pytest.param(2, 5, 2, id="K2"), pytest.param(3, 4, 1000, id="K1000"),
@@ -416,9 +416,9 @@ def test_bad_inputs_raise_clear_errors(backend):
         lp(x, z, torch.tensor([1, 2, 3]), SCHED, backend=backend)
     with pytest.raises(TypeError, match="t must be an integer tensor"):
         lp(x, z, torch.tensor([1.0, 2.0]), SCHED, backend=backend)
-    with pytest.raises(ValueError, match="z_t values must be in"):
+    with pytest.raises(ValueError, match="z_t must be in"):
         lp(x, torch.full_like(z, K), t, SCHED, backend=backend)
-    with pytest.raises(ValueError, match="z_t values must be in"):
+    with pytest.raises(ValueError, match="z_t must be in"):
         lp(x, torch.full_like(z, -1), t, SCHED, backend=backend)
     with pytest.raises(TypeError, match="z_t must have dtype"):
         lp(x, z.int(), t, SCHED, backend=backend)
@@ -430,7 +430,7 @@ def test_bad_inputs_raise_clear_errors(backend):
         lp(x, z, t, "cosine", backend=backend)
     with pytest.raises(ValueError, match="transition must be"):
         lp(x, z, t, SCHED, transition="mask", backend=backend)
-    with pytest.raises(ValueError, match="x0 values must be in"):
+    with pytest.raises(ValueError, match="x0 must be in"):
         ops.vlb_kl(torch.full_like(x0, K), x, z, t, SCHED, backend=backend)
     bad = x.clone()
     bad[1, 2, 4] = float("nan")

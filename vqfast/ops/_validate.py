@@ -135,7 +135,7 @@ def values_below(name: str, t: torch.Tensor, high: int, high_name: str = "") -> 
         lo, hi = (int(v) for v in torch.aminmax(t))
         if lo < 0 or hi >= high:
             bound = f"{high_name}={high}" if high_name else f"{high}"
-            raise ValueError(f"{name} values must be in [0, {bound}), got min {lo} max {hi}")
+            raise ValueError(f"{name} must be in [0, {bound}), got values in [{lo}, {hi}]")
 
 
 def indices(name: str, idx, K: int, *, dtypes=INDEX_DTYPES) -> torch.Tensor:
