@@ -200,9 +200,13 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     logits [..., V] (fp32/fp16/bf16) -> tokens [...] int64. With cfg_scale s (needs
     uncond_logits of logits' shape): x = uncond + s * (cond - uncond). temperature 0 is
     greedy: argmax x, lowest id on ties, top_k/top_p ignored. Else x / temperature, keep
-    the top_k largest (ties: lower id; top_k >= V keeps all), then the top-p nucleus: the
-    smallest set of most probable ids whose probability (renormalized after top-k) reaches
-    top_p (0 < top_p <= 1), then a categorical draw. NaN/+inf or all -inf rows raise ValueError.
+    the top_k largest (ties: lower id; top_k >= V keeps all), then the top-p nucleus
+    (0 < top_p <= 1), then a categorical draw. NaN/+inf or all -inf rows raise ValueError.
+    Nucleus: ids in (value desc, id asc) order, masses e = exp(x - max x) over the ids
+    top-k kept, Z their sum; an id is kept while the mass before it is below top_p * Z
+    (float64), the mass before the j-th of a run of equal values being (the mass of the
+    larger values) + j * e: equal values count exactly, so 300 equal logits at top_p = 0.1
+    keep 30 ids (every backend, the reference included, applies this rule).
 
         tok = vqfast.ops.sample_logits(logits, 0.8, top_k=100, cfg_scale=3.0, uncond_logits=u, generator=g)
     """

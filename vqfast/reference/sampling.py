@@ -96,6 +96,20 @@ def select_and_sample_topk(logits: torch.Tensor, known: torch.Tensor, top_k: int
     return order.masked_fill(~valid, -1), tokens.masked_fill(~valid, -1)
 
 
+def _nucleus(x: torch.Tensor, top_p: float) -> torch.Tensor:
+    """[n, V] float32 (-inf = excluded) -> bool mask of the top-p nucleus (the rule in `sample_logits`)."""
+    sorted_x, order = torch.sort(x, dim=-1, descending=True, stable=True)
+    e = torch.exp(sorted_x.double() - sorted_x[:, :1].double())  # masses relative to the row max
+    goal = top_p * e.sum(-1, keepdim=True)
+    pos = torch.arange(x.shape[-1], device=x.device).expand_as(sorted_x)
+    first = torch.ones_like(sorted_x, dtype=torch.bool)
+    first[:, 1:] = sorted_x[:, 1:] != sorted_x[:, :-1]
+    start = torch.where(first, pos, 0).cummax(-1).values  # first sorted slot of each value's run of ties
+    greater = (e.cumsum(-1) - e).gather(-1, start)  # the mass of the larger values
+    keep_sorted = greater + (pos - start) * e < goal
+    return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+
+
 def sample_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
                   cfg_scale: float | None, uncond_logits: torch.Tensor | None, key: int) -> torch.Tensor:
     """Guided, filtered categorical draw. logits [..., V] -> tokens [...] int64.
@@ -117,12 +131,6 @@ def sample_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
     if top_k is not None and top_k < V:
         x = x.masked_fill(~_topk_keep(x, top_k), _NEG_INF)
     if top_p is not None and top_p < 1:
-        sorted_x, order = torch.sort(x, dim=-1, descending=True, stable=True)
-        p = torch.softmax(sorted_x.double(), -1)
-        before = torch.cumsum(p, -1).roll(1, -1)
-        before[:, 0] = 0
-        keep_sorted = before < top_p
-        keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
-        x = x.masked_fill(~keep, _NEG_INF)
+        x = x.masked_fill(~_nucleus(x, top_p), _NEG_INF)
     rows = torch.arange(x.shape[0], device=x.device)
     return _draw(x, key, rows).reshape(logits.shape[:-1])
