@@ -156,11 +156,19 @@ def mask(name: str, m, expected: Sequence[int], device: torch.device, what: str)
 
 def finite_rows(name: str, bad: torch.Tensor, what: str = "rows") -> None:
     """Raise when any entry of `bad` (one per row of `name`) is True: a row with NaN or +inf,
-    or with no finite value."""
-    if bool(bad.any()):
+    or with no finite value. Skipped while tracing (a compiled graph returns the kernels' flags:
+    -1 tokens, NaN confidences)."""
+    if not torch.compiler.is_compiling() and bool(bad.any()):
         first = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(f"{name} has {int(bad.sum())} {what} with NaN or +inf or no finite value "
                          f"(first at {first})")
+
+
+def counts_within(name: str, n: torch.Tensor, high: torch.Tensor, high_name: str) -> None:
+    """0 <= n[b] <= high[b] for every b (skipped while tracing)."""
+    if _reads_values(n) and (bool((n < 0).any()) or bool((n > high).any())):
+        raise ValueError(f"{name} must satisfy 0 <= {name}[b] <= {high_name}, got {name}="
+                         f"{n.tolist()} with {high_name} = {high.tolist()}")
 
 
 # ---------------------------------------------------------------- diffusion arguments

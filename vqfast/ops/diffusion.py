@@ -83,6 +83,26 @@ def _(log_x0, z_t, t, alpha_bar, alpha, transition, backend):
             log_x0.new_empty(n, dtype=torch.float32))
 
 
+@torch.library.custom_op("vqfast::diffusion_posterior_logprobs_backward", mutates_args=())
+def _logprobs_backward_op(grad: torch.Tensor, log_x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor,
+                          alpha_bar: torch.Tensor, alpha: torch.Tensor, lse: torch.Tensor, transition: str,
+                          backend: str) -> torch.Tensor:
+    """grad [N, K'] fp32 -> d loss / d log_x0 [N, K] in its dtype, one task per position."""
+    N, K = log_x0.shape
+    args = (grad, log_x0, z_t, _coef(alpha_bar, alpha, t, K, transition), N // t.shape[0], KIND[transition], lse)
+    if backend == "cpu":
+        return torch.ops.vqfast_cpu.diffusion_posterior_logprobs_backward(*args)
+    if backend == "triton":
+        from vqfast.triton_kernels.diffusion import posterior_logprobs_backward_triton
+        return posterior_logprobs_backward_triton(*args)
+    raise AssertionError(f"unreachable backend {backend}")
+
+
+@_logprobs_backward_op.register_fake
+def _(grad, log_x0, z_t, t, alpha_bar, alpha, lse, transition, backend):
+    return torch.empty_like(log_x0)
+
+
 def _logprobs_setup(ctx, inputs, output):
     log_x0, z_t, t, alpha_bar, alpha, transition, backend = inputs
     ctx.transition, ctx.backend = transition, backend
@@ -94,12 +114,9 @@ def _logprobs_backward(ctx, grad_out, _grad_lse):
     B, N, K = t.shape[0], log_x0.shape[0], log_x0.shape[1]
     none = (None,) * 6
     if ctx.backend in HAS:  # fused: one task per position, no [N, K] temporaries
-        coef = _coef(alpha_bar, alpha, t, K, ctx.transition)
-        args = (grad_out.float().contiguous(), log_x0, z_t, coef, N // B, KIND[ctx.transition], lse)
-        if ctx.backend == "cpu":
-            return (torch.ops.vqfast_cpu.diffusion_posterior_logprobs_backward(*args), *none)
-        from vqfast.triton_kernels.diffusion import posterior_logprobs_backward_triton
-        return (posterior_logprobs_backward_triton(*args), *none)
+        g = _logprobs_backward_op(grad_out.float().contiguous(), log_x0, z_t, t, alpha_bar, alpha, lse,
+                                  ctx.transition, ctx.backend)
+        return (g, *none)
     # reference: autograd through the float64 oracle (autograd is off inside custom ops)
     with torch.enable_grad():
         x = log_x0.detach().double().requires_grad_(True)

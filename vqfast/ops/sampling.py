@@ -145,10 +145,7 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
     _validate.tensor("n_reveal", n_reveal, dtypes=(torch.int64, torch.int32), dim=1)
     _validate.shape("n_reveal", n_reveal, (B,), "one count per row of logits")
     n_reveal = n_reveal.to(device=logits.device, dtype=torch.long).contiguous()
-    n_masked = masked.sum(1)
-    if bool((n_reveal < 0).any()) or bool((n_reveal > n_masked).any()):
-        raise ValueError(f"n_reveal must satisfy 0 <= n_reveal[b] <= masked[b].sum(), got n_reveal="
-                         f"{n_reveal.tolist()} with masked counts {n_masked.tolist()}")
+    _validate.counts_within("n_reveal", n_reveal, masked.sum(1), "masked[b].sum()")
     tau = _validate.real("temperature", temperature, low=0.0)
     choice = _validate.one_of("choice", choice, ("argmax", "sample"))
     banned = _banned(banned_ids, V, logits.device)
