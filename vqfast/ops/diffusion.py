@@ -283,8 +283,8 @@ def posterior_logprobs(log_x0: torch.Tensor, z_t: torch.Tensor, t, schedule, *, 
     return out.reshape(*log_x0.shape[:-1], out.shape[-1])
 
 
-def posterior_sample(log_x0: torch.Tensor, z_t: torch.Tensor, t, schedule, generator: torch.Generator | int | None = None,
-                     *, seed: int | None = None, transition: str = "uniform", backend: str = "auto") -> torch.Tensor:
+def posterior_sample(log_x0: torch.Tensor, z_t: torch.Tensor, t, schedule,
+                     generator: torch.Generator | int | None = None, *, seed: int | None = None, transition: str = "uniform", backend: str = "auto") -> torch.Tensor:
     """z_{t-1} ~ q(z_{t-1} | z_t, softmax(log_x0)) without writing [B, L, K] or per-state noise.
 
     Shapes as in `posterior_logprobs`; returns z_{t-1} [B, ...] int64. The posterior is

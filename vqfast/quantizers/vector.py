@@ -90,7 +90,8 @@ class VectorQuantizer(nn.Module):
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         x = to_channel_last(x, self.channel_first)
-        _validate.last_dim("x", x, self.dim, f"features on its {'channel (dim 1)' if self.channel_first else 'last'} axis")
+        axis = "channel (dim 1)" if self.channel_first else "last"
+        _validate.last_dim("x", x, self.dim, f"features on its {axis} axis")
         if self.metric == "cosine":
             x = F.normalize(x, dim=-1)
         return x
