@@ -1,4 +1,4 @@
-"""Triton token samplers (DESIGN.md ops 7-9; semantics in vqfast/reference/sampling.py).
+"""Triton token samplers (semantics in vqfast/reference/sampling.py).
 
 One program per row of V logits, looping over V in blocks: guidance mix, temperature
 (IEEE division, div_rn), top-k / top-p thresholds by bisection over the order-preserving

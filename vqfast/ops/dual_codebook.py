@@ -1,4 +1,4 @@
-"""dual_codebook_quantize (DESIGN.md op 3, PUT Sec. 2-3): validation, dispatch, autograd."""
+"""dual_codebook_quantize (PUT Sec. 2-3): validation, dispatch, autograd."""
 from __future__ import annotations
 
 from typing import NamedTuple

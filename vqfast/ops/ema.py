@@ -1,7 +1,7 @@
-"""ema_statistics and ema_update_ (DESIGN.md op 5, PUT supp. eq. 2): validation, dispatch.
+"""ema_statistics and ema_update_ (PUT supp. eq. 2): validation, dispatch.
 
 The per-code statistics of a batch are read in one pass over x without the N x K
-one-hot matrix the seeds build; the EMA blend then touches only K x d state.
+one-hot matrix of the papers' code; the EMA blend then touches only K x d state.
 Between the two, a data-parallel caller all-reduces (counts, sums)
 (`vqfast.quantizers.distributed`).
 """
@@ -101,7 +101,7 @@ def ema_update_(cluster_size: torch.Tensor, embed_sum: torch.Tensor, counts: tor
 
     cluster_size [K] fp32 and embed_sum [K, d] fp32 (the EMA state) become
     n = g n + (1 - g) counts, s = g s + (1 - g) sums; returns s / n~ [K, d] fp32 where
-    n~ = (n + eps) / (sum(n) + K eps) * sum(n). eps = 0 is the seed's e = s / n.
+    n~ = (n + eps) / (sum(n) + K eps) * sum(n). eps = 0 is the paper's e = s / n.
 
         codebook = vqfast.ops.ema_update_(cluster_size, embed_sum, counts, sums, 0.99, 1e-5)
     """

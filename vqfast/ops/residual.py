@@ -1,4 +1,4 @@
-"""residual_quantize (DESIGN.md op 4, RQ-VAE): validation, dispatch, losses."""
+"""residual_quantize (RQ-VAE): validation, dispatch, losses."""
 from __future__ import annotations
 
 from typing import NamedTuple

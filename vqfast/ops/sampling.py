@@ -1,4 +1,4 @@
-"""Token samplers (DESIGN.md ops 7-9): validation, dispatch, public functions.
+"""Token samplers (MaskGIT, PUT, guided top-k / top-p): validation, dispatch, public functions.
 
 Semantics, noise layout and tie rules: vqfast/reference/sampling.py and vqfast/random.py.
 Every backend draws the same counter-based noise, so one key gives the same tokens on
@@ -122,7 +122,7 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
                        temperature: float, choice: str = "argmax", banned_ids: Sequence[int] | torch.Tensor | None = None,
                        generator: torch.Generator | None = None, *, seed: int | None = None,
                        backend: str = "auto") -> GumbelTopkSelection:
-    """MaskGIT confidence selection (DESIGN.md op 7, seed lab Sec. 2.3), one pass over V per position.
+    """MaskGIT confidence selection (MaskGIT Sec. 3.2), one pass over V per position.
 
     logits [B, L, V] fp32/fp16/bf16, masked [B, L] bool, n_reveal [B] int (or an int for
     every row, 0 <= n_reveal[b] <= masked[b].sum()), temperature >= 0 (the choice
@@ -192,7 +192,7 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
                   top_p: float | None = None, cfg_scale: float | None = None,
                   uncond_logits: torch.Tensor | None = None, generator: torch.Generator | None = None, *,
                   seed: int | None = None, backend: str = "auto") -> torch.Tensor:
-    """Guided, filtered categorical draw fused in one pass (DESIGN.md op 9); no probabilities written.
+    """Guided, filtered categorical draw fused in one pass; no probabilities written.
 
     logits [..., V] (fp32/fp16/bf16) -> tokens [...] int64. With cfg_scale s (needs
     uncond_logits of logits' shape): x = uncond + s * (cond - uncond). temperature 0 is

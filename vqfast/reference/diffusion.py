@@ -1,4 +1,4 @@
-"""Oracle for discrete diffusion (DESIGN.md op 10; VQ-DDM seed Sec. 3.1, eqs. 15-24).
+"""Oracle for discrete diffusion (VQ-DDM Sec. 3.1, eqs. 15-24).
 
 Clear log-space PyTorch in float64 that builds every [B, L, K] tensor. Transitions:
 

@@ -1,4 +1,4 @@
-"""Oracles for the token samplers (DESIGN.md ops 7-9): MaskGIT confidence selection, PUT
+"""Oracles for the token samplers: MaskGIT confidence selection, PUT
 position selection + top-K Gibbs draw, and guided top-k/top-p categorical sampling.
 
 Every draw is `vqfast.reference.random.categorical` over vqfast's counter-based noise
@@ -43,7 +43,7 @@ def _rank_desc(score: torch.Tensor) -> torch.Tensor:
 
 def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: torch.Tensor, temperature: float,
                        choice: str, banned_ids: torch.Tensor | None, key: int):
-    """MaskGIT confidence selection (seed lab Sec. 2.3).
+    """MaskGIT confidence selection (MaskGIT Sec. 3.2).
 
     logits [B, L, V], masked [B, L] bool, n_reveal [B] int64 -> tokens [B, L] int64,
     confidence [B, L] fp32, reveal [B, L] bool.
