@@ -63,6 +63,12 @@ def one_of(name: str, v, options: Sequence[str]) -> str:
     return v
 
 
+def together(**args) -> None:
+    """Arguments that are passed together or not at all (None = not passed)."""
+    if len({v is None for v in args.values()}) > 1:
+        raise ValueError(f"{' and '.join(args)} go together: pass both or neither")
+
+
 def metric(m) -> str:
     return one_of("metric", m, METRICS)
 
@@ -143,6 +149,24 @@ def indices(name: str, idx, K: int, *, dtypes=INDEX_DTYPES) -> torch.Tensor:
     tensor(name, idx, dtypes=dtypes)
     values_below(name, idx, K, "K")
     return idx.long()
+
+
+def id_set(name: str, ids, V: int, device: torch.device) -> torch.Tensor:
+    """None, an int, a sequence of ints or a 1-D integer tensor of ids in [0, V), not all V of them
+    -> sorted unique int64 ids on `device`."""
+    if ids is None:
+        return torch.empty(0, dtype=torch.long, device=device)
+    if isinstance(ids, int) and not isinstance(ids, bool):
+        ids = [ids]
+    t = torch.as_tensor(ids, device=device)
+    if t.dtype not in INDEX_DTYPES or t.dim() > 1:
+        raise TypeError(f"{name} must be an int, a sequence of ints or a 1-D integer tensor, got {ids!r}")
+    t = t.reshape(-1).long()
+    values_below(name, t, V, "V")
+    t = torch.unique(t)
+    if t.numel() >= V:
+        raise ValueError(f"{name} holds all V={V} vocabulary ids: none would be left")
+    return t
 
 
 def mask(name: str, m, expected: Sequence[int], device: torch.device, what: str) -> torch.Tensor:

@@ -88,23 +88,6 @@ def _(logits, uncond, cfg_scale, temperature, top_k, top_p, key, backend):
 
 # ---------------------------------------------------------------- validation helpers
 
-def _banned(banned_ids, V: int, device: torch.device) -> torch.Tensor:
-    """banned_ids (None, an int, a sequence or a 1-D integer tensor) -> sorted unique int64 ids in [0, V)."""
-    if banned_ids is None:
-        return torch.empty(0, dtype=torch.long, device=device)
-    if isinstance(banned_ids, int) and not isinstance(banned_ids, bool):
-        banned_ids = [banned_ids]
-    ids = torch.as_tensor(banned_ids, device=device)
-    if ids.dtype not in _validate.INDEX_DTYPES or ids.dim() > 1:
-        raise TypeError(f"banned_ids must be an int, a sequence of ints or a 1-D integer tensor, got {banned_ids!r}")
-    ids = ids.reshape(-1).long()
-    _validate.values_below("banned_ids", ids, V, "V")
-    ids = torch.unique(ids)
-    if ids.numel() >= V:
-        raise ValueError(f"banned_ids bans all V={V} vocabulary ids")
-    return ids
-
-
 def _logits(logits, **dims) -> None:
     _validate.tensor("logits", logits, **dims)
     _validate.nonempty("logits", logits, (-1,), "[..., V] with V >= 1")
@@ -148,7 +131,7 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
     _validate.counts_within("n_reveal", n_reveal, masked.sum(1), "masked[b].sum()")
     tau = _validate.real("temperature", temperature, low=0.0)
     choice = _validate.one_of("choice", choice, ("argmax", "sample"))
-    banned = _banned(banned_ids, V, logits.device)
+    banned = _validate.id_set("banned_ids", banned_ids, V, logits.device)
     name = _backend.resolve("gumbel_topk_select", backend, logits.device, has=HAS)
     key = key_as_int64(philox_key(generator, seed))
     args = (logits.detach().contiguous(), masked, n_reveal, tau, choice == "sample", banned, key)
@@ -212,8 +195,7 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     temperature = _validate.real("temperature", temperature, low=0.0)
     k = 0 if top_k is None else _validate.integer("top_k", top_k, low=1)
     p = 1.0 if top_p is None else _validate.real("top_p", top_p, low=0.0, low_open=True, high=1.0)
-    if (cfg_scale is None) != (uncond_logits is None):
-        raise ValueError("cfg_scale and uncond_logits go together: pass both or neither")
+    _validate.together(cfg_scale=cfg_scale, uncond_logits=uncond_logits)
     s = 1.0
     uncond = None
     if cfg_scale is not None:
