@@ -158,8 +158,11 @@ def id_set(name: str, ids, V: int, device: torch.device) -> torch.Tensor:
         return torch.empty(0, dtype=torch.long, device=device)
     if isinstance(ids, int) and not isinstance(ids, bool):
         ids = [ids]
-    t = torch.as_tensor(ids, device=device)
-    if t.dtype not in INDEX_DTYPES or t.dim() > 1:
+    try:
+        t = torch.as_tensor(ids, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or t.dtype not in INDEX_DTYPES or t.dim() > 1:
         raise TypeError(f"{name} must be an int, a sequence of ints or a 1-D integer tensor, got {ids!r}")
     t = t.reshape(-1).long()
     values_below(name, t, V, "V")
