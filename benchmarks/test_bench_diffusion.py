@@ -117,7 +117,7 @@ def _make(op, impl, L, K):
         buf = torch.empty_like(sets[0][0])
         return lambda i: buf.copy_(get(i)[0])
     if impl == "exp_ceiling":
-        return lambda i: torch.ops.vqfast_cpu.exp_sum_ceiling(get(i)[0].view(-1, K))
+        return lambda i: torch.ops.vqfast_bench.exp_sum_ceiling(get(i)[0].view(-1, K))
     if op == "posterior_sample":
         if impl == "reference":
             return lambda i: ref.posterior_sample(*_args3(get(i)), SCHED, 1)

@@ -36,7 +36,7 @@ def _noise(backend, key, stream, start, n, kind):
         return {"words": _random.words, "uniform": _random.uniform, "gumbel": _random.gumbel}[kind](key, stream, idx)
     if backend == "cpu":
         kind_id = {"words": 0, "uniform": 1, "gumbel": 2}[kind]
-        return torch.ops.vqfast_cpu.philox_noise(_random.key_as_int64(key), stream, start, n, kind_id)
+        return torch.ops.vqfast_bench.philox_noise(_random.key_as_int64(key), stream, start, n, kind_id)
     from vqfast.triton_kernels.random import noise_triton
     return noise_triton(key, stream, start, n, kind, "cpu")
 
