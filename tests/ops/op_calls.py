@@ -10,6 +10,7 @@ forked calls with `torch.equal`. `size` is "tiny" (Triton interpreter, long loop
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from functools import partial
 from typing import Callable, NamedTuple
@@ -187,18 +188,31 @@ def q_sample(backend, seed, size):
         D.q_sample(x0, t, sched, seed=seed, num_classes=V)])
 
 
+_ENV_LOCK = threading.Lock()
+_env_users = [0, None]  # callers inside backend_env, the value VQFAST_BACKEND had before the first
+
+
 @contextmanager
 def backend_env(backend: str):
-    """kmeans calls the ops with backend="auto": VQFAST_BACKEND names the one they resolve to."""
-    before = os.environ.get("VQFAST_BACKEND")
-    os.environ["VQFAST_BACKEND"] = backend
+    """kmeans calls the ops with backend="auto": VQFAST_BACKEND names the one they resolve to.
+    Concurrent callers (the thread tests) share one setting, restored when the last one leaves."""
+    with _ENV_LOCK:
+        if _env_users[0] == 0:
+            _env_users[1] = os.environ.get("VQFAST_BACKEND")
+            os.environ["VQFAST_BACKEND"] = backend
+        elif os.environ["VQFAST_BACKEND"] != backend:
+            raise RuntimeError(f"backend_env({backend!r}) while {os.environ['VQFAST_BACKEND']!r} is in use")
+        _env_users[0] += 1
     try:
         yield
     finally:
-        if before is None:
-            del os.environ["VQFAST_BACKEND"]
-        else:
-            os.environ["VQFAST_BACKEND"] = before
+        with _ENV_LOCK:
+            _env_users[0] -= 1
+            if _env_users[0] == 0:
+                if _env_users[1] is None:
+                    del os.environ["VQFAST_BACKEND"]
+                else:
+                    os.environ["VQFAST_BACKEND"] = _env_users[1]
 
 
 def kmeans(backend, seed, size):
