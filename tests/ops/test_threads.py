@@ -4,9 +4,9 @@ same bits.
 
 The docs promise bit-identical counts and sums for ema_statistics and the *_with_statistics
 ops at every thread count (a summation order fixed by (N, K)), the same tokens on every
-backend for the samplers and posterior_sample (counter-based noise), and indices that never
-depend on the thread count; every other output is computed per row by one thread, so it is
-bit-identical too, and these tests hold every output to `torch.equal`.
+backend for the samplers and posterior_sample (counter-based noise), and losses that do not
+change with the thread count; no output of any op depends on it in fact, so these tests hold
+every output to `torch.equal`.
 """
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +42,7 @@ def test_concurrent_threads_match_serial(name, backend):
     calls = [CALLS[name](backend, seed, _size(backend)) for seed in range(N_THREADS)]
     serial = [c.run(**c.inputs) for c in calls]
     start = threading.Barrier(N_THREADS)
-    repeats = 3 if backend == "cpu" else 1
+    repeats = 2 if backend == "cpu" else 1
 
     def worker(i):
         start.wait()  # every thread enters the op together
