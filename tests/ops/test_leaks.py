@@ -53,10 +53,14 @@ def _memory():
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread_frozen_gc():
+    """One intra-op thread; the objects alive before the test frozen out of gc's view, so a
+    collection walks only what the test made (~1 ms instead of ~0.2 s over ~300k objects)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
+    gc.freeze()
     yield
+    gc.unfreeze()
     torch.set_num_threads(n)
 
 
