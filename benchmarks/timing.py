@@ -65,7 +65,7 @@ def sync(device: str | torch.device) -> None:
 def gemm_seconds(m: int, n: int, k: int, dtype=torch.float32, packed: bool = False,
                  device: str | torch.device = "cpu") -> Callable[[int], object]:
     """A row timing torch's own GEMM of the same shape: the machine's ceiling. packed (CPU): oneDNN's
-    GEMM on a weight packed once (what vqfast.models.inference runs; MKL's torch.mm otherwise)."""
+    GEMM on a weight packed once (what vqfast.models.common.inference runs; MKL's torch.mm otherwise)."""
     g = torch.Generator().manual_seed(1)
     a = [torch.randn(m, k, generator=g).to(device, dtype) for _ in range(3)]
     b = torch.randn(k, n, generator=g).to(device, dtype)

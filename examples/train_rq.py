@@ -26,9 +26,7 @@ import torch.nn.functional as F
 
 from vqfast import checkpoint
 from vqfast.data import PHOTOS, ClassCrops, make_masks
-from vqfast.models.rq_transformer import ContextualRQTransformer
-from vqfast.models.rqvae import RQVAE
-from vqfast.samplers.draft_and_revise import PAPER_SETTINGS, draft_and_revise
+from vqfast.models.rq import PAPER_SETTINGS, RQVAE, ContextualRQTransformer, draft_and_revise
 from vqfast.training import optimizer_step, start_run
 from vqfast.visualize import plot_curves, save_grid
 
@@ -36,11 +34,11 @@ from vqfast.visualize import plot_curves, save_grid
 def build(preset: str, device: str):
     n_classes = len(PHOTOS)
     if preset == "tiny":
-        rq = RQVAE.tiny()
-        tf = ContextualRQTransformer.preset("tiny", num_classes=n_classes)
+        rq = RQVAE.from_preset("tiny")
+        tf = ContextualRQTransformer.from_preset("tiny", num_classes=n_classes)
     else:
-        rq = RQVAE.paper()
-        tf = ContextualRQTransformer.preset(preset, num_classes=n_classes)
+        rq = RQVAE.from_preset("paper")
+        tf = ContextualRQTransformer.from_preset(preset, num_classes=n_classes)
     return rq.to(device), tf.to(device), rq.config["resolution"]
 
 
@@ -49,9 +47,9 @@ def train_rqvae(rq, data, args, g, log):
     rq.train()
     for step in range(args.vae_steps):
         x, _ = data.sample(args.batch, g)
-        loss, logs = rq.loss(x.to(args.device))
+        loss, logs = rq(x.to(args.device)).loss
         optimizer_step(loss, opt)
-        log.append({"stage": "rqvae", "step": step, **logs})
+        log.append({"stage": "rqvae", "step": step, **{k: float(v) for k, v in logs.items()}})
         if step % args.log_every == 0 or step == args.vae_steps - 1:
             stats = rq.quantizer.statistics(rq.encode(x.to(args.device)))
             print(f"rqvae {step:5d} rec {logs['rec']:.4f} commit {logs['commit']:.4f} "
@@ -75,7 +73,7 @@ def train_transformer(tf, codes, labels, args, g, log):
     tf.train()
     for step in range(args.tf_steps):
         pick = torch.randint(len(codes), (args.batch,), generator=g).to(codes.device)
-        loss = tf.loss(codes[pick], labels[pick], generator=g)
+        loss = tf.loss(codes[pick], class_labels=labels[pick], generator=g).total
         optimizer_step(loss, opt, clip=1.0, scheduler=sched)
         log.append({"stage": "transformer", "step": step, "nll": float(loss.detach())})
         if step % args.log_every == 0 or step == args.tf_steps - 1:
@@ -108,7 +106,7 @@ def figures(rq, tf, args, size, out: Path):
     final, hist = draft_and_revise(tf, batch_size=len(y), class_labels=y, generator=args.seed, progress=True,
                                    return_history=True, **dec)
     draft = [s for s in hist if s.phase == "draft"][-1].codes
-    img_d, img_r = rq.decode_codes(draft).view(rows, n, 3, size, size), rq.decode_codes(final).view(rows, n, 3, size, size)
+    img_d, img_r = rq.decode_tokens(draft).view(rows, n, 3, size, size), rq.decode_tokens(final).view(rows, n, 3, size, size)
     grid = [[im for j in range(n) for im in (img_d[i, j], img_r[i, j])] + [x[i]] for i in range(rows)]
     save_grid(grid, [t for j in range(n) for t in (f"draft {j + 1}", f"revised {j + 1}")] + ["real (test)"],
               out / "samples.png", row_labels=[PHOTOS[int(c)] for c in labels])
@@ -118,8 +116,8 @@ def figures(rq, tf, args, size, out: Path):
     m = torch.stack([make_masks(kinds[i % 3], 1, *tf.grid, generator=mg)[0] for i in range(rows)]).to(args.device)
     pix = F.interpolate(m[:, None].float(), size=(size, size), mode="nearest")[:, 0].bool()
     masked_in = torch.where(pix[:, None], torch.zeros_like(x), x)
-    fills = [rq.decode_codes(draft_and_revise(tf, codes, m, class_labels=labels.to(args.device),
-                                              generator=args.seed + k, **dec)) for k in range(n)]
+    fills = [rq.decode_tokens(draft_and_revise(tf, codes, m, class_labels=labels.to(args.device),
+                                              generator=args.seed + k, **dec).tokens) for k in range(n)]
     save_grid([[masked_in[i]] + [f[i] for f in fills] + [x[i]] for i in range(rows)],
               ["masked input"] + [f"completion {k + 1}" for k in range(n)] + ["ground truth"], out / "inpainting.png",
               row_labels=[PHOTOS[int(c)] for c in labels])
@@ -128,8 +126,8 @@ def figures(rq, tf, args, size, out: Path):
     box[:, h // 4: h - h // 4, w // 4: w - w // 4] = True
     pixb = F.interpolate(box[:, None].float(), size=(size, size), mode="nearest")[:, 0].bool()
     others = [(labels + k) % len(PHOTOS) for k in range(0, 3 * (len(PHOTOS) // 3), len(PHOTOS) // 3)]
-    edits = [rq.decode_codes(draft_and_revise(tf, codes, box, class_labels=c.to(args.device), generator=args.seed,
-                                              **dec)) for c in others]
+    edits = [rq.decode_tokens(draft_and_revise(tf, codes, box, class_labels=c.to(args.device), generator=args.seed,
+                                              **dec).tokens) for c in others]
     save_grid([[torch.where(pixb[i, None], torch.zeros_like(x[i]), x[i])] + [e[i] for e in edits]
                for i in range(rows)], ["centre masked"] + ["own class", "edit: class +4", "edit: class +8"],
               out / "editing.png", row_labels=[PHOTOS[int(c)] for c in labels])

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from vqfast import checkpoint
-from vqfast.models.transformer import BidirectionalTransformer
-from vqfast.models.vqgan import VQGAN
+from vqfast.models.maskgit.transformer import BidirectionalTransformer
+from vqfast.models.common.vqgan import VQGAN
 
 
 def small_vq(**kw):
@@ -21,7 +21,7 @@ def test_round_trip_transformer(tmp_path):
     tok = torch.randint(33, (2, 16))
     assert torch.equal(net(tok), back(tok))
     rec = checkpoint.read_config(tmp_path / "net")
-    assert rec["class"] == "vqfast.models.transformer.BidirectionalTransformer"
+    assert rec["class"] == "vqfast.models.maskgit.transformer.BidirectionalTransformer"
     assert rec["config"]["num_classes"] == 2 and rec["extra"] == {"note": "x"} and "vqfast_version" in rec
 
 
@@ -41,7 +41,7 @@ def test_round_trip_vqgan_with_ema_state(tmp_path):
 
 def test_wrong_class_is_named(tmp_path):
     checkpoint.save(small_vq(), tmp_path / "vq")
-    with pytest.raises(ValueError, match="holds a vqfast.models.vqgan.VQGAN, expected .*BidirectionalTransformer"):
+    with pytest.raises(ValueError, match="holds a vqfast.models.common.vqgan.VQGAN, expected .*BidirectionalTransformer"):
         checkpoint.load(tmp_path / "vq", expected=BidirectionalTransformer)
 
 
@@ -90,3 +90,35 @@ def test_missing_files(tmp_path):
 def test_model_without_config_needs_one(tmp_path):
     with pytest.raises(TypeError, match="config"):
         checkpoint.save(torch.nn.Linear(2, 2), tmp_path / "lin")
+
+
+@pytest.mark.parametrize("old", ["vqfast.models.vqgan.VQGAN"])
+def test_checkpoint_saved_before_the_family_packages_loads(tmp_path, old):
+    """The demo's cache stores module paths of the flat layout: they map to today's classes."""
+    vq = VQGAN.from_preset("tiny").eval()
+    checkpoint.save(vq, tmp_path / "old")
+    meta = tmp_path / "old.json"
+    record = json.loads(meta.read_text())
+    record["class"] = old
+    meta.write_text(json.dumps(record))
+    back = checkpoint.load(tmp_path / "old", expected=VQGAN)
+    assert type(back) is VQGAN
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert torch.equal(back.encode(x), vq.encode(x))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_weights_are_a_value_error(tmp_path, damage):
+    checkpoint.save(VQGAN.from_preset("tiny"), tmp_path / "m")
+    w = tmp_path / "m.safetensors"
+    data = w.read_bytes()
+    w.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00" * 64 + data[64:], "empty": b""}[damage])
+    with pytest.raises(ValueError, match="safetensors"):
+        checkpoint.load(tmp_path / "m")
+
+
+def test_corrupt_config_is_a_value_error(tmp_path):
+    checkpoint.save(VQGAN.from_preset("tiny"), tmp_path / "m")
+    (tmp_path / "m.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a vqfast checkpoint config"):
+        checkpoint.load(tmp_path / "m")

@@ -25,6 +25,20 @@ import vqfast
 
 _ALLOWED_PREFIX = "vqfast."
 
+# Classes saved before the models moved into one package per family (the demo's cache keeps
+# such checkpoints): old module path -> today's.
+_MOVED = {
+    "vqfast.models.transformer.BidirectionalTransformer": "vqfast.models.maskgit.transformer.BidirectionalTransformer",
+    "vqfast.models.vqgan.VQGAN": "vqfast.models.common.vqgan.VQGAN",
+    "vqfast.models.put_vqvae.PVQVAE": "vqfast.models.put.tokenizer.PVQVAE",
+    "vqfast.models.put_transformer.UQTransformer": "vqfast.models.put.transformer.UQTransformer",
+    "vqfast.models.mqvae.MQVAE": "vqfast.models.mqvae.tokenizer.MQVAE",
+    "vqfast.models.stackformer.Stackformer": "vqfast.models.mqvae.stackformer.Stackformer",
+    "vqfast.models.rqvae.RQVAE": "vqfast.models.rq.tokenizer.RQVAE",
+    "vqfast.models.rq_transformer.ContextualRQTransformer": "vqfast.models.rq.transformer.ContextualRQTransformer",
+    "vqfast.models.vqddm.VQDDM": "vqfast.models.vqddm.denoiser.VQDDM",
+}
+
 
 def _paths(path) -> tuple[Path, Path]:
     p = Path(path)
@@ -61,10 +75,16 @@ def read_config(path) -> dict:
     _, meta = _paths(path)
     if not meta.exists():
         raise FileNotFoundError(f"no checkpoint config at {meta}")
-    record = json.loads(meta.read_text())
+    try:
+        record = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta} is not a vqfast checkpoint config: {err}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{meta} is not a vqfast checkpoint config: expected a JSON object")
     for key in ("class", "config"):
         if key not in record:
             raise ValueError(f"{meta} is not a vqfast checkpoint config: no {key!r} field")
+    record["class"] = _MOVED.get(record["class"], record["class"])
     return record
 
 
@@ -78,6 +98,15 @@ def _resolve_class(name: str) -> type:
     return cls
 
 
+def _current_config(cls: type, config: dict) -> dict:
+    """Constructor kwargs under today's names: a class lists renamed ones in `CONFIG_ALIASES`
+    (old name -> new name)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint config must be a JSON object, got {type(config).__name__}")
+    aliases = getattr(cls, "CONFIG_ALIASES", {})
+    return {aliases.get(k, k): v for k, v in config.items()}
+
+
 def load_state(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
     """Fill an existing model from a checkpoint's weights; shape/key mismatches raise ValueError."""
     from safetensors.torch import load_file
@@ -85,7 +114,10 @@ def load_state(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
     weights, _ = _paths(path)
     if not weights.exists():
         raise FileNotFoundError(f"no checkpoint weights at {weights}")
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors raises its own SafetensorError on a truncated or corrupt file
+        raise ValueError(f"checkpoint weights {weights} are not a readable safetensors file: {err}") from None
     own = model.state_dict()
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
               for k, v in own.items() if k in state and isinstance(v, torch.Tensor) and state[k].shape != v.shape]
@@ -113,5 +145,5 @@ def load(path, *, expected: type | None = None, map_location: str | torch.device
     if expected is not None and record["class"] != _class_name(expected):
         raise ValueError(f"checkpoint {path} holds a {record['class']}, expected {_class_name(expected)}")
     cls = _resolve_class(record["class"])
-    model = cls(**record["config"])
+    model = cls(**_current_config(cls, record["config"]))
     return load_state(model, path).to(map_location).eval()
