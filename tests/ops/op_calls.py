@@ -158,7 +158,7 @@ def _diffusion(seed, size, grad=False):
 
 
 def _logprobs_backward(backend, x, z, x0, t, sched):
-    out = D.posterior_logprobs(x, z, t, sched, backend=backend)
+    out = ops.posterior_logprobs(x, z, t, sched, backend=backend)
     up = torch.where(torch.isfinite(out), out, torch.zeros_like(out))
     return [out.detach()] + list(torch.autograd.grad((up * 0.5).sum(), x))
 
@@ -169,11 +169,11 @@ def posterior_logprobs_backward(backend, seed, size):
 
 def posterior_sample(backend, seed, size):
     return Call(_diffusion(seed, size), lambda x, z, x0, t, sched: [
-        D.posterior_sample(x, z, t, sched, seed=seed, backend=backend)])
+        ops.posterior_sample(x, z, t, sched, seed=seed, backend=backend)])
 
 
 def _vlb_backward(backend, x, z, x0, t, sched):
-    kl = D.vlb_kl(x0, x, z, t, sched, backend=backend)
+    kl = ops.vlb_kl(x0, x, z, t, sched, backend=backend)
     return [kl.detach()] + list(torch.autograd.grad(kl.sum(), x))
 
 

@@ -38,8 +38,8 @@ def _noise(backend, start, n, kind):
 @pytest.mark.parametrize("start", STARTS, ids=lambda s: f"start{s:#x}")
 def test_noise_at_element_indices_past_32_bits(backend, start):
     idx = torch.arange(start, start + 13)
-    assert torch.equal(_noise(backend, start, 13, "words"), R.words(KEY, STREAM_TOKEN, idx))
-    got, want = _noise(backend, start, 13, "gumbel"), R.gumbel(KEY, STREAM_TOKEN, idx)
+    assert torch.equal(_noise(backend, start, 13, "words"), _random.words(KEY, STREAM_TOKEN, idx))
+    got, want = _noise(backend, start, 13, "gumbel"), _random.gumbel(KEY, STREAM_TOKEN, idx)
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
 
 
@@ -67,7 +67,7 @@ def test_triton_trial_words_of_rows_past_2_26():
     out = torch.empty(rows.numel(), 2, 4, dtype=torch.int64)
     _trial_words_kernel[(rows.numel(), 2)](rows, out, *split_key(KEY), STREAM_TOKEN)
     blk = (rows[:, None] << 6) + torch.tensor([0, 63])
-    want = torch.stack(R.philox4x32(blk & 0xFFFFFFFF, blk >> 32, STREAM_TOKEN, 0, KEY), dim=-1)
+    want = torch.stack(_random.philox4x32(blk & 0xFFFFFFFF, blk >> 32, STREAM_TOKEN, 0, KEY), dim=-1)
     assert torch.equal(out, want)
 
 
@@ -116,7 +116,7 @@ def test_sampling_rows_past_2_26():
     want_tok = R.categorical(tail, KEY, STREAM_TOKEN, rows)
     assert torch.equal(sel.tokens[0, rows], want_tok)
     logp = torch.log_softmax(tail, -1).gather(1, want_tok[:, None]).squeeze(1)
-    torch.testing.assert_close(sel.confidence[0, rows], logp + R.gumbel(KEY, STREAM_CONFIDENCE, rows),
+    torch.testing.assert_close(sel.confidence[0, rows], logp + _random.gumbel(KEY, STREAM_CONFIDENCE, rows),
                                atol=2e-5, rtol=1e-5)
 
 
@@ -129,7 +129,7 @@ def test_posterior_sample_positions_past_2_24():
     n, pairs = 2 ** 24, 256
     log_x0 = torch.zeros(1, n + pairs, 2)
     z_t = torch.zeros(1, n + pairs, dtype=torch.long)
-    out = D.posterior_sample(log_x0, z_t, 50, D.CosineSchedule(50), seed=KEY)
+    out = vqfast.ops.posterior_sample(log_x0, z_t, 50, D.CosineSchedule(50), seed=KEY)
     head, tail = out[0, :pairs], out[0, n:]
     assert 0 < int(tail.sum()) < pairs  # both states drawn at the tail positions
     assert not torch.equal(head, tail)

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import torch
 
-from vqfast.diffusion import _args
+from vqfast.ops import diffusion as diffusion_ops
 from tests.conftest import available
 from tests.ops.op_calls import CALLS, cases
 
@@ -106,11 +106,11 @@ def test_op_keeps_no_reference_to_its_inputs(name, backend):
 
 def test_diffusion_table_cache_is_bounded():
     """Per-schedule coefficient tables: at most _MAX_TABLES, whatever the number of schedules."""
-    before = len(_args._TABLES)
-    assert before <= _args._MAX_TABLES
-    for T in range(2, 2 + 3 * _args._MAX_TABLES):
+    before = len(diffusion_ops._TABLES)
+    assert before <= diffusion_ops._MAX_TABLES
+    for T in range(2, 2 + 3 * diffusion_ops._MAX_TABLES):
         call = CALLS["posterior_sample"]("cpu", T, "tiny")
         call.inputs["sched"] = type(call.inputs["sched"])(T)
         call.inputs["t"] = call.inputs["t"].clamp_max(T)
         call.run(**call.inputs)
-    assert 0 < len(_args._TABLES) <= _args._MAX_TABLES
+    assert 0 < len(diffusion_ops._TABLES) <= diffusion_ops._MAX_TABLES
