@@ -11,6 +11,7 @@ r x r patch is; the others are quantized with e' and their index is offset by K.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -388,5 +389,8 @@ class PVQVAE(PresetMixin, nn.Module):
         return TokenizerOutput(reconstruction, tokens, loss)
 
 
-# The default loss of PVQVAE.forward (stateless: no discriminator, no VGG).
-_RECONSTRUCTION_LOSS = PVQVAELoss(adversarial=False)
+# The default loss of PVQVAE.forward (stateless: no discriminator, no VGG, as its docstring says:
+# the warning PVQVAELoss gives for a training loss without VGG does not apply).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    _RECONSTRUCTION_LOSS = PVQVAELoss(adversarial=False)
