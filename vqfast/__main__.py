@@ -29,7 +29,7 @@ def main(argv=None) -> None:
     demo.add_argument("--retrain", action="store_true", help="ignore cached checkpoints")
     demo.add_argument("--minutes", type=float, default=8.0, help="training time budget")
     conv = sub.add_parser("convert", help="an official checkpoint -> a vqfast checkpoint (safetensors + JSON)")
-    conv.add_argument("system", help="taming-vqgan or rqvae")
+    conv.add_argument("system", help="taming-vqgan, rqvae or put")
     conv.add_argument("src", help="the official checkpoint (.ckpt/.pt/.pth/.safetensors, or a .tar.gz release)")
     conv.add_argument("out", help="output path without suffix: writes OUT.safetensors and OUT.json")
     conv.add_argument("--member", default=None, help="the checkpoint file inside a .tar.gz release")
@@ -44,9 +44,11 @@ def main(argv=None) -> None:
     elif args.cmd == "convert":
         from vqfast.convert import convert
         result = convert(args.system, args.src, args.out, member=args.member, resolution=args.resolution)
-        print(f"{args.system}: mapped {result.mapped} tensors into {type(result.model).__name__} "
-              f"({sum(p.numel() for p in result.model.parameters()) / 1e6:.1f}M parameters), skipped "
-              f"{len(result.skipped)} training-only tensors; wrote {args.out}.safetensors and {args.out}.json")
+        for stage, part in (result.items() if isinstance(result, dict) else [(None, result)]):
+            out = args.out if stage is None else f"{args.out}-{stage}"
+            print(f"{args.system}: mapped {part.mapped} tensors into {type(part.model).__name__} "
+                  f"({sum(p.numel() for p in part.model.parameters()) / 1e6:.1f}M parameters), skipped "
+                  f"{len(part.skipped)} training-only tensors; wrote {out}.safetensors and {out}.json")
     elif args.cmd == "demo":
         from vqfast import demo
         info()
