@@ -15,15 +15,25 @@ import torch
 _EPS = 1e-6  # the peer's clamp on every norm it divides by
 
 
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(t, dim=-1, keepdim=True)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row dot products [N, 1], reading a and b once (no [N, d] product temporary)."""
+    return torch.einsum("nd,nd->n", a, b).unsqueeze(1)
+
+
 def _coefficients(x: torch.Tensor, q: torch.Tensor):
     """x, q [N, d] fp32 -> (s, cx, cq, m, xu, xw) per row [N, 1]: the scale, clamped norms of x, q
     and u + v, and the dots x.u, x.w."""
-    nx2, nq2, xq = (x * x).sum(-1, keepdim=True), (q * q).sum(-1, keepdim=True), (x * q).sum(-1, keepdim=True)
-    cx, cq = nx2.sqrt().clamp_min(_EPS), nq2.sqrt().clamp_min(_EPS)
+    nx, nq, xq = _norm(x), _norm(q), _dot(x, q)
+    nx2, nq2 = nx.square(), nq.square()
+    cx, cq = nx.clamp_min(_EPS), nq.clamp_min(_EPS)
     m = (nx2 / cx.square() + 2 * xq / (cx * cq) + nq2 / cq.square()).clamp_min(0).sqrt().clamp_min(_EPS)
     xu = nx2 / cx
     xw = (xu + xq / cq) / m
-    return nq2.sqrt() / cx, cx, cq, m, xu, xw
+    return nq / cx, cx, cq, m, xu, xw
 
 
 class _RotateTo(torch.autograd.Function):
@@ -34,16 +44,17 @@ class _RotateTo(torch.autograd.Function):
         xf, qf = x.float(), q.detach().float()
         s, cx, cq, m, xu, xw = _coefficients(xf, qf)
         ctx.save_for_backward(xf, qf, s, cx, cq, m)
-        return (xf * (s * (1 - 2 * xw / (m * cx))) + qf * (s * (2 * xu - 2 * xw / m) / cq)).to(x.dtype)
+        out = torch.mul(xf, s * (1 - 2 * xw / (m * cx)))
+        return out.addcmul_(qf, s * (2 * xu - 2 * xw / m) / cq).to(x.dtype)
 
     @staticmethod
     def backward(ctx, g):
         xf, qf, s, cx, cq, m = ctx.saved_tensors
         gf = g.float()
-        gx, gq = (gf * xf).sum(-1, keepdim=True), (gf * qf).sum(-1, keepdim=True)
+        gx, gq = _dot(gf, xf), _dot(gf, qf)
         gw = (gx / cx + gq / cq) / m
-        grad = gf * s + xf * (s * (2 * gq / cq - 2 * gw / m) / cx) - qf * (s * 2 * gw / (m * cq))
-        return grad.to(g.dtype), None
+        grad = torch.mul(gf, s).addcmul_(xf, s * (2 * gq / cq - 2 * gw / m) / cx)
+        return grad.addcmul_(qf, -s * 2 * gw / (m * cq)).to(g.dtype), None
 
 
 def rotate_to(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -110,17 +110,25 @@ def _patched_codebook_forward(vqp, original, ema: bool):
         served(name)
         updates = self.training and call["update_usage"] and not call["freeze_codebook"]
         codes, idx, counts, sums = [], [], [], []
-        for h in range(heads):
-            if updates:
-                i, _, c, s = ops.nearest_code_with_statistics(flatten[h], embed[h], metric=metric)
+        for xh, eh in zip(flatten.detach(), embed):  # the peer's codes carry no gradient to x
+            if eh.requires_grad:  # learnable codebook: a gather, whose gradient is the one-hot matmul's
+                if updates:
+                    i, _, c, s = ops.nearest_code_with_statistics(xh, eh, metric=metric)
+                    counts.append(c)
+                    sums.append(s)
+                else:
+                    i, _ = ops.nearest_code(xh, eh, metric=metric)
+                code = F.embedding(i, eh)
+            elif updates:  # search, gather and EMA statistics in one pass
+                (code, i, _), c, s = ops.quantize_with_statistics(xh, eh, metric=metric)
                 counts.append(c)
                 sums.append(s)
             else:
-                i, _ = ops.nearest_code(flatten[h], embed[h], metric=metric)
+                code, i, _ = ops.quantize(xh, eh, metric=metric)
+            codes.append(code)
             idx.append(i)
-            codes.append(F.embedding(i, embed[h]))  # a gather; gradient to a learnable codebook as the one-hot matmul
-        quantize = torch.stack(codes).reshape(x.shape)
-        embed_ind = torch.stack(idx).reshape(x.shape[:-1])
+        quantize = (codes[0].unsqueeze(0) if heads == 1 else torch.stack(codes)).reshape(x.shape)
+        embed_ind = (idx[0].unsqueeze(0) if heads == 1 else torch.stack(idx)).reshape(x.shape[:-1])
         if updates:
             _update_from_statistics(vqp, self, flatten, torch.stack(counts), torch.stack(sums), call)
         if squeeze:
