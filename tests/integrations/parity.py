@@ -45,3 +45,13 @@ def assert_no_worse(ours: torch.Tensor, peer: torch.Tensor, oracle: torch.Tensor
     err_ours = (ours.float() - oracle.float()).abs().max().item()
     err_peer = (peer.float() - oracle.float()).abs().max().item()
     assert err_ours <= 2 * err_peer + atol, f"{what}: vqfast error {err_ours:.3g} > 2 x peer error {err_peer:.3g}"
+
+
+def assert_codes_no_worse(x: torch.Tensor, codebook: torch.Tensor, idx_peer: torch.Tensor, idx_ours: torch.Tensor,
+                          rtol: float = 1e-5) -> None:
+    """Low precision: the peer ranks by distances rounded to the input dtype, so its pick can be
+    off; vqfast's pick is never farther (fp64 distance) than the peer's."""
+    x64, c64 = x.detach().reshape(-1, x.shape[-1]).double(), codebook.detach().double()
+    dp = (x64 - c64[idx_peer.reshape(-1)]).square().sum(-1)
+    do = (x64 - c64[idx_ours.reshape(-1)]).square().sum(-1)
+    assert bool((do <= dp * (1 + rtol) + rtol).all()), f"max excess {(do - dp).max().item():.3g}"
