@@ -127,6 +127,33 @@ def test_residual_parity_after_training_steps(cls, kwargs):
         assert_close(b, b_ref, torch.float32, n)
 
 
+SERVED_CALLS = {  # forward kwargs served by the fused path; buffers compared after one step
+    "freeze_codebook": dict(freeze_codebook=True),
+    "ema_weight_tensor": dict(ema_update_weight=torch.full((1, K), 0.5)),
+    "ema_weight_callable": dict(ema_update_weight=lambda sums, counts: (counts > 0).float()),
+    "accum_ema_update": dict(accum_ema_update=True),
+    "no_ema_update": dict(ema_update=False),
+}
+
+
+@pytest.mark.parametrize("cfg", list(SERVED_CALLS))
+def test_served_forward_options(cfg):
+    torch.manual_seed(0)
+    peer, ours = twin(vqp.VectorQuantize(dim=DIM, codebook_size=K).train())
+    x = _inputs(torch.float32)[0]
+    vi.reset_stats()
+    q_ref, i_ref, _ = peer(x, **SERVED_CALLS[cfg])
+    with vi.apply_to_vector_quantize_pytorch():
+        q, i, _ = ours(x, **SERVED_CALLS[cfg])
+    assert vi.stats()[CODEBOOK] == {"served": 1, "passed_through": 0}
+    assert torch.equal(i, i_ref)
+    assert_close(q, q_ref, torch.float32, "quantized")
+    for (n, b_ref), (_, b) in zip(peer._codebook.named_buffers(), ours._codebook.named_buffers()):
+        assert_close(b, b_ref, torch.float32, n)
+        if b_ref.grad is not None or b.grad is not None:  # accum_ema_update: statistics held in .grad
+            assert_close(b.grad, b_ref.grad, torch.float32, f"{n}.grad")
+
+
 PASS_THROUGH = {  # option -> (constructor kwargs, forward kwargs): the peer's own code runs
     "stochastic_sampling": (dict(stochastic_sample_codes=True, sample_codebook_temp=0.5), {}),
     "gumbel_straight_through": (dict(straight_through=True, rotation_trick=False), {}),

@@ -29,13 +29,15 @@ def _patched_quantizer_forward(original):
 
 
 def _n_remask(scheduler, timestep, unknown: torch.Tensor, starting_mask_ratio: float) -> torch.Tensor:
-    """[B] positions to mask again after this step: the schedule's mask ratio at the step after
-    `timestep` times the sequence length, at most (still unknown - 1), at least 1."""
+    """[B] positions to mask again after this step: floor(L * starting ratio * schedule(progress)),
+    at most (still unknown - 1), at least 1; in fp32 tensor arithmetic, as the peer rounds it."""
     step = int((scheduler.timesteps == timestep).nonzero()[0, 0])
-    progress = (step + 1) / len(scheduler.timesteps)
-    schedule = scheduler.config.masking_schedule
-    ratio = math.cos(progress * math.pi / 2) if schedule == "cosine" else 1 - progress
-    n = torch.full_like(unknown[:, 0], math.floor(unknown.shape[1] * starting_mask_ratio * ratio), dtype=torch.long)
+    progress = torch.tensor(step + 1, dtype=torch.float32) / len(scheduler.timesteps)
+    if scheduler.config.masking_schedule == "cosine":
+        ratio = torch.cos(progress * math.pi / 2)
+    else:
+        ratio = 1 - progress
+    n = (unknown.shape[1] * (starting_mask_ratio * ratio)).floor().long()
     return torch.minimum(unknown.sum(1) - 1, n).clamp_min(1)
 
 

@@ -10,30 +10,45 @@ Norms are clamped at 1e-6 before dividing, as the peer's safe division and F.nor
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 _EPS = 1e-6  # the peer's clamp on every norm it divides by
 
 
 def _norm(t: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(t, dim=-1, keepdim=True)
+    return torch.linalg.vector_norm(t, dim=-1)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row dot products [N, 1], reading a and b once (no [N, d] product temporary)."""
-    return torch.einsum("nd,nd->n", a, b).unsqueeze(1)
+    """Row dot products [N], reading a and b once (no [N, d] product temporary)."""
+    return torch.einsum("nd,nd->n", a, b)
 
 
-def _coefficients(x: torch.Tensor, q: torch.Tensor):
-    """x, q [N, d] fp32 -> (s, cx, cq, m, xu, xw) per row [N, 1]: the scale, clamped norms of x, q
-    and u + v, and the dots x.u, x.w."""
-    nx, nq, xq = _norm(x), _norm(q), _dot(x, q)
-    nx2, nq2 = nx.square(), nq.square()
-    cx, cq = nx.clamp_min(_EPS), nq.clamp_min(_EPS)
-    m = (nx2 / cx.square() + 2 * xq / (cx * cq) + nq2 / cq.square()).clamp_min(0).sqrt().clamp_min(_EPS)
-    xu = nx2 / cx
-    xw = (xu + xq / cq) / m
-    return nq / cx, cx, cq, m, xu, xw
+def _per_row(fn, *rows: torch.Tensor) -> list[torch.Tensor]:
+    """fn's arithmetic on per-row values [N], as [N, 1] fp32 tensors. On the CPU in float64 NumPy:
+    a few dozen tiny torch ops each wake the thread pool, which on a loaded machine costs more
+    than the [N, d] passes themselves."""
+    if rows[0].device.type == "cpu":
+        out = fn(*(r.detach().double().numpy() for r in rows), sqrt=np.sqrt, at_least=np.maximum)
+        return [torch.from_numpy(o).float().unsqueeze(1) for o in out]
+    return [o.unsqueeze(1) for o in fn(*rows, sqrt=torch.sqrt, at_least=torch.clamp_min)]
+
+
+def _forward_coefficients(nx, nq, xq, *, sqrt, at_least):
+    """|x|, |q|, x.q -> (a, b) with out = a x + b q, and (s, cx, cq, m) for the backward."""
+    cx, cq = at_least(nx, _EPS), at_least(nq, _EPS)
+    u2, v2, uv = (nx / cx) ** 2, (nq / cq) ** 2, xq / (cx * cq)
+    m = at_least(sqrt(at_least(u2 + 2 * uv + v2, 0.0)), _EPS)  # |u + v|, clamped as F.normalize
+    s, xu, xv = nq / cx, nx * nx / cx, xq / cq
+    xw = (xu + xv) / m
+    return s * (1 - 2 * xw / (m * cx)), s * (2 * xu - 2 * xw / m) / cq, s, cx, cq, m
+
+
+def _backward_coefficients(gx, gq, s, cx, cq, m, *, sqrt, at_least):
+    """g.x, g.q -> (a, b) with grad = s g + a x + b q."""
+    gw = (gx / cx + gq / cq) / m
+    return s * (2 * gq / cq - 2 * gw / m) / cx, -s * 2 * gw / (m * cq)
 
 
 class _RotateTo(torch.autograd.Function):
@@ -42,19 +57,16 @@ class _RotateTo(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, q):
         xf, qf = x.float(), q.detach().float()
-        s, cx, cq, m, xu, xw = _coefficients(xf, qf)
+        a, b, s, cx, cq, m = _per_row(_forward_coefficients, _norm(xf), _norm(qf), _dot(xf, qf))
         ctx.save_for_backward(xf, qf, s, cx, cq, m)
-        out = torch.mul(xf, s * (1 - 2 * xw / (m * cx)))
-        return out.addcmul_(qf, s * (2 * xu - 2 * xw / m) / cq).to(x.dtype)
+        return torch.mul(xf, a).addcmul_(qf, b).to(x.dtype)
 
     @staticmethod
     def backward(ctx, g):
         xf, qf, s, cx, cq, m = ctx.saved_tensors
         gf = g.float()
-        gx, gq = _dot(gf, xf), _dot(gf, qf)
-        gw = (gx / cx + gq / cq) / m
-        grad = torch.mul(gf, s).addcmul_(xf, s * (2 * gq / cq - 2 * gw / m) / cx)
-        return grad.addcmul_(qf, -s * 2 * gw / (m * cq)).to(g.dtype), None
+        a, b = _per_row(_backward_coefficients, _dot(gf, xf), _dot(gf, qf), *(t.squeeze(1) for t in (s, cx, cq, m)))
+        return torch.mul(gf, s).addcmul_(xf, a).addcmul_(qf, b).to(g.dtype), None
 
 
 def rotate_to(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
