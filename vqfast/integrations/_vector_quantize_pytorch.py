@@ -59,11 +59,9 @@ def _codebook_servable(codebook, call: dict, plain_sample, ema: bool) -> bool:
 
 
 def _update_from_statistics(vqp, codebook, flatten, counts, sums, call: dict) -> None:
-    """The peer's update_codebook with the batch's cluster sizes [h, K] and embedding sums
-    [h, K, d] given, instead of derived from a one-hot matrix."""
+    """The peer's update_codebook (when it updates: EMA on or dead codes expiring) with the batch's
+    cluster sizes [h, K] and embedding sums [h, K, d] given, instead of derived from a one-hot matrix."""
     ema_update = codebook.ema_update if call["ema_update"] is None else call["ema_update"]
-    if not ema_update and not codebook.has_dead_code_replacement:
-        return
     codebook.all_reduce_fn(counts)
     codebook.all_reduce_fn(sums)
     weight = call["ema_update_weight"]
@@ -108,7 +106,9 @@ def _patched_codebook_forward(vqp, original, ema: bool):
                 return original(self, *args, **kwargs)
             metric = "cosine"
         served(name)
-        updates = self.training and call["update_usage"] and not call["freeze_codebook"]
+        ema_update = self.ema_update if call["ema_update"] is None else call["ema_update"]
+        updates = (self.training and call["update_usage"] and not call["freeze_codebook"]
+                   and (ema_update or self.has_dead_code_replacement))  # else the peer's update returns at once
         codes, idx, counts, sums = [], [], [], []
         for xh, eh in zip(flatten.detach(), embed):  # the peer's codes carry no gradient to x
             if eh.requires_grad:  # learnable codebook: a gather, whose gradient is the one-hot matmul's
