@@ -1,11 +1,11 @@
 """The rotation-trick straight-through estimator (Fifty et al. 2024, "Restructuring Vector
-Quantization with the Rotation Trick", Sec. 4.2) in two passes over the rows.
+Quantization with the Rotation Trick", Sec. 4.2) from row reductions and one combining pass.
 
 With u = x / |x|, v = q / |q|, w = (u + v) / |u + v| and s = |q| / |x| (all treated as
 constants by autograd), the estimator is out = s (x - 2 (x.w) w + 2 (x.u) v): its value is
 q (the rotation of x onto q, rescaled) and its gradient to x is s (g - 2 (g.w) w + 2 (g.v) u).
-Both are linear combinations of two rows with per-row coefficients, so three row dot
-products give everything the peer builds with five [N, d] temporaries and batched matmuls.
+Both are linear combinations of two rows with per-row coefficients, so |x|, |q| and x.q
+(g.x and g.q backward) give everything the peer builds with [N, d] temporaries and batched matmuls.
 Norms are clamped at 1e-6 before dividing, as the peer's safe division and F.normalize do.
 """
 from __future__ import annotations

@@ -7,7 +7,8 @@ Served exactly (the peer's own value, up to float rounding and ties):
   pass over the rows (nearest_code_with_statistics) instead of the one-hot einsums. The EMA
   blend, dead-code expiry and distributed all-reduce stay the peer's own functions.
 - kmeans (the k-means init): each Lloyd step's assignment and sums in one pass.
-- rotate_to (the rotation-trick estimator, on by default in training): two passes.
+- rotate_to (the rotation-trick estimator, on by default in training): row reductions and one
+  combining pass instead of the peer's [N, d] temporaries and batched matmuls.
 Everything else passes through (see `_codebook_servable`), counted in vqfast.integrations.stats().
 """
 from __future__ import annotations
