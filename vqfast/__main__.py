@@ -1,4 +1,4 @@
-"""Command line: `python -m vqfast info | bench [--quick] | demo`."""
+"""Command line: `python -m vqfast info | bench [--quick] | demo | train | eval`."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,9 @@ def main(argv=None) -> None:
     demo.add_argument("--cache-dir", default=None, help="checkpoint cache (default ~/.cache/vqfast, env VQFAST_CACHE)")
     demo.add_argument("--retrain", action="store_true", help="ignore cached checkpoints")
     demo.add_argument("--minutes", type=float, default=8.0, help="training time budget")
+    from vqfast.train import cli as train_cli
+    train_cli.add_train_parser(sub)
+    train_cli.add_eval_parser(sub)
     args = parser.parse_args(argv)
     if args.cmd == "info":
         info()
@@ -39,6 +42,10 @@ def main(argv=None) -> None:
         from vqfast import demo
         info()
         demo.run(cache_dir=args.cache_dir, out=args.out, retrain=args.retrain, budget_minutes=args.minutes)
+    elif args.cmd == "train":
+        train_cli.run_train(args)
+    elif args.cmd == "eval":
+        train_cli.run_eval(args)
 
 
 if __name__ == "__main__":
