@@ -37,11 +37,16 @@ def philox4x32(c0, c1, c2, c3, k0, k1):
 
 
 @triton.jit
+def _key_word(word):
+    """A key word (signed int32 bit pattern) as uint32. A word equal to 1 arrives as a constexpr
+    (Triton specializes it), so it is added to an int32 zero first (Triton 3.6 has no tl.to_tensor)."""
+    return (tl.zeros((), tl.int32) + word).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
 def element_words(key_lo, key_hi, stream, index):
     """uint32 words of elements `index` (int64 tensor, >= 0) of `stream` (int scalar)."""
-    # to_tensor: a key word or stream equal to 1 arrives as a constexpr (Triton specializes it)
-    k0 = tl.to_tensor(key_lo).to(tl.uint32, bitcast=True)
-    k1 = tl.to_tensor(key_hi).to(tl.uint32, bitcast=True)
+    k0, k1 = _key_word(key_lo), _key_word(key_hi)
     block = index >> 2
     c0 = (block & 0xFFFFFFFF).to(tl.uint32)
     c1 = (block >> 32).to(tl.uint32)
@@ -184,8 +189,7 @@ def cat_trial_words(key_lo, key_hi, stream, row, trial):
 @triton.jit
 def block_words(key_lo, key_hi, stream, block):
     """The 4 uint32 words of Philox block `block` (int64) of `stream`."""
-    k0 = tl.to_tensor(key_lo).to(tl.uint32, bitcast=True)
-    k1 = tl.to_tensor(key_hi).to(tl.uint32, bitcast=True)
+    k0, k1 = _key_word(key_lo), _key_word(key_hi)
     c0 = (block & 0xFFFFFFFF).to(tl.uint32)
     c1 = (block >> 32).to(tl.uint32)
     c2 = (tl.zeros_like(block) + stream).to(tl.uint32)
