@@ -33,6 +33,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--preset", default="tiny", help="the model preset (see below)")
     p.add_argument("--out", required=True, help="the run folder (checkpoints, log.jsonl, figures)")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps in all")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="save and exit after this step (the schedule still spans --steps; --resume continues)")
     p.add_argument("--batch-size", type=int, default=8, help="images per process per micro-batch")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the paper's)")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: the paper's, at most steps/10)")
@@ -60,6 +62,7 @@ def run_train(args) -> None:
     from vqfast.train.trainer import TrainConfig, train
 
     cfg = TrainConfig(args.family, args.stage, data=args.data, preset=args.preset, out=args.out, steps=args.steps,
+                      stop_after=args.stop_after,
                       batch_size=args.batch_size, lr=args.lr, grad_accum=args.grad_accum, precision=args.precision,
                       resume=args.resume, tokenizer=args.tokenizer, eval_every=args.eval_every,
                       save_every=args.save_every, seed=args.seed, workers=args.workers,

@@ -31,7 +31,9 @@ PRECISIONS = ("fp32", "bf16")
 class TrainConfig:
     """Everything a run needs (the command line's options). lr / warmup None: the stage's
     paper values. ema: the EMA decay of the weights (None: no EMA). clip: max gradient norm
-    (None: no clipping). token_cache: a folder of token shards to train stage 2 from."""
+    (None: no clipping). token_cache: a folder of token shards to train stage 2 from.
+    stop_after: save and stop after this step (a job slot shorter than the run; the
+    schedule still spans `steps`, and --resume continues)."""
 
     family: str
     stage: str
@@ -39,6 +41,7 @@ class TrainConfig:
     preset: str
     out: str
     steps: int = 1000
+    stop_after: int | None = None
     batch_size: int = 8
     lr: float | None = None
     grad_accum: int = 1
@@ -70,6 +73,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        if self.stop_after is not None and not (isinstance(self.stop_after, int) and self.stop_after >= 1):
+            raise ValueError(f"stop_after must be a positive int or None, got {self.stop_after!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.lr is not None and not self.lr > 0:
@@ -264,19 +269,20 @@ class _Run:
         if ctx.is_main and self.resume_from is not None:
             log.write({"kind": "resume", "step": self.step, "from": str(self.resume_from)})
         plan = BatchPlan(len(self.data), cfg.batch_size, world_size=ctx.world_size, seed=cfg.seed)
-        it = self._batches(plan, self.step * cfg.grad_accum, cfg.steps * cfg.grad_accum)
+        last = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+        it = self._batches(plan, self.step * cfg.grad_accum, last * cfg.grad_accum)
         autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         skipped, window, items = 0, 0, 0
         try:
             with _stop_requests() as stop:
-                while self.step < cfg.steps:
+                while self.step < last:
                     sums, n_items, skipped_now = self._train_step(it, autocast)
                     skipped += skipped_now
                     items += n_items
                     window += 1
                     self.step += 1
                     stopping = distributed.any_rank(bool(stop), ctx)
-                    if self.step % cfg.log_every == 0 or self.step == cfg.steps or stopping:
+                    if self.step % cfg.log_every == 0 or self.step == last or stopping:
                         values = distributed.mean_over_ranks(sums, ctx)
                         counts = distributed.sum_over_ranks(items, ctx), distributed.sum_over_ranks(skipped, ctx)
                         values.update(lr=self.scheduler.get_last_lr()[0], skipped_files=counts[1])
@@ -284,7 +290,7 @@ class _Run:
                         window, items = 0, 0
                     if cfg.eval_every and self.step % cfg.eval_every == 0:
                         self._evaluate(log)
-                    if stopping or (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
+                    if stopping or (cfg.save_every and self.step % cfg.save_every == 0) or self.step == last:
                         self.save()
                     if stopping:
                         if ctx.is_main:

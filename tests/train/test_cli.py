@@ -1,0 +1,42 @@
+"""`python -m vqfast train` end to end per family at its tiny preset (stage 1, then stage 2 on
+the trained tokenizer) from a folder with a corrupt and a grayscale image; `--help`; errors."""
+import pytest
+
+from vqfast.__main__ import main
+from vqfast.train.checkpointing import latest
+from vqfast.train.log import read_log
+
+# (family, tokenizer preset, model preset): class-conditional presets read the folder's 2 classes
+FAMILIES = [("maskgit", "tiny", "tiny"), ("put", "tiny", "tiny"), ("mqvae", "tiny", "tiny-cond"),
+            ("rq", "tiny", "tiny-cond"), ("vqddm", "tiny", "tiny")]
+
+
+def cli(*args):
+    main(["train", *args, "--steps", "2", "--batch-size", "2", "--no-progress", "--holdout", "0.2"])
+
+
+@pytest.mark.parametrize("family, tok_preset, model_preset", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_both_stages_train_from_a_folder(image_folder, tmp_path, family, tok_preset, model_preset):
+    tok = tmp_path / "tok"
+    cli(family, "--stage", "tokenizer", "--data", str(image_folder), "--preset", tok_preset, "--out", str(tok))
+    model = tmp_path / "model"
+    cli(family, "--stage", "model", "--data", str(image_folder), "--preset", model_preset, "--out", str(model),
+        "--tokenizer", str(tok))
+    for run in (tok, model):
+        records = read_log(run)
+        assert [r["step"] for r in records] == [1, 2] and all(r["loss"] == r["loss"] for r in records)
+        assert (latest(run) / "model.safetensors").exists()
+
+
+def test_help_lists_presets(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--tokenizer" in out and "maskgit  tokenizer  64px, tiny" in out
+
+
+def test_empty_folder_fails_before_training(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        cli("maskgit", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "log.jsonl").exists()
