@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from vqfast.train.families import FAMILIES, STAGES
 
@@ -45,6 +46,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--ema", type=float, default=None, help="keep an EMA of the weights with this decay")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--tokenizer", default=None, help="stage 2: the trained tokenizer (run folder or checkpoint)")
+    p.add_argument("--init-from", default=None, help="start from these weights (run folder or checkpoint)")
     p.add_argument("--token-cache", default=None, help="stage 2: train from token shards (python -m vqfast cache)")
     p.add_argument("--eval-every", type=int, default=0, help="held-out loss and figures every N steps (0: never)")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (always at the end)")
@@ -64,13 +66,14 @@ def run_train(args) -> None:
     cfg = TrainConfig(args.family, args.stage, data=args.data, preset=args.preset, out=args.out, steps=args.steps,
                       stop_after=args.stop_after,
                       batch_size=args.batch_size, lr=args.lr, grad_accum=args.grad_accum, precision=args.precision,
-                      resume=args.resume, tokenizer=args.tokenizer, eval_every=args.eval_every,
+                      resume=args.resume, tokenizer=args.tokenizer, init_from=args.init_from, eval_every=args.eval_every,
                       save_every=args.save_every, seed=args.seed, workers=args.workers,
                       clip=args.clip or None, warmup=args.warmup, ema=args.ema, holdout=args.holdout,
                       token_cache=args.token_cache, fsdp=args.fsdp, device=args.device, log_every=args.log_every,
                       progress=not args.no_progress, dist_timeout=args.dist_timeout)
     out = train(cfg)
-    print(f"run folder: {out}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run folder: {out}")
 
 
 def add_eval_parser(sub) -> None:

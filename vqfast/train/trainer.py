@@ -32,7 +32,8 @@ class TrainConfig:
     """Everything a run needs (the command line's options). lr / warmup None: the stage's
     paper values. ema: the EMA decay of the weights (None: no EMA). clip: max gradient norm
     (None: no clipping). token_cache: a folder of token shards to train stage 2 from.
-    stop_after: save and stop after this step (a job slot shorter than the run; the
+    init_from: start from these weights (a run folder or checkpoint of the same class), e.g. to
+    fine-tune. stop_after: save and stop after this step (a job slot shorter than the run; the
     schedule still spans `steps`, and --resume continues)."""
 
     family: str
@@ -48,6 +49,7 @@ class TrainConfig:
     precision: str = "fp32"
     resume: bool = False
     tokenizer: str | None = None
+    init_from: str | None = None
     eval_every: int = 0
     save_every: int = 0
     seed: int = 0
@@ -186,6 +188,8 @@ class _Run:
         self.model = stage.build(cfg.preset, tokenizer=self.tokenizer).to(ctx.device)
         if stage.name == "refit":
             self.model.requires_grad_(True)
+        if cfg.init_from is not None:
+            checkpoint.load_state(self.model, checkpointing.model_path(cfg.init_from))
         resolution = stage.resolution(self.model, self.tokenizer)
         if cfg.token_cache is not None:
             from vqfast.train.cache import TokenCache
