@@ -93,3 +93,41 @@ def gather(obj, ctx: Context) -> list:
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def shard(objective: torch.nn.Module, ctx: Context) -> torch.nn.Module:
+    """Shard the parameters over ranks with FSDP (torch.distributed.fsdp.fully_shard): each
+    sub-module of the model that holds parameters becomes one unit, the rest goes with the root
+    (the objective, whose forward is the training loss). Modifies and returns `objective`."""
+    from torch.distributed.fsdp import fully_shard
+
+    for child in objective.model.children():
+        if any(True for _ in child.parameters()):
+            fully_shard(child)
+    fully_shard(objective)
+    return objective
+
+
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_model_state(objective: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded state dict of an FSDP objective's model (complete on rank 0; every rank
+    must call it)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    state = get_model_state_dict(objective, options=_options())
+    return {k.removeprefix("model."): v for k, v in state.items()}
+
+
+def full_optimizer_state(objective: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The unsharded optimizer state (parameter names as keys; complete on rank 0)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    return get_optimizer_state_dict(objective, optimizer, options=_options())
+
+
+def load_full_optimizer_state(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Shard a full optimizer state (as `full_optimizer_state` returned it) into optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(objective, optimizer, state, options=StateDictOptions(full_state_dict=True))

@@ -151,16 +151,6 @@ class _EMA:
         return {k: self.shadow.get(k, v) for k, v in model.state_dict().items()}
 
 
-def _wrap(objective: _Objective, ctx: distributed.Context, fsdp: bool) -> nn.Module:
-    if not ctx.distributed:
-        return objective
-    if fsdp:
-        return distributed.shard(objective, ctx)
-    from torch.nn.parallel import DistributedDataParallel
-    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(objective, device_ids=ids)
-
-
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) a training run; returns the run folder. Rank 0 alone writes."""
     ctx = distributed.setup(cfg.device, cfg.dist_timeout)
@@ -202,6 +192,15 @@ class _Run:
         torch.manual_seed(_mix(cfg.seed, "rank", ctx.rank))
         if self.resume_from is None:
             stage.prepare(self.model, self.data, torch.Generator().manual_seed(cfg.seed))
+        else:
+            self.model.load_state_dict(checkpointing.read_weights(self.resume_from, "model"))
+        self.sharded = cfg.fsdp and ctx.distributed
+        if self.sharded and (cfg.ema is not None or cfg.eval_every):
+            raise ValueError("ema and eval_every are not supported with fsdp: keep EMA weights with DDP (without "
+                             "--fsdp) and evaluate checkpoints with python -m vqfast eval")
+        self.objective = _Objective(self.model, stage, self.tokenizer)
+        if self.sharded:
+            distributed.shard(self.objective, ctx)
         params = stage.trainable(self.model)
         o = stage.optim
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr or o.lr, betas=o.betas, weight_decay=o.weight_decay)
@@ -213,7 +212,10 @@ class _Run:
         self.step = 0
         if self.resume_from is not None:
             self._restore(self.resume_from)
-        self.objective = _wrap(_Objective(self.model, stage, self.tokenizer), ctx, cfg.fsdp)
+        if ctx.distributed and not self.sharded:
+            from torch.nn.parallel import DistributedDataParallel
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.objective = DistributedDataParallel(self.objective, device_ids=ids)
 
     # -- state ---------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -223,14 +225,19 @@ class _Run:
                 "scheduler": self.scheduler.state_dict(), "rng": rng, "config": asdict(self.cfg)}
 
     def _optimizer_state(self) -> dict:
-        if self.cfg.fsdp and self.ctx.distributed:
+        if self.sharded:
             return distributed.full_optimizer_state(self.objective, self.optimizer)
         return self.optimizer.state_dict()
 
     def _restore(self, folder: Path) -> None:
+        """Everything but the weights (loaded before sharding / wrapping)."""
         state = checkpointing.load_state(folder)
-        self.model.load_state_dict(checkpointing.read_weights(folder, "model"))
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state["config"]["fsdp"] != self.cfg.fsdp and self.ctx.distributed:
+            raise ValueError(f"resume with the --fsdp setting of the run ({state['config']['fsdp']})")
+        if self.sharded:
+            distributed.load_full_optimizer_state(self.objective, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             ema = checkpointing.read_weights(folder, "ema")
@@ -244,7 +251,7 @@ class _Run:
 
     def save(self) -> None:
         state = self._state()  # collective: every rank takes part
-        model_state = distributed.full_model_state(self.objective) if self.cfg.fsdp and self.ctx.distributed else None
+        model_state = distributed.full_model_state(self.objective) if self.sharded else None
         if self.ctx.is_main:
             ema = self.ema.state_dict(self.model) if self.ema is not None else None
             checkpointing.save(self.run_dir, self.step, self.model, state, ema=ema, model_state=model_state)
@@ -316,8 +323,7 @@ class _Run:
             key = _mix(cfg.seed, "step", self.step, a, ctx.rank)
             inputs = self._inputs(batch, key)
             n_items += _count(inputs)
-            sync = a == cfg.grad_accum - 1 or not ctx.distributed
-            with (contextlib.nullcontext() if sync else self.objective.no_sync()):
+            with self._grad_sync(a == cfg.grad_accum - 1):
                 with autocast:
                     total, terms = self.objective(inputs, key)
                 (total / cfg.grad_accum).backward()
@@ -332,6 +338,14 @@ class _Run:
         if self.ema is not None:
             self.ema.update(self.model)
         return sums, n_items, skipped
+
+    def _grad_sync(self, sync: bool):
+        """Gradients are reduced over ranks on the last micro-batch of a step only."""
+        if self.sharded:
+            self.objective.set_requires_gradient_sync(sync)
+        elif self.ctx.distributed and not sync:
+            return self.objective.no_sync()
+        return contextlib.nullcontext()
 
     def _evaluate(self, log: RunLog) -> None:
         """Held-out loss and the figures of the step (rank 0; the others wait)."""
