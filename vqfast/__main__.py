@@ -1,4 +1,4 @@
-"""Command line: `python -m vqfast info | bench [--quick] | demo | train | eval`."""
+"""Command line: `python -m vqfast info | bench [--quick] | demo | convert | train | eval`."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,12 @@ def main(argv=None) -> None:
     demo.add_argument("--cache-dir", default=None, help="checkpoint cache (default ~/.cache/vqfast, env VQFAST_CACHE)")
     demo.add_argument("--retrain", action="store_true", help="ignore cached checkpoints")
     demo.add_argument("--minutes", type=float, default=8.0, help="training time budget")
+    conv = sub.add_parser("convert", help="an official checkpoint -> a vqfast checkpoint (safetensors + JSON)")
+    conv.add_argument("system", help="taming-vqgan")
+    conv.add_argument("src", help="the official checkpoint (.ckpt/.pt/.pth/.safetensors, or a .tar.gz release)")
+    conv.add_argument("out", help="output path without suffix: writes OUT.safetensors and OUT.json")
+    conv.add_argument("--member", default=None, help="the checkpoint file inside a .tar.gz release")
+    conv.add_argument("--resolution", type=int, default=256, help="input resolution (taming-vqgan; default 256)")
     from vqfast.train import cli as train_cli
     train_cli.add_train_parser(sub)
     train_cli.add_eval_parser(sub)
@@ -38,6 +44,13 @@ def main(argv=None) -> None:
         from vqfast import quickbench
         info()
         quickbench.run(quick=args.quick)
+    elif args.cmd == "convert":
+        from vqfast.convert import convert
+        options = {"resolution": args.resolution} if args.system == "taming-vqgan" else {}
+        result = convert(args.system, args.src, args.out, member=args.member, **options)
+        print(f"{args.system}: mapped {result.mapped} tensors into {type(result.model).__name__} "
+              f"({sum(p.numel() for p in result.model.parameters()) / 1e6:.1f}M parameters), skipped "
+              f"{len(result.skipped)} training-only tensors; wrote {args.out}.safetensors and {args.out}.json")
     elif args.cmd == "demo":
         from vqfast import demo
         info()

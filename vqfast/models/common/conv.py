@@ -78,16 +78,22 @@ def _mid(ch: int, attn: bool) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
+    """images [B, C, R, R] -> [B, z_channels, R/f, R/f]; `attn_resolutions` puts an AttnBlock after
+    each ResBlock of the levels at those resolutions (taming's layout), `attn` the middle one."""
+
     def __init__(self, in_channels: int, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int,
-                 attn: bool):
+                 attn: bool, resolution: int = 0, attn_resolutions: tuple[int, ...] = ()):
         super().__init__()
-        layers, cin = [nn.Conv2d(in_channels, ch, 3, padding=1)], ch
+        layers, cin, res = [nn.Conv2d(in_channels, ch, 3, padding=1)], ch, resolution
         for i, m in enumerate(ch_mult):
             for _ in range(num_res_blocks):
                 layers.append(ResBlock(cin, ch * m))
                 cin = ch * m
+                if res in attn_resolutions:
+                    layers.append(AttnBlock(cin))
             if i < len(ch_mult) - 1:
                 layers.append(Downsample(cin))
+                res //= 2
         layers += [_mid(cin, attn), _norm(cin), nn.SiLU(), nn.Conv2d(cin, z_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
@@ -96,17 +102,23 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+    """[B, z_channels, R/f, R/f] -> images [B, C, R, R], the Encoder's mirror (num_res_blocks + 1
+    ResBlocks per level, attention as the Encoder's)."""
+
     def __init__(self, out_channels: int, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int,
-                 attn: bool):
+                 attn: bool, resolution: int = 0, attn_resolutions: tuple[int, ...] = ()):
         super().__init__()
-        cin = ch * ch_mult[-1]
+        cin, res = ch * ch_mult[-1], resolution // 2 ** (len(ch_mult) - 1)
         layers = [nn.Conv2d(z_channels, cin, 3, padding=1), _mid(cin, attn)]
         for i, m in reversed(list(enumerate(ch_mult))):
             for _ in range(num_res_blocks + 1):
                 layers.append(ResBlock(cin, ch * m))
                 cin = ch * m
+                if res in attn_resolutions:
+                    layers.append(AttnBlock(cin))
             if i > 0:
                 layers.append(Upsample(cin))
+                res *= 2
         layers += [_norm(cin), nn.SiLU(), nn.Conv2d(cin, out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
@@ -118,7 +130,7 @@ class ConvTokenizer(nn.Module):
     """The body VQGAN and RQVAE share: encoder -> 1x1 -> quantizer -> 1x1 -> decoder, and the loss.
 
     config holds resolution, in_channels, ch, ch_mult, num_res_blocks, embed_dim, z_channels,
-    attn, rec_loss; make_quantizer() builds the quantizer (called between the encoder and
+    attn, attn_resolutions (optional, default none), rec_loss; make_quantizer() builds the quantizer (called between the encoder and
     decoder so parameters are created in the same order as before the split)."""
 
     def __init__(self, config: dict, make_quantizer):
@@ -133,11 +145,14 @@ class ConvTokenizer(nn.Module):
         self.token_hw = (c["resolution"] // f, c["resolution"] // f)
         self.rec_loss = c["rec_loss"]
         ch_mult = tuple(c["ch_mult"])
-        self.encoder = Encoder(c["in_channels"], c["ch"], ch_mult, c["num_res_blocks"], c["z_channels"], c["attn"])
+        attn_res = tuple(c.get("attn_resolutions", ()))
+        self.encoder = Encoder(c["in_channels"], c["ch"], ch_mult, c["num_res_blocks"], c["z_channels"], c["attn"],
+                               c["resolution"], attn_res)
         self.quant_conv = nn.Conv2d(c["z_channels"], c["embed_dim"], 1)
         self.quantizer = make_quantizer()
         self.post_quant_conv = nn.Conv2d(c["embed_dim"], c["z_channels"], 1)
-        self.decoder = Decoder(c["in_channels"], c["ch"], ch_mult, c["num_res_blocks"], c["z_channels"], c["attn"])
+        self.decoder = Decoder(c["in_channels"], c["ch"], ch_mult, c["num_res_blocks"], c["z_channels"], c["attn"],
+                               c["resolution"], attn_res)
 
     @property
     def codebook_size(self) -> int:
