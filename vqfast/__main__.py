@@ -1,4 +1,4 @@
-"""Command line: `python -m vqfast info | bench [--quick] | demo | convert | train | eval`."""
+"""Command line: `python -m vqfast info | bench [--quick] | demo | convert | train | eval | cache`."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +37,7 @@ def main(argv=None) -> None:
     from vqfast.train import cli as train_cli
     train_cli.add_train_parser(sub)
     train_cli.add_eval_parser(sub)
+    train_cli.add_cache_parser(sub)
     args = parser.parse_args(argv)
     if args.cmd == "info":
         info()
@@ -59,6 +60,8 @@ def main(argv=None) -> None:
         train_cli.run_train(args)
     elif args.cmd == "eval":
         train_cli.run_eval(args)
+    elif args.cmd == "cache":
+        train_cli.run_cache(args)
 
 
 if __name__ == "__main__":

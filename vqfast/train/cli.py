@@ -94,3 +94,24 @@ def run_eval(args) -> None:
     report = evaluate_run(args.run_dir, data=args.data, batch_size=args.batch_size, max_images=args.max_images,
                           inception_weights=args.inception_weights, device=args.device)
     print(json.dumps(report, indent=2))
+
+
+def add_cache_parser(sub) -> None:
+    p = sub.add_parser("cache", help="encode a folder once with a trained tokenizer into token shards (stage 2)")
+    p.add_argument("family", choices=FAMILIES)
+    p.add_argument("--tokenizer", required=True, help="the trained tokenizer (run folder or checkpoint)")
+    p.add_argument("--data", required=True, help="a folder of images, or 'photos' / 'faces'")
+    p.add_argument("--out", required=True, help="the cache folder to write")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--shard-rows", type=int, default=65536, help="images per shard file")
+    p.add_argument("--holdout", type=float, default=0.05, help="share of the images held out (as in training)")
+    p.add_argument("--device", default=None)
+
+
+def run_cache(args) -> None:
+    from vqfast.train.cache import write_cache
+
+    out = write_cache(args.family, tokenizer=args.tokenizer, data=args.data, out=args.out,
+                      batch_size=args.batch_size, shard_rows=args.shard_rows, holdout=args.holdout,
+                      device=args.device)
+    print(f"token cache: {out}")

@@ -186,6 +186,9 @@ class _Run:
             if not stage.cacheable:
                 raise ValueError(f"--token-cache: the {cfg.family} {cfg.stage} stage does not train from tokens")
             self.data = TokenCache(cfg.token_cache)
+            if self.data.index["family"] != cfg.family:
+                raise ValueError(f"--token-cache {cfg.token_cache} holds {self.data.index['family']} tokens, "
+                                 f"not {cfg.family}")
         else:
             self.data = open_images(cfg.data, resolution, split="train", holdout=cfg.holdout)
         self.heldout = None
