@@ -155,12 +155,15 @@ def train(cfg: TrainConfig) -> Path:
     """Run (or resume) a training run; returns the run folder. Rank 0 alone writes."""
     ctx = distributed.setup(cfg.device, cfg.dist_timeout)
     try:
-        return _Run(cfg, ctx).run()
+        return Trainer(cfg, ctx).run()
     finally:
         distributed.teardown(ctx)
 
 
-class _Run:
+class Trainer:
+    """One run: built from a TrainConfig on this process (model, data, optimizer, resumed state);
+    `run()` trains to the end, `train_step(batches, autocast)` takes one optimizer step."""
+
     def __init__(self, cfg: TrainConfig, ctx: distributed.Context):
         self.cfg, self.ctx = cfg, ctx
         self.stage = stage = get_stage(cfg.family, cfg.stage)
@@ -290,7 +293,7 @@ class _Run:
         try:
             with _stop_requests() as stop:
                 while self.step < last:
-                    sums, n_items, skipped_now = self._train_step(it, autocast)
+                    sums, n_items, skipped_now = self.train_step(it, autocast)
                     skipped += skipped_now
                     items += n_items
                     window += 1
@@ -314,7 +317,7 @@ class _Run:
             log.close()
         return self.run_dir
 
-    def _train_step(self, it, autocast) -> tuple[dict, int, int]:
+    def train_step(self, it, autocast) -> tuple[dict, int, int]:
         cfg, ctx = self.cfg, self.ctx
         self.model.train()
         sums: dict[str, float] = {}
