@@ -12,8 +12,8 @@ Algorithm-1 iterations so the run stays in minutes on CPU):
              bf16 block weights, fp32 residual stream, LayerNorms and head; CPU attention
              through bf16 GEMMs)
   bf16-autocast  the same model under plain torch.autocast(bfloat16) (comparison row)
-Each row's extra_info holds tokens/s, the seed's RTX 3090 figure, the speedup over the
-official-style loop on wall time and on process CPU time (with VQFAST_BENCH_THREADS=1 the
+Each row's extra_info holds tokens/s, the paper's RTX 3090 figure (supp. Table 4), the
+speedup over the official-style loop on wall time and on process CPU time (with VQFAST_BENCH_THREADS=1 the
 CPU-time ratio is the one the machine's load disturbs least), the forward's FLOP/s as a
 fraction of this machine's GEMM rate for its dtype (an [L, D] x [D, 4D] matmul in fp32 and
 bf16 timed beside the row, through torch.mm = MKL and through oneDNN on a packed weight:
@@ -39,16 +39,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqfast.models.put.tokenizer import PVQVAE
-from vqfast.models.put.transformer import UQTransformer
-from vqfast.ops.sampling import select_and_sample_topk
-from vqfast.models.put.sampler import put_fill
 from vqfast.models.common.inference import inference_copy
+from vqfast.models.put import PVQVAE, UQTransformer, put_fill
+from vqfast.ops.sampling import select_and_sample_topk
 from timing import gemm_rate, machine, sync  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 # PUT supp. Table 4 (RTX 3090).
-SEED_TOKENS_PER_S = {"ffhq": 37.138, "places2": 32.048, "imagenet": 17.186}
-SEED_IMAGES_PER_S = 62.949
+PAPER_TOKENS_PER_S = {"ffhq": 37.138, "places2": 32.048, "imagenet": 17.186}
+PAPER_IMAGES_PER_S = 62.949
 
 PRESETS = [p for p in os.environ.get("PUT_BENCH_PRESETS", "ffhq,places2,imagenet").split(",") if p]
 ITERS = int(os.environ.get("PUT_BENCH_ITERS", "1"))     # Algorithm-1 iterations per timed round
@@ -65,13 +63,13 @@ _TIMES: dict[tuple[str, str], object] = {}
 def forward_flops(model: UQTransformer, batch: int, length: int) -> float:
     """Matmul FLOPs of one forward: projections + MLP + attention (QK^T and PV) + embedding + head."""
     c = model.config
-    D, n = c["dim"], c["n_layers"]
+    D, n = c["dim"], c["depth"]
     per_token = n * (4 * D * D + 2 * c["mlp_ratio"] * D * D) + c["feature_dim"] * D + D * c["vocab_size"]
     return 2 * batch * length * per_token + 4 * batch * n * length * length * D
 
 
 def official_forward(model: UQTransformer, feats: torch.Tensor) -> torch.Tensor:
-    """The seed's public transformer forward: separate q/k/v GEMMs, explicit fp32 softmax(QK^T / sqrt(D'))V."""
+    """The official-style transformer forward: separate q/k/v GEMMs, explicit fp32 softmax(QK^T / sqrt(D'))V."""
     x = model.emb(feats) + model.pos[:, :feats.shape[1]]
     for blk in model.blocks:
         h = blk.norm1(x)
@@ -89,7 +87,7 @@ def official_forward(model: UQTransformer, feats: torch.Tensor) -> torch.Tensor:
 
 
 def official_fill(model, codes, feats, tokens, known, iters, top_k, temperature, generator):
-    """The seed's public sampling loop (max-probability position, Python top-K filter, multinomial)."""
+    """The official-style sampling loop (max-probability position, Python top-K filter, multinomial)."""
     feats, tokens, known = feats.clone(), tokens.clone(), known.clone()
     for _ in range(iters):
         logits = official_forward(model, feats)
@@ -186,7 +184,7 @@ def test_uq_transformer_tokens_per_s(benchmark, env, preset, row):
         net = _Autocast(model) if row == "bf16-autocast" else model
 
         def fn(feats, tokens, known):
-            put_fill(net, codes, feats, tokens, known, top_k=TOP_K, generator=g, autocast_dtype=dtype,
+            put_fill(net, codes, feats, tokens, ~known, top_k=TOP_K, generator=g, autocast_dtype=dtype,
                      max_iterations=ITERS)
     # The GEMM ceiling is re-measured beside each row: the machine is shared and its load drifts.
     D = model.config["dim"]
@@ -197,7 +195,7 @@ def test_uq_transformer_tokens_per_s(benchmark, env, preset, row):
     _TIMES[(preset, row)] = (t, cpu)
     info = benchmark.extra_info
     info.update(env["machine"])
-    info.update({"tokens_per_s": 1.0 / t, "seed_rtx3090_tokens_per_s": SEED_TOKENS_PER_S[preset],
+    info.update({"tokens_per_s": 1.0 / t, "paper_rtx3090_tokens_per_s": PAPER_TOKENS_PER_S[preset],
                  "iterations_per_round": ITERS, "tokens": L, "unknown": L // 2, "cpu_s_per_iteration": cpu})
     if (preset, "official") in _TIMES:
         info["speedup_vs_official"] = _TIMES[(preset, "official")][0] / t
@@ -214,7 +212,7 @@ def test_uq_transformer_tokens_per_s(benchmark, env, preset, row):
         info.update(_bf16_accuracy(model, env))
     if row == "fp32":
         info.update(_fp32_agreement(model, env))
-    print(f"\n[{preset} {row}] {1 / t:.3f} tokens/s (seed RTX 3090: {SEED_TOKENS_PER_S[preset]}) "
+    print(f"\n[{preset} {row}] {1 / t:.3f} tokens/s (paper, RTX 3090: {PAPER_TOKENS_PER_S[preset]}) "
           + " ".join(f"{k}={v:.4g}" for k, v in info.items() if isinstance(v, float)))
 
 
@@ -303,7 +301,7 @@ def test_pvqvae_images_per_s(benchmark, env, backend, monkeypatch):
     if backend == "reference":
         monkeypatch.setenv("VQFAST_BACKEND", "reference")  # every vqfast op runs its PyTorch reference
     torch.manual_seed(0)
-    vae = PVQVAE().to(DEVICE).eval()
+    vae = PVQVAE.from_preset("paper").to(DEVICE).eval()
     g = torch.Generator().manual_seed(0)
     batch = 2
     sets = []
@@ -327,7 +325,7 @@ def test_pvqvae_images_per_s(benchmark, env, backend, monkeypatch):
     _TIMES[("pvqvae", backend)] = t
     info = benchmark.extra_info
     info.update(env["machine"])
-    info.update({"images_per_s": batch / t, "seed_rtx3090_images_per_s": SEED_IMAGES_PER_S})
+    info.update({"images_per_s": batch / t, "paper_rtx3090_images_per_s": PAPER_IMAGES_PER_S})
     if ("pvqvae", "reference") in _TIMES:
         info["speedup_vs_reference"] = _TIMES[("pvqvae", "reference")] / t
-    print(f"\n[pvqvae {backend}] {batch / t:.3f} images/s (seed RTX 3090: {SEED_IMAGES_PER_S})")
+    print(f"\n[pvqvae {backend}] {batch / t:.3f} images/s (paper, RTX 3090: {PAPER_IMAGES_PER_S})")

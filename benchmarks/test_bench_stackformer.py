@@ -75,8 +75,8 @@ def _decoding(m: Stackformer, row: str, start: int, seed: int) -> StackformerDec
     """A sampling run of N tokens whose first `start` pairs are given (prefilled, untimed)."""
     dtype = None if row.startswith("fp32") else torch.bfloat16
     codes, pos = _prefix(m, start, seed) if start else (None, None)
-    d = StackformerDecoding(m, BATCH, N, torch.zeros(BATCH, dtype=torch.long), seed=seed,
-                            use_cache="uncached" not in row, prefix_codes=codes, prefix_positions=pos,
+    d = StackformerDecoding(m, batch_size=BATCH, num_tokens=N, class_labels=torch.zeros(BATCH, dtype=torch.long),
+                            generator=seed, use_cache="uncached" not in row, prefix_codes=codes, prefix_positions=pos,
                             autocast_dtype=None if "autocast" in row or "unpacked" in row else dtype)
     if "autocast" in row:
         d.net = m  # the model as trained, under torch.autocast (see _steps)
@@ -111,7 +111,7 @@ def _model(preset: str) -> Stackformer:
 
 
 def _tiny_run(row: str, seed: int, batch: int) -> None:
-    stackformer_sample(_model("tiny"), batch, seed=seed, use_cache="uncached" not in row,
+    stackformer_sample(_model("tiny"), batch_size=batch, generator=seed, use_cache="uncached" not in row,
                        autocast_dtype=None if row.startswith("fp32") else torch.bfloat16)
 
 

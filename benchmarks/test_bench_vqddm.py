@@ -15,7 +15,7 @@ Groups:
   time and peak bytes allocated per step (torch profiler), as ratios official / vqfast.
 - per step with the network, U-Net preset (117M, K = 1024) and tiny (K = 128): seconds per
   16x16 map for T = 4000 and strided 100 steps, and seconds per 50k maps, extrapolated from
-  a few timed steps; beside the seed's "about 10 hours on a 2080Ti" (Sec. 4.3, 1000 steps).
+  a few timed steps; beside the paper's "about 10 hours on a 2080Ti" (VQ-DDM Sec. 4.3, 1000 steps).
 - a real strided 100-step `vqddm_sample` run of the tiny model (checks the extrapolation).
 
     python -m pytest benchmarks/test_bench_vqddm.py --benchmark-only
@@ -29,8 +29,7 @@ import pytest
 import torch
 
 from vqfast.diffusion import CosineSchedule, posterior_sample
-from vqfast.models.vqddm.denoiser import VQDDM
-from vqfast.models.vqddm.sampler import vqddm_sample
+from vqfast.models.vqddm import VQDDM, vqddm_sample
 from vqfast.models.vqddm.sampler import mixture_step
 from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
@@ -44,7 +43,7 @@ _spec.loader.exec_module(_diff)
 MultinomialChain = _diff.MultinomialChain
 
 T, L, SIDE = 4000, 256, 16
-SEED_HOURS_50K = 10.0  # seed Sec. 4.3: ~10 h for 50k samples with 1000 steps on one 2080Ti
+PAPER_HOURS_50K = 10.0  # VQ-DDM Sec. 4.3: ~10 h for 50k samples with 1000 steps on one 2080Ti
 SCHED = CosineSchedule(T)
 _TIMES: dict[tuple, float] = {}
 _BYTES: dict[tuple, int] = {}
@@ -114,7 +113,7 @@ def test_bench_vqddm_step(benchmark, impl, K):
     benchmark.extra_info.update(info)
 
 
-MODELS = {"unet-117m": lambda: VQDDM.paper(1024), "tiny": lambda: VQDDM.tiny(128)}
+MODELS = {"unet-117m": lambda: VQDDM.from_preset("paper", T=T), "tiny": lambda: VQDDM.from_preset("tiny", T=T)}
 BATCH = {"unet-117m": 2, "tiny": 8}
 
 
@@ -150,7 +149,7 @@ def test_bench_vqddm_sampling(benchmark, impl, model_name):
             "s_per_map_T4000": per_map * T, "s_per_map_strided100": per_map * 100,
             "hours_per_50k_T4000": per_map * T * 50000 / 3600, "hours_per_50k_strided100": per_map * 100 * 50000 / 3600,
             "hours_per_50k_1000steps": per_map * 1000 * 50000 / 3600,
-            "seed_hours_per_50k_1000steps_2080Ti": SEED_HOURS_50K}
+            "paper_hours_per_50k_1000steps_2080Ti": PAPER_HOURS_50K}
     other = _TIMES.get(("sample", model_name, "official"))
     if impl != "official" and other:
         info["speedup_vs_official_with_network"] = other / step
@@ -162,9 +161,9 @@ def test_bench_vqddm_sampling(benchmark, impl, model_name):
 def test_bench_vqddm_tiny_strided_run(benchmark):
     """A real 100-step strided run of the tiny model (B = 8): seconds per map, to check the extrapolation."""
     torch.manual_seed(0)
-    model = VQDDM.tiny(128).eval()
+    model = VQDDM.from_preset("tiny", T=T).eval()
     benchmark.group = "vqddm_sample tiny strided 100 steps (B=8)"
-    benchmark.pedantic(lambda: vqddm_sample(model, 8, SCHED, steps=100, seed=0), rounds=2, iterations=1)
+    benchmark.pedantic(lambda: vqddm_sample(model, batch_size=8, steps=100, generator=0), rounds=2, iterations=1)
     t = benchmark.stats.stats.median
     step = _TIMES.get(("sample", "tiny", "vqfast-mixture"), float("nan"))
     benchmark.extra_info.update({**machine(), "s_per_map": t / 8, "hours_per_50k": t / 8 * 50000 / 3600,

@@ -27,12 +27,9 @@ import torch
 
 from vqfast import checkpoint
 from vqfast.data import PHOTOS, ClassCrops
-from vqfast.models.mqvae.tokenizer import MQVAE, PRESETS
-from vqfast.models.mqvae.mask import select_top
-from vqfast.models.mqvae.stackformer import PRESETS as STACKFORMER_PRESETS
-from vqfast.models.mqvae.stackformer import Stackformer
 from vqfast.models.common.losses import HingeGAN, PatchDiscriminator, VGGPerceptual
-from vqfast.models.mqvae.sampler import stackformer_sample
+from vqfast.models.mqvae import MQVAE, Stackformer, stackformer_sample
+from vqfast.models.mqvae.mask import select_top
 from vqfast.training import optimizer_step, start_run
 from vqfast.visualize import plot_curves, save_grid
 
@@ -45,7 +42,7 @@ def train_mqvae(vq: MQVAE, data: ClassCrops, args, g: torch.Generator, log: list
     perceptual = VGGPerceptual.from_file(args.perceptual).to(args.device) if args.perceptual else None
     adversarial, opt_d = None, None
     if args.adversarial > 0:
-        adversarial = HingeGAN(PatchDiscriminator(ch=32 if args.preset.startswith("tiny") else 64),
+        adversarial = HingeGAN(PatchDiscriminator(channels=32 if args.preset.startswith("tiny") else 64),
                                weight=args.adversarial).to(args.device)
         opt_d = torch.optim.Adam(adversarial.parameters(), lr=args.lr_vae, betas=(0.5, 0.9))
     vq.train()
@@ -53,11 +50,12 @@ def train_mqvae(vq: MQVAE, data: ClassCrops, args, g: torch.Generator, log: list
         x, _ = data.sample(args.batch, g)
         x = x.to(args.device)
         gan_on = adversarial is not None and step >= args.vae_steps // 2  # taming's delayed discriminator
-        rec, losses = vq(x, perceptual=perceptual, adversarial=adversarial if gan_on else None)
-        optimizer_step(losses["total"], opt, scheduler=sched)
+        rec, _, loss = vq(x, perceptual=perceptual, adversarial=adversarial if gan_on else None)
+        optimizer_step(loss.total, opt, scheduler=sched)
         if gan_on:
             optimizer_step(adversarial.discriminator_loss(x, rec), opt_d)
-        log.append({"stage": "mqvae", "step": step, **{k: float(v.detach()) for k, v in losses.items()}})
+        log.append({"stage": "mqvae", "step": step, "total": float(loss.total.detach()),
+                    **{k: float(v) for k, v in loss.terms.items()}})
         if step % args.log_every == 0 or step == args.vae_steps - 1:
             with torch.no_grad():
                 vq.eval()
@@ -86,9 +84,11 @@ def train_stackformer(tf: Stackformer, codes, positions, labels, args, g: torch.
     tf.train()
     for step in range(args.tf_steps):
         pick = torch.randint(len(codes), (args.batch,), generator=g).to(codes.device)
-        losses = tf.loss(codes[pick], positions[pick], labels[pick] if tf.num_classes else None)
-        optimizer_step(losses["total"], opt, clip=1.0, scheduler=sched)
-        log.append({"stage": "stackformer", "step": step, **{k: float(v.detach()) for k, v in losses.items()}})
+        loss = tf.loss(codes[pick], positions[pick], class_labels=labels[pick] if tf.num_classes else None,
+                       generator=g)
+        optimizer_step(loss.total, opt, clip=1.0, scheduler=sched)
+        log.append({"stage": "stackformer", "step": step, "total": float(loss.total.detach()),
+                    **{k: float(v) for k, v in loss.terms.items()}})
         if step % args.log_every == 0 or step == args.tf_steps - 1:
             r = log[-1]
             print(f"stackformer {step:5d} code {r['code']:.4f} position {r['position']:.4f}", flush=True)
@@ -150,7 +150,8 @@ def sample_figures(vq: MQVAE, tf: Stackformer, args, out: Path) -> dict:
     real = real.to(args.device)
     y = labels.to(args.device).repeat_interleave(n) if tf.num_classes else None
     t0 = time.time()
-    codes, positions = stackformer_sample(tf, rows * n, vq.num_kept, labels=y, generator=args.seed, progress=True)
+    codes, positions = stackformer_sample(tf, batch_size=rows * n, num_tokens=vq.num_kept, class_labels=y,
+                                          generator=args.seed, progress=True)
     seconds = time.time() - t0
     imgs = vq.decode_tokens(codes, positions)
     shown = faded(imgs, positions, vq.grid_size)
@@ -161,7 +162,8 @@ def sample_figures(vq: MQVAE, tf: Stackformer, args, out: Path) -> dict:
     # continuations: keep the first m (code, position) pairs of a real sequence, sample the rest
     c, p, _ = vq.encode(real)
     m = vq.num_kept // 2
-    conts = [stackformer_sample(tf, rows, vq.num_kept, labels=labels.to(args.device) if tf.num_classes else None,
+    conts = [stackformer_sample(tf, batch_size=rows, num_tokens=vq.num_kept,
+                                class_labels=labels.to(args.device) if tf.num_classes else None,
                                 generator=args.seed + 1 + k, prefix_codes=c[:, :m], prefix_positions=p[:, :m])
              for k in range(n)]
     grid = [[real[i], faded(real[i:i + 1], p[i:i + 1, :m], vq.grid_size)[0]]
@@ -174,13 +176,13 @@ def sample_figures(vq: MQVAE, tf: Stackformer, args, out: Path) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="MQ-VAE preset")
+    p.add_argument("--preset", default="tiny", choices=sorted(MQVAE.PRESETS), help="MQ-VAE preset")
     p.add_argument("--ratio", type=float, default=None, help="kept share of positions (paper mask ratio = 1 - ratio)")
     p.add_argument("--out", default="runs/mqvae_tiny")
     p.add_argument("--device", default="cpu")
     p.add_argument("--mqvae", default=None, help="a trained MQ-VAE checkpoint: skip stage 1")
     p.add_argument("--vae-steps", type=int, default=800)
-    p.add_argument("--stackformer", default="tiny", choices=sorted(STACKFORMER_PRESETS),
+    p.add_argument("--stackformer", default="tiny", choices=sorted(Stackformer.PRESETS),
                    help="Stackformer preset (K, grid, length and classes are set from the MQ-VAE and the data)")
     p.add_argument("--unconditional", action="store_true", help="unconditional Stackformer (default: photo classes)")
     p.add_argument("--tf-steps", type=int, default=1500, help="0: stage 1 only")

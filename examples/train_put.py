@@ -1,7 +1,7 @@
 """Train PUT end to end: P-VQVAE (stage 1), then the UQ-Transformer (stage 2), then inpaint.
 
 Default: a tiny config on 32x32 CPU crops of the bundled photos (a few minutes). With
---preset ffhq|places2|imagenet: the seed's sizes (Table 1 P-VQVAE, Table 3 transformer,
+--preset ffhq|places2|imagenet: the paper's sizes (Table 1 P-VQVAE, Table 3 transformer,
 256x256 images; meant for a GPU). Writes to --out: checkpoints (safetensors + JSON),
 loss plots (losses.png) and pluralistic inpainting grids (inpainting.png: masked input,
 --samples completions, ground truth per row; reconstructions.png for stage 1).
@@ -21,10 +21,7 @@ import torch
 
 from vqfast import checkpoint
 from vqfast.data import CropSampler, make_masks
-from vqfast.models.put.losses import PVQVAELoss
-from vqfast.models.put.tokenizer import PVQVAE
-from vqfast.models.put.transformer import UQTransformer, uq_loss, uq_training_batch
-from vqfast.models.put.sampler import put_sample
+from vqfast.models.put import PVQVAE, PVQVAELoss, UQTransformer, put_sample, uq_training_batch
 from vqfast.training import optimizer_step, start_run
 from vqfast.visualize import plot_curves, save_grid
 
@@ -32,10 +29,9 @@ MASK_KINDS = ("box", "strokes", "half", "outside")
 
 
 def build(preset: str, device: str):
-    if preset == "tiny":
-        return PVQVAE.tiny().to(device), UQTransformer.tiny().to(device), 32
-    vae = PVQVAE().to(device)
-    return vae, UQTransformer.from_preset(preset, device=device), 256
+    """(P-VQVAE, UQ-Transformer, image size): "tiny" for both, or Table 1 + the dataset's Table 3 size."""
+    vae = PVQVAE.from_preset("tiny" if preset == "tiny" else "paper").to(device)
+    return vae, UQTransformer.from_preset(preset, device=device), vae.resolution
 
 
 def random_masks(n: int, size: int, g: torch.Generator) -> torch.Tensor:
@@ -55,15 +51,15 @@ def train_vae(vae, data, args, g, size, log):
         m = random_masks(args.batch, size, g).to(args.device)
         # m' (the reference mask of eq. 1): a second, independent mask, off for a quarter of images.
         m2 = random_masks(args.batch, size, g).to(args.device) & (torch.rand(args.batch, 1, 1, generator=g) < 0.75)
-        out = vae(x, m, m2)
-        terms = loss_fn.generator_loss(out, step)
-        optimizer_step(terms["total"], opt)
+        out = vae(x, m, m2, loss_fn=loss_fn, step=step)
+        optimizer_step(out.loss.total, opt)
         if step >= loss_fn.adv_start:
-            optimizer_step(loss_fn.discriminator_loss(out)["total"], opt_d)
+            optimizer_step(loss_fn.discriminator_loss(x * ~m[:, None], out.reconstruction).total, opt_d)
         usage = vae.quantizer.statistics(out.tokens)["usage"]
-        log.append({"stage": "vae", "step": step, "usage": usage, **{k: float(v.detach()) for k, v in terms.items()}})
+        terms = {"total": float(out.loss.total.detach()), **{k: float(v) for k, v in out.loss.terms.items()}}
+        log.append({"stage": "vae", "step": step, "usage": usage, **terms})
         if step % args.log_every == 0 or step == args.vae_steps - 1:
-            print(f"vae {step:5d} " + " ".join(f"{k} {float(v.detach()):.4f}" for k, v in terms.items())
+            print(f"vae {step:5d} " + " ".join(f"{k} {v:.4f}" for k, v in terms.items())
                   + f" codebook usage {usage:.3f}", flush=True)
 
 
@@ -77,7 +73,7 @@ def train_transformer(vae, tf, data, args, g, size, log):
     for step in range(args.tf_steps):
         x = data.sample(args.batch, generator=g).to(args.device)
         m = random_masks(args.batch, size, g).to(args.device)
-        loss = uq_loss(tf, uq_training_batch(vae, x, m, random_quantize=0.3, generator=g))
+        loss = tf.loss(uq_training_batch(vae, x, m, random_quantize=0.3, generator=g)).total
         optimizer_step(loss, opt, clip=1.0, scheduler=sched)
         log.append({"stage": "transformer", "step": step, "ce": float(loss.detach())})
         if step % args.log_every == 0 or step == args.tf_steps - 1:
@@ -92,8 +88,8 @@ def figures(vae, tf, args, size, out: Path):
     m = torch.stack([make_masks(MASK_KINDS[i % 3], 1, size, size, generator=g)[0]
                      for i in range(args.grid_rows)]).to(args.device)
     vae.eval()
-    rec = vae(x, m).recon
-    recon_full = vae(x, None).recon
+    rec = vae(x, m).reconstruction
+    recon_full = vae(x, None).reconstruction
     save_grid([[x[i] * (~m[i]), rec[i], recon_full[i], x[i]] for i in range(len(x))],
               ["masked input", "P-VQVAE recon.", "recon. (no mask)", "ground truth"], out / "reconstructions.png")
     s = put_sample(vae, tf, x, m, num_samples=args.samples, top_k=args.top_k, generator=args.seed, progress=True)

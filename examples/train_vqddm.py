@@ -29,12 +29,8 @@ from vqfast import checkpoint
 from vqfast.data import MASK_KINDS, CropSampler, make_masks, pixel_to_token_mask, token_to_pixel_mask
 from vqfast.random import as_generator
 from vqfast.demo import tokenize, train_tokenizer
-from vqfast.diffusion import CosineSchedule
-from vqfast.models.vqddm.objective import ImportanceSampler, vlb_loss
-from vqfast.models.vqddm.denoiser import VQDDM
-from vqfast.models.vqddm.refit import finetune_decoder, refit_tokenizer
 from vqfast.models.common.vqgan import VQGAN
-from vqfast.models.vqddm.sampler import vqddm_sample
+from vqfast.models.vqddm import VQDDM, ImportanceSampler, finetune_decoder, refit_tokenizer, vqddm_sample
 from vqfast.training import optimizer_step
 from vqfast.visualize import plot_curves, save_grid
 
@@ -43,21 +39,19 @@ CONFIGS = {
     # revival in the tokenizer: like the paper's straight-through VQGAN it leaves codes unused for ReFiT to fix.
     "tiny": dict(tokenizer=dict(resolution=32, ch=16, ch_mult=[1, 2], num_res_blocks=1, codebook_size=128,
                                 embed_dim=16, threshold_dead_code=None),
-                 refit_K=128, ddm=dict(backbone="unet", ch=32, ch_mult=[1, 2, 2], num_res_blocks=1,
-                                       attn_resolutions=[8, 4], heads=1)),
+                 refit_K=128, ddm="tiny"),
     # the paper: 256x256 -> 16x16 tokens, K = 1024 (ReFiT to 512 optional), the 117M U-Net
     "paper": dict(tokenizer=dict(resolution=256, ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2,
                                  codebook_size=1024, embed_dim=256),
-                  refit_K=1024, ddm=dict(backbone="unet", ch=224, ch_mult=[1, 2, 2, 2], num_res_blocks=2,
-                                         attn_resolutions=[16, 8, 4], heads=1)),
+                  refit_K=1024, ddm="paper"),
 }
 
 
-def train_ddm(model: VQDDM, tokens: torch.Tensor, sched, steps: int, *, batch: int, lr: float, seed: int,
+def train_ddm(model: VQDDM, tokens: torch.Tensor, steps: int, *, batch: int, lr: float, seed: int,
               log: list) -> ImportanceSampler:
     """Adam (lr, cosine annealing) on the VLB in bits/dim with importance-sampled t."""
     g = as_generator(seed)
-    sampler = ImportanceSampler(sched.T)
+    sampler = ImportanceSampler(model.T)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     from tqdm.auto import tqdm
@@ -66,29 +60,28 @@ def train_ddm(model: VQDDM, tokens: torch.Tensor, sched, steps: int, *, batch: i
     bar = tqdm(range(steps), desc="vqddm", mininterval=2.0)
     for step in bar:
         x0 = tokens[torch.randint(len(tokens), (batch,), generator=g)].to(next(model.parameters()).device)
-        loss, logs = vlb_loss(model, x0, sched, sampler, generator=g)
-        optimizer_step(loss, opt, clip=1.0, scheduler=lr_sched)
-        sampler.update(logs["t"], logs["L_t"])
-        log.append((step, logs["bpd"]))
-        bar.set_postfix(bpd=f"{logs['bpd']:.3f}")
+        loss = model.loss(x0, generator=g, sampler=sampler)  # records this batch's L_t in the sampler
+        optimizer_step(loss.total, opt, clip=1.0, scheduler=lr_sched)
+        log.append((step, float(loss.terms["bpd"])))
+        bar.set_postfix(bpd=f"{log[-1][1]:.3f}")
     model.eval()
     return sampler
 
 
 @torch.no_grad()
-def sample_grid(vq: VQGAN, model: VQDDM, sched, n: int, strides: list[int | None], seed: int):
+def sample_grid(vq: VQGAN, model: VQDDM, n: int, strides: list[int | None], seed: int):
     rows, labels = [], []
     for steps in strides:
         t0 = time.perf_counter()
-        z = vqddm_sample(model, n, sched, steps=steps, seed=seed, progress=True)
+        z = vqddm_sample(model, batch_size=n, steps=steps, generator=seed, progress=True).tokens
         secs = time.perf_counter() - t0
         rows.append(list(vq.decode_tokens(z)))
-        labels.append(f"{steps or sched.T} steps ({secs:.0f} s)")
+        labels.append(f"{steps or model.T} steps ({secs:.0f} s)")
     return rows, labels
 
 
 @torch.no_grad()
-def inpaint_grid(vq: VQGAN, model: VQDDM, sched, data: CropSampler, *, steps: int | None, n_samples: int, seed: int):
+def inpaint_grid(vq: VQGAN, model: VQDDM, data: CropSampler, *, steps: int | None, n_samples: int, seed: int):
     kinds = list(MASK_KINDS)
     x = data.sample(len(kinds), seed)
     R = vq.config["resolution"]
@@ -97,7 +90,7 @@ def inpaint_grid(vq: VQGAN, model: VQDDM, sched, data: CropSampler, *, steps: in
     pix = token_to_pixel_mask(tok_mask, (R, R))
     tokens = vq.encode(x)
     rep = lambda t: t.repeat_interleave(n_samples, 0)  # noqa: E731 -- every image n_samples times
-    z = vqddm_sample(model, None, sched, steps=steps, known=rep(tokens), mask=rep(tok_mask), seed=seed, progress=True)
+    z = vqddm_sample(model, steps=steps, known=rep(tokens), mask=rep(tok_mask), generator=seed, progress=True).tokens
     imgs = vq.decode_tokens(z).view(len(x), n_samples, 3, R, R)
     masked_in = torch.where(pix[:, None], torch.full_like(x, 0.6), x)
     rows = [[masked_in[i], *imgs[i], vq.decode_tokens(tokens[i:i + 1])[0], x[i]] for i in range(len(x))]
@@ -150,22 +143,21 @@ def main(argv=None) -> None:
                            "kmeans_iters": len(rep.kmeans.inertia) - 1,
                            "seconds": time.perf_counter() - t0, "P": args.refit_P, "K": cfg["refit_K"]}
         print(f"ReFiT: codebook usage {rep.usage_before:.1%} -> {rep.usage_after:.1%} on held-out crops")
-        finetune_decoder(vq, train, args.finetune_steps, batch=args.batch, lr=1e-4, seed=args.seed,
+        finetune_decoder(vq, train, args.finetune_steps, batch_size=args.batch, lr=1e-4, generator=args.seed,
                          log=curves["ReFiT decoder fine-tune L1"], progress=True)
         checkpoint.save(vq, out / "tokenizer", extra={"steps": args.tokenizer_steps, "refit": report["refit"],
                                                       "curves": {k: curves[k] for k in list(curves)[:2]}})
 
-    sched = CosineSchedule(args.T, num_classes=vq.codebook_size)
     if (out / "vqddm.json").exists() and not args.retrain:
         model = checkpoint.load(out / "vqddm", expected=VQDDM).to(args.device)
     else:
         tokens = tokenize(vq, train, args.pool, seed=args.seed + 3)
         h, w = vq.token_hw
-        model = VQDDM(vq.codebook_size, size=h, T=args.T, **cfg["ddm"]).to(args.device)
+        model = VQDDM.from_preset(cfg["ddm"], codebook_size=vq.codebook_size, size=h, T=args.T).to(args.device)
         print(f"VQDDM: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
               f"{len(tokens)} token maps {h}x{w}, K={vq.codebook_size}, T={args.T}")
         t0 = time.perf_counter()
-        train_ddm(model, tokens.view(-1, h, w), sched, args.ddm_steps, batch=args.batch, lr=args.lr,
+        train_ddm(model, tokens.view(-1, h, w), args.ddm_steps, batch=args.batch, lr=args.lr,
                   seed=args.seed, log=curves["VQ-DDM VLB (bits/dim)"])
         report["ddm_train_seconds"] = time.perf_counter() - t0
         bpd = [v for _, v in curves["VQ-DDM VLB (bits/dim)"]] or [float("nan")]
@@ -175,9 +167,9 @@ def main(argv=None) -> None:
         plot_curves({name: {name: log} for name, log in curves.items()}, out / "losses.png", smoothing=50)
 
     strides = [None if s == "full" else int(s) for s in args.sample_strides.split(",")]
-    rows, labels = sample_grid(vq.cpu(), model.cpu(), sched, 6, strides, args.seed)
+    rows, labels = sample_grid(vq.cpu(), model.cpu(), 6, strides, args.seed)
     save_grid([list(col) for col in zip(*rows)], labels, out / "samples.png")
-    rows, labels = inpaint_grid(vq, model, sched, test, steps=args.inpaint_steps, n_samples=3, seed=args.seed)
+    rows, labels = inpaint_grid(vq, model, test, steps=args.inpaint_steps, n_samples=3, seed=args.seed)
     save_grid(rows, labels, out / "inpainting.png")
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

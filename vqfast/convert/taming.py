@@ -1,107 +1,26 @@
 """taming-transformers VQGAN (`taming.models.vqgan.VQModel`) -> `vqfast.models.common.vqgan.VQGAN`.
 
-The official Encoder / Decoder (`taming/modules/diffusionmodules/model.py`) and
-VectorQuantizer2 map onto vqfast's conv tokenizer one module to one module: ResnetBlock ->
-ResBlock (norm1, conv1, norm2, conv2, nin_shortcut), AttnBlock (q, k, v, proj_out -> one qkv
-conv and proj), Downsample / Upsample convs, the middle block, quant_conv / post_quant_conv and
-the codebook `quantize.embedding.weight`. The architecture is read from the tensor shapes; only
-the input resolution is not stored (attention levels are given in pixels): pass it.
-The discriminator and LPIPS weights of the training loss (`loss.*`) are skipped.
+Encoder / decoder as `vqfast.convert.conv_layout`; the codebook `quantize.embedding.weight`
+(VectorQuantizer2, learned by gradient) becomes the VQGAN's codebook. The discriminator and
+LPIPS weights of the training loss (`loss.*`) are skipped.
 """
 from __future__ import annotations
 
-import re
-
 import torch
 
-from vqfast.convert._mapping import Conversion, concat, load_mapped
-from vqfast.models.common.conv import AttnBlock, Downsample, ResBlock, Upsample
+from vqfast.convert import conv_layout
+from vqfast.convert._mapping import Conversion, load_mapped
 from vqfast.models.common.vqgan import VQGAN
 
 
-def _count(state: dict, pattern: str) -> int:
-    found = {int(m.group(1)) for k in state if (m := re.match(pattern, k))}
-    return max(found) + 1 if found else 0
-
-
-def infer_config(state: dict[str, torch.Tensor], resolution: int) -> dict:
-    """VQGAN constructor kwargs of a taming state dict (shapes), at input `resolution`."""
-    for key in ("encoder.conv_in.weight", "quantize.embedding.weight", "encoder.conv_out.weight"):
-        if key not in state:
-            raise ValueError(f"not a taming VQGAN state dict: no {key!r}")
-    ch = state["encoder.conv_in.weight"].shape[0]
-    levels = _count(state, r"encoder\.down\.(\d+)\.")
-    blocks = _count(state, r"encoder\.down\.0\.block\.(\d+)\.")
-    ch_mult = [state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] // ch for i in range(levels)]
-    attn_res = [resolution // 2 ** i for i in range(levels) if f"encoder.down.{i}.attn.0.q.weight" in state]
+def convert(state: dict[str, torch.Tensor], *, resolution: int = 256) -> Conversion:
+    """A VQGAN holding a taming VQModel's weights (state: its state dict)."""
+    if "quantize.embedding.weight" not in state:
+        raise ValueError("not a taming VQGAN state dict: no 'quantize.embedding.weight'")
     K, dim = state["quantize.embedding.weight"].shape
-    return dict(resolution=resolution, in_channels=state["encoder.conv_in.weight"].shape[1], ch=ch, ch_mult=ch_mult,
-                num_res_blocks=blocks, codebook_size=K, embed_dim=dim,
-                z_channels=state["encoder.conv_out.weight"].shape[0], attn=True, attn_resolutions=attn_res,
-                decay=None, threshold_dead_code=None, kmeans_init=False)
-
-
-def _module_map(prefix: str, module, src: str) -> dict:
-    if isinstance(module, ResBlock):
-        names = {"body.0": "norm1", "body.2": "conv1", "body.3": "norm2", "body.5": "conv2", "skip": "nin_shortcut"}
-        keys = {}
-        for mine, theirs in names.items():
-            if mine == "skip" and not isinstance(module.skip, torch.nn.Conv2d):
-                continue
-            keys.update({f"{prefix}.{mine}.{p}": f"{src}.{theirs}.{p}" for p in ("weight", "bias")})
-        return keys
-    if isinstance(module, AttnBlock):
-        return {f"{prefix}.norm.weight": f"{src}.norm.weight", f"{prefix}.norm.bias": f"{src}.norm.bias",
-                f"{prefix}.qkv.weight": concat(*(f"{src}.{n}.weight" for n in "qkv")),
-                f"{prefix}.qkv.bias": concat(*(f"{src}.{n}.bias" for n in "qkv")),
-                f"{prefix}.proj.weight": f"{src}.proj_out.weight", f"{prefix}.proj.bias": f"{src}.proj_out.bias"}
-    return {f"{prefix}.{p}": f"{src}.{p}" for p in ("weight", "bias")}  # a conv or a GroupNorm
-
-
-def _mid(prefix: str, mid, src: str) -> dict:
-    keys = _module_map(f"{prefix}.0", mid[0], f"{src}.block_1")
-    keys.update(_module_map(f"{prefix}.1", mid[1], f"{src}.attn_1"))
-    keys.update(_module_map(f"{prefix}.2", mid[2], f"{src}.block_2"))
-    return keys
-
-
-def key_map(model: VQGAN) -> dict:
-    """vqfast key -> taming key (or a q/k/v concatenation) for every tensor of `model`."""
-    keys = {}
-    for side in ("encoder", "decoder"):
-        net = getattr(model, side).net
-        levels = len(model.config["ch_mult"])
-        level, block = (0, 0) if side == "encoder" else (levels - 1, 0)
-        seq = "down" if side == "encoder" else "up"
-        for i, m in enumerate(net):
-            prefix = f"{side}.net.{i}"
-            if i == 0:
-                keys.update(_module_map(prefix, m, f"{side}.conv_in"))
-            elif isinstance(m, torch.nn.Sequential):
-                keys.update(_mid(prefix, m, f"{side}.mid"))
-            elif isinstance(m, ResBlock):
-                keys.update(_module_map(prefix, m, f"{side}.{seq}.{level}.block.{block}"))
-                block += 1
-            elif isinstance(m, AttnBlock):
-                keys.update(_module_map(prefix, m, f"{side}.{seq}.{level}.attn.{block - 1}"))
-            elif isinstance(m, (Downsample, Upsample)):
-                keys.update(_module_map(f"{prefix}.conv", m.conv, f"{side}.{seq}.{level}."
-                                        f"{'downsample' if side == 'encoder' else 'upsample'}.conv"))
-                level, block = level + (1 if side == "encoder" else -1), 0
-            elif isinstance(m, torch.nn.GroupNorm):
-                keys.update(_module_map(prefix, m, f"{side}.norm_out"))
-            elif isinstance(m, torch.nn.Conv2d):
-                keys.update(_module_map(prefix, m, f"{side}.conv_out"))
-    for conv in ("quant_conv", "post_quant_conv"):
-        keys.update({f"{conv}.{p}": f"{conv}.{p}" for p in ("weight", "bias")})
+    model = VQGAN(**conv_layout.infer_config(state, resolution, dim), codebook_size=K, decay=None,
+                  threshold_dead_code=None, kmeans_init=False)
+    keys = conv_layout.key_map(model)
     keys["quantizer.codebook_state.embed"] = "quantize.embedding.weight"
     keys["quantizer.codebook_state.initted"] = (lambda s: torch.tensor(True), ())  # a loaded codebook is initialized
-    return keys
-
-
-def convert(state: dict[str, torch.Tensor], *, resolution: int = 256) -> Conversion:
-    """A VQGAN holding a taming VQModel's weights (state: its state dict, `loss.*` is skipped)."""
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise ValueError(f"resolution must be a positive int, got {resolution!r}")
-    model = VQGAN(**infer_config(state, resolution))
-    return load_mapped(model, state, key_map(model), ignore=("loss.",), source="taming VQGAN checkpoint")
+    return load_mapped(model, state, keys, ignore=("loss.",), source="taming VQGAN checkpoint")

@@ -6,7 +6,7 @@ import torch
 
 import vqfast.models.common.inference as inf
 from vqfast.models.common.inference import PackedLinear, can_pack, inference_copy, low_precision, packed_copy
-from vqfast.models.put.transformer import UQTransformer
+from vqfast.models.put import UQTransformer
 from vqfast.models.mqvae.stackformer import Stackformer
 from vqfast.models.maskgit.transformer import BidirectionalTransformer
 
@@ -47,7 +47,7 @@ def test_bf16_packed_copy_close_to_fp32():
     if not can_pack(torch.nn.Linear(2, 2), torch.bfloat16):
         pytest.skip("no bf16 oneDNN on this CPU")
     torch.manual_seed(0)
-    t = UQTransformer.tiny(n_layers=3, dim=64).eval()
+    t = UQTransformer.from_preset("tiny", depth=3, dim=64).eval()
     feats = torch.randn(2, 50, 64, generator=torch.Generator().manual_seed(2)).relu()
     fast = packed_copy(t, torch.bfloat16, 100)
     with torch.no_grad():

@@ -7,12 +7,11 @@ import torch
 import torch.nn.functional as F
 
 import vqfast.models.common.transformer as tf
-from vqfast.models.put.transformer import UQTransformer
+from vqfast.models.put import UQTransformer, put_fill
 from vqfast.models.common.inference import inference_copy, low_precision_copy
 from vqfast.models.common.transformer import Block, attention, matmul_attention
 from vqfast.models.maskgit.transformer import BidirectionalTransformer
 from vqfast.models.maskgit.sampler import maskgit_decode
-from vqfast.models.put.sampler import put_fill
 
 
 def _qkv(B, L, H, Dh, dtype, seed=0):
@@ -85,7 +84,7 @@ def test_low_precision_copy_logits_close_to_fp32(net):
 
 def test_uq_transformer_low_precision_copy():
     torch.manual_seed(0)
-    t = UQTransformer.tiny(n_layers=3, dim=64).eval()
+    t = UQTransformer.from_preset("tiny", depth=3, dim=64).eval()
     feats = torch.randn(2, 50, 64, generator=torch.Generator().manual_seed(2)).relu()
     with torch.no_grad():
         ref, out = t(feats), low_precision_copy(t)(feats)
@@ -120,7 +119,7 @@ def test_maskgit_decode_runs_the_inference_copy(net, dtype):
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
 def test_put_fill_runs_the_inference_copy(dtype):
     torch.manual_seed(0)
-    t = UQTransformer.tiny(n_layers=2, dim=64).eval()
+    t = UQTransformer.from_preset("tiny", depth=2, dim=64).eval()
     g = torch.Generator().manual_seed(4)
     feats = torch.randn(2, 64, 64, generator=g)
     tokens = torch.randint(128, (2, 64), generator=g)
@@ -130,7 +129,7 @@ def test_put_fill_runs_the_inference_copy(dtype):
     def codes(i):
         return F.embedding(i, codebook)
 
-    out = put_fill(t, codes, feats, tokens, known, top_k=5, generator=1, autocast_dtype=dtype)
-    ref = put_fill(inference_copy(t, dtype, batch_hint=2 * 64), codes, feats, tokens, known, top_k=5, generator=1)
+    out = put_fill(t, codes, feats, tokens, ~known, top_k=5, generator=1, autocast_dtype=dtype)
+    ref = put_fill(inference_copy(t, dtype, batch_hint=2 * 64), codes, feats, tokens, ~known, top_k=5, generator=1)
     assert torch.equal(out.tokens, ref.tokens) and torch.equal(out.order, ref.order)
-    assert bool(out.known.all())
+    assert not bool(out.mask.any())

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from vqfast import checkpoint
 from vqfast.data import CropSampler
-from vqfast.models.mqvae.tokenizer import MQVAE, PRESETS
+from vqfast.models.mqvae import MQVAE, MQVAEEncoding
 from vqfast.models.mqvae.mask import select_top
 
 # a smaller tiny model for the tests that train
@@ -83,7 +83,7 @@ def test_masked_features_never_reach_the_quantizer():
     m(x)
     B, k = 3, m.num_kept
     q = seen["q"]
-    assert q.shape == (B, k, m.cfg.embed_dim)  # only the k kept tokens, never the h*w map
+    assert q.shape == (B, k, m.config["embed_dim"])  # only the k kept tokens, never the h*w map
     # recompute the kept features from the encoder map (still in train mode: same batch-norm statistics)
     with torch.no_grad():
         scores = m.masker.score(seen["enc"]).flatten(1)
@@ -157,7 +157,7 @@ def test_scoring_net_gets_gradient_only_through_the_score_multiplication():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(MQVAE.PRESETS))
 def test_preset_shapes(name):
     big = not name.startswith("tiny")
     if big:  # no memory: shapes only
@@ -167,21 +167,25 @@ def test_preset_shapes(name):
         torch.manual_seed(0)
         m = MQVAE.from_preset(name)
     m.eval()
-    cfg = m.cfg
-    f = 2 ** (len(cfg.ch_mult) - 1)
-    h = cfg.resolution // f
+    cfg = m.config
+    f = 2 ** (len(cfg["ch_mult"]) - 1)
+    h = cfg["resolution"] // f
     assert m.grid_size == (h, h) and m.num_positions == h * h
-    assert m.num_kept == int(cfg.ratio * h * h + 0.5) and m.codebook_size == cfg.codebook_size
-    x = torch.empty(2, 3, cfg.resolution, cfg.resolution, device="meta") if big else _images(2, cfg.resolution)
-    codes, positions, scores = m.encode(x)
+    assert m.num_kept == int(cfg["ratio"] * h * h + 0.5) and m.codebook_size == cfg["codebook_size"]
+    x = torch.empty(2, 3, cfg["resolution"], cfg["resolution"], device="meta") if big else _images(2, cfg["resolution"])
+    enc = m.encode(x)
+    assert isinstance(enc, MQVAEEncoding)
+    codes, positions, scores = enc
     assert codes.shape == positions.shape == (2, m.num_kept) and scores.shape == (2, h, h)
     assert m.decode_tokens(codes, positions).shape == x.shape
     if big:
         assert (h, m.num_kept, m.codebook_size) == {"f8": (32, 256, 1024), "f8_r30": (32, 307, 1024),
                                                      "f16": (16, 128, 1024)}[name]
     else:
-        rec, losses = m.train()(x)
-        assert rec.shape == x.shape and {"rec", "commit", "quant", "total"} <= set(losses)
+        rec, tokens, loss = m.train()(x)
+        assert rec.shape == x.shape and tokens.shape == (2, m.num_kept)
+        assert {"rec", "commit", "quant"} <= set(loss.terms)
+        torch.testing.assert_close(loss.total.detach(), loss.terms["rec"] + loss.terms["quant"])
 
 
 def test_tiny_mqvae_overfits_one_batch():
@@ -191,13 +195,13 @@ def test_tiny_mqvae_overfits_one_batch():
     opt = torch.optim.Adam(m.parameters(), lr=2e-3)
     history = []
     for _ in range(100):
-        _, losses = m(x)
+        loss = m(x).loss
         opt.zero_grad()
-        losses["total"].backward()
+        loss.total.backward()
         if not history:  # the scoring net learns through the score multiplication
             assert m.masker.scorer[0].weight.grad.abs().sum() > 0
         opt.step()
-        history.append(float(losses["rec"].detach()))
+        history.append(float(loss.terms["rec"]))
     assert history[-1] < 0.15 * history[0], history[::10]
 
 
@@ -207,9 +211,9 @@ def test_state_dict_and_checkpoint_round_trip(tmp_path):
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     x = _images(4, seed=5)
     for _ in range(3):  # move the EMA codebook and BatchNorm statistics off their init
-        _, losses = m(x)
+        loss = m(x).loss
         opt.zero_grad()
-        losses["total"].backward()
+        loss.total.backward()
         opt.step()
     m.eval()
     checkpoint.save(m, tmp_path / "mqvae")
@@ -220,7 +224,7 @@ def test_state_dict_and_checkpoint_round_trip(tmp_path):
     with torch.no_grad():
         want = m.encode(x)
         for other in (loaded, plain):
-            assert other.cfg == m.cfg
+            assert other.config == m.config
             got = other.encode(x)
             for a, b in zip(got, want):
                 torch.testing.assert_close(a, b)
@@ -237,16 +241,19 @@ def test_bad_inputs_name_the_argument():
         MQVAE.from_preset("tiny", ratio=0.001)  # keeps no position of 8x8
     with pytest.raises(ValueError, match="preset"):
         MQVAE.from_preset("f4")
-    with pytest.raises(TypeError, match="unknown"):
+    with pytest.raises(TypeError, match="mask_ratio"):
         MQVAE.from_preset("tiny", mask_ratio=0.5)
     m = MQVAE.from_preset("tiny", **SMALL).eval()
-    for bad in (_images(2, 30), torch.zeros(2, 1, 32, 32), torch.zeros(3, 32, 32), torch.zeros(2, 3, 32, 32).long()):
+    nan = _images(2)
+    nan[1, 0, 3, 4] = float("nan")
+    for bad in (_images(2, 30), torch.zeros(2, 1, 32, 32), torch.zeros(3, 32, 32), torch.zeros(2, 3, 32, 32).long(),
+                torch.zeros(0, 3, 32, 32), nan, _images(2) / 0):
         with pytest.raises(ValueError, match="images"):
             m.encode(bad)
     codes, positions = _random_tokens(m, 2, 10)
-    with pytest.raises(ValueError, match="codes"):
+    with pytest.raises(ValueError, match="tokens"):
         m.decode_tokens(codes.int(), positions)
-    with pytest.raises(ValueError, match="codes"):
+    with pytest.raises(ValueError, match="tokens"):
         m.decode_tokens(codes + m.codebook_size, positions)
     with pytest.raises(ValueError, match="positions"):
         m.decode_tokens(codes, positions + m.num_positions)

@@ -6,10 +6,9 @@ import torch
 
 from vqfast import checkpoint
 from vqfast.models.common.inference import PackedLinear, can_pack, inference_copy
+from vqfast.models.common.outputs import LossOutput
 from vqfast.models.mqvae.stackformer import KVCache, Stackformer, order_tokens, run_causal
-from vqfast.models.mqvae.stackformer import PRESETS
-from vqfast.models.mqvae.sampler import stackformer_sample
-from vqfast.models.mqvae.sampler import StackformerDecoding
+from vqfast.models.mqvae.sampler import StackformerDecoding, StackformerSample, stackformer_sample
 
 VARIANTS = [pytest.param({}, id="stackformer"), pytest.param(dict(reversed=True), id="reversed"),
             pytest.param(dict(absolute_position=False), id="no-abs"),
@@ -38,8 +37,8 @@ def test_cached_equals_uncached_token_for_token(kw):
     m = _model(**kw)
     lab = _labels(m, 3)
     for seed in (0, 1):
-        a = stackformer_sample(m, 3, labels=lab, seed=seed, use_cache=True)
-        b = stackformer_sample(m, 3, labels=lab, seed=seed, use_cache=False)
+        a = stackformer_sample(m, batch_size=3, class_labels=lab, generator=seed, use_cache=True)
+        b = stackformer_sample(m, batch_size=3, class_labels=lab, generator=seed, use_cache=False)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
@@ -85,15 +84,15 @@ def test_positions_distinct_and_start_token_never_sampled(kw):
     # near-uniform logits and a full sequence: every position is drawn once, the last from one choice
     m = _model(**kw, max_len=64)
     lab = _labels(m, 4)
-    codes, positions = stackformer_sample(m, 4, labels=lab, position_top_k=None, position_top_p=None,
-                                          temperature=3.0, seed=3)
+    codes, positions = stackformer_sample(m, batch_size=4, class_labels=lab, position_top_k=None, position_top_p=None,
+                                          temperature=3.0, generator=3)
     assert positions.shape == codes.shape == (4, 64)
     assert (positions < m.num_positions).all() and (positions >= 0).all()
     assert all(sorted(r) == list(range(64)) for r in positions.tolist())
     assert ((codes >= 0) & (codes < m.codebook_size)).all()
     # the paper's filters (position top-k 10) down to the last free position, and greedy
     for t in (1.0, 0.0):
-        _, positions = stackformer_sample(m, 2, labels=_labels(m, 2), temperature=t, seed=4)
+        _, positions = stackformer_sample(m, batch_size=2, class_labels=_labels(m, 2), temperature=t, generator=4)
         assert all(sorted(r) == list(range(64)) for r in positions.tolist())
 
 
@@ -103,28 +102,28 @@ def test_start_token_forbidden_even_when_favoured():
         m.position_head.weight[m.start_position].fill_(0.0)
         m.position_norm.bias.fill_(1.0)
         m.position_head.weight[m.start_position, :] = 10.0
-    _, positions = stackformer_sample(m, 4, seed=0)
+    _, positions = stackformer_sample(m, batch_size=4, generator=0)
     assert (positions != m.start_position).all()
     assert all(len(set(r)) == len(r) for r in positions.tolist())
 
 
 def test_same_seed_same_samples_generator_and_progress():
     m = _model()
-    a = stackformer_sample(m, 2, seed=5)
-    b = stackformer_sample(m, 2, seed=5, progress=True)
-    c = stackformer_sample(m, 2, seed=6)
+    a = stackformer_sample(m, batch_size=2, generator=5)
+    b = stackformer_sample(m, batch_size=2, generator=5, progress=True)
+    c = stackformer_sample(m, batch_size=2, generator=6)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
-    d = stackformer_sample(m, 2, generator=torch.Generator().manual_seed(9))
-    e = stackformer_sample(m, 2, generator=9)
+    d = stackformer_sample(m, batch_size=2, generator=torch.Generator().manual_seed(9))
+    e = stackformer_sample(m, batch_size=2, generator=9)
     assert torch.equal(d[0], e[0]) and torch.equal(d[1], e[1])
 
 
 def test_batch_rows_are_independent_of_batch_size():
     """Row r draws from row r's noise: the first rows of a bigger batch are the same samples."""
     m = _model()
-    a = stackformer_sample(m, 2, seed=4)
-    b = stackformer_sample(m, 5, seed=4)
+    a = stackformer_sample(m, batch_size=2, generator=4)
+    b = stackformer_sample(m, batch_size=5, generator=4)
     assert torch.equal(a[0], b[0][:2]) and torch.equal(a[1], b[1][:2])
 
 
@@ -132,23 +131,23 @@ def test_batch_rows_are_independent_of_batch_size():
 @pytest.mark.parametrize("kw", VARIANTS[:2])
 def test_prefix_continuation_redraws_the_rest(kw, use_cache):
     m = _model(**kw)
-    codes, positions = stackformer_sample(m, 3, seed=2)
-    c, p = stackformer_sample(m, 3, seed=2, prefix_codes=codes[:, :11], prefix_positions=positions[:, :11],
-                              use_cache=use_cache)
+    codes, positions = stackformer_sample(m, batch_size=3, generator=2)
+    c, p = stackformer_sample(m, batch_size=3, generator=2, prefix_codes=codes[:, :11],
+                              prefix_positions=positions[:, :11], use_cache=use_cache)
     assert torch.equal(c, codes) and torch.equal(p, positions)
     # a foreign prefix is kept and its positions are never drawn again
     kc, kp = _tokens(m, 3, 7, seed=8)
-    c, p = stackformer_sample(m, 3, seed=1, prefix_codes=kc, prefix_positions=kp, use_cache=use_cache)
+    c, p = stackformer_sample(m, batch_size=3, generator=1, prefix_codes=kc, prefix_positions=kp, use_cache=use_cache)
     assert torch.equal(c[:, :7], kc) and torch.equal(p[:, :7], kp)
     assert all(len(set(r)) == len(r) for r in p.tolist())
 
 
 def test_greedy_and_class_labels():
     m = _model(num_classes=5)
-    a = stackformer_sample(m, 3, labels=2, temperature=0, seed=0)
-    b = stackformer_sample(m, 3, labels=torch.tensor([2, 2, 2]), temperature=0, seed=1)
+    a = stackformer_sample(m, batch_size=3, class_labels=2, temperature=0, generator=0)
+    b = stackformer_sample(m, batch_size=3, class_labels=torch.tensor([2, 2, 2]), temperature=0, generator=1)
     assert torch.equal(a[0], b[0]) and (a[0] == a[0][:1]).all()  # greedy: seed-free, rows equal
-    c = stackformer_sample(m, 3, labels=torch.tensor([0, 1, 4]), temperature=0)
+    c = stackformer_sample(m, batch_size=3, class_labels=torch.tensor([0, 1, 4]), temperature=0)
     assert not torch.equal(c[0][0], c[0][2])  # the class token changes the sequence
     code_logits, pos_logits = m(*_tokens(m, 3, 9), torch.tensor([0, 1, 4]))
     assert code_logits.shape == (3, 9, 256) and pos_logits.shape == (3, 9, 65)
@@ -157,7 +156,7 @@ def test_greedy_and_class_labels():
 
 def _step_logits(net: Stackformer, codes, positions, use_cache: bool):
     """Logits of the first stack's head at every step of a teacher-forced decoding."""
-    d = StackformerDecoding(net, codes.shape[0], codes.shape[1], use_cache=use_cache)
+    d = StackformerDecoding(net, batch_size=codes.shape[0], num_tokens=codes.shape[1], use_cache=use_cache)
     prev_ids, prev_pos = net.shifted(codes, positions, net.start_ids(None, codes.shape[0], "cpu"))
     first = net.stacks[0]
     out = []
@@ -200,7 +199,7 @@ def test_bf16_inference_copy_close_to_fp32_and_shares_weights():
 
 def test_bf16_sampling_runs_and_keeps_positions_distinct():
     m = _model()
-    codes, positions = stackformer_sample(m, 2, seed=0, autocast_dtype=torch.bfloat16)
+    codes, positions = stackformer_sample(m, batch_size=2, generator=0, autocast_dtype=torch.bfloat16)
     assert positions.shape == (2, 32) and all(len(set(r)) == 32 for r in positions.tolist())
     assert m.code_blocks[0].attn.qkv.weight.dtype == torch.float32  # the model itself is untouched
 
@@ -213,14 +212,14 @@ def test_preset_parameter_counts_match_supp_table_2(name, target):
         m = Stackformer.from_preset(name)
     count = sum(p.numel() for p in m.parameters())
     assert abs(count - target) / target < 0.03
-    c = PRESETS[name]
-    assert (len(m.code_blocks), len(m.position_blocks)) == (c["n_code_layers"], c["n_position_layers"])
-    assert c["d_model"] == 1024 and c["n_heads"] == 16 and c["dropout"] == 0.1
+    c = Stackformer.PRESETS[name]
+    assert (len(m.code_blocks), len(m.position_blocks)) == (c["code_depth"], c["position_depth"])
+    assert c["dim"] == 1024 and c["heads"] == 16 and c["dropout"] == 0.1
 
 
 def test_small_presets_follow_supp_table_1():
     with torch.device("meta"):
-        models = [Stackformer.from_preset(n) for n in PRESETS if n.startswith("small")]
+        models = [Stackformer.from_preset(n) for n in Stackformer.PRESETS if n.startswith("small")]
     layers = {(len(m.code_blocks), len(m.position_blocks)) for m in models}
     assert layers == {(12, 12), (6, 12), (6, 18), (12, 6), (18, 6)}
 
@@ -233,14 +232,14 @@ def test_tiny_model_overfits_a_batch(kw):
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     first = None
     for _ in range(60):
-        out = m.loss(codes, positions, lab)
-        first = first or {k: float(v.detach()) for k, v in out.items()}
+        out = m.loss(codes, positions, class_labels=lab)
+        first = first or {k: float(v) for k, v in out.terms.items()}
         opt.zero_grad()
-        out["total"].backward()
+        out.total.backward()
         opt.step()
-    assert set(out) == {"code", "position", "total"}
-    torch.testing.assert_close(out["total"], out["code"] + out["position"])
-    last = {k: float(v.detach()) for k, v in out.items()}
+    assert isinstance(out, LossOutput) and set(out.terms) == {"code", "position"}
+    torch.testing.assert_close(out.total.detach(), out.terms["code"] + out.terms["position"])
+    last = {k: float(v) for k, v in out.terms.items()}
     assert last["code"] < 0.3 * first["code"] and last["position"] < 0.5 * first["position"]
 
 
@@ -258,10 +257,10 @@ def test_order_tokens_and_loss_order():
     assert torch.equal(p, positions)
     # "raster" sorts before training; "given" keeps the importance order
     m.train(False)
-    a = m.loss(codes, positions)["total"]
+    a = m.loss(codes, positions).total
     shuffled = order_tokens(codes, positions, scores, "importance")
-    torch.testing.assert_close(m.loss(*shuffled)["total"], a)
-    assert not torch.allclose(m.loss(*shuffled, order="given")["total"], a)
+    torch.testing.assert_close(m.loss(*shuffled).total, a)
+    assert not torch.allclose(m.loss(*shuffled, order="given").total, a)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -283,29 +282,28 @@ def test_bad_inputs_name_the_argument():
         (lambda: m.loss(codes + 256, positions), "codes"),
         (lambda: m.loss(codes, positions.clamp(max=3)), "positions"),
         (lambda: m.loss(codes, positions + 64), "positions"),
-        (lambda: m.loss(codes, positions, torch.tensor([0, 1])), "labels"),
+        (lambda: m.loss(codes, positions, class_labels=torch.tensor([0, 1])), "labels"),
         (lambda: m.loss(*_tokens(m, 2, 33)), "max_len"),
         (lambda: m.loss(codes, positions, order="zigzag"), "order"),
         (lambda: _model(num_classes=3).loss(codes, positions), "labels"),
-        (lambda: _model(num_classes=3).loss(codes, positions, torch.tensor([0, 3])), "labels"),
-        (lambda: Stackformer.from_preset("huge"), "name"),
-        (lambda: Stackformer(16, 8, d_model=30, n_heads=4), "d_model"),
+        (lambda: _model(num_classes=3).loss(codes, positions, class_labels=torch.tensor([0, 3])), "labels"),
+        (lambda: Stackformer.from_preset("huge"), "preset"),
+        (lambda: Stackformer(16, 8, dim=30, heads=4), "dim"),
         (lambda: Stackformer(16, 8, max_len=0), "max_len"),
-        (lambda: stackformer_sample(Stackformer(16, 8, d_model=8, n_code_layers=1, n_position_layers=1, n_heads=2,
-                                                max_len=9), 1, num_tokens=9), "num_tokens"),
+        (lambda: stackformer_sample(Stackformer(16, 8, dim=8, code_depth=1, position_depth=1, heads=2,
+                                                max_len=9), batch_size=1, num_tokens=9), "num_tokens"),
         (lambda: Stackformer(0, 8), "codebook_size"),
-        (lambda: stackformer_sample(m, 0), "n_samples"),
-        (lambda: stackformer_sample(m, 2, num_tokens=33), "num_tokens"),
-        (lambda: stackformer_sample(m, 2, code_top_k=0), "code_top_k"),
-        (lambda: stackformer_sample(m, 2, position_top_p=1.5), "position_top_p"),
-        (lambda: stackformer_sample(m, 2, temperature=-1.0), "temperature"),
-        (lambda: stackformer_sample(m, 2, seed=1, generator=torch.Generator()), "seed"),
-        (lambda: stackformer_sample(m, 2, prefix_codes=codes), "prefix_positions"),
-        (lambda: stackformer_sample(m, 3, prefix_codes=codes, prefix_positions=positions), "prefix_codes"),
-        (lambda: stackformer_sample(m, 2, prefix_codes=codes, prefix_positions=positions.clamp(max=3)),
+        (lambda: stackformer_sample(m, batch_size=0), "batch_size"),
+        (lambda: stackformer_sample(m, batch_size=2, num_tokens=33), "num_tokens"),
+        (lambda: stackformer_sample(m, batch_size=2, code_top_k=0), "code_top_k"),
+        (lambda: stackformer_sample(m, batch_size=2, position_top_p=1.5), "position_top_p"),
+        (lambda: stackformer_sample(m, batch_size=2, temperature=-1.0), "temperature"),
+        (lambda: stackformer_sample(m, batch_size=2, prefix_codes=codes), "prefix_positions"),
+        (lambda: stackformer_sample(m, batch_size=3, prefix_codes=codes, prefix_positions=positions), "prefix_codes"),
+        (lambda: stackformer_sample(m, batch_size=2, prefix_codes=codes, prefix_positions=positions.clamp(max=3)),
          "prefix_positions"),
-        (lambda: stackformer_sample(m, 2, labels=torch.tensor([0, 1])), "labels"),
-        (lambda: stackformer_sample(torch.nn.Linear(2, 2), 2), "model"),
+        (lambda: stackformer_sample(m, batch_size=2, class_labels=torch.tensor([0, 1])), "labels"),
+        (lambda: stackformer_sample(torch.nn.Linear(2, 2), batch_size=2), "model"),
         (lambda: order_tokens(codes, positions, order="importance"), "scores"),
     ]
     for fn, word in cases:
@@ -320,7 +318,48 @@ def test_samples_decode_with_the_tiny_mqvae():
     vq = MQVAE.from_preset("tiny").eval()
     m = _model()
     assert (m.codebook_size, m.num_positions, m.max_len) == (vq.codebook_size, vq.num_positions, vq.num_kept)
-    codes, positions = stackformer_sample(m, 2, seed=0)
+    codes, positions = stackformer_sample(m, batch_size=2, generator=0)
     with torch.no_grad():
         images = vq.decode_tokens(codes, positions)
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+
+
+def test_sample_returns_named_tuple_and_checks_generator():
+    m = _model()
+    out = stackformer_sample(m, batch_size=2, num_tokens=5, generator=0)
+    assert isinstance(out, StackformerSample) and out.tokens.shape == out.positions.shape == (2, 5)
+    with pytest.raises(TypeError, match="generator"):
+        stackformer_sample(m, batch_size=2, generator="0")
+
+
+def test_loss_dropout_draws_from_the_generator():
+    """With dropout active, generator fixes the masks; torch's global RNG is left as it was."""
+    m = _model(dropout=0.3).train()
+    codes, positions = _tokens(m, 2, 16)
+    state = torch.get_rng_state()
+    a = m.loss(codes, positions, generator=0).total
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(m.loss(codes, positions, generator=torch.Generator().manual_seed(3)).total,
+                               m.loss(codes, positions, generator=torch.Generator().manual_seed(3)).total)
+    assert torch.equal(m.loss(codes, positions, generator=0).total, a)
+    assert not torch.equal(m.loss(codes, positions, generator=1).total, a)
+    with pytest.raises(TypeError, match="generator"):
+        m.loss(codes, positions, generator=0.5)
+
+
+def test_checkpoint_with_the_old_argument_names_loads(tmp_path):
+    import json
+
+    m = _model(num_classes=3)
+    checkpoint.save(m, tmp_path / "sf")
+    meta = tmp_path / "sf.json"
+    record = json.loads(meta.read_text())
+    old = {"dim": "d_model", "heads": "n_heads", "code_depth": "n_code_layers", "position_depth": "n_position_layers"}
+    record["config"] = {old.get(k, k): v for k, v in record["config"].items()}
+    meta.write_text(json.dumps(record))
+    back = checkpoint.load(tmp_path / "sf", expected=Stackformer).eval()
+    assert back.config == m.config
+    codes, positions = _tokens(m, 2, 6)
+    lab = torch.tensor([0, 2])
+    for a, b in zip(m(codes, positions, lab), back(codes, positions, lab)):
+        torch.testing.assert_close(a, b)

@@ -3,17 +3,14 @@ import pytest
 import torch
 
 from vqfast.data import CropSampler, make_masks
-from vqfast.models.put.tokenizer import PVQVAE
-from vqfast.models.put.transformer import UQTransformer
-from vqfast.models.put.sampler import put_sample
-
+from vqfast.models.put import PVQVAE, UQTransformer, put_fill, put_sample
 
 
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
-    vae = PVQVAE.tiny()
-    t = UQTransformer.tiny(n_layers=2, dim=64)
+    vae = PVQVAE.from_preset("tiny")
+    t = UQTransformer.from_preset("tiny", depth=2, dim=64)
     x = CropSampler("test", size=32).sample(2, generator=0)
     m = make_masks("box", 2, 32, 32, generator=3)
     m[1] = make_masks("strokes", 1, 32, 32, generator=4)[0]  # rows with different unknown counts
@@ -26,9 +23,9 @@ def test_fills_each_unknown_once_and_keeps_known(setup, tokens_per_iter):
     S = 3
     out = put_sample(vae, t, x, m, num_samples=S, top_k=8, tokens_per_iter=tokens_per_iter, generator=0)
     assert out.images.shape == (2, S, 3, 32, 32) and out.tokens.shape == (2, S, 8, 8)
-    features, known = vae.eval().encode(x, m)
-    _, tokens, _ = vae.quantize(features, known)
-    assert torch.equal(out.known, known)
+    enc = vae.eval().encode(x, m)
+    tokens, known = enc.tokens, ~enc.mask
+    assert torch.equal(~out.mask, known)
     K = vae.codebook_size
     for b in range(2):
         unknown = ~known[b]
@@ -96,4 +93,37 @@ def test_fused_and_reference_selection_agree(setup):
 def test_bf16_autocast_runs_and_fills(setup):
     vae, t, x, m = setup
     out = put_sample(vae, t, x, m, num_samples=2, top_k=8, generator=0, autocast_dtype=torch.bfloat16)
-    assert out.images.dtype == torch.float32 and bool((out.order[~out.known[:, None].expand_as(out.order)] >= 0).all())
+    assert out.images.dtype == torch.float32 and bool((out.order[out.mask[:, None].expand_as(out.order)] >= 0).all())
+
+
+def test_bad_sampler_inputs(setup):
+    vae, t, x, m = setup
+    with pytest.raises(ValueError, match="32x32"):
+        put_sample(vae, t, torch.zeros(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.bool))
+    with pytest.raises(ValueError, match="seq_len=16"):
+        put_sample(vae, UQTransformer.from_preset("tiny", seq_len=16), x, m)
+    with pytest.raises(TypeError, match="generator"):
+        put_sample(vae, t, x, m, generator="7")
+    enc = vae.eval().encode(x, m)
+    feats, toks, miss = enc.features.flatten(1, 2), enc.tokens.flatten(1), enc.mask.flatten(1)
+    with pytest.raises(TypeError, match="known must be a torch.int64"):
+        put_fill(t, vae.codes, feats, miss, miss)
+    with pytest.raises(TypeError, match="mask must be a torch.bool"):
+        put_fill(t, vae.codes, feats, toks, toks)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        put_fill(t, vae.codes, feats, toks, miss[:, :10])
+    with pytest.raises(ValueError, match="features must be a float tensor"):
+        put_fill(t, vae.codes, toks, toks, miss)
+
+
+def test_put_fill_is_algorithm_1_step_2_of_put_sample(setup):
+    """put_sample = encode, put_fill on the token sequences, decode_tokens: same tokens from the same seed."""
+    vae, t, x, m = setup
+    out = put_sample(vae, t, x, m, top_k=8, tokens_per_iter=2, generator=3)
+    enc = vae.eval().encode(x, m)
+    fill = put_fill(t.eval(), vae.codes, enc.features.flatten(1, 2), enc.tokens.flatten(1), enc.mask.flatten(1),
+                    top_k=8, tokens_per_iter=2, generator=3)
+    assert fill._fields[0] == "tokens" and not bool(fill.mask.any())
+    assert torch.equal(fill.tokens.reshape(out.tokens.shape), out.tokens)
+    assert torch.equal(fill.order.reshape(out.order.shape), out.order)
+    assert torch.equal(vae.decode_tokens(fill.tokens.reshape(enc.tokens.shape), x, m), out.images[:, 0])

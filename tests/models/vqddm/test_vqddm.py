@@ -8,9 +8,13 @@ import torch.nn.functional as F
 
 from vqfast import checkpoint
 from vqfast.diffusion import CosineSchedule
-from vqfast.models.vqddm.objective import ImportanceSampler, prior_kl, vlb_loss
+from vqfast.models.common.outputs import LossOutput
+from vqfast.models.vqddm.objective import ImportanceSampler, prior_kl, vlb_estimate
 from vqfast.models.vqddm.denoiser import VQDDM
 
+
+def _tiny(backbone: str = "unet", **overrides) -> VQDDM:
+    return VQDDM.from_preset("tiny" if backbone == "unet" else f"tiny-{backbone}", **overrides)
 
 
 def _randomize_head(model: VQDDM, seed: int = 0) -> VQDDM:
@@ -25,15 +29,15 @@ def _randomize_head(model: VQDDM, seed: int = 0) -> VQDDM:
 
 def test_paper_unet_has_117m_parameters():
     with torch.device("meta"):
-        model = VQDDM.paper(1024)
+        model = VQDDM.from_preset("paper")
     n = sum(p.numel() for p in model.parameters())
     assert abs(n - 117e6) < 0.01 * 117e6, n
-    assert model.T == 4000 and model.size == 16
+    assert model.T == 4000 and model.token_hw == (16, 16) and model.codebook_size == 1024
 
 
 @pytest.mark.parametrize("backbone", ["unet", "transformer"])
 def test_untrained_model_predicts_onehot_of_z_t(backbone):
-    model = VQDDM.tiny(16, backbone=backbone, size=8)
+    model = _tiny(backbone, codebook_size=16, size=8)
     z = torch.randint(16, (3, 8, 8))
     out = model(z, torch.tensor([1, 50, 4000]))
     assert out.shape == (3, 8, 8, 16) and out.dtype == torch.float32
@@ -42,7 +46,7 @@ def test_untrained_model_predicts_onehot_of_z_t(backbone):
 
 @pytest.mark.parametrize("backbone", ["unet", "transformer"])
 def test_residual_time_and_class_conditioning(backbone):
-    model = _randomize_head(VQDDM.tiny(12, backbone=backbone, size=4, num_classes=3, T=100))
+    model = _randomize_head(_tiny(backbone, codebook_size=12, size=4, num_classes=3, T=100))
     z = torch.randint(12, (2, 16))
     t, c = torch.tensor([5, 5]), torch.tensor([0, 0])
     out = model(z, t, c)
@@ -55,7 +59,7 @@ def test_residual_time_and_class_conditioning(backbone):
 
 
 def test_bad_inputs():
-    model = VQDDM.tiny(8, size=4, T=10)
+    model = _tiny(codebook_size=8, size=4, T=10)
     z = torch.randint(8, (2, 4, 4))
     t = torch.tensor([1, 2])
     with pytest.raises(TypeError, match="z_t"):
@@ -71,23 +75,34 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="class_labels"):
         model(z, t, torch.tensor([0, 0]))
     with pytest.raises(ValueError, match="class_labels"):
-        VQDDM.tiny(8, size=4, num_classes=2)(z, t)
+        _tiny(codebook_size=8, size=4, num_classes=2)(z, t)
     with pytest.raises(ValueError, match="backbone"):
         VQDDM(8, backbone="mlp")
     with pytest.raises(ValueError, match="codebook_size"):
         VQDDM(0)
-    with pytest.raises(TypeError, match="x0"):
-        vlb_loss(model, z.float(), CosineSchedule(10))
+    with pytest.raises(ValueError, match="noise_schedule"):
+        VQDDM(8, noise_schedule="linear")
+    with pytest.raises(TypeError, match="tokens"):
+        model.loss(z.float())
+    with pytest.raises(ValueError, match="tokens must be"):
+        model.loss(z[:, :3])
+    with pytest.raises(ValueError, match=r"tokens must lie in \[0, K\)"):
+        model.loss(z + 8)
     with pytest.raises(ValueError, match="T="):
-        vlb_loss(model, z, CosineSchedule(10), ImportanceSampler(20))
+        model.loss(z, sampler=ImportanceSampler(20))
+    with pytest.raises(ValueError, match="class_labels"):
+        _tiny(codebook_size=8, size=4, T=10, num_classes=2).loss(z, class_labels=torch.tensor([0, 2]))
 
 
 def test_checkpoint_round_trip(tmp_path):
-    model = _randomize_head(VQDDM.tiny(8, backbone="transformer", size=4, T=10, num_classes=2))
+    model = _randomize_head(_tiny("transformer", codebook_size=8, size=4, T=10, num_classes=2,
+                                  noise_schedule="cosine-clip-sqrt"))
     checkpoint.save(model, tmp_path / "ddm")
     back = checkpoint.load(tmp_path / "ddm", expected=VQDDM)
     z, t, c = torch.randint(8, (2, 4, 4)), torch.tensor([3, 7]), torch.tensor([0, 1])
     torch.testing.assert_close(model.eval()(z, t, c), back(z, t, c))
+    assert back.config == model.config
+    torch.testing.assert_close(back.schedule.alpha_bar, CosineSchedule(10, clip_sqrt=True).alpha_bar)
 
 
 # ---- the VLB against an independent dense computation ----------------------------------
@@ -127,24 +142,31 @@ def test_prior_kl_matches_dense():
 @pytest.mark.parametrize("warm", [False, True])
 def test_vlb_loss_equals_dense_computation(warm):
     K, T, s = 6, 4, 4
-    model = _randomize_head(VQDDM.tiny(K, backbone="transformer", size=s, T=T, dim=32, depth=1, heads=2)).eval()
-    sched = CosineSchedule(T, num_classes=K, clip_sqrt=True)
+    model = _randomize_head(_tiny("transformer", codebook_size=K, size=s, T=T, dim=32, depth=1, heads=2,
+                                  noise_schedule="cosine-clip-sqrt")).eval()
+    sched = model.schedule
     sampler = ImportanceSampler(T)
     if warm:
         sampler.update(torch.arange(1, T + 1).repeat(11), torch.rand(11 * T) * 10)
         assert sampler.warm
     x0 = torch.randint(K, (24, s, s), generator=torch.Generator().manual_seed(3))
-    loss, logs = vlb_loss(model, x0, sched, sampler, seed=11)
-    t, z_t = logs["t"], logs["z_t"]
+    est = vlb_estimate(model, x0, sched, sampler, key=11)
+    t, z_t = est.t, est.z_t
     assert (t == 1).any() and (t > 1).any()  # both the decoder term and the KL terms are exercised
     with torch.no_grad():
-        L_t = _dense_vlb(model(z_t, t), x0, z_t, t, sched, K)
-    torch.testing.assert_close(logs["L_t"].double(), L_t, rtol=1e-4, atol=1e-4)
+        L_t = _dense_vlb(model(z_t, t), x0, z_t, t, CosineSchedule(T, clip_sqrt=True), K)
+    torch.testing.assert_close(est.L_t.double(), L_t, rtol=1e-4, atol=1e-4)
     prior = prior_kl(sched, K, s * s)
-    expected = ((L_t / logs["pt"] + prior).mean() / (s * s * math.log(2))).item()
-    assert loss.item() == pytest.approx(expected, rel=1e-4)
-    assert torch.allclose(logs["pt"], sampler.probs()[t - 1])
-    loss.backward()
+    expected = ((L_t / est.pt + prior).mean() / (s * s * math.log(2))).item()
+    assert est.loss.item() == pytest.approx(expected, rel=1e-4)
+    assert torch.allclose(est.pt, sampler.probs()[t - 1])
+    # the model's loss: the same estimate from the same seed, and it records the batch in the sampler
+    count = int(sampler.count.sum())
+    out = model.loss(x0, generator=11, sampler=sampler)
+    assert isinstance(out, LossOutput) and int(sampler.count.sum()) == count + len(t)
+    torch.testing.assert_close(out.total, est.loss)
+    assert out.terms["bpd"] == out.total.detach() and out.terms["prior"] == pytest.approx(prior / (s * s * math.log(2)))
+    out.total.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
@@ -212,19 +234,18 @@ def test_tiny_model_loss_falls_below_bound():
     torch.manual_seed(0)
     K, T = 8, 20
     data = torch.stack([torch.arange(16) % K, (torch.arange(16) * 3 + 1) % K]).view(2, 4, 4)
-    model = VQDDM.tiny(K, backbone="transformer", size=4, T=T, dim=48, depth=2, heads=4)
-    sched = CosineSchedule(T, num_classes=K)
+    model = _tiny("transformer", codebook_size=K, size=4, T=T, dim=48, depth=2, heads=4)
+    sched = model.schedule
     before = _exact_bpd(model, data.repeat(8, 1, 1), sched)
     sampler = ImportanceSampler(T)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(400):
         x0 = data[torch.randint(2, (16,), generator=g)]
-        loss, logs = vlb_loss(model, x0, sched, sampler, generator=g)
+        loss = model.loss(x0, generator=g, sampler=sampler)  # records L_t in the sampler
         opt.zero_grad()
-        loss.backward()
+        loss.total.backward()
         opt.step()
-        sampler.update(logs["t"], logs["L_t"])
     after = _exact_bpd(model.eval(), data.repeat(8, 1, 1), sched)
     assert before > 2.0, before
     assert after < 0.6, (before, after)

@@ -8,21 +8,26 @@ from vqfast.data import make_masks
 from vqfast.diffusion import CosineSchedule, posterior_logprobs, posterior_sample
 from vqfast.models.vqddm.denoiser import VQDDM
 from vqfast.ops import sample_logits
-from vqfast.models.vqddm.sampler import vqddm_sample
-from vqfast.models.vqddm.sampler import mixture_step, strided_schedule, timesteps
+from vqfast.models.vqddm.sampler import VQDDMSample, mixture_step, strided_schedule, timesteps, vqddm_sample
 from vqfast import random as _random
 
 K, S, T = 10, 4, 12
 
 
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = VQDDM.tiny(K, backbone="transformer", size=S, T=T, dim=32, depth=1, heads=2, num_classes=2)
+    m = VQDDM.from_preset("tiny-transformer", codebook_size=K, size=S, T=T, dim=32, depth=1, heads=2, num_classes=2)
     with torch.no_grad():  # a non-trivial residual (the head starts at zero)
         m.net.head.weight.normal_(0, 0.5)
     return m.eval()
+
+
+def _with_schedule(model: VQDDM, noise_schedule: str) -> VQDDM:
+    """The same weights under another noise schedule."""
+    other = VQDDM(**{**model.config, "noise_schedule": noise_schedule})
+    other.load_state_dict(model.state_dict())
+    return other.eval()
 
 
 @pytest.mark.parametrize("method", ["mixture", "gumbel"])
@@ -30,8 +35,9 @@ def model():
 def test_stride_one_equals_full_chain(model, clip_sqrt, method):
     """The strided sampler with every timestep is the plain T-step chain on the original schedule."""
     sched = CosineSchedule(T, clip_sqrt=clip_sqrt)
+    model = _with_schedule(model, "cosine-clip-sqrt" if clip_sqrt else "cosine")
     labels = torch.tensor([0, 1, 1])
-    got = vqddm_sample(model, 3, sched, steps=T, seed=7, class_labels=labels, method=method)
+    got = vqddm_sample(model, batch_size=3, steps=T, generator=7, class_labels=labels, method=method).tokens
     key = _random.philox_key(None, 7)
     z = torch.randint(K, (3, S, S), generator=torch.Generator().manual_seed(_random.step_key(key, -1) >> 1))
     with torch.no_grad():
@@ -44,7 +50,8 @@ def test_stride_one_equals_full_chain(model, clip_sqrt, method):
             else:
                 z = sample_logits(logits, seed=_random.step_key(key, t))
     assert torch.equal(got, z)
-    assert torch.equal(got, vqddm_sample(model, 3, sched, seed=7, class_labels=labels, method=method))  # steps=None
+    full = vqddm_sample(model, batch_size=3, generator=7, class_labels=labels, method=method)  # steps=None
+    assert torch.equal(got, full.tokens) and full.history is None
 
 
 @pytest.mark.parametrize("t", [2, 6, 12])
@@ -96,58 +103,77 @@ def test_timesteps():
 
 @pytest.mark.parametrize("steps", [None, 4])
 def test_inpainting_never_changes_known_tokens(model, steps):
-    sched = CosineSchedule(T)
     known = torch.randint(K, (8, S, S), generator=torch.Generator().manual_seed(1))
     kinds = ["box", "outside", "strokes", "half"]
     mask = torch.cat([make_masks(kinds[i % 4], 1, S, S, i) for i in range(6)])
     mask = torch.cat([mask, torch.ones(1, S, S, dtype=torch.bool), torch.zeros(1, S, S, dtype=torch.bool)])
-    out = vqddm_sample(model, None, sched, steps=steps, known=known, mask=mask, seed=3,
-                       class_labels=torch.zeros(8, dtype=torch.long))
+    out = vqddm_sample(model, steps=steps, known=known, mask=mask, generator=3,
+                       class_labels=torch.zeros(8, dtype=torch.long)).tokens
     assert out.shape == known.shape and out.dtype == torch.int64
     assert torch.equal(out[~mask], known[~mask])
     assert not torch.equal(out[mask], known[mask])  # the missing part is generated, not copied
-    flat = vqddm_sample(model, None, sched, steps=steps, known=known.flatten(1), mask=mask.flatten(1), seed=3,
-                        class_labels=torch.zeros(8, dtype=torch.long))
+    flat = vqddm_sample(model, steps=steps, known=known.flatten(1), mask=mask.flatten(1), generator=3,
+                        class_labels=torch.zeros(8, dtype=torch.long)).tokens
     assert torch.equal(flat.view_as(out), out)
 
 
 def test_seeds_and_generators(model):
-    sched = CosineSchedule(T)
     c = torch.tensor([0, 1])
-    a = vqddm_sample(model, 2, sched, steps=5, seed=1, class_labels=c)
-    assert torch.equal(a, vqddm_sample(model, 2, sched, steps=5, seed=1, class_labels=c))
-    assert not torch.equal(a, vqddm_sample(model, 2, sched, steps=5, seed=2, class_labels=c))
+    a = vqddm_sample(model, batch_size=2, steps=5, generator=1, class_labels=c).tokens
+    assert torch.equal(a, vqddm_sample(model, batch_size=2, steps=5, generator=1, class_labels=c).tokens)
+    assert not torch.equal(a, vqddm_sample(model, batch_size=2, steps=5, generator=2, class_labels=c).tokens)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    assert torch.equal(vqddm_sample(model, 2, sched, steps=5, generator=g1, class_labels=c),
-                       vqddm_sample(model, 2, sched, steps=5, generator=g2, class_labels=c))
+    assert torch.equal(vqddm_sample(model, batch_size=2, steps=5, generator=g1, class_labels=c).tokens,
+                       vqddm_sample(model, batch_size=2, steps=5, generator=g2, class_labels=c).tokens)
     assert a.shape == (2, S, S) and int(a.min()) >= 0 and int(a.max()) < K
 
 
+@pytest.mark.parametrize("steps", [None, 5])
+def test_history_holds_every_visited_map(model, steps):
+    c = torch.tensor([0, 1])
+    out = vqddm_sample(model, batch_size=2, steps=steps, generator=4, class_labels=c, return_history=True)
+    assert isinstance(out, VQDDMSample)
+    n = len(timesteps(T, steps))
+    assert out.history.shape == (n + 1, 2, S, S) and out.history.dtype == torch.int64
+    assert torch.equal(out.history[-1], out.tokens)
+    g = torch.Generator().manual_seed(_random.step_key(_random.philox_key(4), -1) >> 1)
+    assert torch.equal(out.history[0], torch.randint(K, (2, S, S), generator=g))  # z_T: uniform noise
+    plain = vqddm_sample(model, batch_size=2, steps=steps, generator=4, class_labels=c)
+    assert torch.equal(plain.tokens, out.tokens)
+
+
 def test_sampler_bad_inputs(model):
-    sched = CosineSchedule(T)
     c = torch.tensor([0, 1])
     known = torch.randint(K, (2, S, S))
     mask = torch.ones(2, S, S, dtype=torch.bool)
     with pytest.raises(ValueError, match="known and mask"):
-        vqddm_sample(model, None, sched, known=known, class_labels=c)
+        vqddm_sample(model, known=known, class_labels=c)
     with pytest.raises(ValueError, match="mask must be a bool"):
-        vqddm_sample(model, None, sched, known=known, mask=mask.long(), class_labels=c)
-    with pytest.raises(ValueError, match="batch=3"):
-        vqddm_sample(model, 3, sched, known=known, mask=mask, class_labels=c)
+        vqddm_sample(model, known=known, mask=mask.long(), class_labels=c)
+    with pytest.raises(ValueError, match="batch_size=3"):
+        vqddm_sample(model, batch_size=3, known=known, mask=mask, class_labels=c)
     with pytest.raises(ValueError, match="known must lie"):
-        vqddm_sample(model, None, sched, known=known + K, mask=mask, class_labels=c)
+        vqddm_sample(model, known=known + K, mask=mask, class_labels=c)
     with pytest.raises(ValueError, match="known must be int64"):
-        vqddm_sample(model, None, sched, known=torch.randint(K, (2, 3, 3)), mask=mask, class_labels=c)
-    with pytest.raises(ValueError, match="batch must"):
-        vqddm_sample(model, 0, sched, class_labels=c)
+        vqddm_sample(model, known=torch.randint(K, (2, 3, 3)), mask=mask, class_labels=c)
+    with pytest.raises(ValueError, match="known must be int64"):
+        vqddm_sample(model, known=known[:0], mask=mask[:0], class_labels=c)
+    with pytest.raises(ValueError, match="batch_size must"):
+        vqddm_sample(model, batch_size=0, class_labels=c)
+    with pytest.raises(ValueError, match="batch_size must"):
+        vqddm_sample(model, class_labels=c)
     with pytest.raises(ValueError, match="steps"):
-        vqddm_sample(model, 2, sched, steps=0, class_labels=c)
-    with pytest.raises(ValueError, match="exceeds the model's T"):
-        vqddm_sample(model, 2, CosineSchedule(T + 1), class_labels=c)
+        vqddm_sample(model, batch_size=2, steps=0, class_labels=c)
     with pytest.raises(ValueError, match="class_labels"):
-        vqddm_sample(model, 2, sched)
+        vqddm_sample(model, batch_size=2)
+    with pytest.raises(ValueError, match="class_labels"):
+        vqddm_sample(model, batch_size=2, class_labels=torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="method"):
-        vqddm_sample(model, 2, sched, method="ddim", class_labels=c)
+        vqddm_sample(model, batch_size=2, method="ddim", class_labels=c)
+    with pytest.raises(TypeError, match="generator"):
+        vqddm_sample(model, batch_size=2, class_labels=c, generator="0")
+    with pytest.raises(TypeError, match="model"):
+        vqddm_sample(torch.nn.Linear(2, 2), batch_size=2)
 
 
 def test_refit_raises_usage_and_finetune_freezes_encoder():
@@ -172,7 +198,7 @@ def test_refit_raises_usage_and_finetune_freezes_encoder():
     enc = [p.clone() for p in vq.encoder.parameters()]
     dec = [p.clone() for p in vq.decoder.parameters()]
     log = []
-    finetune_decoder(vq, Crops(images), 2, batch=4, lr=1e-3, log=log)
+    finetune_decoder(vq, Crops(images), 2, batch_size=4, lr=1e-3, generator=0, log=log)
     assert len(log) == 2 and all(p.requires_grad for p in vq.encoder.parameters())
     assert all(torch.equal(a, b) for a, b in zip(enc, vq.encoder.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(dec, vq.decoder.parameters()))

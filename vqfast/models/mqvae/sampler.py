@@ -5,9 +5,10 @@ position p_i from the Position-Transformer's logits given v_i (top-k 10, top-p 0
 positions already used and the start token (id HW) set to -inf before the draw, so no
 position is drawn twice. Stackformer_r (`reversed`) draws the position first. Every draw
 goes through `vqfast.ops.sample_logits` (temperature, top-k, top-p, one categorical
-draw per row); the generator gives one Philox key per call and draw j of step i uses
-key + (2i + j) * stride, so a seed fixes the samples and a continuation of the first m
-pairs of a sample (same seed) redraws the rest of that sample.
+draw per row); the generator (a torch.Generator, or an int seed: a generator seeded with
+it) gives one Philox key per call and draw j of step i uses `vqfast.random.step_key(key,
+2i + j)`, so a seed fixes the samples and a continuation of the first m pairs of a sample
+(same seed) redraws the rest of that sample.
 
 KV cache (`use_cache=True`): each stack keeps preallocated keys [layers, B, H, Dh, n]
 (transposed) and values [layers, B, H, n, Dh] (`vqfast.models.mqvae.stackformer.KVCache`); a step
@@ -30,22 +31,27 @@ and pairs m .. num_tokens - 1 are sampled; their positions are never drawn again
 - not supported: per-row prefix lengths, and resampling codes at fixed positions
   (the position is predicted after its code, so there is no p(v | p) to draw from).
 
-    codes, positions = stackformer_sample(net, 4, labels=torch.tensor([1, 2, 3, 4]), seed=0)
-    images = mqvae.decode_tokens(codes, positions)
+    out = stackformer_sample(net, batch_size=4, class_labels=torch.tensor([1, 2, 3, 4]), generator=0)
+    images = mqvae.decode_tokens(out.tokens, out.positions)
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 from vqfast import ops
-from vqfast.random import philox_key
-from vqfast.random import as_generator
 from vqfast.models.common.inference import inference_copy
 from vqfast.models.mqvae.stackformer import Stackformer, run_causal
 from vqfast.progress import progress_bar
+from vqfast.random import as_generator, philox_key, step_key
 
-_MASK64 = (1 << 64) - 1
-_KEY_STRIDE = 0x9E3779B97F4A7C15  # odd: the 2n keys of one call are distinct
+
+class StackformerSample(NamedTuple):
+    """`stackformer_sample`: tokens (code ids) [B, n] and positions [B, n] int64, in sampling order."""
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
 
 
 def _check_filter(name: str, v, kind: str) -> None:
@@ -57,48 +63,36 @@ def _check_filter(name: str, v, kind: str) -> None:
         raise ValueError(f"{name} must lie in (0, 1] or be None, got {v!r}")
 
 
-def _labels(labels, n: int, device) -> torch.Tensor | None:
-    if isinstance(labels, int) and not isinstance(labels, bool):
-        labels = torch.full((n,), labels, dtype=torch.long, device=device)
-    return labels
-
-
-def _generator(generator, seed, device) -> torch.Generator | None:
-    if seed is not None:
-        if generator is not None:
-            raise ValueError("pass either generator or seed, not both")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
-        return torch.Generator(device=device).manual_seed(seed)
-    return as_generator(generator, device)
-
-
 @torch.no_grad()
-def stackformer_sample(model: Stackformer, n_samples: int, num_tokens: int | None = None,
-                       labels: torch.Tensor | int | None = None, code_top_k: int | None = 100,
+def stackformer_sample(model: Stackformer, *, batch_size: int, num_tokens: int | None = None,
+                       class_labels: torch.Tensor | int | None = None, code_top_k: int | None = 100,
                        code_top_p: float | None = 0.95, position_top_k: int | None = 10,
                        position_top_p: float | None = 0.95, temperature: float = 1.0,
-                       generator: torch.Generator | int | None = None, seed: int | None = None,
-                       use_cache: bool = True, prefix_codes: torch.Tensor | None = None,
-                       prefix_positions: torch.Tensor | None = None, progress: bool = False,
-                       autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """n_samples sequences of num_tokens (code, position) pairs -> (codes [B, n], positions [B, n]).
+                       generator: torch.Generator | int | None = None, use_cache: bool = True,
+                       prefix_codes: torch.Tensor | None = None, prefix_positions: torch.Tensor | None = None,
+                       backend: str = "auto", progress: bool = False,
+                       autocast_dtype: torch.dtype | None = None) -> StackformerSample:
+    """batch_size sequences of num_tokens (code, position) pairs -> StackformerSample(tokens [B, n],
+    positions [B, n]).
 
-    num_tokens: default min(model.max_len, model.num_positions); labels: [B] int64 or an int
-    for every sample (class-conditional models only); top-k / top-p per head (None: off);
-    temperature divides the logits (0: greedy); generator (torch.Generator or int seed) or
-    seed; use_cache: KV cache (False: the official full recomputation); prefix_codes /
-    prefix_positions [B, m]: kept pairs (see the module docstring); progress: tqdm bar; autocast_dtype: None
-    runs in fp32, e.g. torch.bfloat16 runs the blocks from a cached bf16-weight copy (fp32
-    residual stream, embeddings, LayerNorms and heads); on CPU both run oneDNN-packed block
-    weights (`vqfast.models.common.inference.inference_copy`).
+    num_tokens: default min(model.max_len, model.num_positions); class_labels: [B] int64 or an
+    int for every sample (class-conditional models only); top-k / top-p per head (None: off);
+    temperature divides the logits (0: greedy); generator: torch.Generator, int seed or None;
+    use_cache: KV cache (False: the official full recomputation); prefix_codes /
+    prefix_positions [B, m]: kept pairs (see the module docstring); backend: of
+    `vqfast.ops.sample_logits`; progress: tqdm bar; autocast_dtype: None runs in fp32, e.g.
+    torch.bfloat16 runs the blocks from a cached bf16-weight copy (fp32 residual stream,
+    embeddings, LayerNorms and heads); on CPU both run oneDNN-packed block weights
+    (`vqfast.models.common.inference.inference_copy`).
     Positions of a sample are distinct; the order of the pairs is the sampling order.
     """
     was_training = getattr(model, "training", False)
     try:
-        run = StackformerDecoding(model, n_samples, num_tokens, labels, code_top_k, code_top_p, position_top_k,
-                                  position_top_p, temperature, generator, seed, use_cache, prefix_codes,
-                                  prefix_positions, autocast_dtype)
+        run = StackformerDecoding(model, batch_size=batch_size, num_tokens=num_tokens, class_labels=class_labels,
+                                  code_top_k=code_top_k, code_top_p=code_top_p, position_top_k=position_top_k,
+                                  position_top_p=position_top_p, temperature=temperature, generator=generator,
+                                  use_cache=use_cache, prefix_codes=prefix_codes, prefix_positions=prefix_positions,
+                                  backend=backend, autocast_dtype=autocast_dtype)
         bar = progress_bar(run.num_tokens - run.num_prefix, "Stackformer sampling", progress, unit="token")
         run.prefill()
         for i in range(run.num_prefix, run.num_tokens):
@@ -108,7 +102,7 @@ def stackformer_sample(model: Stackformer, n_samples: int, num_tokens: int | Non
     finally:
         if isinstance(model, Stackformer):
             model.train(was_training)
-    return run.tokens["code"], run.tokens["position"]
+    return StackformerSample(run.tokens["code"], run.tokens["position"])
 
 
 class StackformerDecoding:
@@ -118,17 +112,18 @@ class StackformerDecoding:
     order). Puts `model` in eval mode. Benchmarks time `step` alone through it."""
 
     @torch.no_grad()
-    def __init__(self, model: Stackformer, n_samples: int, num_tokens: int | None = None, labels=None,
+    def __init__(self, model: Stackformer, *, batch_size: int, num_tokens: int | None = None, class_labels=None,
                  code_top_k: int | None = 100, code_top_p: float | None = 0.95, position_top_k: int | None = 10,
                  position_top_p: float | None = 0.95, temperature: float = 1.0, generator=None,
-                 seed: int | None = None, use_cache: bool = True, prefix_codes: torch.Tensor | None = None,
-                 prefix_positions: torch.Tensor | None = None, autocast_dtype: torch.dtype | None = None):
+                 use_cache: bool = True, prefix_codes: torch.Tensor | None = None,
+                 prefix_positions: torch.Tensor | None = None, backend: str = "auto",
+                 autocast_dtype: torch.dtype | None = None):
         if not isinstance(model, Stackformer):
             raise ValueError(f"model must be a Stackformer, got {type(model).__name__}")
         _check_filter("code_top_k", code_top_k, "k"), _check_filter("position_top_k", position_top_k, "k")
         _check_filter("code_top_p", code_top_p, "p"), _check_filter("position_top_p", position_top_p, "p")
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         longest = min(model.max_len, model.num_positions)  # one pair per position
         n = longest if num_tokens is None else num_tokens
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= longest:
@@ -137,24 +132,26 @@ class StackformerDecoding:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
             raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
         device = model.code_emb.weight.device
-        B, HW = n_samples, model.num_positions
-        start = model.start_ids(_labels(labels, B, device), B, device)
+        B, HW = batch_size, model.num_positions
+        if isinstance(class_labels, int) and not isinstance(class_labels, bool):
+            class_labels = torch.full((B,), class_labels, dtype=torch.long, device=device)
+        start = model.start_ids(class_labels, B, device)
         if (prefix_codes is None) != (prefix_positions is None):
             raise ValueError("prefix_codes and prefix_positions go together: pass both or neither")
         m = 0
         if prefix_codes is not None:
             model.check_tokens(prefix_codes, prefix_positions, max_len=n, names=("prefix_codes", "prefix_positions"))
             if prefix_codes.shape[0] != B:
-                raise ValueError(f"prefix_codes must have n_samples={B} rows, got shape {tuple(prefix_codes.shape)}")
+                raise ValueError(f"prefix_codes must have batch_size={B} rows, got shape {tuple(prefix_codes.shape)}")
             m = prefix_codes.shape[1]
-        g = _generator(generator, seed, device)
         model.eval()
         # a Stackformer is built from vqfast Blocks: a cached inference copy (no autocast)
         self.net = inference_copy(model, autocast_dtype, B)
         self.num_tokens, self.num_prefix, self.use_cache = n, m, bool(use_cache)
         self.temperature = float(temperature)
         self.filters = {"code": (code_top_k, code_top_p), "position": (position_top_k, position_top_p)}
-        self.base_key = philox_key(g)
+        self.base_key = philox_key(as_generator(generator, device))
+        self.backend = backend
         self.tokens = {"code": torch.zeros(B, n, dtype=torch.long, device=device),
                        "position": torch.full((B, n), model.start_position, dtype=torch.long, device=device)}
         self.used = torch.zeros(B, HW + 1, dtype=torch.bool, device=device)
@@ -175,8 +172,8 @@ class StackformerDecoding:
             logits = logits.masked_fill(self.used, float("-inf"))
         top_k, top_p = self.filters[kind]
         # one key per (step, head): a continuation of a prefix draws what the full run drew
-        key = (self.base_key + (2 * step + (kind == self.net.stacks[1])) * _KEY_STRIDE) & _MASK64
-        return ops.sample_logits(logits, self.temperature, top_k=top_k, top_p=top_p, seed=key)
+        key = step_key(self.base_key, 2 * step + (kind == self.net.stacks[1]))
+        return ops.sample_logits(logits, self.temperature, top_k=top_k, top_p=top_p, seed=key, backend=self.backend)
 
     @torch.no_grad()
     def prefill(self) -> None:

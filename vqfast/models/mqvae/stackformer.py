@@ -27,33 +27,25 @@ Parameter counts (every parameter, embeddings and heads included, supp. Table 2 
 ImageNet, 1000 classes, K = 1024, 32x32 positions, n = 256): "307M" 307.8M (+0.3%), "607M" 610.1M (+0.5%).
 
     net = Stackformer.from_preset("tiny")
-    out = net.loss(codes, positions)       # codes, positions [B, 32] -> {"code", "position", "total"}
+    out = net.loss(codes, positions)       # codes, positions [B, 32] -> LossOutput(total, {"code", "position"})
 """
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqfast.models.common.outputs import LossOutput, loss_output
+from vqfast.models.common.presets import PresetMixin
 from vqfast.models.common.transformer import Block, SelfAttention, init_weights
+from vqfast.random import philox_key
 
-_PAPER = dict(codebook_size=1024, num_positions=1024, num_classes=1000, d_model=1024, n_heads=16, max_len=256,
-              dropout=0.1)
-# Supp. Table 1's small FFHQ models: the seed gives only the layer counts; width 512 / 8 heads is vqfast's choice.
-_SMALL = dict(codebook_size=1024, num_positions=1024, num_classes=0, d_model=512, n_heads=8, max_len=256, dropout=0.1)
-PRESETS: dict[str, dict] = {
-    "307M": dict(_PAPER, n_code_layers=18, n_position_layers=6),
-    "607M": dict(_PAPER, n_code_layers=36, n_position_layers=12),
-    **{f"small-c{c}p{p}": dict(_SMALL, n_code_layers=c, n_position_layers=p)
-       for c, p in ((12, 12), (6, 12), (6, 18), (12, 6), (18, 6))},
-    # CPU configs matching MQVAE's "tiny" (8x8 grid, 32 kept codes, K = 256)
-    "tiny": dict(codebook_size=256, num_positions=64, num_classes=0, d_model=64, n_code_layers=2,
-                 n_position_layers=1, n_heads=4, max_len=32),
-    "tiny-cond": dict(codebook_size=256, num_positions=64, num_classes=10, d_model=64, n_code_layers=2,
-                      n_position_layers=1, n_heads=4, max_len=32),
-}
+_PAPER = dict(codebook_size=1024, num_positions=1024, num_classes=1000, dim=1024, heads=16, max_len=256, dropout=0.1)
+# Supp. Table 1's small FFHQ models: the paper gives only the layer counts; width 512 / 8 heads is vqfast's choice.
+_SMALL = dict(codebook_size=1024, num_positions=1024, num_classes=0, dim=512, heads=8, max_len=256, dropout=0.1)
 
 
 _SPAN = 64  # decoding attention reads the cache in multiples of this many slots
@@ -151,72 +143,104 @@ def _positive_int(name: str, v) -> int:
     return v
 
 
-class Stackformer(nn.Module):
-    """(codes [B, n], positions [B, n], labels [B]) -> (code logits [B, n, K], position logits [B, n, HW + 1]).
+@contextmanager
+def dropout_rng(generator: torch.Generator | int | None, device: torch.device, enabled: bool = True):
+    """Dropout inside the block draws from `generator` (a torch.Generator or an int seed): torch's
+    global RNG of `device` is seeded from it and restored afterwards. None or not enabled: the
+    global RNG as is (the generator is left untouched)."""
+    if generator is not None and not isinstance(generator, (int, torch.Generator)) or isinstance(generator, bool):
+        raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
+    if generator is None or not enabled:
+        yield
+        return
+    seed = philox_key(generator) & ((1 << 63) - 1)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        with torch.random.fork_rng(devices=[index], device_type="cuda"):
+            torch.cuda.default_generators[index].manual_seed(seed)
+            yield
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            yield
 
-    codebook_size K, num_positions HW, num_classes (0: unconditional), d_model, layer
-    counts, n_heads, max_len (longest sequence n), reversed (Stackformer_r),
-    absolute_position (learned PE over the sequence index), dropout (attention and MLP).
-    See the module docstring.
+
+class Stackformer(PresetMixin, nn.Module):
+    """(codes [B, n], positions [B, n], class_labels [B]) -> (code logits [B, n, K], position logits [B, n, HW + 1]).
+
+    codebook_size K, num_positions HW, num_classes (0: unconditional), dim, code_depth /
+    position_depth (blocks of the Code- / Position-Transformer), heads, max_len (longest
+    sequence n), reversed (Stackformer_r), absolute_position (learned PE over the sequence
+    index), dropout (attention and MLP). See the module docstring.
+
+    Presets: "307M", "607M" (supp. Table 2), "small-c12p12" ... "small-c18p6" (supp. Table 1),
+    "tiny" / "tiny-cond" (CPU sizes matching MQVAE's "tiny": 8x8 grid, 32 kept codes, K = 256).
     """
 
-    def __init__(self, codebook_size: int, num_positions: int, num_classes: int = 0, d_model: int = 512,
-                 n_code_layers: int = 12, n_position_layers: int = 12, n_heads: int = 8, max_len: int = 256,
+    PRESETS: dict[str, dict] = {
+        "307M": dict(_PAPER, code_depth=18, position_depth=6),
+        "607M": dict(_PAPER, code_depth=36, position_depth=12),
+        **{f"small-c{c}p{p}": dict(_SMALL, code_depth=c, position_depth=p)
+           for c, p in ((12, 12), (6, 12), (6, 18), (12, 6), (18, 6))},
+        "tiny": dict(codebook_size=256, num_positions=64, num_classes=0, dim=64, code_depth=2, position_depth=1,
+                     heads=4, max_len=32),
+        "tiny-cond": dict(codebook_size=256, num_positions=64, num_classes=10, dim=64, code_depth=2,
+                          position_depth=1, heads=4, max_len=32),
+    }
+    # constructor arguments renamed since checkpoints were first saved
+    CONFIG_ALIASES = {"d_model": "dim", "n_heads": "heads", "n_code_layers": "code_depth",
+                      "n_position_layers": "position_depth"}
+
+    def __init__(self, codebook_size: int, num_positions: int, num_classes: int = 0, dim: int = 512,
+                 code_depth: int = 12, position_depth: int = 12, heads: int = 8, max_len: int = 256,
                  reversed: bool = False, absolute_position: bool = True, dropout: float = 0.0):
         super().__init__()
-        for name, v in (("codebook_size", codebook_size), ("num_positions", num_positions), ("d_model", d_model),
-                        ("n_code_layers", n_code_layers), ("n_position_layers", n_position_layers),
-                        ("n_heads", n_heads), ("max_len", max_len)):
+        for name, v in (("codebook_size", codebook_size), ("num_positions", num_positions), ("dim", dim),
+                        ("code_depth", code_depth), ("position_depth", position_depth), ("heads", heads),
+                        ("max_len", max_len)):
             _positive_int(name, v)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
-        if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         self.config = dict(codebook_size=codebook_size, num_positions=num_positions, num_classes=num_classes,
-                           d_model=d_model, n_code_layers=n_code_layers, n_position_layers=n_position_layers,
-                           n_heads=n_heads, max_len=max_len, reversed=bool(reversed),
-                           absolute_position=bool(absolute_position), dropout=float(dropout))
+                           dim=dim, code_depth=code_depth, position_depth=position_depth, heads=heads,
+                           max_len=max_len, reversed=bool(reversed), absolute_position=bool(absolute_position),
+                           dropout=float(dropout))
         self.codebook_size, self.num_positions, self.num_classes = codebook_size, num_positions, num_classes
-        self.max_len, self.reversed, self.n_heads = max_len, bool(reversed), n_heads
+        self.max_len, self.reversed, self.heads = max_len, bool(reversed), heads
         self.num_starts = max(num_classes, 1)  # rows of E_v before the codes
         self.start_position = num_positions
-        self.code_emb = nn.Embedding(self.num_starts + codebook_size, d_model)
-        self.position_emb = nn.Embedding(num_positions + 1, d_model)
-        self.seq_pos = nn.Parameter(torch.zeros(1, max_len, d_model)) if absolute_position else None
+        self.code_emb = nn.Embedding(self.num_starts + codebook_size, dim)
+        self.position_emb = nn.Embedding(num_positions + 1, dim)
+        self.seq_pos = nn.Parameter(torch.zeros(1, max_len, dim)) if absolute_position else None
         self.drop = nn.Dropout(dropout)
-        self.code_blocks = nn.ModuleList(Block(d_model, n_heads, 4.0, dropout) for _ in range(n_code_layers))
-        self.position_blocks = nn.ModuleList(Block(d_model, n_heads, 4.0, dropout) for _ in range(n_position_layers))
-        self.code_norm, self.position_norm = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.code_head = nn.Linear(d_model, codebook_size, bias=False)
-        self.position_head = nn.Linear(d_model, num_positions + 1, bias=False)
+        self.code_blocks = nn.ModuleList(Block(dim, heads, 4.0, dropout) for _ in range(code_depth))
+        self.position_blocks = nn.ModuleList(Block(dim, heads, 4.0, dropout) for _ in range(position_depth))
+        self.code_norm, self.position_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.code_head = nn.Linear(dim, codebook_size, bias=False)
+        self.position_head = nn.Linear(dim, num_positions + 1, bias=False)
         self.apply(functools.partial(init_weights, truncated=False))
         if self.seq_pos is not None:
             nn.init.trunc_normal_(self.seq_pos, std=0.02)
 
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> "Stackformer":
-        """A model from PRESETS ("307M", "607M", "small-c12p12" ... "small-c18p6", "tiny",
-        "tiny-cond") with overrides; build it under `torch.device("meta")` to count parameters."""
-        if name not in PRESETS:
-            raise ValueError(f"name must be one of {tuple(PRESETS)}, got {name!r}")
-        return cls(**{**PRESETS[name], **overrides})
-
     # ---- checks -------------------------------------------------------------------------
-    def start_ids(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+    def start_ids(self, class_labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
         """E_v rows of the start token [B]: the class id, or 0 for an unconditional model."""
+        labels = class_labels
         if self.num_classes == 0:
             if labels is not None:
-                raise ValueError("labels given but the model was built with num_classes=0")
+                raise ValueError("class_labels given but the model was built with num_classes=0")
             return torch.zeros(batch, dtype=torch.long, device=device)
         if labels is None:
-            raise ValueError(f"labels [B={batch}] are required: the model has num_classes={self.num_classes}")
+            raise ValueError(f"class_labels [B={batch}] are required: the model has num_classes={self.num_classes}")
         if not isinstance(labels, torch.Tensor) or labels.dtype != torch.long or tuple(labels.shape) != (batch,):
-            raise ValueError(f"labels must be an int64 tensor [B={batch}], got "
+            raise ValueError(f"class_labels must be an int64 tensor [B={batch}], got "
                              f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}")
         if labels.device.type != "meta" and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes})")
+            raise ValueError(f"class_labels must lie in [0, {self.num_classes})")
         return labels.to(device)
 
     def check_tokens(self, codes: torch.Tensor, positions: torch.Tensor, max_len: int | None = None,
@@ -280,16 +304,16 @@ class Stackformer(nn.Module):
 
     def new_caches(self, batch: int, length: int, dtype: torch.dtype, device) -> tuple[KVCache, KVCache]:
         """Empty KV caches of the first and the second stack for `length` tokens."""
-        d = self.config["d_model"]
-        return tuple(KVCache(len(self.blocks(kind)), batch, self.n_heads, length, d // self.n_heads, dtype, device)
+        d = self.config["dim"]
+        return tuple(KVCache(len(self.blocks(kind)), batch, self.heads, length, d // self.heads, dtype, device)
                      for kind in self.stacks)
 
     # ---- training -----------------------------------------------------------------------
     def forward(self, codes: torch.Tensor, positions: torch.Tensor,
-                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced logits: (code logits [B, n, K], position logits [B, n, HW + 1])."""
         self.check_tokens(codes, positions)
-        start = self.start_ids(labels, codes.shape[0], codes.device)
+        start = self.start_ids(class_labels, codes.shape[0], codes.device)
         first, second = self.stacks
         x = self.drop(self.inputs(*self.shifted(codes, positions, start)))
         h = run_causal(self.blocks(first), x)
@@ -298,18 +322,23 @@ class Stackformer(nn.Module):
         out = {first: self.logits(first, h), second: self.logits(second, g)}
         return out["code"], out["position"]
 
-    def loss(self, codes: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor | None = None,
-             order: str = "raster") -> dict[str, torch.Tensor]:
-        """{"code": CE of v_i, "position": CE of p_i, "total": their sum} (means over B x n).
+    def loss(self, codes: torch.Tensor, positions: torch.Tensor, *, class_labels: torch.Tensor | None = None,
+             generator: torch.Generator | int | None = None, order: str = "raster") -> LossOutput:
+        """LossOutput(total = code + position, terms {"code": CE of v_i, "position": CE of p_i}),
+        means over B x n (Sec. 3.3). codes, positions [B, n] int64; class_labels [B] for a
+        class-conditional model.
 
-        order "raster" sorts each row's pairs by position first (MQVAE.encode already returns
-        them so); "given" trains on the order passed (e.g. `order_tokens(..., order="importance")`)."""
+        generator: the dropout masks' randomness (None: torch's global RNG; the loss draws
+        nothing else). order "raster" sorts each row's pairs by position first (MQVAE.encode
+        already returns them so); "given" trains on the order passed (e.g.
+        `order_tokens(..., order="importance")`)."""
         if order not in ("raster", "given"):
             raise ValueError(f"order must be 'raster' or 'given', got {order!r}")
         self.check_tokens(codes, positions)
         if order == "raster":
             codes, positions = order_tokens(codes, positions)
-        code_logits, pos_logits = self(codes, positions, labels)
+        with dropout_rng(generator, codes.device, enabled=self.training and self.config["dropout"] > 0):
+            code_logits, pos_logits = self(codes, positions, class_labels)
         code = F.cross_entropy(code_logits.flatten(0, 1).float(), codes.flatten())
         position = F.cross_entropy(pos_logits.flatten(0, 1).float(), positions.flatten())
-        return {"code": code, "position": position, "total": code + position}
+        return loss_output(code + position, code=code, position=position)

@@ -1,12 +1,12 @@
 """P-VQVAE (PUT supp. Sec. 2, 4.1, Tables 1-2, Figure 1): patch encoder, dual codebook, MSG decoder.
 
-Masks follow `vqfast.data`: bool [B, H, W], True = MISSING pixel. The seed's m is the
+Masks follow `vqfast.data`: bool [B, H, W], True = MISSING pixel. The paper's m is the
 visible indicator (m = ~mask), x_hat = x * m (missing pixels become 0, mid-gray for
 images in [-1, 1]). A token is visible (quantized with e) only if every pixel of its
 r x r patch is; the others are quantized with e' and their index is offset by K.
 
-    vae = PVQVAE.tiny()                                   # r=4, d=64, for 32x32 crops
-    out = vae(x, mask)                                    # eq. 1: out.recon, out.tokens, out.commit_loss
+    vae = PVQVAE.from_preset("tiny")                      # r=4, d=64, for 32x32 crops
+    out = vae(x, mask)                                    # eq. 1: out.reconstruction, out.tokens, out.loss
 """
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqfast.models.common.outputs import TokenizerOutput
+from vqfast.models.common.presets import PresetMixin
+from vqfast.models.put.losses import PVQVAELoss
 from vqfast.quantizers import DualCodebookQuantizer
 
 
@@ -44,17 +47,17 @@ class ConvResBlock(nn.Module):
 
 
 class PatchEncoder(nn.Module):
-    """P-Enc (Table 1): non-overlapping r x r patches -> Linear 3r^2->C, n Linear ResBlocks, Linear C->d.
+    """P-Enc (Table 1): non-overlapping r x r patches -> Linear 3r^2->C, `depth` Linear ResBlocks, Linear C->d.
 
     image [B, 3, H, W] -> features [B, H/r, W/r, d]. Every patch is encoded alone, so a
     visible patch's feature never sees a missing pixel.
     """
 
-    def __init__(self, patch: int, hidden: int, res_hidden: int, n_res: int, dim: int):
+    def __init__(self, patch: int, hidden: int, res_hidden: int, depth: int, dim: int):
         super().__init__()
         self.patch = patch
         self.fc_in = nn.Linear(3 * patch * patch, hidden)
-        self.res = nn.Sequential(*[LinearResBlock(hidden, res_hidden) for _ in range(n_res)])
+        self.res = nn.Sequential(*[LinearResBlock(hidden, res_hidden) for _ in range(depth)])
         self.fc_out = nn.Linear(hidden, dim)
 
     def forward(self, x):
@@ -71,16 +74,16 @@ def _down_channels(patch: int, base: int, hidden: int) -> list[int]:
 
 
 class ConvEncoder(nn.Module):
-    """Conv-Enc of PUT^conv (Table 2): log2(r) Conv 4x4/2, n Conv ResBlocks, Conv3x3 C->d; ReLU after each.
+    """Conv-Enc of PUT^conv (Table 2): log2(r) Conv 4x4/2, `depth` Conv ResBlocks, Conv3x3 C->d; ReLU after each.
 
     image [B, 3, H, W] -> features [B, H/r, W/r, d] (overlapping receptive fields).
     """
 
-    def __init__(self, patch: int, hidden: int, res_hidden: int, n_res: int, dim: int, base: int):
+    def __init__(self, patch: int, hidden: int, res_hidden: int, depth: int, dim: int, base: int):
         super().__init__()
         chans = [3] + _down_channels(patch, base, hidden)
         self.down = nn.ModuleList(nn.Conv2d(a, b, 4, stride=2, padding=1) for a, b in zip(chans[:-1], chans[1:]))
-        self.res = nn.Sequential(*[ConvResBlock(hidden, res_hidden) for _ in range(n_res)])
+        self.res = nn.Sequential(*[ConvResBlock(hidden, res_hidden) for _ in range(depth)])
         self.conv_out = nn.Conv2d(hidden, dim, 3, padding=1)
 
     def forward(self, x):
@@ -99,7 +102,7 @@ def _visible_at(visible: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class MSGDecoder(nn.Module):
-    """MSG-Dec (Table 1): Conv3x3 d->C, n Conv ResBlocks, log2(r) Deconv 4x4/2, Conv3x3 ->3.
+    """MSG-Dec (Table 1): Conv3x3 d->C, `depth` Conv ResBlocks, log2(r) Deconv 4x4/2, Conv3x3 ->3.
 
     The reference branch (bracketed rows of Table 1) encodes the reference image at every
     scale; before each upsampling and before the last conv the main features are replaced
@@ -108,10 +111,10 @@ class MSGDecoder(nn.Module):
     z [B, h, w, d], ref_image [B, 3, H, W], ref_visible [B, H, W] bool -> image [B, 3, H, W].
     """
 
-    def __init__(self, patch: int, dim: int, hidden: int, res_hidden: int, n_res: int, base: int, reference: bool):
+    def __init__(self, patch: int, dim: int, hidden: int, res_hidden: int, depth: int, base: int, reference: bool):
         super().__init__()
         self.conv_in = nn.Conv2d(dim, hidden, 3, padding=1)
-        self.res = nn.Sequential(*[ConvResBlock(hidden, res_hidden) for _ in range(n_res)])
+        self.res = nn.Sequential(*[ConvResBlock(hidden, res_hidden) for _ in range(depth)])
         # Up path channels mirror the conv encoder's down path: hidden -> ... -> base.
         ups = _down_channels(patch, base, hidden)[::-1]
         ins = [hidden] + ups[:-1]
@@ -142,141 +145,195 @@ class MSGDecoder(nn.Module):
         return self.conv_out(F.relu(x))
 
 
-class PVQVAEOutput(NamedTuple):
-    """recon [B,3,H,W] (x_hat^R), x_hat [B,3,H,W] (the target of eq. 1), features [B,h,w,d] (f_hat,
-    un-quantized), z_q [B,h,w,d] (straight-through), tokens [B,h,w] (masked ones offset by K),
-    token_visible [B,h,w] bool, commit_loss (||sg(e) - f||^2, unweighted)."""
-    recon: torch.Tensor
-    x_hat: torch.Tensor
-    features: torch.Tensor
-    z_q: torch.Tensor
+class PUTEncoding(NamedTuple):
+    """`PVQVAE.encode`: tokens [B, h, w] int64 (ids of e in [0, K) where the whole patch is
+    visible, ids of e' offset by K, in [K, 2K), elsewhere), features [B, h, w, d] (f_hat,
+    un-quantized: the UQ-Transformer's input), mask [B, h, w] bool (True = the patch has a
+    missing pixel: ~m_down of Algorithm 1 line 2)."""
     tokens: torch.Tensor
-    token_visible: torch.Tensor
-    commit_loss: torch.Tensor
+    features: torch.Tensor
+    mask: torch.Tensor
 
 
-def check_image_and_mask(image, mask, patch: int, name: str = "mask") -> torch.Tensor:
-    """Validate image [B, 3, H, W] float and mask bool [B, H, W] (or [B, 1, H, W]); return mask [B, H, W]."""
-    if not isinstance(image, torch.Tensor) or not image.is_floating_point() or image.dim() != 4 or image.shape[1] != 3:
-        raise ValueError(f"image must be a float tensor [B, 3, H, W], got "
-                         f"{getattr(image, 'dtype', type(image).__name__)} {tuple(getattr(image, 'shape', ()))}")
-    B, _, H, W = image.shape
+def check_images_and_mask(images, mask, patch: int, resolution: int | None = None,
+                          name: str = "mask") -> torch.Tensor:
+    """Validate images [B, 3, H, W] (finite floats; R x R when `resolution` is set) and mask bool
+    [B, H, W] (or [B, 1, H, W]; None = nothing missing); return mask [B, H, W]."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.dim() != 4 \
+            or images.shape[1] != 3:
+        raise ValueError(f"images must be a float tensor [B, 3, H, W], got "
+                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
+    B, _, H, W = images.shape
+    if B == 0:
+        raise ValueError("images is an empty batch (B = 0)")
     if H % patch or W % patch:
         raise ValueError(f"image size {H}x{W} is not divisible by the patch size r={patch}")
+    if resolution is not None and (H, W) != (resolution, resolution):
+        raise ValueError(f"images must be {resolution}x{resolution} (the P-VQVAE's resolution), got {H}x{W}")
+    if images.device.type != "meta" and not bool(torch.isfinite(images).all()):
+        raise ValueError("images contain NaN or inf")
     if mask is None:
-        return torch.zeros(B, H, W, dtype=torch.bool, device=image.device)
+        return torch.zeros(B, H, W, dtype=torch.bool, device=images.device)
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise TypeError(f"{name} must be a bool tensor [B, H, W] with True = missing, got "
                         f"{getattr(mask, 'dtype', type(mask).__name__)}")
     if mask.dim() == 4 and mask.shape[1] == 1:
         mask = mask[:, 0]
     if tuple(mask.shape) != (B, H, W):
-        raise ValueError(f"{name} must have shape [B, H, W] = {(B, H, W)} to match image, got {tuple(mask.shape)}")
-    if mask.device != image.device:
-        raise ValueError(f"{name} is on {mask.device} but image is on {image.device}")
+        raise ValueError(f"{name} must have shape [B, H, W] = {(B, H, W)} to match images, got {tuple(mask.shape)}")
+    if mask.device != images.device:
+        raise ValueError(f"{name} is on {mask.device} but images are on {images.device}")
     return mask
 
 
-class PVQVAE(nn.Module):
+class PVQVAE(PresetMixin, nn.Module):
     """P-VQVAE: encoder E, dual codebook (e, e') with EMA (gamma 0.99), decoder D with reference branch.
 
-    patch r, dim d (= codebook dim), codebook_size K (each of e, e'), hidden C and res_hidden
-    (ResBlock widths), n_res ResBlocks in encoder and decoder, dec_base (widest-resolution
-    channels); variants: encoder="linear"|"conv" (PUT^conv), codebooks=2|1 (PUT^one: one e
-    for every patch), reference=True|False (PUT^no-ref). Defaults are Table 1.
+    resolution R (images must be R x R; None: any size divisible by r), patch r, dim d
+    (= codebook dim), codebook_size K (each of e, e'), hidden C and res_hidden (ResBlock
+    widths), depth ResBlocks in encoder and decoder, dec_base (widest-resolution channels);
+    variants: encoder="linear"|"conv" (PUT^conv), codebooks=2|1 (PUT^one: one e for every
+    patch), reference=True|False (PUT^no-ref). Defaults are Table 1.
     threshold_dead_code: codes whose EMA count falls below it are re-seeded from batch
-    features (0 = never, as the seed; the tiny config uses 1 against codebook collapse).
+    features (0 = never, as the paper; the tiny preset uses 1 against codebook collapse).
+
+    Presets: "tiny" (32x32 crops, r=4, d=64, K=128, 2 ResBlocks), "paper" (Table 1 at
+    256x256) and "paper-conv" (P-VQVAE^conv: Table 2's encoder).
+
+        vae = PVQVAE.from_preset("tiny")
+        enc = vae.encode(x, mask)                       # PUTEncoding(tokens [B, 8, 8], features, mask)
+        out = vae(x, mask)                              # TokenizerOutput(reconstruction, tokens, loss)
     """
 
-    def __init__(self, *, patch: int = 8, dim: int = 256, codebook_size: int = 512, hidden: int = 256,
-                 res_hidden: int = 128, n_res: int = 8, dec_base: int = 64, encoder: str = "linear",
-                 codebooks: int = 2, reference: bool = True, decay: float = 0.99,
+    PRESETS = {
+        "tiny": dict(resolution=32, patch=4, dim=64, codebook_size=128, hidden=64, res_hidden=32, depth=2,
+                     dec_base=32, threshold_dead_code=1.0),
+        "paper": dict(resolution=256),
+        "paper-conv": dict(resolution=256, encoder="conv"),
+    }
+    CONFIG_ALIASES = {"n_res": "depth"}
+
+    def __init__(self, *, resolution: int | None = None, patch: int = 8, dim: int = 256, codebook_size: int = 512,
+                 hidden: int = 256, res_hidden: int = 128, depth: int = 8, dec_base: int = 64,
+                 encoder: str = "linear", codebooks: int = 2, reference: bool = True, decay: float = 0.99,
                  threshold_dead_code: float = 0.0):
         super().__init__()
-        if patch < 2 or patch & (patch - 1):
+        if isinstance(patch, bool) or not isinstance(patch, int) or patch < 2 or patch & (patch - 1):
             raise ValueError(f"patch must be a power of two >= 2, got {patch}")
+        if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)
+                                       or resolution < patch or resolution % patch):
+            raise ValueError(f"resolution must be None or a positive multiple of the patch size r={patch}, "
+                             f"got {resolution!r}")
         if encoder not in ("linear", "conv"):
             raise ValueError(f"encoder must be 'linear' or 'conv', got {encoder!r}")
         if codebooks not in (1, 2):
             raise ValueError(f"codebooks must be 1 or 2, got {codebooks!r}")
-        self.config = dict(patch=patch, dim=dim, codebook_size=codebook_size, hidden=hidden, res_hidden=res_hidden,
-                           n_res=n_res, dec_base=dec_base, encoder=encoder, codebooks=codebooks,
-                           reference=reference, decay=decay, threshold_dead_code=threshold_dead_code)
-        self.patch, self.dim, self.codebook_size, self.codebooks = patch, dim, codebook_size, codebooks
+        self.config = dict(resolution=resolution, patch=patch, dim=dim, codebook_size=codebook_size, hidden=hidden,
+                           res_hidden=res_hidden, depth=depth, dec_base=dec_base, encoder=encoder,
+                           codebooks=codebooks, reference=reference, decay=decay,
+                           threshold_dead_code=threshold_dead_code)
+        self.resolution, self.patch, self.dim = resolution, patch, dim
+        self.codebook_size, self.codebooks = codebook_size, codebooks
         if encoder == "linear":
-            self.encoder = PatchEncoder(patch, hidden, res_hidden, n_res, dim)
+            self.encoder = PatchEncoder(patch, hidden, res_hidden, depth, dim)
         else:
-            self.encoder = ConvEncoder(patch, hidden, res_hidden, n_res, dim, dec_base)
+            self.encoder = ConvEncoder(patch, hidden, res_hidden, depth, dim, dec_base)
         self.quantizer = DualCodebookQuantizer(dim, codebook_size, codebook_size, decay=decay,
                                                threshold_dead_code=threshold_dead_code)
-        self.decoder = MSGDecoder(patch, dim, hidden, res_hidden, n_res, dec_base, reference)
-
-    @classmethod
-    def tiny(cls, **overrides) -> "PVQVAE":
-        """A CPU-sized P-VQVAE for 32x32 crops: r=4, d=64, K=128, 2 ResBlocks, dead-code revival."""
-        cfg = dict(patch=4, dim=64, codebook_size=128, hidden=64, res_hidden=32, n_res=2, dec_base=32,
-                   threshold_dead_code=1.0)
-        cfg.update(overrides)
-        return cls(**cfg)
+        self.decoder = MSGDecoder(patch, dim, hidden, res_hidden, depth, dec_base, reference)
 
     @property
     def vocab_size(self) -> int:
         """Token ids of e: [0, K); e' ids are [K, 2K) (only ever assigned to masked patches)."""
         return self.codebook_size
 
-    def token_visible(self, mask: torch.Tensor) -> torch.Tensor:
-        """bool [B, H, W] missing-pixel mask -> bool [B, H/r, W/r]: True where the whole patch is visible
-        (Algorithm 1 line 2, m_down)."""
-        r = self.patch
-        return ~(F.max_pool2d(mask[:, None].float(), r)[:, 0] > 0)
+    def check_images(self, images: torch.Tensor, mask: torch.Tensor | None, name: str = "mask") -> torch.Tensor:
+        """Validate images [B, 3, R, R] and a pixel mask (see `check_images_and_mask`); return mask [B, H, W]."""
+        return check_images_and_mask(images, mask, self.patch, self.resolution, name)
 
-    def encode(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """f_hat = E(x * m): image [B,3,H,W], mask bool [B,H,W] -> (features [B,h,w,d], token_visible [B,h,w])."""
-        mask = check_image_and_mask(image, mask, self.patch)
-        x_hat = image * (~mask)[:, None].to(image.dtype)
-        return self.encoder(x_hat), self.token_visible(mask)
+    def token_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """bool [B, H, W] missing-pixel mask -> bool [B, H/r, W/r]: True where the patch has a missing
+        pixel (the complement of Algorithm 1 line 2's m_down)."""
+        return F.max_pool2d(mask[:, None].float(), self.patch)[:, 0] > 0
 
-    def quantize(self, features: torch.Tensor, token_visible: torch.Tensor):
+    def quantize(self, features: torch.Tensor, mask: torch.Tensor):
         """Dual-codebook quantization (Sec. 3.1 of the paper; EMA update in training mode).
 
-        features [B,h,w,d], token_visible [B,h,w] -> (z_q [B,h,w,d] straight-through,
-        tokens [B,h,w] (masked ones offset by K), commit_loss).
+        features [B,h,w,d], mask [B,h,w] bool (True -> e') -> (z_q [B,h,w,d] straight-through,
+        tokens [B,h,w] (masked ones offset by K), commitment ||sg(e_hat) - f_hat||^2).
         """
         B, h, w, d = features.shape
-        vis = token_visible if self.codebooks == 2 else torch.ones_like(token_visible)
-        z_q, idx, losses = self.quantizer(features.reshape(B * h * w, d), vis.reshape(-1))
+        visible = ~mask if self.codebooks == 2 else torch.ones_like(mask)
+        z_q, idx, losses = self.quantizer(features.reshape(B * h * w, d), visible.reshape(-1))
         return z_q.reshape(B, h, w, d), idx.reshape(B, h, w), losses.commitment
 
     def codes(self, tokens: torch.Tensor) -> torch.Tensor:
         """Vector retrieval (Algorithm 1 line 16): tokens [...] in [0, 2K) -> vectors [..., d]."""
         return self.quantizer.indices_to_codes(tokens)
 
-    def decode(self, z: torch.Tensor, ref_image: torch.Tensor, ref_mask: torch.Tensor | None) -> torch.Tensor:
-        """D(z, m_ref, x_ref): z [B,h,w,d], ref_image [B,3,H,W], ref_mask bool [B,H,W] (True = missing) ->
-        image [B,3,H,W]. The reference is zeroed where missing before it enters the decoder."""
-        ref_mask = check_image_and_mask(ref_image, ref_mask, self.patch, "ref_mask")
-        h, w = ref_image.shape[-2] // self.patch, ref_image.shape[-1] // self.patch
-        if tuple(z.shape[1:3]) != (h, w):
-            raise ValueError(f"z has a {tuple(z.shape[1:3])} token grid but ref_image needs {(h, w)}")
-        vis = ~ref_mask
-        return self.decoder(z, ref_image * vis[:, None].to(ref_image.dtype), vis)
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> PUTEncoding:
+        """Algorithm 1 line 3: f_hat = E(x * m), t_hat = I(f_hat, e, e', m_down).
 
-    def decode_tokens(self, tokens: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Algorithm 1 lines 16-17: x^I = D(e[t], m, x_hat). tokens [B,h,w], image [B,3,H,W], mask bool [B,H,W]."""
-        return self.decode(self.codes(tokens), image, mask)
+        images [B,3,H,W] in [-1, 1], mask bool [B,H,W] (True = missing; None = all visible)
+        -> PUTEncoding(tokens [B,h,w], features [B,h,w,d], mask [B,h,w]). Never updates the codebooks.
+        """
+        mask = self.check_images(images, mask)
+        features = self.encoder(images * (~mask)[:, None].to(images.dtype))
+        token_mask = self.token_mask(mask)
+        was_training = self.quantizer.training
+        self.quantizer.eval()
+        try:
+            _, tokens, _ = self.quantize(features, token_mask)
+        finally:
+            self.quantizer.train(was_training)
+        return PUTEncoding(tokens, features, token_mask)
 
-    def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None,
-                ref_mask: torch.Tensor | None = None) -> PVQVAEOutput:
+    def _decode(self, z: torch.Tensor, ref_images: torch.Tensor, ref_mask: torch.Tensor) -> torch.Tensor:
+        visible = ~ref_mask
+        return self.decoder(z, ref_images * visible[:, None].to(ref_images.dtype), visible)
+
+    def decode(self, z: torch.Tensor, ref_images: torch.Tensor, ref_mask: torch.Tensor | None) -> torch.Tensor:
+        """D(z, m_ref, x_ref): z [B,h,w,d], ref_images [B,3,H,W], ref_mask bool [B,H,W] (True = missing) ->
+        images [B,3,H,W]. The reference is zeroed where missing before it enters the decoder."""
+        ref_mask = self.check_images(ref_images, ref_mask, "ref_mask")
+        h, w = ref_images.shape[-2] // self.patch, ref_images.shape[-1] // self.patch
+        if z.dim() != 4 or tuple(z.shape[1:]) != (h, w, self.dim):
+            raise ValueError(f"z must be [B, {h}, {w}, {self.dim}] to match ref_images, got {tuple(z.shape)}")
+        return self._decode(z, ref_images, ref_mask)
+
+    def decode_tokens(self, tokens: torch.Tensor, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Algorithm 1 lines 16-17: x^I = D(e[t], m, x_hat). tokens [B,h,w] int64 in [0, 2K) (e' ids where
+        a position was left unfilled), images [B,3,H,W] (read only where mask is False), mask bool
+        [B,H,W] (True = missing) -> images [B,3,H,W]."""
+        mask = self.check_images(images, mask)
+        B, _, H, W = images.shape
+        grid = (B, H // self.patch, W // self.patch)
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tuple(tokens.shape) != grid:
+            raise ValueError(f"tokens must be an int64 tensor {list(grid)} to match images, got "
+                             f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}")
+        if tokens.device.type != "meta" and bool(((tokens < 0) | (tokens >= 2 * self.codebook_size)).any()):
+            raise ValueError(f"tokens must lie in [0, {2 * self.codebook_size}) (e, then e' offset by K)")
+        return self._decode(self.codes(tokens), images, mask)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None, ref_mask: torch.Tensor | None = None,
+                *, loss_fn: PVQVAELoss | None = None, step: int = 0) -> TokenizerOutput:
         """Eq. 1: x_hat^R = D(e_hat, m * m', x_hat * m'), e_hat = I(E(x_hat), e, e', m_down).
 
-        image [B,3,H,W] in [-1, 1]; mask, ref_mask bool [B,H,W] with True = missing (m = ~mask,
-        m' = ~ref_mask; ref_mask=None means m' = 1).
+        images [B,3,H,W] in [-1, 1]; mask, ref_mask bool [B,H,W] with True = missing (m = ~mask,
+        m' = ~ref_mask; ref_mask=None means m' = 1). loss_fn: a `PVQVAELoss` (None: pixel +
+        gradient + commitment terms, no discriminator or VGG); step: the training step it sees.
+        -> TokenizerOutput(reconstruction [B,3,H,W], tokens [B,h,w], loss LossOutput).
         """
-        mask = check_image_and_mask(image, mask, self.patch)
-        ref_mask = check_image_and_mask(image, ref_mask, self.patch, "ref_mask")
-        x_hat = image * (~mask)[:, None].to(image.dtype)
+        mask = self.check_images(images, mask)
+        ref_mask = self.check_images(images, ref_mask, "ref_mask")
+        x_hat = images * (~mask)[:, None].to(images.dtype)
         features = self.encoder(x_hat)
-        visible = self.token_visible(mask)
-        z_q, tokens, commit = self.quantize(features, visible)
-        recon = self.decode(z_q, x_hat, mask | ref_mask)
-        return PVQVAEOutput(recon, x_hat, features, z_q, tokens, visible, commit)
+        z_q, tokens, commitment = self.quantize(features, self.token_mask(mask))
+        reconstruction = self._decode(z_q, x_hat, mask | ref_mask)
+        loss = (loss_fn if loss_fn is not None else _RECONSTRUCTION_LOSS)(x_hat, reconstruction, commitment, step)
+        return TokenizerOutput(reconstruction, tokens, loss)
+
+
+# The default loss of PVQVAE.forward (stateless: no discriminator, no VGG).
+_RECONSTRUCTION_LOSS = PVQVAELoss(adversarial=False)

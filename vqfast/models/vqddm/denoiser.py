@@ -1,4 +1,4 @@
-"""VQDDM: the denoiser of VQ-DDM over a token map (seed Sec. 3.1, eq. 23; appendix).
+"""VQDDM: the denoiser of VQ-DDM over a token map (VQ-DDM Sec. 3.1, eq. 23; appendix).
 
 The network sees z_t (token ids [B, h, w]), the timestep t (sinusoidal embedding ->
 2-layer MLP) and, optionally, a class label (an embedding added to the time embedding,
@@ -14,27 +14,36 @@ Backbones behind one interface (`backbone=`):
 - "transformer": pre-LN blocks of `vqfast.models.common.transformer` over the h*w positions
   with a learned positional embedding and one prepended time/class token.
 
-Presets: `VQDDM.paper()` (the appendix's 117M U-Net, K = 1024 on 16x16 maps),
-`VQDDM.tiny()` (CPU-sized U-Net or transformer).
+The model owns its noise schedule: `T` and `noise_schedule` are config, `model.schedule`
+is the `vqfast.diffusion.CosineSchedule` that training (`VQDDM.loss`, the VLB of eq. 7) and
+sampling (`vqfast.models.vqddm.sampler.vqddm_sample`) use.
 
-    model = VQDDM.tiny(codebook_size=128)
+Presets (`VQDDM.from_preset(name)`): "paper" (the appendix's 117M U-Net, K = 1024 on 16x16
+maps, T = 4000), "tiny" (CPU-sized U-Net, K = 128) and "tiny-transformer".
+
+    model = VQDDM.from_preset("tiny")
     logits = model(torch.randint(128, (2, 16, 16)), torch.tensor([1, 4000]))   # [2, 16, 16, 128]
+    out = model.loss(torch.randint(128, (2, 16, 16)), generator=0)             # LossOutput, bits/dim
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn as nn
 
+from vqfast import random as _random
+from vqfast.diffusion import CosineSchedule
+from vqfast.models.common.outputs import LossOutput, loss_output
+from vqfast.models.common.presets import PresetMixin
 from vqfast.models.common.transformer import Block
+from vqfast.models.vqddm.objective import ImportanceSampler, vlb_estimate
 from vqfast.models.vqddm.unet import DiffusionUNet
 
 BACKBONES = ("unet", "transformer")
-# The appendix's 117M U-Net on 16x16 code maps (attention at 16, 8, 4); checked on the meta device in the tests.
-PAPER_UNET = dict(ch=224, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16, 8, 4), heads=1)
-TINY = {"unet": dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8, 4), heads=1),
-        "transformer": dict(dim=128, depth=4, heads=4)}
+# "cosine": eq. 19; "cosine-clip-sqrt": the official code's alpha_t = sqrt(clip(abar_t / abar_{t-1}, 0.001, 1))
+NOISE_SCHEDULES = ("cosine", "cosine-clip-sqrt")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -72,26 +81,39 @@ def _positive_int(name: str, v) -> int:
     return v
 
 
-class VQDDM(nn.Module):
+class VQDDM(PresetMixin, nn.Module):
     """z_t [B, h, w] (or [B, h*w]) int64 in [0, K), t [B] int64 in 0..T, class_labels [B] or None
     -> x0 logits [B, h, w, K] (or [B, h*w, K]) float32 = nn(z_t, t) + onehot(z_t) (eq. 23).
 
     codebook_size K; size h = w of the token map; backbone "unet" | "transformer" with its
     keyword arguments (`DiffusionUNet` / `DiffusionTransformer`); num_classes > 0 enables
-    class conditioning (labels in [0, num_classes)); T is stored for the time embedding's
-    range and the default schedule of training and sampling.
+    class conditioning (labels in [0, num_classes)); T steps of the `noise_schedule`
+    ("cosine": eq. 19, or "cosine-clip-sqrt": the official code's), built by `schedule`.
     """
 
+    PRESETS: dict[str, dict] = {
+        # the appendix's 117M U-Net on 16x16 code maps (attention at 16, 8, 4)
+        "paper": dict(codebook_size=1024, size=16, backbone="unet", ch=224, ch_mult=[1, 2, 2, 2], num_res_blocks=2,
+                      attn_resolutions=[16, 8, 4], heads=1),
+        # about 1M parameters at K = 128: trains on a CPU
+        "tiny": dict(codebook_size=128, size=16, backbone="unet", ch=32, ch_mult=[1, 2, 2], num_res_blocks=1,
+                     attn_resolutions=[8, 4], heads=1),
+        "tiny-transformer": dict(codebook_size=128, size=16, backbone="transformer", dim=128, depth=4, heads=4),
+    }
+
     def __init__(self, codebook_size: int, size: int = 16, backbone: str = "unet", num_classes: int = 0,
-                 T: int = 4000, **backbone_kwargs):
+                 T: int = 4000, noise_schedule: str = "cosine", **backbone_kwargs):
         super().__init__()
         K, size, T = _positive_int("codebook_size", codebook_size), _positive_int("size", size), _positive_int("T", T)
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        if noise_schedule not in NOISE_SCHEDULES:
+            raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {noise_schedule!r}")
         kw = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone_kwargs.items()}
-        self.config = dict(codebook_size=K, size=size, backbone=backbone, num_classes=num_classes, T=T, **kw)
+        self.config = dict(codebook_size=K, size=size, backbone=backbone, num_classes=num_classes, T=T,
+                           noise_schedule=noise_schedule, **kw)
         self.codebook_size, self.size, self.backbone_name, self.num_classes, self.T = K, size, backbone, num_classes, T
         if backbone == "unet":
             ch = backbone_kwargs.get("ch", 128)
@@ -105,17 +127,48 @@ class VQDDM(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(width, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.cls_emb = nn.Embedding(num_classes, emb_dim) if num_classes > 0 else None
 
-    @classmethod
-    def paper(cls, codebook_size: int = 1024, **overrides) -> "VQDDM":
-        """The appendix's U-Net (117M parameters at K = 1024) on 16x16 maps, T = 4000."""
-        return cls(codebook_size, **{**dict(size=16, backbone="unet", **PAPER_UNET), **overrides})
+    @property
+    def token_hw(self) -> tuple[int, int]:
+        """(h, w) of the token maps the model denoises."""
+        return self.size, self.size
 
-    @classmethod
-    def tiny(cls, codebook_size: int = 128, backbone: str = "unet", **overrides) -> "VQDDM":
-        """A CPU-sized denoiser (about 1M parameters at K = 128) on 16x16 maps."""
-        if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
-        return cls(codebook_size, **{**dict(size=16, backbone=backbone, **TINY[backbone]), **overrides})
+    @functools.cached_property
+    def schedule(self) -> CosineSchedule:
+        """The model's noise schedule (T steps, eq. 19 or the official code's variant; float64, CPU)."""
+        return CosineSchedule(self.T, clip_sqrt=self.config["noise_schedule"] == "cosine-clip-sqrt",
+                              num_classes=self.codebook_size)
+
+    def loss(self, tokens: torch.Tensor, *, class_labels: torch.Tensor | None = None,
+             generator: torch.Generator | int | None = None, sampler: ImportanceSampler | None = None) -> LossOutput:
+        """The VLB (eq. 7) in bits/dim for token maps [B, h, w] (or [B, h*w]) int64: one t per sample,
+        z_t ~ q(z_t | x0) (eq. 17), the t-term (eq. 24, or the decoder's eq. 22 at t = 1) weighted
+        by 1 / p(t), plus the prior term.
+
+        sampler: an `ImportanceSampler` over the model's T (None: uniform t); it records this
+        batch's L_t (as the official code does inside its loss). generator: t and z_t's
+        randomness (torch.Generator, int seed or None). terms: "bpd" (the estimate) and
+        "prior" (its prior-term part, bits/dim)."""
+        self._check_tokens(tokens)
+        if sampler is not None and (not isinstance(sampler, ImportanceSampler) or sampler.T != self.T):
+            raise ValueError(f"sampler must be an ImportanceSampler with T={self.T}, got "
+                             f"{type(sampler).__name__} with T={getattr(sampler, 'T', None)}")
+        est = vlb_estimate(self, tokens, self.schedule, sampler, key=_random.philox_key(generator),
+                           class_labels=class_labels)
+        if sampler is not None:
+            sampler.update(est.t, est.L_t)
+        L = tokens[0].numel()
+        return loss_output(est.loss, bpd=est.loss, prior=est.prior / (L * math.log(2)))
+
+    def _check_tokens(self, tokens: torch.Tensor) -> None:
+        s, K = self.size, self.codebook_size
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.int64:
+            raise TypeError(f"tokens must be an int64 tensor [B, {s}, {s}] or [B, {s * s}], got "
+                            f"{getattr(tokens, 'dtype', type(tokens).__name__)}")
+        if tokens.shape[1:] not in ((s, s), (s * s,)) or tokens.shape[0] < 1:
+            raise ValueError(f"tokens must be [B >= 1, {s}, {s}] or [B, {s * s}], got {tuple(tokens.shape)}")
+        if int(tokens.min()) < 0 or int(tokens.max()) >= K:
+            raise ValueError(f"tokens must lie in [0, K) = [0, {K}), got values in "
+                             f"{int(tokens.min())}..{int(tokens.max())}")
 
     def _check(self, z_t: torch.Tensor, t: torch.Tensor, class_labels) -> None:
         L, K = self.size * self.size, self.codebook_size

@@ -1,4 +1,4 @@
-"""VQ-DDM training objective: the VLB (seed eq. 7) with importance-sampled timesteps, in bits/dim.
+"""VQ-DDM training objective: the VLB (eq. 7) with importance-sampled timesteps, in bits/dim.
 
 For x0 [B, L] tokens and one timestep t per sample (t in 1..T; vqfast's t = 1 is the
 official code's t = 0):
@@ -14,18 +14,21 @@ E[L_t^2] <- 0.9 E[L_t^2] + 0.1 L_t^2 (the official multinomial-diffusion / VQ-DD
 including its tie of the decoder term's weight to t = 2's). The estimate is unbiased for
 the VLB whatever p(t) is.
 
-    sched, sampler = CosineSchedule(4000, num_classes=K), ImportanceSampler(4000)
-    loss, logs = vlb_loss(model, x0, sched, sampler, generator=g)   # logs["bpd"], logs["t"], ...
-    loss.backward(); sampler.update(logs["t"], logs["L_t"])
+`VQDDM.loss` is the entry point (it runs `vlb_estimate` on the model's schedule and
+records the batch in the sampler):
+
+    sampler = ImportanceSampler(model.T)
+    out = model.loss(x0, generator=g, sampler=sampler)     # LossOutput: out.total, out.terms["bpd"]
+    out.total.backward()
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from vqfast import random as _random
 from vqfast.diffusion import q_sample, vlb_kl
 
 
@@ -116,24 +119,26 @@ def timestep_losses(model, x0: torch.Tensor, t: torch.Tensor, schedule, *, key: 
     return per_sample, z_t
 
 
-def vlb_loss(model, x0: torch.Tensor, schedule, sampler: ImportanceSampler | None = None, *,
-             generator: torch.Generator | None = None, seed: int | None = None,
-             class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """VLB estimate in bits/dim (scalar to minimize) for x0 [B, h, w] or [B, L] int64.
+class VLBEstimate(NamedTuple):
+    """One VLB estimate: loss (bits/dim, differentiable scalar), t int64 [B] (CPU), pt float64 [B]
+    (p(t)), L_t float32 [B] (detached, nats, CPU), z_t (the noised tokens), prior (nats per map)."""
 
-    sampler None: uniform t with p(t) = 1/T. Returns (loss, logs) with logs = {"bpd": float,
-    "t": int64 [B], "L_t": float32 [B] (detached, nats), "pt": float64 [B], "prior": float, "z_t": the noised tokens}.
-    Call `sampler.update(logs["t"], logs["L_t"])` after the step.
-    """
-    if not isinstance(x0, torch.Tensor) or x0.dtype != torch.int64 or x0.dim() < 2:
-        raise TypeError(f"x0 must be an int64 token tensor [B, h, w] or [B, L], got "
-                        f"{getattr(x0, 'dtype', type(x0).__name__)} {tuple(getattr(x0, 'shape', ()))}")
-    if sampler is not None and sampler.T != schedule.T:
-        raise ValueError(f"sampler has T={sampler.T} but the schedule has T={schedule.T}")
+    loss: torch.Tensor
+    t: torch.Tensor
+    pt: torch.Tensor
+    L_t: torch.Tensor
+    z_t: torch.Tensor
+    prior: float
+
+
+def vlb_estimate(model, x0: torch.Tensor, schedule, sampler: ImportanceSampler | None = None, *, key: int,
+                 class_labels: torch.Tensor | None = None) -> VLBEstimate:
+    """The computation behind `VQDDM.loss` (which checks its arguments): x0 [B, h, w] or [B, L]
+    int64; t ~ p(t) of `sampler` (None: uniform) and z_t from the 64-bit Philox `key`. The
+    sampler is not updated."""
     B, L = x0.shape[0], x0[0].numel()
     if sampler is None:
         sampler = ImportanceSampler(schedule.T)  # cold: uniform
-    key = _random.philox_key(generator, seed)
     g = torch.Generator().manual_seed(key & ((1 << 63) - 1))
     t, pt = sampler.sample(B, g)
     t = t.to(x0.device)
@@ -141,6 +146,4 @@ def vlb_loss(model, x0: torch.Tensor, schedule, sampler: ImportanceSampler | Non
     prior = prior_kl(schedule, model.codebook_size, L)
     per_sample = L_t / pt.to(L_t.device, torch.float32) + prior
     loss = per_sample.mean() / (L * math.log(2))
-    logs = {"bpd": float(loss.detach()), "t": t.cpu(), "L_t": L_t.detach().float().cpu(), "pt": pt, "prior": prior,
-            "z_t": z_t}
-    return loss, logs
+    return VLBEstimate(loss, t.cpu(), pt, L_t.detach().float().cpu(), z_t, prior)

@@ -10,15 +10,17 @@ fine-tune the decoder with the encoder frozen.
    and the codebook (EMA, or gradients when the quantizer has no EMA) keep training on
    the reconstruction loss.
 
-    report = refit_tokenizer(vq, train_images, P=20000, K=512, heldout=test_images)
+    report = refit_tokenizer(vq, train_images, P=20000, K=512, heldout=test_images, generator=0)
     print(report.usage_before, report.usage_after)
-    finetune_decoder(vq, CropSampler("train", 32), steps=200)
+    finetune_decoder(vq, CropSampler("train", 32), steps=200, generator=0)
 """
 from __future__ import annotations
 
 import torch
 
 from vqfast.quantizers.refit import RefitReport, refit
+from vqfast.progress import progress_bar
+from vqfast.random import as_generator
 
 
 class _Features:
@@ -35,46 +37,50 @@ class _Features:
 @torch.no_grad()
 def refit_tokenizer(vq, images: torch.Tensor, P: int = 20000, K: int | None = None, *,
                     heldout: torch.Tensor | None = None, iters: int = 300, chain_length: int = 200,
-                    tol: float = 1e-4, generator: torch.Generator | None = None, batch_size: int = 64) -> RefitReport:
+                    tol: float = 1e-4, generator: torch.Generator | int | None = None,
+                    batch_size: int = 64) -> RefitReport:
     """Rebuild vq's codebook from P encoder features of images [N, C, R, R] (k-means, AFK-MC2
-    seeding with chain length m); K: new codebook size (default: keep). Returns RefitReport
+    seeding with chain length m); K: new codebook size (default: keep); generator: the feature
+    draws and the seeding (torch.Generator, int seed or None). Returns RefitReport
     (usage_before, usage_after on heldout, default images; kmeans result)."""
     was_training = vq.training
     vq.eval()
     try:
         return refit(_Features(vq), images, P, K, heldout=heldout, iters=iters, init="afkmc2",
-                     chain_length=chain_length, tol=tol, generator=generator, batch_size=batch_size)
+                     chain_length=chain_length, tol=tol, generator=as_generator(generator),
+                     batch_size=batch_size)
     finally:
         vq.train(was_training)
 
 
-def finetune_decoder(vq, data, steps: int, *, batch: int = 16, lr: float = 1e-4, seed: int = 0,
-                     log: list | None = None, progress: bool = False) -> int:
+def finetune_decoder(vq, data, steps: int, *, batch_size: int = 16, lr: float = 1e-4,
+                     generator: torch.Generator | int | None = None, log: list | None = None,
+                     progress: bool = False) -> int:
     """Fine-tune vq's decoder (+ post_quant_conv, + codebook) on crops from data
-    (`data.sample(n, generator)` -> images) with the encoder and quant_conv frozen.
-    Returns the steps run; log collects (step, reconstruction loss)."""
-    from tqdm.auto import tqdm
-
-    from vqfast.random import as_generator
-
+    (`data.sample(n, generator)` -> images) with the encoder and quant_conv frozen; generator:
+    the crops' randomness (torch.Generator, int seed or None). Returns the steps run; log
+    collects (step, reconstruction loss)."""
     frozen = [vq.encoder, vq.quant_conv]
     for m in frozen:
         m.requires_grad_(False)
     params = [p for p in vq.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9))
-    g = as_generator(seed)
+    g = as_generator(generator)
     vq.train()
     for m in frozen:
         m.eval()
+    bar = progress_bar(steps, "decoder fine-tune", progress)
     try:
-        for step in tqdm(range(steps), desc="decoder fine-tune", disable=not progress, leave=False):
-            loss, logs = vq(data.sample(batch, g)).loss
+        for step in range(steps):
+            loss, logs = vq(data.sample(batch_size, g)).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if log is not None:
                 log.append((step, float(logs["rec"])))
+            bar.update(1)
     finally:
+        bar.close()
         for m in frozen:
             m.requires_grad_(True)
         vq.eval()

@@ -1,4 +1,4 @@
-"""VQ-DDM reverse process: sampling and inpainting of token maps (seed Sec. 3.1, 4.4; Fig. 5).
+"""VQ-DDM reverse process: sampling and inpainting of token maps (Sec. 3.1, 4.4; Fig. 5).
 
 Each step feeds z_t to the model (x0 logits, eq. 23) and draws z_{t-1} ~ q(z_{t-1} | z_t,
 p = softmax(logits)) without writing the [B, L, K] posterior, by one of two exact methods:
@@ -26,26 +26,31 @@ with alpha_t -> a and abar_{t-1} -> abar_{tau_{i-1}}:
 The sampler runs the fused op on a strided schedule (alpha_bar' = abar[tau], alpha'_i = the
 product above), so stride 1 is the full chain bit for bit.
 
-Inpainting (Sec. 4.4, DESIGN.md op 10): known positions start from q(z_T | z0) and are
+Inpainting (Sec. 4.4): known positions start from q(z_T | z0) and are
 re-drawn from q(z_{t-1} | z0) of the known tokens after every step (fused `q_sample`),
 unknown positions follow the model; at t = 0 the known tokens are returned unchanged.
 
-Randomness: one 64-bit key from `generator` / `seed`; step tau draws with key
-mix(key, tau), so a run is reproducible and a strided run shares its noise with the full
-run at the timesteps both visit.
+The schedule is the model's (`VQDDM.schedule`: T and the noise schedule are its config).
 
-    z0 = vqddm_sample(model, 16, schedule, steps=100, seed=0)                 # [16, h, w]
-    z0 = vqddm_sample(model, 4, schedule, known=tokens, mask=missing, seed=0)   # inpainting
+Randomness: one 64-bit key from `generator` (`vqfast.random.philox_key`: an int seed is the
+key itself); step tau draws with key `vqfast.random.step_key(key, tau)`, so a run is
+reproducible and a strided run shares its noise with the full run at the timesteps both visit.
+
+    z0 = vqddm_sample(model, batch_size=16, steps=100, generator=0).tokens             # [16, h, w]
+    z0 = vqddm_sample(model, known=tokens, mask=missing, generator=0).tokens          # inpainting
 """
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 
 from vqfast import random as _random
 from vqfast.diffusion import posterior_sample, q_sample
+from vqfast.models.vqddm.denoiser import VQDDM
 from vqfast.ops import sample_logits
+from vqfast.progress import progress_bar
 
 METHODS = ("mixture", "gumbel")
 _CHUNK = 256  # rows per log-normalizer chunk: the scratch is _CHUNK x K floats
@@ -103,60 +108,70 @@ def mixture_step(logits: torch.Tensor, z_t: torch.Tensor, i: int, schedule, key:
     return out.reshape(z_t.shape)
 
 
-def _check(model, batch, known, mask, class_labels):
+class VQDDMSample(NamedTuple):
+    """`vqddm_sample`: tokens int64 [B, h, w] (or known's shape); history int64 [S + 1, B, ...]
+    (z at tau_S = T, ..., tau_0 = 0; the last is tokens) when asked with return_history, else None."""
+
+    tokens: torch.Tensor
+    history: torch.Tensor | None = None
+
+
+def _check(model, batch_size, known, mask):
+    if not isinstance(model, VQDDM):
+        raise TypeError(f"model must be a VQDDM, got {type(model).__name__}")
     K, s = model.codebook_size, model.size
     if (known is None) != (mask is None):
         raise ValueError("known and mask go together (inpainting): pass both or neither")
     if known is not None:
         if not isinstance(known, torch.Tensor) or known.dtype != torch.int64 or known.shape[1:] not in \
-                ((s, s), (s * s,)):
-            raise ValueError(f"known must be int64 [B, {s}, {s}] or [B, {s * s}], got "
+                ((s, s), (s * s,)) or known.shape[0] < 1:
+            raise ValueError(f"known must be int64 [B >= 1, {s}, {s}] or [B, {s * s}], got "
                              f"{getattr(known, 'dtype', None)} {tuple(getattr(known, 'shape', ()))}")
-        if known.numel() and (int(known.min()) < 0 or int(known.max()) >= K):
+        if int(known.min()) < 0 or int(known.max()) >= K:
             raise ValueError(f"known must lie in [0, K) = [0, {K})")
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != known.shape:
             raise ValueError(f"mask must be a bool tensor of known's shape {tuple(known.shape)} (True = missing), "
                              f"got {getattr(mask, 'dtype', None)} {tuple(getattr(mask, 'shape', ()))}")
-        if batch not in (None, known.shape[0]):
-            raise ValueError(f"batch={batch} disagrees with known's batch {known.shape[0]}")
+        if batch_size not in (None, known.shape[0]):
+            raise ValueError(f"batch_size={batch_size} disagrees with known's batch {known.shape[0]}")
         return known.shape[0], tuple(known.shape[1:])
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive int, got {batch!r}")
-    return batch, (s, s)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size, (s, s)
 
 
 @torch.no_grad()
-def vqddm_sample(model, batch: int | None, schedule, *, steps: int | None = None,
+def vqddm_sample(model: VQDDM, *, batch_size: int | None = None, steps: int | None = None,
                  known: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                 class_labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                 seed: int | None = None, progress: bool = False, method: str = "mixture",
-                 backend: str = "auto") -> torch.Tensor:
-    """Reverse process from uniform noise -> token maps int64 [B, h, w] (or known's shape).
+                 class_labels: torch.Tensor | None = None, generator: torch.Generator | int | None = None,
+                 backend: str = "auto", progress: bool = False, return_history: bool = False,
+                 method: str = "mixture") -> VQDDMSample:
+    """Reverse process from uniform noise -> VQDDMSample(tokens int64 [B, h, w] (or known's shape), history).
 
-    model: a VQDDM (z_t, t, class_labels -> x0 logits [B, ..., K]); schedule: CosineSchedule
-    with schedule.T <= model.T; steps: None (all T) or the number of strided steps; known
-    [B, h, w] int64 + mask (bool, True = missing = generated) for inpainting;
-    class_labels [B] for a class-conditional model; progress: a tqdm bar over the steps;
+    model: a VQDDM (its `schedule`, T steps); batch_size: maps to generate (with known: None or
+    known's batch); steps: None (all T) or the number of strided steps; known [B, h, w] int64 +
+    mask (bool, True = missing = generated) for inpainting; class_labels [B] for a
+    class-conditional model; generator: torch.Generator, int seed or None; backend: of the fused
+    ops; progress: a tqdm bar over the steps; return_history: also the map after every step;
     method: "mixture" | "gumbel" (see the module doc; both exact, different draws).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    B, shape = _check(model, batch, known, mask, class_labels)
-    if schedule.T > model.T:
-        raise ValueError(f"schedule.T={schedule.T} exceeds the model's T={model.T}")
-    K = model.codebook_size
+    B, shape = _check(model, batch_size, known, mask)
+    schedule, K = model.schedule, model.codebook_size
     device = next(model.parameters()).device
     taus = timesteps(schedule.T, steps)
     sched = strided_schedule(schedule, taus)
-    key = _random.philox_key(generator, seed)
+    key = _random.philox_key(generator)
     g = torch.Generator().manual_seed(_random.step_key(key, -1) >> 1)
     z = torch.randint(K, (B, *shape), generator=g).to(device)
     if known is not None:
         known, missing = known.to(device), mask.to(device)
-        z = torch.where(missing, z, q_sample(known, schedule.T, schedule, seed=_random.step_key(key, -2), num_classes=K))
-    from tqdm.auto import tqdm
-
-    for i in tqdm(range(sched.T, 0, -1), desc="vqddm", disable=not progress, leave=False):
+        z = torch.where(missing, z, q_sample(known, schedule.T, schedule, seed=_random.step_key(key, -2),
+                                             num_classes=K))
+    history = [z.clone()] if return_history else None
+    bar = progress_bar(sched.T, "vqddm", progress, unit="step")
+    for i in range(sched.T, 0, -1):
         tau, tau_prev = sched.taus[i], sched.taus[i - 1]
         t = torch.full((B,), tau, dtype=torch.long, device=device)
         logits = model(z, t, class_labels)
@@ -167,7 +182,11 @@ def vqddm_sample(model, batch: int | None, schedule, *, steps: int | None = None
         else:  # decoder p(z0 | z_tau1) = Cat(softmax(logits)) (eq. 22)
             z = sample_logits(logits, seed=_random.step_key(key, tau), backend=backend)
         if known is not None:
-            again = known if tau_prev == 0 else q_sample(known, tau_prev, schedule, seed=_random.step_key(key, -3 - tau_prev),
-                                                          num_classes=K)
+            again = known if tau_prev == 0 else q_sample(known, tau_prev, schedule,
+                                                         seed=_random.step_key(key, -3 - tau_prev), num_classes=K)
             z = torch.where(missing, z, again)
-    return z
+        if return_history:
+            history.append(z.clone())
+        bar.update(1)
+    bar.close()
+    return VQDDMSample(z, torch.stack(history) if return_history else None)

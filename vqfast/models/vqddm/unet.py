@@ -1,4 +1,4 @@
-"""The U-Net denoiser backbone of VQ-DDM (seed appendix "Discrete Diffusion Models").
+"""The U-Net denoiser backbone of VQ-DDM (VQ-DDM appendix "Discrete Diffusion Models").
 
 DDPM's PixelCNN++-style U-Net (Ho et al. 2020) with GroupNorm: per resolution level
 `num_res_blocks` time-conditioned ResBlocks (GroupNorm -> Swish -> conv3x3, the time
