@@ -1,6 +1,7 @@
 """`python -m vqfast train` end to end per family at its tiny preset (stage 1, then stage 2 on
 the trained tokenizer) from a folder with a corrupt and a grayscale image; `--help`; errors."""
 import pytest
+import torch
 
 from vqfast.__main__ import main
 from vqfast.train.checkpointing import latest
@@ -40,3 +41,16 @@ def test_empty_folder_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="holds no images"):
         cli("maskgit", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run"))
     assert not (tmp_path / "run" / "log.jsonl").exists()
+
+
+def test_vqddm_refit_stage_keeps_the_encoder(image_folder, tmp_path):
+    from vqfast import checkpoint
+    from vqfast.train.checkpointing import model_path
+    tok = tmp_path / "tok"
+    cli("vqddm", "--stage", "tokenizer", "--data", str(image_folder), "--out", str(tok))
+    refit = tmp_path / "refit"
+    cli("vqddm", "--stage", "refit", "--data", str(image_folder), "--out", str(refit), "--tokenizer", str(tok))
+    before, after = (checkpoint.load(model_path(r)).state_dict() for r in (tok, refit))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert not torch.equal(before["quantizer.codebook_state.embed"], after["quantizer.codebook_state.embed"])
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))

@@ -13,12 +13,14 @@ rebuild the codebook by k-means, then fine-tune the decoder with the encoder fro
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from vqfast.data import make_masks
+from vqfast.random import as_generator
 
 FAMILIES = ("maskgit", "put", "mqvae", "rq", "vqddm")
 _PUT_MASK_KINDS = ("box", "strokes", "half", "outside")
@@ -84,12 +86,14 @@ class Stage:
         return sorted(self.cls.PRESETS)
 
     def build(self, preset: str, *, tokenizer: nn.Module | None = None) -> nn.Module:
-        """The model of `preset`; stage 2 checks it fits the tokenizer's vocabulary."""
+        """The model of `preset`; in stage 2 the tokenizer decides the vocabulary and token grid
+        (the preset's values are replaced by the tokenizer's)."""
         if self.name == "refit":
             return tokenizer
-        model = self.cls.from_preset(preset)
-        if tokenizer is not None:
-            _check_vocabulary(model, tokenizer)
+        if tokenizer is None:
+            return self.cls.from_preset(preset)
+        model = self.cls.from_preset(preset, **_fit(self.family, self.cls.PRESETS.get(preset, {}), tokenizer))
+        _check_vocabulary(model, tokenizer)
         return model
 
     def resolution(self, model: nn.Module, tokenizer: nn.Module | None) -> int:
@@ -148,12 +152,25 @@ class Stage:
         return [p for p in model.parameters() if p.requires_grad]
 
 
-def _put_masks(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _put_masks(images: torch.Tensor, generator: torch.Generator | int) -> torch.Tensor:
     """Missing-pixel masks of mixed kinds, one kind per image (PUT Sec. 4: free-form and box masks)."""
+    generator = as_generator(generator)
     n, _, h, w = images.shape
     kinds = torch.randint(len(_PUT_MASK_KINDS), (n,), generator=generator).tolist()
     masks = [make_masks(_PUT_MASK_KINDS[k], 1, h, w, generator=generator)[0] for k in kinds]
     return torch.stack(masks).to(images.device)
+
+
+def _fit(family: str, preset: dict, tokenizer: nn.Module) -> dict:
+    """Constructor overrides that make a token model read the tokenizer's tokens."""
+    K = tokenizer.codebook_size
+    fit = {"put": {"vocab_size": K}}.get(family, {"codebook_size": K})
+    shape = getattr(tokenizer, "token_shape", None)
+    if family == "maskgit" and shape is not None:
+        fit["seq_len"] = math.prod(shape[:2])
+    if family == "vqddm" and shape is not None:
+        fit["size"] = shape[0]
+    return {k: v for k, v in fit.items() if k in preset and preset[k] != v}
 
 
 def _check_vocabulary(model: nn.Module, tokenizer: nn.Module) -> None:
