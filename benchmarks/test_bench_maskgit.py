@@ -15,11 +15,11 @@ Groups (each row beside its baseline, timed in the same run):
   rounded to bf16, the floor that any path with bf16 GEMM weights shares.
 - maskgit-forward-<cfg>: transformer forward FLOP/s as a fraction of the machine's GEMM
   FLOP/s for the same dtype ([B*L, D] x [D, 4D], fp32 and bf16 both timed in the same test).
-Configs: "tiny" (the demo's: 8x8 tokens, 256 codes, 4 x 128) and "seed" (16x16 tokens,
-1024 codes, 24 blocks x 768, 16 heads; VQFAST_BENCH_MASKGIT_DEPTH lowers the depth when
-time is short). muse-maskgit-pytorch is compared in benchmarks/test_bench_maskgit_muse.py.
+Configs: BidirectionalTransformer presets "tiny" (the demo's: 8x8 tokens, 256 codes, 4 x 128)
+and "64px" (16x16 tokens, 1024 codes, 24 blocks x 768, 16 heads; VQFAST_BENCH_MASKGIT_DEPTH
+lowers the depth when time is short). muse-maskgit-pytorch is compared in benchmarks/test_bench_maskgit_muse.py.
 
-    VQFAST_BENCH_THREADS=1 python -m pytest benchmarks/test_bench_maskgit.py --benchmark-only -k seed
+    VQFAST_BENCH_THREADS=1 python -m pytest benchmarks/test_bench_maskgit.py --benchmark-only -k 64px
 """
 from __future__ import annotations
 
@@ -34,18 +34,18 @@ from vqfast import checkpoint
 from vqfast.demo import default_cache_dir
 from vqfast.models.common.inference import inference_copy
 from vqfast.models.common.transformer import Block
-from vqfast.models.maskgit.transformer import BidirectionalTransformer
-from vqfast.models.maskgit.sampler import maskgit_decode
+from vqfast.models.maskgit import BidirectionalTransformer, maskgit_decode
 from timing import gemm_rate, machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 if os.environ.get("VQFAST_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["VQFAST_BENCH_THREADS"]))
 
 STEPS = 8
-CONFIGS = {
-    "tiny": dict(codebook_size=256, seq_len=64, dim=128, depth=4, heads=4, batch=32, rounds=5),
-    "seed": dict(codebook_size=1024, seq_len=256, dim=768, depth=int(os.environ.get("VQFAST_BENCH_MASKGIT_DEPTH", 24)),
-                 heads=16, batch=2, rounds=2),
+_SIZE = ("codebook_size", "seq_len", "dim", "depth", "heads")
+CONFIGS = {  # BidirectionalTransformer presets, batch and rounds
+    "tiny": dict({k: BidirectionalTransformer.PRESETS["tiny"][k] for k in _SIZE}, batch=32, rounds=5),
+    "64px": dict({k: BidirectionalTransformer.PRESETS["64px"][k] for k in _SIZE}, batch=2, rounds=2,
+                 depth=int(os.environ.get("VQFAST_BENCH_MASKGIT_DEPTH", 24))),
 }
 _MEDIANS: dict[tuple[str, str], tuple[float, float]] = {}  # (cfg, row) -> (wall, cpu) median seconds
 _NETS: dict[str, BidirectionalTransformer] = {}
@@ -61,8 +61,7 @@ def _net(cfg: str) -> BidirectionalTransformer:
             net.weights = f"trained by `python -m vqfast demo` ({cached})"
         else:
             torch.manual_seed(0)
-            net = BidirectionalTransformer(c["codebook_size"], c["seq_len"], dim=c["dim"], depth=c["depth"],
-                                           heads=c["heads"])
+            net = BidirectionalTransformer.from_preset(cfg, depth=c["depth"])
             net.weights = "random init (seed 0)"
         _NETS[cfg] = net.eval()
     return _NETS[cfg]
@@ -145,7 +144,7 @@ def test_bf16_agreement(benchmark, cfg):
     net = _net(cfg)
     benchmark.group = f"maskgit-bf16-agreement-{cfg}"
     g = torch.Generator().manual_seed(0)
-    # 8+ images: about 1000 masked positions at the seed size, so one flip moves the share by 0.1%
+    # 8+ images: about 1000 masked positions at the 64px size, so one flip moves the share by 0.1%
     tokens = torch.randint(c["codebook_size"], (max(8, c["batch"]), c["seq_len"]), generator=g)
     masked = torch.rand(tokens.shape, generator=g) < 0.5
     tokens = tokens.masked_fill(masked, net.mask_id)
@@ -169,12 +168,12 @@ def test_bf16_agreement(benchmark, cfg):
         low = fast(fp32.masked_fill(hist[t], net.mask_id)).argmax(-1)
         agree, n = agree + int((low[revealed] == fp32[revealed]).sum()), n + int(revealed.sum())
     info["decode_step_agreement"] = agree / n
-    bf16 = benchmark.pedantic(lambda: maskgit_decode(net, autocast_dtype=torch.bfloat16, **kw), rounds=1,
+    bf16 = benchmark.pedantic(lambda: maskgit_decode(net, autocast_dtype=torch.bfloat16, **kw).tokens, rounds=1,
                               iterations=1)
     info["decode_agreement"] = (fp32 == bf16).float().mean().item()
     info["autocast_decode_agreement"] = (fp32 == maskgit_decode(_Autocast(net), autocast_dtype=torch.bfloat16,
-                                                                **kw)).float().mean().item()
-    rounded = maskgit_decode(_rounded_weights(net), **kw)
+                                                                **kw).tokens).float().mean().item()
+    rounded = maskgit_decode(_rounded_weights(net), **kw).tokens
     info["weight_rounding_decode_agreement"] = (fp32 == rounded).float().mean().item()
     benchmark.extra_info.update(info, weights=net.weights, steps=STEPS)
     print(f"\n[{cfg} agreement] " + " ".join(f"{k}={v:.4f}" for k, v in info.items()))

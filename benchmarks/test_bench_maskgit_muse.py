@@ -31,15 +31,16 @@ import types
 import pytest
 import torch
 
-from vqfast.models.maskgit.transformer import BidirectionalTransformer
-from vqfast.models.maskgit.sampler import maskgit_decode
+from vqfast.models.maskgit import BidirectionalTransformer, maskgit_decode
 from timing import interleaved, machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 STEPS = 8
+_SIZE = ("codebook_size", "dim", "depth", "heads")
+# BidirectionalTransformer presets (side: tokens per row of the square map), batch and rounds
 CONFIGS = {
-    "tiny": dict(codebook_size=256, side=8, dim=128, depth=4, heads=4, batch=32, rounds=5),
-    "seed": dict(codebook_size=1024, side=16, dim=768, depth=int(os.environ.get("VQFAST_BENCH_MASKGIT_DEPTH", 24)),
-                 heads=16, batch=2, rounds=3),
+    "tiny": dict({k: BidirectionalTransformer.PRESETS["tiny"][k] for k in _SIZE}, side=8, batch=32, rounds=5),
+    "64px": dict({k: BidirectionalTransformer.PRESETS["64px"][k] for k in _SIZE}, side=16, batch=2, rounds=3,
+                 depth=int(os.environ.get("VQFAST_BENCH_MASKGIT_DEPTH", 24))),
 }
 _MEDIANS: dict[tuple[str, str], float] = {}
 
@@ -96,10 +97,8 @@ def _ids_only_vae(muse, codebook_size: int):
 
 
 def _ours(cfg: str) -> BidirectionalTransformer:
-    c = CONFIGS[cfg]
     torch.manual_seed(0)
-    return BidirectionalTransformer(c["codebook_size"], c["side"] ** 2, dim=c["dim"], depth=c["depth"],
-                                    heads=c["heads"]).eval()
+    return BidirectionalTransformer.from_preset(cfg, depth=CONFIGS[cfg]["depth"]).eval()
 
 
 def _params(m: torch.nn.Module) -> int:
@@ -118,7 +117,7 @@ def test_maskgit_vs_muse(benchmark, cfg, tmp_path):
         "muse": lambda i: muse.generate(texts=[""] * c["batch"], fmap_size=c["side"], timesteps=STEPS,
                                         cond_scale=1.0, temperature=1.0),
         "vqfast": lambda i: maskgit_decode(ours, batch_size=c["batch"], steps=STEPS, choice="sample",
-                                           generator=next(seeds)),
+                                           generator=next(seeds)).tokens,
     }
     for run in rows.values():  # warm-up; both fill every position with a valid token
         out = run(0)

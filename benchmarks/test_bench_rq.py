@@ -6,7 +6,7 @@ temperature 0.8 and guidance 1.4 in the revise phase; T_draft = 8 and 64):
           transformer over every position) is recomputed for each of the D depth steps
   cached  vqfast: one spatial pass per UPDATE step, the depth transformer with a KV
           cache on the resampled positions only
-each in fp32 and under torch.autocast(bfloat16). The seed's figure: 0.08 s/sample for
+each in fp32 and under torch.autocast(bfloat16). The paper's figure: 0.08 s/sample for
 the 371M model on A100-class GPUs (supp. Table 2).
 
 tiny: full sampler runs. 371M (and 821M / 1.4B if asked): a full run takes minutes per
@@ -29,11 +29,11 @@ import time
 import pytest
 import torch
 
-from vqfast.models.rq.transformer import ContextualRQTransformer
-from vqfast.models.rq.sampler import PAPER_SETTINGS, _Sampler, draft_and_revise
+from vqfast.models.rq import PAPER_SETTINGS, ContextualRQTransformer, draft_and_revise
+from vqfast.models.rq.sampler import _Sampler
 from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
-SEED_S_PER_SAMPLE = 0.08  # 371M, A100-class GPUs, supp. Table 2
+PAPER_S_PER_SAMPLE = 0.08  # 371M, A100-class GPUs, supp. Table 2
 PRESETS = [p for p in os.environ.get("RQ_BENCH_PRESETS", "tiny,371M").split(",") if p]
 ROUNDS = int(os.environ.get("RQ_BENCH_ROUNDS", "3"))
 BATCH = {"tiny": 8, "371M": 2, "821M": 2, "1.4B": 2}
@@ -63,7 +63,7 @@ def gemm_rate(m: int, k: int, n: int, dtype) -> float:
 
 def _net(preset: str) -> ContextualRQTransformer:
     torch.manual_seed(0)
-    return ContextualRQTransformer.preset("tiny-cond" if preset == "tiny" else preset).eval()
+    return ContextualRQTransformer.from_preset("tiny-cond" if preset == "tiny" else preset).eval()
 
 
 def _step_fn(net, B, labels, T, guidance, cached, dtype):
@@ -95,7 +95,7 @@ def test_seconds_per_sample(benchmark, preset, dtype):
     net = _net(preset)
     B = BATCH.get(preset, 2)
     labels = torch.arange(B) % net.num_classes
-    info = {"preset": preset, "batch": B, "dtype": str(dtype), "seed_s_per_sample_A100": SEED_S_PER_SAMPLE,
+    info = {"preset": preset, "batch": B, "dtype": str(dtype), "paper_s_per_sample_A100": PAPER_S_PER_SAMPLE,
             **machine(), **DECODE}
     # spatial forward vs GEMM rate
     L, d = net.seq_len + 1, net.config["dim"]
@@ -147,7 +147,7 @@ def test_seconds_per_sample(benchmark, preset, dtype):
             k = f"T{T_draft}_cached{key}"
             print(f"{preset} T_draft={T_draft}: cached fp32 {fp32[k]:.3g} / bf16 {bf16[k]:.3g} s/sample "
                   f"(bf16 {fp32[k] / bf16[k]:.2f}x); cache speedup fp32 {fp32[f'T{T_draft}_cache_speedup']:.2f}x, "
-                  f"bf16 {bf16[f'T{T_draft}_cache_speedup']:.2f}x; seed (A100): {SEED_S_PER_SAMPLE} s/sample")
+                  f"bf16 {bf16[f'T{T_draft}_cache_speedup']:.2f}x; paper (A100): {PAPER_S_PER_SAMPLE} s/sample")
 
 
 _RESULTS: dict[tuple[str, str], dict] = {}

@@ -1,8 +1,11 @@
 """Train a MaskGIT (VQGAN tokenizer + bidirectional transformer) on the bundled photos.
 
     python examples/train_maskgit.py                         # tiny: 32x32 -> 8x8 tokens, minutes on a CPU
-    python examples/train_maskgit.py --config seed --device cuda \
-        --tokenizer-steps 20000 --transformer-steps 100000     # the seed lab's sizes (GPU)
+    python examples/train_maskgit.py --preset 64px --device cuda \
+        --tokenizer-steps 20000 --transformer-steps 100000     # 64x64 -> 16x16 tokens, 24 x 768 (GPU)
+
+--preset names a preset of both models: VQGAN.from_preset and
+BidirectionalTransformer.from_preset ("tiny", the demo's sizes, or "64px").
 
 Writes to --out: tokenizer.{safetensors,json}, transformer.{safetensors,json} (vqfast
 checkpoints), losses.png (both training curves) and samples.png (inpainting grid on
@@ -18,25 +21,18 @@ import torch
 
 from vqfast import checkpoint
 from vqfast.data import CropSampler
-from vqfast.demo import TOKENIZER, TRANSFORMER, inpaint_grid, tokenize, train_tokenizer, train_transformer
+from vqfast.demo import inpaint_grid, tokenize, train_tokenizer, train_transformer
 from vqfast.models.common.masking import SCHEDULES
-from vqfast.models.maskgit.model import MaskGIT
-from vqfast.models.maskgit.transformer import BidirectionalTransformer
 from vqfast.models.common.vqgan import VQGAN
+from vqfast.models.maskgit import BidirectionalTransformer
 from vqfast.visualize import plot_curves, save_grid
 
-CONFIGS = {
-    "tiny": dict(tokenizer=TOKENIZER, transformer=TRANSFORMER),  # the demo's
-    # seed lab: 64x64 images -> 16x16 tokens, 1024 codes of dim 256; transformer 24 x 768, 16 heads
-    "seed": dict(tokenizer=dict(resolution=64, ch=128, ch_mult=[1, 1, 2], num_res_blocks=2, codebook_size=1024,
-                                embed_dim=256),
-                 transformer=dict(dim=768, depth=24, heads=16)),
-}
+PRESETS = ("tiny", "64px")  # in VQGAN.PRESETS and BidirectionalTransformer.PRESETS
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
+    p.add_argument("--preset", choices=PRESETS, default="tiny")
     p.add_argument("--source", choices=["photos", "faces"], default="photos")
     p.add_argument("--tokenizer-steps", type=int, default=400)
     p.add_argument("--transformer-steps", type=int, default=800)
@@ -51,8 +47,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     out = Path(args.out)
-    cfg = CONFIGS[args.config]
-    res = cfg["tokenizer"]["resolution"]
+    res = VQGAN.PRESETS[args.preset]["resolution"]
     train = CropSampler("train", res, source=args.source)
     test = CropSampler("test", res, source=args.source)
     curves: dict[str, list] = {"tokenizer L1": [], "transformer masked CE": []}
@@ -60,7 +55,7 @@ def main(argv=None) -> None:
     if (out / "tokenizer.json").exists() and not args.retrain:
         vq = checkpoint.load(out / "tokenizer", expected=VQGAN)
     else:
-        vq = VQGAN(**cfg["tokenizer"], seed=args.seed).to(args.device)
+        vq = VQGAN.from_preset(args.preset, seed=args.seed).to(args.device)
         train_tokenizer(vq, _OnDevice(train, args.device), args.tokenizer_steps, batch=args.batch, seed=args.seed,
                         log=curves["tokenizer L1"])
         checkpoint.save(vq, out / "tokenizer", extra={"steps": args.tokenizer_steps, "source": args.source})
@@ -71,9 +66,10 @@ def main(argv=None) -> None:
         net = checkpoint.load(out / "transformer", expected=BidirectionalTransformer)
     else:
         pool = tokenize(vq, _OnDevice(train, args.device), args.pool, seed=args.seed + 1)
-        net = BidirectionalTransformer(vq.codebook_size, L, **cfg["transformer"]).to(args.device)
-        train_transformer(MaskGIT(net, args.schedule), pool, args.transformer_steps, batch=args.batch,
-                          seed=args.seed, log=curves["transformer masked CE"])
+        net = BidirectionalTransformer.from_preset(args.preset, codebook_size=vq.codebook_size, seq_len=L,
+                                                   schedule=args.schedule).to(args.device)
+        train_transformer(net, pool, args.transformer_steps, batch=args.batch, seed=args.seed,
+                          log=curves["transformer masked CE"])
         checkpoint.save(net, out / "transformer", extra={"steps": args.transformer_steps, "schedule": args.schedule})
     net = net.to(args.device).eval()
 

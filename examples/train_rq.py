@@ -26,9 +26,7 @@ import torch.nn.functional as F
 
 from vqfast import checkpoint
 from vqfast.data import PHOTOS, ClassCrops, make_masks
-from vqfast.models.rq.transformer import ContextualRQTransformer
-from vqfast.models.rq.tokenizer import RQVAE
-from vqfast.models.rq.sampler import PAPER_SETTINGS, draft_and_revise
+from vqfast.models.rq import PAPER_SETTINGS, RQVAE, ContextualRQTransformer, draft_and_revise
 from vqfast.training import optimizer_step, start_run
 from vqfast.visualize import plot_curves, save_grid
 
@@ -37,10 +35,10 @@ def build(preset: str, device: str):
     n_classes = len(PHOTOS)
     if preset == "tiny":
         rq = RQVAE.from_preset("tiny")
-        tf = ContextualRQTransformer.preset("tiny", num_classes=n_classes)
+        tf = ContextualRQTransformer.from_preset("tiny", num_classes=n_classes)
     else:
         rq = RQVAE.from_preset("paper")
-        tf = ContextualRQTransformer.preset(preset, num_classes=n_classes)
+        tf = ContextualRQTransformer.from_preset(preset, num_classes=n_classes)
     return rq.to(device), tf.to(device), rq.config["resolution"]
 
 
@@ -75,7 +73,7 @@ def train_transformer(tf, codes, labels, args, g, log):
     tf.train()
     for step in range(args.tf_steps):
         pick = torch.randint(len(codes), (args.batch,), generator=g).to(codes.device)
-        loss = tf.loss(codes[pick], labels[pick], generator=g)
+        loss = tf.loss(codes[pick], class_labels=labels[pick], generator=g).total
         optimizer_step(loss, opt, clip=1.0, scheduler=sched)
         log.append({"stage": "transformer", "step": step, "nll": float(loss.detach())})
         if step % args.log_every == 0 or step == args.tf_steps - 1:
@@ -119,7 +117,7 @@ def figures(rq, tf, args, size, out: Path):
     pix = F.interpolate(m[:, None].float(), size=(size, size), mode="nearest")[:, 0].bool()
     masked_in = torch.where(pix[:, None], torch.zeros_like(x), x)
     fills = [rq.decode_tokens(draft_and_revise(tf, codes, m, class_labels=labels.to(args.device),
-                                              generator=args.seed + k, **dec)) for k in range(n)]
+                                              generator=args.seed + k, **dec).tokens) for k in range(n)]
     save_grid([[masked_in[i]] + [f[i] for f in fills] + [x[i]] for i in range(rows)],
               ["masked input"] + [f"completion {k + 1}" for k in range(n)] + ["ground truth"], out / "inpainting.png",
               row_labels=[PHOTOS[int(c)] for c in labels])
@@ -129,7 +127,7 @@ def figures(rq, tf, args, size, out: Path):
     pixb = F.interpolate(box[:, None].float(), size=(size, size), mode="nearest")[:, 0].bool()
     others = [(labels + k) % len(PHOTOS) for k in range(0, 3 * (len(PHOTOS) // 3), len(PHOTOS) // 3)]
     edits = [rq.decode_tokens(draft_and_revise(tf, codes, box, class_labels=c.to(args.device), generator=args.seed,
-                                              **dec)) for c in others]
+                                              **dec).tokens) for c in others]
     save_grid([[torch.where(pixb[i, None], torch.zeros_like(x[i]), x[i])] + [e[i] for e in edits]
                for i in range(rows)], ["centre masked"] + ["own class", "edit: class +4", "edit: class +8"],
               out / "editing.png", row_labels=[PHOTOS[int(c)] for c in labels])

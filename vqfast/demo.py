@@ -15,6 +15,7 @@ examples/train_maskgit.py.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -30,18 +31,15 @@ from vqfast.data import (
     pixel_to_token_mask,
     token_to_pixel_mask,
 )
-from vqfast.random import as_generator
-from vqfast.models.maskgit.model import MaskGIT
-from vqfast.models.maskgit.transformer import BidirectionalTransformer
 from vqfast.models.common.vqgan import VQGAN
+from vqfast.models.maskgit import BidirectionalTransformer, maskgit_decode
 from vqfast.progress import progress_bar
-from vqfast.models.maskgit.sampler import maskgit_decode
+from vqfast.random import as_generator
 from vqfast.visualize import save_grid
 
 DEMO_VERSION = 1  # bump when the recipe changes so stale caches are retrained
-# sized so that the whole demo needs about 7 CPU-minutes on one core of this machine (2 cores: less)
-TOKENIZER = dict(resolution=32, ch=16, ch_mult=[1, 2, 4], num_res_blocks=1, codebook_size=256, embed_dim=32)
-TRANSFORMER = dict(dim=128, depth=4, heads=4)
+# the "tiny" presets: the whole demo needs about 7 CPU-minutes on one core of this machine (2 cores: less)
+PRESET = "tiny"
 
 
 def default_cache_dir() -> Path:
@@ -88,14 +86,15 @@ def tokenize(vq: VQGAN, data: CropSampler, n: int, *, seed: int = 1, batch: int 
     return torch.cat(out)
 
 
-def train_transformer(mg: MaskGIT, tokens: torch.Tensor, steps: int, *, batch: int = 32, lr: float = 1e-3,
-                      seed: int = 0, budget_s: float | None = None, progress: bool = True,
+def train_transformer(net: BidirectionalTransformer, tokens: torch.Tensor, steps: int, *, batch: int = 32,
+                      lr: float = 1e-3, seed: int = 0, budget_s: float | None = None, progress: bool = True,
                       log: list | None = None) -> int:
-    """MVTM training on a token pool [N, L] (minibatches drawn with replacement). Returns steps run."""
+    """MVTM training (`net.loss`) on a token pool [N, L] (minibatches drawn with replacement).
+    Returns steps run."""
     g = as_generator(seed)
-    mg.train()
-    decay = [p for n, p in mg.named_parameters() if p.dim() >= 2 and "emb" not in n]
-    other = [p for n, p in mg.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
+    net.train()
+    decay = [p for n, p in net.named_parameters() if p.dim() >= 2 and "emb" not in n]
+    other = [p for n, p in net.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95), fused=True)
     t0, bar = time.perf_counter(), progress_bar(steps, "transformer", progress)
@@ -103,23 +102,35 @@ def train_transformer(mg: MaskGIT, tokens: torch.Tensor, steps: int, *, batch: i
         if budget_s is not None and time.perf_counter() - t0 > budget_s:
             break
         _cosine_lr(opt, step, steps, lr, warmup=50)
-        loss = mg.loss(tokens[torch.randint(len(tokens), (batch,), generator=g)], generator=g)
+        loss = net.loss(tokens[torch.randint(len(tokens), (batch,), generator=g)], generator=g).total
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(mg.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         if log is not None:
             log.append((step, float(loss.detach())))
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
     bar.close()
-    mg.eval()
+    net.eval()
     return step + 1 if steps else 0
 
 
-def _cached(path: Path, expected: type, recipe: dict):
-    try:
-        if checkpoint.read_config(path)["extra"].get("recipe") == recipe:
+def tokenizer_recipe(steps: int, seed: int) -> dict:
+    """What the cached tokenizer was trained with (its checkpoint's extra["recipe"])."""
+    return {"tokenizer": VQGAN.PRESETS[PRESET], "steps": steps, "seed": seed}
+
+
+def transformer_recipe(steps: int, seed: int, tokenizer_extra: dict) -> dict:
+    """What the cached transformer was trained with; the size is recorded as dim / depth / heads."""
+    size = {k: BidirectionalTransformer.PRESETS[PRESET][k] for k in ("dim", "depth", "heads")}
+    return {"transformer": size, "steps": steps, "seed": seed, "tokenizer": tokenizer_extra}
+
+
+def cached(path: Path, expected: type, recipe: dict):
+    """The checkpoint at path if it was trained with `recipe`, else None."""
+    try:  # compare as JSON stores it (tuples become lists)
+        if checkpoint.read_config(path)["extra"].get("recipe") == json.loads(json.dumps(recipe)):
             return checkpoint.load(path, expected=expected)
     except (FileNotFoundError, ValueError):
         pass
@@ -139,7 +150,7 @@ def inpaint_grid(vq: VQGAN, net: BidirectionalTransformer, data: CropSampler, *,
     tokens = vq.encode(x)
     rec = vq.decode_tokens(tokens)
     reps = lambda t: t.repeat_interleave(n_samples, 0)  # noqa: E731 -- every image n_samples times
-    out = maskgit_decode(net, reps(tokens), reps(tok_mask), steps=steps, choice="sample", generator=seed)
+    out = maskgit_decode(net, reps(tokens), reps(tok_mask), steps=steps, choice="sample", generator=seed).tokens
     imgs = vq.decode_tokens(out).view(len(x), n_samples, 3, R, R)
     keep = (~pix)[:, None, None]
     imgs = torch.where(keep, x[:, None], imgs)
@@ -175,15 +186,16 @@ def run(*, cache_dir: str | Path | None = None, out: str | Path = "maskgit_demo.
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    train, test = CropSampler("train", TOKENIZER["resolution"]), CropSampler("test", TOKENIZER["resolution"])
+    resolution = VQGAN.PRESETS[PRESET]["resolution"]
+    train, test = CropSampler("train", resolution), CropSampler("test", resolution)
     budget = budget_minutes * 60
     report: dict = {}
 
-    recipe = {"tokenizer": TOKENIZER, "steps": tokenizer_steps, "seed": seed}
-    vq = None if retrain else _cached(cache / "tokenizer", VQGAN, recipe)
+    recipe = tokenizer_recipe(tokenizer_steps, seed)
+    vq = None if retrain else cached(cache / "tokenizer", VQGAN, recipe)
     if vq is None:
         print(f"training the tokenizer: {tokenizer_steps} steps of 32 crops (32x32 -> 8x8 tokens, 256 codes)")
-        vq = VQGAN(**TOKENIZER, seed=seed)
+        vq = VQGAN.from_preset(PRESET, seed=seed)
         log: list = []
         ran = train_tokenizer(vq, train, tokenizer_steps, seed=seed, budget_s=0.5 * budget, progress=progress, log=log)
         report["tokenizer_steps"] = ran
@@ -194,19 +206,19 @@ def run(*, cache_dir: str | Path | None = None, out: str | Path = "maskgit_demo.
     report["tokenizer_s"] = time.perf_counter() - t_start
 
     L = vq.token_hw[0] * vq.token_hw[1]
-    recipe_t = {"transformer": TRANSFORMER, "steps": transformer_steps, "seed": seed,
-                "tokenizer": checkpoint.read_config(cache / "tokenizer")["extra"]}
-    net = None if retrain else _cached(cache / "transformer", BidirectionalTransformer, recipe_t)
+    recipe_t = transformer_recipe(transformer_steps, seed, checkpoint.read_config(cache / "tokenizer")["extra"])
+    net = None if retrain else cached(cache / "transformer", BidirectionalTransformer, recipe_t)
     if net is None:
         t1 = time.perf_counter()
         pool = tokenize(vq, train, 4096, seed=seed + 1)
         print(f"training the transformer: {transformer_steps} steps of 32 token maps "
-              f"({TRANSFORMER['depth']} blocks x {TRANSFORMER['dim']}, pool of {len(pool)} tokenized crops)")
-        net = BidirectionalTransformer(vq.codebook_size, L, **TRANSFORMER)
+              f"({recipe_t['transformer']['depth']} blocks x {recipe_t['transformer']['dim']}, "
+              f"pool of {len(pool)} tokenized crops)")
+        net = BidirectionalTransformer.from_preset(PRESET, codebook_size=vq.codebook_size, seq_len=L)
         log = []
         left = budget - (time.perf_counter() - t_start) - 60  # keep a minute for sampling and timing
-        ran = train_transformer(MaskGIT(net, "cosine"), pool, transformer_steps, seed=seed, budget_s=max(left, 30),
-                                progress=progress, log=log)
+        ran = train_transformer(net, pool, transformer_steps, seed=seed, budget_s=max(left, 30), progress=progress,
+                                log=log)
         report["transformer_steps"] = ran
         checkpoint.save(net, cache / "transformer", extra={"recipe": recipe_t, "steps_run": ran})
         print(f"  {ran} steps, final masked-token loss {sum(v for _, v in log[-20:]) / len(log[-20:]):.3f}"

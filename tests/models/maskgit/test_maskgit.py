@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from vqfast.models.common.masking import SCHEDULES, mask_ratio, random_mask
-from vqfast.models.maskgit.model import MaskGIT
 from vqfast.models.maskgit.transformer import BidirectionalTransformer
 from vqfast.models.common.vqgan import VQGAN
 
@@ -70,13 +69,12 @@ def test_transformer_shapes():
 
 
 def test_loss_uses_masked_positions_only():
-    net = tiny_net()
-    mg = MaskGIT(net, label_smoothing=0.0)
+    net = tiny_net(label_smoothing=0.0)
     tok = torch.randint(32, (4, 16), generator=torch.Generator().manual_seed(1))
     mask = torch.rand(4, 16, generator=torch.Generator().manual_seed(2)) < 0.4
     logits = net(tok.masked_fill(mask, net.mask_id))
     expect = F.cross_entropy(logits[mask], tok[mask])
-    assert mg.loss(tok, mask=mask).item() == pytest.approx(expect.item(), rel=1e-6)
+    assert net.loss(tok, mask=mask).total.item() == pytest.approx(expect.item(), rel=1e-6)
     # targets at unmasked positions do not enter the loss (their inputs are visible, so the
     # logits elsewhere change: compare the per-position CE instead)
     ce = F.cross_entropy(logits.transpose(1, 2), tok, reduction="none")
@@ -84,28 +82,27 @@ def test_loss_uses_masked_positions_only():
 
 
 def test_loss_rejects_bad_tokens():
-    mg = MaskGIT(tiny_net())
+    net = tiny_net()
     with pytest.raises(ValueError, match="range"):
-        mg.loss(torch.full((2, 16), 32))
+        net.loss(torch.full((2, 16), 32))
     with pytest.raises(TypeError, match="int64"):
-        mg.loss(torch.zeros(2, 16, dtype=torch.int32))
+        net.loss(torch.zeros(2, 16, dtype=torch.int32))
 
 
 def test_transformer_overfits_one_batch():
     """8 fixed sequences, every other position masked: masked-token cross entropy falls
     from ln(32) = 3.47 to below 0.05 in 100 Adam steps."""
-    net = tiny_net()
-    mg = MaskGIT(net, label_smoothing=0.0)
+    net = tiny_net(label_smoothing=0.0)
     tok = torch.randint(32, (8, 16), generator=torch.Generator().manual_seed(0))
     mask = torch.zeros(8, 16, dtype=torch.bool)
     mask[:, ::2] = True
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     for _ in range(100):
-        loss = mg.loss(tok, mask=mask)
+        loss = net.loss(tok, mask=mask).total
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert mg.eval().loss(tok, mask=mask).item() < 0.05, loss.item()
+    assert net.eval().loss(tok, mask=mask).total.item() < 0.05, loss.item()
 
 
 def tiny_vq(**kw):
@@ -148,3 +145,55 @@ def test_vqgan_trains():
         loss.backward()
         opt.step()
     assert logs["rec"] < 0.5 * first, (first, logs["rec"])
+
+
+def test_presets_fit_their_tokenizers():
+    for name in ("tiny", "64px"):
+        net, vq = BidirectionalTransformer.from_preset(name, device="meta"), VQGAN.from_preset(name, device="meta")
+        assert (net.codebook_size, net.seq_len) == (vq.codebook_size, vq.token_hw[0] * vq.token_hw[1])
+    paper = BidirectionalTransformer.from_preset("imagenet256", device="meta")
+    c = paper.config
+    assert (c["depth"], c["dim"], c["heads"], c["codebook_size"], c["seq_len"], c["num_classes"]) == \
+        (24, 768, 16, 1024, 256, 1000)  # MaskGIT Sec. 4.1
+    assert len(paper.blocks) == 24 and paper.cls_emb.num_embeddings == 1001
+
+
+def test_loss_output_and_class_dropout():
+    """Labels become the null class exactly where the dropout draw says so (the mask is given,
+    so the generator's first draw is the dropout's)."""
+    net = tiny_net(num_classes=3, class_dropout=0.5).train()
+    tok = torch.randint(32, (6, 16), generator=torch.Generator().manual_seed(1))
+    mask = torch.rand(6, 16, generator=torch.Generator().manual_seed(2)) < 0.5
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    out = net.loss(tok, class_labels=labels, mask=mask, generator=4)
+    assert set(out.terms) == {"ce"} and out.total.requires_grad and not out.terms["ce"].requires_grad
+    drop = torch.rand(6, generator=torch.Generator().manual_seed(4)) < 0.5
+    assert drop.any() and not drop.all()
+    expect = net.eval().loss(tok, class_labels=labels.masked_fill(drop, 3), mask=mask).total
+    assert out.total.item() == pytest.approx(expect.item(), rel=1e-6)
+    # token maps [B, h, w] are flattened in raster order
+    assert net.loss(tok.view(6, 4, 4), class_labels=labels, mask=mask.view(6, 4, 4)).total.item() == \
+        pytest.approx(net.loss(tok, class_labels=labels, mask=mask).total.item(), rel=1e-6)
+
+
+def test_loss_rejects_bad_labels_masks_and_config():
+    net = tiny_net(num_classes=3)
+    tok = torch.zeros(2, 16, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 3\]"):
+        net.loss(tok, class_labels=torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="class_labels must be"):
+        net.loss(tok, class_labels=torch.tensor([0]))
+    with pytest.raises(ValueError, match="num_classes=0"):
+        tiny_net().loss(tok, class_labels=torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="mask must be a bool"):
+        net.loss(tok, mask=torch.ones(2, 16))
+    with pytest.raises(ValueError, match="mask shape"):
+        net.loss(tok, mask=torch.ones(2, 15, dtype=torch.bool))
+    with pytest.raises(ValueError, match="B >= 1"):
+        net.loss(tok[:0])
+    with pytest.raises(ValueError, match="seq_len=16"):
+        net.loss(tok[:, :8])
+    with pytest.raises(ValueError, match="schedule"):
+        tiny_net(schedule="zigzag")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        tiny_net(label_smoothing=1.5)

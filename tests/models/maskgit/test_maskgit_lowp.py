@@ -110,9 +110,9 @@ def test_maskgit_decode_runs_the_inference_copy(net, dtype):
     tokens = torch.randint(64, (4, 30), generator=g)
     mask = torch.rand(4, 30, generator=g) < 0.6
     kw = dict(steps=4, generator=5, class_labels=torch.tensor([1, 2, 3, 0]), guidance_scale=2.0)
-    out = maskgit_decode(net, tokens, mask, autocast_dtype=dtype, **kw)
+    out = maskgit_decode(net, tokens, mask, autocast_dtype=dtype, **kw).tokens
     fast = inference_copy(net, dtype, batch_hint=4 * 30 * 2)  # the sampler's rows: B * L, twice (guidance)
-    assert torch.equal(out, maskgit_decode(fast, tokens, mask, **kw))
+    assert torch.equal(out, maskgit_decode(fast, tokens, mask, **kw).tokens)
     assert torch.equal(out[~mask], tokens[~mask])
 
 

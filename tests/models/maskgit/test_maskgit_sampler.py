@@ -7,7 +7,7 @@ from tests.conftest import backend_params
 from vqfast.data import make_masks
 from vqfast.models.common.masking import SCHEDULES, mask_ratio
 from vqfast.models.maskgit.transformer import BidirectionalTransformer
-from vqfast.models.maskgit.sampler import maskgit_decode, reveal_schedule
+from vqfast.models.maskgit.sampler import MaskGITSample, maskgit_decode, reveal_schedule
 
 K, H, W = 24, 4, 5
 L = H * W
@@ -59,7 +59,7 @@ def test_revealed_per_step_follows_schedule(net, schedule):
 @pytest.mark.parametrize("choice", ["argmax", "sample"])
 def test_known_tokens_never_change(net, choice):
     tokens, mask = batch(8, seed=4)
-    out = maskgit_decode(net, tokens, mask, steps=4, choice=choice, generator=0)
+    out = maskgit_decode(net, tokens, mask, steps=4, choice=choice, generator=0).tokens
     assert out.shape == tokens.shape and out.dtype == torch.long
     assert torch.equal(out[~mask], tokens[~mask])
     assert ((out >= 0) & (out < K)).all()
@@ -67,9 +67,9 @@ def test_known_tokens_never_change(net, choice):
 
 def test_deterministic_from_seed(net):
     tokens, mask = batch()
-    a = maskgit_decode(net, tokens, mask, steps=4, choice="sample", generator=7)
-    b = maskgit_decode(net, tokens, mask, steps=4, choice="sample", generator=torch.Generator().manual_seed(7))
-    c = maskgit_decode(net, tokens, mask, steps=4, choice="sample", generator=8)
+    a = maskgit_decode(net, tokens, mask, steps=4, choice="sample", generator=7).tokens
+    b = maskgit_decode(net, tokens, mask, steps=4, choice="sample", generator=torch.Generator().manual_seed(7)).tokens
+    c = maskgit_decode(net, tokens, mask, steps=4, choice="sample", generator=8).tokens
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -77,8 +77,8 @@ def test_deterministic_from_seed(net):
 def test_masked_values_are_ignored(net):
     tokens, mask = batch()
     other = tokens.masked_fill(mask, 0)
-    assert torch.equal(maskgit_decode(net, tokens, mask, steps=3, generator=1),
-                       maskgit_decode(net, other, mask, steps=3, generator=1))
+    assert torch.equal(maskgit_decode(net, tokens, mask, steps=3, generator=1).tokens,
+                       maskgit_decode(net, other, mask, steps=3, generator=1).tokens)
 
 
 def test_sweet_spot_stops_early_and_fills(net):
@@ -91,12 +91,12 @@ def test_sweet_spot_stops_early_and_fills(net):
 
 
 def test_generate_from_scratch_and_guidance(net):
-    out = maskgit_decode(net, batch_size=3, steps=4, generator=0)
+    out = maskgit_decode(net, batch_size=3, steps=4, generator=0).tokens
     assert out.shape == (3, L) and ((out >= 0) & (out < K)).all()
     labels = torch.tensor([0, 1, 2])
-    cond = maskgit_decode(net, batch_size=3, steps=4, generator=0, class_labels=labels)
-    same = maskgit_decode(net, batch_size=3, steps=4, generator=0, class_labels=labels, guidance_scale=1.0)
-    guided = maskgit_decode(net, batch_size=3, steps=4, generator=0, class_labels=labels, guidance_scale=3.0)
+    cond = maskgit_decode(net, batch_size=3, steps=4, generator=0, class_labels=labels).tokens
+    same = maskgit_decode(net, batch_size=3, steps=4, generator=0, class_labels=labels, guidance_scale=1.0).tokens
+    guided = maskgit_decode(net, batch_size=3, steps=4, generator=0, class_labels=labels, guidance_scale=3.0).tokens
     assert torch.equal(cond, same) and guided.shape == (3, L)
 
 
@@ -104,8 +104,8 @@ def test_generate_from_scratch_and_guidance(net):
 def test_fused_equals_reference(net, backend):
     tokens, mask = batch(6, seed=9)
     for choice in ("argmax", "sample"):
-        ref = maskgit_decode(net, tokens, mask, steps=4, choice=choice, generator=5, backend="reference")
-        fast = maskgit_decode(net, tokens, mask, steps=4, choice=choice, generator=5, backend=backend)
+        ref = maskgit_decode(net, tokens, mask, steps=4, choice=choice, generator=5, backend="reference").tokens
+        fast = maskgit_decode(net, tokens, mask, steps=4, choice=choice, generator=5, backend=backend).tokens
         assert torch.equal(ref, fast), choice
 
 
@@ -127,5 +127,25 @@ def test_bad_arguments(net):
 
 def test_bf16_autocast_path(net):
     tokens, mask = batch()
-    out = maskgit_decode(net, tokens, mask, steps=3, generator=0, autocast_dtype=torch.bfloat16)
+    out = maskgit_decode(net, tokens, mask, steps=3, generator=0, autocast_dtype=torch.bfloat16).tokens
     assert out.dtype == torch.long and torch.equal(out[~mask], tokens[~mask])
+
+
+def test_result_is_a_named_tuple_with_tokens_first(net):
+    tokens, mask = batch()
+    out = maskgit_decode(net, known=tokens, mask=mask, steps=3, generator=1)
+    assert isinstance(out, MaskGITSample) and out._fields[0] == "tokens" and out.history is None
+    with_history = maskgit_decode(net, tokens, mask, steps=3, generator=1, return_history=True)
+    assert torch.equal(with_history.tokens, out.tokens) and with_history.history.shape == (4, len(tokens), L)
+
+
+def test_bad_known_labels_and_batch(net):
+    tokens, mask = batch()
+    with pytest.raises(ValueError, match="outside the mask"):
+        maskgit_decode(net, tokens.masked_fill(~mask, K), mask)
+    with pytest.raises(TypeError, match="known must be an int64"):
+        maskgit_decode(net, tokens.int(), mask)
+    with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 3\]"):
+        maskgit_decode(net, batch_size=2, class_labels=torch.tensor([0, 7]))
+    with pytest.raises(ValueError, match="batch_size"):
+        maskgit_decode(net, batch_size=0)

@@ -1,17 +1,16 @@
-"""Draft-and-Revise: partitions, per-step updates, inpainting, guidance, seeds, strategies."""
+"""Draft-and-Revise: partitions, per-step updates, inpainting, guidance, seeds, strategies, arguments."""
 import pytest
 import torch
 
-from vqfast.models.rq.transformer import ContextualRQTransformer
-from vqfast.models.rq.sampler import Step, draft_and_revise, random_partition
-
+from tests.conftest import backend_params
+from vqfast.models.rq import PAPER_SETTINGS, ContextualRQTransformer, RQSample, Step, draft_and_revise, random_partition
 
 
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    net = ContextualRQTransformer(codebook_size=24, grid=(4, 5), code_depth=3, dim=32, n_spatial=2, n_depth=1,
-                                  num_classes=5).eval()
+    net = ContextualRQTransformer(codebook_size=24, grid=(4, 5), code_depth=3, dim=32, spatial_depth=2,
+                                  depth_depth=1, num_classes=5).eval()
     with torch.no_grad():  # at init (std 0.02) every logit is ~0 and the class barely matters: make them matter
         for p in net.parameters():
             if p.dim() >= 2:
@@ -117,20 +116,21 @@ def test_top_c_reveals_the_most_confident_and_as_many_as_random(net):
 
 def test_same_seed_same_output_and_cache_equals_naive(net):
     kw = dict(batch_size=2, class_labels=torch.tensor([1, 2]), T_draft=5, M=1, revise_guidance=1.5)
-    a = draft_and_revise(net, generator=7, **kw)
-    assert torch.equal(a, draft_and_revise(net, generator=7, **kw))
-    assert torch.equal(a, draft_and_revise(net, generator=torch.Generator().manual_seed(7), **kw))
-    assert not torch.equal(a, draft_and_revise(net, generator=8, **kw))
-    assert torch.equal(a, draft_and_revise(net, generator=7, depth_cache=False, **kw))
+    a = draft_and_revise(net, generator=7, **kw).tokens
+    assert torch.equal(a, draft_and_revise(net, generator=7, **kw).tokens)
+    assert torch.equal(a, draft_and_revise(net, generator=torch.Generator().manual_seed(7), **kw).tokens)
+    assert not torch.equal(a, draft_and_revise(net, generator=8, **kw).tokens)
+    assert torch.equal(a, draft_and_revise(net, generator=7, depth_cache=False, **kw).tokens)
 
 
 def test_guidance_scale_zero_is_the_unconditional_model(net):
     kw = dict(batch_size=3, T_draft=4, M=1, generator=11)
-    uncond = draft_and_revise(net, **kw)  # no labels: the null class
+    uncond = draft_and_revise(net, **kw).tokens  # no labels: the null class
     guided0 = draft_and_revise(net, class_labels=torch.tensor([0, 1, 2]), draft_guidance=0.0,
-                               revise_guidance=0.0, **kw)
+                               revise_guidance=0.0, **kw).tokens
     assert torch.equal(guided0, uncond)
-    cond = draft_and_revise(net, class_labels=torch.tensor([0, 1, 2]), draft_guidance=1.0, revise_guidance=1.0, **kw)
+    cond = draft_and_revise(net, class_labels=torch.tensor([0, 1, 2]), draft_guidance=1.0, revise_guidance=1.0,
+                            **kw).tokens
     assert not torch.equal(cond, uncond)
 
 
@@ -163,5 +163,40 @@ def test_bad_arguments(net):
 def test_bf16_autocast_and_top_k_top_p(net):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = draft_and_revise(net, batch_size=2, class_labels=torch.tensor([1, 2]), T_draft=3, M=1, top_k=5,
-                               top_p=0.9, generator=0)
+                               top_p=0.9, generator=0).tokens
     assert out.shape == (2, 4, 5, 3) and out.min() >= 0 and out.max() < net.codebook_size
+
+
+def test_result_is_a_named_tuple_with_tokens_first(net):
+    out = draft_and_revise(net, batch_size=2, T_draft=3, M=1, generator=0)
+    assert isinstance(out, RQSample) and out._fields[0] == "tokens" and out.history is None
+    region, given = _region(), _given(net)
+    kept = draft_and_revise(net, known=given, mask=region, T_draft=3, M=1, generator=0).tokens
+    assert torch.equal(kept[~region], given[~region])
+
+
+def test_paper_settings_are_draft_and_revise_arguments(net):
+    for name, settings in PAPER_SETTINGS.items():
+        out = draft_and_revise(net, batch_size=1, class_labels=torch.tensor([2]), generator=0,
+                               **{**settings, "T_draft": 4})
+        assert out.tokens.shape == (1, *net.code_shape), name
+
+
+def test_bad_known_mask_labels_and_batch(net):
+    with pytest.raises(TypeError, match="known must be an int64"):
+        draft_and_revise(net, _given(net).int(), _region())
+    with pytest.raises(TypeError, match="mask must be a bool"):
+        draft_and_revise(net, _given(net), _region().long())
+    with pytest.raises(ValueError, match="mask must be"):
+        draft_and_revise(net, _given(net), _region()[:, :2])
+    with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 5\]"):
+        draft_and_revise(net, batch_size=2, class_labels=torch.tensor([1, 6]))
+    with pytest.raises(ValueError, match="batch_size"):
+        draft_and_revise(net, batch_size=0)
+
+
+@pytest.mark.parametrize("backend", backend_params("cpu"))
+def test_backends_draw_the_same_codes(net, backend):
+    kw = dict(batch_size=2, class_labels=torch.tensor([1, 2]), T_draft=4, M=1, top_k=6, generator=3)
+    ref = draft_and_revise(net, backend="reference", **kw).tokens
+    assert torch.equal(draft_and_revise(net, backend=backend, **kw).tokens, ref)

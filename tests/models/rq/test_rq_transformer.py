@@ -1,12 +1,15 @@
-"""Contextual RQ-Transformer and RQ-VAE: shapes, Table 1 sizes, the depth cache, training."""
+"""Contextual RQ-Transformer and RQ-VAE: shapes, Table 1 sizes, the depth cache, training, old checkpoints."""
+import json
+
 import pytest
 import torch
 
-from vqfast.models.rq.transformer import ContextualRQTransformer, PRESETS
+from vqfast import checkpoint
+from vqfast.models.rq.transformer import ContextualRQTransformer
 from vqfast.models.rq.tokenizer import RQVAE
 
 
-SMALL = dict(codebook_size=32, grid=(3, 5), code_depth=3, dim=64, n_spatial=2, n_depth=2)
+SMALL = dict(codebook_size=32, grid=(3, 5), code_depth=3, dim=64, spatial_depth=2, depth_depth=2)
 
 
 def _codes(net, B, seed=0):
@@ -18,7 +21,7 @@ def _codes(net, B, seed=0):
 @pytest.mark.parametrize("name, paper", [("371M", 371e6), ("821M", 821e6), ("1.4B", 1.4e9)])
 def test_preset_parameter_counts_match_table_1(name, paper):
     with torch.device("meta"):
-        net = ContextualRQTransformer.preset(name)
+        net = ContextualRQTransformer.from_preset(name)
     n = sum(p.numel() for p in net.parameters())
     assert abs(n - paper) / paper < 0.03, f"{name}: {n / 1e6:.1f}M parameters"
     assert net.config["heads"] * 64 == net.config["dim"]  # head dim 64 (supp. A.2)
@@ -32,7 +35,7 @@ def test_shapes_and_loss(num_classes):
     labels = torch.tensor([1, 6]) if num_classes else None
     assert net(codes, masked, labels).shape == (2, 3, 5, 3, 32)
     assert net.spatial_forward(codes, masked, labels).shape == (2, 15, 64)
-    loss = net.loss(codes, labels, generator=0)
+    loss = net.loss(codes, class_labels=labels, generator=0).total
     assert loss.shape == () and torch.isfinite(loss)
     loss.backward()
     assert net.code_emb.weight.grad is not None and net.mask_emb.grad is not None
@@ -78,34 +81,34 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match=r"lie in \[0, 32\)"):
         net.loss(codes + 32)
     with pytest.raises(ValueError, match="preset"):
-        ContextualRQTransformer.preset("2B")
+        ContextualRQTransformer.from_preset("2B")
     with pytest.raises(ValueError, match="dim"):
         ContextualRQTransformer(32, dim=0)
 
 
 def test_tiny_model_overfits_a_batch():
     torch.manual_seed(0)
-    net = ContextualRQTransformer(codebook_size=16, grid=(4, 4), code_depth=2, dim=64, n_spatial=2, n_depth=1,
-                                  num_classes=4, class_dropout=0.0)
+    net = ContextualRQTransformer(codebook_size=16, grid=(4, 4), code_depth=2, dim=64, spatial_depth=2,
+                                  depth_depth=1, num_classes=4, class_dropout=0.0)
     codes = _codes(net, 4, seed=3)
     labels = torch.arange(4)  # one class per map: a fully masked map is determined by its class
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=1e-4)
     g = torch.Generator().manual_seed(0)
-    first = float(net.loss(codes, labels, generator=0).detach())
+    first = float(net.loss(codes, class_labels=labels, generator=0).total.detach())
     for _ in range(150):
-        loss = net.loss(codes, labels, generator=g)
+        loss = net.loss(codes, class_labels=labels, generator=g).total
         opt.zero_grad()
         loss.backward()
         opt.step()
     full = torch.ones(4, 4, 4, dtype=torch.bool)
-    final = float(net.eval().loss(codes, labels, mask=full).detach())
+    final = float(net.eval().loss(codes, class_labels=labels, mask=full).total.detach())
     assert first > 2.0 and final < 0.1, (first, final)
 
 
 def test_tiny_preset_matches_tiny_rqvae():
-    net, rq = ContextualRQTransformer.preset("tiny"), RQVAE.from_preset("tiny")
+    net, rq = ContextualRQTransformer.from_preset("tiny"), RQVAE.from_preset("tiny")
     assert (net.codebook_size, net.grid, net.code_depth) == (rq.codebook_size, rq.token_hw, rq.code_depth)
-    assert set(PRESETS) >= {"371M", "821M", "1.4B", "tiny"}
+    assert set(ContextualRQTransformer.PRESETS) >= {"371M", "821M", "1.4B", "tiny"}
 
 
 def test_rqvae_shapes_codes_and_training_step():
@@ -126,3 +129,35 @@ def test_rqvae_shapes_codes_and_training_step():
     with torch.device("meta"):
         paper = RQVAE.from_preset("paper")
     assert paper.token_hw == (8, 8) and paper.codebook_size == 16384
+
+
+def test_code_shape_and_loss_output():
+    net = ContextualRQTransformer.from_preset("tiny-cond")
+    assert net.code_shape == (8, 8, 4) and net.config["spatial_depth"] == 4 and net.config["depth_depth"] == 2
+    codes = _codes(net, 2)
+    out = net.loss(codes, class_labels=torch.tensor([0, 9]), generator=0)
+    assert set(out.terms) == {"nll"} and out.total.requires_grad and not out.terms["nll"].requires_grad
+    with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 10\]"):
+        net.loss(codes, class_labels=torch.tensor([0, 11]))
+    with pytest.raises(ValueError, match="at least one map"):
+        net.loss(codes[:0])
+
+
+def test_checkpoint_with_the_old_names_loads(tmp_path):
+    """Checkpoints saved with n_spatial / n_depth under the flat module path rebuild the same model."""
+    torch.manual_seed(0)
+    net = ContextualRQTransformer(**SMALL, num_classes=3).eval()
+    checkpoint.save(net, tmp_path / "old")
+    meta = tmp_path / "old.json"
+    record = json.loads(meta.read_text())
+    config = record["config"]
+    config["n_spatial"], config["n_depth"] = config.pop("spatial_depth"), config.pop("depth_depth")
+    record["class"] = "vqfast.models.rq_transformer.ContextualRQTransformer"
+    meta.write_text(json.dumps(record))
+    back = checkpoint.load(tmp_path / "old", expected=ContextualRQTransformer)
+    assert back.config == net.config
+    codes = _codes(net, 2)
+    masked = torch.zeros(2, 3, 5, dtype=torch.bool)
+    masked[:, 1] = True
+    with torch.no_grad():
+        assert torch.equal(back(codes, masked), net(codes, masked))

@@ -1,4 +1,4 @@
-"""MaskGIT iterative decoding and inpainting (seed lab Sec. 2.3; Chang et al. 2022, Alg. 1).
+"""MaskGIT iterative decoding and inpainting (MaskGIT Sec. 3.2).
 
 Step t = 0..T-1 (r = (t+1)/T): run the transformer on the current tokens, choose a
 token for every masked position (argmax or a sample), score it with
@@ -11,7 +11,7 @@ picks fused kernels or the PyTorch reference.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -19,6 +19,15 @@ from vqfast import ops
 from vqfast.random import as_generator
 from vqfast.models.common.masking import SCHEDULES, mask_ratio
 from vqfast.models.common.inference import low_precision
+
+
+class MaskGITSample(NamedTuple):
+    """`maskgit_decode`'s result: tokens (the shape of `known`, or [B, L]) and, with
+    return_history, history bool [steps_run + 1, B, L]: the positions still masked before
+    each step and at the end (None otherwise)."""
+
+    tokens: torch.Tensor
+    history: torch.Tensor | None = None
 
 
 def reveal_schedule(n_masked: torch.Tensor, steps: int, schedule: str) -> torch.Tensor:
@@ -53,36 +62,36 @@ def _logits(model: Callable, tokens, class_labels, guidance_scale, null_class, a
 
 
 @torch.no_grad()
-def maskgit_decode(model: Callable, tokens: torch.Tensor | None = None, mask: torch.Tensor | None = None, *,
-                   batch_size: int | None = None, steps: int = 8, schedule: str = "cosine",
+def maskgit_decode(model: Callable, known: torch.Tensor | None = None, mask: torch.Tensor | None = None, *,
+                   batch_size: int | None = None, class_labels: torch.Tensor | None = None,
+                   generator: torch.Generator | int | None = None, backend: str = "auto", progress: bool = False,
+                   return_history: bool = False, steps: int = 8, schedule: str = "cosine",
                    choice_temperature: float = 4.5, choice: str = "argmax", sample_temperature: float = 1.0,
-                   sweet_spot: int | None = None, class_labels: torch.Tensor | None = None,
-                   guidance_scale: float = 1.0, generator: torch.Generator | int | None = None,
-                   autocast_dtype: torch.dtype | None = None, backend: str = "auto", progress: bool = False,
-                   return_history: bool = False):
-    """Generate (tokens=None) or inpaint token maps with MaskGIT's iterative decoding.
+                   sweet_spot: int | None = None, guidance_scale: float = 1.0,
+                   autocast_dtype: torch.dtype | None = None) -> MaskGITSample:
+    """Generate (known=None) or inpaint token maps with MaskGIT's iterative decoding.
 
     model: a BidirectionalTransformer (or any callable tokens [B, L] (, class_labels) ->
         logits [B, L, K] that has `mask_id` and `seq_len`).
-    tokens: int64 [B, L] or [B, h, w] known tokens (values under `mask` are ignored).
+    known: int64 [B, L] or [B, h, w] token maps (values under `mask` are ignored).
     mask: bool, same shape, True = generate; each image may have its own mask. Without
-        tokens, batch_size images are generated from an all-[MASK] map.
-    steps T, schedule (see vqfast.models.maskgit.SCHEDULES), choice_temperature (4.5,
-        annealed by 1 - (t+1)/T), choice "argmax" | "sample" (sample_temperature scales
-        the logits), sweet_spot: stop after that many steps and fill what is still
-        masked with that step's choices (the seed's early stop; None = run T steps).
+        known, batch_size images are generated from an all-[MASK] map.
     class_labels [B] and guidance_scale s: logits = uncond + s * (cond - uncond)
         (s = 1: conditional only, no extra forward).
     generator: torch.Generator or int seed (same seed -> same tokens).
+    steps T, schedule (see vqfast.models.common.masking.SCHEDULES), choice_temperature (4.5,
+        annealed by 1 - (t+1)/T), choice "argmax" | "sample" (sample_temperature scales
+        the logits), sweet_spot: stop after that many steps and fill what is still
+        masked with that step's choices (None = run T steps).
     autocast_dtype: run the transformer's blocks in this dtype (None: fp32; e.g.
         torch.bfloat16). A model made of vqfast `Block`s runs as
         `vqfast.models.common.inference.inference_copy(model, dtype)`: on CPU oneDNN-packed block
         weights, fp32 residual stream, LayerNorms and head, fp32 logits. Any other
         callable runs as it is (under torch.autocast for bf16).
-    Returns tokens (same shape as the input), or (tokens, masked [steps_run + 1, B, L])
-    with return_history: the still-masked positions before each step and at the end.
+    Returns MaskGITSample(tokens, history): tokens of the shape of `known` ([B, L] when
+    generating), history with return_history (see MaskGITSample).
 
-        out = maskgit_decode(net, tokens, box_mask, steps=8, generator=0)
+        out = maskgit_decode(net, tokens, box_mask, steps=8, generator=0).tokens
     """
     if choice not in ("argmax", "sample"):
         raise ValueError(f"choice must be 'argmax' or 'sample', got {choice!r}")
@@ -90,28 +99,37 @@ def maskgit_decode(model: Callable, tokens: torch.Tensor | None = None, mask: to
         raise ValueError(f"sweet_spot must be an int in [1, steps={steps}] or None, got {sweet_spot!r}")
     L, mask_id = model.seq_len, model.mask_id
     device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
-    if tokens is None:
+    if known is None:
         if batch_size is None and mask is None:
-            raise ValueError("give tokens (+ mask) to inpaint, or batch_size to generate")
+            raise ValueError("give known (+ mask) to inpaint, or batch_size to generate")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         n = batch_size if batch_size is not None else mask.shape[0]
-        tokens = torch.zeros(n, L, dtype=torch.long, device=device)
+        known = torch.zeros(n, L, dtype=torch.long, device=device)
         mask = torch.ones(n, L, dtype=torch.bool, device=device) if mask is None else mask
     elif mask is None:
-        raise ValueError("tokens given without mask: nothing to generate")
-    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long:
-        raise TypeError(f"tokens must be an int64 tensor, got {getattr(tokens, 'dtype', type(tokens))}")
+        raise ValueError("known given without mask: nothing to generate (mask True = generate)")
+    if not isinstance(known, torch.Tensor) or known.dtype != torch.long:
+        raise TypeError(f"known must be an int64 tensor, got {getattr(known, 'dtype', type(known))}")
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask))}")
-    if mask.shape != tokens.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} must equal tokens shape {tuple(tokens.shape)}")
-    shape = tokens.shape
+    if mask.shape != known.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} must equal known shape {tuple(known.shape)}")
+    shape = known.shape
     B = shape[0]
-    if tokens[0].numel() != L:
-        raise ValueError(f"tokens must hold seq_len={L} positions per image, got shape {tuple(shape)}")
-    if class_labels is not None and tuple(class_labels.shape) != (B,):
+    if B == 0 or known[0].numel() != L:
+        raise ValueError(f"known must hold B >= 1 maps of seq_len={L} positions, got shape {tuple(shape)}")
+    kept = known[~mask]
+    if kept.numel() and (kept.min() < 0 or kept.max() >= mask_id):
+        raise ValueError(f"known tokens outside the mask must lie in [0, {mask_id}), "
+                         f"got range [{int(kept.min())}, {int(kept.max())}]")
+    if hasattr(model, "check_class_labels"):
+        model.check_class_labels(class_labels, B)
+    elif class_labels is not None and tuple(class_labels.shape) != (B,):
         raise ValueError(f"class_labels must be [B={B}], got {tuple(class_labels.shape)}")
     masked = mask.reshape(B, L).to(device)
-    cur = tokens.reshape(B, L).to(device).masked_fill(masked, mask_id)
+    cur = known.reshape(B, L).to(device).masked_fill(masked, mask_id)
     plan = reveal_schedule(masked.sum(1), steps, schedule).to(device)
     g = as_generator(generator, device)
     guided = class_labels is not None and guidance_scale != 1.0
@@ -135,5 +153,4 @@ def maskgit_decode(model: Callable, tokens: torch.Tensor | None = None, mask: to
         masked = masked & ~reveal
         if return_history:
             history.append(masked.clone())
-    out = cur.reshape(shape)
-    return (out, torch.stack(history)) if return_history else out
+    return MaskGITSample(cur.reshape(shape), torch.stack(history) if return_history else None)

@@ -14,7 +14,7 @@ temperature 0.8 and guidance in the revise phase). Guidance mixes logits per dep
 uncond + s * (cond - uncond), the unconditional rows using the null class and the same
 codes; s = 1 is the conditional model alone (no extra pass), s = 0 the unconditional one.
 
-Inpainting / editing (supp. D.3): give `codes` and `mask` (True = generate): only the
+Inpainting / editing (supp. D.3): give `known` codes and `mask` (True = generate): only the
 masked positions are partitioned and resampled, the given stacks are kept; editing is
 inpainting with another class label. Draft strategies (supp. C): "random" (the paper's),
 "top-c" (MaskGIT: reveal the most confident of the sampled stacks, confidence = sum over
@@ -28,11 +28,12 @@ the same seed gives the same codes. `depth_cache=False` recomputes the full mode
 for the same seed, equal up to floating-point rounding.
 
 PAPER_SETTINGS holds the supp. A.4 settings per model size:
-    codes = draft_and_revise(net, batch_size=4, class_labels=y, generator=0, **PAPER_SETTINGS["821M"])
+    codes = draft_and_revise(net, batch_size=4, class_labels=y, generator=0, **PAPER_SETTINGS["821M"]).tokens
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -60,6 +61,14 @@ class Step:
     codes: torch.Tensor
 
 
+class RQSample(NamedTuple):
+    """`draft_and_revise`'s result: tokens, the code maps [B, H, W, D], and with
+    return_history the list of UPDATE steps (`Step`), None otherwise."""
+
+    tokens: torch.Tensor
+    history: list[Step] | None = None
+
+
 def random_partition(region: torch.Tensor, groups: int, generator=None) -> torch.Tensor:
     """Uniformly random balanced partition of each row's True positions into `groups` groups.
 
@@ -81,9 +90,9 @@ def random_partition(region: torch.Tensor, groups: int, generator=None) -> torch
 class _Sampler:
     """The per-step machinery shared by both phases (one instance per call)."""
 
-    def __init__(self, model, labels, generator, top_k, top_p, depth_cache):
+    def __init__(self, model, labels, generator, top_k, top_p, depth_cache, backend="auto"):
         self.model, self.labels, self.g = model, labels, generator
-        self.top_k, self.top_p, self.depth_cache = top_k, top_p, depth_cache
+        self.top_k, self.top_p, self.depth_cache, self.backend = top_k, top_p, depth_cache, backend
         self.null = getattr(model, "num_classes", 0)
 
     def _inputs(self, codes, hidden, guidance):
@@ -100,7 +109,8 @@ class _Sampler:
         else:
             cond, uncond = logits.float(), None
         code = sample_logits(cond, temperature=temperature, top_k=self.top_k, top_p=self.top_p,
-                             cfg_scale=guidance if guided else None, uncond_logits=uncond, generator=self.g)
+                             cfg_scale=guidance if guided else None, uncond_logits=uncond, generator=self.g,
+                             backend=self.backend)
         if confidence is not None:  # log p of the drawn code under the guided, tempered distribution
             mixed = cond if uncond is None else uncond + guidance * (cond - uncond)
             logp = torch.log_softmax(mixed / temperature, -1)
@@ -127,31 +137,36 @@ class _Sampler:
         return work[: B][rows], conf
 
 
-def _prepare(model, codes, mask, batch_size, class_labels, device):
-    H, W = model.grid
-    D = model.code_depth
-    if codes is None:
+def _prepare(model, known, mask, batch_size, class_labels, device):
+    if known is None:
         if batch_size is None and mask is None:
-            raise ValueError("give codes (+ mask) to inpaint, or batch_size to generate")
+            raise ValueError("give known (+ mask) to inpaint, or batch_size to generate")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         n = batch_size if batch_size is not None else mask.shape[0]
-        codes = torch.zeros(n, H, W, D, dtype=torch.long, device=device)
+        known = torch.zeros(n, *model.code_shape, dtype=torch.long, device=device)
         if mask is None:
-            mask = torch.ones(n, H, W, dtype=torch.bool, device=device)
+            mask = torch.ones(n, *model.grid, dtype=torch.bool, device=device)
     elif mask is None:
-        raise ValueError("codes given without mask: nothing to generate (mask True = generate)")
-    model.check_codes(codes, mask)
-    given = codes[~mask]
+        raise ValueError("known given without mask: nothing to generate (mask True = generate)")
+    if not isinstance(known, torch.Tensor) or known.dtype != torch.long:
+        raise TypeError(f"known must be an int64 tensor of codes, got {getattr(known, 'dtype', type(known))}")
+    if known.dim() != 4 or tuple(known.shape[1:]) != model.code_shape or known.shape[0] == 0:
+        raise ValueError(f"known codes must be [B >= 1, {', '.join(map(str, model.code_shape))}], "
+                         f"got {tuple(known.shape)}")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask))}")
+    if tuple(mask.shape) != tuple(known.shape[:3]):
+        raise ValueError(f"mask must be [B, H, W] = {tuple(known.shape[:3])}, got {tuple(mask.shape)}")
+    given = known[~mask]
     if given.numel() and (given.min() < 0 or given.max() >= model.codebook_size):
-        raise ValueError(f"codes outside the mask must lie in [0, {model.codebook_size}), "
+        raise ValueError(f"known codes outside the mask must lie in [0, {model.codebook_size}), "
                          f"got range [{int(given.min())}, {int(given.max())}]")
-    B = codes.shape[0]
+    model.check_class_labels(class_labels, known.shape[0])
     if class_labels is not None:
-        if getattr(model, "cls_emb", None) is None:
-            raise ValueError("class_labels given but the model was built with num_classes=0")
-        if tuple(class_labels.shape) != (B,):
-            raise ValueError(f"class_labels must be [B={B}], got {tuple(class_labels.shape)}")
         class_labels = class_labels.to(device)
-    return codes.to(device), mask.to(device), class_labels
+    return known.to(device), mask.to(device), class_labels
 
 
 def _check_args(T_draft, T_revise, M, strategy, temps):
@@ -178,38 +193,39 @@ def _choose(strategy, conf, cand_b, n_reveal, g):
 
 
 @torch.no_grad()
-def draft_and_revise(model, codes: torch.Tensor | None = None, mask: torch.Tensor | None = None, *,
+def draft_and_revise(model, known: torch.Tensor | None = None, mask: torch.Tensor | None = None, *,
                      batch_size: int | None = None, class_labels: torch.Tensor | None = None,
-                     T_draft: int = 64, T_revise: int = 2, M: int = 3, draft_temperature: float = 1.0,
-                     draft_guidance: float = 1.0, revise_temperature: float = 0.8, revise_guidance: float = 1.4,
-                     top_k: int | None = None, top_p: float | None = None, strategy: str = "random",
-                     depth_cache: bool = True, generator: torch.Generator | int | None = None,
-                     progress: bool = False, return_history: bool = False):
-    """Generate (codes=None) or inpaint RQ code maps with Draft-and-Revise.
+                     generator: torch.Generator | int | None = None, backend: str = "auto", progress: bool = False,
+                     return_history: bool = False, T_draft: int = 64, T_revise: int = 2, M: int = 3,
+                     draft_temperature: float = 1.0, draft_guidance: float = 1.0, revise_temperature: float = 0.8,
+                     revise_guidance: float = 1.4, top_k: int | None = None, top_p: float | None = None,
+                     strategy: str = "random", depth_cache: bool = True) -> RQSample:
+    """Generate (known=None) or inpaint RQ code maps with Draft-and-Revise (Algorithm 1).
 
-    model: a ContextualRQTransformer. codes int64 [B, H, W, D] (stacks under `mask` are
-    ignored), mask bool [B, H, W] (True = generate; rows may differ); without codes,
+    model: a ContextualRQTransformer. known int64 [B, H, W, D] codes (stacks under `mask`
+    are ignored), mask bool [B, H, W] (True = generate; rows may differ); without known,
     batch_size maps are generated from all [MASK]. class_labels [B] (None: the null
-    class / an unconditional model). T_draft, T_revise, M; per-phase temperature and
-    guidance scale (applied only with class_labels); top_k / top_p filter every draw;
-    strategy for the draft phase ("random" | "top-c" | "top-c-50"); depth_cache=False
-    is the naive baseline. generator: torch.Generator or int seed. Defaults: supp. A.4
-    for the 371M model (M = 3, T_revise = 2, 0.8 and guidance 1.4 in the revise phase).
-    Returns codes [B, H, W, D], or (codes, [Step, ...]) with return_history.
+    class / an unconditional model). generator: torch.Generator or int seed. backend: of
+    every draw (`vqfast.ops.sample_logits`: "auto" fused kernels, "reference"). T_draft,
+    T_revise, M; per-phase temperature and guidance scale (applied only with
+    class_labels); top_k / top_p filter every draw; strategy for the draft phase
+    ("random" | "top-c" | "top-c-50"); depth_cache=False is the naive baseline. Defaults:
+    supp. A.4 for the 371M model (M = 3, T_revise = 2, 0.8 and guidance 1.4 in the revise
+    phase). Returns RQSample(tokens [B, H, W, D], history: [Step, ...] with return_history).
 
-        out = draft_and_revise(net, codes, box_mask, class_labels=y, T_draft=8, M=2, generator=0)
+        out = draft_and_revise(net, codes, box_mask, class_labels=y, T_draft=8, M=2, generator=0).tokens
     """
     _check_args(T_draft, T_revise, M, strategy,
                 (("draft_temperature", draft_temperature), ("revise_temperature", revise_temperature)))
     device = next(model.parameters()).device
-    codes, mask, labels = _prepare(model, codes, mask, batch_size, class_labels, device)
+    codes, mask, labels = _prepare(model, known, mask, batch_size, class_labels, device)
     g = as_generator(generator)
     B, H, W, D = codes.shape
     N = H * W
     cur = codes.reshape(B, N, D).clone()
     region = mask.reshape(B, N)
     known = ~region  # stacks the spatial transformer may see
-    sampler = _Sampler(model, labels, g, top_k, top_p, depth_cache)
+    sampler = _Sampler(model, labels, g, top_k, top_p, depth_cache, backend)
     history: list[Step] = []
     plan = [("draft", 0, T_draft, draft_temperature, draft_guidance)]
     plan += [("revise", r + 1, T_revise, revise_temperature, revise_guidance) for r in range(M)]
@@ -239,5 +255,4 @@ def draft_and_revise(model, codes: torch.Tensor | None = None, mask: torch.Tenso
                 bar.update(1)
     if bar is not None:
         bar.close()
-    out = cur.view(B, H, W, D)
-    return (out, history) if return_history else out
+    return RQSample(cur.view(B, H, W, D), history if return_history else None)

@@ -24,9 +24,9 @@ Choices (the paper is silent; documented here):
   the depth transformer runs the same blocks causally, with a KV cache when sampling
   (`DepthCache`), so the spatial transformer runs once per sampling step.
 
-    net = ContextualRQTransformer.preset("tiny")
+    net = ContextualRQTransformer.from_preset("tiny")   # "371M", "821M", "1.4B" (supp. Table 1)
     logits = net(codes, masked)        # codes [B, 8, 8, 4], masked [B, 8, 8] -> [B, 8, 8, 4, K]
-    loss = net.loss(codes, generator=0)
+    loss = net.loss(codes, generator=0).total
 """
 from __future__ import annotations
 
@@ -36,18 +36,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqfast.random import as_generator
 from vqfast.models.common.masking import random_mask
+from vqfast.models.common.outputs import LossOutput, loss_output
+from vqfast.models.common.presets import PresetMixin
 from vqfast.models.common.transformer import Block, SelfAttention, init_weights
+from vqfast.random import as_generator
 
-# supp. Table 1 (ImageNet; CC-3M sizes need a text encoder and are left out) plus CPU configs.
-PRESETS: dict[str, dict] = {
-    "371M": dict(codebook_size=16384, grid=(8, 8), code_depth=4, dim=1024, n_spatial=24, n_depth=4, num_classes=1000),
-    "821M": dict(codebook_size=16384, grid=(8, 8), code_depth=4, dim=1536, n_spatial=24, n_depth=4, num_classes=1000),
-    "1.4B": dict(codebook_size=16384, grid=(8, 8), code_depth=4, dim=1536, n_spatial=42, n_depth=6, num_classes=1000),
-    "tiny": dict(codebook_size=256, grid=(8, 8), code_depth=4, dim=128, n_spatial=4, n_depth=2, num_classes=0),
-    "tiny-cond": dict(codebook_size=256, grid=(8, 8), code_depth=4, dim=128, n_spatial=4, n_depth=2, num_classes=10),
-}
+_IMAGENET = dict(codebook_size=16384, grid=(8, 8), code_depth=4, num_classes=1000)
+_TINY = dict(codebook_size=256, grid=(8, 8), code_depth=4, dim=128, spatial_depth=4, depth_depth=2)
 
 
 def _attend(attn: SelfAttention, x: torch.Tensor, cache: list | None) -> torch.Tensor:
@@ -79,51 +75,62 @@ class DepthCache:
         self.layers: list[list] = [[] for _ in range(n_blocks)]
 
 
-class ContextualRQTransformer(nn.Module):
+class ContextualRQTransformer(PresetMixin, nn.Module):
     """codes [B, H, W, D] (int64 in 0..K-1) + masked [B, H, W] -> logits [B, H, W, D, K].
 
-    codebook_size K, grid (H, W), code_depth D, dim (heads = dim // 64 unless given),
-    n_spatial / n_depth blocks; num_classes > 0 enables class conditioning
-    (class_labels [B], id num_classes = null class). See the module docstring.
+    codebook_size K, grid (H, W), code_depth D (code_shape = (H, W, D)), dim (heads =
+    dim // 64 unless given), spatial_depth / depth_depth: the blocks of the spatial / depth
+    transformer (supp. Table 1: L_spatial, L_depth); num_classes > 0 enables class
+    conditioning (class_labels [B], id num_classes = null class). See the module docstring.
+
+    Presets: "371M", "821M", "1.4B" (supp. Table 1, ImageNet, 1000 classes), "tiny" and
+    "tiny-cond" (10 classes): the 8x8x4 codes, K = 256, of the tiny RQVAE, for CPUs.
     """
 
+    PRESETS = {  # supp. Table 1 (ImageNet; the CC-3M sizes need a text encoder and are left out)
+        "371M": dict(_IMAGENET, dim=1024, spatial_depth=24, depth_depth=4),
+        "821M": dict(_IMAGENET, dim=1536, spatial_depth=24, depth_depth=4),
+        "1.4B": dict(_IMAGENET, dim=1536, spatial_depth=42, depth_depth=6),
+        "tiny": dict(_TINY, num_classes=0),
+        "tiny-cond": dict(_TINY, num_classes=10),
+    }
+    CONFIG_ALIASES = {"n_spatial": "spatial_depth", "n_depth": "depth_depth"}
+
     def __init__(self, codebook_size: int, grid: tuple[int, int] = (8, 8), code_depth: int = 4, dim: int = 1024,
-                 n_spatial: int = 24, n_depth: int = 4, heads: int | None = None, mlp_ratio: float = 4.0,
+                 spatial_depth: int = 24, depth_depth: int = 4, heads: int | None = None, mlp_ratio: float = 4.0,
                  dropout: float = 0.0, num_classes: int = 0, class_dropout: float = 0.1):
         super().__init__()
         grid = tuple(int(g) for g in grid)
         for name, v in (("codebook_size", codebook_size), ("code_depth", code_depth), ("dim", dim),
-                        ("n_spatial", n_spatial), ("n_depth", n_depth), ("grid[0]", grid[0]), ("grid[1]", grid[1])):
+                        ("spatial_depth", spatial_depth), ("depth_depth", depth_depth), ("grid[0]", grid[0]),
+                        ("grid[1]", grid[1])):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+        if not 0.0 <= class_dropout < 1.0:
+            raise ValueError(f"class_dropout must lie in [0, 1), got {class_dropout!r}")
         heads = heads or max(1, dim // 64)
         self.config = dict(codebook_size=codebook_size, grid=list(grid), code_depth=code_depth, dim=dim,
-                           n_spatial=n_spatial, n_depth=n_depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout,
-                           num_classes=num_classes, class_dropout=class_dropout)
+                           spatial_depth=spatial_depth, depth_depth=depth_depth, heads=heads, mlp_ratio=mlp_ratio,
+                           dropout=dropout, num_classes=num_classes, class_dropout=class_dropout)
         self.codebook_size, self.grid, self.code_depth = codebook_size, grid, code_depth
+        self.code_shape = (*grid, code_depth)
         self.num_classes, self.class_dropout = num_classes, class_dropout
         self.seq_len = grid[0] * grid[1]
         self.code_emb = nn.Embedding(codebook_size, dim)
         self.mask_emb = nn.Parameter(torch.zeros(dim))
         self.cls_emb = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
         self.spatial_pos = nn.Parameter(torch.zeros(1, self.seq_len + (num_classes > 0), dim))
-        self.spatial = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(n_spatial))
+        self.spatial = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(spatial_depth))
         self.spatial_norm = nn.LayerNorm(dim)
         self.depth_pos = nn.Parameter(torch.zeros(1, code_depth, dim))
-        self.depth = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(n_depth))
+        self.depth = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(depth_depth))
         self.head_norm = nn.LayerNorm(dim)
         self.head_bias = nn.Parameter(torch.zeros(codebook_size))
         self.apply(init_weights)
         for p in (self.mask_emb, self.spatial_pos, self.depth_pos):
             nn.init.trunc_normal_(p, std=0.02)
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "ContextualRQTransformer":
-        """A model from PRESETS ("371M", "821M", "1.4B", "tiny", "tiny-cond"); build it
-        under `torch.device("meta")` to count parameters without memory."""
-        if name not in PRESETS:
-            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
-        return cls(**{**PRESETS[name], **overrides})
 
     # ---- checks -------------------------------------------------------------------------
     def check_codes(self, codes: torch.Tensor, masked: torch.Tensor | None = None) -> None:
@@ -149,6 +156,21 @@ class ContextualRQTransformer(nn.Module):
         if tuple(class_labels.shape) != (batch,):
             raise ValueError(f"class_labels must be [B={batch}], got {tuple(class_labels.shape)}")
         return class_labels
+
+    def check_class_labels(self, class_labels: torch.Tensor | None, batch: int) -> None:
+        """Raise unless class_labels is None or int64 [batch] in [0, num_classes] (num_classes: the null class)."""
+        if class_labels is None:
+            return
+        if self.cls_emb is None:
+            raise ValueError("class_labels given but the model was built with num_classes=0")
+        if not isinstance(class_labels, torch.Tensor) or class_labels.dtype != torch.long:
+            got = getattr(class_labels, "dtype", type(class_labels))
+            raise TypeError(f"class_labels must be an int64 tensor, got {got}")
+        if tuple(class_labels.shape) != (batch,):
+            raise ValueError(f"class_labels must be [B={batch}], got {tuple(class_labels.shape)}")
+        if batch and (class_labels.min() < 0 or class_labels.max() > self.num_classes):
+            raise ValueError(f"class_labels must lie in [0, {self.num_classes}] ({self.num_classes}: the null "
+                             f"class), got range [{int(class_labels.min())}, {int(class_labels.max())}]")
 
     # ---- spatial transformer ----------------------------------------------------------
     def spatial_forward(self, codes: torch.Tensor, masked: torch.Tensor,
@@ -220,19 +242,23 @@ class ContextualRQTransformer(nn.Module):
                                     codes.reshape(B * self.seq_len, self.code_depth).clamp(0, self.codebook_size - 1))
         return logits.view(*codes.shape, self.codebook_size)
 
-    def loss(self, codes: torch.Tensor, class_labels: torch.Tensor | None = None, generator=None,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean NLL of the codes of the masked positions, all D depths (teacher forcing).
+    def loss(self, codes: torch.Tensor, *, class_labels: torch.Tensor | None = None,
+             generator: torch.Generator | int | None = None, mask: torch.Tensor | None = None) -> LossOutput:
+        """Mean NLL of the codes [B, H, W, D] of the masked positions, all D depths (teacher
+        forcing; supp. A.3). LossOutput terms: "nll".
 
         mask (bool [B, H, W], True = masked) overrides the cosine random mask. In training
-        mode class labels are dropped to the null class with probability class_dropout.
+        mode class labels [B] are dropped to the null class with probability class_dropout.
         The depth transformer runs only on the masked positions."""
         self.check_codes(codes)
         K = self.codebook_size
-        if codes.numel() and (codes.min() < 0 or codes.max() >= K):
-            raise ValueError(f"codes must lie in [0, {K}), got range [{int(codes.min())}, {int(codes.max())}]")
-        g = as_generator(generator)
         B = codes.shape[0]
+        if B == 0:
+            raise ValueError(f"codes must hold at least one map, got shape {tuple(codes.shape)}")
+        if codes.min() < 0 or codes.max() >= K:
+            raise ValueError(f"codes must lie in [0, {K}), got range [{int(codes.min())}, {int(codes.max())}]")
+        self.check_class_labels(class_labels, B)
+        g = as_generator(generator)
         if mask is None:
             mask = random_mask(B, self.seq_len, "cosine", g, codes.device).view(codes.shape[:3])
         self.check_codes(codes, mask)
@@ -244,7 +270,8 @@ class ContextualRQTransformer(nn.Module):
         sel = mask.reshape(B, self.seq_len)
         target = codes.reshape(B, self.seq_len, self.code_depth)[sel]  # [M, D]
         logits = self.depth_forward(h[sel], target)
-        return F.cross_entropy(logits.reshape(-1, K).float(), target.reshape(-1))
+        nll = F.cross_entropy(logits.reshape(-1, K).float(), target.reshape(-1))
+        return loss_output(nll, nll=nll)
 
     def flops_spatial(self, batch: int) -> int:
         """Multiply-add FLOPs (2 per MAC) of one spatial pass on `batch` code maps."""
@@ -252,4 +279,4 @@ class ContextualRQTransformer(nn.Module):
         L = self.seq_len + (self.num_classes > 0)
         d, hidden = c["dim"], int(c["dim"] * c["mlp_ratio"])
         per_block = 2 * L * d * (4 * d + 2 * hidden) + 2 * 2 * L * L * d
-        return batch * c["n_spatial"] * per_block
+        return batch * c["spatial_depth"] * per_block
