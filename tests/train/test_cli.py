@@ -1,5 +1,8 @@
 """`python -m vqfast train` end to end per family at its tiny preset (stage 1, then stage 2 on
-the trained tokenizer) from a folder with a corrupt and a grayscale image; `--help`; errors."""
+the trained tokenizer) from a folder with a corrupt and a grayscale image, each run scored by
+`python -m vqfast eval`; VQ-DDM's ReFiT stage; `--help`; errors."""
+import json
+
 import pytest
 import torch
 
@@ -27,13 +30,19 @@ def test_both_stages_train_from_a_folder(image_folder, tmp_path, family, tok_pre
         records = read_log(run)
         assert [r["step"] for r in records] == [1, 2] and all(r["loss"] == r["loss"] for r in records)
         assert (latest(run) / "model.safetensors").exists()
+        main(["eval", str(run), "--max-images", "2", "--batch-size", "2", "--sample-steps", "4"])
+        report = json.loads((run / "metrics.json").read_text())
+        assert 0 < report["codebook_usage"] <= 1  # of the reconstructions' or the samples' tokens
+        scored = run == tok or family == "put"  # PUT's model is scored on its inpainting
+        assert ("psnr" in report) == scored and ("ssim" in report) == scored
 
 
 def test_help_lists_presets(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    assert "--tokenizer" in out and "maskgit  tokenizer  64px, tiny" in out
+    from vqfast.models.common.vqgan import VQGAN
+    assert "--tokenizer" in out and f"maskgit  tokenizer  {', '.join(sorted(VQGAN.PRESETS))}" in out
 
 
 def test_empty_folder_fails_before_training(tmp_path):

@@ -14,11 +14,7 @@ def _preset_help() -> str:
             if name == "refit":
                 lines.append(f"  {family:<8} {name:<9}  (the tokenizer's own: pass --tokenizer)")
                 continue
-            try:
-                presets = ", ".join(stage.presets())
-            except (ImportError, AttributeError) as err:  # a family package that does not import here
-                presets = f"unavailable ({err})"
-            lines.append(f"  {family:<8} {name:<9}  {presets}")
+            lines.append(f"  {family:<8} {name:<9}  {', '.join(stage.presets())}")
     return "\n".join(lines)
 
 
@@ -82,7 +78,9 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--data", default=None, help="the images to evaluate on (default: the run's data, held-out split)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-images", type=int, default=1000, help="held-out images to use at most")
-    p.add_argument("--inception-weights", default=None, help="a local Inception weights file for FID / IS")
+    p.add_argument("--inception-weights", default=None, help="a local Inception weights file for FID")
+    p.add_argument("--sample-steps", type=int, default=None,
+                   help="decoding steps of MaskGIT / VQ-DDM samples (default: the sampler's)")
     p.add_argument("--device", default=None)
 
 
@@ -92,7 +90,8 @@ def run_eval(args) -> None:
     from vqfast.train.metrics import evaluate_run
 
     report = evaluate_run(args.run_dir, data=args.data, batch_size=args.batch_size, max_images=args.max_images,
-                          inception_weights=args.inception_weights, device=args.device)
+                          inception_weights=args.inception_weights, device=args.device,
+                          sample_steps=args.sample_steps)
     print(json.dumps(report, indent=2))
 
 

@@ -107,9 +107,11 @@ class FID:
 
 
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, batch_size: int = 16, max_images: int = 1000,
-                 inception_weights: str | None = None, device: str | None = None) -> dict:
-    """Metrics of a run's latest weights on held-out images (see `vqfast.train.evaluate_stage`);
-    writes RUN_DIR/metrics.json and returns the report."""
+                 inception_weights: str | None = None, device: str | None = None,
+                 sample_steps: int | None = None) -> dict:
+    """Metrics of a run's latest weights on held-out images (see `vqfast.train.stage_metrics`);
+    sample_steps: decoding steps of MaskGIT / VQ-DDM samples. Writes RUN_DIR/metrics.json and
+    returns the report."""
     from vqfast import checkpoint
     from vqfast.train.checkpointing import model_path
     from vqfast.train.data import open_images
@@ -132,7 +134,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, batch_size: in
     report = {"run": str(run_dir), "family": cfg["family"], "stage": cfg["stage"],
               "images": min(len(images), max_images)}
     report.update(stage_metrics(stage, model, tokenizer, images, features, batch_size=batch_size,
-                                max_images=max_images, device=dev, seed=cfg["seed"]))
+                                max_images=max_images, device=dev, seed=cfg["seed"], sample_steps=sample_steps))
     if why:
         report["fid_skipped"] = why
         print(why)

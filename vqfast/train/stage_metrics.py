@@ -23,8 +23,11 @@ def _labels(model, labels: torch.Tensor) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def _generate(stage, model, tokenizer, x: torch.Tensor, labels: torch.Tensor, generator: int):
-    """(images in [-1, 1], tokens, score mask or None) the stage's model makes for one batch."""
+def _generate(stage, model, tokenizer, x: torch.Tensor, labels: torch.Tensor, generator: int,
+              steps: int | None = None):
+    """(images in [-1, 1], tokens, score mask or None) the stage's model makes for one batch;
+    steps: decoding steps of MaskGIT / VQ-DDM (None: the sampler's default)."""
+    opt = {} if steps is None else {"steps": steps}
     f, B = stage.family, x.shape[0]
     cls = _labels(model, labels)
     if f == "put":
@@ -36,11 +39,11 @@ def _generate(stage, model, tokenizer, x: torch.Tensor, labels: torch.Tensor, ge
         return images, out.tokens, mask
     if f == "maskgit":
         from vqfast.models.maskgit import maskgit_decode
-        tokens = maskgit_decode(model, batch_size=B, class_labels=cls, generator=generator).tokens
+        tokens = maskgit_decode(model, batch_size=B, class_labels=cls, generator=generator, **opt).tokens
         return tokenizer.decode_tokens(tokens.reshape(B, *tokenizer.token_shape)), tokens, None
     if f == "vqddm":
         from vqfast.models.vqddm import vqddm_sample
-        tokens = vqddm_sample(model, batch_size=B, class_labels=cls, generator=generator).tokens
+        tokens = vqddm_sample(model, batch_size=B, class_labels=cls, generator=generator, **opt).tokens
         return tokenizer.decode_tokens(tokens), tokens, None
     if f == "rq":
         from vqfast.models.rq import draft_and_revise
@@ -53,16 +56,16 @@ def _generate(stage, model, tokenizer, x: torch.Tensor, labels: torch.Tensor, ge
 
 @torch.no_grad()
 def stage_metrics(stage, model, tokenizer, images, features, *, batch_size: int, max_images: int,
-                  device: torch.device, seed: int = 0) -> dict[str, float]:
+                  device: torch.device, seed: int = 0, sample_steps: int | None = None) -> dict[str, float]:
     """Metrics of `model` (a trained stage) over the first max_images of `images`; FID when
-    `features` (an Inception feature extractor) is given."""
+    `features` (an Inception feature extractor) is given; sample_steps as in `_generate`."""
     fid = FID(features) if features is not None else None
     sums: dict[str, float] = {}
     tokens, n = [], 0
     for b, (x, labels) in enumerate(_batches(images, batch_size, max_images)):
         x, labels = x.to(device), labels.to(device)
         if stage.name == "model":
-            fake, toks, mask = _generate(stage, model, tokenizer, x, labels, seed + b)
+            fake, toks, mask = _generate(stage, model, tokenizer, x, labels, seed + b, sample_steps)
         else:
             if stage.family == "put":
                 out = model(x, torch.zeros(x.shape[0], *x.shape[2:], dtype=torch.bool, device=device))
