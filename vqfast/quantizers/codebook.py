@@ -40,7 +40,8 @@ class Codebook(nn.Module):
         # None: all-reduce whenever torch.distributed is initialized.
         self.sync_distributed = True if sync_distributed is None else sync_distributed
         self.generator = torch.Generator().manual_seed(seed)
-        init = torch.randn(codebook_size, dim, generator=self.generator)
+        # drawn on the CPU generator, then put where modules are being built (from_preset(device=...))
+        init = torch.randn(codebook_size, dim, generator=self.generator, device="cpu").to(torch.get_default_device())
         if cosine:
             init = nn.functional.normalize(init, dim=1)
         if decay is None:

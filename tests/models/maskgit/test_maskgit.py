@@ -125,7 +125,7 @@ def test_vqgan_shapes():
         VQGAN(resolution=18, ch_mult=(1, 2, 2))
 
 
-def test_vqgan_seed_config_token_grid():
+def test_vqgan_64px_preset_token_grid():
     assert VQGAN.from_preset("64px").token_hw == (16, 16)
     assert VQGAN.from_preset("64px").codebook_size == 1024
 

@@ -149,3 +149,11 @@ def test_bad_known_labels_and_batch(net):
         maskgit_decode(net, batch_size=2, class_labels=torch.tensor([0, 7]))
     with pytest.raises(ValueError, match="batch_size"):
         maskgit_decode(net, batch_size=0)
+
+
+def test_mask_alone_generates_its_region(net):
+    _, mask = batch()
+    out = maskgit_decode(net, mask=mask, steps=3, generator=2).tokens
+    assert out.shape == mask.shape and ((out >= 0) & (out < K)).all()
+    with pytest.raises(ValueError, match="batch_size"):
+        maskgit_decode(net, mask=mask, batch_size=len(mask) + 1)

@@ -105,9 +105,13 @@ def maskgit_decode(model: Callable, known: torch.Tensor | None = None, mask: tor
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        n = batch_size if batch_size is not None else mask.shape[0]
-        known = torch.zeros(n, L, dtype=torch.long, device=device)
-        mask = torch.ones(n, L, dtype=torch.bool, device=device) if mask is None else mask
+        if mask is None:
+            mask = torch.ones(batch_size, L, dtype=torch.bool, device=device)
+        elif not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask))}")
+        elif batch_size is not None and mask.shape[0] != batch_size:
+            raise ValueError(f"mask holds {mask.shape[0]} maps but batch_size={batch_size}")
+        known = torch.zeros(mask.shape, dtype=torch.long, device=mask.device)
     elif mask is None:
         raise ValueError("known given without mask: nothing to generate (mask True = generate)")
     if not isinstance(known, torch.Tensor) or known.dtype != torch.long:
