@@ -24,8 +24,10 @@ def test_both_stages_train_from_a_folder(image_folder, tmp_path, family, tok_pre
     tok = tmp_path / "tok"
     cli(family, "--stage", "tokenizer", "--data", str(image_folder), "--preset", tok_preset, "--out", str(tok))
     model = tmp_path / "model"
+    figures = [] if family == "vqddm" else ["--eval-every", "2"]  # VQ-DDM samples with all T steps: slow
     cli(family, "--stage", "model", "--data", str(image_folder), "--preset", model_preset, "--out", str(model),
-        "--tokenizer", str(tok))
+        "--tokenizer", str(tok), *figures)
+    assert (model / "samples.png").exists() == bool(figures)
     for run in (tok, model):
         records = read_log(run)
         assert [r["step"] for r in records] == [1, 2] and all(r["loss"] == r["loss"] for r in records)

@@ -1,5 +1,5 @@
 """What a run shows at `--eval-every`: the held-out loss, a reconstruction grid (tokenizer
-stages) and the loss curves, written to RUN_DIR."""
+stages) or a sample / inpainting grid (token models) and the loss curves, written to RUN_DIR."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +9,7 @@ import torch
 from vqfast.train.data import collate
 
 GRID_IMAGES = 8
+SAMPLE_ROWS = 4  # samples drawn per figure (stage 2)
 
 
 def heldout_batch(data, n: int = GRID_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,7 +21,8 @@ def heldout_batch(data, n: int = GRID_IMAGES) -> tuple[torch.Tensor, torch.Tenso
 @torch.no_grad()
 def training_figures(stage, model, tokenizer, heldout, run_dir: Path, *, step: int, history: list[dict]) -> dict:
     """Held-out loss of `model` on a fixed batch; writes RUN_DIR/reconstructions.png (tokenizer
-    stages) and RUN_DIR/losses.png. Returns {"heldout_loss": ...}."""
+    stages) or RUN_DIR/samples.png (token models, default sampler settings) and
+    RUN_DIR/losses.png. Returns {"heldout_loss": ...}."""
     from vqfast.visualize import plot_curves, save_grid
 
     device = next(model.parameters()).device
@@ -32,7 +34,16 @@ def training_figures(stage, model, tokenizer, heldout, run_dir: Path, *, step: i
         g = torch.Generator().manual_seed(step)
         inputs = stage.encode(tokenizer, images, labels, g)
         record = {"heldout_loss": float(stage.loss(model, inputs, step, tokenizer=tokenizer).total)}
-        if stage.name != "model" and stage.family != "put":
+        if stage.name == "model":
+            from vqfast.train.stage_metrics import generate
+            fake, _, mask = generate(stage, model, tokenizer, images[:SAMPLE_ROWS], labels[:SAMPLE_ROWS], step)
+            if mask is not None:  # PUT: inpainting of the held-out images
+                shown = images[:SAMPLE_ROWS] * (~mask[:, None])
+                save_grid([[m, f, x] for m, f, x in zip(shown, fake, images)],
+                          ["masked input", f"completion (step {step})", "held-out"], run_dir / "samples.png")
+            else:
+                save_grid([[f] for f in fake], [f"samples (step {step})"], run_dir / "samples.png")
+        elif stage.family != "put":
             rec = model(images).reconstruction
             save_grid([[x, r] for x, r in zip(images, rec)], ["held-out", f"reconstruction (step {step})"],
                       run_dir / "reconstructions.png")

@@ -79,6 +79,10 @@ class Stage:
         return _cls(self.model_class)
 
     @property
+    def tokenizer_cls(self) -> type | None:
+        return _cls(self.tokenizer_class) if self.tokenizer_class else None
+
+    @property
     def needs_tokenizer(self) -> bool:
         return self.tokenizer_class is not None
 

@@ -23,7 +23,7 @@ def _labels(model, labels: torch.Tensor) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def _generate(stage, model, tokenizer, x: torch.Tensor, labels: torch.Tensor, generator: int,
+def generate(stage, model, tokenizer, x: torch.Tensor, labels: torch.Tensor, generator: int,
               steps: int | None = None):
     """(images in [-1, 1], tokens, score mask or None) the stage's model makes for one batch;
     steps: decoding steps of MaskGIT / VQ-DDM (None: the sampler's default)."""
@@ -58,14 +58,14 @@ def _generate(stage, model, tokenizer, x: torch.Tensor, labels: torch.Tensor, ge
 def stage_metrics(stage, model, tokenizer, images, features, *, batch_size: int, max_images: int,
                   device: torch.device, seed: int = 0, sample_steps: int | None = None) -> dict[str, float]:
     """Metrics of `model` (a trained stage) over the first max_images of `images`; FID when
-    `features` (an Inception feature extractor) is given; sample_steps as in `_generate`."""
+    `features` (an Inception feature extractor) is given; sample_steps as in `generate`."""
     fid = FID(features) if features is not None else None
     sums: dict[str, float] = {}
     tokens, n = [], 0
     for b, (x, labels) in enumerate(_batches(images, batch_size, max_images)):
         x, labels = x.to(device), labels.to(device)
         if stage.name == "model":
-            fake, toks, mask = _generate(stage, model, tokenizer, x, labels, seed + b, sample_steps)
+            fake, toks, mask = generate(stage, model, tokenizer, x, labels, seed + b, sample_steps)
         else:
             if stage.family == "put":
                 out = model(x, torch.zeros(x.shape[0], *x.shape[2:], dtype=torch.bool, device=device))

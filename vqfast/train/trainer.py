@@ -111,9 +111,8 @@ def lr_lambda(step: int, *, warmup: int, total: int) -> float:
 
 def load_tokenizer(source: str, stage, device: torch.device) -> nn.Module:
     """The frozen tokenizer stage 2 trains on: a run folder, checkpoint folder or checkpoint path."""
-    from vqfast.train.families import _cls
     path = checkpointing.model_path(source)
-    tok = checkpoint.load(path, expected=_cls(stage.tokenizer_class), map_location=device)
+    tok = checkpoint.load(path, expected=stage.tokenizer_cls, map_location=device)
     return tok.requires_grad_(False).eval()
 
 
