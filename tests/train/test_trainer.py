@@ -40,6 +40,8 @@ def test_run_folder_holds_checkpoint_log_and_figures(image_folder, tmp_path):
     assert [r["step"] for r in records] == [1, 2]
     assert all(r["img_per_s"] > 0 and r["skipped_files"] >= 0 and "rec" in r for r in records)
     assert read_log(run, "eval")[0]["heldout_loss"] > 0
+    data = read_log(run, "data")[0]
+    assert data["empty_files"] == 1 and data["classes"] == 2 and data["world_size"] == 1
     assert (run / "reconstructions.png").stat().st_size > 0 and (run / "losses.png").stat().st_size > 0
     assert json.loads((run / "run.json").read_text())["family"] == "maskgit"
 

@@ -146,7 +146,6 @@ class TensorImages:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, classes: list[str]):
         self.images, self.classes = images, classes
         self.labels = labels.tolist() if labels is not None else [-1] * len(images)
-        self.empty_files = 0
 
     @property
     def num_classes(self) -> int:

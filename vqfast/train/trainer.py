@@ -284,6 +284,9 @@ class Trainer:
                      progress=cfg.progress)
         if ctx.is_main and self.resume_from is not None:
             log.write({"kind": "resume", "step": self.step, "from": str(self.resume_from)})
+        elif ctx.is_main:
+            log.write({"kind": "data", "train_items": len(self.data), "classes": getattr(self.data, "num_classes", 0),
+                       "empty_files": getattr(self.data, "empty_files", 0), "world_size": ctx.world_size})
         plan = BatchPlan(len(self.data), cfg.batch_size, world_size=ctx.world_size, seed=cfg.seed)
         last = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
         it = self._batches(plan, self.step * cfg.grad_accum, last * cfg.grad_accum)
