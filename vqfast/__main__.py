@@ -21,7 +21,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vqfast")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="what is built and usable")
-    bench = sub.add_parser("bench", help="time every op per backend against its reference")
+    bench = sub.add_parser("bench", help="time every op beside the plain-PyTorch code a user would run instead")
     bench.add_argument("--quick", action="store_true", help="small shapes, about a minute")
     demo = sub.add_parser("demo", help="MaskGIT inpainting end to end: train (or load) tiny models, write a PNG")
     demo.add_argument("--out", default="maskgit_demo.png", help="PNG grid to write")

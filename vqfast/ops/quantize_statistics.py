@@ -1,5 +1,5 @@
 """nearest_code / quantize fused with ema_statistics: one call searches a batch and
-returns the per-code counts and sums of the same batch (DESIGN.md ops 1, 2 and 5).
+returns the per-code counts and sums of the same batch.
 
 The CPU kernel reads x from memory once: each superblock of rows is searched, then its
 rows, still in cache, are added into the sums. Counts and sums are bit-identical to
