@@ -35,14 +35,10 @@ def poison(t: torch.Tensor) -> torch.Tensor:
     return t.fill_(-7777)
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: minutes-long test, run only with VQFAST_SLOW=1")
-
-
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("VQFAST_SLOW") == "1":
+    if os.environ.get("VQFAST_SLOW_TESTS") == "1":
         return
-    skip = pytest.mark.skip(reason="slow: set VQFAST_SLOW=1 to run")
+    skip = pytest.mark.skip(reason="slow: set VQFAST_SLOW_TESTS=1 to run")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
