@@ -9,7 +9,7 @@ one run, interleaved round-robin so load from other processes hits every row ali
   bf16       the same under bf16 autocast (fp32 master weights)
 extra_info holds each row's median seconds per step, images/s and its ratio to `official`.
 
-DDP scaling (slow, VQFAST_SLOW_TESTS=1): images/s of `torchrun --nproc_per_node 2` over one process at
+DDP scaling (slow, VQFAST_SLOW=1): images/s of `torchrun --nproc_per_node 2` over one process at
 the same per-process batch, read from the runs' JSONL logs (steps after the first).
 
     python -m pytest benchmarks/test_bench_training.py --benchmark-only -s
@@ -155,7 +155,7 @@ def test_tokenizer_step(benchmark, tmp_path_factory, family, preset, row):
           f"x{medians['official'] / medians[row]:.2f} vs official")
 
 
-@pytest.mark.skipif(os.environ.get("VQFAST_SLOW_TESTS") != "1", reason="slow: set VQFAST_SLOW_TESTS=1 to run")
+@pytest.mark.skipif(os.environ.get("VQFAST_SLOW") != "1", reason="slow: set VQFAST_SLOW=1 to run")
 def test_ddp_scaling(benchmark, tmp_path):
     folder = _folder(tmp_path / "images", n=64)
     root = Path(__file__).resolve().parents[1]

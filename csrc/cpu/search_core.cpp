@@ -445,7 +445,9 @@ void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist
     }
   }
   for (int64_t r = 0; r < n; ++r) {
-    if (!finite[r] && !state[r].overflow) {
+    // A NaN/inf row (its fp64 squared norm is not finite) gets idx 0, dist NaN. Not `!finite[r]
+    // && !overflow`: its -inf lower bounds can pass the fp32 filter and overflow the candidates.
+    if (!vqfast::finite_value(sc.x_norm[r])) {
       idx[r] = 0;
       dist[r] = std::numeric_limits<float>::quiet_NaN();
       continue;

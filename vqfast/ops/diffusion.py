@@ -8,6 +8,7 @@ computed in float64 from the schedule and rounded to float32 once per schedule f
 """
 from __future__ import annotations
 
+import weakref
 from types import SimpleNamespace
 
 import torch
@@ -25,22 +26,25 @@ _MASK64 = (1 << 64) - 1
 
 # ---------------------------------------------------------------- per-step coefficient tables
 
-_TABLES: dict = {}  # key -> (alpha_bar, alpha, table): holding the tensors keeps their ids in the key unique
+_TABLES: dict = {}  # key -> (weakref to alpha_bar, weakref to alpha, table)
 _MAX_TABLES = 16
 
 
 def _per_step(fn, sched, t: torch.Tensor, K: int, kind: str) -> torch.Tensor:
     """fn(sched, t, K, kind) as rows t - 1 of a table of fn over every t = 1..T, built once per
     (schedule tensors and their versions, K, kind, device): a sampling or training step then pays
-    one index instead of ~15 small float64 ops (~50 us, most of the op's time at small sizes)."""
+    one index instead of ~15 small float64 ops (~50 us, most of the op's time at small sizes).
+    The cache holds weak references: a schedule dropped by its owner is freed (an id reused by a
+    new tensor misses, since the dead reference no longer returns that tensor)."""
     ab, a = sched.alpha_bar, sched.alpha
     key = (fn, id(ab), id(a), ab._version, a._version, K, kind, t.device)
     hit = _TABLES.get(key)
-    if hit is None:
+    if hit is None or hit[0]() is not ab or hit[1]() is not a:
+        _TABLES.pop(key, None)
         if len(_TABLES) >= _MAX_TABLES:
             _TABLES.pop(next(iter(_TABLES)))
         steps = torch.arange(1, ab.numel(), device=t.device)
-        hit = _TABLES[key] = (ab, a, fn(sched, steps, K, kind).contiguous())
+        hit = _TABLES[key] = (weakref.ref(ab), weakref.ref(a), fn(sched, steps, K, kind).contiguous())
     return hit[2][t - 1]
 
 

@@ -135,4 +135,6 @@ def quantize_with_statistics(x: torch.Tensor, codebook: torch.Tensor, *, metric:
     out = QuantizeOutput(z_q, idx.reshape(x.shape[:-1]), commit)
     if codebook.requires_grad:
         out.codebook_loss = F.mse_loss(x.detach().float(), codes.float())
-    return QuantizeStatistics(out, counts, sums)
+    # The statistics carry no gradient: detached, they do not keep the autograd graph (and the
+    # codebook) alive while a caller holds them.
+    return QuantizeStatistics(out, counts.detach(), sums.detach())
