@@ -1,4 +1,4 @@
-"""Command line: `python -m vqfast info | bench [--quick] | demo | convert`."""
+"""Command line: `python -m vqfast info | bench [--quick] | demo | convert | train | eval | cache`."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,10 @@ def main(argv=None) -> None:
     conv.add_argument("out", help="output path without suffix: writes OUT.safetensors and OUT.json")
     conv.add_argument("--member", default=None, help="the checkpoint file inside a .tar.gz release")
     conv.add_argument("--resolution", type=int, default=256, help="input resolution of the tokenizer (default 256)")
+    from vqfast.train import cli as train_cli
+    train_cli.add_train_parser(sub)
+    train_cli.add_eval_parser(sub)
+    train_cli.add_cache_parser(sub)
     args = parser.parse_args(argv)
     if args.cmd == "info":
         info()
@@ -53,6 +57,12 @@ def main(argv=None) -> None:
         from vqfast import demo
         info()
         demo.run(cache_dir=args.cache_dir, out=args.out, retrain=args.retrain, budget_minutes=args.minutes)
+    elif args.cmd == "train":
+        train_cli.run_train(args)
+    elif args.cmd == "eval":
+        train_cli.run_eval(args)
+    elif args.cmd == "cache":
+        train_cli.run_cache(args)
 
 
 if __name__ == "__main__":
