@@ -133,5 +133,6 @@ setup(
         "data": ["scikit-image", "scikit-learn", "matplotlib"],
         "bench": ["pytest-benchmark", "faiss-cpu", "vector-quantize-pytorch", "psutil", "matplotlib"],
         "test": ["pytest", "pytest-benchmark"],
+        "train": ["torchmetrics", "tensorboard", "pillow"],
     },
 )

@@ -14,10 +14,6 @@ from vqfast import backends  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: minutes; skipped unless VQFAST_SLOW_TESTS=1")
-
-
 def available(name: str) -> bool:
     return bool(backends()[name]["available"])
 
