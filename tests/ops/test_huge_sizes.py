@@ -29,7 +29,7 @@ STARTS = [2 ** 31 - 5, 2 ** 32 - 6, 2 ** 34 - 7, 2 ** 40 + 1, 2 ** 62 - 9]
 def _noise(backend, start, n, kind):
     if backend == "cpu":
         kind_id = {"words": 0, "uniform": 1, "gumbel": 2}[kind]
-        return torch.ops.vqfast_cpu.philox_noise(_random.key_as_int64(KEY), STREAM_TOKEN, start, n, kind_id)
+        return torch.ops.vqfast_bench.philox_noise(_random.key_as_int64(KEY), STREAM_TOKEN, start, n, kind_id)
     from vqfast.triton_kernels.random import noise_triton
     return noise_triton(KEY, STREAM_TOKEN, start, n, kind, "cpu")
 
