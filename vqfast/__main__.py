@@ -29,11 +29,13 @@ def main(argv=None) -> None:
     demo.add_argument("--retrain", action="store_true", help="ignore cached checkpoints")
     demo.add_argument("--minutes", type=float, default=8.0, help="training time budget")
     conv = sub.add_parser("convert", help="an official checkpoint -> a vqfast checkpoint (safetensors + JSON)")
-    conv.add_argument("system", help="taming-vqgan or rqvae")
+    conv.add_argument("system", help="taming-vqgan, rqvae, mqvae or stackformer")
     conv.add_argument("src", help="the official checkpoint (.ckpt/.pt/.pth/.safetensors, or a .tar.gz release)")
     conv.add_argument("out", help="output path without suffix: writes OUT.safetensors and OUT.json")
     conv.add_argument("--member", default=None, help="the checkpoint file inside a .tar.gz release")
     conv.add_argument("--resolution", type=int, default=256, help="input resolution of the tokenizer (default 256)")
+    conv.add_argument("--ratio", type=float, default=None,
+                      help="mqvae: the kept share (topk_ratio) it was trained with (default 0.30)")
     args = parser.parse_args(argv)
     if args.cmd == "info":
         info()
@@ -43,7 +45,10 @@ def main(argv=None) -> None:
         quickbench.run(quick=args.quick)
     elif args.cmd == "convert":
         from vqfast.convert import convert
-        result = convert(args.system, args.src, args.out, member=args.member, resolution=args.resolution)
+        options = {} if args.system == "stackformer" else {"resolution": args.resolution}
+        if args.ratio is not None:
+            options["ratio"] = args.ratio
+        result = convert(args.system, args.src, args.out, member=args.member, **options)
         print(f"{args.system}: mapped {result.mapped} tensors into {type(result.model).__name__} "
               f"({sum(p.numel() for p in result.model.parameters()) / 1e6:.1f}M parameters), skipped "
               f"{len(result.skipped)} training-only tensors; wrote {args.out}.safetensors and {args.out}.json")

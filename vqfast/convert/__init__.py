@@ -12,11 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from vqfast import checkpoint
-from vqfast.convert import rqvae, taming
+from vqfast.convert import mqvae, rqvae, stackformer, taming
 from vqfast.convert._io import read_state
 from vqfast.convert._mapping import Conversion
 
-SYSTEMS = {"taming-vqgan": taming.convert, "rqvae": rqvae.convert}
+SYSTEMS = {"taming-vqgan": taming.convert, "rqvae": rqvae.convert, "mqvae": mqvae.convert,
+           "stackformer": stackformer.convert}
 
 
 def convert(system: str, src, out, *, member: str | None = None, **options) -> Conversion:
