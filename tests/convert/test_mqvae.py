@@ -140,3 +140,16 @@ def test_not_an_mqvae_state_dict(tmp_path):
     torch.save({"encoder.conv_in.weight": torch.zeros(1)}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not an MQ-VAE state dict"):
         convert("mqvae", tmp_path / "x.pt", tmp_path / "o")
+
+
+def test_released_layout_converts_to_the_f8_official_preset():
+    """The f8_r30 release's shapes (meta tensors, no weights) give exactly the "f8_official" config."""
+    from vqfast.convert.mqvae import infer_config
+    with torch.device("meta"):
+        preset = MQVAE.from_preset("f8_official")
+        state = official_layout_state(preset)
+        converted = MQVAE(**infer_config(state, 256, 0.30))
+    assert converted.config == preset.config
+    attn = [k for k in state if k.endswith(".q.weight") and not k.startswith("demasker.")]
+    # attention at 32x32: after the encoder's 2 ResBlocks, its middle block, the decoder's 3 ResBlocks
+    assert len(attn) == 2 + 1 + 3 and sum(k.startswith("encoder.mid.") for k in attn) == 1
