@@ -12,7 +12,7 @@ DIFFUSION_BENCH_ROUNDS, default 5):
   chain      multinomial-diffusion-style log-space posterior (Hoogeboom et al.; VQ-DDM's
              official code copies it): float32 [B, K, L] log one-hots, q_pred, one-step
              q_pred, logsumexp, Gumbel noise from torch.rand, autograd for the VLB backward
-  cpu        vqfast.diffusion on the C++ kernels
+  cpu        vqfast.ops (posterior ops) on the C++ kernels
 for posterior_sample, vlb_kl forward alone (vlb_kl_fwd), its backward alone (vlb_kl_bwd:
 the forward runs untimed, then loss.backward() is timed), both (vlb_kl_fwd_bwd) and the
 backward of posterior_logprobs alone (logprobs_bwd, a fixed random upstream gradient; its
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 import vqfast.diffusion as D
-from vqfast import backends
+from vqfast import backends, ops
 from vqfast.reference import diffusion as ref
 from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
@@ -117,14 +117,14 @@ def _make(op, impl, L, K):
         buf = torch.empty_like(sets[0][0])
         return lambda i: buf.copy_(get(i)[0])
     if impl == "exp_ceiling":
-        return lambda i: torch.ops.vqfast_cpu.exp_sum_ceiling(get(i)[0].view(-1, K))
+        return lambda i: torch.ops.vqfast_bench.exp_sum_ceiling(get(i)[0].view(-1, K))
     if op == "posterior_sample":
         if impl == "reference":
             return lambda i: ref.posterior_sample(*_args3(get(i)), SCHED, 1)
         if impl == "chain":
             chain = MultinomialChain(SCHED, K)
             return lambda i: chain.sample(*_args3(get(i)))
-        return lambda i: D.posterior_sample(*_args3(get(i)), SCHED, seed=1, backend=impl)
+        return lambda i: ops.posterior_sample(*_args3(get(i)), SCHED, seed=1, backend=impl)
 
     chain = MultinomialChain(SCHED, K)
     if op == "logprobs_bwd":
@@ -142,7 +142,7 @@ def _make(op, impl, L, K):
             elif impl == "chain":
                 out = chain.q_posterior(F.log_softmax(xg, 1), chain.log_onehot(z), t - 1)
             else:
-                out = D.posterior_logprobs(xg, z, t, SCHED, backend=impl)
+                out = ops.posterior_logprobs(xg, z, t, SCHED, backend=impl)
             t0 = time.perf_counter()
             (g,) = torch.autograd.grad(out, xg, upstream)
             return time.perf_counter() - t0
@@ -153,7 +153,7 @@ def _make(op, impl, L, K):
             return ref.vlb_kl(x0, x, z, t, SCHED)
         if impl == "chain":
             return chain.vlb(x0, x, z, t)
-        return D.vlb_kl(x0, x, z, t, SCHED, backend=impl)
+        return ops.vlb_kl(x0, x, z, t, SCHED, backend=impl)
 
     if op == "vlb_kl_fwd":
         return lambda i: vlb_loss(*get(i))

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import vqfast
-from vqfast.diffusion import CosineSchedule, posterior_sample
+from vqfast.diffusion import CosineSchedule
+from vqfast.ops import posterior_sample
 
 from test_bench_gpu_search import ROUNDS, cuda_time, skip_unavailable  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 

@@ -98,7 +98,7 @@ def _rows(L: int, V: int) -> dict:
     return {
         "read_once": lambda i: torch.amax(xs[i], -1),
         "copy": lambda i: buf.copy_(xs[i]),
-        "exp_ceiling": lambda i: torch.ops.vqfast_cpu.exp_sum_ceiling(xs[i].view(-1, V)),
+        "exp_ceiling": lambda i: torch.ops.vqfast_bench.exp_sum_ceiling(xs[i].view(-1, V)),
         "sample_greedy": lambda i: vqfast.ops.sample_logits(xs[i], 0.0),
         "sample_gumbel": lambda i: vqfast.ops.sample_logits(xs[i], 1.0, generator=g),
         "sample_topk": lambda i: vqfast.ops.sample_logits(xs[i], 1.0, top_k=TOP_K, generator=g),

@@ -7,7 +7,7 @@ torch.rand Gumbel noise, all [B, K, L] float32 temporaries, every step.
 "vqfast-mixture": `vqddm_sample`'s default step (`vqfast.models.vqddm.sampler.mixture_step`: one
 chunked log-normalizer pass over the [B, L, K] logits, a categorical draw only for the rows
 that pick the x0-model component, O(B * L) memory).
-"vqfast-gumbel": `vqfast.diffusion.posterior_sample` (fused Gumbel-max over all K states;
+"vqfast-gumbel": `vqfast.ops.posterior_sample` (fused Gumbel-max over all K states;
 `vqddm_sample(method="gumbel")`).
 
 Groups:
@@ -28,9 +28,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vqfast.diffusion import CosineSchedule, posterior_sample
+from vqfast.diffusion import CosineSchedule
 from vqfast.models.vqddm import VQDDM, vqddm_sample
 from vqfast.models.vqddm.sampler import mixture_step
+from vqfast.ops import posterior_sample
 from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 _DIFF_BENCH = Path(__file__).with_name("test_bench_diffusion.py")

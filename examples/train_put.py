@@ -43,6 +43,7 @@ def random_masks(n: int, size: int, g: torch.Generator) -> torch.Tensor:
 def train_vae(vae, data, args, g, size, log):
     loss_fn = PVQVAELoss(vgg_weights=args.vgg_weights, disc_channels=32 if args.preset == "tiny" else 64,
                          adv_start=args.vae_steps // 2).to(args.device)
+    log.append({"stage": "setup", "vgg_terms": loss_fn.vgg_terms})  # eq. 8's perceptual and style terms on/off
     opt = torch.optim.Adam(vae.parameters(), lr=args.lr_vae, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=args.lr_vae, betas=(0.5, 0.9))
     vae.train()

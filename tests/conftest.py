@@ -29,3 +29,26 @@ def poison(t: torch.Tensor) -> torch.Tensor:
     if t.is_floating_point():
         return t.fill_(float("nan"))
     return t.fill_(-7777)
+
+
+def slow_enabled(config) -> bool:
+    """Tests marked `slow` run with `--runslow` or VQFAST_SLOW=1 (long loops, > 4 GiB runs)."""
+    return bool(config.getoption("--runslow")) or os.environ.get("VQFAST_SLOW") == "1"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="run the tests marked slow (the same as VQFAST_SLOW=1)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long or memory-heavy; skipped unless --runslow or VQFAST_SLOW=1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if slow_enabled(config):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow or VQFAST_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -54,7 +54,7 @@ def _ema_update_kernel(N, S, T, OUT, TOTAL, K, D, g, h, eps, BLOCK_K: tl.constex
     if SMOOTH:  # Laplace smoothing: (n + eps) / (sum(n) + K eps) * sum(n)
         total = tl.load(TOTAL)
         n = (n + eps) / (total + K * eps) * total
-    off = ks[:, None] * D + cols[None, :]
+    off = ks.to(tl.int64)[:, None] * D + cols[None, :]  # K * d may pass 2^31
     s = g * tl.load(S + off, mask=mask, other=0.0) + h * tl.load(T + off, mask=mask, other=0.0)
     tl.store(S + off, s, mask=mask)
     tl.store(OUT + off, s / n[:, None], mask=mask)

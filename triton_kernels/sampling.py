@@ -1,4 +1,4 @@
-"""Triton token samplers (DESIGN.md ops 7-9; semantics in vqfast/reference/sampling.py).
+"""Triton token samplers (semantics in vqfast/reference/sampling.py).
 
 One program per row of V logits, looping over V in blocks: guidance mix, temperature
 (IEEE division, div_rn), top-k / top-p thresholds by bisection over the order-preserving
@@ -14,11 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
+from vqfast.random import STREAM_CONFIDENCE, gumbel
 from vqfast.triton_kernels.random import (cat_accept, cat_block_weight, cat_floor_mul, cat_in_block_weight,
                                           cat_trial_words, split_key)
 
 _STREAM_TOKEN = tl.constexpr(1)  # vqfast/random.py (constexpr: jit code reads it)
-_STREAM_CONFIDENCE = 2
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -343,8 +343,8 @@ def gumbel_topk_select_triton(logits, masked, n_reveal, temperature, sample, ban
     _row_lse_kernel[(B * L,)](logits, skip, ban if ban is not None else skip, tok, lse, V, lo, hi, 1.0,
                               SAMPLE=bool(sample), APPLY_T=False, HAS_BAN=ban is not None, BLOCK=_block(V),
                               enable_fp_fusion=False)
-    from vqfast.reference import random as R  # the confidence noise is B*L values: no kernel needed
-    g = R.gumbel(key % (1 << 64), _STREAM_CONFIDENCE, torch.arange(B * L, device=dev))
+    # the confidence noise is B*L values: vqfast.random's PyTorch Philox, no kernel needed
+    g = gumbel(key % (1 << 64), STREAM_CONFIDENCE, torch.arange(B * L, device=dev))
     x_tok = logits.reshape(B * L, V).gather(1, tok.clamp_min(0)[:, None]).squeeze(1).float()
     conf = ((x_tok - lse) + torch.tensor(temperature, dtype=torch.float32, device=dev) * g).view(B, L)
     conf = conf.masked_fill(~masked, float("-inf"))

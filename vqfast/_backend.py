@@ -47,19 +47,44 @@ def _triton_status() -> tuple[bool, str]:
     return True, "CUDA"
 
 
-def _has_op(namespace: str, op: str) -> bool:
-    return hasattr(getattr(torch.ops, namespace), op)
+def cpu_kernels() -> dict[str, str]:
+    """The build of each CPU kernel group that runs here, e.g. {"search": "avx512-bf16",
+    "sampling": "avx512", "diffusion": "avx512", "ema": "avx512"} ("portable" without AVX-512
+    or with VQFAST_CPU_PORTABLE=1); {} without the C++ extension.
+
+    Raises ValueError when VQFAST_CPU_PORTABLE is set to anything but 0 or 1.
+    """
+    if not _CPU_OK:
+        return {}
+    from vqfast import _C
+    return _C.cpu_kernels()
+
+
+def _cpu_status() -> dict[str, object]:
+    kernels = cpu_kernels()
+    detail = _CPU_WHY
+    if kernels:
+        detail += "; kernels: " + ", ".join(f"{group} {isa}" for group, isa in kernels.items())
+    return {"available": _CPU_OK, "detail": detail, "kernels": kernels}
+
+
+def _cuda_status() -> dict[str, object]:
+    if not _CUDA_OK:
+        return {"available": False, "detail": _CUDA_WHY}
+    if not torch.cuda.is_available():
+        return {"available": False, "detail": "built, but no CUDA device is visible"}
+    return {"available": True, "detail": _CUDA_WHY}
 
 
 def backends() -> dict[str, dict[str, object]]:
-    """Report each backend: {"name": {"available": bool, "detail": str}}."""
+    """Report each backend: {"name": {"available": bool, "detail": str}}; "cpu" also has
+    "kernels" (see cpu_kernels)."""
     triton_ok, triton_why = _triton_status()
     return {
         "reference": {"available": True, "detail": "pure PyTorch"},
-        "cpu": {"available": _CPU_OK, "detail": _CPU_WHY},
+        "cpu": _cpu_status(),
         "triton": {"available": triton_ok, "detail": triton_why},
-        "cuda": {"available": _CUDA_OK and torch.cuda.is_available(),
-                 "detail": _CUDA_WHY if _CUDA_OK else _CUDA_WHY},
+        "cuda": _cuda_status(),
     }
 
 

@@ -7,8 +7,8 @@ None (torch's global generator). `as_generator` turns that into a torch.Generato
 `step_key(key, step)` derives the independent key of step `step` of an iterative
 sampler (so step i of a run draws the same numbers whatever ran before it).
 
-Counter-based noise (Philox4x32-10; csrc/include/vqfast/philox.h and
-triton_kernels/random.py are bit-exact with the reference):
+Counter-based noise (Philox4x32-10): `philox4x32`, `words`, `uniform` and `gumbel` below
+in PyTorch; csrc/include/vqfast/philox.h and triton_kernels/random.py are bit-exact with them:
 
 - key: 64 bits per op call, from `philox_key(generator, seed)`:
   an int seed -> key = seed mod 2^64 (no generator state is touched);
@@ -24,7 +24,7 @@ triton_kernels/random.py are bit-exact with the reference):
 - uniform(w) = (2*(w >> 9) + 1) * 2^-24 as float32, in [2^-24, 1 - 2^-24], exact;
   gumbel(w) = -log(-log(uniform(w))) with log = the shared float32 `log_f32`.
 
-Categorical draws (`vqfast.reference.random.categorical`, C++ `vqfast::cat`, Triton
+Categorical draws (the oracle `vqfast.reference.random.categorical`, C++ `vqfast::cat`, Triton
 `triton_kernels/random.py`): one draw from softmax(x) over a row x[0..V) (float32, -inf =
 excluded) by rejection sampling from an integer proposal, so no per-element noise or log:
 - blocks b of 256 ids; mb = block max, m = row max, C = float32(log2(e) * 2^23);
@@ -55,7 +55,10 @@ _MASK64 = (1 << 64) - 1
 # Stream ids (one per noise use; the kernels use the same numbers).
 STREAM_TOKEN = 1  # categorical draws: row r uses Philox blocks (r << 6) + trial
 STREAM_CONFIDENCE = 2  # per-position Gumbel noise of MaskGIT's confidence
-STREAM_DIFFUSION = 16  # first id reserved for vqfast.diffusion (16..31)
+STREAM_DIFFUSION = 16  # first id reserved for discrete diffusion (16..31):
+STREAM_POSTERIOR = STREAM_DIFFUSION + 0  # posterior_sample: blocks (n << 8) + 3 trial + j
+STREAM_Q_KEEP = STREAM_DIFFUSION + 1  # q_sample: uniform per position deciding keep vs resample / mask
+STREAM_Q_TOKEN = STREAM_DIFFUSION + 2  # q_sample: word per position picking the uniform replacement token
 
 
 def as_generator(generator: torch.Generator | int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
@@ -101,3 +104,96 @@ def step_key(key: int, step: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     return z ^ (z >> 31)
+
+
+# ---------------------------------------------------------------- Philox noise in PyTorch
+# Bit-exact with csrc/include/vqfast/philox.h and triton_kernels/random.py. Words are held in
+# int64 tensors (values 0 .. 2^32-1); products are split in 16-bit halves so no int64
+# intermediate overflows.
+
+_MASK32 = 0xFFFFFFFF
+_M0, _M1 = 0xD2511F53, 0xCD9E8D57
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85
+_ROUNDS = 10
+
+
+def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi32, lo32) of the 64-bit product a * b, a a 32-bit constant, b words."""
+    t1 = a * (b & 0xFFFF)  # < 2^48
+    t2 = a * (b >> 16)  # < 2^48
+    s = t1 + ((t2 & 0xFFFF) << 16)
+    return (t2 >> 16) + (s >> 32), s & _MASK32
+
+
+def philox4x32(c0, c1, c2, c3, key: int) -> tuple[torch.Tensor, ...]:
+    """Philox4x32-10 of counters (c0..c3, int64 tensors or ints of 32-bit words) under a 64-bit key."""
+    k0, k1 = key & _MASK32, (key >> 32) & _MASK32
+    ref = next(c for c in (c0, c1, c2, c3) if isinstance(c, torch.Tensor))
+    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64, device=ref.device).expand(ref.shape)
+                      for c in (c0, c1, c2, c3))
+    for _ in range(_ROUNDS):
+        hi0, lo0 = _mulhilo(_M0, c0)
+        hi1, lo1 = _mulhilo(_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
+    return c0, c1, c2, c3
+
+
+def words(key: int, stream: int, index: torch.Tensor) -> torch.Tensor:
+    """32-bit words (int64 tensor, same shape as index) of elements `index` (int64 >= 0) of a stream."""
+    index = index.to(torch.int64)
+    block = index >> 2
+    out = philox4x32(block & _MASK32, block >> 32, stream & _MASK32, 0, key)
+    lane = (index & 3).unsqueeze(-1)
+    return torch.stack(out, dim=-1).gather(-1, lane).squeeze(-1)
+
+
+def uniform_from_words(w: torch.Tensor) -> torch.Tensor:
+    """Words -> float32 uniforms (2*(w>>9)+1) * 2^-24, exactly."""
+    return ((w >> 9) * 2 + 1).to(torch.float32) * (2.0 ** -24)
+
+
+_LOG_POLY = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+             -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
+
+
+def _f32(v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def log_f32(x: torch.Tensor) -> torch.Tensor:
+    """Natural log of positive normal float32 values, the same float32 operations as
+    vqfast::log_f32 (Cephes logf); within ~1 ulp of torch.log."""
+    x = x.to(torch.float32)
+    b = x.view(torch.int32).to(torch.int64) & _MASK32
+    e = ((b >> 23) & 0xFF) - 127
+    m = ((b & 0x007FFFFF) | 0x3F800000).to(torch.int32).view(torch.float32)
+    big = m > _f32(1.41421356)
+    m = torch.where(big, m * _f32(0.5), m)
+    e = torch.where(big, e + 1, e)
+    f = m - _f32(1.0)
+    z = f * f
+    p = torch.full_like(f, _LOG_POLY[0])
+    for c in _LOG_POLY[1:]:
+        p = p * f + _f32(c)
+    fe = e.to(torch.float32)
+    y = f * z * p
+    y = y + fe * _f32(-2.12194440e-4)
+    y = y + z * _f32(-0.5)
+    r = f + y
+    return r + fe * _f32(0.693359375)
+
+
+def gumbel_from_words(w: torch.Tensor) -> torch.Tensor:
+    """Words -> float32 standard Gumbel noise -log(-log(u))."""
+    return -log_f32(-log_f32(uniform_from_words(w)))
+
+
+def uniform(key: int, stream: int, index: torch.Tensor) -> torch.Tensor:
+    """float32 uniforms in (0, 1) for elements `index` of a stream (same shape as index)."""
+    return uniform_from_words(words(key, stream, index))
+
+
+def gumbel(key: int, stream: int, index: torch.Tensor) -> torch.Tensor:
+    """float32 standard Gumbel noise for elements `index` of a stream (same shape as index)."""
+    return gumbel_from_words(words(key, stream, index))

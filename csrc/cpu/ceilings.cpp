@@ -1,15 +1,33 @@
-// Machine ceilings for the benchmarks (DESIGN.md "Benchmarks": each op beside the machine's
-// own limits). exp_sum_ceiling times one vectorized e^x per value read from memory, the
-// exp that every log-sum-exp and softmax normalizer of the sampling and diffusion kernels
-// uses (sampling_row.h exp512_nonpos), with nothing else: the least time an op that needs
-// a softmax normalizer of its logits can take here.
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+// Machine ceilings for the benchmarks (each op is timed beside the machine's own limits).
+// exp_sum_ceiling times one vectorized e^x per value read from memory, the exp that every
+// log-sum-exp and softmax normalizer of the sampling and diffusion kernels uses
+// (sampling_row.h exp512_nonpos), with nothing else: the least time an op that needs a
+// softmax normalizer of its logits can take here.
+//
+// Benchmark-only: registered in the vqfast_bench namespace, not among the vqfast_cpu ops.
+// Compiled with -ffp-contract=off (setup.py; it includes sampling_row.h). Built twice, portable
+// and AVX-512, one picked at run time (isa.h).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/library.h>
 
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "isa.h"
+#include "vqfast/philox.h"
+
+VQFAST_ISA_TARGET_BEGIN
 #include "sampling_row.h"
 
 namespace vqfast {
+namespace VQFAST_ISA {
 
 // x [N, V] fp32 contiguous -> [N] fp32, sum_v e^(-|x_v|).
 at::Tensor exp_sum_ceiling_cpu(const at::Tensor& x) {
@@ -24,7 +42,7 @@ at::Tensor exp_sum_ceiling_cpu(const at::Tensor& x) {
       const float* row = xp + r * V;
       float s = 0.0f;
       int64_t v = 0;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
       const __m512 sign = _mm512_set1_ps(-0.0f);
       __m512 acc = _mm512_setzero_ps();
       for (; v + 16 <= V; v += 16)
@@ -38,8 +56,14 @@ at::Tensor exp_sum_ceiling_cpu(const at::Tensor& x) {
   return out;
 }
 
-TORCH_LIBRARY_FRAGMENT(vqfast_cpu, m) { m.def("exp_sum_ceiling(Tensor x) -> Tensor"); }
-
-TORCH_LIBRARY_IMPL(vqfast_cpu, CPU, m) { m.impl("exp_sum_ceiling", &exp_sum_ceiling_cpu); }
-
+}  // namespace VQFAST_ISA
 }  // namespace vqfast
+VQFAST_ISA_TARGET_END
+
+#if !VQFAST_AVX512
+VQFAST_AVX512_DECLARE(exp_sum_ceiling_cpu)
+
+TORCH_LIBRARY_FRAGMENT(vqfast_bench, m) { m.def("exp_sum_ceiling(Tensor x) -> Tensor"); }
+
+TORCH_LIBRARY_IMPL(vqfast_bench, CPU, m) { m.impl("exp_sum_ceiling", VQFAST_ISA_PICK(exp_sum_ceiling_cpu)); }
+#endif

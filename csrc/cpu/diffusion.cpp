@@ -3,25 +3,35 @@
 // per position (at::parallel_for), math in vqfast/diffusion_math.h. Each position reads
 // its K logits from memory once; the later passes over the row hit the cache. Extra
 // memory is O(threads * K) scratch plus O(positions) outputs: no [B, L, K] temporaries.
-#pragma GCC optimize("fp-contract=off")  // the sampler's float32 steps must match the reference bit for bit
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+// Compiled with -ffp-contract=off (setup.py): the sampler's float32 steps match the reference
+// bit for bit. Built twice, portable and AVX-512, one picked at run time (isa.h).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "diffusion_alloc.h"
-#include "diffusion_scan.h"
-#include "diffusion_vlb_rows.h"
-#include "sampling_row.h"
+#include "isa.h"
 #include "vqfast/diffusion_math.h"
 #include "vqfast/philox.h"
 
+VQFAST_ISA_TARGET_BEGIN
+#include "diffusion_scan.h"
+#include "diffusion_vlb_rows.h"
+#include "sampling_row.h"
+
 namespace vqfast {
+namespace VQFAST_ISA {
 namespace {
 
 using namespace diffusion;
@@ -333,7 +343,7 @@ VQFAST_ROW_LOOP void uniform_grad_row(const float* row, int64_t K, int64_t i, in
                                       T* g) {
   const bool t1 = lr == INFINITY;  // t = 1: B_k = y_k, sigmoid = 1
   int64_t k0 = 0;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   if constexpr (std::is_same<T, float>::value) {
     // every k as an "other" state (q_o, e0), with the lanes of x0 and z_t replaced by their
     // scalar values; sigmoid(lr + y) = ab p / (ab p + ck) (e^lr = ab / ck)
@@ -515,6 +525,16 @@ at::Tensor diffusion_vlb_kl_backward_cpu(const at::Tensor& grad, const at::Tenso
   return out;
 }
 
+}  // namespace VQFAST_ISA
+}  // namespace vqfast
+VQFAST_ISA_TARGET_END
+
+#if !VQFAST_AVX512
+VQFAST_AVX512_DECLARE(diffusion_posterior_logprobs_cpu)
+VQFAST_AVX512_DECLARE(diffusion_posterior_sample_cpu)
+VQFAST_AVX512_DECLARE(diffusion_vlb_kl_cpu)
+VQFAST_AVX512_DECLARE(diffusion_vlb_kl_backward_cpu)
+
 TORCH_LIBRARY_FRAGMENT(vqfast_cpu, m) {
   m.def("diffusion_posterior_logprobs(Tensor log_x0, Tensor z_t, Tensor coef, int L, int kind) -> (Tensor, Tensor)");
   m.def("diffusion_posterior_sample(Tensor log_x0, Tensor z_t, Tensor coef, int L, int kind, int key, int stream) -> Tensor");
@@ -523,10 +543,9 @@ TORCH_LIBRARY_FRAGMENT(vqfast_cpu, m) {
 }
 
 TORCH_LIBRARY_IMPL(vqfast_cpu, CPU, m) {
-  m.impl("diffusion_posterior_logprobs", &diffusion_posterior_logprobs_cpu);
-  m.impl("diffusion_posterior_sample", &diffusion_posterior_sample_cpu);
-  m.impl("diffusion_vlb_kl", &diffusion_vlb_kl_cpu);
-  m.impl("diffusion_vlb_kl_backward", &diffusion_vlb_kl_backward_cpu);
+  m.impl("diffusion_posterior_logprobs", VQFAST_ISA_PICK(diffusion_posterior_logprobs_cpu));
+  m.impl("diffusion_posterior_sample", VQFAST_ISA_PICK(diffusion_posterior_sample_cpu));
+  m.impl("diffusion_vlb_kl", VQFAST_ISA_PICK(diffusion_vlb_kl_cpu));
+  m.impl("diffusion_vlb_kl_backward", VQFAST_ISA_PICK(diffusion_vlb_kl_backward_cpu));
 }
-
-}  // namespace vqfast
+#endif

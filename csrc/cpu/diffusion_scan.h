@@ -3,7 +3,7 @@
 // proposal_trial, so the same tokens; it exists because GCC 12 vectorizes the generic loops
 // at 256 bits here and searches a block's prefix sums one element at a time, which left
 // posterior_sample at ~1.8x the time of reading the logits (K = 16384) and ~3x (K = 1024).
-// Include only from files compiled with fp-contract off.
+// Include only from files compiled with -ffp-contract=off (setup.py).
 #pragma once
 #include <immintrin.h>
 
@@ -15,6 +15,7 @@
 #include "vqfast/philox.h"
 
 namespace vqfast {
+namespace VQFAST_ISA {  // isa.h: compiled once per build
 namespace diffusion_scan {
 
 constexpr int kB = cat::kBlock;
@@ -24,7 +25,7 @@ constexpr int kB = cat::kBlock;
 // 64 blocks ahead: 1.3x (vlb_kl forward 3.3x -> 2.7x), 16 best at 2 threads.
 constexpr int kPrefetch = 16;
 
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
 // Zen 4 runs 512-bit float adds, max and conversions on two pipes and multiplies / FMAs on two
 // others (one op per cycle each); integer adds and max go to all four. The scan's loops were
 // bound by the first group, so exact subtractions and sums run as FMAs with 1 (round(x * 1 + y)
@@ -53,12 +54,12 @@ inline uint32_t block_weight_sum(const float* xb, float bm) {
   const __m512 nbm = _mm512_set1_ps(-bm);
   __m512i a0 = _mm512_setzero_si512(), a1 = a0;
   for (int i = 0; i < kB; i += 32) weights_step(xb, i, nbm, a0, a1);
-  return static_cast<uint32_t>(_mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1)));
+  return sampling::reduce_add_u32(_mm512_add_epi32(a0, a1));  // < 256 * 2^23
 }
 
 #endif
 
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
 // Max and float32 sum of a full block, lane by lane: the sums are finite iff the block has no NaN
 // and no +-inf (or else a sum overflowed; that block takes the per-element path too).
 struct BlockLook {
@@ -105,14 +106,14 @@ inline uint32_t weights_and_look(const float* xc, float bm, const float* xn, Blo
     weights_step(xc, i, nbm, a0, a1);
   }
   lk = {_mm512_max_ps(m0, m1), _mm512_add_ps(s0, s1)};
-  return static_cast<uint32_t>(_mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1)));
+  return sampling::reduce_add_u32(_mm512_add_epi32(a0, a1));  // < 256 * 2^23
 }
 #endif
 
 // The look of the first block of the row at `at`, taken by the scan of the row before it.
 struct Carry {
   const float* at = nullptr;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   BlockLook lk;
 #endif
 };
@@ -130,7 +131,7 @@ inline void scan(const float* x, int64_t V, sampling::RowScan& sc, Carry& carry,
   sc.se.resize(0);
   float m = -INFINITY;
   int bad = 0;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   const int64_t nfull = V / kB;
   BlockLook lk;
   if (nfull > 0) lk = carry.at == x ? carry.lk : look(x);
@@ -140,7 +141,7 @@ inline void scan(const float* x, int64_t V, sampling::RowScan& sc, Carry& carry,
   for (int64_t b = 0; b < nb; ++b) {
     const float* xb = x + b * kB;
     const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
     if (b < nfull) {  // lk is block b's look
       const bool more = b + 1 < nfull;
       if (finite(lk)) {
@@ -184,4 +185,5 @@ inline void scan(const float* x, int64_t V, sampling::RowScan& sc, Carry& carry,
 }
 
 }  // namespace diffusion_scan
+}  // namespace VQFAST_ISA
 }  // namespace vqfast

@@ -17,6 +17,7 @@
 #include "vqfast/philox.h"
 
 namespace vqfast {
+namespace VQFAST_ISA {  // isa.h: compiled once per build
 namespace diffusion_vlb {
 
 constexpr int kB = 256;
@@ -27,7 +28,7 @@ struct RowExp {
   bool ok;  // no NaN or +inf, and at least one entry above -inf
 };
 
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
 // e^d in 16 lanes for d <= 88, ~2.6e-7 relative (~1e-38 instead of 0 below -87): n = round(d log2 e)
 // by the 1.5 * 2^23 trick, r = d - n ln2 (one FMA), a degree-5 minimax polynomial of e^r on
 // [-ln2/2, ln2/2] (Lawson-fitted, 7.5e-8), 2^n added to the exponent bits. 7 ops on the FMA
@@ -49,7 +50,7 @@ inline __m512 exp512_fast(__m512 d) {
 }
 #endif
 
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
 // Max and NaN / +inf lanes of a full block (rows are read in order: its loads also prefetch
 // ahead; prefetches never fault, also past the end of the tensor).
 struct BlockLook {
@@ -100,7 +101,7 @@ inline float exp_block(const float* xc, float bm, float* ec, const float* xn, Bl
 // The look of the first block of the row at `at`, taken by the pass over the row before it.
 struct Carry {
   const float* at = nullptr;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   BlockLook lk;
 #endif
 };
@@ -113,7 +114,7 @@ inline RowExp row_exp_blocks(const float* x, int64_t K, float* E, float* mb, dou
   const int64_t nb = (K + kB - 1) / kB;
   float m = -INFINITY;
   bool bad = false;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   const int64_t nfull = K / kB;
   BlockLook lk;
   if (nfull > 0) lk = carry.at == x ? carry.lk : look(x);
@@ -126,7 +127,7 @@ inline RowExp row_exp_blocks(const float* x, int64_t K, float* E, float* mb, dou
     const int n = static_cast<int>(std::min<int64_t>(kB, K - b * kB));
     float bm = -INFINITY;
     float sum = 0.0f;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
     if (b < nfull) {  // lk is block b's look
       if (lk.nf) {
         bad = true;
@@ -197,7 +198,7 @@ inline RowExp row_exp_blocks(const float* x, int64_t K, float* E, float* mb, dou
 // cb [nb] = e^(lr + mb_b - lse): v_k = cb_b E_k for k in block b (~0 for a block without a finite
 // value). Vectorized: a scalar exp per block was a long serial chain in kl_sums' block loop.
 inline void block_scales(const float* mb, int64_t nb, float lr, float lse, float* cb) {
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   const __m512 vlr = _mm512_set1_ps(lr), vlse = _mm512_set1_ps(lse), hi = _mm512_set1_ps(88.0f);
   for (int64_t b = 0; b < nb; b += 16) {
     const __mmask16 live = static_cast<__mmask16>(nb - b >= 16 ? 0xFFFF : (1u << (nb - b)) - 1);
@@ -215,7 +216,7 @@ inline void kl_sums(const float* E, const float* mb, const double* se, const flo
                     double& sig) {
   const int64_t nb = (K + kB - 1) / kB;
   double logs = 0.0, ss = 0.0;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
   __m512 expo = _mm512_setzero_ps(), prod0 = one, prod1 = one, vs0 = _mm512_setzero_ps(), vs1 = vs0;
   // sigmoid = v / f by a reciprocal and one Newton step (f >= 1): ~2^-28 relative
@@ -292,4 +293,5 @@ inline void kl_sums(const float* E, const float* mb, const double* se, const flo
 }
 
 }  // namespace diffusion_vlb
+}  // namespace VQFAST_ISA
 }  // namespace vqfast

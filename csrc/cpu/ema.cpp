@@ -5,16 +5,26 @@
 // rows are cut into fixed chunks (ema_accumulate.h), each streamed into its own partial
 // sums by one thread; the partials are then added in chunk order. The order depends
 // only on (N, K), so every run and thread count gives the same bits.
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+// Built twice, portable and AVX-512, one picked at run time (isa.h).
 #include <ATen/ATen.h>
-
-#include "ema_accumulate.h"
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+#include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
+#include "isa.h"
+
+VQFAST_ISA_TARGET_BEGIN
+#include "ema_accumulate.h"
+
 namespace vqfast {
+namespace VQFAST_ISA {
 namespace {
 
 using ema::add_row;
@@ -137,6 +147,14 @@ at::Tensor ema_update_cpu(at::Tensor cluster_size, at::Tensor embed_sum, const a
   return out;
 }
 
+}  // namespace VQFAST_ISA
+}  // namespace vqfast
+VQFAST_ISA_TARGET_END
+
+#if !VQFAST_AVX512
+VQFAST_AVX512_DECLARE(ema_statistics_cpu)
+VQFAST_AVX512_DECLARE(ema_update_cpu)
+
 TORCH_LIBRARY_FRAGMENT(vqfast_cpu, m) {
   m.def("ema_statistics(Tensor x, Tensor idx, int K) -> (Tensor, Tensor)");
   m.def("ema_update_(Tensor(a!) cluster_size, Tensor(b!) embed_sum, Tensor counts, Tensor sums, float decay, "
@@ -144,8 +162,7 @@ TORCH_LIBRARY_FRAGMENT(vqfast_cpu, m) {
 }
 
 TORCH_LIBRARY_IMPL(vqfast_cpu, CPU, m) {
-  m.impl("ema_statistics", &ema_statistics_cpu);
-  m.impl("ema_update_", &ema_update_cpu);
+  m.impl("ema_statistics", VQFAST_ISA_PICK(ema_statistics_cpu));
+  m.impl("ema_update_", VQFAST_ISA_PICK(ema_update_cpu));
 }
-
-}  // namespace vqfast
+#endif

@@ -22,7 +22,9 @@
 #include <cstring>
 #include <vector>
 
-namespace vqfast::ema {
+#include "isa.h"
+
+namespace vqfast::VQFAST_ISA::ema {  // isa.h: compiled once per build
 
 constexpr int64_t kChunkRowsPerCode = 32;
 constexpr int64_t kMaxChunks = 8;
@@ -46,7 +48,7 @@ inline void add_row(float* __restrict acc, const c10::BFloat16* __restrict x, in
 
 inline void add_row(float* __restrict acc, const c10::Half* __restrict x, int64_t n) {
   int64_t j = 0;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   const uint16_t* xs = reinterpret_cast<const uint16_t*>(x);
   for (; j + 16 <= n; j += 16) {
     __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + j)));
@@ -101,4 +103,4 @@ inline void add_partials(float* sums, const float* partials, int64_t n_partials,
   });
 }
 
-}  // namespace vqfast::ema
+}  // namespace vqfast::VQFAST_ISA::ema

@@ -8,17 +8,28 @@
 // Chunks and summation order are those
 // of ema_statistics (ema_accumulate.h), so counts and sums equal
 // ema_statistics(x, idx, K) bit for bit, for every thread count.
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+// Built twice, portable and AVX-512 (the row sums; the search picks its own kernels), one
+// picked at run time (isa.h).
 #include <ATen/ATen.h>
-
-#include "ema_accumulate.h"
-#include "search_core.h"
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+#include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
-namespace vqfast::cpu {
+#include "isa.h"
+#include "search_core.h"
+
+VQFAST_ISA_TARGET_BEGIN
+#include "ema_accumulate.h"
+
+namespace vqfast::VQFAST_ISA {
+using namespace ::vqfast::cpu;  // the search (search_core.h)
 namespace {
 
 // Bytes of x per superblock: small enough to stay in L3 between its search and its
@@ -111,13 +122,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {z_q, idx, dist, sq_err, counts, sums};
 }
 
+}  // namespace vqfast::VQFAST_ISA
+VQFAST_ISA_TARGET_END
+
+#if !VQFAST_AVX512
+VQFAST_AVX512_DECLARE(quantize_statistics_cpu)
+
 TORCH_LIBRARY_FRAGMENT(vqfast_cpu, m) {
   m.def("quantize_statistics(Tensor x, Tensor codebook, int metric, bool gather) -> "
         "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(vqfast_cpu, CPU, m) {
-  m.impl("quantize_statistics", &quantize_statistics_cpu);
+  m.impl("quantize_statistics", VQFAST_ISA_PICK(quantize_statistics_cpu));
 }
-
-}  // namespace vqfast::cpu
+#endif

@@ -1,7 +1,8 @@
 // Noise of vqfast's counter-based generator as a tensor (tests compare it bit for bit
 // with vqfast/reference/random.py and triton_kernels/random.py; diffusion kernels and
-// samplers call the header directly).
-#pragma GCC optimize("fp-contract=off")  // log_f32 must not be contracted into FMAs
+// samplers call the header directly). Test- and benchmark-only: registered in the
+// vqfast_bench namespace. Compiled with -ffp-contract=off (setup.py): log_f32 must not be
+// contracted into FMAs.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -29,10 +30,10 @@ at::Tensor philox_noise_cpu(int64_t key, int64_t stream, int64_t start, int64_t 
   return out;
 }
 
-TORCH_LIBRARY_FRAGMENT(vqfast_cpu, m) {
+TORCH_LIBRARY_FRAGMENT(vqfast_bench, m) {
   m.def("philox_noise(int key, int stream, int start, int n, int kind) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(vqfast_cpu, CompositeExplicitAutograd, m) { m.impl("philox_noise", &philox_noise_cpu); }
+TORCH_LIBRARY_IMPL(vqfast_bench, CompositeExplicitAutograd, m) { m.impl("philox_noise", &philox_noise_cpu); }
 
 }  // namespace vqfast

@@ -2,14 +2,30 @@
 // OpenMP-style parallel_for over rows (positions); each row of V logits is read once
 // into a thread-local float32 scratch and reduced there by vectorized loops
 // (sampling_row.h). No [rows, V] probabilities are written.
-#pragma GCC optimize("fp-contract=off")  // guidance, temperature and noise match the other backends bit for bit
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+// Compiled with -ffp-contract=off (setup.py): guidance, temperature and noise match the other
+// backends bit for bit. Built twice, portable and AVX-512, one picked at run time (isa.h).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/library.h>
 
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "isa.h"
+#include "vqfast/philox.h"
+
+VQFAST_ISA_TARGET_BEGIN
 #include "sampling_filter.h"
 
 namespace vqfast {
+namespace VQFAST_ISA {
 namespace {
 
 using namespace sampling;
@@ -289,6 +305,15 @@ at::Tensor sample_logits_cpu(const at::Tensor& logits, const c10::optional<at::T
   return tokens;
 }
 
+}  // namespace VQFAST_ISA
+}  // namespace vqfast
+VQFAST_ISA_TARGET_END
+
+#if !VQFAST_AVX512
+VQFAST_AVX512_DECLARE(gumbel_topk_select_cpu)
+VQFAST_AVX512_DECLARE(select_and_sample_topk_cpu)
+VQFAST_AVX512_DECLARE(sample_logits_cpu)
+
 TORCH_LIBRARY_FRAGMENT(vqfast_cpu, m) {
   m.def("gumbel_topk_select(Tensor logits, Tensor masked, Tensor n_reveal, float temperature, bool sample, "
         "Tensor banned, int key) -> (Tensor, Tensor, Tensor)");
@@ -299,9 +324,8 @@ TORCH_LIBRARY_FRAGMENT(vqfast_cpu, m) {
 }
 
 TORCH_LIBRARY_IMPL(vqfast_cpu, CPU, m) {
-  m.impl("gumbel_topk_select", &gumbel_topk_select_cpu);
-  m.impl("select_and_sample_topk", &select_and_sample_topk_cpu);
-  m.impl("sample_logits", &sample_logits_cpu);
+  m.impl("gumbel_topk_select", VQFAST_ISA_PICK(gumbel_topk_select_cpu));
+  m.impl("select_and_sample_topk", VQFAST_ISA_PICK(select_and_sample_topk_cpu));
+  m.impl("sample_logits", VQFAST_ISA_PICK(sample_logits_cpu));
 }
-
-}  // namespace vqfast
+#endif

@@ -9,7 +9,8 @@
 // previous row (a guess only: the tokens never depend on it). The kept ids (ascending)
 // are drawn by `sparse_categorical`, which consumes the same words and returns the same
 // token as `categorical` on the dense row with -inf outside the kept set
-// (vqfast/random.py "Categorical draws"). Include only from fp-contract-off files.
+// (vqfast/random.py "Categorical draws"). Include only from files compiled
+// with -ffp-contract=off (setup.py).
 #pragma once
 #include <bit>
 #include <functional>
@@ -18,6 +19,7 @@
 #include "sampling_row.h"
 
 namespace vqfast {
+namespace VQFAST_ISA {  // isa.h: compiled once per build
 namespace sampling {
 
 // A sparse row: n (id ascending, value) pairs; every other id is -inf. Capacity V + 16.
@@ -63,7 +65,7 @@ inline int64_t append_ge(const float* xb, int n, int64_t v0, float t, SparseRow&
   return cnt;
 }
 
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
 // Candidates from the per-16-value masks of a row (collecting inside the pass costs more
 // than the pass): only the vectors with a candidate are read again (the row is in cache) and
 // packed by register compresses (measured: 0.25-0.3x read-once less than an 8-lane permutation
@@ -103,7 +105,7 @@ inline Collected collect(const float* x, int64_t V, float t, std::vector<float>&
   float m = -kInf;
   double z = 0.0;
   int64_t cnt = 0;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   c.masks.resize((V + 15) / 16 + 32);
   uint16_t* masks = c.masks.data();
   const __m512 vt = _mm512_set1_ps(t), vinf = _mm512_set1_ps(kInf);
@@ -112,7 +114,7 @@ inline Collected collect(const float* x, int64_t V, float t, std::vector<float>&
     const float* xb = x + b * kB;
     const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
     float bm = -kInf;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
     // One look: max, bad values, the candidate masks (t is known before the pass) and, with z,
     // sum e^(x - m) against the max m of the blocks before; a block that raises the max is summed
     // again against its own (rare after the first blocks), so z is as with the max known first.
@@ -172,7 +174,7 @@ inline Collected collect(const float* x, int64_t V, float t, std::vector<float>&
     if (bm >= t) cnt = append_ge(xb, n, b * kB, t, c, cnt);
 #endif
   }
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   cnt = extract(x, V, masks, c);
 #endif
   c.n = cnt;
@@ -186,7 +188,7 @@ inline Collected collect(const float* x, int64_t V, float t, std::vector<float>&
 // < mid (!ge), in order; returns their count.
 inline int64_t compact(int32_t* w, float* e, int64_t n, int32_t mid, bool ge) {
   int64_t j = 0, i = 0;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   const __m512i vm = _mm512_set1_epi32(mid);
   for (; i + 16 <= n; i += 16) {
     const __m512i k = _mm512_loadu_si512(w + i);
@@ -299,7 +301,7 @@ inline int32_t mass_key(const int32_t* keys, const float* e, int64_t n, double g
 // Candidates c -> kept (in place): every key >= K.
 inline void keep_ge(SparseRow& c, const int32_t* keys, int32_t K) {
   int64_t j = 0, i = 0;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   const __m512i vk = _mm512_set1_epi32(K);
   for (; i + 16 <= c.n; i += 16) {
     const __mmask16 mk = _mm512_cmpge_epi32_mask(_mm512_loadu_si512(keys + i), vk);
@@ -479,4 +481,5 @@ inline int64_t sparse_categorical(const SparseRow& r, float m, const std::vector
 }
 
 }  // namespace sampling
+}  // namespace VQFAST_ISA
 }  // namespace vqfast

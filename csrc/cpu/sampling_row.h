@@ -2,7 +2,7 @@
 // logits as float32, one blocked scan (max, bad values, sum-exp, categorical proposal),
 // the categorical draw (top-k / top-p filters: sampling_filter.h). Every loop over V is a vectorizable
 // `omp simd` loop; the row stays in a thread-local scratch, so the logits are read
-// from memory once. Include only from files compiled with fp-contract off.
+// from memory once. Include only from files compiled with -ffp-contract=off (setup.py).
 #pragma once
 #include <ATen/ATen.h>
 #include <immintrin.h>
@@ -15,9 +15,11 @@
 #include <utility>
 #include <vector>
 
+#include "isa.h"
 #include "vqfast/philox.h"
 
 namespace vqfast {
+namespace VQFAST_ISA {  // isa.h: compiled once per build
 namespace sampling {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -49,7 +51,7 @@ inline void to_float(const void* src, at::ScalarType dtype, int64_t n, float* ds
 // sum_i exp(x[i] - m) for n <= 256 values <= m (or -inf): ~1 ulp per term. Only for
 // log-sum-exps, never for noise, so AVX-512 FMAs are fine here (the rest of the file
 // avoids contraction to match the reference bit for bit).
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
 // e^d in 16 lanes for d <= 0 (d = -inf and d < -100 give ~0): Cephes expf with FMAs, ~1 ulp.
 inline __m512 exp512_nonpos(__m512 d) {
   d = _mm512_max_ps(d, _mm512_set1_ps(-100.0f));
@@ -71,7 +73,7 @@ inline __m512 exp512_nonpos(__m512 d) {
 inline float sum_exp_block(const float* x, int n, float m) {
   int i = 0;
   float s = 0.0f;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   const __m512 vm = _mm512_set1_ps(m);
   __m512 acc = _mm512_setzero_ps();
   for (; i + 16 <= n; i += 16) acc = _mm512_add_ps(acc, exp512_nonpos(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm)));
@@ -81,9 +83,20 @@ inline float sum_exp_block(const float* x, int n, float m) {
   return s;
 }
 
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
 // The first min(r, 16) lanes.
 inline __mmask16 tail_mask(int r) { return r >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << r) - 1); }
+
+// Sum of 16 uint32 lanes mod 2^32, in vector adds: the in-block weight sums reach 2^31 (a
+// 256-block tied at its max: 256 (2^23 + 1)), which _mm512_reduce_add_epi32 would finish in
+// signed int (undefined on overflow).
+inline uint32_t reduce_add_u32(__m512i v) {
+  const __m256i a = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+  __m128i b = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+  b = _mm_add_epi32(b, _mm_shuffle_epi32(b, 0x4E));  // lanes + lanes two ahead
+  b = _mm_add_epi32(b, _mm_shuffle_epi32(b, 0xB1));  // + the neighbour
+  return static_cast<uint32_t>(_mm_cvtsi128_si32(b));
+}
 
 // The categorical proposal's in-block sum (cat::in_block_weight, bit for bit) and, into *se,
 // sum exp(x - mb) of a block of n <= 256 values of max mb, in one look.
@@ -106,7 +119,7 @@ inline uint64_t prop_and_sum_exp(const float* x, int n, float mb, float* se) {
     for (int i = 0; i < n; i += 16) step(_mm512_mask_loadu_ps(vninf, tail_mask(n - i), x + i), tail_mask(n - i));
   }
   *se = _mm512_reduce_add_ps(acce);
-  return static_cast<uint32_t>(_mm512_reduce_add_epi32(accw));  // <= 256 * (2^23 + 1) < 2^32
+  return reduce_add_u32(accw);  // <= 256 * (2^23 + 1) < 2^32
 }
 #endif
 
@@ -157,7 +170,7 @@ inline void scan_row(const float* x, int64_t V, bool want_prop, bool want_lse, R
       if (want_lse) sc.se[b] = 0.0f;
       continue;
     }
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
     if (want_prop && want_lse) {  // one look for both (the row block is in L1)
       sc.s[b] = prop_and_sum_exp(xb, n, bm, &sc.se[b]);
       continue;
@@ -183,7 +196,7 @@ inline int64_t first_max(const float* x, int64_t V, const RowScan& sc) {
   int64_t b = 0;
   while (sc.mb[b] != sc.m) ++b;
   int64_t v = b * cat::kBlock;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   const __m512 vm = _mm512_set1_ps(sc.m);
   for (;; v += 16) {  // the block holds m: the search stops inside it
     const __mmask16 live = tail_mask(static_cast<int>(std::min<int64_t>(16, V - v)));
@@ -196,7 +209,7 @@ inline int64_t first_max(const float* x, int64_t V, const RowScan& sc) {
 #endif
 }
 
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
 // 16 in-block weights (0 for -inf).
 inline __m512i weights16(__m512 x, __m512 vbm) {
   const __m512 y = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(x, vbm), _mm512_set1_ps(cat::kC)),
@@ -240,13 +253,13 @@ inline Trial proposal_trial(const float* x, int64_t V, const RowScan& sc, uint32
   alignas(64) int32_t w[kB];
   uint64_t g[kB / 16];
   const int ng = (n + 15) / 16;
-#if defined(__AVX512F__)
+#if VQFAST_AVX512
   const __m512 vbm = _mm512_set1_ps(bm);
   for (int q = 0; q < ng; ++q) {
     const __mmask16 live = n - 16 * q >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - 16 * q)) - 1);
     const __m512i wv = _mm512_maskz_mov_epi32(live, weights16(_mm512_maskz_loadu_ps(live, xb + 16 * q), vbm));
     _mm512_store_si512(w + 16 * q, wv);
-    g[q] = static_cast<uint32_t>(_mm512_reduce_add_epi32(wv));
+    g[q] = reduce_add_u32(wv);
   }
 #else
   for (int q = 0; q < ng; ++q) {
@@ -285,4 +298,5 @@ inline int64_t categorical(const float* x, int64_t V, const RowScan& sc, uint64_
 }
 
 }  // namespace sampling
+}  // namespace VQFAST_ISA
 }  // namespace vqfast

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -137,15 +136,9 @@ __attribute__((target("avx512f,avx512bw,avx512bf16,fma"))) uint32_t micro_bf16_a
   return store_and_flag(acc, ep, c);
 }
 
-// Run-time dispatch: the AVX-512 kernels are compiled for their target whatever the
-// build flags and used only when the CPU has the feature; VQFAST_CPU_PORTABLE=1 forces
-// the portable kernels (the tests use it to cover the fallback).
-bool cpu_has_avx512() {
-  static const bool ok = __builtin_cpu_supports("avx512f") != 0 && std::getenv("VQFAST_CPU_PORTABLE") == nullptr;
-  return ok;
-}
-
-MicroF32 micro_f32() { return cpu_has_avx512() ? micro_f32_avx512 : micro_f32_portable; }
+// The AVX-512 kernels are compiled for their target whatever the build flags and run when
+// use_avx512() (isa.h).
+MicroF32 micro_f32() { return use_avx512() ? micro_f32_avx512 : micro_f32_portable; }
 
 // ---- exact float64 distances (the re-rank), as vqfast/reference/nearest_code.py ----
 
@@ -264,11 +257,6 @@ void finish_row(const Codebook& cb, const float* x, double x_norm, const RowStat
 }
 
 }  // namespace
-
-bool cpu_has_bf16_dot() {
-  static const bool ok = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16") != 0;
-  return ok;
-}
 
 Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16) {
   Codebook cb;
@@ -434,7 +422,7 @@ void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist
   }
   alignas(64) float tile[kMR * kNR];
   const MicroF32 mf = micro_f32();
-  const auto scan = cpu_has_avx512() ? scan_tile_row_avx512 : scan_tile_row_portable;
+  const auto scan = use_avx512() ? scan_tile_row_avx512 : scan_tile_row_portable;
   const float* xn32 = sc.xn32.data();
   const uint8_t* finite = sc.finite.data();
   const int64_t panels = cb.Kp / kNR;
@@ -457,7 +445,9 @@ void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist
     }
   }
   for (int64_t r = 0; r < n; ++r) {
-    if (!finite[r] && !state[r].overflow) {
+    // A NaN/inf row (its fp64 squared norm is not finite) gets idx 0, dist NaN. Not `!finite[r]
+    // && !overflow`: its -inf lower bounds can pass the fp32 filter and overflow the candidates.
+    if (!vqfast::finite_value(sc.x_norm[r])) {
       idx[r] = 0;
       dist[r] = std::numeric_limits<float>::quiet_NaN();
       continue;

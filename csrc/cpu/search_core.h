@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "isa.h"  // use_avx512, cpu_has_bf16_dot
+
 namespace vqfast::cpu {
 
 constexpr int64_t kMR = 6;    // rows per micro-tile
@@ -41,9 +43,6 @@ struct Codebook {
   const float *p_raw = nullptr, *p_bias = nullptr, *p_scale = nullptr, *p_ea = nullptr, *p_eb = nullptr;
   const void* p_packed = nullptr;
 };
-
-// True when this CPU runs the AVX512-BF16 micro-kernel (checked at run time).
-bool cpu_has_bf16_dot();
 
 // codebook [K, d] of any float dtype. bf16=true packs bf16 codes (codebook must be bf16).
 Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16);

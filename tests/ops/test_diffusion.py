@@ -7,11 +7,13 @@ import torch
 from scipy import stats
 
 import vqfast.diffusion as D
+from vqfast import ops
+from vqfast.diffusion.schedule import num_states
 from vqfast.reference import diffusion as ref
 from tests.conftest import backend_params
 
-BACKENDS = backend_params("reference", *D.HAS)
-FAST = backend_params(*D.HAS)
+BACKENDS = backend_params("reference", *ops.diffusion.HAS)
+FAST = backend_params(*ops.diffusion.HAS)
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16"),
           pytest.param(torch.bfloat16, id="bf16")]
 KINDS = ["uniform", "absorbing"]
@@ -21,7 +23,7 @@ SCHED = D.CosineSchedule(50)
 def make_inputs(B, L, K, kind, dtype=torch.float32, scale=3.0, seed=0, t=None):
     g = torch.Generator().manual_seed(seed)
     x = (scale * torch.randn(B, L, K, generator=g)).to(dtype)
-    z = torch.randint(0, ref.num_states(K, kind), (B, L), generator=g)
+    z = torch.randint(0, num_states(K, kind), (B, L), generator=g)
     if kind == "absorbing":  # mostly masked, some kept
         z = torch.where(torch.rand(B, L, generator=g) < 0.7, K, z)
     x0 = torch.randint(0, K, (B, L), generator=g)
@@ -90,27 +92,27 @@ def assert_logprobs_close(got, want):
     torch.testing.assert_close(got[fin], want[fin], atol=2e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST)  # the reference itself: test_reference_matches_dense_bayes
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("B, L, K", [pytest.param(2, 3, 2, id="K2"), pytest.param(3, 5, 1000, id="K1000"),
                                      pytest.param(2, 4, 1025, id="K1025"), pytest.param(2, 1, 16384, id="K16384")])
 def test_posterior_logprobs_matches_reference(backend, dtype, kind, B, L, K):
     x, z, _, t = make_inputs(B, L, K, kind, dtype, seed=K)
-    got = D.posterior_logprobs(x, z, t, SCHED, transition=kind, backend=backend)
-    assert got.dtype == torch.float32 and got.shape == (B, L, ref.num_states(K, kind))
+    got = ops.posterior_logprobs(x, z, t, SCHED, transition=kind, backend=backend)
+    assert got.dtype == torch.float32 and got.shape == (B, L, num_states(K, kind))
     assert_logprobs_close(got, ref.posterior_logprobs(x, z, t, SCHED, kind))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST)  # the reference itself: test_reference_matches_dense_bayes
 @pytest.mark.parametrize("kind", KINDS)
 def test_posterior_logprobs_batch_dims_noncontiguous_int_t(backend, kind):
     big = torch.randn(2, 3, 8, 40, generator=torch.Generator().manual_seed(2))
     x = big[:, :, ::2, 3:36]  # [2, 3, 4, 33], not contiguous
     z = torch.randint(0, 33, (2, 3, 4))
-    got = D.posterior_logprobs(x, z, 7, SCHED, transition=kind, backend=backend)
+    got = ops.posterior_logprobs(x, z, 7, SCHED, transition=kind, backend=backend)
     want = ref.posterior_logprobs(x.reshape(2, 12, 33), z.reshape(2, 12), torch.tensor([7, 7]), SCHED, kind)
-    assert got.shape == (2, 3, 4, ref.num_states(33, kind))
+    assert got.shape == (2, 3, 4, num_states(33, kind))
     assert_logprobs_close(got.reshape(2, 12, -1), want)
 
 
@@ -125,11 +127,11 @@ def test_posterior_stable_extremes(backend, kind, t):
     x[1, 1] = 0.0  # exactly uniform
     z = torch.tensor([[5, 1], [K - 1, 0]]) if kind == "uniform" else torch.tensor([[K, 1], [K, K]])
     tt = torch.tensor([t, t])
-    got = D.posterior_logprobs(x, z, tt, SCHED, transition=kind, backend=backend)
+    got = ops.posterior_logprobs(x, z, tt, SCHED, transition=kind, backend=backend)
     assert not torch.isnan(got).any()
     assert_logprobs_close(got, ref.posterior_logprobs(x, z, tt, SCHED, kind))
     x0 = torch.tensor([[0, 2], [3, 4]])
-    kl = D.vlb_kl(x0, x, z, tt, SCHED, transition=kind, backend=backend)
+    kl = ops.vlb_kl(x0, x, z, tt, SCHED, transition=kind, backend=backend)
     want = ref.vlb_kl(x0, x, z, tt, SCHED, kind).float()
     assert torch.equal(torch.isinf(kl), torch.isinf(want))
     fin = torch.isfinite(want)
@@ -138,7 +140,7 @@ def test_posterior_stable_extremes(backend, kind, t):
 
 # ---------------------------------------------------------------- posterior_sample
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST)  # the reference itself: test_reference_matches_dense_bayes
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("B, L, K", [pytest.param(2, 6, 2, id="K2"), pytest.param(3, 7, 1000, id="K1000"),
@@ -147,11 +149,11 @@ def test_posterior_sample_same_seed_same_tokens(backend, dtype, kind, B, L, K):
     """Every backend draws exactly the reference's tokens for one seed (shared Philox noise)."""
     x, z, _, t = make_inputs(B, L, K, kind, dtype, scale=2.0, seed=K + 1)
     want = ref.posterior_sample(x, z, t, SCHED, 1234, kind)
-    got = D.posterior_sample(x, z, t, SCHED, seed=1234, transition=kind, backend=backend)
+    got = ops.posterior_sample(x, z, t, SCHED, seed=1234, transition=kind, backend=backend)
     assert got.dtype == torch.int64 and got.shape == (B, L)
     assert torch.equal(got, want)
-    g1 = D.posterior_sample(x, z, t, SCHED, torch.Generator().manual_seed(5), transition=kind, backend=backend)
-    g2 = D.posterior_sample(x, z, t, SCHED, torch.Generator().manual_seed(5), transition=kind, backend=backend)
+    g1 = ops.posterior_sample(x, z, t, SCHED, torch.Generator().manual_seed(5), transition=kind, backend=backend)
+    g2 = ops.posterior_sample(x, z, t, SCHED, torch.Generator().manual_seed(5), transition=kind, backend=backend)
     assert torch.equal(g1, g2)
     if kind == "absorbing":
         kept = z < K
@@ -181,7 +183,7 @@ def test_posterior_sample_distribution(backend, kind, t):
     x = logits.expand(1, n, K)
     z = torch.full((1, n), 3 if kind == "uniform" else K)
     tt = torch.tensor([t])
-    draws = D.posterior_sample(x, z, tt, SCHED, seed=99, transition=kind, backend=backend)
+    draws = ops.posterior_sample(x, z, tt, SCHED, seed=99, transition=kind, backend=backend)
     probs = ref.posterior_logprobs(x[:, :1], z[:, :1], tt, SCHED, kind)[0, 0].exp()
     counts = torch.bincount(draws.reshape(-1), minlength=probs.numel()).double()
     _chi2_check(counts, probs)
@@ -216,7 +218,7 @@ def test_posterior_sample_hard_rows_same_tokens(backend, kind, t):
     tt = torch.tensor([t])
     for seed in (0, 7, 2 ** 64 - 1):
         want = ref.posterior_sample(x, z, tt, SCHED, seed, kind)
-        got = D.posterior_sample(x, z, tt, SCHED, seed=seed, transition=kind, backend=backend)
+        got = ops.posterior_sample(x, z, tt, SCHED, seed=seed, transition=kind, backend=backend)
         assert torch.equal(got, want)
 
 
@@ -230,14 +232,14 @@ def test_posterior_sample_distribution_multiblock(backend, t):
         xr = x[:, r].expand(1, n, x.shape[-1])
         zr = z[:, r].expand(1, n)
         tt = torch.tensor([t])
-        draws = D.posterior_sample(xr, zr, tt, SCHED, seed=11, backend=backend)
+        draws = ops.posterior_sample(xr, zr, tt, SCHED, seed=11, backend=backend)
         probs = ref.posterior_logprobs(xr[:, :1], zr[:, :1], tt, SCHED)[0, 0].exp()
         _chi2_check(torch.bincount(draws.reshape(-1), minlength=probs.numel()).double(), probs)
 
 
 # ---------------------------------------------------------------- vlb_kl
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST)  # the reference itself: test_reference_matches_dense_bayes
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("B, L, K", [pytest.param(2, 5, 2, id="K2"), pytest.param(3, 4, 1000, id="K1000"),
@@ -251,7 +253,7 @@ def test_vlb_kl_and_grad_match_reference(backend, dtype, kind, B, L, K):
     want = ref.vlb_kl(x0, xr, z, t, SCHED, kind)
     (want_grad,) = torch.autograd.grad(want, xr, upstream.double())
     xg = x.detach().clone().requires_grad_(True)
-    got = D.vlb_kl(x0, xg, z, t, SCHED, transition=kind, backend=backend)
+    got = ops.vlb_kl(x0, xg, z, t, SCHED, transition=kind, backend=backend)
     assert got.dtype == torch.float32 and got.shape == (B, L)
     torch.testing.assert_close(got, want.float(), atol=2e-5, rtol=1e-4)
     (got_grad,) = torch.autograd.grad(got, xg, upstream)
@@ -274,7 +276,7 @@ def test_vlb_kl_large_gradient_buffers(backend, kind):
     x[1, 2, 5] = 60.0
     x[2, 3] *= 40.0
     x[3, 4, 7:9000] = -torch.inf
-    z = torch.randint(0, ref.num_states(K, kind), (B, L), generator=g)
+    z = torch.randint(0, num_states(K, kind), (B, L), generator=g)
     x0 = torch.randint(0, K, (B, L), generator=g)
     x0[3, 4] = 8
     if kind == "absorbing":
@@ -288,7 +290,7 @@ def test_vlb_kl_large_gradient_buffers(backend, kind):
     (want_grad,) = torch.autograd.grad(want, xr, upstream.double())
     for _ in range(2):
         xg = x.clone().requires_grad_(True)
-        got = D.vlb_kl(x0, xg, z, t, sched, transition=kind, backend=backend)
+        got = ops.vlb_kl(x0, xg, z, t, sched, transition=kind, backend=backend)
         torch.testing.assert_close(got, want.float(), atol=2e-5, rtol=1e-4)
         (got_grad,) = torch.autograd.grad(got, xg, upstream)
         assert torch.isfinite(got_grad).all()
@@ -306,7 +308,7 @@ def _logprobs_grad_want(x, z, t, kind, upstream, sched=SCHED):
     return want
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FAST)  # the reference itself: test_reference_matches_dense_bayes
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("B, L, K", [pytest.param(2, 5, 2, id="K2"), pytest.param(3, 4, 1000, id="K1000"),
@@ -320,11 +322,11 @@ def test_posterior_logprobs_grad_matches_reference(backend, dtype, kind, B, L, K
         z[-1, -1] = K - 1
     else:  # a kept z_t with an excluded logit: the reference's gradient is NaN (the op's is 0)
         z[-1, 0] = K
-    Ks = ref.num_states(K, kind)
+    Ks = num_states(K, kind)
     upstream = torch.randn(B, L, 2 * Ks, generator=torch.Generator().manual_seed(6))[..., ::2]  # non-contiguous
     want = _logprobs_grad_want(x, z, t, kind, upstream)
     xg = x.detach().clone().requires_grad_(True)
-    out = D.posterior_logprobs(xg, z, t, SCHED, transition=kind, backend=backend)
+    out = ops.posterior_logprobs(xg, z, t, SCHED, transition=kind, backend=backend)
     (got,) = torch.autograd.grad(out, xg, upstream)
     assert got.dtype == dtype and got.shape == x.shape
     tol = 1e-5 if dtype == torch.float32 else 1e-2
@@ -336,10 +338,10 @@ def test_posterior_logprobs_grad_matches_reference(backend, dtype, kind, B, L, K
 def test_posterior_logprobs_backward_is_fused(backend, kind, monkeypatch):
     """The fast backends' backward runs their own kernel, never autograd through the reference."""
     x, z, _, t = make_inputs(2, 3, 77, kind, seed=21)
-    upstream = torch.randn(2, 3, ref.num_states(77, kind), generator=torch.Generator().manual_seed(1))
+    upstream = torch.randn(2, 3, num_states(77, kind), generator=torch.Generator().manual_seed(1))
     want = _logprobs_grad_want(x, z, t, kind, upstream)
     xg = x.clone().requires_grad_(True)
-    out = D.posterior_logprobs(xg, z, t, SCHED, transition=kind, backend=backend)
+    out = ops.posterior_logprobs(xg, z, t, SCHED, transition=kind, backend=backend)
     monkeypatch.setattr(ref, "posterior_logprobs", lambda *a, **k: pytest.fail("reference ran in the backward"))
     (got,) = torch.autograd.grad(out, xg, upstream)
     torch.testing.assert_close(got.double(), want, atol=1e-5 * (1 + float(want.abs().max())), rtol=1e-5)
@@ -352,10 +354,10 @@ def test_posterior_logprobs_grad_large_schedule(backend):
     for kind in KINDS:
         x, z, _, _ = make_inputs(4, 3, 300, kind, scale=4.0, seed=13)
         t = torch.tensor([1, 2, 3999, 4000])
-        upstream = torch.randn(4, 3, ref.num_states(300, kind), generator=torch.Generator().manual_seed(2))
+        upstream = torch.randn(4, 3, num_states(300, kind), generator=torch.Generator().manual_seed(2))
         want = _logprobs_grad_want(x, z, t, kind, upstream, sched)
         xg = x.clone().requires_grad_(True)
-        (got,) = torch.autograd.grad(D.posterior_logprobs(xg, z, t, sched, transition=kind, backend=backend), xg,
+        (got,) = torch.autograd.grad(ops.posterior_logprobs(xg, z, t, sched, transition=kind, backend=backend), xg,
                                      upstream)
         torch.testing.assert_close(got.double(), want, atol=1e-5 * (1 + float(want.abs().max())), rtol=1e-5)
 
@@ -364,7 +366,7 @@ def test_posterior_logprobs_grad_large_schedule(backend):
 def test_vlb_kl_at_t1_is_decoder_nll(backend):
     x, z, x0, _ = make_inputs(2, 6, 50, "uniform", seed=8)
     t = torch.tensor([1, 1])
-    kl = D.vlb_kl(x0, x, z, t, SCHED, backend=backend)
+    kl = ops.vlb_kl(x0, x, z, t, SCHED, backend=backend)
     lp = ref.posterior_logprobs(x, z, t, SCHED)
     torch.testing.assert_close(kl, -lp.gather(-1, x0[..., None])[..., 0].float(), atol=2e-5, rtol=1e-5)
 
@@ -375,7 +377,7 @@ def test_vlb_kl_zero_when_prediction_is_truth(backend, kind):
     K = 30
     _, z, x0, t = make_inputs(2, 5, K, kind, seed=9)
     perfect = torch.full((2, 5, K), -1e4).scatter_(-1, x0[..., None], 0.0)
-    kl = D.vlb_kl(x0, perfect, z, t, SCHED, transition=kind, backend=backend)
+    kl = ops.vlb_kl(x0, perfect, z, t, SCHED, transition=kind, backend=backend)
     torch.testing.assert_close(kl, torch.zeros_like(kl), atol=1e-5, rtol=0)
 
 
@@ -405,18 +407,18 @@ def test_q_sample_distribution_and_reproducibility(kind):
 def test_bad_inputs_raise_clear_errors(backend):
     K = 9
     x, z, x0, t = make_inputs(2, 3, K, "uniform", seed=5)
-    lp = D.posterior_logprobs
+    lp = ops.posterior_logprobs
     with pytest.raises(ValueError, match="t must lie in 1..T"):
         lp(x, z, torch.tensor([0, 3]), SCHED, backend=backend)
     with pytest.raises(ValueError, match="t must lie in 1..T"):
-        D.posterior_sample(x, z, torch.tensor([1, SCHED.T + 1]), SCHED, seed=0, backend=backend)
-    with pytest.raises(ValueError, match=r"t must have shape \[B\]"):
+        ops.posterior_sample(x, z, torch.tensor([1, SCHED.T + 1]), SCHED, seed=0, backend=backend)
+    with pytest.raises(ValueError, match="t must have shape"):
         lp(x, z, torch.tensor([1, 2, 3]), SCHED, backend=backend)
     with pytest.raises(TypeError, match="t must be an integer tensor"):
         lp(x, z, torch.tensor([1.0, 2.0]), SCHED, backend=backend)
-    with pytest.raises(ValueError, match="z_t must lie in"):
+    with pytest.raises(ValueError, match="z_t must be in"):
         lp(x, torch.full_like(z, K), t, SCHED, backend=backend)
-    with pytest.raises(ValueError, match="z_t must lie in"):
+    with pytest.raises(ValueError, match="z_t must be in"):
         lp(x, torch.full_like(z, -1), t, SCHED, backend=backend)
     with pytest.raises(TypeError, match="z_t must have dtype"):
         lp(x, z.int(), t, SCHED, backend=backend)
@@ -428,13 +430,13 @@ def test_bad_inputs_raise_clear_errors(backend):
         lp(x, z, t, "cosine", backend=backend)
     with pytest.raises(ValueError, match="transition must be"):
         lp(x, z, t, SCHED, transition="mask", backend=backend)
-    with pytest.raises(ValueError, match="x0 must lie in"):
-        D.vlb_kl(torch.full_like(x0, K), x, z, t, SCHED, backend=backend)
+    with pytest.raises(ValueError, match="x0 must be in"):
+        ops.vlb_kl(torch.full_like(x0, K), x, z, t, SCHED, backend=backend)
     bad = x.clone()
     bad[1, 2, 4] = float("nan")
     for fn in (lambda v: lp(v, z, t, SCHED, backend=backend),
-               lambda v: D.posterior_sample(v, z, t, SCHED, seed=0, backend=backend),
-               lambda v: D.vlb_kl(x0, v, z, t, SCHED, backend=backend)):
+               lambda v: ops.posterior_sample(v, z, t, SCHED, seed=0, backend=backend),
+               lambda v: ops.vlb_kl(x0, v, z, t, SCHED, backend=backend)):
         with pytest.raises(ValueError, match=r"log_x0.* NaN .*first at \(1, 2\)"):
             fn(bad)
     with pytest.raises(ValueError, match="num_classes"):

@@ -1,10 +1,9 @@
-"""ema_statistics / ema_update_: every backend against the reference oracle, and bad inputs."""
+"""ema_statistics / ema_update_: every backend (the reference included) against float64 formulas, and bad inputs."""
 import pytest
 import torch
 
 import vqfast
 from vqfast.ops.ema import HAS
-from vqfast.reference import ema as ref
 from tests.conftest import backend_params
 
 BACKENDS = backend_params("reference", *HAS)
@@ -15,7 +14,9 @@ SHAPES = [pytest.param(1, 1, 3, id="N1-K1"), pytest.param(37, 1, 5, id="K1"), py
 
 
 def check_stats(x, idx, K, counts, sums, atol):
-    rc, rs = ref.ema_statistics(x, idx, K)
+    """Against the float64 one-hot formula: counts = 1^T onehot(idx), sums = onehot(idx)^T x."""
+    onehot = torch.nn.functional.one_hot(idx.long(), K).double()
+    rc, rs = onehot.sum(0).float(), (onehot.T @ x.double()).float()
     assert counts.dtype == torch.float32 and sums.dtype == torch.float32
     assert counts.shape == (K,) and sums.shape == (K, x.shape[1])
     assert torch.equal(counts, rc)
@@ -151,8 +152,11 @@ def _state(K, d, seed):
 @pytest.mark.parametrize("decay, eps", [(0.99, 1e-5), (0.0, 1e-5), (0.5, 0.0), (0.9, 0.1)])
 def test_ema_update_matches_reference(backend, K, d, decay, eps):
     n, s, c, t = _state(K, d, K + d)
-    rn, rs = n.clone(), s.clone()
-    want = ref.ema_update_(rn, rs, c, t, decay, eps)
+    # PUT supp. eq. 2 with Laplace smoothing, in float64
+    rn, rs = decay * n.double() + (1 - decay) * c.double(), decay * s.double() + (1 - decay) * t.double()
+    total = rn.sum()
+    want = (rs / ((rn + eps) / (total + K * eps) * total)[:, None]).float()
+    rn, rs = rn.float(), rs.float()
     got_n, got_s = n.clone(), s.clone()
     got = vqfast.ops.ema_update_(got_n, got_s, c, t, decay, eps, backend=backend)
     torch.testing.assert_close(got_n, rn, rtol=1e-6, atol=1e-6)
@@ -173,11 +177,11 @@ def test_ema_update_eps0_is_the_seed_equation(backend):
 
 
 @pytest.mark.parametrize("x, idx, K, match, err", [
-    (torch.randn(4, 3), torch.tensor([0, 1, 2, 5]), 5, r"idx values must be in \[0, K=5\)", ValueError),
-    (torch.randn(4, 3), torch.tensor([0, -1, 2, 1]), 5, r"idx values must be in", ValueError),
+    (torch.randn(4, 3), torch.tensor([0, 1, 2, 5]), 5, r"idx (values )?must be in \[0, K=5\)", ValueError),
+    (torch.randn(4, 3), torch.tensor([0, -1, 2, 1]), 5, r"idx (values )?must be in", ValueError),
     (torch.randn(4, 3), torch.tensor([0, 1, 2, 1]), 0, "K must be >= 1", ValueError),
     (torch.randn(4, 3), torch.tensor([0, 1, 2, 1]), 2.0, "K must be an int", TypeError),
-    (torch.randn(4, 3), torch.tensor([0, 1, 2]), 5, r"idx must have shape \[4\]", ValueError),
+    (torch.randn(4, 3), torch.tensor([0, 1, 2]), 5, r"idx must have shape \(4,\)", ValueError),
     (torch.randn(4, 3), torch.tensor([0.0, 1, 2, 1]), 5, "idx must have dtype", TypeError),
     (torch.randn(4, 3, 2), torch.tensor([0, 1, 2, 1]), 5, "x must have 2 dims", ValueError),
     (torch.randn(4, 3).double(), torch.tensor([0, 1, 2, 1]), 5, "x must have dtype", TypeError),
@@ -192,19 +196,19 @@ def test_ema_statistics_bad_inputs(x, idx, K, match, err):
 def test_ema_statistics_index_out_of_range_every_backend(backend, bad):
     idx = torch.tensor([0, 1, 2, 3, 4, 0, 1])
     idx[5] = bad
-    with pytest.raises(ValueError, match=r"idx values must be in \[0, K=5\)"):
+    with pytest.raises(ValueError, match=r"idx (values )?must be in \[0, K=5\)"):
         vqfast.ops.ema_statistics(torch.randn(7, 3), idx, 5, backend=backend)
 
 
 @pytest.mark.parametrize("kwargs, match, err", [
-    (dict(decay=1.0), r"decay must be in \[0, 1\)", ValueError),
-    (dict(decay=-0.1), r"decay must be in \[0, 1\)", ValueError),
-    (dict(decay="0.9"), "decay must be a float", TypeError),
+    (dict(decay=1.0), r"decay must be (<|>=)", ValueError),
+    (dict(decay=-0.1), r"decay must be (<|>=)", ValueError),
+    (dict(decay="0.9"), "decay must be a real number", TypeError),
     (dict(eps=-1.0), "eps must be >= 0", ValueError),
-    (dict(counts=torch.zeros(4)), r"counts must have shape \[5\]", ValueError),
-    (dict(sums=torch.zeros(5, 2)), r"sums must have shape \[5, 3\]", ValueError),
+    (dict(counts=torch.zeros(4)), r"counts must have shape \(5,\)", ValueError),
+    (dict(sums=torch.zeros(5, 2)), r"sums must have shape \(5, 3\)", ValueError),
     (dict(cluster_size=torch.zeros(5, dtype=torch.float64)), "cluster_size must have dtype", TypeError),
-    (dict(embed_sum=torch.zeros(3, 5).T), "embed_sum is updated in place and must be contiguous", ValueError),
+    (dict(embed_sum=torch.zeros(3, 5).T), "embed_sum must be contiguous", ValueError),
 ])
 def test_ema_update_bad_inputs(kwargs, match, err):
     args = dict(cluster_size=torch.ones(5), embed_sum=torch.zeros(5, 3), counts=torch.ones(5),

@@ -175,3 +175,15 @@ def test_quantize_outputs_fully_written(backend):
     out = vqfast.ops.quantize(x, cb, backend=backend)
     assert torch.equal(out.indices, ref.nearest_code(x, cb)[0])
     assert torch.equal(out.z_q.detach(), cb[out.indices])  # exactly the codes
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_nonfinite_rows_with_many_tied_codes(backend, metric):
+    """An inf row against 63 equal codes (more ties than the CPU filter keeps as candidates)
+    still gets idx 0 and dist NaN (the CPU re-rank returned dist inf)."""
+    cb = torch.randn(1, 12, generator=torch.Generator().manual_seed(12)).expand(63, 12).contiguous()
+    x = torch.randn(3, 12, generator=torch.Generator().manual_seed(13))
+    x[0, 0], x[1, 3] = float("inf"), float("nan")
+    idx, dist = vqfast.ops.nearest_code(x, cb, metric=metric, backend=backend)
+    assert idx.tolist() == [0, 0, 0] and torch.isnan(dist[:2]).all() and torch.isfinite(dist[2])

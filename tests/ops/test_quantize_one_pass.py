@@ -40,7 +40,7 @@ def test_dual_commit_loss_without_grad(backend, dtype, metric):
     visible = torch.rand(205, generator=g) < 0.6
     e, e2 = torch.randn(70, 40, generator=g).to(dtype), torch.randn(90, 40, generator=g).to(dtype)
     out = vqfast.ops.dual_codebook_quantize(x, visible, e, e2, metric=metric, backend=backend)
-    idx_ref, _, commit_ref, _ = ref_dual.dual_codebook_quantize(x, visible, e, e2, metric)
+    _, idx_ref, commit_ref, _ = ref_dual.dual_codebook_quantize(x, visible, e, e2, metric)
     assert torch.equal(out.indices, idx_ref)
     torch.testing.assert_close(out.commit_loss, commit_ref, rtol=TOL[dtype], atol=0)
 

@@ -5,8 +5,8 @@ import torch
 
 import vqfast
 from vqfast import ops
-from vqfast.reference import quantize_statistics as ref
 from tests.conftest import backend_params
+from tests.ops.test_nearest_code import check_nearest
 
 BACKENDS = backend_params("reference", "cpu")
 SHAPES = [pytest.param(1, 1, 3, id="N1-K1"), pytest.param(37, 5, 16, id="small"),
@@ -32,9 +32,10 @@ def test_nearest_code_with_statistics_equals_the_two_ops(backend, dtype, metric,
     got = ops.nearest_code_with_statistics(x, cb, metric=metric, backend=backend)
     idx, dist = ops.nearest_code(x, cb, metric=metric, backend=backend)
     _assert_equal(got, (idx, dist, *ops.ema_statistics(x, idx, K, backend=backend)))
-    r_idx, r_dist, r_counts, r_sums = ref.nearest_code_with_statistics(x, cb, metric)
-    assert torch.equal(got.indices, r_idx) and torch.equal(got.counts, r_counts)
-    torch.testing.assert_close(got.sums, r_sums, rtol=1e-5, atol=1e-4)
+    check_nearest(x, cb, got.indices, metric)  # against float64 distances, margin-aware
+    onehot = torch.nn.functional.one_hot(got.indices, K).double()  # the statistics' float64 formula
+    assert torch.equal(got.counts, onehot.sum(0).float())
+    torch.testing.assert_close(got.sums, (onehot.T @ x.double()).float(), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

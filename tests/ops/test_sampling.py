@@ -170,6 +170,39 @@ def test_sample_logits_views_ties_and_filters(backend):
 
 
 @pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("V, top_p, kept", [pytest.param(300, 0.1, 30, id="V300-p0.1"),
+                                            pytest.param(100, 0.1, 10, id="V100-p0.1"),
+                                            pytest.param(300, 0.25, 75, id="V300-p0.25"),
+                                            pytest.param(7, 3 / 7, 3, id="V7-p3/7")])
+def test_sample_logits_top_p_exact_ties(backend, V, top_p, kept):
+    """Equal logits: the nucleus is the `kept` lowest ids whose masses sum to exactly top_p * Z
+    (kept = top_p * V in float64), never one more; every backend draws the same tokens."""
+    assert top_p * V == kept  # the float64 product the rule compares against
+    rows = 8 if backend == "triton" else 3000  # one interpreter program per row
+    tok = vqfast.ops.sample_logits(torch.zeros(rows, V), temperature=0.7, top_p=top_p, seed=0, backend=backend)
+    assert int(tok.min()) >= 0 and int(tok.max()) < kept
+    if backend == "triton":
+        want = vqfast.ops.sample_logits(torch.zeros(rows, V), temperature=0.7, top_p=top_p, seed=0, backend="cpu")
+        assert torch.equal(tok, want)
+    else:  # 3000 draws over `kept` ids: each one appears; cpu and the reference draw the same tokens
+        assert torch.bincount(tok, minlength=kept).gt(0).all()
+        other = "cpu" if backend == "reference" else "reference"
+        assert torch.equal(tok[:50], vqfast.ops.sample_logits(torch.zeros(50, V), temperature=0.7, top_p=top_p,
+                                                              seed=0, backend=other))
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_sample_logits_top_p_ties_below_the_max(backend):
+    """Integer logits (runs of ties at every value, the boundary inside a run) with top_p and
+    top_k + top_p: the kernels draw the reference's tokens."""
+    rows = 6 if backend == "triton" else 48  # one interpreter program per row
+    x = torch.randint(-3, 2, (rows, 300), generator=torch.Generator().manual_seed(0)).float()
+    for kw in (dict(top_p=0.3), dict(top_p=0.5, top_k=40), dict(top_p=0.9), dict(top_p=0.2, top_k=7)):
+        want = vqfast.ops.sample_logits(x, seed=1, backend="reference", **kw)
+        assert torch.equal(vqfast.ops.sample_logits(x, seed=1, backend=backend, **kw), want), kw
+
+
+@pytest.mark.parametrize("backend", ALL)
 def test_sample_logits_reproducible_and_fresh(backend):
     x = torch.randn(8 if backend == "triton" else 64, 100)
     a = vqfast.ops.sample_logits(x, generator=torch.Generator().manual_seed(5), backend=backend)

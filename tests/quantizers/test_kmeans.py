@@ -63,14 +63,14 @@ def test_fp16_input_and_tol_stops_early():
 
 
 @pytest.mark.parametrize("kwargs, match, err", [
-    (dict(K=0), "K must be an int >= 1", ValueError),
+    (dict(K=0), "K must be >= 1", ValueError),
     (dict(K=501), "need P >= K", ValueError),
-    (dict(iters=-1), "iters must be an int >= 0", ValueError),
+    (dict(iters=-1), "iters must be >= 0", ValueError),
     (dict(init="kmeans||"), "init must be one of", ValueError),
-    (dict(init=torch.zeros(3, 4)), r"init tensor must have shape \[K=5, d=4\]", ValueError),
-    (dict(chain_length=0), "chain_length must be an int >= 1", ValueError),
+    (dict(init=torch.zeros(3, 4)), r"init must have shape \(5, 4\)", ValueError),
+    (dict(chain_length=0), "chain_length must be >= 1", ValueError),
     (dict(x=torch.zeros(500, 4, dtype=torch.float64)), "x must have dtype", TypeError),
-    (dict(x=torch.zeros(500)), r"x must be a \[P, d\] tensor", ValueError),
+    (dict(x=torch.zeros(500)), "x must have 2 dims", ValueError),
 ])
 def test_bad_inputs(kwargs, match, err):
     args = dict(x=torch.randn(500, 4), K=5, iters=2, init="random")

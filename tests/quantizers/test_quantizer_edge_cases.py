@@ -26,7 +26,7 @@ def test_indices_to_codes_dtypes_and_depth():
     assert vq.indices_to_codes(torch.zeros(0, 5, dtype=torch.long)).shape == (0, 5, 8)
     rq = ResidualQuantizer(8, 16, 3)
     for bad in (torch.tensor([[0, 1]]), torch.tensor([[0, 1, 2, 3]]), torch.tensor(1)):
-        with pytest.raises(ValueError, match=r"indices must have shape \[\.\.\., depth=3\]"):
+        with pytest.raises(ValueError, match="indices must have 3 indices per position"):
             rq.indices_to_codes(bad)
     torch.testing.assert_close(rq.indices_to_codes(torch.tensor([[1, 2, 3]])),
                                (rq.codebook[1] + rq.codebook[2] + rq.codebook[3])[None])
@@ -55,7 +55,7 @@ def test_kmeans_single_centroid_is_the_mean(init):
 
 
 def test_dual_zero_masked_codes_rejected():
-    with pytest.raises(ValueError, match="codebook_size and dim must be >= 1"):
+    with pytest.raises(ValueError, match="codebook_size must be >= 1"):
         DualCodebookQuantizer(8, 16, 0)  # was taken as "default" and gave K' = 16
 
 
@@ -68,7 +68,7 @@ def test_refit_zero_codes_rejected():
         def encode_features(self, images):
             return images
 
-    with pytest.raises(ValueError, match="K must be an int >= 1"):
+    with pytest.raises(ValueError, match="K must be >= 1"):
         refit(Tokenizer(), torch.randn(4, 4, 3, 3), P=50, K=0)  # was taken as "keep K"
 
 

@@ -1,14 +1,8 @@
-"""Discrete diffusion for VQ token maps (DESIGN.md op 10; VQ-DDM seed Sec. 3.1, eqs. 15-24).
-
-Uniform (multinomial, VQ-DDM) and absorbing-state (mask) transitions behind one API
-(`transition="uniform"|"absorbing"`): the cosine schedule, the forward process, and the
-fused posterior ops (log-probs, a mixture sample without per-state noise, VLB KL with a fused backward).
+"""Discrete diffusion for VQ token maps (VQ-DDM Sec. 3.1, eqs. 15-19): the cosine schedule,
+the transition kinds ("uniform": multinomial, VQ-DDM; "absorbing": mask) and the forward
+process. The fused posterior ops (log-probs, sampling, VLB KL) are in `vqfast.ops`.
 """
 from vqfast.diffusion.forward import q_sample
-from vqfast.diffusion.posterior import posterior_logprobs, posterior_sample
-from vqfast.diffusion.schedule import CosineSchedule
-from vqfast.diffusion.vlb import vlb_kl
-from vqfast.diffusion._args import HAS
-from vqfast.reference.diffusion import TRANSITIONS
+from vqfast.diffusion.schedule import TRANSITIONS, CosineSchedule
 
-__all__ = ["CosineSchedule", "HAS", "TRANSITIONS", "posterior_logprobs", "posterior_sample", "q_sample", "vlb_kl"]
+__all__ = ["CosineSchedule", "TRANSITIONS", "q_sample"]

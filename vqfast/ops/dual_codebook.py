@@ -1,4 +1,4 @@
-"""dual_codebook_quantize (DESIGN.md op 3, PUT Sec. 2-3): validation, dispatch, autograd."""
+"""dual_codebook_quantize (PUT Sec. 2-3): validation, dispatch, autograd."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -10,7 +10,7 @@ from vqfast import _backend
 from vqfast.ops import _validate
 from vqfast.ops._straight_through import row_sq_err, straight_through
 from vqfast.ops.nearest_code import _METRIC_ID, search_codebook
-from vqfast.reference import nearest_code as ref_nc
+from vqfast.reference import dual_codebook as ref
 
 HAS = ("cpu", "triton", "cuda")  # backends with a dual_codebook_quantize kernel besides the reference
 
@@ -28,11 +28,8 @@ def _run(x: torch.Tensor, visible: torch.Tensor, e: torch.Tensor, e2: torch.Tens
 def _run_codes(x, visible, e, e2, metric, backend):
     """_run for the backends whose kernels return codes and idx only."""
     if backend == "reference":
-        idx_v, _ = ref_nc.nearest_code(x, e, metric)
-        idx_m, _ = ref_nc.nearest_code(x, e2, metric)
-        codes = torch.where(visible[:, None], e.index_select(0, idx_v).to(x.dtype),
-                            e2.index_select(0, idx_m).to(x.dtype))
-        return codes, torch.where(visible, idx_v, idx_m + e.shape[0])
+        _, idx, _, _ = ref.dual_codebook_quantize(x, visible, e, e2, metric)
+        return torch.cat([e, e2]).index_select(0, idx).to(x.dtype), idx  # masked rows' idx are offset by K
     if backend == "triton":
         from vqfast.triton_kernels.dual_codebook import dual_codebook_quantize_triton
         return dual_codebook_quantize_triton(x, visible, search_codebook(e, metric), search_codebook(e2, metric),
@@ -76,15 +73,15 @@ _dual_op.register_autograd(_dual_backward, setup_context=_dual_setup)
 
 
 class _DualFields(NamedTuple):
-    indices: torch.Tensor
     z_q: torch.Tensor
+    indices: torch.Tensor
+    commit_loss: torch.Tensor
 
 
 class DualCodebookOutput(_DualFields):
-    """(indices, z_q); `.commit_loss` = mean((x - sg(c))^2) always, `.codebook_loss` =
-    mean((sg(x) - c)^2) when e or e2 requires grad, else None."""
+    """(z_q, indices, commit_loss) as QuantizeOutput; `.codebook_loss` = mean((sg(x) - c)^2)
+    when e or e2 requires grad, else None."""
 
-    commit_loss: torch.Tensor | None = None
     codebook_loss: torch.Tensor | None = None
 
 
@@ -94,9 +91,7 @@ def _check(x, visible, e, e2, metric, backend) -> str:
     _validate.codebook("e2", e2, x.shape[-1])
     _validate.metric(metric)
     _validate.tensor("visible", visible, dtypes=(torch.bool,))
-    if visible.shape != x.shape[:-1]:
-        raise ValueError(f"visible must have shape x.shape[:-1] = {tuple(x.shape[:-1])}, "
-                         f"got {tuple(visible.shape)}")
+    _validate.shape("visible", visible, x.shape[:-1], "x.shape[:-1]")
     device = _validate.same_device(x=x, visible=visible, e=e, e2=e2)
     return _backend.resolve("dual_codebook_quantize", backend, device, has=HAS)
 
@@ -106,13 +101,13 @@ def dual_codebook_quantize(x: torch.Tensor, visible: torch.Tensor, e: torch.Tens
     """Quantize visible rows with e and masked rows with e2 in one pass (PUT's dual codebook).
 
     x [..., d], visible [...] bool, e [K, d], e2 [K2, d] -> DualCodebookOutput(
-    indices [...] int64 (visible: in [0, K); masked: nearest e2 code + K, in [K, K + K2)),
     z_q [..., d] in x's dtype, its value exactly the chosen codes, with the identity
-    gradient to x), plus `.commit_loss` (fp32, from the kernel's per-row squared errors:
-    no extra pass over x) and `.codebook_loss` (see DualCodebookOutput). Ties go to the
-    lowest index; a row with NaN/inf takes code 0 of its codebook (as nearest_code).
+    gradient to x; indices [...] int64 (visible: in [0, K); masked: nearest e2 code + K,
+    in [K, K + K2)); commit_loss fp32, from the kernel's per-row squared errors (no extra
+    pass over x)), plus `.codebook_loss` (see DualCodebookOutput). Ties go to the lowest index; a
+    row with NaN/inf takes code 0 of its codebook (as nearest_code).
 
-        idx, z_q = vqfast.ops.dual_codebook_quantize(x, visible, e, e2)
+        z_q, idx, commit = vqfast.ops.dual_codebook_quantize(x, visible, e, e2)
     """
     name = _check(x, visible, e, e2, metric, backend)
     d = x.shape[-1]
@@ -120,8 +115,7 @@ def dual_codebook_quantize(x: torch.Tensor, visible: torch.Tensor, e: torch.Tens
                                   e, e2, metric, name)
     codes = codes.reshape(x.shape)
     z_q, commit = straight_through(x, codes, sq_err)
-    out = DualCodebookOutput(idx.reshape(x.shape[:-1]), z_q)
-    out.commit_loss = commit
+    out = DualCodebookOutput(z_q, idx.reshape(x.shape[:-1]), commit)
     if e.requires_grad or e2.requires_grad:
         out.codebook_loss = F.mse_loss(x.detach().float(), codes.float())
     return out

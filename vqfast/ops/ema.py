@@ -1,18 +1,16 @@
-"""ema_statistics and ema_update_ (DESIGN.md op 5, PUT supp. eq. 2): validation, dispatch.
+"""ema_statistics and ema_update_ (PUT supp. eq. 2): validation, dispatch.
 
 The per-code statistics of a batch are read in one pass over x without the N x K
-one-hot matrix the seeds build; the EMA blend then touches only K x d state.
+one-hot matrix of the papers' code; the EMA blend then touches only K x d state.
 Between the two, a data-parallel caller all-reduces (counts, sums)
 (`vqfast.quantizers.distributed`).
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
 
 from vqfast import _backend
-from vqfast.ops import _validate
+from vqfast.ops import _dispatch, _validate
 from vqfast.reference import ema as ref
 
 HAS = ("cpu", "triton")  # backends with EMA kernels besides the reference
@@ -63,23 +61,12 @@ def _(cluster_size, embed_sum, counts, sums, decay, eps, backend):
     return torch.empty_like(embed_sum)
 
 
-def _check_codes(K) -> int:
-    if isinstance(K, bool) or not isinstance(K, numbers.Integral):
-        raise TypeError(f"K must be an int, got {type(K).__name__}")
-    if K <= 0:
-        raise ValueError(f"K must be >= 1 (number of codes), got {K}")
-    return int(K)
-
-
 def check_indices(idx, n: int, K: int, name: str = "idx", *, values: bool = True) -> None:
     """idx: an int64/int32 tensor [n] with every value in [0, K) (the values scan skipped if not `values`)."""
     _validate.tensor(name, idx, dtypes=INDEX_DTYPES, dim=1)
-    if idx.shape[0] != n:
-        raise ValueError(f"{name} must have shape [{n}] (one index per row of x), got {tuple(idx.shape)}")
-    if n and values:
-        lo, hi = torch.aminmax(idx)
-        if lo.item() < 0 or hi.item() >= K:
-            raise ValueError(f"{name} values must be in [0, K={K}), got min {lo.item()} max {hi.item()}")
+    _validate.shape(name, idx, (n,), "one index per row of x")
+    if values:
+        _validate.values_below(name, idx, K, "K")
 
 
 def ema_statistics(x: torch.Tensor, idx: torch.Tensor, K: int, *,
@@ -95,7 +82,7 @@ def ema_statistics(x: torch.Tensor, idx: torch.Tensor, K: int, *,
         counts, sums = vqfast.ops.ema_statistics(x, idx, K=512)
     """
     _validate.tensor("x", x, dim=2)
-    K = _check_codes(K)
+    K = _validate.integer("K", K, low=1)
     check_indices(idx, x.shape[0], K, values=False)
     device = _validate.same_device(x=x, idx=idx)
     name = _backend.resolve("ema_statistics", backend, device, has=HAS)
@@ -104,23 +91,7 @@ def ema_statistics(x: torch.Tensor, idx: torch.Tensor, K: int, *,
     if name != "cpu":
         check_indices(idx, x.shape[0], K)
     xc, ic = x.detach().contiguous(), idx.detach().long().contiguous()
-    if name == "cpu" and not torch.compiler.is_compiling():
-        # Eager: the registered kernel directly; the custom-op layer (autograd and alias
-        # checks, ~0.1-0.2 ms) is ~5% of a memory-bound pass. torch.compile traces the op.
-        return torch.ops.vqfast_cpu.ema_statistics(xc, ic, K)
-    return _ema_statistics_op(xc, ic, K, name)
-
-
-def _check_decay(decay, eps) -> tuple[float, float]:
-    if isinstance(decay, bool) or not isinstance(decay, numbers.Real):
-        raise TypeError(f"decay must be a float, got {type(decay).__name__}")
-    if not 0.0 <= float(decay) < 1.0:
-        raise ValueError(f"decay must be in [0, 1), got {decay}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    if not float(eps) >= 0.0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    return float(decay), float(eps)
+    return _dispatch.run(_ema_statistics_op, "ema_statistics", (xc, ic, K), name)
 
 
 def ema_update_(cluster_size: torch.Tensor, embed_sum: torch.Tensor, counts: torch.Tensor,
@@ -130,25 +101,22 @@ def ema_update_(cluster_size: torch.Tensor, embed_sum: torch.Tensor, counts: tor
 
     cluster_size [K] fp32 and embed_sum [K, d] fp32 (the EMA state) become
     n = g n + (1 - g) counts, s = g s + (1 - g) sums; returns s / n~ [K, d] fp32 where
-    n~ = (n + eps) / (sum(n) + K eps) * sum(n). eps = 0 is the seed's e = s / n.
+    n~ = (n + eps) / (sum(n) + K eps) * sum(n). eps = 0 is the paper's e = s / n.
 
         codebook = vqfast.ops.ema_update_(cluster_size, embed_sum, counts, sums, 0.99, 1e-5)
     """
-    decay, eps = _check_decay(decay, eps)
+    decay = _validate.real("decay", decay, low=0.0, high=1.0, high_open=True)
+    eps = _validate.real("eps", eps, low=0.0)
     _validate.tensor("cluster_size", cluster_size, dtypes=(torch.float32,), dim=1)
     _validate.tensor("embed_sum", embed_sum, dtypes=(torch.float32,), dim=2)
     _validate.tensor("counts", counts, dtypes=(torch.float32,), dim=1)
     _validate.tensor("sums", sums, dtypes=(torch.float32,), dim=2)
+    _validate.nonempty("embed_sum", embed_sum, (0,), "[K, d] with K >= 1 (at least one code)")
     K, d = embed_sum.shape
-    if K < 1:
-        raise ValueError(f"embed_sum must hold at least one code, got shape {tuple(embed_sum.shape)}")
     for name, t, shape in (("cluster_size", cluster_size, (K,)), ("counts", counts, (K,)), ("sums", sums, (K, d))):
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {list(shape)} to match embed_sum [K={K}, d={d}], "
-                             f"got {tuple(t.shape)}")
+        _validate.shape(name, t, shape, f"to match embed_sum [K={K}, d={d}]")
     for name, t in (("cluster_size", cluster_size), ("embed_sum", embed_sum)):
-        if not t.is_contiguous():
-            raise ValueError(f"{name} is updated in place and must be contiguous")
+        _validate.contiguous(name, t, "it is updated in place")
     device = _validate.same_device(cluster_size=cluster_size, embed_sum=embed_sum, counts=counts, sums=sums)
     name = _backend.resolve("ema_update_", backend, device, has=HAS)
     return _ema_update_op(cluster_size, embed_sum, counts.contiguous(), sums.contiguous(), decay, eps, name)

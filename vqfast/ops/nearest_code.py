@@ -1,4 +1,4 @@
-"""nearest_code and quantize (DESIGN.md ops 1-2): validation, dispatch, autograd."""
+"""nearest_code and quantize: validation, dispatch, autograd."""
 from __future__ import annotations
 
 from typing import NamedTuple

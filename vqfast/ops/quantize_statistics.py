@@ -1,5 +1,5 @@
 """nearest_code / quantize fused with ema_statistics: one call searches a batch and
-returns the per-code counts and sums of the same batch (DESIGN.md ops 1, 2 and 5).
+returns the per-code counts and sums of the same batch.
 
 The CPU kernel reads x from memory once: each superblock of rows is searched, then its
 rows, still in cache, are added into the sums. Counts and sums are bit-identical to
@@ -135,4 +135,6 @@ def quantize_with_statistics(x: torch.Tensor, codebook: torch.Tensor, *, metric:
     out = QuantizeOutput(z_q, idx.reshape(x.shape[:-1]), commit)
     if codebook.requires_grad:
         out.codebook_loss = F.mse_loss(x.detach().float(), codes.float())
-    return QuantizeStatistics(out, counts, sums)
+    # The statistics carry no gradient: detached, they do not keep the autograd graph (and the
+    # codebook) alive while a caller holds them.
+    return QuantizeStatistics(out, counts.detach(), sums.detach())

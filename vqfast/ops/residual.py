@@ -1,7 +1,6 @@
-"""residual_quantize (DESIGN.md op 4, RQ-VAE): validation, dispatch, losses."""
+"""residual_quantize (RQ-VAE): validation, dispatch, losses."""
 from __future__ import annotations
 
-import operator
 from typing import NamedTuple
 
 import torch
@@ -10,10 +9,29 @@ import torch.nn.functional as F
 from vqfast import _backend
 from vqfast.ops import _validate
 from vqfast.ops.nearest_code import _METRIC_ID, search_codebook
-from vqfast.reference import nearest_code as ref_nc
-from vqfast.reference.residual import level_codebooks
 
 HAS = ("cpu", "triton", "cuda")  # backends with a residual_quantize kernel besides the reference
+
+
+def level_codebooks(codebook: torch.Tensor, depth: int) -> list[torch.Tensor]:
+    """[K, d] (shared by every level) or [D, K, d] (one per level) -> depth codebooks [K, d]."""
+    return [codebook] * depth if codebook.dim() == 2 else list(codebook.unbind(0))
+
+
+def _level_codes(idx: torch.Tensor, codebook: torch.Tensor, depth: int) -> torch.Tensor:
+    """idx [..., depth] -> the chosen codes [..., depth, d] fp32 (differentiable in the codebook)."""
+    return torch.stack([F.embedding(idx[..., i], cb) for i, cb in enumerate(level_codebooks(codebook, depth))],
+                       dim=-2).float()
+
+
+def _level_sum(idx: torch.Tensor, codebook: torch.Tensor, depth: int) -> torch.Tensor:
+    """idx [N, depth] -> z_q [N, d]: the codes added in fp32 in level order, as the kernels do
+    (cumsum on the CPU accumulates in float64, which rounds differently)."""
+    codes = _level_codes(idx, codebook, depth).unbind(-2)
+    total = codes[0]
+    for c in codes[1:]:
+        total = total + c
+    return total
 
 
 def _run(x: torch.Tensor, codebook: torch.Tensor, depth: int, metric: str,
@@ -21,13 +39,9 @@ def _run(x: torch.Tensor, codebook: torch.Tensor, depth: int, metric: str,
     """x [N, d] contiguous, codebook [K, d] or [depth, K, d] ->
     z_q [N, d] (sum of the depth codes, added in fp32 in level order, in x's dtype), idx [N, depth]."""
     if backend == "reference":
-        r, total, idx = x.float(), torch.zeros_like(x, dtype=torch.float32), []
-        for cb in level_codebooks(codebook, depth):
-            k, _ = ref_nc.nearest_code(r, cb, metric)
-            c = cb.index_select(0, k).float()
-            r, total = r - c, total + c
-            idx.append(k)
-        return total.to(x.dtype), torch.stack(idx, dim=1)
+        from vqfast.reference.residual import residual_quantize as reference
+        _, idx, _, _ = reference(x, codebook, depth, metric)
+        return _level_sum(idx, codebook, depth).to(x.dtype), idx
     if backend == "cpu":
         return torch.ops.vqfast_cpu.residual_quantize(x, codebook, depth, _METRIC_ID[metric])
     if backend == "triton":
@@ -68,33 +82,14 @@ class ResidualQuantizeOutput(_ResidualFields):
 
 
 def _check(x, codebook, depth, metric, backend) -> tuple[str, int]:
-    depth_arg = depth
     _validate.tensor("x", x, min_dim=1)
-    _validate.tensor("codebook", codebook)
-    if codebook.dim() not in (2, 3):
-        raise ValueError(f"codebook must be [K, d] (shared) or [depth, K, d] (per level), "
-                         f"got shape {tuple(codebook.shape)}")
-    if codebook.shape[-2] < 1 or (codebook.dim() == 3 and codebook.shape[0] < 1):
-        raise ValueError(f"codebook is empty: shape {tuple(codebook.shape)}, need at least one code")
-    if codebook.shape[-1] < 1:
-        raise ValueError(f"codebook has d=0: shape {tuple(codebook.shape)}, need d >= 1")
-    if codebook.shape[-1] != x.shape[-1]:
-        raise ValueError(f"x has d={x.shape[-1]} but codebook has d={codebook.shape[-1]}")
-    if depth is None:
-        if codebook.dim() == 2:
-            raise ValueError("depth is required with a shared codebook [K, d]")
-        depth = codebook.shape[0]
-    try:  # numpy and 0-d tensor integers too
-        depth = operator.index(depth) if not isinstance(depth, bool) else None
-    except TypeError:
-        depth = None
-    if depth is None:
-        raise TypeError(f"depth must be an int, got {type(depth_arg).__name__}")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    if codebook.dim() == 3 and codebook.shape[0] != depth:
-        raise ValueError(f"depth={depth} but codebook has {codebook.shape[0]} levels "
-                         f"(shape {tuple(codebook.shape)})")
+    _validate.tensor("codebook", codebook, dim=(2, 3))
+    _validate.codebook("codebook", codebook.flatten(0, -2), x.shape[-1])  # every level's codes, d
+    if depth is None and codebook.dim() == 2:
+        raise ValueError("depth is required with a shared codebook [K, d]")
+    depth = _validate.integer("depth", codebook.shape[0] if depth is None else depth, low=1)
+    if codebook.dim() == 3:
+        _validate.shape("codebook", codebook, (depth, *codebook.shape[1:]), f"one [K, d] level per depth={depth}")
     _validate.metric(metric)
     device = _validate.same_device(x=x, codebook=codebook)
     return _backend.resolve("residual_quantize", backend, device, has=HAS), depth
@@ -122,9 +117,7 @@ def residual_quantize(x: torch.Tensor, codebook: torch.Tensor, depth: int | None
     idx = idx.reshape(*x.shape[:-1], depth)
     z_q = z_q.reshape(x.shape)
     # Partial sums S_1..S_depth for the losses; codes gathered again so the codebook gets gradients.
-    codes = torch.stack([F.embedding(idx[..., i], cb) for i, cb in enumerate(level_codebooks(codebook, depth))],
-                        dim=-2).float()
-    partial = codes.cumsum(dim=-2)
+    partial = _level_codes(idx, codebook, depth).cumsum(dim=-2)
     xf = x.float().unsqueeze(-2)
     out = ResidualQuantizeOutput(x + (z_q - x).detach(), idx, _mean_square(xf - partial.detach()))
     if codebook.requires_grad:

@@ -1,4 +1,4 @@
-"""Token samplers (DESIGN.md ops 7-9): validation, dispatch, public functions.
+"""Token samplers (MaskGIT, PUT, guided top-k / top-p): validation, dispatch, public functions.
 
 Semantics, noise layout and tie rules: vqfast/reference/sampling.py and vqfast/random.py.
 Every backend draws the same counter-based noise, so one key gives the same tokens on
@@ -6,14 +6,13 @@ the reference, the C++ CPU kernels and the Triton kernels.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Sequence
 
 import torch
 
 from vqfast import _backend
 from vqfast.random import key_as_int64, philox_key
-from vqfast.ops import _validate
+from vqfast.ops import _dispatch, _validate
 from vqfast.reference import sampling as ref
 
 HAS = ("cpu", "triton")  # backends with sampling kernels besides the reference
@@ -89,56 +88,9 @@ def _(logits, uncond, cfg_scale, temperature, top_k, top_p, key, backend):
 
 # ---------------------------------------------------------------- validation helpers
 
-def _real(name: str, v, *, low: float | None = None, low_open: bool = False, high: float | None = None) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-    v = float(v)
-    if math.isnan(v) or math.isinf(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    if low is not None and (v < low or (low_open and v == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {v}")
-    if high is not None and v > high:
-        raise ValueError(f"{name} must be <= {high}, got {v}")
-    return v
-
-
-def _int(name: str, v, *, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if v < low:
-        raise ValueError(f"{name} must be >= {low}, got {v}")
-    return v
-
-
-def _mask(name: str, m, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    _validate.tensor(name, m, dtypes=(torch.bool,))
-    if tuple(m.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)} (logits' [B, L]), got {tuple(m.shape)}")
-    _validate.same_device(logits=torch.empty(0, device=device), **{name: m})
-    return m.contiguous()
-
-
-def _banned(banned_ids, V: int, device: torch.device) -> torch.Tensor:
-    if banned_ids is None:
-        return torch.empty(0, dtype=torch.long, device=device)
-    if isinstance(banned_ids, int) and not isinstance(banned_ids, bool):
-        banned_ids = [banned_ids]
-    ids = torch.as_tensor(banned_ids, device=device)
-    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8) or ids.dim() > 1:
-        raise TypeError(f"banned_ids must be an int, a sequence of ints or a 1-D integer tensor, got {banned_ids!r}")
-    ids = ids.reshape(-1).long()
-    if ids.numel() and (ids.min() < 0 or ids.max() >= V):
-        raise ValueError(f"banned_ids must lie in [0, V={V}), got {ids.tolist()}")
-    ids = torch.unique(ids)
-    if ids.numel() >= V:
-        raise ValueError(f"banned_ids bans all V={V} vocabulary ids")
-    return ids
-
-
-def _raise_bad(where: torch.Tensor, what: str) -> None:
-    if bool(where.any()):
-        first = [int(i) for i in where.nonzero()[0]]
-        raise ValueError(f"{what} at index {first} contain NaN or +inf or no finite value")
+def _logits(logits, **dims) -> None:
+    _validate.tensor("logits", logits, **dims)
+    _validate.nonempty("logits", logits, (-1,), "[..., V] with V >= 1")
 
 
 # ---------------------------------------------------------------- public ops
@@ -153,7 +105,7 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
                        temperature: float, choice: str = "argmax", banned_ids: Sequence[int] | torch.Tensor | None = None,
                        generator: torch.Generator | None = None, *, seed: int | None = None,
                        backend: str = "auto") -> GumbelTopkSelection:
-    """MaskGIT confidence selection (DESIGN.md op 7, seed lab Sec. 2.3), one pass over V per position.
+    """MaskGIT confidence selection (MaskGIT Sec. 3.2), one pass over V per position.
 
     logits [B, L, V] fp32/fp16/bf16, masked [B, L] bool, n_reveal [B] int (or an int for
     every row, 0 <= n_reveal[b] <= masked[b].sum()), temperature >= 0 (the choice
@@ -168,33 +120,23 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
 
         tok, conf, reveal = vqfast.ops.gumbel_topk_select(logits, masked, n, 4.5, "sample", [mask_id], g)
     """
-    _validate.tensor("logits", logits, dim=3)
+    _logits(logits, dim=3)
     B, L, V = logits.shape
-    if V < 1:
-        raise ValueError(f"logits must have V >= 1, got shape {tuple(logits.shape)}")
-    masked = _mask("masked", masked, (B, L), logits.device)
+    masked = _validate.mask("masked", masked, (B, L), logits.device, "logits' [B, L]")
     if isinstance(n_reveal, int) and not isinstance(n_reveal, bool):
         n_reveal = torch.full((B,), n_reveal, dtype=torch.long, device=logits.device)
     _validate.tensor("n_reveal", n_reveal, dtypes=(torch.int64, torch.int32), dim=1)
-    if n_reveal.shape[0] != B:
-        raise ValueError(f"n_reveal must have shape ({B},) (one count per row of logits), got {tuple(n_reveal.shape)}")
+    _validate.shape("n_reveal", n_reveal, (B,), "one count per row of logits")
     n_reveal = n_reveal.to(device=logits.device, dtype=torch.long).contiguous()
-    n_masked = masked.sum(1)
-    if bool((n_reveal < 0).any()) or bool((n_reveal > n_masked).any()):
-        raise ValueError(f"n_reveal must satisfy 0 <= n_reveal[b] <= masked[b].sum(), got n_reveal="
-                         f"{n_reveal.tolist()} with masked counts {n_masked.tolist()}")
-    tau = _real("temperature", temperature, low=0.0)
-    if choice not in ("argmax", "sample"):
-        raise ValueError(f"choice must be 'argmax' or 'sample', got {choice!r}")
-    banned = _banned(banned_ids, V, logits.device)
+    _validate.counts_within("n_reveal", n_reveal, masked.sum(1), "masked[b].sum()")
+    tau = _validate.real("temperature", temperature, low=0.0)
+    choice = _validate.one_of("choice", choice, ("argmax", "sample"))
+    banned = _validate.id_set("banned_ids", banned_ids, V, logits.device)
     name = _backend.resolve("gumbel_topk_select", backend, logits.device, has=HAS)
     key = key_as_int64(philox_key(generator, seed))
     args = (logits.detach().contiguous(), masked, n_reveal, tau, choice == "sample", banned, key)
-    if name == "cpu" and not torch.compiler.is_compiling():  # eager: the kernel without the custom-op layer
-        tokens, conf, reveal = torch.ops.vqfast_cpu.gumbel_topk_select(*args)
-    else:
-        tokens, conf, reveal = _gumbel_topk_select_op(*args, name)
-    _raise_bad(tokens < 0, "logits rows (positions)")
+    tokens, conf, reveal = _dispatch.run(_gumbel_topk_select_op, "gumbel_topk_select", args, name)
+    _validate.finite_rows("logits", tokens < 0, "positions")
     return GumbelTopkSelection(tokens, conf, reveal)
 
 
@@ -215,22 +157,17 @@ def select_and_sample_topk(logits: torch.Tensor, known: torch.Tensor, top_k: int
 
         pos, tok = vqfast.ops.select_and_sample_topk(logits, known, top_k=50, generator=g)
     """
-    _validate.tensor("logits", logits, dim=3)
+    _logits(logits, dim=3)
     B, L, V = logits.shape
-    if V < 1:
-        raise ValueError(f"logits must have V >= 1, got shape {tuple(logits.shape)}")
-    known = _mask("known", known, (B, L), logits.device)
-    top_k = _int("top_k", top_k, low=1)
-    n_positions = _int("n_positions", n_positions, low=1)
-    temperature = _real("temperature", temperature, low=0.0, low_open=True)
+    known = _validate.mask("known", known, (B, L), logits.device, "logits' [B, L]")
+    top_k = _validate.integer("top_k", top_k, low=1)
+    n_positions = _validate.integer("n_positions", n_positions, low=1)
+    temperature = _validate.real("temperature", temperature, low=0.0, low_open=True)
     name = _backend.resolve("select_and_sample_topk", backend, logits.device, has=HAS)
     key = key_as_int64(philox_key(generator, seed))
     args = (logits.detach().contiguous(), known, min(top_k, V), n_positions, temperature, key)
-    if name == "cpu" and not torch.compiler.is_compiling():  # eager: the kernel without the custom-op layer
-        pos, tok, bad = torch.ops.vqfast_cpu.select_and_sample_topk(*args)
-    else:
-        pos, tok, bad = _select_and_sample_topk_op(*args, name)
-    _raise_bad(bad, "logits of unknown positions in batch rows")
+    pos, tok, bad = _dispatch.run(_select_and_sample_topk_op, "select_and_sample_topk", args, name)
+    _validate.finite_rows("logits", bad, "batch rows with an unknown position")
     return pos, tok
 
 
@@ -238,42 +175,38 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
                   top_p: float | None = None, cfg_scale: float | None = None,
                   uncond_logits: torch.Tensor | None = None, generator: torch.Generator | None = None, *,
                   seed: int | None = None, backend: str = "auto") -> torch.Tensor:
-    """Guided, filtered categorical draw fused in one pass (DESIGN.md op 9); no probabilities written.
+    """Guided, filtered categorical draw fused in one pass; no probabilities written.
 
     logits [..., V] (fp32/fp16/bf16) -> tokens [...] int64. With cfg_scale s (needs
     uncond_logits of logits' shape): x = uncond + s * (cond - uncond). temperature 0 is
     greedy: argmax x, lowest id on ties, top_k/top_p ignored. Else x / temperature, keep
-    the top_k largest (ties: lower id; top_k >= V keeps all), then the top-p nucleus: the
-    smallest set of most probable ids whose probability (renormalized after top-k) reaches
-    top_p (0 < top_p <= 1), then a categorical draw. NaN/+inf or all -inf rows raise ValueError.
+    the top_k largest (ties: lower id; top_k >= V keeps all), then the top-p nucleus
+    (0 < top_p <= 1), then a categorical draw. NaN/+inf or all -inf rows raise ValueError.
+    Nucleus: ids in (value desc, id asc) order, masses e = exp(x - max x) over the ids
+    top-k kept, Z their sum; an id is kept while the mass before it is below top_p * Z
+    (float64), the mass before the j-th of a run of equal values being (the mass of the
+    larger values) + j * e: equal values count exactly, so 300 equal logits at top_p = 0.1
+    keep 30 ids (every backend, the reference included, applies this rule).
 
         tok = vqfast.ops.sample_logits(logits, 0.8, top_k=100, cfg_scale=3.0, uncond_logits=u, generator=g)
     """
-    _validate.tensor("logits", logits, min_dim=1)
+    _logits(logits, min_dim=1)
     V = logits.shape[-1]
-    if V < 1:
-        raise ValueError(f"logits must have V >= 1, got shape {tuple(logits.shape)}")
-    temperature = _real("temperature", temperature, low=0.0)
-    k = 0 if top_k is None else _int("top_k", top_k, low=1)
-    p = 1.0 if top_p is None else _real("top_p", top_p, low=0.0, low_open=True, high=1.0)
-    if (cfg_scale is None) != (uncond_logits is None):
-        raise ValueError("cfg_scale and uncond_logits go together: pass both or neither")
+    temperature = _validate.real("temperature", temperature, low=0.0)
+    k = 0 if top_k is None else _validate.integer("top_k", top_k, low=1)
+    p = 1.0 if top_p is None else _validate.real("top_p", top_p, low=0.0, low_open=True, high=1.0)
+    _validate.together(cfg_scale=cfg_scale, uncond_logits=uncond_logits)
     s = 1.0
     uncond = None
     if cfg_scale is not None:
-        s = _real("cfg_scale", cfg_scale)
+        s = _validate.real("cfg_scale", cfg_scale)
         _validate.tensor("uncond_logits", uncond_logits)
-        if uncond_logits.shape != logits.shape:
-            raise ValueError(f"uncond_logits must have logits' shape {tuple(logits.shape)}, got "
-                             f"{tuple(uncond_logits.shape)}")
+        _validate.shape("uncond_logits", uncond_logits, logits.shape, "logits' shape")
         _validate.same_device(logits=logits, uncond_logits=uncond_logits)
         uncond = uncond_logits.detach().to(logits.dtype).reshape(-1, V).contiguous()
     name = _backend.resolve("sample_logits", backend, logits.device, has=HAS)
     key = key_as_int64(philox_key(generator, seed))
     args = (logits.detach().reshape(-1, V).contiguous(), uncond, s, temperature, k if k < V else 0, p, key)
-    if name == "cpu" and not torch.compiler.is_compiling():  # eager: the kernel without the custom-op layer
-        tok = torch.ops.vqfast_cpu.sample_logits(*args)
-    else:
-        tok = _sample_logits_op(*args, name)
-    _raise_bad(tok.reshape(logits.shape[:-1]) < 0, "logits rows")
+    tok = _dispatch.run(_sample_logits_op, "sample_logits", args, name)
+    _validate.finite_rows("logits", tok.reshape(logits.shape[:-1]) < 0)
     return tok.reshape(logits.shape[:-1])

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 
 from vqfast import ops
+from vqfast.ops import _validate
 from vqfast.quantizers import distributed
 
 INITS = ("afkmc2", "kmeans++", "random")
@@ -143,18 +144,12 @@ def reseed_empty(centroids: torch.Tensor, counts: torch.Tensor, x: torch.Tensor,
 
 
 def _check(x, K, iters, chain_length) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 2:
-        raise ValueError(f"x must be a [P, d] tensor, got {getattr(x, 'shape', type(x).__name__)}")
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"x must have dtype float32/float16/bfloat16, got {x.dtype}")
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-        raise ValueError(f"K must be an int >= 1, got {K!r}")
+    _validate.tensor("x", x, dim=2)
+    K = _validate.integer("K", K, low=1)
     if x.shape[0] < K:
         raise ValueError(f"x has P={x.shape[0]} rows but K={K} centroids were asked: need P >= K")
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-        raise ValueError(f"iters must be an int >= 0, got {iters!r}")
-    if isinstance(chain_length, bool) or not isinstance(chain_length, int) or chain_length < 1:
-        raise ValueError(f"chain_length must be an int >= 1, got {chain_length!r}")
+    _validate.integer("iters", iters, low=0)
+    _validate.integer("chain_length", chain_length, low=1)
 
 
 def kmeans(x: torch.Tensor, K: int, iters: int = 25, init: str | torch.Tensor = "afkmc2", *,
@@ -175,8 +170,7 @@ def kmeans(x: torch.Tensor, K: int, iters: int = 25, init: str | torch.Tensor = 
     _check(x, K, iters, chain_length)
     x = x.detach().contiguous()
     if isinstance(init, torch.Tensor):
-        if tuple(init.shape) != (K, x.shape[1]):
-            raise ValueError(f"init tensor must have shape [K={K}, d={x.shape[1]}], got {tuple(init.shape)}")
+        _validate.shape("init", init, (K, x.shape[1]), "[K, d]")
         centroids = init.detach().float().clone().to(x.device)
     else:
         centroids = seed_centroids(x, K, init, generator, chain_length)

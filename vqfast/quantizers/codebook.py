@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from vqfast import ops
+from vqfast.ops import _validate
 from vqfast.quantizers import distributed
 
 
@@ -28,12 +29,11 @@ class Codebook(nn.Module):
                  threshold_dead_code: float | None = 0.0, cosine: bool = False,
                  sync_distributed: bool | None = None, seed: int = 0):
         super().__init__()
-        if codebook_size < 1 or dim < 1:
-            raise ValueError(f"codebook_size and dim must be >= 1, got {codebook_size}, {dim}")
-        if decay is not None and not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1) or None (learned by gradient), got {decay}")
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+        dim = _validate.integer("dim", dim, low=1)
+        codebook_size = _validate.integer("codebook_size", codebook_size, low=1)
+        if decay is not None:  # None: learned by gradient
+            decay = _validate.real("decay", decay, low=0.0, high=1.0, high_open=True)
+        eps = _validate.real("eps", eps, low=0.0)
         self.dim, self.codebook_size, self.decay, self.eps = dim, codebook_size, decay, eps
         self.threshold_dead_code = float(threshold_dead_code or 0.0)
         self.cosine = cosine
@@ -78,8 +78,8 @@ class Codebook(nn.Module):
         """Set the codebook to centroids [K', dim] (K' may differ from K: ReFiT) and restart the EMA
         state from it with every code's count = `count`."""
         centroids = centroids.detach().float().to(self.embed.device)
-        if centroids.dim() != 2 or centroids.shape[1] != self.dim:
-            raise ValueError(f"centroids must have shape [K, {self.dim}], got {tuple(centroids.shape)}")
+        _validate.tensor("centroids", centroids, dtypes=None, dim=2)
+        _validate.last_dim("centroids", centroids, self.dim, "features per code (dim)")
         if self.cosine:
             centroids = nn.functional.normalize(centroids, dim=1)
         self.codebook_size = centroids.shape[0]

@@ -51,8 +51,7 @@ class DualCodebookQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, QuantizerLosses]:
         xl = to_channel_last(x, self.channel_first)
-        if xl.shape[-1] != self.dim:
-            raise ValueError(f"x must have {self.dim} features per position, got shape {tuple(x.shape)}")
+        _validate.last_dim("x", xl, self.dim, "features per position")
         e, e2 = self.visible_codebook, self.masked_codebook
         out = ops.dual_codebook_quantize(xl, visible, e.codes(), e2.codes())
         if self.training and e.ema:

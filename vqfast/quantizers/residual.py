@@ -40,8 +40,7 @@ class ResidualQuantizer(nn.Module):
                  threshold_dead_code: float | None = 1.0, sync_distributed: bool = True,
                  channel_first: bool = False, seed: int = 0):
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
+        depth = _validate.integer("depth", depth, low=1)
         kw = dict(decay=decay, eps=eps, threshold_dead_code=threshold_dead_code, sync_distributed=sync_distributed)
         n_books = 1 if shared_codebook else depth
         self.codebooks = nn.ModuleList(Codebook(dim, codebook_size, seed=seed + i, **kw) for i in range(n_books))
@@ -68,8 +67,7 @@ class ResidualQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, QuantizerLosses]:
         xl = to_channel_last(x, self.channel_first)
-        if xl.shape[-1] != self.dim:
-            raise ValueError(f"x must have {self.dim} features per position, got shape {tuple(x.shape)}")
+        _validate.last_dim("x", xl, self.dim, "features per position")
         out = ops.residual_quantize(xl, self.codebook, self.depth)
         if self.training and self.codebooks[0].ema:
             self._update(xl.detach(), out.indices)
@@ -88,8 +86,7 @@ class ResidualQuantizer(nn.Module):
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """indices [..., D] in [0, K) -> sum of the D codes [..., dim]."""
         indices = _validate.indices("indices", indices, self.codebook_size)
-        if indices.dim() < 1 or indices.shape[-1] != self.depth:
-            raise ValueError(f"indices must have shape [..., depth={self.depth}], got {tuple(indices.shape)}")
+        _validate.last_dim("indices", indices, self.depth, "indices per position (depth)")
         total = sum(F.embedding(indices[..., i], self.level(i).codes()) for i in range(self.depth))
         return from_channel_last(total, self.channel_first)
 

@@ -65,9 +65,7 @@ class VectorQuantizer(nn.Module):
                  threshold_dead_code: float | None = 0.0, sync_distributed: bool = True,
                  channel_first: bool = False, seed: int = 0):
         super().__init__()
-        if metric not in ("l2", "cosine"):
-            raise ValueError(f"metric must be 'l2' or 'cosine', got {metric!r}")
-        self.metric, self.commitment_weight = metric, commitment_weight
+        self.metric, self.commitment_weight = _validate.metric(metric), commitment_weight
         self.kmeans_init, self.channel_first = kmeans_init, channel_first
         self.codebook_state = Codebook(dim, codebook_size, decay=decay, eps=eps,
                                        threshold_dead_code=threshold_dead_code, cosine=metric == "cosine",
@@ -92,9 +90,8 @@ class VectorQuantizer(nn.Module):
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         x = to_channel_last(x, self.channel_first)
-        if x.shape[-1] != self.dim:
-            raise ValueError(f"x must have {self.dim} features on its "
-                             f"{'channel (dim 1)' if self.channel_first else 'last'} axis, got shape {tuple(x.shape)}")
+        axis = "channel (dim 1)" if self.channel_first else "last"
+        _validate.last_dim("x", x, self.dim, f"features on its {axis} axis")
         if self.metric == "cosine":
             x = F.normalize(x, dim=-1)
         return x

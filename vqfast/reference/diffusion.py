@@ -1,4 +1,4 @@
-"""Oracle for discrete diffusion (DESIGN.md op 10; VQ-DDM seed Sec. 3.1, eqs. 15-24).
+"""Oracle for discrete diffusion (VQ-DDM Sec. 3.1, eqs. 15-24).
 
 Clear log-space PyTorch in float64 that builds every [B, L, K] tensor. Transitions:
 
@@ -17,17 +17,10 @@ from __future__ import annotations
 
 import torch
 
+from vqfast import random as vr
+from vqfast.diffusion.schedule import num_states, sample_coefficients
+from vqfast.random import STREAM_POSTERIOR
 from vqfast.reference import random as rnd
-
-TRANSITIONS = ("uniform", "absorbing")
-STREAM_POSTERIOR = 16  # vqfast.random.STREAM_DIFFUSION + 0: posterior_sample, blocks (n << 8) + 3 trial + j
-STREAM_Q_KEEP = 17  # q_sample: uniform per position deciding keep vs resample / mask
-STREAM_Q_TOKEN = 18  # q_sample: word per position picking the uniform replacement token
-
-
-def num_states(K: int, transition: str) -> int:
-    """Number of states of z_t: K (uniform) or K + 1 (absorbing, the last is the mask)."""
-    return K + 1 if transition == "absorbing" else K
 
 
 def _rows(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -90,27 +83,9 @@ def posterior_logprobs(log_x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor,
     return out
 
 
-def sample_coefficients(schedule, t: torch.Tensor, K: int, transition: str) -> torch.Tensor:
-    """float32 [B, 4] mixture weights of `posterior_sample` (float64 from the schedule, rounded once).
-
-    uniform: (ab E1, ab E0, ck (E0 (K-1) + E1), E1 / (E0 (K-1) + E1)) with E0 = (1-a)/K,
-    E1 = a + (1-a)/K, ab = abar_{t-1}, ck = (1-ab)/K; absorbing: (0, c, m, 0) with
-    c = (abar_{t-1} - abar_t) / (1 - abar_t), m = (1 - abar_{t-1}) / (1 - abar_t).
-    """
-    abar = schedule.alpha_bar.to(t.device)
-    ab, a, abt = abar[t - 1], schedule.alpha.to(t.device)[t], abar[t]
-    if transition == "uniform":
-        e0, e1, ck = (1 - a) / K, a + (1 - a) / K, (1 - ab) / K
-        cols = [ab * e1, ab * e0, ck * (e0 * (K - 1) + e1), e1 / (e0 * (K - 1) + e1)]
-    else:
-        zero = torch.zeros_like(ab)
-        cols = [zero, (ab - abt) / (1 - abt), (1 - ab) / (1 - abt), zero]
-    return torch.stack(cols, dim=1).to(torch.float32)
-
-
 def _trial_words(key: int, rows: torch.Tensor, trial: int, j: int) -> tuple[torch.Tensor, ...]:
     blk = (rows << 8) + 3 * trial + j
-    return rnd.philox4x32(blk & 0xFFFFFFFF, blk >> 32, STREAM_POSTERIOR, 0, key)
+    return vr.philox4x32(blk & 0xFFFFFFFF, blk >> 32, STREAM_POSTERIOR, 0, key)
 
 
 def posterior_sample(log_x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, schedule, key: int,
@@ -160,17 +135,17 @@ def posterior_sample(log_x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, s
         a0, a1, a2, a3 = _trial_words(key, r, trial, 0)
         b0, b1, _, _ = _trial_words(key, r, trial, 1)
         c0, c1, c2, _ = _trial_words(key, r, trial, 2)
-        u = rnd.uniform_from_words(a0) * ((spike[r] + rest[r]) + unif[r])
+        u = vr.uniform_from_words(a0) * ((spike[r] + rest[r]) + unif[r])
         part = torch.where(u < spike[r], 0, torch.where(u < spike[r] + rest[r], 1, 2))
         k_rest, ok_rest = rnd.proposal_trial(x[r], m[r], what_x[r], s_x[r], s_hat_x[r], a1, a2, a3)
         z = zt[r]
         # spike: accept z_t with the proposal's test at z_t
-        lhs = ((rnd.uniform_from_words(a3) * rnd._f32(rnd._ACCEPT_MARGIN)) * s_hat[r, bz[r]].to(f32)) * w_zt[r].to(f32)
+        lhs = ((vr.uniform_from_words(a3) * rnd._f32(rnd._ACCEPT_MARGIN)) * s_hat[r, bz[r]].to(f32)) * w_zt[r].to(f32)
         rhs = (rnd.exp_f32(x[r, z.clamp_max(K - 1)] - m[r]) * rnd._f32(2.0 ** 23)) * s[r, bz[r]].to(f32)
         ok_spike = lhs < rhs
         if uniform:
             other = (b1 * (K - 1)) >> 32
-            k_unif = torch.where(rnd.uniform_from_words(b0) < coef[r, 3], z, other + (other >= z).long())
+            k_unif = torch.where(vr.uniform_from_words(b0) < coef[r, 3], z, other + (other >= z).long())
         else:
             k_unif = torch.full_like(z, K)
         ok_unif = rnd.proposal_trial(x[r], m[r], what[r], s[r], s_hat[r], c0, c1, c2)[1]
@@ -202,19 +177,3 @@ def vlb_kl(x0: torch.Tensor, log_x0_pred: torch.Tensor, z_t: torch.Tensor, t: to
         kl = torch.where(z_t < K, torch.zeros_like(kl), kl)
     return kl
 
-
-def q_sample(z0: torch.Tensor, t: torch.Tensor, schedule, K: int, key: int,
-             transition: str = "uniform") -> torch.Tensor:
-    """z_t ~ q(z_t | z0) (eq. 17) for z0 [B, L] int64, t [B] in 0..T -> [B, L] int64.
-
-    Per position n = b*L + l: keep z0 when uniform(STREAM_Q_KEEP, n) < float32(abar_t), else
-    the mask K ("absorbing") or the token (w * K) >> 32 with w = word(STREAM_Q_TOKEN, n)
-    ("uniform": a uniform draw that may equal z0, as eq. 17 says).
-    """
-    n = torch.arange(z0.numel(), device=z0.device).reshape(z0.shape)
-    keep = rnd.uniform(key, STREAM_Q_KEEP, n) < schedule.alpha_bar.to(torch.float32).to(z0.device)[t][:, None]
-    if transition == "absorbing":
-        other = torch.full_like(z0, K)
-    else:
-        other = (rnd.words(key, STREAM_Q_TOKEN, n) * K) >> 32
-    return torch.where(keep, z0, other)

@@ -1,4 +1,4 @@
-"""Oracle for dual-codebook quantization (DESIGN.md op 3; PUT Sec. 2-3)."""
+"""Oracle for dual-codebook quantization (PUT Sec. 2-3)."""
 from __future__ import annotations
 
 import torch
@@ -10,7 +10,7 @@ from vqfast.reference.nearest_code import nearest_code
 def dual_codebook_quantize(x: torch.Tensor, visible: torch.Tensor, e: torch.Tensor, e2: torch.Tensor,
                            metric: str = "l2"):
     """x [..., d], visible [...] bool, e [K, d], e2 [K2, d] ->
-    (idx [...], z_q [...,d] straight-through, commit_loss, codebook_loss).
+    (z_q [..., d] straight-through, idx [...], commit_loss, codebook_loss).
 
     Visible rows take their nearest code of e (idx in [0, K)); masked rows their
     nearest code of e2, with the index offset by K (idx in [K, K + K2)).
@@ -24,4 +24,4 @@ def dual_codebook_quantize(x: torch.Tensor, visible: torch.Tensor, e: torch.Tens
     idx = torch.where(visible, idx_v, idx_m + K)
     commit = F.mse_loss(x.float(), codes.detach().float())
     codebook_loss = F.mse_loss(x.detach().float(), codes.float())
-    return idx, codes.detach() + (x - x.detach()), commit, codebook_loss
+    return codes.detach() + (x - x.detach()), idx, commit, codebook_loss

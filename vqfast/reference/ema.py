@@ -1,4 +1,4 @@
-"""Oracle for the EMA codebook update (DESIGN.md op 5, PUT supp. eq. 2)."""
+"""Oracle for the EMA codebook update (PUT supp. eq. 2)."""
 from __future__ import annotations
 
 import torch
@@ -27,7 +27,7 @@ def ema_update_(cluster_size: torch.Tensor, embed_sum: torch.Tensor, counts: tor
     """PUT eq. 2 in place: n = g n + (1 - g) counts; s = g s + (1 - g) sums.
 
     cluster_size [K], embed_sum [K, d] are updated; returns the codebook
-    s / smoothed(n) [K, d]. With eps = 0 this is the seed's e = s / n exactly
+    s / smoothed(n) [K, d]. With eps = 0 this is the paper's e = s / n exactly
     (a code whose EMA count is 0 then gets NaN/inf, as in the seed).
     """
     cluster_size.mul_(decay).add_(counts, alpha=1 - decay)

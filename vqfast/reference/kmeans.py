@@ -1,4 +1,4 @@
-"""Oracle for k-means (DESIGN.md op 6): brute-force Lloyd and AFK-MC2's chain, in float64."""
+"""Oracle for k-means: brute-force Lloyd and AFK-MC2's chain, in float64."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Oracle for nearest-codebook search (DESIGN.md op 1) and quantize (op 2)."""
+"""Oracle for nearest-codebook search and quantize."""
 from __future__ import annotations
 
 import torch

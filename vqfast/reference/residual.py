@@ -1,15 +1,11 @@
-"""Oracle for residual quantization (DESIGN.md op 4; RQ-VAE, ALGORITHMS.md)."""
+"""Oracle for residual quantization (RQ-VAE)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from vqfast.ops.residual import level_codebooks
 from vqfast.reference.nearest_code import nearest_code
-
-
-def level_codebooks(codebook: torch.Tensor, depth: int) -> list[torch.Tensor]:
-    """[K, d] (shared by every level) or [D, K, d] (one per level) -> D codebooks [K, d]."""
-    return [codebook] * depth if codebook.dim() == 2 else list(codebook.unbind(0))
 
 
 def residual_quantize(x: torch.Tensor, codebook: torch.Tensor, depth: int, metric: str = "l2"):

@@ -1,4 +1,4 @@
-"""Oracles for the token samplers (DESIGN.md ops 7-9): MaskGIT confidence selection, PUT
+"""Oracles for the token samplers: MaskGIT confidence selection, PUT
 position selection + top-K Gibbs draw, and guided top-k/top-p categorical sampling.
 
 Every draw is `vqfast.reference.random.categorical` over vqfast's counter-based noise
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from vqfast.random import STREAM_CONFIDENCE, STREAM_TOKEN
+from vqfast.random import STREAM_CONFIDENCE, STREAM_TOKEN, gumbel
 from vqfast.reference import random as R
 
 _NEG_INF = float("-inf")
@@ -43,7 +43,7 @@ def _rank_desc(score: torch.Tensor) -> torch.Tensor:
 
 def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: torch.Tensor, temperature: float,
                        choice: str, banned_ids: torch.Tensor | None, key: int):
-    """MaskGIT confidence selection (seed lab Sec. 2.3).
+    """MaskGIT confidence selection (MaskGIT Sec. 3.2).
 
     logits [B, L, V], masked [B, L] bool, n_reveal [B] int64 -> tokens [B, L] int64,
     confidence [B, L] fp32, reveal [B, L] bool.
@@ -63,7 +63,7 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
     else:
         tokens = x.argmax(-1)
     logp = x.gather(-1, tokens[..., None]).squeeze(-1) - lse
-    conf = logp + _f32(temperature) * R.gumbel(key, STREAM_CONFIDENCE, rows).reshape(B, L)
+    conf = logp + _f32(temperature) * gumbel(key, STREAM_CONFIDENCE, rows).reshape(B, L)
     conf = conf.masked_fill(~masked, _NEG_INF)
     reveal = (_rank_desc(conf) < n_reveal[:, None]) & masked
     return tokens, conf, reveal
@@ -96,6 +96,20 @@ def select_and_sample_topk(logits: torch.Tensor, known: torch.Tensor, top_k: int
     return order.masked_fill(~valid, -1), tokens.masked_fill(~valid, -1)
 
 
+def _nucleus(x: torch.Tensor, top_p: float) -> torch.Tensor:
+    """[n, V] float32 (-inf = excluded) -> bool mask of the top-p nucleus (the rule in `sample_logits`)."""
+    sorted_x, order = torch.sort(x, dim=-1, descending=True, stable=True)
+    e = torch.exp(sorted_x.double() - sorted_x[:, :1].double())  # masses relative to the row max
+    goal = top_p * e.sum(-1, keepdim=True)
+    pos = torch.arange(x.shape[-1], device=x.device).expand_as(sorted_x)
+    first = torch.ones_like(sorted_x, dtype=torch.bool)
+    first[:, 1:] = sorted_x[:, 1:] != sorted_x[:, :-1]
+    start = torch.where(first, pos, 0).cummax(-1).values  # first sorted slot of each value's run of ties
+    greater = (e.cumsum(-1) - e).gather(-1, start)  # the mass of the larger values
+    keep_sorted = greater + (pos - start) * e < goal
+    return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+
+
 def sample_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
                   cfg_scale: float | None, uncond_logits: torch.Tensor | None, key: int) -> torch.Tensor:
     """Guided, filtered categorical draw. logits [..., V] -> tokens [...] int64.
@@ -117,12 +131,6 @@ def sample_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
     if top_k is not None and top_k < V:
         x = x.masked_fill(~_topk_keep(x, top_k), _NEG_INF)
     if top_p is not None and top_p < 1:
-        sorted_x, order = torch.sort(x, dim=-1, descending=True, stable=True)
-        p = torch.softmax(sorted_x.double(), -1)
-        before = torch.cumsum(p, -1).roll(1, -1)
-        before[:, 0] = 0
-        keep_sorted = before < top_p
-        keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
-        x = x.masked_fill(~keep, _NEG_INF)
+        x = x.masked_fill(~_nucleus(x, top_p), _NEG_INF)
     rows = torch.arange(x.shape[0], device=x.device)
     return _draw(x, key, rows).reshape(logits.shape[:-1])

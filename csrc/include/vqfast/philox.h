@@ -13,8 +13,8 @@
 //   gumbel(w)  = -log(-log(uniform(w)))           log = vqfast::log_f32 below
 // log_f32 is a fixed sequence of float32 + - * (Cephes logf polynomial), so the three
 // implementations agree bit for bit as long as no compiler contracts a*b+c into an FMA:
-// C++ files that use it are compiled with fp-contract off (see VQFAST_NO_FP_CONTRACT),
-// Triton launches pass enable_fp_fusion=False.
+// C++ files that include this header are compiled with -ffp-contract=off (setup.py
+// FP_EXACT_SOURCES, checked by tests/test_build.py), Triton launches pass enable_fp_fusion=False.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -144,7 +144,9 @@ VQFAST_FI float exp_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float y = p * z + r + 1.0f;
-  const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(fx) + 127) << 23);
+  // NaN x: the result is NaN whatever the scale; 1 (n = 0) is the scale the reference's int32
+  // conversion of NaN gives, and a float-to-int conversion of NaN would be undefined here.
+  const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(fx == fx ? fx : 0.0f) + 127) << 23);
   return x < -87.0f ? 0.0f : y * scale;
 }
 

@@ -154,7 +154,7 @@ def test_presets_fit_their_tokenizers():
     paper = BidirectionalTransformer.from_preset("imagenet256", device="meta")
     c = paper.config
     assert (c["depth"], c["dim"], c["heads"], c["codebook_size"], c["seq_len"], c["num_classes"]) == \
-        (24, 768, 16, 1024, 256, 1000)  # MaskGIT Sec. 4.1
+        (24, 768, 8, 1024, 256, 1000)  # MaskGIT Sec. 4.1: 24 layers, 8 heads, 768 wide
     assert len(paper.blocks) == 24 and paper.cls_emb.num_embeddings == 1001
 
 

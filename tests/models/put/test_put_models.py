@@ -8,6 +8,9 @@ from vqfast.models.put import PVQVAE, PVQVAELoss, UQTransformer, uq_training_bat
 from vqfast.models.put.transformer import TABLE3_PARAMS
 from vqfast.reference.nearest_code import nearest_code as ref_nearest
 
+# the VGG-less loss warning is pinned in test_put_paper.py
+pytestmark = pytest.mark.filterwarnings("ignore:PVQVAELoss. no vgg_weights")
+
 
 @pytest.fixture(scope="module")
 def batch():

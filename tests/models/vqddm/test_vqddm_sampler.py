@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from vqfast.data import make_masks
-from vqfast.diffusion import CosineSchedule, posterior_logprobs, posterior_sample
+from vqfast.diffusion import CosineSchedule
+from vqfast.ops import posterior_logprobs, posterior_sample
 from vqfast.models.vqddm.denoiser import VQDDM
 from vqfast.ops import sample_logits
 from vqfast.models.vqddm.sampler import VQDDMSample, mixture_step, strided_schedule, timesteps, vqddm_sample

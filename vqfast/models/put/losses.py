@@ -7,7 +7,8 @@ L_rec = L_pixel + 5 L_grad + 0.1 L_adv + 0.1 L_perc + 250 L_style (eq. 8).
 The perceptual and style terms (eqs. 6-7) need VGG-19 weights. Nothing is downloaded:
 pass `vgg_weights=<path>` to a local file (torchvision's `vgg19` state dict, `.pth` or
 `.safetensors`, keys `features.<i>.weight|bias`); without it these two terms are off
-(reported as 0) and the loss is pixel + gradient + adversarial + commitment.
+(reported as 0), the loss is pixel + gradient + adversarial + commitment, building the loss
+warns once, and `loss_fn.vgg_terms` is False (for run logs).
 
     loss_fn = PVQVAELoss()                                   # adversarial on, VGG terms off
     out = vae(x, mask, ref_mask, loss_fn=loss_fn, step=step) # out.loss: LossOutput of eq. 1
@@ -17,6 +18,7 @@ pass `vgg_weights=<path>` to a local file (torchvision's `vgg19` state dict, `.p
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.nn as nn
@@ -57,6 +59,8 @@ class PVQVAELoss(nn.Module):
     local file) turns on the perceptual and style terms (eqs. 6-7).
 
     adv_start: generator steps before the adversarial term is used (it stays 0 until then).
+    vgg_terms: whether the perceptual and style terms are on (a VGG file was given); without
+    one, construction warns that eq. 8 runs without them.
     """
 
     def __init__(self, *, adversarial: bool = True, vgg_weights: str | os.PathLike | None = None,
@@ -70,6 +74,10 @@ class PVQVAELoss(nn.Module):
         self.weights = dict(grad=lambda_grad, adv=lambda_adv, perc=lambda_perc, style=lambda_style, commit=beta)
         self.discriminator = PatchDiscriminator(channels=disc_channels, norm="spectral") if adversarial else None
         self.vgg = VGGFeatures.from_file(vgg_weights, depth=19) if vgg_weights is not None else None
+        self.vgg_terms = self.vgg is not None
+        if not self.vgg_terms:
+            warnings.warn("PVQVAELoss: no vgg_weights file given, so the perceptual and style terms of PUT eq. 8 "
+                          "(weights 0.1 and 250) are off; pass a local VGG-19 file to turn them on", stacklevel=2)
         self.adv_start = adv_start
 
     def forward(self, target: torch.Tensor, reconstruction: torch.Tensor, commitment: torch.Tensor,

@@ -47,7 +47,12 @@ class PUTSample(NamedTuple):
     iterations: int
 
 
-def _check_options(num_samples, top_k, tokens_per_iter, temperature, max_iterations, vocab):
+SELECT = ("probability", "logit")
+
+
+def _check_options(num_samples, top_k, tokens_per_iter, temperature, max_iterations, vocab, select="probability"):
+    if select not in SELECT:
+        raise ValueError(f"select must be one of {SELECT}, got {select!r}")
     for name, v in (("num_samples", num_samples), ("top_k", top_k), ("tokens_per_iter", tokens_per_iter)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -74,11 +79,21 @@ def _check_fill_inputs(features, known, mask):
             raise ValueError(f"{name} is on {t.device} but features are on {features.device}")
 
 
+def _select_by_logit(logits, known, top_k, n, temperature, generator, backend):
+    """The official code's step 2: the n unknown positions with the largest max logit (not max
+    probability), each drawn from its top-K. logits [B, L, V], known [B, L] -> (pos, tok) [B, n]."""
+    score = logits.amax(-1).masked_fill(known, float("-inf"))
+    pos = score.topk(n, dim=1).indices
+    picked = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))
+    return pos, ops.sample_logits(picked, temperature=temperature, top_k=top_k, generator=generator, backend=backend)
+
+
 @torch.no_grad()
 def put_fill(transformer, codes, features: torch.Tensor, known: torch.Tensor, mask: torch.Tensor, *,
              top_k: int = 50, tokens_per_iter: int = 1, temperature: float = 1.0,
              generator: torch.Generator | int | None = None, autocast_dtype: torch.dtype | None = None,
-             max_iterations: int | None = None, progress: bool = False, backend: str = "auto") -> PUTFill:
+             max_iterations: int | None = None, progress: bool = False, backend: str = "auto",
+             select: str = "probability") -> PUTFill:
     """Algorithm 1 step 2 on token sequences: fill every missing position, one forward per iteration.
 
     transformer: features [n, L, d] -> logits [n, L, V]; codes: tokens [n, k] -> vectors [n, k, d]
@@ -90,7 +105,7 @@ def put_fill(transformer, codes, features: torch.Tensor, known: torch.Tensor, ma
         fill = put_fill(net, vae.codes, enc.features.flatten(1, 2), enc.tokens.flatten(1), enc.mask.flatten(1))
     """
     _check_fill_inputs(features, known, mask)
-    _check_options(1, top_k, tokens_per_iter, temperature, max_iterations, transformer.vocab_size)
+    _check_options(1, top_k, tokens_per_iter, temperature, max_iterations, transformer.vocab_size, select)
     g = as_generator(generator, features.device)
     feats, toks, kn = features.clone(), known.clone(), ~mask
     order = torch.where(kn, -1, torch.full_like(toks, -2))
@@ -112,8 +127,12 @@ def put_fill(transformer, codes, features: torch.Tensor, known: torch.Tensor, ma
             # A row never gets more positions than it has left, so each unknown is filled once.
             n = min(tokens_per_iter, int(remaining[rows].min()))
             logits = transformer(feats if every else feats[rows])
-            pos, tok = ops.select_and_sample_topk(logits.float(), kn if every else kn[rows], top_k, n_positions=n,
-                                                  temperature=temperature, generator=g, backend=backend)
+            sub_known = kn if every else kn[rows]
+            if select == "probability":
+                pos, tok = ops.select_and_sample_topk(logits.float(), sub_known, top_k, n_positions=n,
+                                                      temperature=temperature, generator=g, backend=backend)
+            else:
+                pos, tok = _select_by_logit(logits.float(), sub_known, top_k, n, temperature, g, backend)
             r = rows[:, None].expand_as(pos)
             toks[r, pos] = tok
             kn[r, pos] = True
@@ -129,7 +148,8 @@ def put_fill(transformer, codes, features: torch.Tensor, known: torch.Tensor, ma
 def put_sample(vae: PVQVAE, transformer, images: torch.Tensor, mask: torch.Tensor, *, num_samples: int = 1,
                top_k: int = 50, tokens_per_iter: int = 1, temperature: float = 1.0,
                generator: torch.Generator | int | None = None, autocast_dtype: torch.dtype | None = None,
-               max_iterations: int | None = None, progress: bool = False, backend: str = "auto") -> PUTSample:
+               max_iterations: int | None = None, progress: bool = False, backend: str = "auto",
+               select: str = "probability") -> PUTSample:
     """Inpaint `images` where `mask` is True, num_samples completions per image in one batch.
 
     vae: a PVQVAE; transformer: a UQTransformer over its features (vocab = K tokens of e,
@@ -142,11 +162,15 @@ def put_sample(vae: PVQVAE, transformer, images: torch.Tensor, mask: torch.Tenso
     (on CPU oneDNN-packed block weights, fp32 residual stream, LayerNorms and head), other
     callables as they are (under torch.autocast for bf16); max_iterations: stop after this
     many forward passes (benchmarks; positions left unfilled keep their e' tokens and are
-    decoded from e'); progress: a tqdm bar; backend: of select_and_sample_topk.
+    decoded from e'); progress: a tqdm bar; backend: of select_and_sample_topk; select:
+    "probability" ranks the unknown positions by max probability (Algorithm 1 line 10),
+    "logit" by max logit (the official code; with it and top_k=1, official-layout weights give
+    the official sampler's tokens). A transformer with `token_input` (PUT^tok) starts from the
+    quantized vectors of the tokens instead of the features.
     Returns PUTSample(tokens [B, S, h, w], images [B, S, 3, H, W], order, mask, iterations).
     """
     mask = vae.check_images(images, mask)
-    _check_options(num_samples, top_k, tokens_per_iter, temperature, max_iterations, transformer.vocab_size)
+    _check_options(num_samples, top_k, tokens_per_iter, temperature, max_iterations, transformer.vocab_size, select)
     B, S = images.shape[0], num_samples
     h, w = images.shape[2] // vae.patch, images.shape[3] // vae.patch
     L = h * w
@@ -163,10 +187,11 @@ def put_sample(vae: PVQVAE, transformer, images: torch.Tensor, mask: torch.Tenso
         def rep(t):
             return t.reshape(B, 1, L, *t.shape[3:]).expand(B, S, L, *t.shape[3:]).reshape(B * S, L, *t.shape[3:])
 
-        fill = put_fill(transformer, vae.codes, rep(enc.features), rep(enc.tokens), rep(enc.mask), top_k=top_k,
+        features = vae.codes(enc.tokens) if getattr(transformer, "token_input", False) else enc.features
+        fill = put_fill(transformer, vae.codes, rep(features), rep(enc.tokens), rep(enc.mask), top_k=top_k,
                         tokens_per_iter=tokens_per_iter, temperature=temperature, generator=generator,
                         autocast_dtype=autocast_dtype, max_iterations=max_iterations, progress=progress,
-                        backend=backend)
+                        backend=backend, select=select)
         # Step 3: D(e[t], m, x_hat); positions left unfilled (max_iterations) keep their e' tokens.
         out = vae.decode_tokens(fill.tokens.reshape(B * S, h, w), images.repeat_interleave(S, 0),
                                 mask.repeat_interleave(S, 0))

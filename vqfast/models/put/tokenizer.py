@@ -11,6 +11,7 @@ r x r patch is; the others are quantized with e' and their index is offset by K.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -24,26 +25,36 @@ from vqfast.quantizers import DualCodebookQuantizer
 
 
 class LinearResBlock(nn.Module):
-    """Figure 1(a): x + Linear(ReLU(Linear(ReLU(x)))), bottleneck `hidden`."""
+    """Figure 1(a): x + Linear(ReLU(Linear(ReLU(x)))), bottleneck `hidden`.
 
-    def __init__(self, dim: int, hidden: int):
+    relu_skip: the skip adds ReLU(x) instead of x (the official CVPR'22 code applies the first
+    ReLU in place, so its skip carries the rectified input)."""
+
+    def __init__(self, dim: int, hidden: int, relu_skip: bool = False):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.relu_skip = relu_skip
 
     def forward(self, x):
-        return x + self.fc2(F.relu(self.fc1(F.relu(x))))
+        h = F.relu(x)
+        return (h if self.relu_skip else x) + self.fc2(F.relu(self.fc1(h)))
 
 
 class ConvResBlock(nn.Module):
-    """Figure 1(b): x + Conv3x3(ReLU(Conv3x3(ReLU(x)))), bottleneck `hidden` (Table 1 sizes)."""
+    """Figure 1(b): x + Conv(ReLU(Conv3x3(ReLU(x)))), bottleneck `hidden` (Table 1 sizes).
 
-    def __init__(self, dim: int, hidden: int):
+    The second conv is 3x3 (Figure 1(b)) or `kernel2` = 1 (the official CVPR'22 code);
+    relu_skip as in LinearResBlock."""
+
+    def __init__(self, dim: int, hidden: int, relu_skip: bool = False, kernel2: int = 3):
         super().__init__()
         self.conv1 = nn.Conv2d(dim, hidden, 3, padding=1)
-        self.conv2 = nn.Conv2d(hidden, dim, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, dim, kernel2, padding=kernel2 // 2)
+        self.relu_skip = relu_skip
 
     def forward(self, x):
-        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+        h = F.relu(x)
+        return (h if self.relu_skip else x) + self.conv2(F.relu(self.conv1(h)))
 
 
 class PatchEncoder(nn.Module):
@@ -53,11 +64,11 @@ class PatchEncoder(nn.Module):
     visible patch's feature never sees a missing pixel.
     """
 
-    def __init__(self, patch: int, hidden: int, res_hidden: int, depth: int, dim: int):
+    def __init__(self, patch: int, hidden: int, res_hidden: int, depth: int, dim: int, official: bool = False):
         super().__init__()
         self.patch = patch
         self.fc_in = nn.Linear(3 * patch * patch, hidden)
-        self.res = nn.Sequential(*[LinearResBlock(hidden, res_hidden) for _ in range(depth)])
+        self.res = nn.Sequential(*[LinearResBlock(hidden, res_hidden, official) for _ in range(depth)])
         self.fc_out = nn.Linear(hidden, dim)
 
     def forward(self, x):
@@ -79,11 +90,12 @@ class ConvEncoder(nn.Module):
     image [B, 3, H, W] -> features [B, H/r, W/r, d] (overlapping receptive fields).
     """
 
-    def __init__(self, patch: int, hidden: int, res_hidden: int, depth: int, dim: int, base: int):
+    def __init__(self, patch: int, hidden: int, res_hidden: int, depth: int, dim: int, base: int,
+                 official: bool = False):
         super().__init__()
         chans = [3] + _down_channels(patch, base, hidden)
         self.down = nn.ModuleList(nn.Conv2d(a, b, 4, stride=2, padding=1) for a, b in zip(chans[:-1], chans[1:]))
-        self.res = nn.Sequential(*[ConvResBlock(hidden, res_hidden) for _ in range(depth)])
+        self.res = nn.Sequential(*[_conv_block(hidden, res_hidden, official) for _ in range(depth)])
         self.conv_out = nn.Conv2d(hidden, dim, 3, padding=1)
 
     def forward(self, x):
@@ -93,11 +105,19 @@ class ConvEncoder(nn.Module):
         return x.permute(0, 2, 3, 1)
 
 
-def _visible_at(visible: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _conv_block(dim: int, hidden: int, official: bool) -> ConvResBlock:
+    """A Conv ResBlock of Figure 1(b), or of the official CVPR'22 layout (ReLU skip, 1x1 second conv)."""
+    return ConvResBlock(dim, hidden, relu_skip=official, kernel2=1 if official else 3)
+
+
+def _visible_at(visible: torch.Tensor, size: tuple[int, int], nearest: bool = False) -> torch.Tensor:
     """float [B, 1, H, W] visibility -> [B, 1, h, w]: a cell is visible only if all its pixels are
-    (min-pool; the official code samples the nearest pixel, which can leak missing pixels)."""
+    (min-pool), or, with `nearest`, if the pixel nearest-neighbour sampling picks is (the
+    official code's choice, which can leak missing pixels)."""
     if visible.shape[-2:] == size:
         return visible
+    if nearest:
+        return F.interpolate(visible, size=size, mode="nearest")
     return -F.adaptive_max_pool2d(-visible, size)
 
 
@@ -111,10 +131,12 @@ class MSGDecoder(nn.Module):
     z [B, h, w, d], ref_image [B, 3, H, W], ref_visible [B, H, W] bool -> image [B, 3, H, W].
     """
 
-    def __init__(self, patch: int, dim: int, hidden: int, res_hidden: int, depth: int, base: int, reference: bool):
+    def __init__(self, patch: int, dim: int, hidden: int, res_hidden: int, depth: int, base: int, reference: bool,
+                 official: bool = False):
         super().__init__()
         self.conv_in = nn.Conv2d(dim, hidden, 3, padding=1)
-        self.res = nn.Sequential(*[ConvResBlock(hidden, res_hidden) for _ in range(depth)])
+        self.res = nn.Sequential(*[_conv_block(hidden, res_hidden, official) for _ in range(depth)])
+        self.nearest_mask = official
         # Up path channels mirror the conv encoder's down path: hidden -> ... -> base.
         ups = _down_channels(patch, base, hidden)[::-1]
         ins = [hidden] + ups[:-1]
@@ -139,7 +161,7 @@ class MSGDecoder(nn.Module):
         for conv in self.ref_down:
             refs.append(conv(F.relu(refs[-1])))
         for up, ref in zip(self.up, refs[::-1]):
-            m = _visible_at(vis, tuple(x.shape[-2:]))
+            m = _visible_at(vis, tuple(x.shape[-2:]), self.nearest_mask)
             x = up(F.relu(x * (1 - m) + ref * m))
         x = x * (1 - vis) + refs[0] * vis
         return self.conv_out(F.relu(x))
@@ -196,9 +218,16 @@ class PVQVAE(PresetMixin, nn.Module):
     patch), reference=True|False (PUT^no-ref). Defaults are Table 1.
     threshold_dead_code: codes whose EMA count falls below it are re-seeded from batch
     features (0 = never, as the paper; the tiny preset uses 1 against codebook collapse).
+    layout: "vqfast" (Figure 1 as drawn) or "cvpr2022", the layout of the official CVPR'22
+    code, whose checkpoints `vqfast.convert` reads: ResBlocks whose skip adds ReLU(x), Conv
+    ResBlocks with a 1x1 second conv, 1x1 `quant_conv` after the encoder and
+    `post_quant_conv` before the decoder, missing pixels filled with -1 (black) instead of
+    0, and the reference mask brought to each decoder scale by nearest sampling.
 
     Presets: "tiny" (32x32 crops, r=4, d=64, K=128, 2 ResBlocks), "paper" (Table 1 at
-    256x256) and "paper-conv" (P-VQVAE^conv: Table 2's encoder).
+    256x256), "paper-conv" (P-VQVAE^conv: Table 2's encoder) and "cvpr2022-ffhq",
+    "cvpr2022-places2", "cvpr2022-imagenet" (Table 1 in the official layout; one
+    architecture for the three released models).
 
         vae = PVQVAE.from_preset("tiny")
         enc = vae.encode(x, mask)                       # PUTEncoding(tokens [B, 8, 8], features, mask)
@@ -210,13 +239,15 @@ class PVQVAE(PresetMixin, nn.Module):
                      dec_base=32, threshold_dead_code=1.0),
         "paper": dict(resolution=256),
         "paper-conv": dict(resolution=256, encoder="conv"),
+        **{f"cvpr2022-{name}": dict(resolution=256, layout="cvpr2022") for name in ("ffhq", "places2", "imagenet")},
     }
+    LAYOUTS = ("vqfast", "cvpr2022")
     CONFIG_ALIASES = {"n_res": "depth"}
 
     def __init__(self, *, resolution: int | None = None, patch: int = 8, dim: int = 256, codebook_size: int = 512,
                  hidden: int = 256, res_hidden: int = 128, depth: int = 8, dec_base: int = 64,
                  encoder: str = "linear", codebooks: int = 2, reference: bool = True, decay: float = 0.99,
-                 threshold_dead_code: float = 0.0):
+                 threshold_dead_code: float = 0.0, layout: str = "vqfast"):
         super().__init__()
         if isinstance(patch, bool) or not isinstance(patch, int) or patch < 2 or patch & (patch - 1):
             raise ValueError(f"patch must be a power of two >= 2, got {patch}")
@@ -228,19 +259,28 @@ class PVQVAE(PresetMixin, nn.Module):
             raise ValueError(f"encoder must be 'linear' or 'conv', got {encoder!r}")
         if codebooks not in (1, 2):
             raise ValueError(f"codebooks must be 1 or 2, got {codebooks!r}")
+        if layout not in self.LAYOUTS:
+            raise ValueError(f"layout must be one of {self.LAYOUTS}, got {layout!r}")
         self.config = dict(resolution=resolution, patch=patch, dim=dim, codebook_size=codebook_size, hidden=hidden,
                            res_hidden=res_hidden, depth=depth, dec_base=dec_base, encoder=encoder,
                            codebooks=codebooks, reference=reference, decay=decay,
-                           threshold_dead_code=threshold_dead_code)
+                           threshold_dead_code=threshold_dead_code, layout=layout)
+        official = layout == "cvpr2022"
+        # The value a missing pixel takes in x_hat: 0 (x * m), or -1 (black) in the official code.
+        self.fill = -1.0 if official else 0.0
         self.resolution, self.patch, self.dim = resolution, patch, dim
         self.codebook_size, self.codebooks = codebook_size, codebooks
         if encoder == "linear":
-            self.encoder = PatchEncoder(patch, hidden, res_hidden, depth, dim)
+            self.encoder = PatchEncoder(patch, hidden, res_hidden, depth, dim, official)
         else:
-            self.encoder = ConvEncoder(patch, hidden, res_hidden, depth, dim, dec_base)
+            self.encoder = ConvEncoder(patch, hidden, res_hidden, depth, dim, dec_base, official)
         self.quantizer = DualCodebookQuantizer(dim, codebook_size, codebook_size, decay=decay,
                                                threshold_dead_code=threshold_dead_code)
-        self.decoder = MSGDecoder(patch, dim, hidden, res_hidden, depth, dec_base, reference)
+        self.decoder = MSGDecoder(patch, dim, hidden, res_hidden, depth, dec_base, reference, official)
+        if official:
+            self.quant_conv, self.post_quant_conv = nn.Conv2d(dim, dim, 1), nn.Conv2d(dim, dim, 1)
+        else:
+            self.quant_conv = self.post_quant_conv = None
 
     @property
     def vocab_size(self) -> int:
@@ -279,7 +319,7 @@ class PVQVAE(PresetMixin, nn.Module):
         -> PUTEncoding(tokens [B,h,w], features [B,h,w,d], mask [B,h,w]). Never updates the codebooks.
         """
         mask = self.check_images(images, mask)
-        features = self.encoder(images * (~mask)[:, None].to(images.dtype))
+        features = self._features(self._masked(images, mask))
         token_mask = self.token_mask(mask)
         was_training = self.quantizer.training
         self.quantizer.eval()
@@ -289,13 +329,27 @@ class PVQVAE(PresetMixin, nn.Module):
             self.quantizer.train(was_training)
         return PUTEncoding(tokens, features, token_mask)
 
+    def _masked(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x_hat: images [B,3,H,W] with the pixels where mask [B,H,W] is True set to `self.fill`."""
+        kept = images * (~mask)[:, None].to(images.dtype)
+        return kept if self.fill == 0.0 else kept + self.fill * mask[:, None].to(images.dtype)
+
+    @staticmethod
+    def _pointwise(conv: nn.Conv2d | None, z: torch.Tensor) -> torch.Tensor:
+        """A 1x1 conv on channel-last z [B,h,w,d] (identity when conv is None)."""
+        return z if conv is None else F.linear(z, conv.weight[:, :, 0, 0], conv.bias)
+
+    def _features(self, x_hat: torch.Tensor) -> torch.Tensor:
+        """f_hat = E(x_hat) [B,h,w,d] (then quant_conv in the official layout)."""
+        return self._pointwise(self.quant_conv, self.encoder(x_hat))
+
     def _decode(self, z: torch.Tensor, ref_images: torch.Tensor, ref_mask: torch.Tensor) -> torch.Tensor:
-        visible = ~ref_mask
-        return self.decoder(z, ref_images * visible[:, None].to(ref_images.dtype), visible)
+        return self.decoder(self._pointwise(self.post_quant_conv, z), self._masked(ref_images, ref_mask), ~ref_mask)
 
     def decode(self, z: torch.Tensor, ref_images: torch.Tensor, ref_mask: torch.Tensor | None) -> torch.Tensor:
         """D(z, m_ref, x_ref): z [B,h,w,d], ref_images [B,3,H,W], ref_mask bool [B,H,W] (True = missing) ->
-        images [B,3,H,W]. The reference is zeroed where missing before it enters the decoder."""
+        images [B,3,H,W]. The reference is set to `fill` (0, or -1 in the official layout) where
+        missing before it enters the decoder."""
         ref_mask = self.check_images(ref_images, ref_mask, "ref_mask")
         h, w = ref_images.shape[-2] // self.patch, ref_images.shape[-1] // self.patch
         if z.dim() != 4 or tuple(z.shape[1:]) != (h, w, self.dim):
@@ -327,13 +381,16 @@ class PVQVAE(PresetMixin, nn.Module):
         """
         mask = self.check_images(images, mask)
         ref_mask = self.check_images(images, ref_mask, "ref_mask")
-        x_hat = images * (~mask)[:, None].to(images.dtype)
-        features = self.encoder(x_hat)
+        x_hat = self._masked(images, mask)
+        features = self._features(x_hat)
         z_q, tokens, commitment = self.quantize(features, self.token_mask(mask))
         reconstruction = self._decode(z_q, x_hat, mask | ref_mask)
         loss = (loss_fn if loss_fn is not None else _RECONSTRUCTION_LOSS)(x_hat, reconstruction, commitment, step)
         return TokenizerOutput(reconstruction, tokens, loss)
 
 
-# The default loss of PVQVAE.forward (stateless: no discriminator, no VGG).
-_RECONSTRUCTION_LOSS = PVQVAELoss(adversarial=False)
+# The default loss of PVQVAE.forward (stateless: no discriminator, no VGG, as its docstring says:
+# the warning PVQVAELoss gives for a training loss without VGG does not apply).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    _RECONSTRUCTION_LOSS = PVQVAELoss(adversarial=False)

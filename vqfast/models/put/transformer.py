@@ -24,6 +24,17 @@ from vqfast.random import as_generator
 
 # Table 3's parameter counts (for the preset sizes).
 TABLE3_PARAMS = {"ffhq": 95.0e6, "places2": 110.7e6, "imagenet": 441.7e6}
+# Table 3's sizes (n', h, D).
+_TABLE3 = {"ffhq": dict(depth=30, heads=8, dim=512), "places2": dict(depth=35, heads=8, dim=512),
+           "imagenet": dict(depth=35, heads=8, dim=1024)}
+
+
+class GELU2(nn.Module):
+    """x * sigmoid(1.702 x): the sigmoid approximation of GELU (Hendrycks & Gimpel, Sec. 2) that
+    the official CVPR'22 UQ-Transformer uses in its MLPs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
 
 
 class UQTransformer(PresetMixin, nn.Module):
@@ -36,26 +47,43 @@ class UQTransformer(PresetMixin, nn.Module):
 
     Presets: "tiny" (8x8 token grids of the tiny P-VQVAE) and Table 3's "ffhq" (n'=30,
     D=512), "places2" (n'=35, D=512), "imagenet" (n'=35, D=1024), all with L = 32 x 32 tokens
-    of a 256x256 image (r = 8) and K = 512 tokens of e.
+    of a 256x256 image (r = 8) and K = 512 tokens of e; "cvpr2022-<name>": the same sizes in
+    the official layout (what `vqfast.convert` reads); "<name>-tok": PUT^tok (Table 5).
+
+    layout: "vqfast" (GELU MLPs, Figure 1(c)) or "cvpr2022" (the official code's MLP
+    activation GELU2, x * sigmoid(1.702 x); its LayerNorms use eps 1e-5, as here).
+    token_input: PUT^tok of Table 5: the input is the quantized vectors e_t / e'_t of the
+    tokens instead of the un-quantized features (`put_sample` and `uq_training_batch` read
+    this flag).
     """
 
     PRESETS = {
         "tiny": dict(feature_dim=64, vocab_size=128, seq_len=64, dim=128, depth=4, heads=4),
-        "ffhq": dict(depth=30, heads=8, dim=512),
-        "places2": dict(depth=35, heads=8, dim=512),
-        "imagenet": dict(depth=35, heads=8, dim=1024),
+        **_TABLE3,
+        **{f"cvpr2022-{k}": dict(v, layout="cvpr2022") for k, v in _TABLE3.items()},
+        **{f"{k}-tok": dict(v, token_input=True) for k, v in _TABLE3.items()},
     }
+    LAYOUTS = ("vqfast", "cvpr2022")
     CONFIG_ALIASES = {"n_layers": "depth", "n_heads": "heads"}
 
     def __init__(self, *, feature_dim: int = 256, vocab_size: int = 512, seq_len: int = 1024, dim: int = 512,
-                 depth: int = 30, heads: int = 8, mlp_ratio: float = 4.0):
+                 depth: int = 30, heads: int = 8, mlp_ratio: float = 4.0, layout: str = "vqfast",
+                 token_input: bool = False):
         super().__init__()
+        if layout not in self.LAYOUTS:
+            raise ValueError(f"layout must be one of {self.LAYOUTS}, got {layout!r}")
+        if not isinstance(token_input, bool):
+            raise TypeError(f"token_input must be a bool, got {type(token_input).__name__}")
         self.config = dict(feature_dim=feature_dim, vocab_size=vocab_size, seq_len=seq_len, dim=dim,
-                           depth=depth, heads=heads, mlp_ratio=mlp_ratio)
+                           depth=depth, heads=heads, mlp_ratio=mlp_ratio, layout=layout, token_input=token_input)
         self.feature_dim, self.vocab_size, self.seq_len = feature_dim, vocab_size, seq_len
+        self.token_input = token_input
         self.emb = nn.Linear(feature_dim, dim)
         self.pos = nn.Parameter(torch.zeros(1, seq_len, dim))
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        if layout == "cvpr2022":
+            for block in self.blocks:
+                block.mlp[1] = GELU2()
         self.ln = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab_size)
         if self.pos.device.type != "meta":
@@ -104,6 +132,9 @@ class UQTransformer(PresetMixin, nn.Module):
         """
         if not isinstance(batch, UQTrainingBatch):
             raise TypeError(f"batch must be a UQTrainingBatch (from uq_training_batch), got {type(batch).__name__}")
+        if self.token_input and not torch.equal(batch.quantized, ~batch.mask):
+            raise ValueError("batch: this PUT^tok transformer (token_input=True) takes quantized inputs; build the "
+                             "batch with uq_training_batch(..., token_input=True)")
         logits = self(batch.features)
         ce = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="none")
         weight = batch.mask.flatten().float()
@@ -123,7 +154,7 @@ class UQTrainingBatch(NamedTuple):
 
 @torch.no_grad()
 def uq_training_batch(vae, images: torch.Tensor, mask: torch.Tensor, *, random_quantize: float = 0.3,
-                      generator: torch.Generator | int | None = None) -> UQTrainingBatch:
+                      generator: torch.Generator | int | None = None, token_input: bool = False) -> UQTrainingBatch:
     """Inputs and targets for one UQ-Transformer step (the P-VQVAE is frozen, run in eval mode).
 
     vae: a PVQVAE; images [B, 3, H, W] in [-1, 1]; mask bool [B, H, W] (m, True = missing):
@@ -133,6 +164,8 @@ def uq_training_batch(vae, images: torch.Tensor, mask: torch.Tensor, *, random_q
     token is replaced by its quantized vector e_k with probability random_quantize (0.3 in the
     official configs), so the model also sees the quantized vectors that Algorithm 1 writes
     back (line 14).
+    token_input: inputs for PUT^tok (Table 5): every position's quantized vector (e for visible
+    tokens, e' for masked ones), as `UQTransformer(token_input=True)` sees them (no m').
     """
     if not 0.0 <= random_quantize <= 1.0:
         raise ValueError(f"random_quantize must be a probability in [0, 1], got {random_quantize!r}")
@@ -145,6 +178,9 @@ def uq_training_batch(vae, images: torch.Tensor, mask: torch.Tensor, *, random_q
     finally:
         vae.train(was_training)
     B, h, w, d = enc.features.shape
+    if token_input:
+        return UQTrainingBatch(vae.codes(enc.tokens).reshape(B, h * w, d), targets.reshape(B, h * w),
+                               enc.mask.reshape(B, h * w), ~enc.mask.reshape(B, h * w))
     g = as_generator(generator, images.device)
     draw = torch.rand(enc.mask.shape, generator=g, device=images.device) < random_quantize
     quantized = ~enc.mask & draw

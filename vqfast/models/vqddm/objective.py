@@ -32,7 +32,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from vqfast.diffusion import q_sample, vlb_kl
+from vqfast.diffusion import q_sample
+from vqfast.ops import vlb_kl
 
 
 class ImportanceSampler:

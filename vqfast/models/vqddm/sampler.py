@@ -3,7 +3,7 @@
 Each step feeds z_t to the model (x0 logits, eq. 23) and draws z_{t-1} ~ q(z_{t-1} | z_t,
 p = softmax(logits)) without writing the [B, L, K] posterior, by one of two exact methods:
 
-- "gumbel": the fused `vqfast.diffusion.posterior_sample` (Gumbel-max over all K states,
+- "gumbel": the fused `vqfast.ops.posterior_sample` (Gumbel-max over all K states,
   so K Philox draws and logs per position).
 - "mixture" (default): eq. 21 factorizes into three components,
       theta_k = c p_k ab + c (1 - ab)/K + a [k = z_t] (ab p_{z_t} + (1 - ab)/K),  c = (1 - a)/K,
@@ -47,7 +47,8 @@ from typing import NamedTuple
 import torch
 
 from vqfast import random as _random
-from vqfast.diffusion import posterior_sample, q_sample
+from vqfast.diffusion import q_sample
+from vqfast.ops import posterior_sample
 from vqfast.models.vqddm.denoiser import VQDDM
 from vqfast.ops import sample_logits
 from vqfast.progress import progress_bar

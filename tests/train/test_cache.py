@@ -1,0 +1,48 @@
+"""vqfast.train.cache: shards hold the tokenizer's tokens of the centre crops; stage 2 trains
+from them."""
+import pytest
+import torch
+
+from vqfast import checkpoint
+from vqfast.__main__ import main
+from vqfast.train import TrainConfig, train
+from vqfast.train.cache import TokenCache, write_cache
+from vqfast.train.checkpointing import model_path
+from vqfast.train.data import BatchPlan, open_images
+from vqfast.train.log import read_log
+
+
+@pytest.fixture
+def tokenizer_run(image_folder, tmp_path):
+    return train(TrainConfig("maskgit", "tokenizer", data=str(image_folder), preset="tiny", out=str(tmp_path / "vq"),
+                             steps=1, batch_size=4, progress=False, holdout=0.2))
+
+
+def test_shards_hold_the_tokens_of_the_centre_crops(image_folder, tokenizer_run, tmp_path):
+    main(["cache", "maskgit", "--tokenizer", str(tokenizer_run), "--data", str(image_folder),
+          "--out", str(tmp_path / "cache"), "--shard-rows", "4", "--batch-size", "3", "--holdout", "0.2"])
+    cache = TokenCache(tmp_path / "cache")
+    images = open_images(str(image_folder), 32, split="train", holdout=0.2)
+    assert len(cache) == len(images) and len(cache.index["shards"]) > 1
+    assert cache.index["skipped_files"] in (0, 1)  # the corrupt file, when it falls in the train split
+    vq = checkpoint.load(model_path(tokenizer_run))
+    x = torch.stack([images[(i, None)][0] for i in range(3)])
+    assert torch.equal(cache.rows["tokens"][:3], vq.encode(x))
+    batch = next(cache.batches(BatchPlan(len(cache), 2, seed=0), 0, 0, 1))
+    assert batch["tokens"].shape == (2, 8, 8) and batch["labels"].dtype == torch.long
+
+
+def test_cache_errors(tokenizer_run, image_folder, tmp_path):
+    with pytest.raises(ValueError, match="not a token cache"):
+        TokenCache(tmp_path)
+    with pytest.raises(ValueError, match="does not train from cached tokens"):
+        write_cache("put", tokenizer=str(tokenizer_run), data=str(image_folder), out=tmp_path / "c")
+
+
+def test_stage_two_trains_from_the_cache(image_folder, tokenizer_run, tmp_path):
+    write_cache("maskgit", tokenizer=str(tokenizer_run), data=str(image_folder), out=tmp_path / "cache",
+                holdout=0.2)
+    kw = dict(data=str(image_folder), preset="tiny", steps=2, batch_size=2, progress=False, holdout=0.2,
+              tokenizer=str(tokenizer_run))
+    cached = train(TrainConfig("maskgit", "model", out=str(tmp_path / "a"), token_cache=str(tmp_path / "cache"), **kw))
+    assert all(r["loss"] > 0 for r in read_log(cached)) and len(read_log(cached)) == 2

@@ -1,0 +1,80 @@
+"""vqfast.train.trainer on one process: exact resume, the run folder, accumulation, errors."""
+import json
+
+import pytest
+import torch
+
+from vqfast.train import TrainConfig, train
+from vqfast.train.checkpointing import latest, read_weights
+from vqfast.train.log import read_log
+
+
+def config(data, out, **kw):
+    base = dict(data=str(data), preset="tiny", out=str(out), steps=4, batch_size=2, progress=False, holdout=0.2)
+    return TrainConfig("maskgit", "tokenizer", **{**base, **kw})
+
+
+def weights(run):
+    return read_weights(latest(run))
+
+
+def test_resume_is_bitwise(image_folder, tmp_path):
+    straight = train(config(image_folder, tmp_path / "a", steps=4))
+    train(config(image_folder, tmp_path / "b", steps=4, stop_after=2))
+    resumed = train(config(image_folder, tmp_path / "b", steps=4, resume=True))
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the straight run's"
+    losses = lambda run: [r["loss"] for r in read_log(run)]  # noqa: E731
+    assert losses(straight) == losses(resumed)
+    assert [r["kind"] for r in read_log(resumed, None)].count("resume") == 1
+
+
+def test_run_folder_holds_checkpoint_log_and_figures(image_folder, tmp_path):
+    run = train(config(image_folder, tmp_path / "r", steps=2, eval_every=2, save_every=1, ema=0.9))
+    assert (run / "latest").read_text().strip() == "checkpoints/step_000002"
+    folder = latest(run)
+    assert {p.name for p in folder.iterdir()} >= {"model.safetensors", "model.json", "ema.safetensors",
+                                                   "state.safetensors", "state.json"}
+    records = read_log(run)
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(r["img_per_s"] > 0 and r["skipped_files"] >= 0 and "rec" in r for r in records)
+    assert read_log(run, "eval")[0]["heldout_loss"] > 0
+    data = read_log(run, "data")[0]
+    assert data["empty_files"] == 1 and data["classes"] == 2 and data["world_size"] == 1
+    assert (run / "reconstructions.png").stat().st_size > 0 and (run / "losses.png").stat().st_size > 0
+    assert json.loads((run / "run.json").read_text())["family"] == "maskgit"
+
+
+def test_resume_with_accumulation_and_ema_is_bitwise(image_folder, tmp_path):
+    kw = dict(steps=2, batch_size=1, grad_accum=2, ema=0.5)
+    straight = train(config(image_folder, tmp_path / "a", **kw))
+    train(config(image_folder, tmp_path / "b", stop_after=1, **kw))
+    resumed = train(config(image_folder, tmp_path / "b", resume=True, **kw))
+    for name in ("model", "ema"):
+        a, b = read_weights(latest(straight), name), read_weights(latest(resumed), name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_bf16_run_trains(image_folder, tmp_path):
+    run = train(config(image_folder, tmp_path / "bf16", steps=2, precision="bf16"))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_log(run))
+    assert all(v.dtype == torch.float32 for k, v in weights(run).items() if "quantizer" not in k)
+
+
+def test_errors_before_training(image_folder, tmp_path):
+    with pytest.raises(ValueError, match="holds no checkpoint"):
+        train(config(image_folder, tmp_path / "none", resume=True))
+    train(config(image_folder, tmp_path / "done", steps=1))
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(config(image_folder, tmp_path / "done", steps=1))
+    with pytest.raises(ValueError, match="--tokenizer"):
+        train(TrainConfig("maskgit", "model", data=str(image_folder), preset="tiny", out=str(tmp_path / "m")))
+    with pytest.raises(ValueError, match="precision"):
+        config(image_folder, tmp_path / "x", precision="fp16")
+    with pytest.raises(ValueError, match="family must be one of"):
+        TrainConfig("dalle", "tokenizer", data="photos", preset="tiny", out="x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        train(config(empty, tmp_path / "e"))

@@ -1,0 +1,97 @@
+"""Token cache: encode a dataset once with a trained tokenizer into safetensors shards, then
+train stage 2 from the shards (no image decoding or tokenizer forward per step).
+
+    write_cache("maskgit", tokenizer="runs/vq", data="path/to/images", out="runs/vq_tokens")
+    python -m vqfast train maskgit --stage model --token-cache runs/vq_tokens --tokenizer runs/vq ...
+
+CACHE_DIR/index.json lists the shards ({"shards": [{"file": ..., "rows": n}], "rows": N, ...});
+each shard holds "tokens" [n, ...] int64, "labels" [n] int64 and, for MQ-VAE, "positions".
+Images are encoded as held-out images are (centre crop, no flip). The index is written last,
+so a cache whose writing was interrupted has no index and is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+INDEX = "index.json"
+
+
+@torch.no_grad()
+def write_cache(family: str, *, tokenizer: str, data: str, out: str | Path, batch_size: int = 64,
+                shard_rows: int = 65536, holdout: float = 0.05, device: str | None = None) -> Path:
+    """Encode the training split of `data` with the tokenizer of a run into shards; returns out."""
+    from safetensors.torch import save_file
+
+    from vqfast.train.data import collate, open_images
+    from vqfast.train.families import get_stage
+    from vqfast.train.trainer import load_tokenizer
+
+    stage = get_stage(family, "model")
+    if not stage.cacheable:
+        raise ValueError(f"{family}'s token model does not train from cached tokens")
+    if not isinstance(shard_rows, int) or shard_rows < 1:
+        raise ValueError(f"shard_rows must be a positive int, got {shard_rows!r}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tok = load_tokenizer(tokenizer, stage, dev)
+    images = open_images(data, int(tok.config["resolution"]), split="train", holdout=holdout)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / INDEX).exists():
+        raise ValueError(f"{out} already holds a token cache")
+    shards, pending, skipped = [], [], 0
+
+    def flush():
+        rows = {k: torch.cat([p[k] for p in pending]) for k in pending[0]}
+        name = f"shard_{len(shards):05d}.safetensors"
+        save_file({k: v.contiguous() for k, v in rows.items()}, str(out / name))
+        shards.append({"file": name, "rows": len(rows["labels"])})
+        pending.clear()
+
+    pending_rows = 0
+    for lo in range(0, len(images), batch_size):
+        x, labels, k = collate([images[(i, None)] for i in range(lo, min(len(images), lo + batch_size))])
+        skipped += k
+        enc = stage.encode(tok, x.to(dev), labels, torch.Generator())
+        pending.append({name: t.cpu() for name, t in enc.items()})
+        pending_rows += len(labels)
+        if pending_rows >= shard_rows:
+            flush()
+            pending_rows = 0
+    if pending:
+        flush()
+    index = {"family": family, "tokenizer": str(tokenizer), "data": str(data), "holdout": holdout,
+             "rows": sum(s["rows"] for s in shards), "shards": shards, "skipped_files": skipped}
+    tmp = out / f".{INDEX}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(index, indent=2))
+    os.replace(tmp, out / INDEX)
+    return out
+
+
+class TokenCache:
+    """The rows of a token cache, read through the same BatchPlan as images.
+
+        cache = TokenCache("runs/vq_tokens"); len(cache); next(cache.batches(plan, rank, 0, 10))
+    """
+
+    def __init__(self, folder: str | Path):
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not (folder / INDEX).exists():
+            raise ValueError(f"{folder} is not a token cache (no {INDEX}; write one with python -m vqfast cache)")
+        self.index = json.loads((folder / INDEX).read_text())
+        parts = [load_file(str(folder / s["file"])) for s in self.index["shards"]]
+        self.rows = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def __len__(self) -> int:
+        return len(self.rows["labels"])
+
+    def batches(self, plan, rank: int, start: int, stop: int):
+        """{"tokens", "labels", ...} batches of this rank for micro-batches [start, stop)."""
+        for j in range(start, stop):
+            idx = torch.tensor([i for i, _ in plan.keys(j, rank)])
+            yield {k: v[idx] for k, v in self.rows.items()}

@@ -1,0 +1,116 @@
+"""`python -m vqfast train ...` and `python -m vqfast eval ...`: argument parsers and entry points."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from vqfast.train.families import FAMILIES, STAGES
+
+
+def _preset_help() -> str:
+    lines = ["presets (FAMILY / stage: names):"]
+    for family, stages in STAGES.items():
+        for name, stage in stages.items():
+            if name == "refit":
+                lines.append(f"  {family:<8} {name:<9}  (the tokenizer's own: pass --tokenizer)")
+                continue
+            lines.append(f"  {family:<8} {name:<9}  {', '.join(stage.presets())}")
+    return "\n".join(lines)
+
+
+def add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train one stage of a family on a folder of images (torchrun for DDP)",
+                       description="Train one stage of a model family. One process: python -m vqfast train ...; "
+                                   "several: torchrun --nproc_per_node N -m vqfast train ...",
+                       epilog=_preset_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("family", choices=FAMILIES)
+    p.add_argument("--stage", default="tokenizer", help="tokenizer | model (vqddm also: refit)")
+    p.add_argument("--data", default="photos", help="a folder of images (class subfolders give labels), "
+                                                    "or the bundled 'photos' / 'faces'")
+    p.add_argument("--preset", default="tiny", help="the model preset (see below)")
+    p.add_argument("--out", required=True, help="the run folder (checkpoints, log.jsonl, figures)")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps in all")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="save and exit after this step (the schedule still spans --steps; --resume continues)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per process per micro-batch")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the paper's)")
+    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: the paper's, at most steps/10)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: autocast with fp32 master weights")
+    p.add_argument("--clip", type=float, default=1.0, help="max gradient norm (0: no clipping)")
+    p.add_argument("--ema", type=float, default=None, help="keep an EMA of the weights with this decay")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--tokenizer", default=None, help="stage 2: the trained tokenizer (run folder or checkpoint)")
+    p.add_argument("--init-from", default=None, help="start from these weights (run folder or checkpoint)")
+    p.add_argument("--token-cache", default=None, help="stage 2: train from token shards (python -m vqfast cache)")
+    p.add_argument("--eval-every", type=int, default=0, help="held-out loss and figures every N steps (0: never)")
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (always at the end)")
+    p.add_argument("--log-every", type=int, default=1, help="a log record every N steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loading processes per rank")
+    p.add_argument("--holdout", type=float, default=0.05, help="share of a folder's images held out")
+    p.add_argument("--fsdp", action="store_true", help="shard the model over ranks (torch FSDP) instead of DDP")
+    p.add_argument("--device", default=None, help="default: this rank's GPU, else the CPU")
+    p.add_argument("--dist-timeout", type=float, default=600.0, help="seconds a rank waits for the others")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_train(args) -> None:
+    from vqfast.train.trainer import TrainConfig, train
+
+    cfg = TrainConfig(args.family, args.stage, data=args.data, preset=args.preset, out=args.out, steps=args.steps,
+                      stop_after=args.stop_after,
+                      batch_size=args.batch_size, lr=args.lr, grad_accum=args.grad_accum, precision=args.precision,
+                      resume=args.resume, tokenizer=args.tokenizer, init_from=args.init_from, eval_every=args.eval_every,
+                      save_every=args.save_every, seed=args.seed, workers=args.workers,
+                      clip=args.clip or None, warmup=args.warmup, ema=args.ema, holdout=args.holdout,
+                      token_cache=args.token_cache, fsdp=args.fsdp, device=args.device, log_every=args.log_every,
+                      progress=not args.no_progress, dist_timeout=args.dist_timeout)
+    out = train(cfg)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run folder: {out}")
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="metrics of a training run on held-out images (PSNR, SSIM, codebook, FID)")
+    p.add_argument("run_dir", help="a run folder written by python -m vqfast train")
+    p.add_argument("--data", default=None, help="the images to evaluate on (default: the run's data, held-out split)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-images", type=int, default=1000, help="held-out images to use at most")
+    p.add_argument("--inception-weights", default=None, help="a local Inception weights file for FID")
+    p.add_argument("--sample-steps", type=int, default=None,
+                   help="decoding steps of MaskGIT / VQ-DDM samples (default: the sampler's)")
+    p.add_argument("--device", default=None)
+
+
+def run_eval(args) -> None:
+    import json
+
+    from vqfast.train.metrics import evaluate_run
+
+    report = evaluate_run(args.run_dir, data=args.data, batch_size=args.batch_size, max_images=args.max_images,
+                          inception_weights=args.inception_weights, device=args.device,
+                          sample_steps=args.sample_steps)
+    print(json.dumps(report, indent=2))
+
+
+def add_cache_parser(sub) -> None:
+    p = sub.add_parser("cache", help="encode a folder once with a trained tokenizer into token shards (stage 2)")
+    p.add_argument("family", choices=FAMILIES)
+    p.add_argument("--tokenizer", required=True, help="the trained tokenizer (run folder or checkpoint)")
+    p.add_argument("--data", required=True, help="a folder of images, or 'photos' / 'faces'")
+    p.add_argument("--out", required=True, help="the cache folder to write")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--shard-rows", type=int, default=65536, help="images per shard file")
+    p.add_argument("--holdout", type=float, default=0.05, help="share of the images held out (as in training)")
+    p.add_argument("--device", default=None)
+
+
+def run_cache(args) -> None:
+    from vqfast.train.cache import write_cache
+
+    out = write_cache(args.family, tokenizer=args.tokenizer, data=args.data, out=args.out,
+                      batch_size=args.batch_size, shard_rows=args.shard_rows, holdout=args.holdout,
+                      device=args.device)
+    print(f"token cache: {out}")

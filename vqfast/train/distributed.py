@@ -1,0 +1,133 @@
+"""The process group of a training run, from the environment `torchrun` sets.
+
+Plain `python -m vqfast train ...` is one process (rank 0 of 1, no process group);
+`torchrun --nproc_per_node N -m vqfast train ...` sets RANK, WORLD_SIZE, LOCAL_RANK and
+MASTER_ADDR/PORT, and every rank joins a gloo (CPU) or NCCL (CUDA) group.
+
+    ctx = setup(device=None, timeout_s=600)
+    ...
+    teardown(ctx)
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    """rank, world_size, local_rank and the device of this process."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str | None = None, timeout_s: float = 600.0) -> Context:
+    """Join the process group torchrun describes (if any). device None: this rank's GPU when
+    CUDA is available (LOCAL_RANK), else the CPU. A rank that has not heard from the others
+    within timeout_s raises instead of waiting forever."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
+                                **({"device_id": dev} if dev.type == "cuda" else {}))
+    return Context(rank, world, local, dev)
+
+
+def teardown(ctx: Context) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mean_over_ranks(values: dict[str, float], ctx: Context) -> dict[str, float]:
+    """The mean of each value over ranks (the values themselves in one process)."""
+    if not ctx.distributed or not values:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return dict(zip(values, (t / ctx.world_size).tolist()))
+
+
+def sum_over_ranks(value: int, ctx: Context) -> int:
+    if not ctx.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def any_rank(flag: bool, ctx: Context) -> bool:
+    """True on every rank when the flag is set on any rank (e.g. a stop signal seen by one)."""
+    return sum_over_ranks(int(flag), ctx) > 0
+
+
+def gather(obj, ctx: Context) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank."""
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def shard(objective: torch.nn.Module, ctx: Context) -> torch.nn.Module:
+    """Shard the parameters over ranks with FSDP (torch.distributed.fsdp.fully_shard): each
+    sub-module of the model that holds parameters becomes one unit, the rest goes with the root
+    (the objective, whose forward is the training loss). Modifies and returns `objective`."""
+    from torch.distributed.fsdp import fully_shard
+
+    for child in objective.model.children():
+        if any(True for _ in child.parameters()):
+            fully_shard(child)
+    fully_shard(objective)
+    return objective
+
+
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_model_state(objective: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded state dict of an FSDP objective's model (complete on rank 0; every rank
+    must call it)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    state = get_model_state_dict(objective, options=_options())
+    return {k.removeprefix("model."): v for k, v in state.items()}
+
+
+def full_optimizer_state(objective: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The unsharded optimizer state (parameter names as keys; complete on rank 0)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    return get_optimizer_state_dict(objective, optimizer, options=_options())
+
+
+def load_full_optimizer_state(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Shard a full optimizer state (as `full_optimizer_state` returned it) into optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(objective, optimizer, state, options=StateDictOptions(full_state_dict=True))

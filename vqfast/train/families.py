@@ -1,0 +1,237 @@
+"""The trainable stages of the five families, behind one interface the loop drives.
+
+Stage 1 ("tokenizer") trains the family's tokenizer on images with its own loss
+(`tokenizer(images).loss`); stage 2 ("model") trains the token model on the tokens of a
+frozen, trained tokenizer (`model.loss(tokens, ...)`); VQ-DDM adds "refit" (VQ-DDM Sec. 3.2:
+rebuild the codebook by k-means, then fine-tune the decoder with the encoder frozen).
+
+    stage = get_stage("maskgit", "model")
+    net = stage.build("tiny", tokenizer=vq)
+    inputs = stage.encode(vq, images, labels, generator)    # cacheable token inputs
+    loss = stage.loss(net, inputs, generator, tokenizer=vq)   # LossOutput
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vqfast.data import make_masks
+from vqfast.random import as_generator
+
+FAMILIES = ("maskgit", "put", "mqvae", "rq", "vqddm")
+_PUT_MASK_KINDS = ("box", "strokes", "half", "outside")
+
+
+@dataclass(frozen=True)
+class Optim:
+    """AdamW settings of a stage (the papers' values; warmup in steps)."""
+
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup: int = 0
+
+
+def _cls(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _classes(model: nn.Module) -> int:
+    return int(model.config.get("num_classes", 0) or 0)
+
+
+def _labels(model: nn.Module, labels: torch.Tensor) -> torch.Tensor | None:
+    """Class labels for a class-conditional model (None for an unconditional one)."""
+    n = _classes(model)
+    if n == 0:
+        return None
+    if labels.numel() and (labels.min() < 0 or labels.max() >= n):
+        raise ValueError(f"the data's class labels lie in [{int(labels.min())}, {int(labels.max())}] but the model "
+                         f"has num_classes={n}: use a folder with class subfolders (at most {n}) or an "
+                         f"unconditional preset")
+    return labels
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of one family: which class it trains, its optimizer, how a batch becomes a loss.
+
+    encode(tokenizer, images, labels, generator) -> dict of tensors (the model's inputs; a
+    token cache stores them when `cacheable`); loss(model, inputs, generator, tokenizer) ->
+    LossOutput."""
+
+    family: str
+    name: str
+    model_class: str
+    optim: Optim
+    tokenizer_class: str | None = None
+    unit: str = "img"
+    cacheable: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def cls(self) -> type:
+        return _cls(self.model_class)
+
+    @property
+    def tokenizer_cls(self) -> type | None:
+        return _cls(self.tokenizer_class) if self.tokenizer_class else None
+
+    @property
+    def needs_tokenizer(self) -> bool:
+        return self.tokenizer_class is not None
+
+    def presets(self) -> list[str]:
+        return sorted(self.cls.PRESETS)
+
+    def build(self, preset: str, *, tokenizer: nn.Module | None = None) -> nn.Module:
+        """The model of `preset`; in stage 2 the tokenizer decides the vocabulary and token grid
+        (the preset's values are replaced by the tokenizer's)."""
+        if self.name == "refit":
+            return tokenizer
+        if tokenizer is None:
+            return self.cls.from_preset(preset)
+        model = self.cls.from_preset(preset, **_fit(self.family, self.cls.PRESETS.get(preset, {}), tokenizer))
+        _check_vocabulary(model, tokenizer)
+        return model
+
+    def resolution(self, model: nn.Module, tokenizer: nn.Module | None) -> int:
+        """The image side the stage reads."""
+        return int((tokenizer if tokenizer is not None else model).config["resolution"])
+
+    @torch.no_grad()
+    def encode(self, tokenizer: nn.Module | None, images: torch.Tensor, labels: torch.Tensor,
+               generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.name != "model":
+            return {"images": images, "labels": labels}
+        if self.family == "put":  # the UQ-Transformer reads features of masked images: built per step
+            return {"images": images, "labels": labels}
+        enc = tokenizer.encode(images)
+        if self.family == "mqvae":
+            return {"tokens": enc.tokens, "positions": enc.positions, "labels": labels}
+        tokens = enc if isinstance(enc, torch.Tensor) else enc.tokens
+        return {"tokens": tokens, "labels": labels}
+
+    def loss(self, model: nn.Module, inputs: dict, generator: torch.Generator, *, tokenizer: nn.Module | None = None):
+        """One batch -> LossOutput (the family's training objective)."""
+        f = self.family
+        if self.name in ("tokenizer", "refit"):
+            images = inputs["images"]
+            if f == "put":
+                return model(images, _put_masks(images, generator)).loss
+            return model(images).loss
+        labels = _labels(model, inputs["labels"])
+        if f == "put":
+            from vqfast.models.put import uq_training_batch
+            images = inputs["images"]
+            return model.loss(uq_training_batch(tokenizer, images, _put_masks(images, generator), generator=generator))
+        if f == "mqvae":
+            return model.loss(inputs["tokens"], inputs["positions"], class_labels=labels, generator=generator)
+        tokens = inputs["tokens"]
+        if f == "maskgit":
+            tokens = tokens.flatten(1)
+        return model.loss(tokens, class_labels=labels, generator=generator)
+
+    def prepare(self, model: nn.Module, data, generator: torch.Generator) -> None:
+        """What a stage does once before its first step: ReFiT's codebook rebuild, and
+        freezing the encoder whose features the new codebook was fitted to."""
+        if self.name != "refit":
+            return
+        from vqfast.models.vqddm.refit import refit_tokenizer
+        n = min(len(data), self.extra["refit_images"])
+        images = torch.stack([data[i][0] for i in range(n)]).to(next(model.parameters()).device)
+        refit_tokenizer(model, images, P=self.extra["refit_features"], generator=generator)
+
+    def trainable(self, model: nn.Module) -> list[nn.Parameter]:
+        """Parameters the optimizer updates (ReFiT: all but the encoder and quant_conv)."""
+        if self.name == "refit":
+            frozen = {id(p) for m in (model.encoder, model.quant_conv) for p in m.parameters()}
+            for p in model.parameters():
+                p.requires_grad_(id(p) not in frozen)
+        return [p for p in model.parameters() if p.requires_grad]
+
+
+def _put_masks(images: torch.Tensor, generator: torch.Generator | int) -> torch.Tensor:
+    """Missing-pixel masks of mixed kinds, one kind per image (PUT Sec. 4: free-form and box masks)."""
+    generator = as_generator(generator)
+    n, _, h, w = images.shape
+    kinds = torch.randint(len(_PUT_MASK_KINDS), (n,), generator=generator).tolist()
+    masks = [make_masks(_PUT_MASK_KINDS[k], 1, h, w, generator=generator)[0] for k in kinds]
+    return torch.stack(masks).to(images.device)
+
+
+def _fit(family: str, preset: dict, tokenizer: nn.Module) -> dict:
+    """Constructor overrides that make a token model read the tokenizer's tokens."""
+    K = tokenizer.codebook_size
+    fit = {"put": {"vocab_size": K}}.get(family, {"codebook_size": K})
+    shape = getattr(tokenizer, "token_shape", None)
+    if family == "maskgit" and shape is not None:
+        fit["seq_len"] = math.prod(shape[:2])
+    if family == "vqddm" and shape is not None:
+        fit["size"] = shape[0]
+    return {k: v for k, v in fit.items() if k in preset and preset[k] != v}
+
+
+def _check_vocabulary(model: nn.Module, tokenizer: nn.Module) -> None:
+    K = getattr(tokenizer, "codebook_size", None)
+    if K is None:
+        return
+    for key in ("codebook_size", "vocab_size"):
+        if key in model.config and model.config[key] != K:
+            raise ValueError(f"{type(model).__name__} has {key}={model.config[key]} but the tokenizer has "
+                             f"{K} codes: pick a preset that matches the tokenizer")
+
+
+_M = "vqfast.models."
+STAGES: dict[str, dict[str, Stage]] = {
+    # MaskGIT Sec. 4.1: VQGAN, then the bidirectional transformer with AdamW (0.9, 0.96),
+    # weight decay 4.5e-2, 5k warmup steps.
+    "maskgit": {
+        "tokenizer": Stage("maskgit", "tokenizer", _M + "common.vqgan.VQGAN", Optim(1e-4, (0.5, 0.9))),
+        "model": Stage("maskgit", "model", _M + "maskgit.BidirectionalTransformer",
+                       Optim(1e-4, (0.9, 0.96), 4.5e-2, 5000), _M + "common.vqgan.VQGAN", "tok", True),
+    },
+    # PUT: P-VQVAE with VQGAN's Adam (0.5, 0.9); UQ-Transformer AdamW with warmup then cosine decay.
+    "put": {
+        "tokenizer": Stage("put", "tokenizer", _M + "put.PVQVAE", Optim(2e-4, (0.5, 0.9))),
+        "model": Stage("put", "model", _M + "put.UQTransformer", Optim(3e-4, (0.9, 0.95), 0.01, 5000),
+                       _M + "put.PVQVAE"),
+    },
+    # MQ-VAE supplement: Adam (0.5, 0.9), base lr 4.5e-6 scaled by the global batch (8 GPUs x 8);
+    # Stackformer: AdamW (0.9, 0.95), weight decay 0.01, cosine decay from 5e-4.
+    "mqvae": {
+        "tokenizer": Stage("mqvae", "tokenizer", _M + "mqvae.MQVAE", Optim(4.5e-6 * 64, (0.5, 0.9), 0.0, 500)),
+        "model": Stage("mqvae", "model", _M + "mqvae.Stackformer", Optim(5e-4, (0.9, 0.95), 0.01, 5000),
+                       _M + "mqvae.MQVAE", "tok", True),
+    },
+    # RQ-VAE: Adam (0.5, 0.9) lr 4e-5; RQ-Transformer (supplement): AdamW (0.9, 0.95), weight
+    # decay 1e-4, cosine schedule from 1e-4 to 0.
+    "rq": {
+        "tokenizer": Stage("rq", "tokenizer", _M + "rq.RQVAE", Optim(4e-5, (0.5, 0.9))),
+        "model": Stage("rq", "model", _M + "rq.ContextualRQTransformer", Optim(1e-4, (0.9, 0.95), 1e-4, 5000),
+                       _M + "rq.RQVAE", "tok", True),
+    },
+    # VQ-DDM Sec. 4: the VQGAN tokenizer (VQGAN's training strategy), ReFiT (Sec. 3.2), then the
+    # discrete diffusion model.
+    "vqddm": {
+        "tokenizer": Stage("vqddm", "tokenizer", _M + "common.vqgan.VQGAN", Optim(1e-4, (0.5, 0.9))),
+        "refit": Stage("vqddm", "refit", _M + "common.vqgan.VQGAN", Optim(1e-4, (0.5, 0.9)),
+                       _M + "common.vqgan.VQGAN", extra={"refit_images": 1024, "refit_features": 20000}),
+        "model": Stage("vqddm", "model", _M + "vqddm.VQDDM", Optim(2e-4, (0.9, 0.999), 0.0, 1000),
+                       _M + "common.vqgan.VQGAN", "tok", True),
+    },
+}
+
+
+def get_stage(family: str, stage: str) -> Stage:
+    """The Stage of a family ("maskgit", "put", "mqvae", "rq", "vqddm") and stage name."""
+    if family not in STAGES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if stage not in STAGES[family]:
+        raise ValueError(f"{family} has the stages {tuple(STAGES[family])}, got stage={stage!r}")
+    return STAGES[family][stage]

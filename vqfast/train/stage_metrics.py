@@ -1,0 +1,89 @@
+"""The metrics of each kind of stage on held-out images: tokenizers are scored on their
+reconstructions (PSNR, SSIM, codebook usage and perplexity, FID), PUT's transformer on its
+inpainting (PSNR / SSIM inside the hole, FID), the other token models on samples (FID against
+the held-out images; codebook usage of the sampled tokens)."""
+from __future__ import annotations
+
+import torch
+
+from vqfast.train.data import collate
+from vqfast.train.metrics import FID, codebook_stats, psnr_ssim
+
+
+def _batches(images, batch_size: int, max_images: int):
+    n = min(len(images), max_images)
+    for lo in range(0, n, batch_size):
+        x, labels, _ = collate([images[(i, None)] for i in range(lo, min(n, lo + batch_size))])
+        yield x, labels
+
+
+def _labels(model, labels: torch.Tensor) -> torch.Tensor | None:
+    n = int(model.config.get("num_classes", 0) or 0)
+    return labels.clamp(0, n - 1) if n else None
+
+
+@torch.no_grad()
+def generate(stage, model, tokenizer, x: torch.Tensor, labels: torch.Tensor, generator: int,
+              steps: int | None = None):
+    """(images in [-1, 1], tokens, score mask or None) the stage's model makes for one batch;
+    steps: decoding steps of MaskGIT / VQ-DDM (None: the sampler's default)."""
+    opt = {} if steps is None else {"steps": steps}
+    f, B = stage.family, x.shape[0]
+    cls = _labels(model, labels)
+    if f == "put":
+        from vqfast.models.put import put_sample
+        from vqfast.train.families import _put_masks
+        mask = _put_masks(x, torch.Generator().manual_seed(generator))
+        out = put_sample(tokenizer, model, x, mask, generator=generator)
+        images = out.images[:, 0] if out.images.dim() == 5 else out.images
+        return images, out.tokens, mask
+    if f == "maskgit":
+        from vqfast.models.maskgit import maskgit_decode
+        tokens = maskgit_decode(model, batch_size=B, class_labels=cls, generator=generator, **opt).tokens
+        return tokenizer.decode_tokens(tokens.reshape(B, *tokenizer.token_shape)), tokens, None
+    if f == "vqddm":
+        from vqfast.models.vqddm import vqddm_sample
+        tokens = vqddm_sample(model, batch_size=B, class_labels=cls, generator=generator, **opt).tokens
+        return tokenizer.decode_tokens(tokens), tokens, None
+    if f == "rq":
+        from vqfast.models.rq import draft_and_revise
+        tokens = draft_and_revise(model, batch_size=B, class_labels=cls, generator=generator).tokens
+        return tokenizer.decode_tokens(tokens), tokens, None
+    from vqfast.models.mqvae import stackformer_sample
+    out = stackformer_sample(model, batch_size=B, num_tokens=tokenizer.num_kept, class_labels=cls, generator=generator)
+    return tokenizer.decode_tokens(out.tokens, out.positions), out.tokens, None
+
+
+@torch.no_grad()
+def stage_metrics(stage, model, tokenizer, images, features, *, batch_size: int, max_images: int,
+                  device: torch.device, seed: int = 0, sample_steps: int | None = None) -> dict[str, float]:
+    """Metrics of `model` (a trained stage) over the first max_images of `images`; FID when
+    `features` (an Inception feature extractor) is given; sample_steps as in `generate`."""
+    fid = FID(features) if features is not None else None
+    sums: dict[str, float] = {}
+    tokens, n = [], 0
+    for b, (x, labels) in enumerate(_batches(images, batch_size, max_images)):
+        x, labels = x.to(device), labels.to(device)
+        if stage.name == "model":
+            fake, toks, mask = generate(stage, model, tokenizer, x, labels, seed + b, sample_steps)
+        else:
+            if stage.family == "put":
+                out = model(x, torch.zeros(x.shape[0], *x.shape[2:], dtype=torch.bool, device=device))
+            else:
+                out = model(x)
+            fake, toks, mask = out.reconstruction, out.tokens, None
+        if stage.name != "model" or mask is not None:
+            for k, v in psnr_ssim(x, fake.float(), mask).items():
+                sums[k] = sums.get(k, 0.0) + v * x.shape[0]
+        tokens.append(toks.reshape(-1).cpu())
+        n += x.shape[0]
+        if fid is not None:
+            fid.update(x, real=True)
+            fid.update(fake, real=False)
+    report = {k: v / n for k, v in sums.items()}
+    K = getattr(tokenizer if stage.name == "model" else model, "codebook_size", None)
+    if K is not None:
+        report.update(codebook_stats(torch.cat(tokens), K))
+    if fid is not None:
+        report["fid"] = fid.compute()
+    return report

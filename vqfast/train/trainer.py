@@ -1,0 +1,381 @@
+"""The training loop every family and stage shares: one process or torchrun DDP, bf16
+autocast with fp32 master weights, gradient accumulation and clipping, warmup + cosine
+learning rate, optional EMA weights, atomic checkpoints and exact resume.
+
+    cfg = TrainConfig("maskgit", "tokenizer", data="photos", preset="tiny", out="runs/vq", steps=100)
+    train(cfg)                       # -> RUN_DIR (checkpoints/, latest, log.jsonl, run.json, ...)
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vqfast import checkpoint
+from vqfast.train import checkpointing, distributed
+from vqfast.train.data import BatchPlan, _mix, batches, open_images
+from vqfast.train.families import get_stage
+from vqfast.train.log import RunLog
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs (the command line's options). lr / warmup None: the stage's
+    paper values. ema: the EMA decay of the weights (None: no EMA). clip: max gradient norm
+    (None: no clipping). token_cache: a folder of token shards to train stage 2 from.
+    init_from: start from these weights (a run folder or checkpoint of the same class), e.g. to
+    fine-tune. stop_after: save and stop after this step (a job slot shorter than the run; the
+    schedule still spans `steps`, and --resume continues)."""
+
+    family: str
+    stage: str
+    data: str
+    preset: str
+    out: str
+    steps: int = 1000
+    stop_after: int | None = None
+    batch_size: int = 8
+    lr: float | None = None
+    grad_accum: int = 1
+    precision: str = "fp32"
+    resume: bool = False
+    tokenizer: str | None = None
+    init_from: str | None = None
+    eval_every: int = 0
+    save_every: int = 0
+    seed: int = 0
+    workers: int = 0
+    clip: float | None = 1.0
+    warmup: int | None = None
+    ema: float | None = None
+    holdout: float = 0.05
+    token_cache: str | None = None
+    fsdp: bool = False
+    device: str | None = None
+    log_every: int = 1
+    progress: bool = True
+    dist_timeout: float = 600.0
+
+    def __post_init__(self):
+        get_stage(self.family, self.stage)
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name in ("eval_every", "save_every", "workers", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        if self.stop_after is not None and not (isinstance(self.stop_after, int) and self.stop_after >= 1):
+            raise ValueError(f"stop_after must be a positive int or None, got {self.stop_after!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ValueError(f"ema must be a decay in (0, 1), got {self.ema!r}")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip must be > 0 or None, got {self.clip!r}")
+
+
+class _Objective(nn.Module):
+    """model + stage as one module whose forward is the loss, so DDP / FSDP see the step (the
+    tokenizer of stage 2 is frozen and kept outside the module tree)."""
+
+    def __init__(self, model: nn.Module, stage, tokenizer: nn.Module | None):
+        super().__init__()
+        self.model, self.stage = model, stage
+        self.__dict__["tokenizer"] = tokenizer
+
+    def forward(self, inputs: dict, generator: int):
+        out = self.stage.loss(self.model, inputs, generator, tokenizer=self.tokenizer)
+        return out.total, out.terms
+
+
+def lr_lambda(step: int, *, warmup: int, total: int) -> float:
+    """Linear warmup over `warmup` steps, then cosine decay to 0 at `total` (multiplier of lr)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def load_tokenizer(source: str, stage, device: torch.device) -> nn.Module:
+    """The frozen tokenizer stage 2 trains on: a run folder, checkpoint folder or checkpoint path."""
+    path = checkpointing.model_path(source)
+    tok = checkpoint.load(path, expected=stage.tokenizer_cls, map_location=device)
+    return tok.requires_grad_(False).eval()
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """Yields a list that gets True appended on SIGTERM / SIGINT (the loop saves, then stops)."""
+    flag: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for s in previous:
+        signal.signal(s, lambda *_: flag.append(True))
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class _EMA:
+    """fp32 exponential moving average of the trainable parameters (buffers follow the model)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: p.detach().float().clone() for k, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, p in model.named_parameters():
+            if k in self.shadow:
+                self.shadow[k].lerp_(p.detach().float(), 1.0 - self.decay)
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: self.shadow.get(k, v) for k, v in model.state_dict().items()}
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) a training run; returns the run folder. Rank 0 alone writes."""
+    ctx = distributed.setup(cfg.device, cfg.dist_timeout)
+    try:
+        return Trainer(cfg, ctx).run()
+    finally:
+        distributed.teardown(ctx)
+
+
+class Trainer:
+    """One run: built from a TrainConfig on this process (model, data, optimizer, resumed state);
+    `run()` trains to the end, `train_step(batches, autocast)` takes one optimizer step."""
+
+    def __init__(self, cfg: TrainConfig, ctx: distributed.Context):
+        self.cfg, self.ctx = cfg, ctx
+        self.stage = stage = get_stage(cfg.family, cfg.stage)
+        self.run_dir = Path(cfg.out)
+        self.resume_from = checkpointing.latest(self.run_dir) if cfg.resume else None
+        if cfg.resume and self.resume_from is None:
+            raise ValueError(f"--resume: {self.run_dir} holds no checkpoint to resume from")
+        if not cfg.resume and (self.run_dir / checkpointing.LATEST).exists():
+            raise ValueError(f"{self.run_dir} already holds a run: pass --resume to continue it or pick another --out")
+        if stage.needs_tokenizer and cfg.tokenizer is None:
+            raise ValueError(f"--stage {cfg.stage} of {cfg.family} trains on a trained tokenizer: pass "
+                             f"--tokenizer RUN_DIR_OR_CHECKPOINT")
+        self.tokenizer = load_tokenizer(cfg.tokenizer, stage, ctx.device) if stage.needs_tokenizer else None
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.model = stage.build(cfg.preset, tokenizer=self.tokenizer).to(ctx.device)
+        if stage.name == "refit":
+            self.model.requires_grad_(True)
+        if cfg.init_from is not None:
+            checkpoint.load_state(self.model, checkpointing.model_path(cfg.init_from))
+        resolution = stage.resolution(self.model, self.tokenizer)
+        if cfg.token_cache is not None:
+            from vqfast.train.cache import TokenCache
+            if not stage.cacheable:
+                raise ValueError(f"--token-cache: the {cfg.family} {cfg.stage} stage does not train from tokens")
+            self.data = TokenCache(cfg.token_cache)
+            if self.data.index["family"] != cfg.family:
+                raise ValueError(f"--token-cache {cfg.token_cache} holds {self.data.index['family']} tokens, "
+                                 f"not {cfg.family}")
+        else:
+            self.data = open_images(cfg.data, resolution, split="train", holdout=cfg.holdout)
+        self.heldout = None
+        torch.manual_seed(_mix(cfg.seed, "rank", ctx.rank))
+        if self.resume_from is None:
+            stage.prepare(self.model, self.data, torch.Generator().manual_seed(cfg.seed))
+        else:
+            self.model.load_state_dict(checkpointing.read_weights(self.resume_from, "model"))
+        self.sharded = cfg.fsdp and ctx.distributed
+        if self.sharded and (cfg.ema is not None or cfg.eval_every):
+            raise ValueError("ema and eval_every are not supported with fsdp: keep EMA weights with DDP (without "
+                             "--fsdp) and evaluate checkpoints with python -m vqfast eval")
+        self.objective = _Objective(self.model, stage, self.tokenizer)
+        if self.sharded:
+            distributed.shard(self.objective, ctx)
+        params = stage.trainable(self.model)
+        o = stage.optim
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr or o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        warmup = o.warmup if cfg.warmup is None else cfg.warmup
+        warmup = min(warmup, max(1, cfg.steps // 10))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_lambda(s, warmup=warmup, total=cfg.steps))
+        self.ema = _EMA(self.model, cfg.ema) if cfg.ema is not None else None
+        self.step = 0
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+        if ctx.distributed and not self.sharded:
+            from torch.nn.parallel import DistributedDataParallel
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.objective = DistributedDataParallel(self.objective, device_ids=ids)
+
+    # -- state ---------------------------------------------------------------------------
+    def _state(self) -> dict:
+        rng = distributed.gather(checkpointing.rng_state(self.model), self.ctx)
+        return {"step": self.step, "micro_batch": self.step * self.cfg.grad_accum,
+                "world_size": self.ctx.world_size, "optimizer": self._optimizer_state(),
+                "scheduler": self.scheduler.state_dict(), "rng": rng, "config": asdict(self.cfg)}
+
+    def _optimizer_state(self) -> dict:
+        if self.sharded:
+            return distributed.full_optimizer_state(self.objective, self.optimizer)
+        return self.optimizer.state_dict()
+
+    def _restore(self, folder: Path) -> None:
+        """Everything but the weights (loaded before sharding / wrapping)."""
+        state = checkpointing.load_state(folder)
+        if state["config"]["fsdp"] != self.cfg.fsdp and self.ctx.distributed:
+            raise ValueError(f"resume with the --fsdp setting of the run ({state['config']['fsdp']})")
+        if self.sharded:
+            distributed.load_full_optimizer_state(self.objective, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            ema = checkpointing.read_weights(folder, "ema")
+            self.ema.shadow = {k: ema[k].float() for k in self.ema.shadow}
+        rng = state["rng"]
+        checkpointing.set_rng_state(self.model, rng[self.ctx.rank % len(rng)])
+        if state["world_size"] != self.ctx.world_size and self.ctx.is_main:
+            print(f"resuming a {state['world_size']}-process run with {self.ctx.world_size} processes: the data "
+                  f"order continues, random streams of extra ranks repeat those of the saved ones")
+        self.step = int(state["step"])
+
+    def save(self) -> None:
+        state = self._state()  # collective: every rank takes part
+        model_state = distributed.full_model_state(self.objective) if self.sharded else None
+        if self.ctx.is_main:
+            ema = self.ema.state_dict(self.model) if self.ema is not None else None
+            checkpointing.save(self.run_dir, self.step, self.model, state, ema=ema, model_state=model_state)
+        distributed.barrier(self.ctx)
+
+    # -- loop ----------------------------------------------------------------------------
+    def _inputs(self, batch, generator: int) -> dict:
+        if self.cfg.token_cache is not None:
+            return {k: v.to(self.ctx.device) for k, v in batch.items()}
+        images, labels, _ = batch
+        g = torch.Generator().manual_seed(generator)
+        return self.stage.encode(self.tokenizer, images.to(self.ctx.device), labels.to(self.ctx.device), g)
+
+    def _batches(self, plan: BatchPlan, start: int, stop: int):
+        if self.cfg.token_cache is not None:
+            return self.data.batches(plan, self.ctx.rank, start, stop)
+        return batches(self.data, plan, self.ctx.rank, start, stop, self.cfg.workers)
+
+    def run(self) -> Path:
+        cfg, ctx = self.cfg, self.ctx
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "run.json").write_text(json.dumps(asdict(cfg), indent=2))
+        log = RunLog(self.run_dir if ctx.is_main else None, total=cfg.steps, start=self.step, unit=self.stage.unit,
+                     progress=cfg.progress)
+        if ctx.is_main and self.resume_from is not None:
+            log.write({"kind": "resume", "step": self.step, "from": str(self.resume_from)})
+        elif ctx.is_main:
+            log.write({"kind": "data", "train_items": len(self.data), "classes": getattr(self.data, "num_classes", 0),
+                       "empty_files": getattr(self.data, "empty_files", 0), "world_size": ctx.world_size})
+        plan = BatchPlan(len(self.data), cfg.batch_size, world_size=ctx.world_size, seed=cfg.seed)
+        last = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+        it = self._batches(plan, self.step * cfg.grad_accum, last * cfg.grad_accum)
+        autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        skipped, window, items = 0, 0, 0
+        try:
+            with _stop_requests() as stop:
+                while self.step < last:
+                    sums, n_items, skipped_now = self.train_step(it, autocast)
+                    skipped += skipped_now
+                    items += n_items
+                    window += 1
+                    self.step += 1
+                    stopping = distributed.any_rank(bool(stop), ctx)
+                    if self.step % cfg.log_every == 0 or self.step == last or stopping:
+                        values = distributed.mean_over_ranks(sums, ctx)
+                        counts = distributed.sum_over_ranks(items, ctx), distributed.sum_over_ranks(skipped, ctx)
+                        values.update(lr=self.scheduler.get_last_lr()[0], skipped_files=counts[1])
+                        log.step(self.step, values, samples=counts[0], steps=window)
+                        window, items = 0, 0
+                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+                        self._evaluate(log)
+                    if stopping or (cfg.save_every and self.step % cfg.save_every == 0) or self.step == last:
+                        self.save()
+                    if stopping:
+                        if ctx.is_main:
+                            log.write({"kind": "stopped", "step": self.step, "reason": "signal"})
+                        break
+        finally:
+            log.close()
+        return self.run_dir
+
+    def train_step(self, it, autocast) -> tuple[dict, int, int]:
+        cfg, ctx = self.cfg, self.ctx
+        self.model.train()
+        sums: dict[str, float] = {}
+        n_items = skipped = 0
+        for a in range(cfg.grad_accum):
+            batch = next(it)
+            if isinstance(batch, tuple):
+                skipped += batch[2]
+            key = _mix(cfg.seed, "step", self.step, a, ctx.rank)
+            inputs = self._inputs(batch, key)
+            n_items += _count(inputs)
+            with self._grad_sync(a == cfg.grad_accum - 1):
+                with autocast:
+                    total, terms = self.objective(inputs, key)
+                (total / cfg.grad_accum).backward()
+            for k, v in {"loss": total.detach(), **terms}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
+        if cfg.clip is not None:
+            norm = _clip(self.objective, self.optimizer, cfg.clip)
+            sums["grad_norm"] = float(norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return sums, n_items, skipped
+
+    def _grad_sync(self, sync: bool):
+        """Gradients are reduced over ranks on the last micro-batch of a step only."""
+        if self.sharded:
+            self.objective.set_requires_gradient_sync(sync)
+        elif self.ctx.distributed and not sync:
+            return self.objective.no_sync()
+        return contextlib.nullcontext()
+
+    def _evaluate(self, log: RunLog) -> None:
+        """Held-out loss and the figures of the step (rank 0; the others wait)."""
+        if self.ctx.is_main:
+            from vqfast.train.evaluate import training_figures
+            if self.heldout is None:
+                res = self.stage.resolution(self.model, self.tokenizer)
+                self.heldout = open_images(self.cfg.data, res, split="test", holdout=self.cfg.holdout)
+            record = training_figures(self.stage, self.model, self.tokenizer, self.heldout, self.run_dir,
+                                      step=self.step, history=log.history)
+            log.write({"kind": "eval", "step": self.step, **record})
+        distributed.barrier(self.ctx)
+
+
+def _count(inputs: dict) -> int:
+    """Tokens (token models) or images (tokenizers; PUT's transformer, which reads images) in a
+    batch, for the throughput."""
+    return inputs["tokens"].numel() if "tokens" in inputs else inputs["images"].shape[0]
+
+
+def _clip(objective: nn.Module, optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
+    if hasattr(objective, "clip_grad_norm_"):  # FSDP1 reduces the norm over shards itself
+        return objective.clip_grad_norm_(max_norm)
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
