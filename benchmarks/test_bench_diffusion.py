@@ -1,4 +1,4 @@
-"""Discrete-diffusion posterior (DESIGN.md op 10): the fused CPU kernels beside their baselines.
+"""Discrete-diffusion posterior: the fused CPU kernels beside their baselines.
 
 Rows per (op, B, L, K, threads), interleaved round-robin in one run (median of
 DIFFUSION_BENCH_ROUNDS, default 5):

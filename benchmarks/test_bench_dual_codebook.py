@@ -1,4 +1,4 @@
-"""dual_codebook_quantize (DESIGN.md op 3, PUT): one fused pass vs one nearest_code.
+"""dual_codebook_quantize (PUT): one fused pass vs one nearest_code.
 
 Rows (N = 16384 rows, K = K2 = 1024 codes, d = 256, fp32, 60 % of rows visible, the
 mask drawn per row), one run, interleaved over 3 input sets; extra_info holds

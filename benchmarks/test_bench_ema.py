@@ -1,4 +1,4 @@
-"""EMA codebook step (DESIGN.md op 5): vqfast's one-pass statistics vs the plain-torch ways.
+"""EMA codebook step: vqfast's one-pass statistics vs the plain-torch ways.
 
 Rows (N = 65536 rows, K = 1024 codes, d = 256, fp32 unless named), all timed in one run,
 interleaved round-robin over 3 input sets so that load from other processes hits every

@@ -1,4 +1,4 @@
-"""k-means (DESIGN.md op 6): 25 Lloyd iterations on P = 100k, d = 256, K = 1024, fp32.
+"""k-means: 25 Lloyd iterations on P = 100k, d = 256, K = 1024, fp32.
 
 Rows, all from the same random init and measured in one run:
   vqfast        vqfast.kmeans (one nearest_code_with_statistics pass per iteration)

@@ -1,4 +1,4 @@
-"""nearest_code / quantize (DESIGN.md ops 1-2) against every plain-torch and peer way.
+"""nearest_code / quantize against every plain-torch and peer way.
 
 Rows (N = 16384 rows, K = 1024 codes, d = 256; fp32 unless named), timed in one run,
 interleaved round-robin over 3 input sets; extra_info holds the median, min, max and

@@ -1,4 +1,4 @@
-"""residual_quantize (DESIGN.md op 4, RQ-VAE): D levels fused vs D separate searches.
+"""residual_quantize (RQ-VAE): D levels fused vs D separate searches.
 
 Rows (N = 2048 rows, D = 4 levels, K = 16384 shared codes, d = 256, the RQ-VAE
 setting), one run, interleaved over 3 input sets; extra_info holds median/min/max and

@@ -1,4 +1,4 @@
-"""Token samplers (DESIGN.md ops 7-9) against their reference, the anchors' PyTorch chains
+"""Token samplers against their reference, the anchors' PyTorch chains
 and the machine's memory ceiling, all timed in one run, at 1 and 2 threads.
 
 Cases B = 8, (L, V) from SAMPLING_BENCH_CASES (default 256x1024, 1024x4096, 1024x16384),

@@ -1,7 +1,7 @@
 """Timing helpers for the issue-2 search benchmarks (nearest_code, dual, residual).
 
 The machine is shared and noisy, so every figure that is compared is timed in the
-same run, interleaved round-robin over 3 input sets (DESIGN.md timing protocol): load
+same run, interleaved round-robin over 3 input sets: load
 from other processes then hits every row alike, and caches do not flatter a kernel.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The C++ build: the sources compiled without FMA contraction, the two builds of the kernels
 with AVX-512 code (portable / AVX-512, chosen at run time) and VQFAST_CPU_PORTABLE; and, with
-VQFAST_SLOW_TESTS=1, a second, portable build (VQFAST_NATIVE=0) that must give the same results."""
+VQFAST_SLOW=1 (or --runslow), a second, portable build (VQFAST_NATIVE=0) that must give the same results."""
 import ast
 import json
 import os
@@ -164,10 +164,10 @@ t = torch.tensor([1, 9, 30])
 for kind in ("uniform", "absorbing"):
     z = torch.randint(0, 1000 + (kind == "absorbing"), (3, 7), generator=g)
     x0 = torch.randint(0, 1000, (3, 7), generator=g)
-    out["posterior_sample " + kind] = D.posterior_sample(x, z, t, sched, seed=4, transition=kind, backend="cpu")
-    out["posterior_logprobs " + kind] = D.posterior_logprobs(x, z, t, sched, transition=kind, backend="cpu")
+    out["posterior_sample " + kind] = vqfast.ops.posterior_sample(x, z, t, sched, seed=4, transition=kind, backend="cpu")
+    out["posterior_logprobs " + kind] = vqfast.ops.posterior_logprobs(x, z, t, sched, transition=kind, backend="cpu")
     xg = x.clone().requires_grad_()
-    kl = D.vlb_kl(x0, xg, z, t, sched, transition=kind, backend="cpu")
+    kl = vqfast.ops.vlb_kl(x0, xg, z, t, sched, transition=kind, backend="cpu")
     kl.sum().backward()
     out["vlb_kl " + kind] = kl.detach()
     out["vlb_kl grad " + kind] = xg.grad
@@ -207,9 +207,7 @@ def test_portable_kernels_give_the_same_tokens(tmp_path):
 
 
 @cpu_only
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("VQFAST_SLOW_TESTS") != "1",
-                    reason="builds a second copy of the extension (minutes); set VQFAST_SLOW_TESTS=1")
+@pytest.mark.slow  # builds a second copy of the extension (minutes)
 def test_portable_build_runs_the_avx512_kernels_with_the_same_results(tmp_path):
     """A VQFAST_NATIVE=0 build still runs the AVX-512 kernels on an AVX-512 CPU (chosen at run
     time) and gives the results of this build bit for bit."""

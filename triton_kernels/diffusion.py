@@ -1,4 +1,4 @@
-"""Discrete-diffusion posterior in Triton (DESIGN.md op 10; VQ-DDM seed Sec. 3.1, eqs. 16-24).
+"""Discrete-diffusion posterior in Triton (VQ-DDM Sec. 3.1, eqs. 16-24).
 
 One program per position walks its K logits in BLOCK chunks: a max pass and a sum-exp
 pass give the log-normalizer, then one more pass writes log-probs or accumulates the

@@ -1,4 +1,4 @@
-"""Triton dual-codebook quantization (DESIGN.md op 3; PUT Sec. 2-3).
+"""Triton dual-codebook quantization (PUT Sec. 2-3).
 
 One pass over the rows: a program loads BLOCK_N rows once and routes them inside
 the kernel by the visible mask: visible rows take their nearest code of e, masked

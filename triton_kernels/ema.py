@@ -1,4 +1,4 @@
-"""EMA codebook statistics and update in Triton (DESIGN.md op 5, PUT supp. eq. 2).
+"""EMA codebook statistics and update in Triton (PUT supp. eq. 2).
 
 ema_statistics: each program reads a BLOCK_N x BLOCK_D tile of x once and atomically
 adds it into sums[idx] (fp32); no N x K one-hot. Atomic order is not fixed, so GPU

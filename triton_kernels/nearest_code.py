@@ -1,4 +1,4 @@
-"""Triton nearest-codebook search and quantize (DESIGN.md ops 1-2).
+"""Triton nearest-codebook search and quantize.
 
 One program takes BLOCK_N rows, streams the codebook in tiles of BLOCK_K codes
 through tl.dot (fp32 accumulation) and keeps a running argmin: the N x K distance

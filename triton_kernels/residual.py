@@ -1,4 +1,4 @@
-"""Triton residual quantization (DESIGN.md op 4; RQ-VAE).
+"""Triton residual quantization (RQ-VAE).
 
 r_0 = x, k_i = argmin_k ||r_{i-1} - c_k|| (or the cosine score), r_i = r_{i-1} - c_{k_i};
 z_q = c_{k_1} + ... + c_{k_D} summed in fp32 in level order. One program keeps the

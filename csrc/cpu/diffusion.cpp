@@ -1,4 +1,4 @@
-// Discrete-diffusion posterior on the CPU (DESIGN.md op 10; VQ-DDM seed Sec. 3.1,
+// Discrete-diffusion posterior on the CPU (VQ-DDM Sec. 3.1,
 // eqs. 16-24): log-probs, the mixture sample and the VLB KL with its backward, one task
 // per position (at::parallel_for), math in vqfast/diffusion_math.h. Each position reads
 // its K logits from memory once; the later passes over the row hit the cache. Extra

@@ -1,4 +1,4 @@
-// dual_codebook_quantize on the CPU (DESIGN.md op 3, PUT Sec. 2-3): one pass over
+// dual_codebook_quantize on the CPU (PUT Sec. 2-3): one pass over
 // row blocks; inside a block the visible rows are searched in e and the masked rows
 // in e2 (block-local routing by index, no row copy or global gather/scatter), with the
 // code gather and the commitment loss's per-row squared error fused.

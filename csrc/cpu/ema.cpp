@@ -1,7 +1,7 @@
-// EMA codebook statistics and update on the CPU (DESIGN.md op 5, PUT supp. eq. 2).
+// EMA codebook statistics and update on the CPU (PUT supp. eq. 2).
 //
 // ema_statistics: counts[k] = #{r : idx[r] = k}, sums[k] = sum of those rows of x, read
-// in one pass, streamed in row order, without the N x K one-hot the seeds build. The
+// in one pass, streamed in row order, without the N x K one-hot the papers' code builds. The
 // rows are cut into fixed chunks (ema_accumulate.h), each streamed into its own partial
 // sums by one thread; the partials are then added in chunk order. The order depends
 // only on (N, K), so every run and thread count gives the same bits.
@@ -133,7 +133,7 @@ at::Tensor ema_update_cpu(at::Tensor cluster_size, at::Tensor embed_sum, const a
   const int64_t grain = K * d < kSerialElements * 16 ? K : 64;
   at::parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
-      const float smoothed = e == 0.0f ? n[k] : (n[k] + e) / denom * tot;  // eps = 0: the seed's s / n
+      const float smoothed = e == 0.0f ? n[k] : (n[k] + e) / denom * tot;  // eps = 0: PUT eq. 2's s / n
       float* sk = s + k * d;
       const float* tk = ss + k * d;
       float* ok = o + k * d;

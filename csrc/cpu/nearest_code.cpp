@@ -1,4 +1,4 @@
-// nearest_code and quantize on the CPU (DESIGN.md ops 1-2): rows split into blocks
+// nearest_code and quantize on the CPU: rows split into blocks
 // across threads, each block searched by the exact core of search_core.h; quantize
 // gathers the chosen codes in the same pass. Extra memory is O(threads * block).
 #include <ATen/Parallel.h>

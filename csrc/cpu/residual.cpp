@@ -1,4 +1,4 @@
-// residual_quantize on the CPU (DESIGN.md op 4, RQ-VAE): each block of rows keeps
+// residual_quantize on the CPU (RQ-VAE): each block of rows keeps
 // its fp32 residual and running code sum in a thread-local buffer through all depth
 // levels (r_i = r_{i-1} - c_{k_i}); every level is one exact search of search_core.h.
 #include <ATen/Parallel.h>

@@ -1,4 +1,4 @@
-// Token samplers on the CPU (DESIGN.md ops 7-9; semantics in vqfast/reference/sampling.py):
+// Token samplers on the CPU (semantics in vqfast/reference/sampling.py):
 // OpenMP-style parallel_for over rows (positions); each row of V logits is read once
 // into a thread-local float32 scratch and reduced there by vectorized loops
 // (sampling_row.h). No [rows, V] probabilities are written.

@@ -1,4 +1,4 @@
-// dual_codebook_quantize on CUDA (DESIGN.md op 3; PUT Sec. 2-3): one pass over the
+// dual_codebook_quantize on CUDA (PUT Sec. 2-3): one pass over the
 // rows. A block searches e only when one of its rows is visible and e2 only when one
 // is masked (block-uniform decisions), then routes each row by its mask and gathers
 // its code; masked indices are offset by k. Blocks take their rows through `order`

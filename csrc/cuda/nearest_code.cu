@@ -1,4 +1,4 @@
-// nearest_code and quantize on CUDA (DESIGN.md ops 1-2): one block per kRows rows,
+// nearest_code and quantize on CUDA: one block per kRows rows,
 // the codebook streamed through shared memory with a running argmin
 // (vqfast/cuda/block_argmin.cuh); the chosen codes gathered in the same kernel.
 #include "vqfast/cuda/block_argmin.cuh"

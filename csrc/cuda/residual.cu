@@ -1,4 +1,4 @@
-// residual_quantize on CUDA (DESIGN.md op 4; RQ-VAE): one kernel runs all depth
+// residual_quantize on CUDA (RQ-VAE): one kernel runs all depth
 // levels for its block of rows: r_0 = x, k_i = nearest(r_{i-1}) (block_argmin.cuh),
 // r_i = r_{i-1} - c_{k_i} in fp32. The residual lives in a scratch row buffer that only
 // this block touches (it stays in L1/L2 between levels); z_q is the sum of the chosen

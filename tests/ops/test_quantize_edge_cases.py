@@ -11,7 +11,7 @@ BACKENDS = backend_params("reference", "cpu", "triton")
 
 def _assert_oracle(x, codebook, metric, idx, dist):
     """Indices equal the reference where its best code wins by a clear margin; the chosen code's
-    distance equals the reference's best distance everywhere (DESIGN.md op 1)."""
+    distance equals the reference's best distance everywhere."""
     d_all = ref.code_distances(x.reshape(-1, x.shape[-1]), codebook, metric)
     two = d_all.topk(min(2, d_all.shape[1]), dim=1, largest=False).values
     best = two[:, 0]

@@ -1,6 +1,6 @@
 """Inpainting masks on any grid (pixels or tokens).
 
-Convention (the seed's, Lab 03 Sec. 2.2-2.3): a mask is bool [n, H, W] and True marks a
+Convention (MaskGIT inpainting lab, Sec. 2.2-2.3): a mask is bool [n, H, W] and True marks a
 MISSING position (replaced by [MASK] and generated); False marks a known position that
 is kept. `pixel_to_token_mask` carries a pixel mask to the token grid: a token is missing
 if any pixel of its patch is missing, so every known token sees only known pixels.

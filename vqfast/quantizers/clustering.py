@@ -1,4 +1,4 @@
-"""k-means for codebooks (DESIGN.md op 6, VQ-DDM Sec. 3.2): AFK-MC2 / k-means++ / random seeding,
+"""k-means for codebooks (VQ-DDM Sec. 3.2): AFK-MC2 / k-means++ / random seeding,
 then Lloyd iterations built from nearest_code_with_statistics (assignment and per-cluster
 sums in one pass over x), so no P x K matrix is ever held.
 """

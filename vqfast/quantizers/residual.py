@@ -1,4 +1,4 @@
-"""ResidualQuantizer: RQ-VAE's residual quantization (ALGORITHMS.md, RQ-VAE).
+"""ResidualQuantizer: RQ-VAE's residual quantization (Lee et al., CVPR 2022).
 
 r_0 = x, k_i = nearest(r_{i-1}), r_i = r_{i-1} - e_{k_i}; one codebook shared by all
 depths (shared_codebook=True, as RQ-VAE's 8x8x4 model) or one per level. EMA is fed

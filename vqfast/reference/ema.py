@@ -28,7 +28,7 @@ def ema_update_(cluster_size: torch.Tensor, embed_sum: torch.Tensor, counts: tor
 
     cluster_size [K], embed_sum [K, d] are updated; returns the codebook
     s / smoothed(n) [K, d]. With eps = 0 this is the paper's e = s / n exactly
-    (a code whose EMA count is 0 then gets NaN/inf, as in the seed).
+    (a code whose EMA count is 0 then gets NaN/inf, as in PUT eq. 2).
     """
     cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
     embed_sum.mul_(decay).add_(sums, alpha=1 - decay)

@@ -2,7 +2,7 @@
 
 Training: per image r ~ U[0, 1), n = clamp(ceil(gamma(r) * L), 1, L) positions chosen
 uniformly are replaced by [MASK]; the loss is cross entropy on the masked positions
-only. Masking is vectorized (one argsort of uniform scores), unlike the seed's
+only. Masking is vectorized (one argsort of uniform scores), unlike the lab's
 per-sample loop.
 
 Schedules gamma(r) (MaskGIT's `mask_schedule.py`): linear 1-r, cosine cos(pi r/2),

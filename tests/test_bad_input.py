@@ -1,0 +1,107 @@
+"""Bad input above the ops: models, samplers, checkpoints and converters answer with a
+ValueError / TypeError naming the argument, never a crash, a hang or a silent result.
+
+One row per case: (id, call, expected exception, a pattern the message must contain). Add a
+row for every new check. The op layer's own table is tests/ops/test_bad_inputs.py; the
+trainer's command-line cases are in tests/train/.
+"""
+import pytest
+import torch
+
+from vqfast import checkpoint
+from vqfast.convert import convert
+from vqfast.models.common.vqgan import VQGAN
+from vqfast.models.maskgit import BidirectionalTransformer, maskgit_decode
+from vqfast.models.mqvae import MQVAE, Stackformer, stackformer_sample
+from vqfast.models.put import PVQVAE, UQTransformer, put_sample
+from vqfast.models.rq import RQVAE, ContextualRQTransformer, draft_and_revise
+from vqfast.models.vqddm import VQDDM, vqddm_sample
+
+_CACHE = {}
+
+
+def tiny(cls, name="tiny"):
+    """One eval-mode instance per (class, preset) for the whole table."""
+    if (cls, name) not in _CACHE:
+        _CACHE[cls, name] = cls.from_preset(name).eval()
+    return _CACHE[cls, name]
+
+
+def img(b=2, r=32):
+    return torch.rand(b, 3, r, r) * 2 - 1
+
+
+def nan_img():
+    x = img()
+    x[0, 0, 0, 0] = float("nan")
+    return x
+
+
+def saved_vqgan(tmp_path):
+    checkpoint.save(tiny(VQGAN), tmp_path / "vq")
+    return tmp_path / "vq"
+
+
+CASES = [
+    # presets
+    ("unknown preset", lambda p: VQGAN.from_preset("f32-huge"), ValueError, "unknown VQGAN preset"),
+    ("preset dtype", lambda p: VQGAN.from_preset("tiny", dtype=torch.int64), TypeError, "dtype"),
+    # tokenizers
+    ("image size", lambda p: tiny(VQGAN).encode(img(r=24)), ValueError, "images must be"),
+    ("image channels", lambda p: tiny(VQGAN).encode(torch.rand(2, 1, 32, 32)), ValueError, "images must be"),
+    ("token ids >= vocabulary", lambda p: tiny(VQGAN).decode_tokens(torch.full((1, 8, 8), 256)), ValueError,
+     "tokens must lie"),
+    ("token dtype", lambda p: tiny(VQGAN).decode_tokens(torch.zeros(1, 8, 8)), ValueError, "tokens must be int64"),
+    ("rq codes shape", lambda p: tiny(RQVAE).decode_tokens(torch.zeros(1, 8, 8, 2, dtype=torch.long)), ValueError,
+     "tokens must be"),
+    ("NaN images (MQ-VAE)", lambda p: tiny(MQVAE).encode(nan_img()), ValueError, "images"),
+    ("empty batch (MQ-VAE)", lambda p: tiny(MQVAE).encode(img(b=0)), ValueError, "images"),
+    ("PUT mask shape", lambda p: tiny(PVQVAE).encode(img(), torch.zeros(2, 16, 16, dtype=torch.bool)), ValueError,
+     "mask"),
+    ("PUT mask dtype", lambda p: tiny(PVQVAE).encode(img(), torch.zeros(2, 32, 32)), (ValueError, TypeError), "mask"),
+    # token models
+    ("MaskGIT token ids", lambda p: tiny(BidirectionalTransformer).loss(torch.full((2, 64), 300)), ValueError, "tokens"),
+    ("MaskGIT labels without classes", lambda p: tiny(BidirectionalTransformer).loss(
+        torch.zeros(2, 64, dtype=torch.long), class_labels=torch.tensor([0, 1])), ValueError, "class"),
+    ("RQ labels out of range", lambda p: tiny(ContextualRQTransformer, "tiny-cond").loss(
+        torch.zeros(2, *tiny(ContextualRQTransformer, "tiny-cond").code_shape, dtype=torch.long),
+        class_labels=torch.tensor([0, 10 ** 6])), ValueError, "class_labels"),
+    ("Stackformer positions", lambda p: tiny(Stackformer, "tiny-cond").loss(
+        torch.zeros(2, 4, dtype=torch.long), torch.full((2, 4), 10 ** 6), class_labels=torch.tensor([0, 1])),
+     ValueError, "positions"),
+    ("VQ-DDM token ids", lambda p: tiny(VQDDM).loss(torch.full((2, *tiny(VQDDM).token_hw), 10 ** 6)), ValueError,
+     "tokens"),
+    # samplers
+    ("MaskGIT mask dtype", lambda p: maskgit_decode(tiny(BidirectionalTransformer), torch.zeros(2, 64, dtype=torch.long),
+                                                    torch.zeros(2, 64), steps=2), (ValueError, TypeError), "mask"),
+    ("MaskGIT mask shape", lambda p: maskgit_decode(tiny(BidirectionalTransformer), torch.zeros(2, 64, dtype=torch.long),
+                                                    torch.zeros(2, 63, dtype=torch.bool), steps=2), ValueError, "mask"),
+    ("MaskGIT batch_size", lambda p: maskgit_decode(tiny(BidirectionalTransformer), batch_size=0, steps=2), ValueError,
+     "batch_size"),
+    ("generator type", lambda p: maskgit_decode(tiny(BidirectionalTransformer), batch_size=1, steps=2, generator="0"),
+     TypeError, "generator"),
+    ("RQ known + mask shapes", lambda p: draft_and_revise(
+        tiny(ContextualRQTransformer), torch.zeros(1, 8, 8, 4, dtype=torch.long), torch.zeros(1, 4, 4, dtype=torch.bool),
+        T_draft=2, M=1), ValueError, "mask"),
+    ("Stackformer batch_size", lambda p: stackformer_sample(tiny(Stackformer, "tiny-cond"), batch_size=0),
+     ValueError, "batch_size"),
+    ("VQ-DDM known without mask", lambda p: vqddm_sample(tiny(VQDDM), known=torch.zeros(1, *tiny(VQDDM).token_hw,
+                                                                                       dtype=torch.long), steps=2),
+     ValueError, "mask"),
+    ("PUT image / mask batch", lambda p: put_sample(tiny(PVQVAE), tiny(UQTransformer), img(),
+                                                    torch.zeros(3, 32, 32, dtype=torch.bool)), ValueError, "mask"),
+    # checkpoints
+    ("checkpoint of another family", lambda p: checkpoint.load(saved_vqgan(p), expected=RQVAE), ValueError,
+     "holds a vqfast.models.common.vqgan.VQGAN"),
+    ("missing checkpoint", lambda p: checkpoint.load(p / "nothing"), FileNotFoundError, "no checkpoint"),
+    # converters
+    ("converter system", lambda p: convert("vqgan2", p / "x.ckpt", p / "out"), ValueError, "system must be one of"),
+    ("converter file type", lambda p: (p / "w.txt").write_text("x") and convert("taming-vqgan", p / "w.txt", p / "o"),
+     ValueError, "expected one of"),
+]
+
+
+@pytest.mark.parametrize("call, exc, pattern", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_a_named_error(tmp_path, call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call(tmp_path)
