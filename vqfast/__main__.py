@@ -29,11 +29,13 @@ def main(argv=None) -> None:
     demo.add_argument("--retrain", action="store_true", help="ignore cached checkpoints")
     demo.add_argument("--minutes", type=float, default=8.0, help="training time budget")
     conv = sub.add_parser("convert", help="an official checkpoint -> a vqfast checkpoint (safetensors + JSON)")
-    conv.add_argument("system", help="taming-vqgan, rqvae or put")
+    conv.add_argument("system", help="taming-vqgan, rqvae, put, mqvae or stackformer")
     conv.add_argument("src", help="the official checkpoint (.ckpt/.pt/.pth/.safetensors, or a .tar.gz release)")
     conv.add_argument("out", help="output path without suffix: writes OUT.safetensors and OUT.json")
     conv.add_argument("--member", default=None, help="the checkpoint file inside a .tar.gz release")
     conv.add_argument("--resolution", type=int, default=256, help="input resolution of the tokenizer (default 256)")
+    conv.add_argument("--ratio", type=float, default=None,
+                      help="mqvae: the kept share (topk_ratio) it was trained with (default 0.30)")
     from vqfast.train import cli as train_cli
     train_cli.add_train_parser(sub)
     train_cli.add_eval_parser(sub)
@@ -47,7 +49,10 @@ def main(argv=None) -> None:
         quickbench.run(quick=args.quick)
     elif args.cmd == "convert":
         from vqfast.convert import convert
-        result = convert(args.system, args.src, args.out, member=args.member, resolution=args.resolution)
+        options = {} if args.system == "stackformer" else {"resolution": args.resolution}
+        if args.ratio is not None:
+            options["ratio"] = args.ratio
+        result = convert(args.system, args.src, args.out, member=args.member, **options)
         for stage, part in (result.items() if isinstance(result, dict) else [(None, result)]):
             out = args.out if stage is None else f"{args.out}-{stage}"
             print(f"{args.system}: mapped {part.mapped} tensors into {type(part.model).__name__} "

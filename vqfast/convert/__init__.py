@@ -14,11 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from vqfast import checkpoint
-from vqfast.convert import put, rqvae, taming
+from vqfast.convert import mqvae, put, rqvae, stackformer, taming
 from vqfast.convert._io import read_state
 from vqfast.convert._mapping import Conversion
 
-SYSTEMS = {"taming-vqgan": taming.convert, "rqvae": rqvae.convert, "put": put.convert}
+SYSTEMS = {"taming-vqgan": taming.convert, "rqvae": rqvae.convert, "put": put.convert, "mqvae": mqvae.convert,
+           "stackformer": stackformer.convert}
 
 
 def convert(system: str, src, out, *, member: str | None = None, **options) -> Conversion | dict[str, Conversion]:

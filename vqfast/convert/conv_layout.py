@@ -64,9 +64,10 @@ def _mid(prefix: str, mid, src: str) -> dict:
     return keys
 
 
-def key_map(model) -> dict:
+def key_map(model, convs: tuple[str, ...] = ("quant_conv", "post_quant_conv")) -> dict:
     """vqfast key -> official key (or a q/k/v concatenation) for every tensor of a conv tokenizer's
-    encoder, decoder, quant_conv and post_quant_conv (the quantizer is the caller's)."""
+    encoder, decoder (with or without its input conv and middle block) and the 1x1 `convs` (the
+    quantizer is the caller's)."""
     keys = {}
     for side in ("encoder", "decoder"):
         net = getattr(model, side).net
@@ -75,7 +76,7 @@ def key_map(model) -> dict:
         seq = "down" if side == "encoder" else "up"
         for i, m in enumerate(net):
             prefix = f"{side}.net.{i}"
-            if i == 0:
+            if i == 0 and isinstance(m, torch.nn.Conv2d):
                 keys.update(_module_map(prefix, m, f"{side}.conv_in"))
             elif isinstance(m, torch.nn.Sequential):
                 keys.update(_mid(prefix, m, f"{side}.mid"))
@@ -92,6 +93,6 @@ def key_map(model) -> dict:
                 keys.update(_module_map(prefix, m, f"{side}.norm_out"))
             elif isinstance(m, torch.nn.Conv2d):
                 keys.update(_module_map(prefix, m, f"{side}.conv_out"))
-    for conv in ("quant_conv", "post_quant_conv"):
+    for conv in convs:
         keys.update({f"{conv}.{p}": f"{conv}.{p}" for p in ("weight", "bias")})
     return keys

@@ -180,7 +180,7 @@ def test_preset_shapes(name):
     assert m.decode_tokens(codes, positions).shape == x.shape
     if big:
         assert (h, m.num_kept, m.codebook_size) == {"f8": (32, 256, 1024), "f8_r30": (32, 307, 1024),
-                                                     "f16": (16, 128, 1024)}[name]
+                                                     "f8_official": (32, 307, 1024), "f16": (16, 128, 1024)}[name]
     else:
         rec, tokens, loss = m.train()(x)
         assert rec.shape == x.shape and tokens.shape == (2, m.num_kept)

@@ -103,13 +103,17 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """[B, z_channels, R/f, R/f] -> images [B, C, R, R], the Encoder's mirror (num_res_blocks + 1
-    ResBlocks per level, attention as the Encoder's)."""
+    ResBlocks per level, attention as the Encoder's). `stem=False` drops the input conv and the
+    middle block (MQ-VAE's decoder: its de-mask module ends in that conv), so z_channels must then
+    equal ch * ch_mult[-1]."""
 
     def __init__(self, out_channels: int, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int,
-                 attn: bool, resolution: int = 0, attn_resolutions: tuple[int, ...] = ()):
+                 attn: bool, resolution: int = 0, attn_resolutions: tuple[int, ...] = (), stem: bool = True):
         super().__init__()
         cin, res = ch * ch_mult[-1], resolution // 2 ** (len(ch_mult) - 1)
-        layers = [nn.Conv2d(z_channels, cin, 3, padding=1), _mid(cin, attn)]
+        if not stem and z_channels != cin:
+            raise ValueError(f"a decoder without stem needs z_channels == ch * ch_mult[-1] = {cin}, got {z_channels}")
+        layers = [nn.Conv2d(z_channels, cin, 3, padding=1), _mid(cin, attn)] if stem else []
         for i, m in reversed(list(enumerate(ch_mult))):
             for _ in range(num_res_blocks + 1):
                 layers.append(ResBlock(cin, ch * m))

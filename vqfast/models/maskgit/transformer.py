@@ -11,6 +11,12 @@ r ~ U[0, 1), ceil(gamma(r) * L) positions replaced by [MASK] (gamma: `schedule`,
 positions only; in training mode class labels become the null class with probability
 `class_dropout`, so that one model serves classifier-free guidance.
 
+Label smoothing: the paper does not state any; `label_smoothing=0.1` (the default, every
+preset) is the official class-conditional ImageNet config's value, with the same smoothed
+targets (1 - s) * onehot + s / K. One difference: the official head scores its whole
+vocabulary (codes, class and [MASK] ids), so its s / K spreads over more outputs; here K is
+the codebook size, the only outputs this head has.
+
 Presets: "tiny" (8x8 tokens of the tiny VQGAN, 256 codes; trains on a CPU in minutes),
 "64px" (the 16x16 tokens, 1024 codes of the 64px VQGAN; 24 blocks x 768, 16 heads,
 unconditional) and "imagenet256" (the paper's ImageNet 256x256 model, Sec. 4.1: 24 layers,

@@ -9,14 +9,24 @@ elsewhere, direction-constrained attention -> VQGAN decoder -> images.
 
 `ratio` is the KEPT share (the official `topk_ratio`); the paper's "mask ratio" is
 1 - ratio (supp. Figs. 6-7: 75% masked of 32x32 = ratio 0.25, 256 codes).
-The decoder keeps its own input conv after the de-mask module's 3x3 conv (the official
-decoder drops it); the encoder has attention in its middle block only.
+By default the decoder keeps its own input conv and middle block after the de-mask module's
+3x3 conv and the encoder has attention in its middle block only; `decoder_stem=False` and
+`attn_resolutions=[32]` give the official f8 layout (no decoder input conv or middle block,
+attention after every ResBlock at 32x32 in encoder and decoder), the layout
+`vqfast.convert` loads the released weights into.
 
 Loss (supp. Sec. 1): ||X - X~||^2 (or L1) + beta * ||Z - sg(Zq)||^2 (beta = 0.25, EMA
-codebook), plus optional perceptual and adversarial terms (`vqfast.models.common.losses`).
+codebook), plus optional perceptual and adversarial terms (`vqfast.models.common.losses`)
+weighted by `perceptual_weight` and `adversarial_weight`.
+
+The paper presets ("f8", "f8_r30", "f16", "f8_official") follow the supplement's training
+settings: EMA codebook without dead-code restart or k-means init, perceptual weight 1.0,
+adversarial weight 0.75. The constructor's defaults (restart of codes used < 0.5 times,
+k-means init, adversarial weight 1.0) are vqfast's choices for short runs, kept as options.
 
 Presets (`MQVAE.from_preset(name)`, see `MQVAE.PRESETS`): "f8" (256px -> 32x32, ratio 0.25,
-256 codes), "f8_r30" (the official config: ratio 0.30, 307 codes), "f16" (256px ->
+256 codes), "f8_r30" (the official config: ratio 0.30, 307 codes), "f8_official" (f8_r30 in
+the official layout), "f16" (256px ->
 16x16, ratio 0.5, 128 codes; supp. Table 3), all K = 1024, d = 256; "tiny" (32px ->
 8x8, 32 codes, K = 256, 2 de-mask blocks) and "tiny_f8" (64px -> 8x8) for CPUs.
 
@@ -41,6 +51,10 @@ from vqfast.models.mqvae.mask import AdaptiveMask, num_kept
 from vqfast.quantizers import VectorQuantizer
 
 
+# supp. Sec. 1: EMA codebook (no dead-code restart, no k-means init), perceptual 1.0, adversarial 0.75
+_PAPER = dict(threshold_dead_code=None, kmeans_init=False, perceptual_weight=1.0, adversarial_weight=0.75)
+
+
 class MQVAEEncoding(NamedTuple):
     """`MQVAE.encode`: tokens (code ids) [B, k] int64, positions [B, k] int64 ascending (raster
     order) on the h x w grid, scores [B, h, w] (the adaptive mask's importance)."""
@@ -59,9 +73,10 @@ class MQVAE(PresetMixin, nn.Module):
     """
 
     PRESETS: dict[str, dict] = {
-        "f8": dict(),
-        "f8_r30": dict(ratio=0.30),
-        "f16": dict(ch_mult=[1, 1, 2, 2, 4], ratio=0.5),
+        "f8": dict(_PAPER),
+        "f8_r30": dict(_PAPER, ratio=0.30),
+        "f8_official": dict(_PAPER, ratio=0.30, attn_resolutions=[32], decoder_stem=False),
+        "f16": dict(_PAPER, ch_mult=[1, 1, 2, 2, 4], ratio=0.5),
         "tiny": dict(resolution=32, ch=16, ch_mult=[1, 2, 4], num_res_blocks=1, z_channels=32, codebook_size=256,
                      embed_dim=32, ratio=0.5, demask_layers=2),
         "tiny_f8": dict(resolution=64, ch=16, ch_mult=[1, 2, 2, 4], num_res_blocks=1, z_channels=32,
@@ -73,7 +88,8 @@ class MQVAE(PresetMixin, nn.Module):
                  attn: bool = True, codebook_size: int = 1024, embed_dim: int = 256, ratio: float = 0.25,
                  demask_layers: int = 8, mask_init: float = 0.02, decay: float | None = 0.99,
                  commitment_weight: float = 0.25, threshold_dead_code: float | None = 0.5, kmeans_init: bool = True,
-                 rec_loss: str = "l2", seed: int = 0):
+                 rec_loss: str = "l2", seed: int = 0, attn_resolutions: tuple[int, ...] | list[int] = (),
+                 decoder_stem: bool = True, perceptual_weight: float = 1.0, adversarial_weight: float = 1.0):
         super().__init__()
         ch_mult = tuple(ch_mult)
         f = 2 ** (len(ch_mult) - 1)
@@ -84,23 +100,30 @@ class MQVAE(PresetMixin, nn.Module):
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         if rec_loss not in ("l1", "l2"):
             raise ValueError(f"rec_loss must be 'l1' or 'l2', got {rec_loss!r}")
+        for name, w in (("perceptual_weight", perceptual_weight), ("adversarial_weight", adversarial_weight)):
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise ValueError(f"{name} must be a non-negative number, got {w!r}")
         self.config = dict(resolution=resolution, in_channels=in_channels, ch=ch, ch_mult=list(ch_mult),
                            num_res_blocks=num_res_blocks, z_channels=z_channels, attn=attn,
                            codebook_size=codebook_size, embed_dim=embed_dim, ratio=ratio,
                            demask_layers=demask_layers, mask_init=mask_init, decay=decay,
                            commitment_weight=commitment_weight, threshold_dead_code=threshold_dead_code,
-                           kmeans_init=kmeans_init, rec_loss=rec_loss, seed=seed)
+                           kmeans_init=kmeans_init, rec_loss=rec_loss, seed=seed,
+                           attn_resolutions=list(attn_resolutions), decoder_stem=bool(decoder_stem),
+                           perceptual_weight=float(perceptual_weight), adversarial_weight=float(adversarial_weight))
         h = resolution // f
         self.grid_size = (h, h)
         self.num_positions = h * h
         self.num_kept = num_kept(ratio, self.num_positions)
         self.resolution = resolution
-        self.encoder = Encoder(in_channels, ch, ch_mult, num_res_blocks, z_channels, attn)
+        attn_res = tuple(attn_resolutions)
+        self.encoder = Encoder(in_channels, ch, ch_mult, num_res_blocks, z_channels, attn, resolution, attn_res)
         self.masker = AdaptiveMask(z_channels, embed_dim, self.grid_size, ratio)
         self.quantizer = VectorQuantizer(embed_dim, codebook_size, decay=decay, commitment_weight=commitment_weight,
                                          kmeans_init=kmeans_init, threshold_dead_code=threshold_dead_code, seed=seed)
         self.demasker = AdaptiveDemask(embed_dim, z_channels, self.grid_size, demask_layers, mask_init)
-        self.decoder = Decoder(in_channels, ch, ch_mult, num_res_blocks, z_channels, attn)
+        self.decoder = Decoder(in_channels, ch, ch_mult, num_res_blocks, z_channels, attn, resolution, attn_res,
+                               stem=decoder_stem)
 
     @property
     def codebook_size(self) -> int:
@@ -173,12 +196,18 @@ class MQVAE(PresetMixin, nn.Module):
         self.decode(self.quantizer.indices_to_codes(tokens), positions, record)
         return record
 
-    def forward(self, images: torch.Tensor, *, perceptual: nn.Module | None = None, perceptual_weight: float = 1.0,
-                adversarial=None) -> TokenizerOutput:
+    def forward(self, images: torch.Tensor, *, perceptual: nn.Module | None = None,
+                perceptual_weight: float | None = None, adversarial=None,
+                adversarial_weight: float | None = None) -> TokenizerOutput:
         """images -> TokenizerOutput(reconstruction, tokens [B, k], loss) (supp. Sec. 1). loss.terms:
         "rec" (L2 or L1), "commit" (mean ||Z - sg(Zq)||^2 over kept tokens), "quant" (the quantizer's
         weighted loss), optional "perceptual" (perceptual(x, rec) * weight) and "adversarial"
-        (adversarial.generator_loss, e.g. `vqfast.models.common.losses.HingeGAN`); total = their sum."""
+        (adversarial.generator_loss * weight, e.g. `vqfast.models.common.losses.HingeGAN`); total =
+        their sum. The weights default to the config's (paper presets: 1.0 and 0.75)."""
+        if perceptual_weight is None:
+            perceptual_weight = self.config["perceptual_weight"]
+        if adversarial_weight is None:
+            adversarial_weight = self.config["adversarial_weight"]
         z_q, tokens, positions, _, qloss = self.quantize(images)
         rec = self.decode(z_q, positions)
         rec_term = F.mse_loss(rec, images) if self.config["rec_loss"] == "l2" else F.l1_loss(rec, images)
@@ -188,7 +217,7 @@ class MQVAE(PresetMixin, nn.Module):
             terms["perceptual"] = perceptual_weight * perceptual(images, rec)
             total = total + terms["perceptual"]
         if adversarial is not None:
-            terms["adversarial"] = adversarial.generator_loss(rec)
+            terms["adversarial"] = adversarial_weight * adversarial.generator_loss(rec)
             total = total + terms["adversarial"]
         return TokenizerOutput(rec, tokens, loss_output(total, **terms))
 

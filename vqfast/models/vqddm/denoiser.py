@@ -38,7 +38,7 @@ from vqfast.diffusion import CosineSchedule
 from vqfast.models.common.outputs import LossOutput, loss_output
 from vqfast.models.common.presets import PresetMixin
 from vqfast.models.common.transformer import Block
-from vqfast.models.vqddm.objective import ImportanceSampler, vlb_estimate
+from vqfast.models.vqddm.objective import DECODER_TERMS, ImportanceSampler, vlb_estimate
 from vqfast.models.vqddm.unet import DiffusionUNet
 
 BACKBONES = ("unet", "transformer")
@@ -88,13 +88,16 @@ class VQDDM(PresetMixin, nn.Module):
     codebook_size K; size h = w of the token map; backbone "unet" | "transformer" with its
     keyword arguments (`DiffusionUNet` / `DiffusionTransformer`); num_classes > 0 enables
     class conditioning (labels in [0, num_classes)); T steps of the `noise_schedule`
-    ("cosine": eq. 19, or "cosine-clip-sqrt": the official code's), built by `schedule`.
+    ("cosine": eq. 19, or "cosine-clip-sqrt": the official code's), built by `schedule`;
+    decoder_term: the VLB's t = 1 term, "eq22" or "posterior" (the official code's, whose loss
+    gave the paper's NLL figures; the "paper" preset's), see `vqfast.models.vqddm.objective`.
     """
 
     PRESETS: dict[str, dict] = {
         # the appendix's 117M U-Net on 16x16 code maps (attention at 16, 8, 4)
+        # t = 1 term as the official code computes it (the paper's NLL figures are its loss)
         "paper": dict(codebook_size=1024, size=16, backbone="unet", ch=224, ch_mult=[1, 2, 2, 2], num_res_blocks=2,
-                      attn_resolutions=[16, 8, 4], heads=1),
+                      attn_resolutions=[16, 8, 4], heads=1, decoder_term="posterior"),
         # about 1M parameters at K = 128: trains on a CPU
         "tiny": dict(codebook_size=128, size=16, backbone="unet", ch=32, ch_mult=[1, 2, 2], num_res_blocks=1,
                      attn_resolutions=[8, 4], heads=1),
@@ -102,7 +105,7 @@ class VQDDM(PresetMixin, nn.Module):
     }
 
     def __init__(self, codebook_size: int, size: int = 16, backbone: str = "unet", num_classes: int = 0,
-                 T: int = 4000, noise_schedule: str = "cosine", **backbone_kwargs):
+                 T: int = 4000, noise_schedule: str = "cosine", decoder_term: str = "eq22", **backbone_kwargs):
         super().__init__()
         K, size, T = _positive_int("codebook_size", codebook_size), _positive_int("size", size), _positive_int("T", T)
         if backbone not in BACKBONES:
@@ -111,9 +114,11 @@ class VQDDM(PresetMixin, nn.Module):
             raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
         if noise_schedule not in NOISE_SCHEDULES:
             raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {noise_schedule!r}")
+        if decoder_term not in DECODER_TERMS:
+            raise ValueError(f"decoder_term must be one of {DECODER_TERMS}, got {decoder_term!r}")
         kw = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone_kwargs.items()}
         self.config = dict(codebook_size=K, size=size, backbone=backbone, num_classes=num_classes, T=T,
-                           noise_schedule=noise_schedule, **kw)
+                           noise_schedule=noise_schedule, decoder_term=decoder_term, **kw)
         self.codebook_size, self.size, self.backbone_name, self.num_classes, self.T = K, size, backbone, num_classes, T
         if backbone == "unet":
             ch = backbone_kwargs.get("ch", 128)
@@ -153,7 +158,7 @@ class VQDDM(PresetMixin, nn.Module):
             raise ValueError(f"sampler must be an ImportanceSampler with T={self.T}, got "
                              f"{type(sampler).__name__} with T={getattr(sampler, 'T', None)}")
         est = vlb_estimate(self, tokens, self.schedule, sampler, key=_random.philox_key(generator),
-                           class_labels=class_labels)
+                           class_labels=class_labels, decoder_term=self.config["decoder_term"])
         if sampler is not None:
             sampler.update(est.t, est.L_t)
         L = tokens[0].numel()

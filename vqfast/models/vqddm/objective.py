@@ -5,6 +5,9 @@ official code's t = 0):
 
     L_t = sum_l KL(q(z_{t-1} | z_t, x0) || p(z_{t-1} | z_t))   t >= 2 (eq. 24, fused `vlb_kl`)
     L_1 = -sum_l log p(x0 | z_1),  p(z0 | z1) = Cat(z0 | softmax(logits))   (eq. 22, the decoder)
+          or, decoder_term="posterior" (the official code's), p(z0 | z1) = N[softmax(logits) *
+          (alpha_1 onehot(z_1) + (1 - alpha_1) / K)]: eq. 20-21's posterior at t = 1 with z0 -> z0^.
+          The paper's reported NLL (bits/dim) is the official code's loss, so the posterior form.
     prior = sum_l KL(q(z_T | x0) || Cat(1/K))                        (closed form, no network)
     loss  = mean_b (L_t / p(t) + prior) / (L ln 2)                   bits per dimension
 
@@ -102,11 +105,28 @@ def prior_kl(schedule, K: int, L: int) -> float:
     return L * kl
 
 
+DECODER_TERMS = ("eq22", "posterior")
+
+
+def decoder_log_probs(logits: torch.Tensor, z_1: torch.Tensor, schedule, decoder_term: str) -> torch.Tensor:
+    """log p(z0 | z1) [..., K] from x0 logits [..., K] and z_1 [...] (see the module doc)."""
+    if decoder_term not in DECODER_TERMS:
+        raise ValueError(f"decoder_term must be one of {DECODER_TERMS}, got {decoder_term!r}")
+    log_x0 = F.log_softmax(logits.float(), -1)
+    if decoder_term == "eq22":
+        return log_x0
+    K, a = logits.shape[-1], float(schedule.alpha[1])
+    q_step = F.one_hot(z_1, K).float() * a + (1 - a) / K  # q(z_1 | z_0 = k) for every k
+    return torch.log_softmax(log_x0 + q_step.log(), -1)
+
+
 def timestep_losses(model, x0: torch.Tensor, t: torch.Tensor, schedule, *, key: int,
-                    class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    class_labels: torch.Tensor | None = None,
+                    decoder_term: str = "eq22") -> tuple[torch.Tensor, torch.Tensor]:
     """L_t per sample (nats, summed over positions; differentiable) and z_t.
 
-    x0 [B, ...] int64 tokens in [0, K), t [B] int64 in 1..T; z_t ~ q(z_t | x0) from Philox `key`.
+    x0 [B, ...] int64 tokens in [0, K), t [B] int64 in 1..T; z_t ~ q(z_t | x0) from Philox `key`;
+    decoder_term: the t = 1 term, "eq22" or "posterior" (module doc).
     """
     K = model.codebook_size
     z_t = q_sample(x0, t, schedule, seed=key, num_classes=K)
@@ -114,8 +134,9 @@ def timestep_losses(model, x0: torch.Tensor, t: torch.Tensor, schedule, *, key: 
     B = x0.shape[0]
     per_sample = vlb_kl(x0, logits, z_t, t, schedule).reshape(B, -1).sum(1)
     first = t == 1
-    if bool(first.any()):  # decoder term (eq. 22): -log Cat(x0 | softmax(logits))
-        nll = F.cross_entropy(logits[first].reshape(-1, K), x0[first].reshape(-1), reduction="none")
+    if bool(first.any()):  # decoder term: -log p(x0 | z_1)
+        log_p = decoder_log_probs(logits[first].reshape(-1, K), z_t[first].reshape(-1), schedule, decoder_term)
+        nll = F.nll_loss(log_p, x0[first].reshape(-1), reduction="none")
         per_sample = per_sample.masked_scatter(first, nll.reshape(int(first.sum()), -1).sum(1))
     return per_sample, z_t
 
@@ -133,7 +154,7 @@ class VLBEstimate(NamedTuple):
 
 
 def vlb_estimate(model, x0: torch.Tensor, schedule, sampler: ImportanceSampler | None = None, *, key: int,
-                 class_labels: torch.Tensor | None = None) -> VLBEstimate:
+                 class_labels: torch.Tensor | None = None, decoder_term: str = "eq22") -> VLBEstimate:
     """The computation behind `VQDDM.loss` (which checks its arguments): x0 [B, h, w] or [B, L]
     int64; t ~ p(t) of `sampler` (None: uniform) and z_t from the 64-bit Philox `key`. The
     sampler is not updated."""
@@ -143,7 +164,8 @@ def vlb_estimate(model, x0: torch.Tensor, schedule, sampler: ImportanceSampler |
     g = torch.Generator().manual_seed(key & ((1 << 63) - 1))
     t, pt = sampler.sample(B, g)
     t = t.to(x0.device)
-    L_t, z_t = timestep_losses(model, x0, t, schedule, key=key, class_labels=class_labels)
+    L_t, z_t = timestep_losses(model, x0, t, schedule, key=key, class_labels=class_labels,
+                               decoder_term=decoder_term)
     prior = prior_kl(schedule, model.codebook_size, L)
     per_sample = L_t / pt.to(L_t.device, torch.float32) + prior
     loss = per_sample.mean() / (L * math.log(2))

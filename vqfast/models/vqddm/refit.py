@@ -8,11 +8,13 @@ fine-tune the decoder with the encoder frozen.
    `vqfast.quantizers.refit`.
 2. `finetune_decoder`: the encoder (and quant_conv) frozen; the decoder, post_quant_conv
    and the codebook (EMA, or gradients when the quantizer has no EMA) keep training on
-   the reconstruction loss.
+   the reconstruction loss (+ an optional adversarial term); defaults: the paper's
+   settings `REFIT_SETTINGS` (Sec. 4.1: decoder lr 1e-6, discriminator lr 2e-6, batch 8,
+   no restart of the rebuilt codes).
 
     report = refit_tokenizer(vq, train_images, P=20000, K=512, heldout=test_images, generator=0)
     print(report.usage_before, report.usage_after)
-    finetune_decoder(vq, CropSampler("train", 32), steps=200, generator=0)
+    finetune_decoder(vq, CropSampler("train", 32), steps=200, generator=0)   # REFIT_SETTINGS
 """
 from __future__ import annotations
 
@@ -53,18 +55,39 @@ def refit_tokenizer(vq, images: torch.Tensor, P: int = 20000, K: int | None = No
         vq.train(was_training)
 
 
-def finetune_decoder(vq, data, steps: int, *, batch_size: int = 16, lr: float = 1e-4,
+# Sec. 4.1: "freeze the encoder and set the learning rate of the decoder to 1e-6 and the learning
+# rate of the discriminator to 2e-6 with 8 instances per batch"; the rebuilt codes are kept as
+# they are (no restart of unused codes while fine-tuning).
+REFIT_SETTINGS = dict(lr=1e-6, discriminator_lr=2e-6, batch_size=8, restart_codes=False)
+
+
+def finetune_decoder(vq, data, steps: int, *, batch_size: int = 8, lr: float = 1e-6, adversarial=None,
+                     discriminator_lr: float = 2e-6, restart_codes: bool = False,
                      generator: torch.Generator | int | None = None, log: list | None = None,
                      progress: bool = False) -> int:
     """Fine-tune vq's decoder (+ post_quant_conv, + codebook) on crops from data
-    (`data.sample(n, generator)` -> images) with the encoder and quant_conv frozen; generator:
-    the crops' randomness (torch.Generator, int seed or None). Returns the steps run; log
-    collects (step, reconstruction loss)."""
+    (`data.sample(n, generator)` -> images) with the encoder and quant_conv frozen. Defaults:
+    the paper's settings (`REFIT_SETTINGS`). adversarial: a `vqfast.models.common.losses.HingeGAN`
+    (its generator term joins the loss; its discriminator trains with Adam at discriminator_lr);
+    restart_codes: allow the quantizer's dead-code restart while fine-tuning (default off: the
+    rebuilt codebook is kept). generator: the crops' randomness (torch.Generator, int seed or None).
+    Returns the steps run; log collects (step, reconstruction loss)."""
+    for name, v in (("lr", lr), ("discriminator_lr", discriminator_lr)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise ValueError(f"{name} must be a positive number, got {v!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     frozen = [vq.encoder, vq.quant_conv]
     for m in frozen:
         m.requires_grad_(False)
     params = [p for p in vq.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9))
+    opt_d = None if adversarial is None else torch.optim.Adam(adversarial.parameters(), lr=discriminator_lr,
+                                                                betas=(0.5, 0.9))
+    book = vq.quantizer.codebook_state
+    threshold = book.threshold_dead_code
+    if not restart_codes:
+        book.threshold_dead_code = 0.0
     g = as_generator(generator)
     vq.train()
     for m in frozen:
@@ -72,15 +95,22 @@ def finetune_decoder(vq, data, steps: int, *, batch_size: int = 16, lr: float = 
     bar = progress_bar(steps, "decoder fine-tune", progress)
     try:
         for step in range(steps):
-            loss, logs = vq(data.sample(batch_size, g)).loss
+            images = data.sample(batch_size, g)
+            rec, _, (loss, logs) = vq(images, adversarial=adversarial)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if opt_d is not None:
+                d_loss = adversarial.discriminator_loss(images, rec.detach())
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
             if log is not None:
                 log.append((step, float(logs["rec"])))
             bar.update(1)
     finally:
         bar.close()
+        book.threshold_dead_code = threshold
         for m in frozen:
             m.requires_grad_(True)
         vq.eval()
