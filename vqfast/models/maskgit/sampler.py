@@ -19,6 +19,7 @@ from vqfast import ops
 from vqfast.random import as_generator
 from vqfast.models.common.masking import SCHEDULES, mask_ratio
 from vqfast.models.common.inference import low_precision
+from vqfast.models.common.checks import check_batch_size
 
 
 class MaskGITSample(NamedTuple):
@@ -102,9 +103,7 @@ def maskgit_decode(model: Callable, known: torch.Tensor | None = None, mask: tor
     if known is None:
         if batch_size is None and mask is None:
             raise ValueError("give known (+ mask) to inpaint, or batch_size to generate")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_batch_size(batch_size)
         if mask is None:
             mask = torch.ones(batch_size, L, dtype=torch.bool, device=device)
         elif not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:

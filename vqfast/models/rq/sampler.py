@@ -39,6 +39,7 @@ import torch
 
 from vqfast.random import as_generator
 from vqfast.ops.sampling import sample_logits
+from vqfast.models.common.checks import check_batch_size
 
 PAPER_SETTINGS: dict[str, dict] = {  # supp. A.4 (ImageNet); T_draft = 64 (main paper)
     "371M": dict(T_draft=64, T_revise=2, M=3, revise_temperature=0.8, revise_guidance=1.4),
@@ -141,9 +142,7 @@ def _prepare(model, known, mask, batch_size, class_labels, device):
     if known is None:
         if batch_size is None and mask is None:
             raise ValueError("give known (+ mask) to inpaint, or batch_size to generate")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_batch_size(batch_size)
         n = batch_size if batch_size is not None else mask.shape[0]
         known = torch.zeros(n, *model.code_shape, dtype=torch.long, device=device)
         if mask is None:

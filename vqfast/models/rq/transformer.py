@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from vqfast.models.common.masking import random_mask
 from vqfast.models.common.outputs import LossOutput, loss_output
+from vqfast.models.common.checks import check_class_labels
 from vqfast.models.common.presets import PresetMixin
 from vqfast.models.common.transformer import Block, SelfAttention, init_weights
 from vqfast.random import as_generator
@@ -159,18 +160,7 @@ class ContextualRQTransformer(PresetMixin, nn.Module):
 
     def check_class_labels(self, class_labels: torch.Tensor | None, batch: int) -> None:
         """Raise unless class_labels is None or int64 [batch] in [0, num_classes] (num_classes: the null class)."""
-        if class_labels is None:
-            return
-        if self.cls_emb is None:
-            raise ValueError("class_labels given but the model was built with num_classes=0")
-        if not isinstance(class_labels, torch.Tensor) or class_labels.dtype != torch.long:
-            got = getattr(class_labels, "dtype", type(class_labels))
-            raise TypeError(f"class_labels must be an int64 tensor, got {got}")
-        if tuple(class_labels.shape) != (batch,):
-            raise ValueError(f"class_labels must be [B={batch}], got {tuple(class_labels.shape)}")
-        if batch and (class_labels.min() < 0 or class_labels.max() > self.num_classes):
-            raise ValueError(f"class_labels must lie in [0, {self.num_classes}] ({self.num_classes}: the null "
-                             f"class), got range [{int(class_labels.min())}, {int(class_labels.max())}]")
+        check_class_labels(class_labels, batch, self.num_classes if self.cls_emb is not None else 0)
 
     # ---- spatial transformer ----------------------------------------------------------
     def spatial_forward(self, codes: torch.Tensor, masked: torch.Tensor,
