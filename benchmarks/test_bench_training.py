@@ -1,13 +1,17 @@
 """Training throughput of the library trainer vs an official-style step, and DDP scaling.
 
-Rows per tokenizer (images/s of one optimizer step on the same pre-made batches, all timed in
-one run, interleaved round-robin so load from other processes hits every row alike):
-  official   the step as the papers' code writes it: the same network, its quantizer replaced
-             by cdist + argmin + one-hot EMA statistics (taming / PUT / rq-vae-transformer),
-             straight-through estimator, fp32, Adam, no autocast
-  fp32       vqfast.train.Trainer.train_step (fused search + EMA statistics, clipping, schedule)
+Rows per family and stage (images/s of one optimizer step for tokenizers, tokens/s for token
+models, on the same pre-made batches, all timed in one run, interleaved round-robin so load
+from other processes hits every row alike):
+  official   the step as the papers' code writes it: the same network, its quantizer ops
+             replaced by the expanded N x K distance + argmin and one-hot EMA statistics, every
+             other vqfast op (diffusion posterior, samplers) by its PyTorch reference
+             (`official_style.official_ops`), fp32, the stage's AdamW, no clipping, no autocast
+  fp32       vqfast.train.Trainer.train_step (fused ops, clipping, schedule)
   bf16       the same under bf16 autocast (fp32 master weights)
-extra_info holds each row's median seconds per step, images/s and its ratio to `official`.
+extra_info holds each row's median seconds per step, items/s and its ratio to `official`.
+Every family runs at its tiny preset, both stages; the paper presets (PAPER, batch 1) run with
+VQFAST_SLOW=1.
 
 DDP scaling (slow, VQFAST_SLOW=1): images/s of `torchrun --nproc_per_node 2` over one process at
 the same per-process batch, read from the runs' JSONL logs (steps after the first).
@@ -26,22 +30,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
-from timing import machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
-from vqfast.train import TrainConfig
+from official_style import official_ops  # noqa: E402  (benchmarks/ is on sys.path under pytest)
+from timing import machine  # noqa: E402
+from vqfast import checkpoint
+from vqfast.train import TrainConfig, get_stage
 from vqfast.train.distributed import Context
 from vqfast.train.log import read_log
-from vqfast.train.trainer import Trainer
+from vqfast.train.trainer import Trainer, _count
 
 ROUNDS = int(os.environ.get("VQFAST_BENCH_ROUNDS", "5"))
 BATCH = int(os.environ.get("TRAIN_BENCH_BATCH", "8"))
-TOKENIZERS = [("maskgit", "tiny"), ("rq", "tiny")]
+FAMILIES = ("maskgit", "put", "mqvae", "rq", "vqddm")
+# (family, stage, preset, tokenizer preset of stage 2, batch)
+TINY = [(f, s, "tiny", "tiny" if s == "model" else None, BATCH) for f in FAMILIES for s in ("tokenizer", "model")]
+PAPER = [("maskgit", "tokenizer", "taming-f16-1024", None, 1), ("put", "tokenizer", "paper", None, 1),
+         ("put", "model", "ffhq", "paper", 1), ("mqvae", "tokenizer", "f8", None, 1),
+         ("rq", "tokenizer", "paper", None, 1), ("vqddm", "model", "paper", "taming-f16-1024", 1)]
+SLOW = os.environ.get("VQFAST_SLOW") == "1"
+CASES = TINY + [pytest.param(*c, marks=pytest.mark.skipif(not SLOW, reason="slow: set VQFAST_SLOW=1 to run"))
+                for c in PAPER]
 if os.environ.get("VQFAST_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["VQFAST_BENCH_THREADS"]))
-_RESULTS: dict[tuple[str, str], dict] = {}
+_RESULTS: dict[tuple, dict] = {}
 
 
 def _folder(root: Path, n: int = 32, size: int = 40) -> Path:
@@ -52,106 +64,81 @@ def _folder(root: Path, n: int = 32, size: int = 40) -> Path:
     return root
 
 
-class OfficialVQ(nn.Module):
-    """The quantizer of the official code bases: cdist, argmin, one-hot EMA statistics, fp32."""
-
-    def __init__(self, codebook: torch.Tensor, depth: int = 1, decay: float = 0.99, beta: float = 0.25,
-                 eps: float = 1e-5):
-        super().__init__()
-        self.depth = depth  # > 1: RQ-VAE's residual loop over one shared codebook
-        self.register_buffer("embed", codebook.clone())
-        self.register_buffer("cluster_size", torch.ones(len(codebook)))
-        self.register_buffer("embed_sum", codebook.clone())
-        self.decay, self.beta, self.eps = decay, beta, eps
-
-    def forward(self, z: torch.Tensor):
-        from vqfast.quantizers.vector import QuantizerLosses
-        zl = z.movedim(1, -1)
-        flat = zl.reshape(-1, zl.shape[-1])
-        residual, zq, indices = flat, torch.zeros_like(flat), []
-        for _ in range(self.depth):
-            idx = torch.cdist(residual, self.embed).argmin(1)
-            code = self.embed[idx]
-            if self.training:
-                self._ema(residual.detach(), idx)
-            zq, residual = zq + code, residual - code
-            indices.append(idx)
-        zq = zq.view_as(zl)
-        commit = F.mse_loss(zl, zq.detach())
-        zq = zl + (zq - zl).detach()
-        idx = torch.stack(indices, -1).view(*zl.shape[:-1], self.depth) if self.depth > 1 else indices[0].view(
-            zl.shape[:-1])
-        return zq.movedim(-1, 1), idx, QuantizerLosses(self.beta * commit, commit, None)
-
-    @torch.no_grad()
-    def _ema(self, x: torch.Tensor, idx: torch.Tensor) -> None:
-        onehot = F.one_hot(idx, len(self.embed)).float()
-        self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(onehot.t() @ x, alpha=1 - self.decay)
-        n = self.cluster_size.sum()
-        size = (self.cluster_size + self.eps) / (n + len(self.embed) * self.eps) * n
-        self.embed.copy_(self.embed_sum / size[:, None])
-
-
-def _trainer(family: str, preset: str, folder: Path, out: Path, precision: str) -> Trainer:
-    cfg = TrainConfig(family, "tokenizer", data=str(folder), preset=preset, out=str(out), steps=10 ** 6,
-                      batch_size=BATCH, precision=precision, progress=False, holdout=0.0)
+def _trainer(case: tuple, tmp: Path, precision: str, name: str) -> Trainer:
+    family, stage, preset, tok_preset, batch = case
+    tokenizer = None
+    if tok_preset is not None:
+        tokenizer = tmp / "tokenizer"
+        if not (tokenizer / "model.json").exists():
+            torch.manual_seed(0)
+            checkpoint.save(get_stage(family, stage).tokenizer_cls.from_preset(tok_preset), tokenizer / "model")
+    cfg = TrainConfig(family, stage, data=str(_folder(tmp / "images", n=4 * batch)), preset=preset,
+                      out=str(tmp / name), steps=10 ** 6, batch_size=batch, precision=precision,
+                      progress=False, holdout=0.0, tokenizer=None if tokenizer is None else str(tokenizer))
     return Trainer(cfg, Context(0, 1, 0, torch.device("cpu")))
 
 
 @functools.lru_cache(maxsize=None)
-def _rows(family: str, preset: str, tmp: str):
-    folder = _folder(Path(tmp) / "images")
-    batches = []
-    fp32 = _trainer(family, preset, folder, Path(tmp) / "fp32", "fp32")
-    it = iter(fp32.data[(i, i)] for i in range(3 * BATCH))
-    for _ in range(3):
-        items = [next(it) for _ in range(BATCH)]
-        batches.append((torch.stack([x for x, _, _ in items]), torch.zeros(BATCH, dtype=torch.long), 0))
-    bf16 = _trainer(family, preset, folder, Path(tmp) / "bf16", "bf16")
-    official = _trainer(family, preset, folder, Path(tmp) / "official", "fp32").model
-    official.quantizer = OfficialVQ(official.quantizer.codebook.detach(), getattr(official.quantizer, "depth", 1))
-    opt = torch.optim.Adam(official.parameters(), lr=1e-4, betas=(0.5, 0.9))
+def _rows(case: tuple, tmp: str):
+    tmp, batch = Path(tmp), case[-1]
+    fp32 = _trainer(case, tmp, "fp32", "fp32")
+    items = [fp32.data[(i, i)] for i in range(3 * batch)]
+    batches = [(torch.stack([x for x, _, _ in items[r * batch:(r + 1) * batch]]),
+                torch.zeros(batch, dtype=torch.long), 0) for r in range(3)]
+    bf16 = _trainer(case, tmp, "bf16", "bf16")
+    official = _trainer(case, tmp, "fp32", "official")
+    optimizer = torch.optim.AdamW(official.stage.trainable(official.model), lr=official.optimizer.defaults["lr"],
+                                  betas=official.optimizer.defaults["betas"],
+                                  weight_decay=official.optimizer.defaults["weight_decay"])
+    count = _count(fp32._inputs(batches[0], 0))
 
     def official_step(r):
-        out = official(batches[r][0])
-        opt.zero_grad(set_to_none=True)
-        out.loss.total.backward()
-        opt.step()
+        with official_ops():
+            inputs = official._inputs(batches[r], r)
+            loss = official.stage.loss(official.model, inputs, torch.Generator().manual_seed(r),
+                                       tokenizer=official.tokenizer)
+            optimizer.zero_grad(set_to_none=True)
+            loss.total.backward()
+            optimizer.step()
 
     def trainer_step(t, autocast):
         return lambda r: t.train_step(iter([batches[r]]), autocast)
 
-    return {"official": official_step,
-            "fp32": trainer_step(fp32, torch.autocast("cpu", enabled=False)),
-            "bf16": trainer_step(bf16, torch.autocast("cpu", dtype=torch.bfloat16))}
+    return count, {"official": official_step,
+                   "fp32": trainer_step(fp32, torch.autocast("cpu", enabled=False)),
+                   "bf16": trainer_step(bf16, torch.autocast("cpu", dtype=torch.bfloat16))}
 
 
-def _time_all(family: str, preset: str, tmp: str) -> dict[str, float]:
-    key = (family, preset)
-    if key not in _RESULTS:
-        rows = _rows(family, preset, tmp)
+def _time_all(case: tuple, tmp: str) -> tuple[int, dict[str, float]]:
+    if case not in _RESULTS:
+        count, rows = _rows(case, tmp)
+        rounds = ROUNDS if case[2] == "tiny" else 3
         times = {name: [] for name in rows}
         for fn in rows.values():
             fn(0)
-        for r in range(ROUNDS):
+        for r in range(rounds):
             for name, fn in rows.items():
                 t0 = time.perf_counter()
                 fn(r % 3)
                 times[name].append(time.perf_counter() - t0)
-        _RESULTS[key] = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
-    return _RESULTS[key]
+        _RESULTS[case] = count, {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    return _RESULTS[case]
 
 
 @pytest.mark.parametrize("row", ["official", "fp32", "bf16"])
-@pytest.mark.parametrize("family, preset", TOKENIZERS, ids=[f"{f}-{p}" for f, p in TOKENIZERS])
-def test_tokenizer_step(benchmark, tmp_path_factory, family, preset, row):
-    medians = _time_all(family, preset, str(tmp_path_factory.mktemp(f"{family}-{preset}")))
+@pytest.mark.parametrize("family, stage, preset, tokenizer, batch", CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in TINY + PAPER])
+def test_training_step(benchmark, tmp_path_factory, family, stage, preset, tokenizer, batch, row):
+    case = (family, stage, preset, tokenizer, batch)
+    count, medians = _time_all(case, str(tmp_path_factory.mktemp(f"{family}-{stage}-{preset}")))
+    benchmark.group = "training"
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    unit = get_stage(family, stage).unit
     benchmark.extra_info.update(machine())
-    benchmark.extra_info.update(row=row, seconds_per_step=medians[row], images_per_s=BATCH / medians[row],
+    benchmark.extra_info.update(row=row, batch=batch, unit=unit, seconds_per_step=medians[row],
+                                items_per_s=count / medians[row],
                                 speedup_vs_official=medians["official"] / medians[row])
-    print(f"{family}-{preset} {row}: {BATCH / medians[row]:.1f} img/s, "
+    print(f"{family}-{stage}-{preset} {row}: {count / medians[row]:.1f} {unit}/s, "
           f"x{medians['official'] / medians[row]:.2f} vs official")
 
 
