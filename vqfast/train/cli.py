@@ -54,6 +54,18 @@ def add_train_parser(sub) -> None:
     p.add_argument("--device", default=None, help="default: this rank's GPU, else the CPU")
     p.add_argument("--dist-timeout", type=float, default=600.0, help="seconds a rank waits for the others")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("tokenizer losses", "the perceptual and adversarial terms of the papers (stages "
+                                                 "tokenizer and refit)")
+    g.add_argument("--perceptual-weights", default=None, metavar="PATH",
+                   help="a local VGG-16 state dict (torchvision layout, safetensors or .pth; with LPIPS's "
+                        "lin<k>.model.1.weight heads for LPIPS) for the perceptual term; PUT: a VGG-19 one for "
+                        "its perceptual and style terms (eqs. 6-7). Default: off (the run log says so)")
+    g.add_argument("--adversarial", action=argparse.BooleanOptionalAction, default=True,
+                   help="train against the paper's PatchGAN discriminator, alternating generator and "
+                        "discriminator updates (default: on, as every paper)")
+    g.add_argument("--disc-start", type=int, default=None, metavar="STEP",
+                   help="the step the discriminator starts at (default: the paper's: maskgit / vqddm 250001 "
+                        "(taming's ImageNet VQGAN), rq / mqvae / put / vqddm refit 0)")
 
 
 def run_train(args) -> None:
@@ -66,7 +78,9 @@ def run_train(args) -> None:
                       save_every=args.save_every, seed=args.seed, workers=args.workers,
                       clip=args.clip or None, warmup=args.warmup, ema=args.ema, holdout=args.holdout,
                       token_cache=args.token_cache, fsdp=args.fsdp, device=args.device, log_every=args.log_every,
-                      progress=not args.no_progress, dist_timeout=args.dist_timeout)
+                      progress=not args.no_progress, dist_timeout=args.dist_timeout,
+                      perceptual_weights=args.perceptual_weights, adversarial=args.adversarial,
+                      disc_start=args.disc_start)
     out = train(cfg)
     if os.environ.get("RANK", "0") == "0":
         print(f"run folder: {out}")
