@@ -45,6 +45,7 @@ def test_help_lists_presets(capsys):
     out = capsys.readouterr().out
     from vqfast.models.common.vqgan import VQGAN
     assert "--tokenizer" in out and f"maskgit  tokenizer  {', '.join(sorted(VQGAN.PRESETS))}" in out
+    assert all(opt in out for opt in ("--perceptual-weights", "--adversarial, --no-adversarial", "--disc-start"))
 
 
 def test_empty_folder_fails_before_training(tmp_path):

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -330,7 +331,7 @@ class Trainer:
                        "empty_files": getattr(self.data, "empty_files", 0), "world_size": ctx.world_size})
             if self.critic is not None and not self.critic.has_perceptual:
                 log.write({"kind": "note", "step": self.step, "note": PERCEPTUAL_HINT})
-                print(PERCEPTUAL_HINT)
+                print(PERCEPTUAL_HINT, file=sys.stderr)
         plan = BatchPlan(len(self.data), cfg.batch_size, world_size=ctx.world_size, seed=cfg.seed)
         last = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
         it = self._batches(plan, self.step * cfg.grad_accum, last * cfg.grad_accum)
