@@ -4,9 +4,7 @@ import contextlib
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
-from vqfast.models.common.losses import VGGFeatures, VGGPerceptual
+from vqfast.models.common.losses import VGGPerceptual
 from vqfast.models.common.vqgan import VQGAN
 from vqfast.train import TrainConfig, distributed, train
 from vqfast.train.adversarial import PERCEPTUAL_HINT, GANRecipe, TokenizerCritic, adaptive_weight
@@ -15,20 +13,6 @@ from vqfast.train.log import read_log
 from vqfast.train.trainer import Trainer
 
 RECIPE = GANRecipe(disc_start=1, disc_weight=0.8)
-
-
-def vgg_file(path, depth: int = 16, seed: int = 0):
-    """A random-weights torchvision VGG state dict (He-scaled convs) with LPIPS heads, as safetensors."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for k, v in VGGFeatures(depth).features.state_dict().items():
-        fan_in = v[0].numel() if v.dim() == 4 else 1
-        state[f"features.{k}"] = torch.randn(v.shape, generator=g) * (2.0 / fan_in) ** 0.5 if v.dim() == 4 \
-            else torch.zeros(v.shape)
-    for k, c in enumerate((64, 128, 256, 512, 512)):
-        state[f"lin{k}.model.1.weight"] = torch.rand(1, c, 1, 1, generator=g)
-    save_file(state, str(path))
-    return path
 
 
 def config(data, out, **kw):
@@ -94,8 +78,8 @@ def test_no_adversarial_trains_without_a_discriminator(image_folder, tmp_path):
     assert all("g_loss" not in r and "d_loss" not in r for r in read_log(run))
 
 
-def test_perceptual_term_is_lpips_of_the_vgg_file(tmp_path):
-    path = vgg_file(tmp_path / "vgg16.safetensors")
+def test_perceptual_term_is_lpips_of_the_vgg_file(vgg_weights):
+    path = vgg_weights()
     critic = _critic(perceptual_weights=str(path), adversarial=False)
     model = VQGAN.from_preset("tiny").eval()
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
@@ -107,27 +91,25 @@ def test_perceptual_term_is_lpips_of_the_vgg_file(tmp_path):
     assert out.total.item() == pytest.approx((plain.total + expected).item(), rel=1e-5)
 
 
-def test_runs_log_the_perceptual_terms_or_how_to_turn_them_on(image_folder, tmp_path):
-    run = train(config(image_folder, tmp_path / "lpips", steps=1,
-                       perceptual_weights=str(vgg_file(tmp_path / "vgg16.safetensors"))))
+def test_runs_log_the_perceptual_terms_or_how_to_turn_them_on(image_folder, tmp_path, vgg_weights):
+    run = train(config(image_folder, tmp_path / "lpips", steps=1, perceptual_weights=vgg_weights()))
     assert read_log(run)[0]["perceptual"] > 0 and not read_log(run, "note")
     put = train(TrainConfig("put", "tokenizer", data=str(image_folder), preset="tiny", out=str(tmp_path / "put"),
                             steps=1, batch_size=2, progress=False, holdout=0.2,
-                            perceptual_weights=str(vgg_file(tmp_path / "vgg19.safetensors", depth=19))))
+                            perceptual_weights=vgg_weights(depth=19)))
     record = read_log(put)[0]
     assert record["perc"] > 0 and record["style"] > 0 and record["g_loss"] > 0  # PUT: D from step 0
     run = train(config(image_folder, tmp_path / "off", steps=1))
     assert [r["note"] for r in read_log(run, "note")] == [PERCEPTUAL_HINT]
 
 
-def test_bad_options_name_the_option(image_folder, tmp_path):
+def test_bad_options_name_the_option(image_folder, tmp_path, vgg_weights):
     with pytest.raises(ValueError, match="perceptual_weights.*no file"):
         config(image_folder, tmp_path / "x", perceptual_weights=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="disc_start"):
         config(image_folder, tmp_path / "x", disc_start=-1)
     with pytest.raises(ValueError, match="adversarial must be a bool"):
         config(image_folder, tmp_path / "x", adversarial="yes")
-    path = vgg_file(tmp_path / "vgg16.safetensors")
     with pytest.raises(ValueError, match="perceptual_weights.*no perceptual term"):
         TrainConfig("maskgit", "model", data=str(image_folder), preset="tiny", out=str(tmp_path / "m"),
-                    perceptual_weights=str(path))
+                    perceptual_weights=vgg_weights())

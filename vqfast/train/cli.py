@@ -87,12 +87,18 @@ def run_train(args) -> None:
 
 
 def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="metrics of a training run on held-out images (PSNR, SSIM, codebook, FID)")
+    p = sub.add_parser("eval", help="metrics of a training run on held-out images (PSNR, SSIM, LPIPS, codebook, "
+                                    "FID, IS)")
     p.add_argument("run_dir", help="a run folder written by python -m vqfast train")
     p.add_argument("--data", default=None, help="the images to evaluate on (default: the run's data, held-out split)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-images", type=int, default=1000, help="held-out images to use at most")
-    p.add_argument("--inception-weights", default=None, help="a local Inception weights file for FID")
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="a local Inception-v3 file (TorchScript inception-2015-12-05.pt, or torch-fidelity's "
+                        "weights) for FID, and IS of class-conditional token models' samples")
+    p.add_argument("--lpips-weights", default=None, metavar="PATH",
+                   help="a local VGG-16 + LPIPS linear-heads file (torchvision vgg16 state dict with "
+                        "lin<k>.model.1.weight) for LPIPS of tokenizer reconstructions and PUT's inpaintings")
     p.add_argument("--sample-steps", type=int, default=None,
                    help="decoding steps of MaskGIT / VQ-DDM samples (default: the sampler's)")
     p.add_argument("--device", default=None)
@@ -105,7 +111,7 @@ def run_eval(args) -> None:
 
     report = evaluate_run(args.run_dir, data=args.data, batch_size=args.batch_size, max_images=args.max_images,
                           inception_weights=args.inception_weights, device=args.device,
-                          sample_steps=args.sample_steps)
+                          sample_steps=args.sample_steps, lpips_weights=args.lpips_weights)
     print(json.dumps(report, indent=2))
 
 
