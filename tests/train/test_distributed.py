@@ -76,6 +76,15 @@ def test_two_processes_train_the_discriminator_with_accumulation_and_resume_exac
 
 
 @pytest.mark.slow
+def test_the_discriminator_is_data_parallel(image_folder, tmp_path):
+    worker = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
+              "--rdzv-endpoint", "127.0.0.1:0", str(ROOT / "tests" / "train" / "discriminator_worker.py"),
+              str(image_folder), str(tmp_path / "run")]
+    proc = subprocess.run(worker, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, "ranks ended with different discriminator weights\n" + proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
 def test_a_dead_rank_ends_the_job_with_an_error(image_folder, tmp_path):
     run = tmp_path / "run"
     proc = vqfast_train("--out", str(run), "--steps", "100000", nproc=2, folder=image_folder)
