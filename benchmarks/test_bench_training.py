@@ -7,6 +7,8 @@ one run, interleaved round-robin so load from other processes hits every row ali
              straight-through estimator, fp32, Adam, no autocast
   fp32       vqfast.train.Trainer.train_step (fused search + EMA statistics, clipping, schedule)
   bf16       the same under bf16 autocast (fp32 master weights)
+  fp32_gan   fp32 with the paper's discriminator on from step 0 (PatchGAN generator term with the
+             adaptive weight, then the discriminator's own step): the cost of the adversarial terms
 extra_info holds each row's median seconds per step, images/s and its ratio to `official`.
 
 DDP scaling (slow, VQFAST_SLOW=1): images/s of `torchrun --nproc_per_node 2` over one process at
@@ -93,9 +95,11 @@ class OfficialVQ(nn.Module):
         self.embed.copy_(self.embed_sum / size[:, None])
 
 
-def _trainer(family: str, preset: str, folder: Path, out: Path, precision: str) -> Trainer:
+def _trainer(family: str, preset: str, folder: Path, out: Path, precision: str, gan: bool = False) -> Trainer:
+    # without gan, no discriminator: the official-style row has none either
     cfg = TrainConfig(family, "tokenizer", data=str(folder), preset=preset, out=str(out), steps=10 ** 6,
-                      batch_size=BATCH, precision=precision, progress=False, holdout=0.0)
+                      batch_size=BATCH, precision=precision, progress=False, holdout=0.0,
+                      adversarial=gan, disc_start=0)
     return Trainer(cfg, Context(0, 1, 0, torch.device("cpu")))
 
 
@@ -109,6 +113,7 @@ def _rows(family: str, preset: str, tmp: str):
         items = [next(it) for _ in range(BATCH)]
         batches.append((torch.stack([x for x, _, _ in items]), torch.zeros(BATCH, dtype=torch.long), 0))
     bf16 = _trainer(family, preset, folder, Path(tmp) / "bf16", "bf16")
+    gan = _trainer(family, preset, folder, Path(tmp) / "gan", "fp32", gan=True)
     official = _trainer(family, preset, folder, Path(tmp) / "official", "fp32").model
     official.quantizer = OfficialVQ(official.quantizer.codebook.detach(), getattr(official.quantizer, "depth", 1))
     opt = torch.optim.Adam(official.parameters(), lr=1e-4, betas=(0.5, 0.9))
@@ -124,7 +129,8 @@ def _rows(family: str, preset: str, tmp: str):
 
     return {"official": official_step,
             "fp32": trainer_step(fp32, torch.autocast("cpu", enabled=False)),
-            "bf16": trainer_step(bf16, torch.autocast("cpu", dtype=torch.bfloat16))}
+            "bf16": trainer_step(bf16, torch.autocast("cpu", dtype=torch.bfloat16)),
+            "fp32_gan": trainer_step(gan, torch.autocast("cpu", enabled=False))}
 
 
 def _time_all(family: str, preset: str, tmp: str) -> dict[str, float]:
@@ -143,7 +149,7 @@ def _time_all(family: str, preset: str, tmp: str) -> dict[str, float]:
     return _RESULTS[key]
 
 
-@pytest.mark.parametrize("row", ["official", "fp32", "bf16"])
+@pytest.mark.parametrize("row", ["official", "fp32", "bf16", "fp32_gan"])
 @pytest.mark.parametrize("family, preset", TOKENIZERS, ids=[f"{f}-{p}" for f, p in TOKENIZERS])
 def test_tokenizer_step(benchmark, tmp_path_factory, family, preset, row):
     medians = _time_all(family, preset, str(tmp_path_factory.mktemp(f"{family}-{preset}")))
