@@ -46,7 +46,9 @@ def _critic(**kw):
 def test_generator_loss_adds_the_weighted_gan_term_from_disc_start_and_never_trains_d():
     model = VQGAN.from_preset("tiny").eval()
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    rng = torch.get_rng_state()
     critic = _critic()
+    assert torch.equal(rng, torch.get_rng_state()), "building the critic moved the run's random stream"
     before, _, _ = critic.generator_loss(model, x, None, step=0)
     after, real, fake = critic.generator_loss(model, x, None, step=1)
     assert "g_loss" not in before.terms and {"g_loss", "d_weight"} <= after.terms.keys()

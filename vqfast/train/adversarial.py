@@ -110,6 +110,20 @@ class TokenizerCritic:
                  seed: int = 0):
         self.recipe = recipe
         self.disc_start = recipe.disc_start if disc_start is None else disc_start
+        with torch.random.fork_rng(devices=[]):  # module defaults draw from a seeded generator, not the run's
+            torch.manual_seed(seed)
+            self._build(perceptual_weights, adversarial, device)
+        self.has_perceptual = perceptual_weights is not None
+        self.optimizer = self.pair = None
+        if self.discriminator is not None:
+            _init_discriminator(self.discriminator, torch.Generator().manual_seed(seed))
+            self.discriminator.train()
+            self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr * recipe.disc_lr_scale,
+                                              betas=betas)
+            self.pair = _TwoPass(self.discriminator)
+
+    def _build(self, perceptual_weights, adversarial: bool, device: torch.device) -> None:
+        recipe = self.recipe
         if recipe.put:
             from vqfast.models.put.losses import PVQVAELoss
             with warnings.catch_warnings():  # the run log says how to turn the VGG terms on
@@ -122,14 +136,6 @@ class TokenizerCritic:
             self.perceptual = VGGPerceptual.from_file(perceptual_weights).to(device) if perceptual_weights else None
             self.discriminator = (PatchDiscriminator(depth=recipe.depth, norm=recipe.norm).to(device)
                                   if adversarial else None)
-        self.has_perceptual = perceptual_weights is not None
-        self.optimizer = self.pair = None
-        if self.discriminator is not None:
-            _init_discriminator(self.discriminator, torch.Generator().manual_seed(seed))
-            self.discriminator.train()
-            self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr * recipe.disc_lr_scale,
-                                              betas=betas)
-            self.pair = _TwoPass(self.discriminator)
 
     def active(self, step: int) -> bool:
         """Whether step (0-based) trains with the GAN terms."""
@@ -146,7 +152,7 @@ class TokenizerCritic:
             return self.pair.no_sync()
         return contextlib.nullcontext()
 
-    def _frozen(self, module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    def _frozen(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """The discriminator's parameters detached (the generator step must not train D)."""
         return {prefix + k: p.detach() for k, p in self.discriminator.named_parameters()}
 
@@ -162,7 +168,7 @@ class TokenizerCritic:
         fake = out.reconstruction
         if not self.active(step):
             return out.loss, images, fake
-        logits = functional_call(self.discriminator, self._frozen(self.discriminator), (fake,))
+        logits = functional_call(self.discriminator, self._frozen(), (fake,))
         g_loss = -logits.float().mean()
         d_weight = adaptive_weight(total, g_loss, decoder_last_layer(model)) * self.recipe.disc_weight
         total = total + d_weight * g_loss
@@ -170,7 +176,7 @@ class TokenizerCritic:
 
     def _put_generator_loss(self, model, images, masks, step):
         seen = {}
-        frozen = self._frozen(self.discriminator, "discriminator.") if self.discriminator is not None else {}
+        frozen = self._frozen("discriminator.") if self.discriminator is not None else {}
 
         def loss_fn(target, reconstruction, commitment, step):
             seen["real"] = target  # x_hat, the masked image: what D_adv of eq. 5 calls real
