@@ -1,7 +1,8 @@
 """The trainable stages of the five families, behind one interface the loop drives.
 
 Stage 1 ("tokenizer") trains the family's tokenizer on images with its own loss
-(`tokenizer(images).loss`); stage 2 ("model") trains the token model on the tokens of a
+(`tokenizer(images).loss`) plus the paper's perceptual and adversarial terms (`Stage.gan`, run by
+`vqfast.train.adversarial.TokenizerCritic`); stage 2 ("model") trains the token model on the tokens of a
 frozen, trained tokenizer (`model.loss(tokens, ...)`); VQ-DDM adds "refit" (VQ-DDM Sec. 3.2:
 rebuild the codebook by k-means, then fine-tune the decoder with the encoder frozen).
 
