@@ -112,6 +112,19 @@ def test_bad_options_name_the_option(image_folder, tmp_path, vgg_weights):
         config(image_folder, tmp_path / "x", disc_start=-1)
     with pytest.raises(ValueError, match="adversarial must be a bool"):
         config(image_folder, tmp_path / "x", adversarial="yes")
+    with pytest.raises(ValueError, match="disc_start.*has no discriminator"):
+        TrainConfig("maskgit", "model", data=str(image_folder), preset="tiny", out=str(tmp_path / "m"), disc_start=3)
     with pytest.raises(ValueError, match="perceptual_weights.*no perceptual term"):
         TrainConfig("maskgit", "model", data=str(image_folder), preset="tiny", out=str(tmp_path / "m"),
                     perceptual_weights=vgg_weights())
+
+
+def test_a_run_without_discriminator_resumes_with_one_before_its_start(image_folder, tmp_path):
+    straight = train(config(image_folder, tmp_path / "a", steps=3, disc_start=2))
+    train(config(image_folder, tmp_path / "b", steps=3, disc_start=2, stop_after=1, adversarial=False))
+    resumed = train(config(image_folder, tmp_path / "b", steps=3, disc_start=2, resume=True))
+    assert [r["loss"] for r in read_log(straight)] == [r["loss"] for r in read_log(resumed)]
+    late = tmp_path / "c"
+    train(config(image_folder, late, steps=3, disc_start=0, stop_after=1, adversarial=False))
+    with pytest.raises(ValueError, match="holds no discriminator.*--no-adversarial"):
+        train(config(image_folder, late, steps=3, disc_start=0, resume=True))

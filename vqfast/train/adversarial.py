@@ -210,10 +210,15 @@ class TokenizerCritic:
             return {}
         return {"weights": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, step: int) -> None:
+        """Restore what `state_dict` returned at `step`. A checkpoint without a discriminator (a run
+        without one) resumes exactly before disc_start: D is neither run nor updated before it."""
         if self.discriminator is None:
             return
         if not state:
-            raise ValueError("the checkpoint holds no discriminator: resume with the --adversarial setting of the run")
+            if step <= self.disc_start:
+                return
+            raise ValueError(f"the checkpoint (step {step}) holds no discriminator but this run's starts at step "
+                             f"{self.disc_start}: resume with --no-adversarial, or a --disc-start of at least {step}")
         self.discriminator.load_state_dict(state["weights"])
         self.optimizer.load_state_dict(state["optimizer"])

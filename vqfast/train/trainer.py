@@ -98,6 +98,9 @@ class TrainConfig:
                                             or self.disc_start < 0):
             raise ValueError(f"disc_start (--disc-start) must be a non-negative int or None (the paper's step), "
                              f"got {self.disc_start!r}")
+        if stage.gan is None and self.disc_start is not None:
+            raise ValueError(f"disc_start (--disc-start): the {self.family} {self.stage} stage has no discriminator "
+                             f"(tokenizer stages do)")
         if self.perceptual_weights is not None:
             if stage.gan is None:
                 raise ValueError(f"perceptual_weights (--perceptual-weights): the {self.family} {self.stage} stage "
@@ -285,7 +288,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.critic is not None:
-            self.critic.load_state_dict(state.get("discriminator", {}))
+            self.critic.load_state_dict(state.get("discriminator", {}), int(state["step"]))
         if self.ema is not None:
             ema = checkpointing.read_weights(folder, "ema")
             self.ema.shadow = {k: ema[k].float() for k in self.ema.shadow}
