@@ -62,7 +62,8 @@ def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.T
 
 
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """0.5 (mean relu(1 - real) + mean relu(1 + fake)): the VQGAN discriminator's hinge loss."""
+    """0.5 (mean relu(1 - real) + mean relu(1 + fake)): the VQGAN discriminator's hinge loss (RQ-VAE
+    scales it by w_disc, which Adam's update ignores up to its eps)."""
     return 0.5 * (F.relu(1.0 - logits_real.float()).mean() + F.relu(1.0 + logits_fake.float()).mean())
 
 
