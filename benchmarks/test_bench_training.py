@@ -9,6 +9,9 @@ from other processes hits every row alike):
              (`official_style.official_ops`), fp32, the stage's AdamW, no clipping, no autocast
   fp32       vqfast.train.Trainer.train_step (fused ops, clipping, schedule)
   bf16       the same under bf16 autocast (fp32 master weights)
+  fp32_gan   (tokenizers) fp32 with the paper's discriminator on from step 0 (PatchGAN generator
+             term with the adaptive weight, then the discriminator's own step); the other rows,
+             like the official-style step, run without it
 extra_info holds each row's median seconds per step, items/s and its ratio to `official`.
 Every family runs at its tiny preset, both stages; the paper presets (PAPER, batch 1) run with
 VQFAST_SLOW=1.
@@ -64,7 +67,7 @@ def _folder(root: Path, n: int = 32, size: int = 40) -> Path:
     return root
 
 
-def _trainer(case: tuple, tmp: Path, precision: str, name: str) -> Trainer:
+def _trainer(case: tuple, tmp: Path, precision: str, name: str, gan: bool = False) -> Trainer:
     family, stage, preset, tok_preset, batch = case
     tokenizer = None
     if tok_preset is not None:
@@ -74,7 +77,8 @@ def _trainer(case: tuple, tmp: Path, precision: str, name: str) -> Trainer:
             checkpoint.save(get_stage(family, stage).tokenizer_cls.from_preset(tok_preset), tokenizer / "model")
     cfg = TrainConfig(family, stage, data=str(_folder(tmp / "images", n=4 * batch)), preset=preset,
                       out=str(tmp / name), steps=10 ** 6, batch_size=batch, precision=precision,
-                      progress=False, holdout=0.0, tokenizer=None if tokenizer is None else str(tokenizer))
+                      progress=False, holdout=0.0, tokenizer=None if tokenizer is None else str(tokenizer),
+                      adversarial=gan, disc_start=0 if gan else None)
     return Trainer(cfg, Context(0, 1, 0, torch.device("cpu")))
 
 
@@ -104,9 +108,11 @@ def _rows(case: tuple, tmp: str):
     def trainer_step(t, autocast):
         return lambda r: t.train_step(iter([batches[r]]), autocast)
 
-    return count, {"official": official_step,
-                   "fp32": trainer_step(fp32, torch.autocast("cpu", enabled=False)),
-                   "bf16": trainer_step(bf16, torch.autocast("cpu", dtype=torch.bfloat16))}
+    rows = {"official": official_step, "fp32": trainer_step(fp32, torch.autocast("cpu", enabled=False)),
+            "bf16": trainer_step(bf16, torch.autocast("cpu", dtype=torch.bfloat16))}
+    if case[1] == "tokenizer":
+        rows["fp32_gan"] = trainer_step(_trainer(case, tmp, "fp32", "gan", gan=True), torch.autocast("cpu", enabled=False))
+    return count, rows
 
 
 def _time_all(case: tuple, tmp: str) -> tuple[int, dict[str, float]]:
@@ -125,11 +131,13 @@ def _time_all(case: tuple, tmp: str) -> tuple[int, dict[str, float]]:
     return _RESULTS[case]
 
 
-@pytest.mark.parametrize("row", ["official", "fp32", "bf16"])
+@pytest.mark.parametrize("row", ["official", "fp32", "bf16", "fp32_gan"])
 @pytest.mark.parametrize("family, stage, preset, tokenizer, batch", CASES,
                          ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in TINY + PAPER])
 def test_training_step(benchmark, tmp_path_factory, family, stage, preset, tokenizer, batch, row):
     case = (family, stage, preset, tokenizer, batch)
+    if row == "fp32_gan" and stage != "tokenizer":
+        pytest.skip("token models train without a discriminator")
     count, medians = _time_all(case, str(tmp_path_factory.mktemp(f"{family}-{stage}-{preset}")))
     benchmark.group = "training"
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)

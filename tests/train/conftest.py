@@ -1,5 +1,6 @@
 """Shared fixtures of the trainer tests: a small folder of generated images (two classes, one
-grayscale, one RGBA, one 16-bit, one corrupt and one empty file), one intra-op thread."""
+grayscale, one RGBA, one 16-bit, one corrupt and one empty file), random-weights VGG files, one
+intra-op thread."""
 import numpy as np
 import pytest
 import torch
@@ -38,3 +39,26 @@ def make_folder(root, n_rgb: int = N_GOOD - 3, seed: int = 0):
 @pytest.fixture
 def image_folder(tmp_path):
     return make_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def vgg_weights(tmp_path):
+    """write(depth=16, seed=0) -> path of a random-weights torchvision VGG state dict (He-scaled
+    convs) with LPIPS linear heads, saved as safetensors."""
+    from safetensors.torch import save_file
+
+    from vqfast.models.common.losses import VGGFeatures
+
+    def write(depth: int = 16, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        state = {}
+        for k, v in VGGFeatures(depth).features.state_dict().items():
+            std = (2.0 / v[0].numel()) ** 0.5 if v.dim() == 4 else 0.0
+            state[f"features.{k}"] = torch.randn(v.shape, generator=g) * std
+        for k, c in enumerate((64, 128, 256, 512, 512)):
+            state[f"lin{k}.model.1.weight"] = torch.rand(1, c, 1, 1, generator=g)
+        path = tmp_path / f"vgg{depth}_{seed}.safetensors"
+        save_file(state, str(path))
+        return str(path)
+
+    return write

@@ -37,6 +37,8 @@ def test_both_stages_train_from_a_folder(image_folder, tmp_path, family, tok_pre
         assert 0 < report["codebook_usage"] <= 1  # of the reconstructions' or the samples' tokens
         scored = run == tok or family == "put"  # PUT's model is scored on its inpainting
         assert ("psnr" in report) == scored and ("ssim" in report) == scored
+        assert ("lpips_skipped" in report) == scored  # no --lpips-weights: the how-to instead
+        assert ("is_skipped" in report) == (run == model and "cond" in model_preset)
 
 
 def test_help_lists_presets(capsys):
@@ -45,6 +47,11 @@ def test_help_lists_presets(capsys):
     out = capsys.readouterr().out
     from vqfast.models.common.vqgan import VQGAN
     assert "--tokenizer" in out and f"maskgit  tokenizer  {', '.join(sorted(VQGAN.PRESETS))}" in out
+    assert all(opt in out for opt in ("--perceptual-weights", "--adversarial, --no-adversarial", "--disc-start"))
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert "--lpips-weights" in out and "IS of class-conditional" in out
 
 
 def test_empty_folder_fails_before_training(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vqfast.train.checkpointing import latest, read_weights
+from vqfast.train.checkpointing import latest, load_state, read_weights
 from vqfast.train.log import read_log
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +59,29 @@ def test_two_processes_match_one_process_with_the_doubled_batch_and_resume(image
     # gradient's size, so rounding in a near-zero gradient can shift it by up to ~lr (1e-4) a step.
     a, b = read_weights(latest(one)), read_weights(latest(two))
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=3e-4) for k in a)
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_discriminator_with_accumulation_and_resume_exactly(image_folder, tmp_path):
+    common = ("--steps", "3", "--disc-start", "1", "--grad-accum", "2", "--batch-size", "1")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    finish(vqfast_train("--out", str(straight), *common, nproc=2, folder=image_folder))
+    finish(vqfast_train("--out", str(resumed), "--stop-after", "2", *common, nproc=2, folder=image_folder))
+    finish(vqfast_train("--out", str(resumed), "--resume", *common, nproc=2, folder=image_folder))
+    records = read_log(straight)
+    assert "d_loss" not in records[0] and all(r["d_loss"] > 0 and r["d_weight"] > 0 for r in records[1:])
+    assert [(r["loss"], r["d_loss"]) for r in read_log(resumed)[1:]] == [(r["loss"], r["d_loss"]) for r in records[1:]]
+    a, b = (load_state(latest(run))["discriminator"]["weights"] for run in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_the_discriminator_is_data_parallel(image_folder, tmp_path):
+    worker = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
+              "--rdzv-endpoint", "127.0.0.1:0", str(ROOT / "tests" / "train" / "discriminator_worker.py"),
+              str(image_folder), str(tmp_path / "run")]
+    proc = subprocess.run(worker, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, "ranks ended with different discriminator weights\n" + proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

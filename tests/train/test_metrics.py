@@ -1,5 +1,6 @@
 """vqfast.train.metrics on known inputs, the FID path on a random-weight feature network against
-the closed-form Frechet distance, and `python -m vqfast eval` on a trained run."""
+the closed-form Frechet distance, IS on a scripted Inception stand-in against exp(E KL), LPIPS
+from a random VGG file, and `python -m vqfast eval` on trained runs."""
 import json
 import math
 
@@ -10,7 +11,12 @@ from scipy import linalg
 
 from vqfast.__main__ import main
 from vqfast.train import TrainConfig, train
-from vqfast.train.metrics import FID, FID_HINT, codebook_stats, inception_features, psnr_ssim
+from vqfast.models.common.losses import VGGPerceptual
+from vqfast.train.data import open_images
+from vqfast.train.families import get_stage
+from vqfast.train.metrics import (FID, FID_HINT, IS_HINT, InceptionScore, codebook_stats, inception_features,
+                                  inception_logits, lpips_model, psnr_ssim)
+from vqfast.train.stage_metrics import stage_metrics
 
 
 def test_psnr_of_a_constant_offset_and_ssim_of_identical_images():
@@ -78,16 +84,101 @@ def test_inception_features_skip_without_a_file_and_reject_a_missing_one(tmp_pat
         inception_features(str(tmp_path / "nope.pt"))
 
 
-def test_eval_command_scores_a_tokenizer_run(image_folder, tmp_path, capsys):
+class InceptionStandIn(torch.nn.Module):
+    """The TorchScript Inception's interface with random weights: images [B, 3, H, W] in [0, 255] ->
+    16 features, or softmax probabilities over 10 classes (return_features=False)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.conv = torch.nn.Conv2d(3, 16, 5, stride=8)
+        self.fc = torch.nn.Linear(16, 10)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.5)
+            self.fc.weight.copy_(torch.randn(self.fc.weight.shape, generator=g) * 4)
+
+    def forward(self, x, return_features: bool = False):
+        features = torch.tanh(self.conv(x / 255 - 0.5)).mean((2, 3))
+        if return_features:
+            return features
+        return torch.softmax(self.fc(features), dim=1)
+
+
+def test_inception_score_matches_exp_of_the_mean_kl(tmp_path):
+    net = torch.jit.script(InceptionStandIn())
+    net.save(str(tmp_path / "inception.pt"))
+    logits, why = inception_logits(str(tmp_path / "inception.pt"))
+    assert why == ""
+    images = torch.rand(12, 3, 24, 24, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    score = InceptionScore(logits, splits=1)
+    score.update(images[:5]), score.update(images[5:])
+    mean, _ = score.compute()
+    with torch.no_grad():  # p(y|x) of the archive, exactly as it sees the images
+        x = torch.nn.functional.interpolate((images + 1) / 2 * 255, size=(299, 299), mode="bilinear",
+                                            align_corners=False)
+        p = net(x, return_features=False).double()
+    marginal = p.mean(0, keepdim=True)
+    expected = torch.exp((p * (p.log() - marginal.log())).sum(1).mean())
+    assert mean == pytest.approx(float(expected), rel=1e-5)
+    assert 1.0 < mean < 10.0
+    split = InceptionScore(logits, splits=3)
+    split.update(images)
+    assert split.compute(seed=1) == split.compute(seed=1)  # the shuffle before splitting is seeded
+    assert inception_logits(None) == (None, IS_HINT)
+
+
+def test_lpips_is_zero_for_identical_images_and_the_vgg_distance_otherwise(vgg_weights):
+    lpips, why = lpips_model(vgg_weights())
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    assert why == "" and lpips(x, x).item() == 0.0
+    direct = VGGPerceptual.from_file(vgg_weights())(x, y)
+    assert lpips(x, y).item() == pytest.approx(direct.item(), rel=1e-6) and direct.item() > 0
+    with pytest.raises(ValueError, match="lpips_weights: no file"):
+        lpips_model(str(vgg_weights().replace("vgg16", "missing")))
+
+
+def test_lpips_of_reconstructions_averages_over_batches_as_one_call(image_folder, tmp_path, vgg_weights):
+    run = train(TrainConfig("maskgit", "tokenizer", data=str(image_folder), preset="tiny", out=str(tmp_path / "r"),
+                            steps=1, batch_size=2, progress=False, holdout=0.0))
+    from vqfast import checkpoint
+    from vqfast.train.checkpointing import model_path
+    model = checkpoint.load(model_path(run)).eval()
+    images = open_images(str(image_folder), 32, split="train", holdout=0.0)
+    lpips = VGGPerceptual.from_file(vgg_weights())
+    report = stage_metrics(get_stage("maskgit", "tokenizer"), model, None, images, None, batch_size=3, max_images=7,
+                           device=torch.device("cpu"), lpips=lpips)
+    x = torch.stack([images[(i, None)][0] for i in range(7)])
+    with torch.no_grad():
+        expected = lpips(x, model(x).reconstruction)
+    assert report["lpips"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_eval_command_scores_a_tokenizer_run(image_folder, tmp_path, capsys, vgg_weights):
     run = train(TrainConfig("maskgit", "tokenizer", data=str(image_folder), preset="tiny", out=str(tmp_path / "r"),
                             steps=1, batch_size=2, progress=False, holdout=0.3))
     scripted = torch.jit.script(RandomFeatures())
     scripted.save(str(tmp_path / "features.pt"))
-    main(["eval", str(run), "--inception-weights", str(tmp_path / "features.pt"), "--batch-size", "2"])
+    main(["eval", str(run), "--inception-weights", str(tmp_path / "features.pt"), "--batch-size", "2",
+          "--lpips-weights", vgg_weights()])
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((run / "metrics.json").read_text())
     assert report["images"] >= 2 and 0 < report["psnr"] < 60 and -1 <= report["ssim"] <= 1
     assert 0 < report["codebook_usage"] <= 1 and report["perplexity"] >= 1 and report["fid"] >= 0
+    assert report["lpips"] > 0 and "is" not in report  # IS scores class-conditional samples only
     main(["eval", str(run)])
     out = capsys.readouterr().out
     assert "FID skipped: pass --inception-weights" in out and '"fid"' not in out
+    assert "LPIPS skipped: pass --lpips-weights" in out and '"lpips"' not in out
+
+
+def test_eval_command_scores_class_conditional_samples_with_is(image_folder, tmp_path):
+    common = dict(data=str(image_folder), steps=1, batch_size=2, progress=False, holdout=0.3)
+    tok = train(TrainConfig("rq", "tokenizer", preset="tiny", out=str(tmp_path / "tok"), **common))
+    model = train(TrainConfig("rq", "model", preset="tiny-cond", out=str(tmp_path / "m"), tokenizer=str(tok),
+                              **common))
+    torch.jit.script(InceptionStandIn()).save(str(tmp_path / "inception.pt"))
+    main(["eval", str(model), "--inception-weights", str(tmp_path / "inception.pt"), "--batch-size", "2"])
+    report = json.loads((model / "metrics.json").read_text())
+    assert 1 - 1e-5 <= report["is"] <= 10  # IS lies in [1, classes]
+    assert "fid" in report and "lpips" not in report and "lpips_skipped" not in report

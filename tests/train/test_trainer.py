@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vqfast.train import TrainConfig, train
-from vqfast.train.checkpointing import latest, read_weights
+from vqfast.train.checkpointing import latest, load_state, read_weights
 from vqfast.train.log import read_log
 
 
@@ -18,16 +18,29 @@ def weights(run):
     return read_weights(latest(run))
 
 
-def test_resume_is_bitwise(image_folder, tmp_path):
-    straight = train(config(image_folder, tmp_path / "a", steps=4))
-    train(config(image_folder, tmp_path / "b", steps=4, stop_after=2))
-    resumed = train(config(image_folder, tmp_path / "b", steps=4, resume=True))
+def discriminator(run):
+    state = load_state(latest(run))["discriminator"]
+    return {**{f"w/{k}": v for k, v in state["weights"].items()},
+            **{f"adam/{i}/{k}": v for i, s in state["optimizer"]["state"].items() for k, v in s.items()}}
+
+
+# disc_start 1: the discriminator trains from the second step on, so its weights and Adam state
+# cross the checkpoint; None: the paper's (taming's 250001), never reached
+@pytest.mark.parametrize("disc_start", [None, 1], ids=["paper", "gan"])
+def test_resume_is_bitwise(image_folder, tmp_path, disc_start):
+    straight = train(config(image_folder, tmp_path / "a", steps=4, disc_start=disc_start))
+    train(config(image_folder, tmp_path / "b", steps=4, stop_after=2, disc_start=disc_start))
+    resumed = train(config(image_folder, tmp_path / "b", steps=4, resume=True, disc_start=disc_start))
     a, b = weights(straight), weights(resumed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the straight run's"
-    losses = lambda run: [r["loss"] for r in read_log(run)]  # noqa: E731
+    losses = lambda run: [(r["loss"], r.get("d_loss")) for r in read_log(run)]  # noqa: E731
     assert losses(straight) == losses(resumed)
     assert [r["kind"] for r in read_log(resumed, None)].count("resume") == 1
+    da, db = discriminator(straight), discriminator(resumed)
+    assert da.keys() == db.keys() and all(torch.equal(da[k], db[k]) for k in da)
+    assert any(k.startswith("adam/") for k in da) == (disc_start == 1)
+    assert ("d_loss" in read_log(straight)[-1]) == (disc_start == 1)
 
 
 def test_run_folder_holds_checkpoint_log_and_figures(image_folder, tmp_path):
@@ -47,18 +60,20 @@ def test_run_folder_holds_checkpoint_log_and_figures(image_folder, tmp_path):
 
 
 def test_resume_with_accumulation_and_ema_is_bitwise(image_folder, tmp_path):
-    kw = dict(steps=2, batch_size=1, grad_accum=2, ema=0.5)
+    kw = dict(steps=2, batch_size=1, grad_accum=2, ema=0.5, disc_start=0)
     straight = train(config(image_folder, tmp_path / "a", **kw))
     train(config(image_folder, tmp_path / "b", stop_after=1, **kw))
     resumed = train(config(image_folder, tmp_path / "b", resume=True, **kw))
     for name in ("model", "ema"):
         a, b = read_weights(latest(straight), name), read_weights(latest(resumed), name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
+    da, db = discriminator(straight), discriminator(resumed)
+    assert all(torch.equal(da[k], db[k]) for k in da)
 
 
 def test_bf16_run_trains(image_folder, tmp_path):
-    run = train(config(image_folder, tmp_path / "bf16", steps=2, precision="bf16"))
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_log(run))
+    run = train(config(image_folder, tmp_path / "bf16", steps=2, precision="bf16", disc_start=0))
+    assert all(torch.isfinite(torch.tensor([r["loss"], r["g_loss"], r["d_loss"]])).all() for r in read_log(run))
     assert all(v.dtype == torch.float32 for k, v in weights(run).items() if "quantizer" not in k)
 
 

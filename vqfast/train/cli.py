@@ -54,6 +54,18 @@ def add_train_parser(sub) -> None:
     p.add_argument("--device", default=None, help="default: this rank's GPU, else the CPU")
     p.add_argument("--dist-timeout", type=float, default=600.0, help="seconds a rank waits for the others")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("tokenizer losses", "the perceptual and adversarial terms of the papers (stages "
+                                                 "tokenizer and refit)")
+    g.add_argument("--perceptual-weights", default=None, metavar="PATH",
+                   help="a local VGG-16 state dict (torchvision layout, safetensors or .pth; with LPIPS's "
+                        "lin<k>.model.1.weight heads for LPIPS) for the perceptual term; PUT: a VGG-19 one for "
+                        "its perceptual and style terms (eqs. 6-7). Default: off (the run log says so)")
+    g.add_argument("--adversarial", action=argparse.BooleanOptionalAction, default=True,
+                   help="train against the paper's PatchGAN discriminator, alternating generator and "
+                        "discriminator updates (default: on, as every paper)")
+    g.add_argument("--disc-start", type=int, default=None, metavar="STEP",
+                   help="the step the discriminator starts at (default: the paper's: maskgit / vqddm 250001 "
+                        "(taming's ImageNet VQGAN), rq / mqvae / put / vqddm refit 0)")
 
 
 def run_train(args) -> None:
@@ -66,19 +78,27 @@ def run_train(args) -> None:
                       save_every=args.save_every, seed=args.seed, workers=args.workers,
                       clip=args.clip or None, warmup=args.warmup, ema=args.ema, holdout=args.holdout,
                       token_cache=args.token_cache, fsdp=args.fsdp, device=args.device, log_every=args.log_every,
-                      progress=not args.no_progress, dist_timeout=args.dist_timeout)
+                      progress=not args.no_progress, dist_timeout=args.dist_timeout,
+                      perceptual_weights=args.perceptual_weights, adversarial=args.adversarial,
+                      disc_start=args.disc_start)
     out = train(cfg)
     if os.environ.get("RANK", "0") == "0":
         print(f"run folder: {out}")
 
 
 def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="metrics of a training run on held-out images (PSNR, SSIM, codebook, FID)")
+    p = sub.add_parser("eval", help="metrics of a training run on held-out images (PSNR, SSIM, LPIPS, codebook, "
+                                    "FID, IS)")
     p.add_argument("run_dir", help="a run folder written by python -m vqfast train")
     p.add_argument("--data", default=None, help="the images to evaluate on (default: the run's data, held-out split)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-images", type=int, default=1000, help="held-out images to use at most")
-    p.add_argument("--inception-weights", default=None, help="a local Inception weights file for FID")
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="a local Inception-v3 file (TorchScript inception-2015-12-05.pt, or torch-fidelity's "
+                        "weights) for FID, and IS of class-conditional token models' samples")
+    p.add_argument("--lpips-weights", default=None, metavar="PATH",
+                   help="a local VGG-16 + LPIPS linear-heads file (torchvision vgg16 state dict with "
+                        "lin<k>.model.1.weight) for LPIPS of tokenizer reconstructions and PUT's inpaintings")
     p.add_argument("--sample-steps", type=int, default=None,
                    help="decoding steps of MaskGIT / VQ-DDM samples (default: the sampler's)")
     p.add_argument("--device", default=None)
@@ -91,7 +111,7 @@ def run_eval(args) -> None:
 
     report = evaluate_run(args.run_dir, data=args.data, batch_size=args.batch_size, max_images=args.max_images,
                           inception_weights=args.inception_weights, device=args.device,
-                          sample_steps=args.sample_steps)
+                          sample_steps=args.sample_steps, lpips_weights=args.lpips_weights)
     print(json.dumps(report, indent=2))
 
 

@@ -1,7 +1,8 @@
 """The trainable stages of the five families, behind one interface the loop drives.
 
 Stage 1 ("tokenizer") trains the family's tokenizer on images with its own loss
-(`tokenizer(images).loss`); stage 2 ("model") trains the token model on the tokens of a
+(`tokenizer(images).loss`) plus the paper's perceptual and adversarial terms (`Stage.gan`, run by
+`vqfast.train.adversarial.TokenizerCritic`); stage 2 ("model") trains the token model on the tokens of a
 frozen, trained tokenizer (`model.loss(tokens, ...)`); VQ-DDM adds "refit" (VQ-DDM Sec. 3.2:
 rebuild the codebook by k-means, then fine-tune the decoder with the encoder frozen).
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from vqfast.data import make_masks
 from vqfast.random import as_generator
+from vqfast.train.adversarial import GANRecipe
 
 FAMILIES = ("maskgit", "put", "mqvae", "rq", "vqddm")
 _PUT_MASK_KINDS = ("box", "strokes", "half", "outside")
@@ -63,7 +65,7 @@ class Stage:
 
     encode(tokenizer, images, labels, generator) -> dict of tensors (the model's inputs; a
     token cache stores them when `cacheable`); loss(model, inputs, generator, tokenizer) ->
-    LossOutput."""
+    LossOutput. gan: the paper's adversarial settings (tokenizer stages)."""
 
     family: str
     name: str
@@ -73,6 +75,7 @@ class Stage:
     unit: str = "img"
     cacheable: bool = False
     extra: dict = field(default_factory=dict)
+    gan: GANRecipe | None = None
 
     @property
     def cls(self) -> type:
@@ -123,7 +126,7 @@ class Stage:
         if self.name in ("tokenizer", "refit"):
             images = inputs["images"]
             if f == "put":
-                return model(images, _put_masks(images, generator)).loss
+                return model(images, self.masks(images, generator)).loss
             return model(images).loss
         labels = _labels(model, inputs["labels"])
         if f == "put":
@@ -136,6 +139,10 @@ class Stage:
         if f == "maskgit":
             tokens = tokens.flatten(1)
         return model.loss(tokens, class_labels=labels, generator=generator)
+
+    def masks(self, images: torch.Tensor, generator: torch.Generator | int) -> torch.Tensor | None:
+        """The missing-pixel masks [B, H, W] a PUT tokenizer trains with (None for other families)."""
+        return _put_masks(images, generator) if self.family == "put" and self.name != "model" else None
 
     def prepare(self, model: nn.Module, data, generator: torch.Generator) -> None:
         """What a stage does once before its first step: ReFiT's codebook rebuild, and
@@ -188,40 +195,50 @@ def _check_vocabulary(model: nn.Module, tokenizer: nn.Module) -> None:
 
 
 _M = "vqfast.models."
+# The GANs of the tokenizers. VQGAN (MaskGIT Sec. 4.1 and VQ-DDM Sec. 4 train taming's VQGAN):
+# LPIPS weight 1, hinge PatchGAN of 3 layers with w_disc = 0.8 from step 250001 (taming's ImageNet
+# VQGAN). RQ-VAE: LPIPS 1, 2-layer PatchGAN with w_disc = 0.75 from the start; MQ-VAE's supplement
+# takes RQ-VAE's setting (perceptual 1.0, adversarial 0.75). PUT: eq. 8 (lambda_adv = 0.1) with
+# EdgeConnect's spectral-norm discriminator (eq. 5). VQ-DDM's ReFiT (Sec. 4) fine-tunes the decoder
+# against the discriminator at twice the decoder's learning rate (1e-6 and 2e-6).
+_TAMING = GANRecipe(disc_start=250001, disc_weight=0.8)
+_RQ = GANRecipe(disc_start=0, disc_weight=0.75, depth=2)
 STAGES: dict[str, dict[str, Stage]] = {
     # MaskGIT Sec. 4.1: VQGAN, then the bidirectional transformer with AdamW (0.9, 0.96),
     # weight decay 4.5e-2, 5k warmup steps.
     "maskgit": {
-        "tokenizer": Stage("maskgit", "tokenizer", _M + "common.vqgan.VQGAN", Optim(1e-4, (0.5, 0.9))),
+        "tokenizer": Stage("maskgit", "tokenizer", _M + "common.vqgan.VQGAN", Optim(1e-4, (0.5, 0.9)), gan=_TAMING),
         "model": Stage("maskgit", "model", _M + "maskgit.BidirectionalTransformer",
                        Optim(1e-4, (0.9, 0.96), 4.5e-2, 5000), _M + "common.vqgan.VQGAN", "tok", True),
     },
     # PUT: P-VQVAE with VQGAN's Adam (0.5, 0.9); UQ-Transformer AdamW with warmup then cosine decay.
     "put": {
-        "tokenizer": Stage("put", "tokenizer", _M + "put.PVQVAE", Optim(2e-4, (0.5, 0.9))),
+        "tokenizer": Stage("put", "tokenizer", _M + "put.PVQVAE", Optim(2e-4, (0.5, 0.9)),
+                           gan=GANRecipe(disc_start=0, disc_weight=0.1, norm="spectral", put=True)),
         "model": Stage("put", "model", _M + "put.UQTransformer", Optim(3e-4, (0.9, 0.95), 0.01, 5000),
                        _M + "put.PVQVAE"),
     },
     # MQ-VAE supplement: Adam (0.5, 0.9), base lr 4.5e-6 scaled by the global batch (8 GPUs x 8);
     # Stackformer: AdamW (0.9, 0.95), weight decay 0.01, cosine decay from 5e-4.
     "mqvae": {
-        "tokenizer": Stage("mqvae", "tokenizer", _M + "mqvae.MQVAE", Optim(4.5e-6 * 64, (0.5, 0.9), 0.0, 500)),
+        "tokenizer": Stage("mqvae", "tokenizer", _M + "mqvae.MQVAE", Optim(4.5e-6 * 64, (0.5, 0.9), 0.0, 500), gan=_RQ),
         "model": Stage("mqvae", "model", _M + "mqvae.Stackformer", Optim(5e-4, (0.9, 0.95), 0.01, 5000),
                        _M + "mqvae.MQVAE", "tok", True),
     },
     # RQ-VAE: Adam (0.5, 0.9) lr 4e-5; RQ-Transformer (supplement): AdamW (0.9, 0.95), weight
     # decay 1e-4, cosine schedule from 1e-4 to 0.
     "rq": {
-        "tokenizer": Stage("rq", "tokenizer", _M + "rq.RQVAE", Optim(4e-5, (0.5, 0.9))),
+        "tokenizer": Stage("rq", "tokenizer", _M + "rq.RQVAE", Optim(4e-5, (0.5, 0.9)), gan=_RQ),
         "model": Stage("rq", "model", _M + "rq.ContextualRQTransformer", Optim(1e-4, (0.9, 0.95), 1e-4, 5000),
                        _M + "rq.RQVAE", "tok", True),
     },
     # VQ-DDM Sec. 4: the VQGAN tokenizer (VQGAN's training strategy), ReFiT (Sec. 3.2), then the
     # discrete diffusion model.
     "vqddm": {
-        "tokenizer": Stage("vqddm", "tokenizer", _M + "common.vqgan.VQGAN", Optim(1e-4, (0.5, 0.9))),
+        "tokenizer": Stage("vqddm", "tokenizer", _M + "common.vqgan.VQGAN", Optim(1e-4, (0.5, 0.9)), gan=_TAMING),
         "refit": Stage("vqddm", "refit", _M + "common.vqgan.VQGAN", Optim(1e-4, (0.5, 0.9)),
-                       _M + "common.vqgan.VQGAN", extra={"refit_images": 1024, "refit_features": 20000}),
+                       _M + "common.vqgan.VQGAN", extra={"refit_images": 1024, "refit_features": 20000},
+                       gan=GANRecipe(disc_start=0, disc_weight=0.8, disc_lr_scale=2.0)),
         "model": Stage("vqddm", "model", _M + "vqddm.VQDDM", Optim(2e-4, (0.9, 0.999), 0.0, 1000),
                        _M + "common.vqgan.VQGAN", "tok", True),
     },

@@ -1,13 +1,15 @@
 """The metrics of each kind of stage on held-out images: tokenizers are scored on their
-reconstructions (PSNR, SSIM, codebook usage and perplexity, FID), PUT's transformer on its
-inpainting (PSNR / SSIM inside the hole, FID), the other token models on samples (FID against
-the held-out images; codebook usage of the sampled tokens)."""
+reconstructions (PSNR, SSIM, LPIPS, codebook usage and perplexity, FID), PUT's transformer on its
+inpainting (PSNR / SSIM inside the hole, LPIPS, FID), the other token models on samples (FID against
+the held-out images, IS of class-conditional samples; codebook usage of the sampled tokens)."""
 from __future__ import annotations
+
+import math
 
 import torch
 
 from vqfast.train.data import collate
-from vqfast.train.metrics import FID, codebook_stats, psnr_ssim
+from vqfast.train.metrics import FID, InceptionScore, codebook_stats, psnr_ssim
 
 
 def _batches(images, batch_size: int, max_images: int):
@@ -56,10 +58,14 @@ def generate(stage, model, tokenizer, x: torch.Tensor, labels: torch.Tensor, gen
 
 @torch.no_grad()
 def stage_metrics(stage, model, tokenizer, images, features, *, batch_size: int, max_images: int,
-                  device: torch.device, seed: int = 0, sample_steps: int | None = None) -> dict[str, float]:
+                  device: torch.device, seed: int = 0, sample_steps: int | None = None, logits=None,
+                  lpips=None) -> dict[str, float]:
     """Metrics of `model` (a trained stage) over the first max_images of `images`; FID when
-    `features` (an Inception feature extractor) is given; sample_steps as in `generate`."""
+    `features` (an Inception feature extractor) is given, IS of the samples when `logits` (Inception
+    class logits) is, LPIPS of reconstructions / inpaintings when `lpips` (e.g. `VGGPerceptual`) is;
+    sample_steps as in `generate`."""
     fid = FID(features) if features is not None else None
+    score = InceptionScore(logits) if logits is not None else None
     sums: dict[str, float] = {}
     tokens, n = [], 0
     for b, (x, labels) in enumerate(_batches(images, batch_size, max_images)):
@@ -73,8 +79,13 @@ def stage_metrics(stage, model, tokenizer, images, features, *, batch_size: int,
                 out = model(x)
             fake, toks, mask = out.reconstruction, out.tokens, None
         if stage.name != "model" or mask is not None:
-            for k, v in psnr_ssim(x, fake.float(), mask).items():
+            scores = psnr_ssim(x, fake.float(), mask)
+            if lpips is not None:
+                scores["lpips"] = float(lpips(x.float(), fake.float()))
+            for k, v in scores.items():
                 sums[k] = sums.get(k, 0.0) + v * x.shape[0]
+        if score is not None:
+            score.update(fake)
         tokens.append(toks.reshape(-1).cpu())
         n += x.shape[0]
         if fid is not None:
@@ -86,4 +97,7 @@ def stage_metrics(stage, model, tokenizer, images, features, *, batch_size: int,
         report.update(codebook_stats(torch.cat(tokens), K))
     if fid is not None:
         report["fid"] = fid.compute()
+    if score is not None:
+        mean, std = score.compute(seed)
+        report.update({"is": mean} if math.isnan(std) else {"is": mean, "is_std": std})
     return report

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import nn
 
 from vqfast import checkpoint
 from vqfast.train import checkpointing, distributed
+from vqfast.train.adversarial import PERCEPTUAL_HINT, TokenizerCritic
 from vqfast.train.data import BatchPlan, _mix, batches, open_images
 from vqfast.train.families import get_stage
 from vqfast.train.log import RunLog
@@ -34,7 +36,9 @@ class TrainConfig:
     (None: no clipping). token_cache: a folder of token shards to train stage 2 from.
     init_from: start from these weights (a run folder or checkpoint of the same class), e.g. to
     fine-tune. stop_after: save and stop after this step (a job slot shorter than the run; the
-    schedule still spans `steps`, and --resume continues)."""
+    schedule still spans `steps`, and --resume continues). Tokenizer stages: perceptual_weights, a
+    local VGG-16 / LPIPS file (PUT: VGG-19) for the perceptual term (None: off); adversarial: train
+    with the paper's discriminator; disc_start: the step it starts at (None: the paper's)."""
 
     family: str
     stage: str
@@ -64,9 +68,12 @@ class TrainConfig:
     log_every: int = 1
     progress: bool = True
     dist_timeout: float = 600.0
+    perceptual_weights: str | None = None
+    adversarial: bool = True
+    disc_start: int | None = None
 
     def __post_init__(self):
-        get_stage(self.family, self.stage)
+        stage = get_stage(self.family, self.stage)
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -85,20 +92,42 @@ class TrainConfig:
             raise ValueError(f"ema must be a decay in (0, 1), got {self.ema!r}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be > 0 or None, got {self.clip!r}")
+        if not isinstance(self.adversarial, bool):
+            raise ValueError(f"adversarial must be a bool, got {self.adversarial!r}")
+        if self.disc_start is not None and (isinstance(self.disc_start, bool) or not isinstance(self.disc_start, int)
+                                            or self.disc_start < 0):
+            raise ValueError(f"disc_start (--disc-start) must be a non-negative int or None (the paper's step), "
+                             f"got {self.disc_start!r}")
+        if stage.gan is None and self.disc_start is not None:
+            raise ValueError(f"disc_start (--disc-start): the {self.family} {self.stage} stage has no discriminator "
+                             f"(tokenizer stages do)")
+        if self.perceptual_weights is not None:
+            if stage.gan is None:
+                raise ValueError(f"perceptual_weights (--perceptual-weights): the {self.family} {self.stage} stage "
+                                 f"has no perceptual term (tokenizer stages do)")
+            if not Path(self.perceptual_weights).is_file():
+                raise ValueError(f"perceptual_weights (--perceptual-weights): no file at {self.perceptual_weights!r} "
+                                 f"(a local VGG-16 / LPIPS weights file; nothing is downloaded)")
 
 
 class _Objective(nn.Module):
     """model + stage as one module whose forward is the loss, so DDP / FSDP see the step (the
-    tokenizer of stage 2 is frozen and kept outside the module tree)."""
+    tokenizer of stage 2 is frozen and the critic has its own wrapper: both are kept outside the
+    module tree). forward -> (total, terms, (real, fake) images for the discriminator or None)."""
 
-    def __init__(self, model: nn.Module, stage, tokenizer: nn.Module | None):
+    def __init__(self, model: nn.Module, stage, tokenizer: nn.Module | None, critic: TokenizerCritic | None):
         super().__init__()
         self.model, self.stage = model, stage
         self.__dict__["tokenizer"] = tokenizer
+        self.__dict__["critic"] = critic
 
-    def forward(self, inputs: dict, generator: int):
+    def forward(self, inputs: dict, generator: int, step: int):
+        if self.critic is not None:
+            images = inputs["images"]
+            out, real, fake = self.critic.generator_loss(self.model, images, self.stage.masks(images, generator), step)
+            return out.total, out.terms, (real, fake)
         out = self.stage.loss(self.model, inputs, generator, tokenizer=self.tokenizer)
-        return out.total, out.terms
+        return out.total, out.terms, None
 
 
 def lr_lambda(step: int, *, warmup: int, total: int) -> float:
@@ -203,11 +232,21 @@ class Trainer:
         if self.sharded and (cfg.ema is not None or cfg.eval_every):
             raise ValueError("ema and eval_every are not supported with fsdp: keep EMA weights with DDP (without "
                              "--fsdp) and evaluate checkpoints with python -m vqfast eval")
-        self.objective = _Objective(self.model, stage, self.tokenizer)
+        o = stage.optim
+        self.critic = None
+        if stage.gan is not None:
+            self.critic = TokenizerCritic(stage.gan, perceptual_weights=cfg.perceptual_weights,
+                                          adversarial=cfg.adversarial, disc_start=cfg.disc_start,
+                                          lr=cfg.lr or o.lr, betas=o.betas, device=ctx.device,
+                                          seed=_mix(cfg.seed, "discriminator"))
+            if self.sharded and self.critic.discriminator is not None and self.critic.disc_start < cfg.steps:
+                raise ValueError(f"the discriminator starts at step {self.critic.disc_start} of this run, and its "
+                                 f"adaptive weight needs unsharded decoder weights: train without --fsdp, or pass "
+                                 f"--no-adversarial or a --disc-start of at least --steps")
+        self.objective = _Objective(self.model, stage, self.tokenizer, self.critic)
         if self.sharded:
             distributed.shard(self.objective, ctx)
         params = stage.trainable(self.model)
-        o = stage.optim
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr or o.lr, betas=o.betas, weight_decay=o.weight_decay)
         warmup = o.warmup if cfg.warmup is None else cfg.warmup
         warmup = min(warmup, max(1, cfg.steps // 10))
@@ -217,17 +256,21 @@ class Trainer:
         self.step = 0
         if self.resume_from is not None:
             self._restore(self.resume_from)
-        if ctx.distributed and not self.sharded:
+        if ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            self.objective = DistributedDataParallel(self.objective, device_ids=ids)
+            if not self.sharded:
+                self.objective = DistributedDataParallel(self.objective, device_ids=ids)
+            if self.critic is not None:
+                self.critic.wrap(lambda m: DistributedDataParallel(m, device_ids=ids))
 
     # -- state ---------------------------------------------------------------------------
     def _state(self) -> dict:
         rng = distributed.gather(checkpointing.rng_state(self.model), self.ctx)
         return {"step": self.step, "micro_batch": self.step * self.cfg.grad_accum,
                 "world_size": self.ctx.world_size, "optimizer": self._optimizer_state(),
-                "scheduler": self.scheduler.state_dict(), "rng": rng, "config": asdict(self.cfg)}
+                "scheduler": self.scheduler.state_dict(), "rng": rng, "config": asdict(self.cfg),
+                "discriminator": self.critic.state_dict() if self.critic is not None else {}}
 
     def _optimizer_state(self) -> dict:
         if self.sharded:
@@ -244,6 +287,8 @@ class Trainer:
         else:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.critic is not None:
+            self.critic.load_state_dict(state.get("discriminator", {}), int(state["step"]))
         if self.ema is not None:
             ema = checkpointing.read_weights(folder, "ema")
             self.ema.shadow = {k: ema[k].float() for k in self.ema.shadow}
@@ -287,6 +332,9 @@ class Trainer:
         elif ctx.is_main:
             log.write({"kind": "data", "train_items": len(self.data), "classes": getattr(self.data, "num_classes", 0),
                        "empty_files": getattr(self.data, "empty_files", 0), "world_size": ctx.world_size})
+            if self.critic is not None and not self.critic.has_perceptual:
+                log.write({"kind": "note", "step": self.step, "note": PERCEPTUAL_HINT})
+                print(PERCEPTUAL_HINT, file=sys.stderr)
         plan = BatchPlan(len(self.data), cfg.batch_size, world_size=ctx.world_size, seed=cfg.seed)
         last = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
         it = self._batches(plan, self.step * cfg.grad_accum, last * cfg.grad_accum)
@@ -324,6 +372,7 @@ class Trainer:
         self.model.train()
         sums: dict[str, float] = {}
         n_items = skipped = 0
+        gan = self.critic is not None and self.critic.active(self.step)
         for a in range(cfg.grad_accum):
             batch = next(it)
             if isinstance(batch, tuple):
@@ -331,10 +380,17 @@ class Trainer:
             key = _mix(cfg.seed, "step", self.step, a, ctx.rank)
             inputs = self._inputs(batch, key)
             n_items += _count(inputs)
-            with self._grad_sync(a == cfg.grad_accum - 1):
+            last = a == cfg.grad_accum - 1
+            with self._grad_sync(last):
                 with autocast:
-                    total, terms = self.objective(inputs, key)
+                    total, terms, images = self.objective(inputs, key, self.step)
                 (total / cfg.grad_accum).backward()
+            if gan:  # the discriminator step on the pre-update reconstruction, as VQGAN alternates
+                with self.critic.sync(last):
+                    with autocast:
+                        d_loss, d_terms = self.critic.discriminator_loss(*images)
+                    (d_loss / cfg.grad_accum).backward()
+                terms = {**terms, **d_terms}
             for k, v in {"loss": total.detach(), **terms}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
         if cfg.clip is not None:
@@ -343,6 +399,8 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if gan:
+            self.critic.step()
         if self.ema is not None:
             self.ema.update(self.model)
         return sums, n_items, skipped
