@@ -93,3 +93,32 @@ def test_errors_before_training(image_folder, tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="holds no images"):
         train(config(empty, tmp_path / "e"))
+
+
+def test_channels_last_trains_as_nchw_and_resumes_bitwise(image_folder, tmp_path):
+    from vqfast.train.distributed import Context
+    from vqfast.train.trainer import Trainer
+
+    kw = dict(steps=3, disc_start=1, channels_last=True)
+    trainer = Trainer(config(image_folder, tmp_path / "t", **kw), Context(0, 1, 0, torch.device("cpu")))
+    convs = [p for p in trainer.model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                         for p in convs if p.shape[1] > 1 and p.shape[2:] != (1, 1))
+    default = Trainer(config(image_folder, tmp_path / "d"), Context(0, 1, 0, torch.device("cpu")))
+    assert default.channels_last is False  # 32 x 32 images: below CHANNELS_LAST_FROM
+    nhwc = train(config(image_folder, tmp_path / "a", **kw))
+    nchw = train(config(image_folder, tmp_path / "n", **{**kw, "channels_last": False}))
+    first, *rest = zip(read_log(nhwc), read_log(nchw))
+    assert first[0]["loss"] == pytest.approx(first[1]["loss"], rel=1e-5)  # the same weights: rounding apart
+    for a, b in rest:  # Adam's first updates magnify the layouts' different rounding
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-2)
+        assert a.get("d_loss") == pytest.approx(b.get("d_loss"), rel=1e-2)
+    assert "d_loss" in read_log(nhwc)[-1]
+    train(config(image_folder, tmp_path / "b", stop_after=2, **kw))
+    resumed = train(config(image_folder, tmp_path / "b", resume=True, **kw))
+    a, b = weights(nhwc), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed channels-last weights differ from the straight run's"
+    with pytest.raises(TypeError, match="channels_last"):
+        config(image_folder, tmp_path / "x", channels_last="yes")
+    with pytest.raises(ValueError, match="channels_last"):
+        config(image_folder, tmp_path / "x", channels_last=True, fsdp=True)

@@ -50,6 +50,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data loading processes per rank")
     p.add_argument("--holdout", type=float, default=0.05, help="share of a folder's images held out")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="conv weights and images in NHWC, the layout the fast conv kernels take (default: on "
+                        "from 128x128 images, off below, where NCHW is as fast)")
     p.add_argument("--fsdp", action="store_true", help="shard the model over ranks (torch FSDP) instead of DDP")
     p.add_argument("--device", default=None, help="default: this rank's GPU, else the CPU")
     p.add_argument("--dist-timeout", type=float, default=600.0, help="seconds a rank waits for the others")
@@ -80,7 +83,7 @@ def run_train(args) -> None:
                       token_cache=args.token_cache, fsdp=args.fsdp, device=args.device, log_every=args.log_every,
                       progress=not args.no_progress, dist_timeout=args.dist_timeout,
                       perceptual_weights=args.perceptual_weights, adversarial=args.adversarial,
-                      disc_start=args.disc_start)
+                      disc_start=args.disc_start, channels_last=args.channels_last)
     out = train(cfg)
     if os.environ.get("RANK", "0") == "0":
         print(f"run folder: {out}")
