@@ -48,11 +48,12 @@ def _triton_status() -> tuple[bool, str]:
 
 
 def cpu_kernels() -> dict[str, str]:
-    """The build of each CPU kernel group that runs here, e.g. {"search": "avx512-bf16",
+    """The build of each CPU kernel group that runs here, e.g. {"search": "avx512-amx",
     "sampling": "avx512", "diffusion": "avx512", "ema": "avx512"} ("portable" without AVX-512
-    or with VQFAST_CPU_PORTABLE=1); {} without the C++ extension.
+    or with VQFAST_CPU_PORTABLE=1; search "avx512-bf16" without AMX or with VQFAST_CPU_AMX=0);
+    {} without the C++ extension.
 
-    Raises ValueError when VQFAST_CPU_PORTABLE is set to anything but 0 or 1.
+    Raises ValueError when VQFAST_CPU_PORTABLE or VQFAST_CPU_AMX is set to anything but 0 or 1.
     """
     if not _CPU_OK:
         return {}

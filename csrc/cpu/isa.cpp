@@ -3,6 +3,10 @@
 
 #include <c10/util/Exception.h>
 
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -25,6 +29,27 @@ bool cpu_has_avx512_set() {
          __builtin_cpu_supports("bmi2");
 }
 
+// VQFAST_CPU_AMX: unset or 1 -> true, 0 -> false, anything else raises.
+bool amx_allowed() {
+  const char* v = std::getenv("VQFAST_CPU_AMX");
+  if (v == nullptr || std::strcmp(v, "1") == 0) return true;
+  TORCH_CHECK_VALUE(std::strcmp(v, "0") == 0, "VQFAST_CPU_AMX must be 0 or 1, got '", v, "'");
+  return false;
+}
+
+// CPUID leaf 7: AMX-BF16 (EDX bit 22) and AMX-TILE (EDX bit 24); then Linux must grant the
+// tile data (XFEATURE 18) to the process (arch_prctl ARCH_REQ_XCOMP_PERM).
+bool cpu_has_amx_tiles() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d >> 22 & 1u) || !(d >> 24 & 1u)) return false;
+#ifdef SYS_arch_prctl
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 bool use_avx512() {
@@ -34,6 +59,11 @@ bool use_avx512() {
 
 bool cpu_has_bf16_dot() {
   static const bool ok = use_avx512() && __builtin_cpu_supports("avx512bf16");
+  return ok;
+}
+
+bool use_amx() {
+  static const bool ok = amx_allowed() && cpu_has_bf16_dot() && cpu_has_amx_tiles();
   return ok;
 }
 

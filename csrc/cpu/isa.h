@@ -44,6 +44,11 @@ bool use_avx512();
 // use_avx512() and the CPU has AVX512-BF16 (the bf16 search micro-kernel).
 bool cpu_has_bf16_dot();
 
+// cpu_has_bf16_dot(), the CPU has AMX-TILE and AMX-BF16, the kernel grants this process the
+// tile data state, and VQFAST_CPU_AMX is unset or 1 (0 turns the AMX search pass off; any
+// other value raises ValueError). Checked once.
+bool use_amx();
+
 template <auto kGeneric, auto kAvx512>
 struct IsaPick;
 

@@ -12,11 +12,12 @@ namespace {
 
 // cpu_kernels() -> {"search": ..., "sampling": ..., "diffusion": ..., "ema": ...}: the build of
 // each kernel group that runs on this CPU ("avx512", "avx512-bf16" for the search when its bf16
-// micro-kernel runs, or "portable"). ValueError for a VQFAST_CPU_PORTABLE other than 0 or 1.
+// micro-kernel runs, "avx512-amx" when its candidate pass runs on AMX tiles, or "portable").
+// ValueError for a VQFAST_CPU_PORTABLE or VQFAST_CPU_AMX other than 0 or 1.
 PyObject* cpu_kernels(PyObject*, PyObject*) {
   try {
     const char* isa = vqfast::cpu::use_avx512() ? "avx512" : "portable";
-    const char* search = vqfast::cpu::cpu_has_bf16_dot() ? "avx512-bf16" : isa;
+    const char* search = vqfast::cpu::use_amx() ? "avx512-amx" : vqfast::cpu::cpu_has_bf16_dot() ? "avx512-bf16" : isa;
     return Py_BuildValue("{s:s,s:s,s:s,s:s}", "search", search, "sampling", isa, "diffusion", isa, "ema", isa);
   } catch (const c10::ValueError& e) {
     PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());

@@ -256,6 +256,20 @@ void finish_row(const Codebook& cb, const float* x, double x_norm, const RowStat
   *dist = static_cast<float>(best);
 }
 
+void finish_rows(const Codebook& cb, const Rows& rows, int64_t n, const double* x_norm, const RowState* state,
+                 int64_t* idx, float* dist) {
+  for (int64_t r = 0; r < n; ++r) {
+    // A NaN/inf row (its fp64 squared norm is not finite) gets idx 0, dist NaN. Not `!finite[r]
+    // && !overflow`: its -inf lower bounds can pass the fp32 filter and overflow the candidates.
+    if (!vqfast::finite_value(x_norm[r])) {
+      idx[r] = 0;
+      dist[r] = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
+    finish_row(cb, rows.row32(r), x_norm[r], state[r], idx + r, dist + r);
+  }
+}
+
 }  // namespace
 
 Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16) {
@@ -272,6 +286,8 @@ Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16)
   cb.scale = at::empty({cb.Kp}, f32);
   cb.err_a = at::empty({cb.Kp}, f32);
   cb.err_b = at::empty({cb.Kp}, f32);
+  cb.amx = use_amx();
+  cb.err_b_amx = cb.amx ? at::empty({cb.Kp}, f32) : cb.err_b;
   const int64_t K = cb.K, d = cb.d;
   const float* raw = cb.raw.data_ptr<float>();
   float *bias = cb.bias.data_ptr<float>(), *scale = cb.scale.data_ptr<float>();
@@ -282,6 +298,12 @@ Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16)
   // most d * 2^-126 per unit of |x| |c|: the 2^-100 term.
   const double u = std::ldexp(1.0, -24), n = static_cast<double>(d + 8);
   const double gamma = 2.0 * n * u / (1.0 - n * u);
+  // The AMX pass of fp32/fp16 values dots x~, c~ rounded to bf16 (unit roundoff ub = 2^-8):
+  // |x.c - x~.c~| <= (2 ub + ub^2) |x| |c|, and its fp32 sum is off by gamma |x~| |c~| <=
+  // gamma (1 + ub)^2 |x| |c|. bf16 codes and rows are exact: the fp32 bound alone.
+  const double ub = std::ldexp(1.0, -8), round_b = bf16 ? 0.0 : 2.0 * ub + ub * ub;
+  const double rel_amx = round_b + gamma * (1.0 + ub) * (1.0 + ub);
+  float* eba = cb.err_b_amx.data_ptr<float>();
   std::vector<uint8_t> valid(cb.Kp, 0);
   std::vector<double> norms(cb.Kp, 0.0);
   // Codes (and below, panels) in parallel: this O(K d) set-up runs on every op call.
@@ -297,6 +319,7 @@ Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16)
       valid[k] = k < K && vqfast::finite_value(cc);
       if (!valid[k]) {  // padding and non-finite codes are never candidates
         bias[k] = std::numeric_limits<float>::infinity(), scale[k] = 0.f, ea[k] = 0.f, eb[k] = 0.f;
+        if (cb.amx) eba[k] = 0.f;
         continue;
       }
       const double cn = std::sqrt(cc), tiny = std::ldexp(1.0, -100) * (1.0 + cn);
@@ -306,12 +329,14 @@ Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16)
         scale[k] = -2.f;
         ea[k] = static_cast<float>(gamma * cc + tiny) * 1.0001f;
         eb[k] = static_cast<float>(2.0 * gamma * cn + tiny) * 1.0001f;
+        if (cb.amx) eba[k] = static_cast<float>(2.0 * rel_amx * cn + tiny) * 1.0001f;
       } else {
         const double inv = 1.0 / std::max(cn, 1e-12);
         bias[k] = 0.f;
         scale[k] = static_cast<float>(-inv);
         ea[k] = static_cast<float>(tiny * inv);
         eb[k] = static_cast<float>((gamma * cn + tiny) * inv) * 1.0001f;
+        if (cb.amx) eba[k] = static_cast<float>((rel_amx * cn + tiny) * inv) * 1.0001f;
       }
     }
   });
@@ -354,8 +379,30 @@ Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16)
         }
     });
   }
+  if (cb.amx) {  // bf16 pairs as 32-bit words: [panel][da/2][kNR], zero past d (the tile depth is 32)
+    cb.da = (d + 31) / 32 * 32;
+    auto src = codebook.to(at::kBFloat16).contiguous();  // round to nearest even (fp32/fp16 codes)
+    const uint16_t* sv = reinterpret_cast<const uint16_t*>(src.data_ptr<at::BFloat16>());
+    cb.packed_amx = at::empty({panels, cb.da / 2, kNR, 2}, at::TensorOptions().dtype(at::kBFloat16));
+    uint32_t* packed = reinterpret_cast<uint32_t*>(cb.packed_amx.data_ptr<at::BFloat16>());
+    const int64_t pairs = cb.da / 2;
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t j = 0; j < kNR; ++j) {
+          const int64_t k = p * kNR + j;
+          uint32_t* dst = packed + p * pairs * kNR + j;
+          for (int64_t q = 0; q < pairs; ++q) {
+            const int64_t i = 2 * q;
+            const uint32_t lo = valid[k] && i < d ? sv[k * d + i] : 0u;
+            const uint32_t hi = valid[k] && i + 1 < d ? sv[k * d + i + 1] : 0u;
+            dst[q * kNR] = lo | hi << 16;
+          }
+        }
+    });
+    cb.p_packed_amx = cb.packed_amx.data_ptr();
+  }
   cb.p_raw = cb.raw.data_ptr<float>();
-  cb.p_bias = bias, cb.p_scale = scale, cb.p_ea = ea, cb.p_eb = eb;
+  cb.p_bias = bias, cb.p_scale = scale, cb.p_ea = ea, cb.p_eb = eb, cb.p_eb_amx = eba;
   cb.p_packed = cb.packed.data_ptr();
   return cb;
 }
@@ -368,8 +415,86 @@ struct Scratch {
   std::vector<double> x_norm;
   std::vector<float> xn32, a32;
   std::vector<int32_t> abf;
+  std::vector<uint16_t> tbf;  // the AMX pass's rows: bf16 [rows rounded up to 16][da]
   std::vector<uint8_t> finite;
 };
+
+using ScanRow = void (*)(const Codebook&, const float*, int64_t, float, RowState&);
+
+// Rows [n] as bf16 row-major [., da], zero past d (a tile row is 32 values): bf16 rows copied,
+// fp32 rows rounded to nearest even (vcvtneps2bf16; it flushes denormals, covered by the bound).
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void rows_to_bf16(const Codebook& cb, const Rows& rows,
+                                                                          int64_t n, uint16_t* out) {
+  const int64_t d = cb.d, da = cb.da;
+  for (int64_t r = 0; r < n; ++r) {
+    uint16_t* dst = out + r * da;
+    if (cb.bf16) {
+      std::memcpy(dst, rows.rowbf(r), d * sizeof(uint16_t));
+      continue;
+    }
+    const float* x = rows.row32(r);
+    for (int64_t i = 0; i < d; i += 16) {
+      const __mmask16 m = d - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (d - i)) - 1u);
+      const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i));
+      _mm256_mask_storeu_epi16(dst + i, m, (__m256i)v);
+    }
+  }
+}
+
+// Tile configuration of the AMX pass: tmm0-3 the dots of 16 rows with 4 x 16 codes, tmm4 the
+// rows' 32-deep slice, tmm5 a code slice; every tile 16 rows of 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// The candidate pass on AMX tiles: per code panel (kNR = 64 codes) and group of 16 rows,
+// tdpbf16ps accumulates the 16 x 64 dots over the depth in fp32; each finite row then scans
+// its 64 dots with the AMX bound (cb.p_eb_amx).
+__attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_pass(const Codebook& cb, const uint16_t* a,
+                                                                   int64_t n, const float* xn32,
+                                                                   const uint8_t* finite, RowState* state,
+                                                                   ScanRow scan) {
+  TileConfig cfg;
+  for (int t = 0; t < 6; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+  _tile_loadconfig(&cfg);
+  Codebook bound = cb;  // the scans read err_b through p_eb
+  bound.p_eb = cb.p_eb_amx;
+  alignas(64) float dots[16 * kNR];
+  const int64_t steps = cb.da / 32, groups = (n + 15) / 16, panels = cb.Kp / kNR;
+  const int64_t a_stride = cb.da * 2, b_stride = kNR * 4;
+  for (int64_t p = 0; p < panels; ++p) {
+    const char* panel = static_cast<const char*>(cb.p_packed_amx) + p * (cb.da / 2) * kNR * 4;
+    for (int64_t g = 0; g < groups; ++g) {
+      const char* rows16 = reinterpret_cast<const char*>(a + g * 16 * cb.da);
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t s = 0; s < steps; ++s) {
+        const char* slice = panel + s * 16 * b_stride;
+        _tile_loadd(4, rows16 + s * 64, a_stride);
+        _tile_loadd(5, slice, b_stride);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_loadd(5, slice + 64, b_stride);
+        _tile_dpbf16ps(1, 4, 5);
+        _tile_loadd(5, slice + 128, b_stride);
+        _tile_dpbf16ps(2, 4, 5);
+        _tile_loadd(5, slice + 192, b_stride);
+        _tile_dpbf16ps(3, 4, 5);
+      }
+      _tile_stored(0, dots, b_stride);
+      _tile_stored(1, dots + 16, b_stride);
+      _tile_stored(2, dots + 32, b_stride);
+      _tile_stored(3, dots + 48, b_stride);
+      const int64_t r0 = g * 16, rn = std::min<int64_t>(16, n - r0);
+      for (int64_t i = 0; i < rn; ++i)
+        if (finite[r0 + i]) scan(bound, dots + i * kNR, p * kNR, xn32[r0 + i], state[r0 + i]);
+    }
+  }
+  _tile_release();
+}
 
 }  // namespace
 
@@ -397,6 +522,24 @@ void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist
     state[r].n = 0;
     state[r].overflow = overflow;
   }
+  const auto scan = use_avx512() ? scan_tile_row_avx512 : scan_tile_row_portable;
+  const float* xn32 = sc.xn32.data();
+  const uint8_t* finite = sc.finite.data();
+  if (cb.amx) {
+    sc.tbf.assign((n + 15) / 16 * 16 * cb.da, 0);
+    rows_to_bf16(cb, rows, n, sc.tbf.data());
+    amx_pass(cb, sc.tbf.data(), n, xn32, finite, state, scan);
+    // Rounded fp32 values widen the bound; should it leave many rows with more candidates than a
+    // row keeps (codes close relative to their norms), the fp32 pass redoes the block.
+    int64_t full = 0;
+    for (int64_t r = 0; r < n; ++r) full += finite[r] && state[r].overflow;
+    if (cb.bf16 || full * 8 <= n) {
+      finish_rows(cb, rows, n, sc.x_norm.data(), state, idx, dist);
+      return;
+    }
+    for (int64_t r = 0; r < n; ++r)
+      if (finite[r]) state[r].best_hi = kFloatMax, state[r].n = 0, state[r].overflow = false;
+  }
   // Rows packed k-major per micro-panel (zeros past the last row: only the last tile has them).
   const int64_t tiles = (n + kMR - 1) / kMR, steps = cb.bf16 ? cb.dp / 2 : d;
   if (cb.bf16) {
@@ -422,9 +565,6 @@ void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist
   }
   alignas(64) float tile[kMR * kNR];
   const MicroF32 mf = micro_f32();
-  const auto scan = use_avx512() ? scan_tile_row_avx512 : scan_tile_row_portable;
-  const float* xn32 = sc.xn32.data();
-  const uint8_t* finite = sc.finite.data();
   const int64_t panels = cb.Kp / kNR;
   // One code panel stays in cache while the packed rows stream past it.
   for (int64_t p = 0; p < panels; ++p) {
@@ -444,16 +584,7 @@ void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist
         if (need >> i & 1u) scan(cb, tile + i * kNR, p * kNR, xn32[r0 + i], state[r0 + i]);
     }
   }
-  for (int64_t r = 0; r < n; ++r) {
-    // A NaN/inf row (its fp64 squared norm is not finite) gets idx 0, dist NaN. Not `!finite[r]
-    // && !overflow`: its -inf lower bounds can pass the fp32 filter and overflow the candidates.
-    if (!vqfast::finite_value(sc.x_norm[r])) {
-      idx[r] = 0;
-      dist[r] = std::numeric_limits<float>::quiet_NaN();
-      continue;
-    }
-    finish_row(cb, rows.row32(r), sc.x_norm[r], state[r], idx + r, dist + r);
-  }
+  finish_rows(cb, rows, n, sc.x_norm.data(), state, idx, dist);
 }
 
 }  // namespace vqfast::cpu

@@ -34,14 +34,21 @@ struct Codebook {
   int64_t K = 0, d = 0, Kp = 0, dp = 0;  // Kp: K rounded up to kNR; dp: d rounded up to even
   int64_t metric = kL2;
   bool bf16 = false;     // packed codes are bf16 and rows must be given as bf16
+  bool amx = false;      // the candidate pass runs on AMX tiles (use_amx()): packed_amx, rows as bf16
+                         // (fp32/fp16 rows rounded, with eb_amx as their bound), see search_rows
   double max_norm = 0;   // largest |c| of the finite codes: rows whose scores could overflow fp32
                          // (|x| + max_norm past 2^62) skip the fp32 pass and are re-ranked in full
   at::Tensor packed;     // fp32 [Kp/kNR, d, kNR] or bf16 [Kp/kNR, dp/2, kNR, 2] (VNNI pairs)
   at::Tensor raw;        // fp32 [K, d]: exact values for the re-rank and the gather
   at::Tensor bias, scale, err_a, err_b;  // fp32 [Kp]: score = bias + scale * dot; err = err_a + |x| err_b
+  at::Tensor packed_amx;  // bf16 [Kp/kNR, da/2, kNR, 2] (da: d rounded up to 32, the tile depth)
+  at::Tensor err_b_amx;   // fp32 [Kp]: err_b of the AMX pass (adds the rounding of fp32 values to bf16)
+  int64_t da = 0;
   // Raw pointers into the tensors above: the hot loops must not pay data_ptr's checks.
   const float *p_raw = nullptr, *p_bias = nullptr, *p_scale = nullptr, *p_ea = nullptr, *p_eb = nullptr;
   const void* p_packed = nullptr;
+  const void* p_packed_amx = nullptr;
+  const float* p_eb_amx = nullptr;
 };
 
 // codebook [K, d] of any float dtype. bf16=true packs bf16 codes (codebook must be bf16).
