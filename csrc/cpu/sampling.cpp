@@ -165,7 +165,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_select_cpu(
     RowScan sc;
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = ld.load(r, scratch.data(), nullptr);
-      scan_row(x, V, sample, mk[r], sc);  // the log-sum-exp only where a confidence is written
+      scan_row(x, V, sample, mk[r], sc);  // the log-softmax terms only where a confidence is written
       if (sc.bad) {
         tok[r] = -1;
         cf[r] = std::numeric_limits<float>::quiet_NaN();
@@ -174,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_select_cpu(
       const int64_t t = sample ? categorical(x, V, sc, k, kStreamToken, static_cast<uint64_t>(r)) : first_max(x, V, sc);
       tok[r] = t;
       const float g = gumbel_from_word(philox::element_word(k, kStreamConfidence, r));
-      cf[r] = mk[r] ? (x[t] - sc.lse()) + tau * g : -kInf;
+      cf[r] = mk[r] ? ((x[t] - sc.m) - sc.norm()) + tau * g : -kInf;  // vqfast/log_softmax.h
     }
   });
   const int64_t* nr = nrev.data_ptr<int64_t>();
@@ -222,7 +222,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_sample_topk_cpu(
       if (kp[r]) continue;  // known positions are never read
       const float* x = ld.load(r, scratch.data(), nullptr);
       scan_row(x, V, false, true, rs);
-      sc[r] = rs.bad ? std::numeric_limits<float>::quiet_NaN() : rs.m - rs.lse();
+      sc[r] = rs.bad ? std::numeric_limits<float>::quiet_NaN() : -rs.norm();  // max_v log softmax
     }
   });
   int64_t* pos = positions.data_ptr<int64_t>();
