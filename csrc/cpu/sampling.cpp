@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "vqfast/log_softmax.h"
 #include "vqfast/philox.h"
 
 VQFAST_ISA_TARGET_BEGIN
@@ -146,6 +147,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_select_cpu(
     const at::Tensor& logits, const at::Tensor& masked, const at::Tensor& n_reveal, double temperature,
     bool sample, const at::Tensor& banned, int64_t key) {
   check_logits(logits, 3, "gumbel_topk_select_cpu");
+  TORCH_CHECK(logits.size(2) <= lse::kMaxVocab, "gumbel_topk_select_cpu: V <= 2^23 - 1 expected");
   const int64_t B = logits.size(0), L = logits.size(1), V = logits.size(2);
   auto mask = masked.to(at::kBool).contiguous();
   auto nrev = n_reveal.to(at::kLong).contiguous();
@@ -203,6 +205,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_sample_topk_cpu(
     const at::Tensor& logits, const at::Tensor& known, int64_t top_k, int64_t n_positions, double temperature,
     int64_t key) {
   check_logits(logits, 3, "select_and_sample_topk_cpu");
+  TORCH_CHECK(logits.size(2) <= lse::kMaxVocab, "select_and_sample_topk_cpu: V <= 2^23 - 1 expected");
   TORCH_CHECK(top_k >= 1 && n_positions >= 1 && temperature > 0, "select_and_sample_topk_cpu: bad arguments");
   const int64_t B = logits.size(0), L = logits.size(1), V = logits.size(2);
   const int64_t kk = std::min(top_k, V);

@@ -97,10 +97,14 @@ inline uint32_t reduce_add_u32(__m512i v) {
   return static_cast<uint32_t>(_mm_cvtsi128_si32(b));
 }
 
-// exp_f32 (vqfast/philox.h) in 16 lanes: the same float32 operations, no FMA, so the same bits.
-inline __m512 exp16_f32(__m512 x) {
+// lse::term of 16 lanes (x <= m or -inf), added to 8 int64 lanes: exp_f32(x - m) * 2^40 with the
+// float32 operations of exp_f32 (no FMA), 2^40 folded into its power of two. The same integers:
+// for d = x - m <= 0, exp_f32 is y 2^n with n >= -126; when y 2^n is normal, rounding it and then
+// scaling by 2^40 equals rounding y 2^(n + 40); when it is subnormal (or d < -87, where exp_f32
+// gives 0 and y 2^(n + 40) < 2^-85), both truncate to 0. The clamp at 88 never acts for d <= 0.
+inline __m512i add_terms16(__m512i acc, __m512 xv, __m512 vm) {
   auto c = [](float v) { return _mm512_set1_ps(v); };
-  const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, c(-87.0f)), c(88.0f));
+  const __m512 xc = _mm512_max_ps(_mm512_sub_ps(xv, vm), c(-87.0f));
   const __m512 fx = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(xc, c(1.44269504088896341f)), c(12582912.0f)),
                                   c(12582912.0f));
   __m512 r = _mm512_sub_ps(xc, _mm512_mul_ps(fx, c(0.693359375f)));
@@ -113,13 +117,9 @@ inline __m512 exp16_f32(__m512 x) {
   p = _mm512_add_ps(_mm512_mul_ps(p, r), c(1.6666665459e-1f));
   p = _mm512_add_ps(_mm512_mul_ps(p, r), c(5.0000001201e-1f));
   const __m512 y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, z), r), c(1.0f));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127)), 23);
-  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, c(-87.0f), _CMP_NLT_UQ), _mm512_mul_ps(y, _mm512_castsi512_ps(e)));
-}
-
-// lse::term of 16 lanes (x <= m or -inf), added to 8 int64 lanes.
-inline __m512i add_terms16(__m512i acc, __m512 xv, __m512 vm) {
-  const __m512 q = _mm512_mul_ps(exp16_f32(_mm512_sub_ps(xv, vm)), _mm512_set1_ps(lse::kScale));
+  const __m512i e = _mm512_slli_epi32(
+      _mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127 + lse::kShift)), 23);
+  const __m512 q = _mm512_mul_ps(y, _mm512_castsi512_ps(e));
   acc = _mm512_add_epi64(acc, _mm512_cvttps_epi64(_mm512_castps512_ps256(q)));
   return _mm512_add_epi64(acc, _mm512_cvttps_epi64(_mm512_extractf32x8_ps(q, 1)));
 }
