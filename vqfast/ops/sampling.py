@@ -2,7 +2,8 @@
 
 Semantics, noise layout and tie rules: vqfast/reference/sampling.py and vqfast/random.py.
 Every backend draws the same counter-based noise, so one key gives the same tokens on
-the reference, the C++ CPU kernels and the Triton kernels.
+the reference, the C++ CPU kernels and the Triton kernels; the confidence ops share one exact
+log-softmax rule (reference `log_normalizer`), so their confidences and selections match too.
 """
 from __future__ import annotations
 
