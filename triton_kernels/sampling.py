@@ -16,7 +16,7 @@ import triton.language as tl
 
 from vqfast.random import STREAM_CONFIDENCE, gumbel
 from vqfast.triton_kernels.random import (cat_accept, cat_block_weight, cat_floor_mul, cat_in_block_weight,
-                                          cat_trial_words, split_key)
+                                          cat_trial_words, exp_f32, log_f32, split_key)
 
 _STREAM_TOKEN = tl.constexpr(1)  # vqfast/random.py (constexpr: jit code reads it)
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -265,15 +265,16 @@ def sample_logits_triton(logits, uncond, cfg_scale, temperature, top_k, top_p, k
 
 
 @triton.jit
-def _row_lse_kernel(X, SKIP, BAN, TOK, LSE, V, key_lo, key_hi, temperature, SAMPLE: tl.constexpr,
+def _row_lse_kernel(X, SKIP, BAN, TOK, M, NORM, V, key_lo, key_hi, temperature, SAMPLE: tl.constexpr,
                     APPLY_T: tl.constexpr, HAS_BAN: tl.constexpr, BLOCK: tl.constexpr):
-    """Per position: token (argmax or categorical draw), log-sum-exp; -1 / NaN on bad rows.
-    Positions with SKIP set are not read; ids with BAN[v] != 0 count as -inf."""
+    """Per position: token (argmax or categorical draw), row max m and log-normaliser L
+    (vqfast/reference/sampling.py `log_normalizer`: int64 sum of trunc(exp_f32(x - m) 2^40),
+    exact in any order); -1 / NaN on bad rows. Positions with SKIP set are not read; ids with
+    BAN[v] != 0 count as -inf."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     n = tl.where(tl.load(SKIP + row) != 0, 0, V)
     m = float("-inf")
-    s = 0.0
     bad = 0
     best = float("-inf")
     best_i = 0
@@ -283,10 +284,7 @@ def _row_lse_kernel(X, SKIP, BAN, TOK, LSE, V, key_lo, key_hi, temperature, SAMP
         if HAS_BAN:
             x = tl.where(tl.load(BAN + offs, mask=offs < V, other=0) != 0, float("-inf"), x)
         bad = bad | tl.max(((x != x) | (x == float("inf"))).to(tl.int32), 0)
-        m_new = tl.maximum(m, tl.max(x, 0))
-        s = s * tl.exp(m - tl.where(m_new == float("-inf"), 0.0, m_new)) + \
-            tl.sum(tl.exp(x - tl.where(m_new == float("-inf"), 0.0, m_new)), 0)
-        m = m_new
+        m = tl.maximum(m, tl.max(x, 0))
         cmax = tl.max(x, 0)
         cidx = tl.min(tl.where(x == cmax, offs, 2147483647), 0)
         take = cmax > best
@@ -294,12 +292,21 @@ def _row_lse_kernel(X, SKIP, BAN, TOK, LSE, V, key_lo, key_hi, temperature, SAMP
         best = tl.where(take, cmax, best)
     bad = bad | (m == float("-inf")).to(tl.int32)
     tok = best_i.to(tl.int64)
-    if SAMPLE:
-        if bad == 0:
+    terms = tl.zeros((), tl.int64)
+    if bad == 0:
+        for v0 in range(0, n, BLOCK):
+            offs = v0 + cols
+            x = _load_row(X, X, row, offs, V, 1.0, temperature, False, APPLY_T)
+            if HAS_BAN:
+                x = tl.where(tl.load(BAN + offs, mask=offs < V, other=0) != 0, float("-inf"), x)
+            terms += tl.sum((exp_f32(x - m) * 1099511627776.0).to(tl.int64), 0)  # 2^40; -inf adds 0
+        if SAMPLE:
             tok = _draw(X, X, BAN, row, V, m, key_lo, key_hi, 1.0, temperature, 0, 0, 0, 0, False, APPLY_T, HAS_BAN,
                         False, False, BLOCK)
+    norm = log_f32(tl.where(bad != 0, 1, terms).to(tl.float32) * 9.094947017729282e-13)  # 2^-40
     tl.store(TOK + row, tl.where(bad != 0, -1, tok))
-    tl.store(LSE + row, tl.where(bad != 0, float("nan"), m + tl.log(tl.where(bad != 0, 1.0, s))))
+    tl.store(M + row, m)
+    tl.store(NORM + row, tl.where(bad != 0, float("nan"), norm))
 
 
 @triton.jit
@@ -334,19 +341,20 @@ def gumbel_topk_select_triton(logits, masked, n_reveal, temperature, sample, ban
     dev = logits.device
     ban = torch.zeros(V, dtype=torch.int8, device=dev).index_fill_(0, banned, 1) if banned.numel() else None
     tok = torch.empty(B * L, dtype=torch.long, device=dev)
-    lse = torch.empty(B * L, dtype=torch.float32, device=dev)
+    m = torch.empty(B * L, dtype=torch.float32, device=dev)
+    norm = torch.empty(B * L, dtype=torch.float32, device=dev)
     reveal = torch.zeros(B, L, dtype=torch.int8, device=dev)
     if B * L == 0:
-        return tok.view(B, L), lse.view(B, L), reveal.bool()
+        return tok.view(B, L), norm.view(B, L), reveal.bool()
     lo, hi = split_key(key % (1 << 64))
     skip = torch.zeros(B * L, dtype=torch.int8, device=dev)
-    _row_lse_kernel[(B * L,)](logits, skip, ban if ban is not None else skip, tok, lse, V, lo, hi, 1.0,
+    _row_lse_kernel[(B * L,)](logits, skip, ban if ban is not None else skip, tok, m, norm, V, lo, hi, 1.0,
                               SAMPLE=bool(sample), APPLY_T=False, HAS_BAN=ban is not None, BLOCK=_block(V),
                               enable_fp_fusion=False)
     # the confidence noise is B*L values: vqfast.random's PyTorch Philox, no kernel needed
     g = gumbel(key % (1 << 64), STREAM_CONFIDENCE, torch.arange(B * L, device=dev))
     x_tok = logits.reshape(B * L, V).gather(1, tok.clamp_min(0)[:, None]).squeeze(1).float()
-    conf = ((x_tok - lse) + torch.tensor(temperature, dtype=torch.float32, device=dev) * g).view(B, L)
+    conf = (((x_tok - m) - norm) + torch.tensor(temperature, dtype=torch.float32, device=dev) * g).view(B, L)
     conf = conf.masked_fill(~masked, float("-inf"))
     tok = tok.view(B, L)
     rows_ok = ~(tok < 0).any(1)
@@ -360,18 +368,16 @@ def select_and_sample_topk_triton(logits, known, top_k, n_positions, temperature
     B, L, V = logits.shape
     dev = logits.device
     tok = torch.empty(B * L, dtype=torch.long, device=dev)
-    lse = torch.empty(B * L, dtype=torch.float32, device=dev)
+    m = torch.empty(B * L, dtype=torch.float32, device=dev)
+    norm = torch.empty(B * L, dtype=torch.float32, device=dev)
     if B * L == 0:
         empty = torch.full((B, n_positions), -1, dtype=torch.long, device=dev)
         return empty, empty.clone(), torch.zeros(B, dtype=torch.bool, device=dev)
     lo, hi = split_key(key % (1 << 64))
     skip = known.to(torch.int8)
-    _row_lse_kernel[(B * L,)](logits, skip, skip, tok, lse, V, lo, hi, float(temperature), SAMPLE=False,
+    _row_lse_kernel[(B * L,)](logits, skip, skip, tok, m, norm, V, lo, hi, float(temperature), SAMPLE=False,
                               APPLY_T=temperature != 1.0, HAS_BAN=False, BLOCK=_block(V), enable_fp_fusion=False)
-    x_max = logits.reshape(B * L, V).gather(1, tok.clamp_min(0)[:, None]).squeeze(1).float()
-    if temperature != 1.0:
-        x_max = x_max / torch.tensor(temperature, dtype=torch.float32, device=dev)
-    score = (x_max - lse).view(B, L).masked_fill(known, float("-inf"))
+    score = (-norm).view(B, L).masked_fill(known, float("-inf"))  # max_v log softmax = (m - m) - L
     bad = ((tok.view(B, L) < 0) & ~known).any(1)
     # B x L scores only: a stable sort gives the (score desc, position asc) order
     order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :n_positions]

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "vqfast/log_softmax.h"
 #include "vqfast/philox.h"
 
 VQFAST_ISA_TARGET_BEGIN

@@ -23,6 +23,7 @@
 #include "diffusion_alloc.h"
 #include "isa.h"
 #include "vqfast/diffusion_math.h"
+#include "vqfast/log_softmax.h"
 #include "vqfast/philox.h"
 
 VQFAST_ISA_TARGET_BEGIN

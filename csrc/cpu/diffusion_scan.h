@@ -128,7 +128,6 @@ inline void scan(const float* x, int64_t V, sampling::RowScan& sc, Carry& carry,
   sc.mb.resize(nb);
   sc.s.resize(nb);
   sc.s_hat.resize(nb);
-  sc.se.resize(0);
   float m = -INFINITY;
   int bad = 0;
 #if VQFAST_AVX512

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "vqfast/log_softmax.h"
 #include "vqfast/philox.h"
 
 VQFAST_ISA_TARGET_BEGIN
@@ -146,6 +147,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_select_cpu(
     const at::Tensor& logits, const at::Tensor& masked, const at::Tensor& n_reveal, double temperature,
     bool sample, const at::Tensor& banned, int64_t key) {
   check_logits(logits, 3, "gumbel_topk_select_cpu");
+  TORCH_CHECK(logits.size(2) <= lse::kMaxVocab, "gumbel_topk_select_cpu: V <= 2^23 - 1 expected");
   const int64_t B = logits.size(0), L = logits.size(1), V = logits.size(2);
   auto mask = masked.to(at::kBool).contiguous();
   auto nrev = n_reveal.to(at::kLong).contiguous();
@@ -165,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_select_cpu(
     RowScan sc;
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = ld.load(r, scratch.data(), nullptr);
-      scan_row(x, V, sample, mk[r], sc);  // the log-sum-exp only where a confidence is written
+      scan_row(x, V, sample, mk[r], sc);  // the log-softmax terms only where a confidence is written
       if (sc.bad) {
         tok[r] = -1;
         cf[r] = std::numeric_limits<float>::quiet_NaN();
@@ -174,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_select_cpu(
       const int64_t t = sample ? categorical(x, V, sc, k, kStreamToken, static_cast<uint64_t>(r)) : first_max(x, V, sc);
       tok[r] = t;
       const float g = gumbel_from_word(philox::element_word(k, kStreamConfidence, r));
-      cf[r] = mk[r] ? (x[t] - sc.lse()) + tau * g : -kInf;
+      cf[r] = mk[r] ? ((x[t] - sc.m) - sc.norm()) + tau * g : -kInf;  // vqfast/log_softmax.h
     }
   });
   const int64_t* nr = nrev.data_ptr<int64_t>();
@@ -203,6 +205,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_sample_topk_cpu(
     const at::Tensor& logits, const at::Tensor& known, int64_t top_k, int64_t n_positions, double temperature,
     int64_t key) {
   check_logits(logits, 3, "select_and_sample_topk_cpu");
+  TORCH_CHECK(logits.size(2) <= lse::kMaxVocab, "select_and_sample_topk_cpu: V <= 2^23 - 1 expected");
   TORCH_CHECK(top_k >= 1 && n_positions >= 1 && temperature > 0, "select_and_sample_topk_cpu: bad arguments");
   const int64_t B = logits.size(0), L = logits.size(1), V = logits.size(2);
   const int64_t kk = std::min(top_k, V);
@@ -222,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_and_sample_topk_cpu(
       if (kp[r]) continue;  // known positions are never read
       const float* x = ld.load(r, scratch.data(), nullptr);
       scan_row(x, V, false, true, rs);
-      sc[r] = rs.bad ? std::numeric_limits<float>::quiet_NaN() : rs.m - rs.lse();
+      sc[r] = rs.bad ? std::numeric_limits<float>::quiet_NaN() : -rs.norm();  // max_v log softmax
     }
   });
   int64_t* pos = positions.data_ptr<int64_t>();

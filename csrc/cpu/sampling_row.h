@@ -1,5 +1,6 @@
 // Per-row building blocks of the CPU samplers (csrc/cpu/sampling.cpp): loading a row of
-// logits as float32, one blocked scan (max, bad values, sum-exp, categorical proposal),
+// logits as float32, one blocked scan (max, bad values, the exact log-softmax terms of
+// vqfast/log_softmax.h, categorical proposal),
 // the categorical draw (top-k / top-p filters: sampling_filter.h). Every loop over V is a vectorizable
 // `omp simd` loop; the row stays in a thread-local scratch, so the logits are read
 // from memory once. Include only from files compiled with -ffp-contract=off (setup.py).
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "vqfast/log_softmax.h"
 #include "vqfast/philox.h"
 
 namespace vqfast {
@@ -45,12 +47,9 @@ inline void to_float(const void* src, at::ScalarType dtype, int64_t n, float* ds
   }
 }
 
-// One pass over a row in blocks of cat::kBlock (the row is read from memory once; each
-// block's second look hits L1): block max, NaN/+inf flags, the categorical proposal's
-// in-block sums and, when asked, sum exp(x - block max) for the log-sum-exp.
-// sum_i exp(x[i] - m) for n <= 256 values <= m (or -inf): ~1 ulp per term. Only for
-// log-sum-exps, never for noise, so AVX-512 FMAs are fine here (the rest of the file
-// avoids contraction to match the reference bit for bit).
+// sum_i exp(x[i] - m) for n <= 256 values <= m (or -inf): ~1 ulp per term, for the top-p mass
+// (sampling_filter.h) and the diffusion kernels, whose sums need not be bit-exact: AVX-512 FMAs
+// are fine there (the confidences' log-softmax is exact: vqfast/log_softmax.h, below).
 #if VQFAST_AVX512
 // e^d in 16 lanes for d <= 0 (d = -inf and d < -100 give ~0): Cephes expf with FMAs, ~1 ulp.
 inline __m512 exp512_nonpos(__m512 d) {
@@ -98,58 +97,92 @@ inline uint32_t reduce_add_u32(__m512i v) {
   return static_cast<uint32_t>(_mm_cvtsi128_si32(b));
 }
 
-// The categorical proposal's in-block sum (cat::in_block_weight, bit for bit) and, into *se,
-// sum exp(x - mb) of a block of n <= 256 values of max mb, in one look.
-inline uint64_t prop_and_sum_exp(const float* x, int n, float mb, float* se) {
-  const __m512 vmb = _mm512_set1_ps(mb), vc = _mm512_set1_ps(cat::kC), vclamp = _mm512_set1_ps(cat::kClampIn);
-  const __m512 vninf = _mm512_set1_ps(-kInf);
+// lse::term of 16 lanes (x <= m or -inf), added to 8 int64 lanes: exp_f32(x - m) * 2^40 with the
+// float32 operations of exp_f32 (no FMA), 2^40 folded into its power of two. The same integers:
+// for d = x - m <= 0, exp_f32 is y 2^n with n >= -126; when y 2^n is normal, rounding it and then
+// scaling by 2^40 equals rounding y 2^(n + 40); when it is subnormal (or d < -87, where exp_f32
+// gives 0 and y 2^(n + 40) < 2^-85), both truncate to 0. The clamp at 88 never acts for d <= 0.
+inline __m512i add_terms16(__m512i acc, __m512 xv, __m512 vm) {
+  auto c = [](float v) { return _mm512_set1_ps(v); };
+  const __m512 xc = _mm512_max_ps(_mm512_sub_ps(xv, vm), c(-87.0f));
+  const __m512 fx = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(xc, c(1.44269504088896341f)), c(12582912.0f)),
+                                  c(12582912.0f));
+  __m512 r = _mm512_sub_ps(xc, _mm512_mul_ps(fx, c(0.693359375f)));
+  r = _mm512_sub_ps(r, _mm512_mul_ps(fx, c(-2.12194440e-4f)));
+  const __m512 z = _mm512_mul_ps(r, r);
+  __m512 p = c(1.9875691500e-4f);
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), c(1.3981999507e-3f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), c(8.3334519073e-3f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), c(4.1665795894e-2f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), c(1.6666665459e-1f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), c(5.0000001201e-1f));
+  const __m512 y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, z), r), c(1.0f));
+  const __m512i e = _mm512_slli_epi32(
+      _mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127 + lse::kShift)), 23);
+  const __m512 q = _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+  acc = _mm512_add_epi64(acc, _mm512_cvttps_epi64(_mm512_castps512_ps256(q)));
+  return _mm512_add_epi64(acc, _mm512_cvttps_epi64(_mm512_extractf32x8_ps(q, 1)));
+}
+
+// The categorical proposal's in-block sum (cat::in_block_weight, bit for bit) and, into *terms,
+// the sum of lse::term(x, m) of a block of n <= 256 values of max mb, in one look.
+inline uint64_t prop_and_terms(const float* x, int n, float mb, float m, int64_t* terms) {
+  const __m512 vmb = _mm512_set1_ps(mb), vm = _mm512_set1_ps(m), vc = _mm512_set1_ps(cat::kC);
+  const __m512 vclamp = _mm512_set1_ps(cat::kClampIn), vninf = _mm512_set1_ps(-kInf);
   const __m512i v150 = _mm512_set1_epi32(150 << 23), one = _mm512_set1_epi32(1);
-  __m512i accw = _mm512_setzero_si512();
-  __m512 acce = _mm512_setzero_ps();
-  auto step = [&](__m512 xv, __mmask16 live) {
-    const __m512 d = _mm512_sub_ps(xv, vmb);
-    const __m512i t = _mm512_cvttps_epi32(_mm512_max_ps(_mm512_mul_ps(d, vc), vclamp));
+  __m512i accw = _mm512_setzero_si512(), accq = _mm512_setzero_si512();
+  auto step = [&](__m512 xv) {
+    const __m512i t = _mm512_cvttps_epi32(_mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(xv, vmb), vc), vclamp));
     const __m512i w = _mm512_add_epi32(_mm512_cvttps_epi32(_mm512_castsi512_ps(_mm512_add_epi32(t, v150))), one);
     accw = _mm512_add_epi32(accw, _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(xv, vninf, _CMP_GT_OQ), w));
-    acce = _mm512_add_ps(acce, _mm512_maskz_mov_ps(live, exp512_nonpos(d)));
+    accq = add_terms16(accq, xv, vm);  // -inf lanes add 0
   };
   if (n == cat::kBlock) {
-    for (int i = 0; i < n; i += 16) step(_mm512_loadu_ps(x + i), 0xFFFF);
+    for (int i = 0; i < n; i += 16) step(_mm512_loadu_ps(x + i));
   } else {
-    for (int i = 0; i < n; i += 16) step(_mm512_mask_loadu_ps(vninf, tail_mask(n - i), x + i), tail_mask(n - i));
+    for (int i = 0; i < n; i += 16) step(_mm512_mask_loadu_ps(vninf, tail_mask(n - i), x + i));
   }
-  *se = _mm512_reduce_add_ps(acce);
+  *terms = _mm512_reduce_add_epi64(accq);  // <= 256 * 2^40
   return reduce_add_u32(accw);  // <= 256 * (2^23 + 1) < 2^32
 }
 #endif
 
+// Sum of lse::term(x[i], m) over a block of n <= 256 values <= m (or -inf).
+inline int64_t terms_block(const float* x, int n, float m) {
+#if VQFAST_AVX512
+  const __m512 vm = _mm512_set1_ps(m);
+  __m512i acc = _mm512_setzero_si512();
+  for (int i = 0; i < n; i += 16)
+    acc = add_terms16(acc, _mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), tail_mask(n - i), x + i), vm);
+  return _mm512_reduce_add_epi64(acc);  // <= 256 * 2^40
+#else
+  int64_t s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int i = 0; i < n; ++i) s += lse::term(x[i], m);
+  return s;
+#endif
+}
+
 struct RowScan {
-  std::vector<float> mb, se;             // per block: max, sum exp(x - mb) (want_lse)
+  std::vector<float> mb;                 // per block: max
   std::vector<uint64_t> s, s_hat;        // per block: proposal sum, block weight (want_prop)
   float m = -kInf;                       // row max
   bool bad = false;                      // NaN or +inf present, or no finite value
   uint64_t total = 0;                    // sum of s_hat
+  int64_t terms = 0;                     // sum of lse::term (want_lse)
 
-  // log sum_v exp(x[v]) from the block sums (float32 factors e^(mb - m), float64 sums; one
-  // vector loop instead of a float64 exp per block).
-  float lse() const {
-    double z = 0.0;
-    const float* mp = mb.data();
-    const float* sp = se.data();
-    const int64_t nb = static_cast<int64_t>(mb.size());
-#pragma omp simd reduction(+ : z)
-    for (int64_t b = 0; b < nb; ++b) z += static_cast<double>(sp[b]) * static_cast<double>(exp_f32(mp[b] - m));
-    return m + static_cast<float>(std::log(z));
-  }
+  // L of vqfast/log_softmax.h: log softmax(x)_v = (x_v - m) - norm().
+  float norm() const { return lse::log_norm(terms); }
 };
 
+// Two passes over the row: block maxima and bad values, then (a good row only) the proposal's
+// block sums and the exact log-softmax terms against the row max, block by block.
 inline void scan_row(const float* x, int64_t V, bool want_prop, bool want_lse, RowScan& sc) {
   constexpr int kB = cat::kBlock;
   const int64_t nb = (V + kB - 1) / kB;
   sc.mb.resize(nb);
   sc.s.resize(want_prop ? nb : 0);
   sc.s_hat.resize(want_prop ? nb : 0);
-  sc.se.resize(want_lse ? nb : 0);
   float m = -kInf;
   int bad = 0;
   for (int64_t b = 0; b < nb; ++b) {
@@ -165,14 +198,26 @@ inline void scan_row(const float* x, int64_t V, bool want_prop, bool want_lse, R
     sc.mb[b] = bm;
     bad |= bbad;
     m = bm > m ? bm : m;
-    if (bbad || bm == -kInf) {
+  }
+  sc.m = m;
+  sc.bad = bad != 0 || m == -kInf;
+  sc.total = 0;
+  sc.terms = 0;
+  if (sc.bad) return;
+  for (int64_t b = 0; b < nb && (want_prop || want_lse); ++b) {
+    const float* xb = x + b * kB;
+    const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
+    const float bm = sc.mb[b];
+    const bool lse_here = want_lse && bm - m > lse::kZeroBelow;  // else every term is 0
+    if (bm == -kInf) {
       if (want_prop) sc.s[b] = 0;
-      if (want_lse) sc.se[b] = 0.0f;
       continue;
     }
 #if VQFAST_AVX512
-    if (want_prop && want_lse) {  // one look for both (the row block is in L1)
-      sc.s[b] = prop_and_sum_exp(xb, n, bm, &sc.se[b]);
+    if (want_prop && lse_here) {  // one look for both
+      int64_t t;
+      sc.s[b] = prop_and_terms(xb, n, bm, m, &t);
+      sc.terms += t;
       continue;
     }
 #endif
@@ -182,12 +227,9 @@ inline void scan_row(const float* x, int64_t V, bool want_prop, bool want_lse, R
       for (int i = 0; i < n; ++i) acc += static_cast<uint32_t>(cat::in_block_weight(xb[i], bm));
       sc.s[b] = static_cast<uint64_t>(acc);
     }
-    if (want_lse) sc.se[b] = sum_exp_block(xb, n, bm);
+    if (lse_here) sc.terms += terms_block(xb, n, m);
   }
-  sc.m = m;
-  sc.bad = bad != 0 || m == -kInf;
-  sc.total = 0;
-  if (want_prop && !sc.bad)
+  if (want_prop)
     for (int64_t b = 0; b < nb; ++b) sc.total += sc.s_hat[b] = cat::block_weight(sc.s[b], m, sc.mb[b]);
 }
 

@@ -3,9 +3,10 @@ diffusion ops (posterior_logprobs and its backward, posterior_sample, vlb_kl and
 against the reference backend, on seeded random cases (tests/ops/fuzz_cases.py): odd sizes,
 exact ties, -inf runs, signed zeros, NaN/inf rows, fp16/bf16, non-contiguous inputs.
 
-Rules (those of test_sampling and test_diffusion): tokens, positions, reveals and posterior draws
-exactly (every backend draws the same counter-based noise); confidences to 2e-5; log-probs to
-2e-4 with the same -inf entries; gradients to 1e-5 (fp32) or 1e-2 of their largest entry. Where the
+Rules (those of test_sampling and test_diffusion): tokens, positions, reveals, confidences and
+posterior draws exactly (every backend draws the same counter-based noise and applies one
+log-softmax rule, vqfast/reference/sampling.py `log_normalizer`); log-probs to 2e-4 with the same
+-inf entries; gradients to 1e-5 (fp32) or 1e-2 of their largest entry. Where the
 reference raises ValueError (NaN/+inf or all -inf rows), the kernel must raise it too.
 """
 import pytest
@@ -19,7 +20,6 @@ from tests.ops.test_diffusion import assert_logprobs_close
 
 LOGIT_PATTERNS = PATTERNS + ("neg_inf_runs",)
 SCHED = D.CosineSchedule(30)
-NEAR = 2e-5  # the confidences' tolerance: scores closer than this may be ordered either way
 
 
 def _both(backend, fn):
@@ -43,12 +43,6 @@ def _logits(c, shape, nan_p=0.2):
     return x
 
 
-def _near_tie(scores: torch.Tensor, upto: int) -> bool:
-    """Two of the `upto` + 1 largest finite scores within NEAR (in either's last bits)."""
-    top = scores[torch.isfinite(scores)].sort(descending=True).values[:upto + 1].double()
-    return bool(((top[:-1] - top[1:]) <= NEAR * (1 + top[1:].abs())).any()) if top.numel() > 1 else False
-
-
 @pytest.mark.parametrize("backend, i", examples())
 def test_fuzz_gumbel_topk_select(backend, i):
     c = Case("gumbel_topk_select", i, backend)
@@ -63,13 +57,8 @@ def test_fuzz_gumbel_topk_select(backend, i):
     if got is None:
         return
     assert torch.equal(got.tokens, want.tokens)
-    torch.testing.assert_close(got.confidence, want.confidence, atol=NEAR, rtol=1e-5)
-    for b in range(B):
-        # exact-tie top-p: see test_sampling (confidences differing from the reference's in the
-        # last bit may swap nearly tied positions at the reveal cutoff; not compared until fixed)
-        if _near_tie(want.confidence[b][masked[b]], int(n[b])):
-            continue
-        assert torch.equal(got.reveal[b], want.reveal[b]), f"row {b}"
+    assert torch.equal(got.confidence, want.confidence)
+    assert torch.equal(got.reveal, want.reveal)
 
 
 @pytest.mark.parametrize("backend, i", examples())
@@ -83,14 +72,7 @@ def test_fuzz_select_and_sample_topk(backend, i):
         c.layout(logits), known, top_k, n_pos, temperature, seed=i, backend=b))
     if got is None:
         return
-    x = logits.float() / torch.tensor(temperature)
-    score = (x.amax(-1) - torch.logsumexp(x, -1)).masked_fill(known, float("-inf"))
-    for b in range(B):
-        # exact-tie top-p: see test_sampling (scores differing from the reference's in the last
-        # bit may order nearly tied positions either way; not compared until fixed)
-        if _near_tie(score[b], n_pos):
-            continue
-        assert torch.equal(got[0][b], want[0][b]) and torch.equal(got[1][b], want[1][b]), f"row {b}"
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def _ambiguous_top_p(x, top_k, top_p):
@@ -123,8 +105,9 @@ def test_fuzz_sample_logits(backend, i):
     if guide:
         u = guide["uncond_logits"].float().reshape(-1, V)
         x = u + torch.tensor(guide["cfg_scale"]) * (x - u)
-    # exact-tie top-p: see test_sampling (tied ids carrying exactly top_p: the kernels and the
-    # reference's float64 sum disagree on whether the nucleus reached p; not compared until fixed)
+    # a nucleus boundary within float rounding of top_p: the CPU kernel's masses are float32
+    # exp_f32, the reference's and Triton's float64 exp, so a prefix mass this close to top_p may
+    # end the nucleus one id apart (exact ties are exact: test_sampling_top_p_exact_ties)
     skip = _ambiguous_top_p(x / torch.tensor(temperature), top_k, top_p) if temperature > 0 else torch.zeros(
         x.shape[0], dtype=torch.bool)
     assert got.shape == logits.shape[:-1]

@@ -29,7 +29,7 @@ samp = dict(X="*fp32", U="*fp32", ROWS="*i64", OUT="*i64", scale=f32, temperatur
 for flags in [(False, False, True, False, False), (False, True, False, False, False), (True, True, False, True, True)]:
     cfg, t, greedy, k, p = flags
     comp(S._sample_rows_kernel, samp, dict(HAS_CFG=cfg, APPLY_T=t, GREEDY=greedy, USE_K=k, USE_P=p, BLOCK=2048))
-lse = dict(X="*bf16", SKIP="*i8", BAN="*i8", TOK="*i64", LSE="*fp32", temperature=f32)
+lse = dict(X="*bf16", SKIP="*i8", BAN="*i8", TOK="*i64", M="*fp32", NORM="*fp32", temperature=f32)
 for sample in (False, True):
     comp(S._row_lse_kernel, lse, dict(SAMPLE=sample, APPLY_T=True, HAS_BAN=True, BLOCK=2048))
 dif = dict(X="*fp16", ZT="*i64", C="*fp32", OUT="*i64")

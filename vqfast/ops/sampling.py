@@ -2,7 +2,8 @@
 
 Semantics, noise layout and tie rules: vqfast/reference/sampling.py and vqfast/random.py.
 Every backend draws the same counter-based noise, so one key gives the same tokens on
-the reference, the C++ CPU kernels and the Triton kernels.
+the reference, the C++ CPU kernels and the Triton kernels; the confidence ops share one exact
+log-softmax rule (reference `log_normalizer`), so their confidences and selections match too.
 """
 from __future__ import annotations
 
@@ -93,6 +94,13 @@ def _logits(logits, **dims) -> None:
     _validate.nonempty("logits", logits, (-1,), "[..., V] with V >= 1")
 
 
+def _exact_lse_vocab(op: str, V: int) -> None:
+    """The exact log-softmax (reference `log_normalizer`) sums V int64 terms of up to 2^40."""
+    if V > ref.MAX_VOCAB:
+        raise ValueError(f"{op}: logits has V={V} ids, at most {ref.MAX_VOCAB} (2^23 - 1) are supported: "
+                         "the exact log-softmax sums V integer terms of up to 2^40 in int64")
+
+
 # ---------------------------------------------------------------- public ops
 
 class GumbelTopkSelection(NamedTuple):
@@ -112,16 +120,21 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
     temperature tau). Returns (tokens [B, L] int64, confidence [B, L] fp32, reveal [B, L] bool):
     token = argmax of the logits ("argmax") or a draw from softmax(logits)
     ("sample"), banned_ids never chosen; confidence = log softmax(logits)[token] + tau * Gumbel
-    at masked positions (MaskGIT adds 1e-9 inside the log; vqfast uses the exact
-    log-probability), -inf elsewhere; reveal marks exactly n_reveal[b] masked positions of
+    at masked positions (MaskGIT adds 1e-9 inside the log; vqfast uses the log-probability
+    itself), -inf elsewhere; reveal marks exactly n_reveal[b] masked positions of
     largest confidence, ties to the lower position (the anchors' `confidence >= cutoff`
     can reveal more). Tokens are given at every position. Logits with NaN/+inf (or a row
-    with no finite value) raise ValueError.
+    with no finite value) raise ValueError; V <= 2^23 - 1.
+    One float32 rule, the same bits on every backend (so the same reveals): x = logits upcast
+    to float32, banned ids -inf; m = max x; S = sum_v trunc(exp_f32(x_v - m) * 2^40) (int64,
+    exact in any order); L = log_f32(float32(S) * 2^-40); confidence = ((x[token] - m) - L)
+    + tau * G (exp_f32 / log_f32: vqfast/reference/random.py, vqfast/random.py).
 
         tok, conf, reveal = vqfast.ops.gumbel_topk_select(logits, masked, n, 4.5, "sample", [mask_id], g)
     """
     _logits(logits, dim=3)
     B, L, V = logits.shape
+    _exact_lse_vocab("gumbel_topk_select", V)
     masked = _validate.mask("masked", masked, (B, L), logits.device, "logits' [B, L]")
     if isinstance(n_reveal, int) and not isinstance(n_reveal, bool):
         n_reveal = torch.full((B,), n_reveal, dtype=torch.long, device=logits.device)
@@ -153,12 +166,16 @@ def select_and_sample_topk(logits: torch.Tensor, known: torch.Tensor, top_k: int
     lower ids). Slots beyond a row's number of unknown positions hold -1 (a row with
     every position known gives all -1). Note: PUT's official code multiplies the logits
     by its temperature; vqfast divides, as the other samplers do. Known positions' logits
-    are never read; NaN/+inf at an unknown position raises ValueError.
+    are never read; NaN/+inf at an unknown position raises ValueError; V <= 2^23 - 1.
+    The positions' score, one float32 rule with the same bits on every backend (so the same
+    order): x = float32(logits) / temperature, m = max x, S = sum_v trunc(exp_f32(x_v - m) * 2^40)
+    (int64, exact in any order), score = max_v log softmax(x) = -log_f32(float32(S) * 2^-40).
 
         pos, tok = vqfast.ops.select_and_sample_topk(logits, known, top_k=50, generator=g)
     """
     _logits(logits, dim=3)
     B, L, V = logits.shape
+    _exact_lse_vocab("select_and_sample_topk", V)
     known = _validate.mask("known", known, (B, L), logits.device, "logits' [B, L]")
     top_k = _validate.integer("top_k", top_k, low=1)
     n_positions = _validate.integer("n_positions", n_positions, low=1)

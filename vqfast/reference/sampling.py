@@ -7,15 +7,18 @@ uses the words of row r of stream STREAM_TOKEN; MaskGIT's confidence noise at po
 is Gumbel element r of stream STREAM_CONFIDENCE. Ties (argmax, selection): the lowest
 vocabulary id, the lowest position. Arithmetic is float32 in this order (the kernels
 repeat it, so tokens match exactly): guided = u + s * (c - u); x = guided / temperature.
+Log-probabilities (confidences, PUT's scores) follow `log_normalizer`, bit for bit on every backend.
 """
 from __future__ import annotations
 
 import torch
 
-from vqfast.random import STREAM_CONFIDENCE, STREAM_TOKEN, gumbel
+from vqfast.random import STREAM_CONFIDENCE, STREAM_TOKEN, gumbel, log_f32
 from vqfast.reference import random as R
 
 _NEG_INF = float("-inf")
+LSE_SHIFT = 40  # fraction bits of the integer softmax terms
+MAX_VOCAB = (1 << (63 - LSE_SHIFT)) - 1  # V * 2^40 < 2^63: the int64 sum cannot overflow
 
 
 def _f32(v: float) -> torch.Tensor:
@@ -25,6 +28,21 @@ def _f32(v: float) -> torch.Tensor:
 def bad_rows(x: torch.Tensor) -> torch.Tensor:
     """[..., V] -> [...] bool: rows with NaN or +inf, or without any finite value."""
     return torch.isnan(x).any(-1) | (x == float("inf")).any(-1) | (x == _NEG_INF).all(-1)
+
+
+def log_normalizer(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., V] float32 (-inf = excluded, a finite max) -> (m, L) [...] float32 with
+    log softmax(x)_v = (x_v - m) - L, the same bits on every backend.
+
+    m = max_v x_v; q_v = trunc(exp_f32(x_v - m) * 2^40) (int64, 0 for -inf; exp_f32 <= 1);
+    S = sum_v q_v, exact in any order (S < 2^63 for V <= MAX_VOCAB); L = log_f32(float32(S) *
+    2^-40) with float32(S) rounded to nearest even. exp_f32 / log_f32 are the shared float32
+    routines (vqfast.reference.random.exp_f32, vqfast.random.log_f32). Truncation loses < 2^-40
+    per id, so L is log sum_v e^(x_v - m) within V * 2^-40 plus the float32 roundings.
+    """
+    m = x.amax(-1)
+    q = (R.exp_f32(x - m[..., None]) * _f32(2.0 ** LSE_SHIFT)).to(torch.int64)
+    return m, log_f32(q.sum(-1).to(torch.float32) * _f32(2.0 ** -LSE_SHIFT))
 
 
 def _draw(x: torch.Tensor, key: int, rows: torch.Tensor) -> torch.Tensor:
@@ -48,21 +66,21 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
     logits [B, L, V], masked [B, L] bool, n_reveal [B] int64 -> tokens [B, L] int64,
     confidence [B, L] fp32, reveal [B, L] bool.
     token = argmax_v x (choice "argmax") or a draw from softmax(x) (choice "sample"), banned
-    ids excluded; confidence = log softmax(x)[token] + temperature * G_conf at masked
-    positions, -inf elsewhere; reveal = the n_reveal[b] masked positions of largest
-    confidence (ties: lower position).
+    ids excluded; confidence = ((x[token] - m) - L) + temperature * G_conf (float32, m and L
+    from `log_normalizer`) at masked positions, -inf elsewhere; reveal = the n_reveal[b]
+    masked positions of largest confidence (ties: lower position).
     """
     B, L, V = logits.shape
     x = logits.float()
     if banned_ids is not None and banned_ids.numel():
         x = x.index_fill(-1, banned_ids, _NEG_INF)
-    lse = torch.logsumexp(x, -1)
+    m, norm = log_normalizer(x)
     rows = torch.arange(B * L, device=x.device)
     if choice == "sample":
         tokens = _draw(x.reshape(B * L, V), key, rows).reshape(B, L)
     else:
         tokens = x.argmax(-1)
-    logp = x.gather(-1, tokens[..., None]).squeeze(-1) - lse
+    logp = (x.gather(-1, tokens[..., None]).squeeze(-1) - m) - norm
     conf = logp + _f32(temperature) * gumbel(key, STREAM_CONFIDENCE, rows).reshape(B, L)
     conf = conf.masked_fill(~masked, _NEG_INF)
     reveal = (_rank_desc(conf) < n_reveal[:, None]) & masked
@@ -79,13 +97,13 @@ def select_and_sample_topk(logits: torch.Tensor, known: torch.Tensor, top_k: int
     """PUT Algorithm 1 lines 8-14.
 
     logits [B, L, V], known [B, L] bool -> positions [B, n] int64, tokens [B, n] int64.
-    x = logits / temperature; positions: the n unknown positions of largest max-probability
-    max_v softmax(x) (ties: lower position), in that order; tokens: a draw from
+    x = logits / temperature; positions: the n unknown positions of largest score
+    max_v log softmax(x) = -L (`log_normalizer`; ties: lower position), in that order; tokens: a draw from
     softmax(x) restricted to its top_k ids. Slots beyond a row's unknown count get -1.
     """
     B, L, V = logits.shape
     x = logits.float() / _f32(temperature)
-    score = (x.amax(-1) - torch.logsumexp(x, -1)).masked_fill(known, _NEG_INF)
+    score = (-log_normalizer(x)[1]).masked_fill(known, _NEG_INF)
     order = torch.sort(score, dim=-1, descending=True, stable=True).indices[:, :n_positions]
     order = torch.cat([order, order.new_zeros(B, n_positions - order.shape[1])], 1)  # n_positions > L
     valid = torch.arange(n_positions, device=x.device)[None, :] < (~known).sum(1, keepdim=True)
