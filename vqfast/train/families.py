@@ -89,14 +89,19 @@ class Stage:
     def presets(self) -> list[str]:
         return sorted(self.cls.PRESETS)
 
-    def build(self, preset: str, *, tokenizer: nn.Module | None = None) -> nn.Module:
-        """The model of `preset`; in stage 2 the tokenizer decides the vocabulary and token grid
-        (the preset's values are replaced by the tokenizer's)."""
+    def build(self, preset: str, *, tokenizer: nn.Module | None = None, overrides: dict | None = None) -> nn.Module:
+        """The model of `preset` with `overrides` of its constructor arguments; in stage 2 the
+        tokenizer decides the vocabulary and token grid (the preset's values are replaced by the
+        tokenizer's)."""
+        overrides = overrides or {}
         if self.name == "refit":
+            if overrides:
+                raise ValueError(f"overrides: the refit stage trains the given tokenizer as it is, got {overrides}")
             return tokenizer
         if tokenizer is None:
-            return self.cls.from_preset(preset)
-        model = self.cls.from_preset(preset, **_fit(self.family, self.cls.PRESETS.get(preset, {}), tokenizer))
+            return self.cls.from_preset(preset, **overrides)
+        fit = _fit(self.family, self.cls.PRESETS.get(preset, {}), tokenizer)
+        model = self.cls.from_preset(preset, **{**overrides, **fit})
         _check_vocabulary(model, tokenizer)
         return model
 

@@ -12,7 +12,8 @@ import json
 import math
 import signal
 import threading
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,7 +35,10 @@ class TrainConfig:
     (None: no clipping). token_cache: a folder of token shards to train stage 2 from.
     init_from: start from these weights (a run folder or checkpoint of the same class), e.g. to
     fine-tune. stop_after: save and stop after this step (a job slot shorter than the run; the
-    schedule still spans `steps`, and --resume continues)."""
+    schedule still spans `steps`, and --resume continues). overrides: constructor arguments of
+    the model that replace the preset's, e.g. {"num_classes": 13}. time_limit: the same after this many
+    seconds of training. channels_last: the model's convolutions and the image batches in
+    channels-last memory layout (faster convolutions on CPUs and tensor cores)."""
 
     family: str
     stage: str
@@ -43,6 +47,7 @@ class TrainConfig:
     out: str
     steps: int = 1000
     stop_after: int | None = None
+    time_limit: float | None = None
     batch_size: int = 8
     lr: float | None = None
     grad_accum: int = 1
@@ -60,6 +65,8 @@ class TrainConfig:
     holdout: float = 0.05
     token_cache: str | None = None
     fsdp: bool = False
+    channels_last: bool = False
+    overrides: dict = field(default_factory=dict)
     device: str | None = None
     log_every: int = 1
     progress: bool = True
@@ -77,6 +84,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
         if self.stop_after is not None and not (isinstance(self.stop_after, int) and self.stop_after >= 1):
             raise ValueError(f"stop_after must be a positive int or None, got {self.stop_after!r}")
+        if not isinstance(self.overrides, dict) or not all(isinstance(k, str) for k in self.overrides):
+            raise TypeError(f"overrides must be a dict of constructor argument names, got {self.overrides!r}")
+        if self.time_limit is not None and not (isinstance(self.time_limit, (int, float)) and self.time_limit > 0):
+            raise ValueError(f"time_limit must be a positive number of seconds or None, got {self.time_limit!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.lr is not None and not self.lr > 0:
@@ -177,7 +188,9 @@ class Trainer:
                              f"--tokenizer RUN_DIR_OR_CHECKPOINT")
         self.tokenizer = load_tokenizer(cfg.tokenizer, stage, ctx.device) if stage.needs_tokenizer else None
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.model = stage.build(cfg.preset, tokenizer=self.tokenizer).to(ctx.device)
+        self.model = stage.build(cfg.preset, tokenizer=self.tokenizer, overrides=cfg.overrides).to(ctx.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         if stage.name == "refit":
             self.model.requires_grad_(True)
         if cfg.init_from is not None:
@@ -267,6 +280,8 @@ class Trainer:
         if self.cfg.token_cache is not None:
             return {k: v.to(self.ctx.device) for k, v in batch.items()}
         images, labels, _ = batch
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         g = torch.Generator().manual_seed(generator)
         return self.stage.encode(self.tokenizer, images.to(self.ctx.device), labels.to(self.ctx.device), g)
 
@@ -292,6 +307,7 @@ class Trainer:
         it = self._batches(plan, self.step * cfg.grad_accum, last * cfg.grad_accum)
         autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         skipped, window, items = 0, 0, 0
+        started = time.perf_counter()
         try:
             with _stop_requests() as stop:
                 while self.step < last:
@@ -300,7 +316,8 @@ class Trainer:
                     items += n_items
                     window += 1
                     self.step += 1
-                    stopping = distributed.any_rank(bool(stop), ctx)
+                    out_of_time = cfg.time_limit is not None and time.perf_counter() - started > cfg.time_limit
+                    stopping = distributed.any_rank(bool(stop) or out_of_time, ctx)
                     if self.step % cfg.log_every == 0 or self.step == last or stopping:
                         values = distributed.mean_over_ranks(sums, ctx)
                         counts = distributed.sum_over_ranks(items, ctx), distributed.sum_over_ranks(skipped, ctx)
@@ -313,7 +330,8 @@ class Trainer:
                         self.save()
                     if stopping:
                         if ctx.is_main:
-                            log.write({"kind": "stopped", "step": self.step, "reason": "signal"})
+                            log.write({"kind": "stopped", "step": self.step,
+                                       "reason": "time" if out_of_time else "signal"})
                         break
         finally:
             log.close()
