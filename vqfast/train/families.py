@@ -153,11 +153,13 @@ class Stage:
         refit_tokenizer(model, images, P=self.extra["refit_features"], generator=generator)
 
     def trainable(self, model: nn.Module) -> list[nn.Parameter]:
-        """Parameters the optimizer updates (ReFiT: all but the encoder and quant_conv)."""
+        """Parameters the optimizer updates (ReFiT: all but the encoder and quant_conv; the
+        rebuilt codebook is kept: no dead-code restart while fine-tuning, as finetune_decoder)."""
         if self.name == "refit":
             frozen = {id(p) for m in (model.encoder, model.quant_conv) for p in m.parameters()}
             for p in model.parameters():
                 p.requires_grad_(id(p) not in frozen)
+            model.quantizer.codebook_state.threshold_dead_code = 0.0
         return [p for p in model.parameters() if p.requires_grad]
 
 

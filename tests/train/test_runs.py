@@ -1,0 +1,98 @@
+"""train_or_load (train, load, resume, replace a stale run), time_limit, channels_last and
+model overrides of the trainer."""
+import json
+
+import pytest
+import torch
+
+from vqfast.train import TrainConfig, load_model, train, train_or_load
+from vqfast.train.checkpointing import latest, read_weights
+from vqfast.train.cli import parse_overrides
+from vqfast.train.log import read_log
+from vqfast.train.runs import run_status
+
+
+def config(data, out, **kw):
+    base = dict(data=str(data), preset="tiny", out=str(out), steps=3, batch_size=2, progress=False, holdout=0.2)
+    return TrainConfig("maskgit", "tokenizer", **{**base, **kw})
+
+
+def test_train_or_load_trains_once_then_loads(image_folder, tmp_path):
+    cfg = config(image_folder, tmp_path / "r")
+    assert run_status(cfg) == "none"
+    run, trained = train_or_load(cfg)
+    assert trained and run_status(cfg) == "finished"
+    steps = [r["step"] for r in read_log(run)]
+    assert steps == [1, 2, 3]
+    again, trained = train_or_load(config(image_folder, tmp_path / "r", progress=True, workers=0))
+    assert again == run and not trained
+    assert [r["step"] for r in read_log(run)] == steps  # nothing trained the second time
+    assert isinstance(load_model(run), torch.nn.Module) and not load_model(run).training
+
+
+def test_train_or_load_replaces_a_stale_run_and_resumes_an_unfinished_one(image_folder, tmp_path):
+    train(config(image_folder, tmp_path / "r", steps=4, stop_after=2))
+    cfg = config(image_folder, tmp_path / "r", steps=4)
+    assert run_status(cfg) == "unfinished"
+    run, trained = train_or_load(cfg)
+    assert trained and [r["kind"] for r in read_log(run, None)].count("resume") == 1
+    assert [r["step"] for r in read_log(run)] == [1, 2, 3, 4]
+    other = config(image_folder, tmp_path / "r", steps=4, lr=3e-4)  # another recipe: trained from scratch
+    assert run_status(other) == "none"
+    train_or_load(other)
+    assert json.loads((run / "run.json").read_text())["lr"] == 3e-4
+    assert [r["step"] for r in read_log(run)] == [1, 2, 3, 4]
+    _, trained = train_or_load(other, retrain=True)
+    assert trained and [r["step"] for r in read_log(run)] == [1, 2, 3, 4]
+
+
+def test_time_limit_stops_and_counts_as_finished(image_folder, tmp_path):
+    cfg = config(image_folder, tmp_path / "t", steps=50, time_limit=1e-6)
+    run, trained = train_or_load(cfg)
+    stops = read_log(run, "stopped")
+    assert trained and stops == [{"kind": "stopped", "step": 1, "reason": "time"}]
+    assert latest(run).name == "step_000001"
+    assert run_status(cfg) == "finished"
+    assert run_status(config(image_folder, tmp_path / "t", steps=50, time_limit=60.0)) == "finished"
+    with pytest.raises(ValueError, match="time_limit"):
+        config(image_folder, tmp_path / "x", time_limit=0)
+
+
+def test_channels_last_trains_the_same_numbers(image_folder, tmp_path):
+    a = train(config(image_folder, tmp_path / "a"))
+    b = train(config(image_folder, tmp_path / "b", channels_last=True))
+    la, lb = ([r["loss"] for r in read_log(run)] for run in (a, b))
+    torch.testing.assert_close(lb, la, rtol=1e-4, atol=1e-5)
+    wa, wb = read_weights(latest(a)), read_weights(latest(b))
+    for k in wa:  # Adam moves a weight by up to lr (1e-4) a step whatever the gradient's size: 3 steps
+        torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=3e-4)
+
+
+def test_overrides_replace_preset_arguments(image_folder, tmp_path):
+    run = train(config(image_folder, tmp_path / "o", steps=1, overrides={"codebook_size": 64, "ch_mult": [1, 2]}))
+    vq = load_model(run)
+    assert vq.codebook_size == 64 and list(vq.config["ch_mult"]) == [1, 2]
+    with pytest.raises(TypeError, match="overrides"):
+        config(image_folder, tmp_path / "x", overrides=[("codebook_size", 64)])
+    with pytest.raises(ValueError, match="refit"):
+        train(TrainConfig("vqddm", "refit", data=str(image_folder), preset="tiny", out=str(tmp_path / "f"), steps=1,
+                          tokenizer=str(run), overrides={"codebook_size": 8}, progress=False, holdout=0.2))
+
+
+def test_cli_overrides_parse_json_values_else_strings():
+    assert parse_overrides(["num_classes=13", "schedule=cosine", "ch_mult=[1, 2]"]) == {
+        "num_classes": 13, "schedule": "cosine", "ch_mult": [1, 2]}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["num_classes"])
+
+
+def test_refit_stage_keeps_the_rebuilt_codebook():
+    from vqfast.models.common.vqgan import VQGAN
+    from vqfast.train import get_stage
+
+    vq = VQGAN.from_preset("tiny")
+    assert vq.quantizer.codebook_state.threshold_dead_code > 0  # the preset restarts dead codes
+    params = get_stage("vqddm", "refit").trainable(vq)
+    assert vq.quantizer.codebook_state.threshold_dead_code == 0.0  # VQ-DDM Sec. 3.2: k-means codes kept
+    frozen = {id(p) for m in (vq.encoder, vq.quant_conv) for p in m.parameters()}
+    assert params and not frozen & {id(p) for p in params}
