@@ -59,13 +59,13 @@ def main(argv=None) -> None:
                                            steps=args.transformer_steps, lr=args.lr_transformer,
                                            overrides={"schedule": args.schedule}, **common),
                                retrain=args.retrain or trained)
-    vq, net = load_model(tok_run), load_model(net_run)
+    vq, net = load_model(tok_run), load_model(net_run)  # the figures run on the CPU
 
     plot_curves({"tokenizer L1": {"rec": [(r["step"], r["rec"]) for r in read_log(tok_run)]},
                  "transformer masked CE": {"ce": [(r["step"], r["loss"]) for r in read_log(net_run)]}},
                 out / "losses.png")
     test = open_images(args.data, vq.config["resolution"], split="test")
-    x, _ = heldout_batch(test, 2 * len(MASK_KINDS))
+    x = heldout_batch(test, 2 * len(MASK_KINDS))[0]
     rows, labels = inpaint_grid(vq, net, x[: len(x) // len(MASK_KINDS) * len(MASK_KINDS)], steps=args.steps,
                                 seed=args.seed)
     save_grid(rows, labels, out / "samples.png")

@@ -127,7 +127,8 @@ def main(argv=None):
     p.add_argument("--vae-steps", type=int, default=800)
     p.add_argument("--stackformer", default="tiny", choices=sorted(Stackformer.PRESETS),
                    help="Stackformer preset (K, grid and length are set from the MQ-VAE, classes from the data)")
-    p.add_argument("--unconditional", action="store_true", help="unconditional Stackformer (default: the data's classes)")
+    p.add_argument("--unconditional", action="store_true",
+                   help="unconditional Stackformer (default: the data's classes)")
     p.add_argument("--tf-steps", type=int, default=1500, help="0: stage 1 only")
     p.add_argument("--steps", type=int, default=None, help="override both step counts (smoke runs)")
     p.add_argument("--batch", type=int, default=32)

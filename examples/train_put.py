@@ -70,6 +70,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--retrain", action="store_true", help="train stages already trained in --out again")
     args = p.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     out, t0 = Path(args.out), time.time()
@@ -77,14 +78,16 @@ def main(argv=None):
     trained = False
     vae_run = args.vae_from
     if vae_run is None:
-        vae_run, trained = train_or_load(TrainConfig("put", "tokenizer", preset="tiny" if args.preset == "tiny" else "paper",
+        preset = "tiny" if args.preset == "tiny" else "paper"  # Table 1
+        vae_run, trained = train_or_load(TrainConfig("put", "tokenizer", preset=preset,
                                                      out=str(out / "pvqvae"), steps=args.vae_steps, lr=args.lr_vae,
                                                      **common), retrain=args.retrain)
     tf_run, _ = train_or_load(TrainConfig("put", "model", preset=args.preset, out=str(out / "uq_transformer"),
                                           tokenizer=str(vae_run), steps=args.tf_steps, lr=args.lr_tf, **common),
                               retrain=args.retrain or trained)
-    vae, tf = load_model(vae_run), load_model(tf_run)
-    panels = {"UQ-Transformer cross-entropy (masked tokens)": {"ce": [(r["step"], r["loss"]) for r in read_log(tf_run)]}}
+    vae, tf = load_model(vae_run, device), load_model(tf_run, device)
+    ce = [(r["step"], r["loss"]) for r in read_log(tf_run)]
+    panels = {"UQ-Transformer cross-entropy (masked tokens)": {"ce": ce}}
     if args.vae_from is None:  # eq. 1's terms, unweighted
         log = read_log(vae_run)
         panels = {"P-VQVAE (eqs. 1, 3-8; unweighted terms)":

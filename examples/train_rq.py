@@ -95,7 +95,8 @@ def edit(rq, tf, x, codes, labels, dec, args, out: Path, names) -> None:
     edits = [rq.decode_tokens(draft_and_revise(tf, codes, box, class_labels=(labels + k * shift) % classes,
                                               generator=args.seed, **dec).tokens) for k in range(3)]
     save_grid([[torch.where(pixb[i, None], torch.zeros_like(x[i]), x[i])] + [e[i] for e in edits]
-               for i in range(rows)], ["centre masked", "own class", f"edit: class +{shift}", f"edit: class +{2 * shift}"],
+               for i in range(rows)],
+              ["centre masked", "own class", f"edit: class +{shift}", f"edit: class +{2 * shift}"],
               out / "editing.png", row_labels=names)
 
 
@@ -133,7 +134,8 @@ def main(argv=None):
     common = dict(data=args.data, batch_size=args.batch, seed=args.seed, device=args.device)
     rq_run, trained = args.rqvae, False
     if rq_run is None:
-        rq_run, trained = train_or_load(TrainConfig("rq", "tokenizer", preset="tiny" if args.preset == "tiny" else "paper",
+        preset = "tiny" if args.preset == "tiny" else "paper"
+        rq_run, trained = train_or_load(TrainConfig("rq", "tokenizer", preset=preset,
                                                     out=str(out / "rqvae"), steps=args.vae_steps, lr=args.lr_vae,
                                                     **common), retrain=args.retrain)
     # the supp. Table 1 transformer, conditioned on the data's classes (13 photos by default)

@@ -116,11 +116,11 @@ def main(argv=None) -> None:
     ddm_run, ddm_trained = train_or_load(TrainConfig("vqddm", "model", preset=cfg["ddm"], out=str(out / "vqddm"),
                                            tokenizer=str(refit_run), steps=args.ddm_steps, lr=args.lr,
                                            overrides={"T": args.T}, **common), retrain=args.retrain or trained)
-    vq, model = load_model(refit_run), load_model(ddm_run)
+    vq, model = load_model(refit_run), load_model(ddm_run)  # the figures run on the CPU
 
     R = vq.config["resolution"]
     test = open_images(args.data, R, split="test")
-    heldout, _ = heldout_batch(test, 512)
+    heldout = heldout_batch(test, 512)[0]
     logs = {name: read_log(run) for name, run in (("tok", tok_run), ("refit", refit_run), ("ddm", ddm_run))}
     bpd = [r["bpd"] for r in logs["ddm"]]
     report = {"config": args.config,

@@ -20,7 +20,8 @@ def test_demo_trains_through_the_trainer_then_loads_from_its_cache(tmp_path, cap
     assert png.stat().st_size > 0
     for name, stage, steps in (("tokenizer", "tokenizer", 3), ("transformer", "model", 4)):
         config = json.loads((cache / name / "run.json").read_text())
-        assert (config["family"], config["stage"], config["steps"], config["preset"]) == ("maskgit", stage, steps, "tiny")
+        assert (config["family"], config["stage"], config["steps"]) == ("maskgit", stage, steps)
+        assert config["preset"] == "tiny"
         log = read_log(cache / name)
         assert [r["step"] for r in log] == list(range(1, steps + 1))
         assert all(math.isfinite(r["loss"]) for r in log)
