@@ -96,3 +96,26 @@ def test_refit_stage_keeps_the_rebuilt_codebook():
     assert vq.quantizer.codebook_state.threshold_dead_code == 0.0  # VQ-DDM Sec. 3.2: k-means codes kept
     frozen = {id(p) for m in (vq.encoder, vq.quant_conv) for p in m.parameters()}
     assert params and not frozen & {id(p) for p in params}
+
+
+def test_a_signal_stops_train_or_load_and_the_next_call_resumes(image_folder, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from vqfast.train.log import RunLog
+
+    step = RunLog.step
+
+    def step_then_interrupt(self, *args, **kw):  # Ctrl-C while the first step is logged
+        step(self, *args, **kw)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = config(image_folder, tmp_path / "s", steps=4)
+    monkeypatch.setattr(RunLog, "step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt, match="run again to resume"):
+        train_or_load(cfg)
+    monkeypatch.setattr(RunLog, "step", step)
+    assert run_status(cfg) == "unfinished"
+    run, trained = train_or_load(cfg)
+    assert trained and [r["step"] for r in read_log(run)] == [1, 2, 3, 4]
+    assert [r["kind"] for r in read_log(run, None)].count("resume") == 1
