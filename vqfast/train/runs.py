@@ -53,10 +53,10 @@ def train_or_load(cfg: TrainConfig, *, retrain: bool = False) -> tuple[Path, boo
     if status == "finished":
         return Path(cfg.out), False
     run = Path(cfg.out)
-    if status == "none" and (run / checkpointing.LATEST).exists():
-        if not (run / "run.json").exists():
-            raise ValueError(f"{run} holds checkpoints but no run.json: not a run folder this can replace")
+    if status == "none" and (run / "run.json").exists():  # a run of another recipe, or one that never saved
         shutil.rmtree(run)
+    elif status == "none" and (run / checkpointing.LATEST).exists():
+        raise ValueError(f"{run} holds checkpoints but no run.json: not a run folder this can replace")
     run = train(TrainConfig(**{**asdict(cfg), "resume": status == "unfinished"}))
     stops = read_log(run, "stopped")
     if stops and stops[-1]["reason"] == "signal" and run_status(cfg) == "unfinished":
