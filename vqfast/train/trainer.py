@@ -35,10 +35,10 @@ class TrainConfig:
     (None: no clipping). token_cache: a folder of token shards to train stage 2 from.
     init_from: start from these weights (a run folder or checkpoint of the same class), e.g. to
     fine-tune. stop_after: save and stop after this step (a job slot shorter than the run; the
-    schedule still spans `steps`, and --resume continues). overrides: constructor arguments of
-    the model that replace the preset's, e.g. {"num_classes": 13}. time_limit: the same after this many
+    schedule still spans `steps`, and --resume continues). time_limit: the same after this many
     seconds of training. channels_last: the model's convolutions and the image batches in
-    channels-last memory layout (faster convolutions on CPUs and tensor cores)."""
+    channels-last memory layout (faster convolutions on CPUs and tensor cores). overrides:
+    constructor arguments of the model that replace the preset's, e.g. {"num_classes": 13}."""
 
     family: str
     stage: str
