@@ -35,6 +35,7 @@ from vqfast.demo import default_cache_dir
 from vqfast.models.common.inference import inference_copy
 from vqfast.models.common.transformer import Block
 from vqfast.models.maskgit import BidirectionalTransformer, maskgit_decode
+from vqfast.train.checkpointing import model_path
 from timing import gemm_rate, machine  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
 if os.environ.get("VQFAST_BENCH_THREADS"):
@@ -56,8 +57,8 @@ def _net(cfg: str) -> BidirectionalTransformer:
     if cfg not in _NETS:
         c = CONFIGS[cfg]
         cached = default_cache_dir() / "transformer"
-        if cfg == "tiny" and (cached.with_suffix(".json")).exists():
-            net = checkpoint.load(cached, expected=BidirectionalTransformer)
+        if cfg == "tiny" and (cached / "latest").exists():
+            net = checkpoint.load(model_path(cached), expected=BidirectionalTransformer)
             net.weights = f"trained by `python -m vqfast demo` ({cached})"
         else:
             torch.manual_seed(0)

@@ -1,44 +1,48 @@
-"""The demo's cache: checkpoints written by earlier versions (flat module paths, the recipe
-as it was recorded) are found and loaded, not retrained."""
+"""`python -m vqfast demo` at smoke size: both stages train through the library trainer into
+the cache, a second run loads them, a changed recipe retrains only what it changed."""
 import json
+import math
 
-import torch
-
-from vqfast import checkpoint, demo
-from vqfast.models.common.vqgan import VQGAN
-from vqfast.models.maskgit import BidirectionalTransformer
-
-# extra["recipe"] exactly as the demo wrote it before the models took presets
-OLD_TOKENIZER_RECIPE = {"tokenizer": {"resolution": 32, "ch": 16, "ch_mult": [1, 2, 4], "num_res_blocks": 1,
-                                      "codebook_size": 256, "embed_dim": 32}, "steps": 600, "seed": 0}
-OLD_TRANSFORMER_CONFIG = {"codebook_size": 256, "seq_len": 64, "dim": 128, "depth": 4, "heads": 4,
-                          "mlp_ratio": 4.0, "dropout": 0.0, "num_classes": 0}
+from vqfast import demo
+from vqfast.train.log import read_log
 
 
-def _rewrite(path, **fields):
-    meta = path.with_name(path.name + ".json")
-    record = json.loads(meta.read_text())
-    record.update(fields)
-    meta.write_text(json.dumps(record))
+def _run(cache, out, **kw):
+    return demo.run(cache_dir=cache, out=out, seed=0, progress=False, **{"tokenizer_steps": 3,
+                                                                           "transformer_steps": 4, **kw})
 
 
-def test_cache_written_by_the_old_demo_is_loaded(tmp_path):
-    vq = VQGAN.from_preset("tiny")
-    checkpoint.save(vq, tmp_path / "tokenizer", extra={"recipe": OLD_TOKENIZER_RECIPE, "steps_run": 600})
-    _rewrite(tmp_path / "tokenizer", **{"class": "vqfast.models.vqgan.VQGAN"})
-    assert isinstance(demo.cached(tmp_path / "tokenizer", VQGAN, demo.tokenizer_recipe(600, 0)), VQGAN)
-    assert demo.cached(tmp_path / "tokenizer", VQGAN, demo.tokenizer_recipe(601, 0)) is None  # another recipe
+def test_demo_trains_through_the_trainer_then_loads_from_its_cache(tmp_path, capsys):
+    cache, png = tmp_path / "cache", tmp_path / "demo.png"
+    report = _run(cache, png)
+    assert report["tokenizer_trained"] and report["transformer_trained"]
+    assert (report["tokenizer_steps"], report["transformer_steps"]) == (3, 4)
+    assert png.stat().st_size > 0
+    for name, stage, steps in (("tokenizer", "tokenizer", 3), ("transformer", "model", 4)):
+        config = json.loads((cache / name / "run.json").read_text())
+        assert (config["family"], config["stage"], config["steps"]) == ("maskgit", stage, steps)
+        assert config["preset"] == "tiny"
+        log = read_log(cache / name)
+        assert [r["step"] for r in log] == list(range(1, steps + 1))
+        assert all(math.isfinite(r["loss"]) for r in log)
+    assert json.loads((cache / "transformer" / "run.json").read_text())["token_cache"] == str(cache / "tokens")
+    assert json.loads((cache / "tokens" / "index.json").read_text())["rows"] == 1024  # the bundled training crops
+    assert report["fused_tok_s"] > 0 and report["reference_tok_s"] > 0
+    printed = capsys.readouterr().out
+    assert "training the tokenizer" in printed and f"wrote {png}" in printed
 
-    torch.manual_seed(0)
-    net = BidirectionalTransformer(**OLD_TRANSFORMER_CONFIG).eval()
-    tok_extra = checkpoint.read_config(tmp_path / "tokenizer")["extra"]
-    old_recipe = {"transformer": {"dim": 128, "depth": 4, "heads": 4}, "steps": 1500, "seed": 0, "tokenizer": tok_extra}
-    checkpoint.save(net, tmp_path / "transformer", extra={"recipe": old_recipe, "steps_run": 1500})
-    _rewrite(tmp_path / "transformer", config=OLD_TRANSFORMER_CONFIG,
-             **{"class": "vqfast.models.transformer.BidirectionalTransformer"})
-    back = demo.cached(tmp_path / "transformer", BidirectionalTransformer, demo.transformer_recipe(1500, 0, tok_extra))
-    assert isinstance(back, BidirectionalTransformer)
-    tokens = torch.randint(257, (2, 64), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert torch.equal(back(tokens), net(tokens))
-    assert back.config["schedule"] == "cosine" and back.config["label_smoothing"] == 0.1  # the old MVTM defaults
+    png.unlink()
+    again = _run(cache, png)
+    assert not again["tokenizer_trained"] and not again["transformer_trained"]
+    assert png.stat().st_size > 0
+    assert "tokenizer loaded from" in capsys.readouterr().out
+    assert [r["step"] for r in read_log(cache / "transformer")] == [1, 2, 3, 4]  # not trained again
+
+    changed = _run(cache, png, transformer_steps=5)  # a stale transformer: only it is retrained
+    assert not changed["tokenizer_trained"] and changed["transformer_steps"] == 5
+    assert [r["step"] for r in read_log(cache / "transformer")] == [1, 2, 3, 4, 5]
+
+
+def test_cache_dir_follows_the_demo_version(monkeypatch, tmp_path):
+    monkeypatch.setenv("VQFAST_CACHE", str(tmp_path))
+    assert demo.default_cache_dir() == tmp_path / f"demo-v{demo.DEMO_VERSION}"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from vqfast.train.families import FAMILIES, STAGES
@@ -29,9 +30,14 @@ def add_train_parser(sub) -> None:
                                                     "or the bundled 'photos' / 'faces'")
     p.add_argument("--preset", default="tiny", help="the model preset (see below)")
     p.add_argument("--out", required=True, help="the run folder (checkpoints, log.jsonl, figures)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a constructor argument of the model instead of the preset's (VALUE as JSON, else a "
+                        "string), e.g. --override num_classes=13; repeatable")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps in all")
     p.add_argument("--stop-after", type=int, default=None,
                    help="save and exit after this step (the schedule still spans --steps; --resume continues)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="save and exit after this many seconds of training (--resume continues)")
     p.add_argument("--batch-size", type=int, default=8, help="images per process per micro-batch")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the paper's)")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: the paper's, at most steps/10)")
@@ -71,11 +77,26 @@ def add_train_parser(sub) -> None:
                         "(taming's ImageNet VQGAN), rq / mqvae / put / vqddm refit 0)")
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """["num_classes=13", "schedule=cosine"] -> {"num_classes": 13, "schedule": "cosine"}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--override must be KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def run_train(args) -> None:
     from vqfast.train.trainer import TrainConfig, train
 
     cfg = TrainConfig(args.family, args.stage, data=args.data, preset=args.preset, out=args.out, steps=args.steps,
-                      stop_after=args.stop_after,
+                      stop_after=args.stop_after, time_limit=args.time_limit,
+                      overrides=parse_overrides(args.override),
                       batch_size=args.batch_size, lr=args.lr, grad_accum=args.grad_accum, precision=args.precision,
                       resume=args.resume, tokenizer=args.tokenizer, init_from=args.init_from, eval_every=args.eval_every,
                       save_every=args.save_every, seed=args.seed, workers=args.workers,

@@ -92,14 +92,19 @@ class Stage:
     def presets(self) -> list[str]:
         return sorted(self.cls.PRESETS)
 
-    def build(self, preset: str, *, tokenizer: nn.Module | None = None) -> nn.Module:
-        """The model of `preset`; in stage 2 the tokenizer decides the vocabulary and token grid
-        (the preset's values are replaced by the tokenizer's)."""
+    def build(self, preset: str, *, tokenizer: nn.Module | None = None, overrides: dict | None = None) -> nn.Module:
+        """The model of `preset` with `overrides` of its constructor arguments; in stage 2 the
+        tokenizer decides the vocabulary and token grid (the preset's values are replaced by the
+        tokenizer's)."""
+        overrides = overrides or {}
         if self.name == "refit":
+            if overrides:
+                raise ValueError(f"overrides: the refit stage trains the given tokenizer as it is, got {overrides}")
             return tokenizer
         if tokenizer is None:
-            return self.cls.from_preset(preset)
-        model = self.cls.from_preset(preset, **_fit(self.family, self.cls.PRESETS.get(preset, {}), tokenizer))
+            return self.cls.from_preset(preset, **overrides)
+        fit = _fit(self.family, self.cls.PRESETS.get(preset, {}), tokenizer)
+        model = self.cls.from_preset(preset, **{**overrides, **fit})
         _check_vocabulary(model, tokenizer)
         return model
 
@@ -155,11 +160,13 @@ class Stage:
         refit_tokenizer(model, images, P=self.extra["refit_features"], generator=generator)
 
     def trainable(self, model: nn.Module) -> list[nn.Parameter]:
-        """Parameters the optimizer updates (ReFiT: all but the encoder and quant_conv)."""
+        """Parameters the optimizer updates (ReFiT: all but the encoder and quant_conv; the
+        rebuilt codebook is kept: no dead-code restart while fine-tuning, as finetune_decoder)."""
         if self.name == "refit":
             frozen = {id(p) for m in (model.encoder, model.quant_conv) for p in m.parameters()}
             for p in model.parameters():
                 p.requires_grad_(id(p) not in frozen)
+            model.quantizer.codebook_state.threshold_dead_code = 0.0
         return [p for p in model.parameters() if p.requires_grad]
 
 

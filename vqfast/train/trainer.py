@@ -13,7 +13,8 @@ import math
 import signal
 import sys
 import threading
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,9 +38,11 @@ class TrainConfig:
     (None: no clipping). token_cache: a folder of token shards to train stage 2 from.
     init_from: start from these weights (a run folder or checkpoint of the same class), e.g. to
     fine-tune. stop_after: save and stop after this step (a job slot shorter than the run; the
-    schedule still spans `steps`, and --resume continues). Tokenizer stages: perceptual_weights, a
-    local VGG-16 / LPIPS file (PUT: VGG-19) for the perceptual term (None: off); adversarial: train
-    with the paper's discriminator; disc_start: the step it starts at (None: the paper's).
+    schedule still spans `steps`, and --resume continues). time_limit: the same after this many
+    seconds of training. overrides: constructor arguments of the model that replace the
+    preset's, e.g. {"num_classes": 13}. Tokenizer stages: perceptual_weights, a local VGG-16 /
+    LPIPS file (PUT: VGG-19) for the perceptual term (None: off); adversarial: train with the
+    paper's discriminator; disc_start: the step it starts at (None: the paper's).
     channels_last: keep conv weights and images channels-last (NHWC), the layout oneDNN's and
     cuDNN's fast conv kernels take (bf16 on an AMX CPU: 1.7x the NCHW step at 256x256); None:
     on from CHANNELS_LAST_FROM pixels, where it pays; not with fsdp."""
@@ -51,6 +54,7 @@ class TrainConfig:
     out: str
     steps: int = 1000
     stop_after: int | None = None
+    time_limit: float | None = None
     batch_size: int = 8
     lr: float | None = None
     grad_accum: int = 1
@@ -68,6 +72,7 @@ class TrainConfig:
     holdout: float = 0.05
     token_cache: str | None = None
     fsdp: bool = False
+    overrides: dict = field(default_factory=dict)
     device: str | None = None
     log_every: int = 1
     progress: bool = True
@@ -93,6 +98,10 @@ class TrainConfig:
             raise TypeError(f"channels_last must be a bool or None, got {self.channels_last!r}")
         if self.channels_last and self.fsdp:
             raise ValueError("channels_last is not supported with fsdp (FSDP shards contiguous parameters)")
+        if not isinstance(self.overrides, dict) or not all(isinstance(k, str) for k in self.overrides):
+            raise TypeError(f"overrides must be a dict of constructor argument names, got {self.overrides!r}")
+        if self.time_limit is not None and not (isinstance(self.time_limit, (int, float)) and self.time_limit > 0):
+            raise ValueError(f"time_limit must be a positive number of seconds or None, got {self.time_limit!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.lr is not None and not self.lr > 0:
@@ -215,7 +224,7 @@ class Trainer:
                              f"--tokenizer RUN_DIR_OR_CHECKPOINT")
         self.tokenizer = load_tokenizer(cfg.tokenizer, stage, ctx.device) if stage.needs_tokenizer else None
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.model = stage.build(cfg.preset, tokenizer=self.tokenizer).to(ctx.device)
+        self.model = stage.build(cfg.preset, tokenizer=self.tokenizer, overrides=cfg.overrides).to(ctx.device)
         if stage.name == "refit":
             self.model.requires_grad_(True)
         if cfg.init_from is not None:
@@ -359,6 +368,7 @@ class Trainer:
         it = self._batches(plan, self.step * cfg.grad_accum, last * cfg.grad_accum)
         autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         skipped, window, items = 0, 0, 0
+        started = time.perf_counter()
         try:
             with _stop_requests() as stop:
                 while self.step < last:
@@ -367,7 +377,8 @@ class Trainer:
                     items += n_items
                     window += 1
                     self.step += 1
-                    stopping = distributed.any_rank(bool(stop), ctx)
+                    out_of_time = cfg.time_limit is not None and time.perf_counter() - started > cfg.time_limit
+                    stopping = distributed.any_rank(bool(stop) or out_of_time, ctx)
                     if self.step % cfg.log_every == 0 or self.step == last or stopping:
                         values = distributed.mean_over_ranks(sums, ctx)
                         counts = distributed.sum_over_ranks(items, ctx), distributed.sum_over_ranks(skipped, ctx)
@@ -380,7 +391,8 @@ class Trainer:
                         self.save()
                     if stopping:
                         if ctx.is_main:
-                            log.write({"kind": "stopped", "step": self.step, "reason": "signal"})
+                            log.write({"kind": "stopped", "step": self.step,
+                                       "reason": "time" if out_of_time else "signal"})
                         break
         finally:
             log.close()
