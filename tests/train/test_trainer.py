@@ -122,3 +122,23 @@ def test_channels_last_trains_as_nchw_and_resumes_bitwise(image_folder, tmp_path
         config(image_folder, tmp_path / "x", channels_last="yes")
     with pytest.raises(ValueError, match="channels_last"):
         config(image_folder, tmp_path / "x", channels_last=True, fsdp=True)
+
+
+def test_vqddm_trains_with_the_importance_sampler_and_resumes_it_bitwise(image_folder, tmp_path):
+    """The model stage draws t from p(t) ~ sqrt(E[L_t^2]) once every t has > 10 losses (T = 4 here,
+    warm within 40 steps of 2-image batches), and the sampler's history is part of the resumable state."""
+    from vqfast import checkpoint
+    from vqfast.models.common.vqgan import VQGAN
+
+    torch.manual_seed(0)
+    checkpoint.save(VQGAN.from_preset("tiny"), tmp_path / "vq" / "model")
+    kw = dict(data=str(image_folder), preset="tiny", steps=40, batch_size=2, progress=False, holdout=0.2,
+              tokenizer=str(tmp_path / "vq"), overrides={"T": 4})
+    straight = train(TrainConfig("vqddm", "model", out=str(tmp_path / "a"), **kw))
+    train(TrainConfig("vqddm", "model", out=str(tmp_path / "b"), stop_after=30, **kw))
+    resumed = train(TrainConfig("vqddm", "model", out=str(tmp_path / "b"), resume=True, **kw))
+    sampler = load_state(latest(straight))["timestep_sampler"]
+    assert int(sampler["count"].sum()) == 80 and bool((sampler["count"][1:] > 10).all())  # warm: p(t) not uniform
+    assert torch.equal(sampler["history"], load_state(latest(resumed))["timestep_sampler"]["history"])
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -90,6 +90,15 @@ def gather(obj, ctx: Context) -> list:
     return out
 
 
+def gather_cat(*tensors: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, ...]:
+    """Each tensor [n] (n may differ by rank) -> the ranks' tensors concatenated in rank order,
+    on every rank (CPU)."""
+    if not ctx.distributed:
+        return tensors
+    parts = gather([t.detach().cpu() for t in tensors], ctx)
+    return tuple(torch.cat([p[i] for p in parts]) for i in range(len(tensors)))
+
+
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()

@@ -125,7 +125,8 @@ class Stage:
         tokens = enc if isinstance(enc, torch.Tensor) else enc.tokens
         return {"tokens": tokens, "labels": labels}
 
-    def loss(self, model: nn.Module, inputs: dict, generator: torch.Generator, *, tokenizer: nn.Module | None = None):
+    def loss(self, model: nn.Module, inputs: dict, generator: torch.Generator, *, tokenizer: nn.Module | None = None,
+             sampler=None):
         """One batch -> LossOutput (the family's training objective)."""
         f = self.family
         if self.name in ("tokenizer", "refit"):
@@ -143,6 +144,8 @@ class Stage:
         tokens = inputs["tokens"]
         if f == "maskgit":
             tokens = tokens.flatten(1)
+        if f == "vqddm":  # sampler: the timestep importance sampler (None: uniform t)
+            return model.loss(tokens, class_labels=labels, generator=generator, sampler=sampler)
         return model.loss(tokens, class_labels=labels, generator=generator)
 
     def masks(self, images: torch.Tensor, generator: torch.Generator | int) -> torch.Tensor | None:
@@ -168,6 +171,21 @@ class Stage:
                 p.requires_grad_(id(p) not in frozen)
             model.quantizer.codebook_state.threshold_dead_code = 0.0
         return [p for p in model.parameters() if p.requires_grad]
+
+
+def timestep_sampler(stage: Stage, model: nn.Module, gather):
+    """VQ-DDM's model stage: the importance sampler of t (p(t) ~ sqrt(E[L_t^2]), as the official
+    code trains), fed every rank's (t, L_t) through gather(t, losses) -> (all t, all losses), so
+    every rank keeps the same p(t). Other stages: None."""
+    if stage.family != "vqddm" or stage.name != "model":
+        return None
+    from vqfast.models.vqddm import ImportanceSampler
+
+    class _Gathered(ImportanceSampler):
+        def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+            super().update(*gather(t, losses))
+
+    return _Gathered(model.T)
 
 
 def _put_masks(images: torch.Tensor, generator: torch.Generator | int) -> torch.Tensor:

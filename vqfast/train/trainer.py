@@ -24,7 +24,7 @@ from vqfast import checkpoint
 from vqfast.train import checkpointing, distributed
 from vqfast.train.adversarial import PERCEPTUAL_HINT, TokenizerCritic
 from vqfast.train.data import BatchPlan, _mix, batches, open_images
-from vqfast.train.families import get_stage
+from vqfast.train.families import get_stage, timestep_sampler
 from vqfast.train.log import RunLog
 
 PRECISIONS = ("fp32", "bf16")
@@ -133,18 +133,20 @@ class _Objective(nn.Module):
     tokenizer of stage 2 is frozen and the critic has its own wrapper: both are kept outside the
     module tree). forward -> (total, terms, (real, fake) images for the discriminator or None)."""
 
-    def __init__(self, model: nn.Module, stage, tokenizer: nn.Module | None, critic: TokenizerCritic | None):
+    def __init__(self, model: nn.Module, stage, tokenizer: nn.Module | None, critic: TokenizerCritic | None,
+                 sampler=None):
         super().__init__()
         self.model, self.stage = model, stage
         self.__dict__["tokenizer"] = tokenizer
         self.__dict__["critic"] = critic
+        self.__dict__["sampler"] = sampler
 
     def forward(self, inputs: dict, generator: int, step: int):
         if self.critic is not None:
             images = inputs["images"]
             out, real, fake = self.critic.generator_loss(self.model, images, self.stage.masks(images, generator), step)
             return out.total, out.terms, (real, fake)
-        out = self.stage.loss(self.model, inputs, generator, tokenizer=self.tokenizer)
+        out = self.stage.loss(self.model, inputs, generator, tokenizer=self.tokenizer, sampler=self.sampler)
         return out.total, out.terms, None
 
 
@@ -268,7 +270,8 @@ class Trainer:
                 raise ValueError(f"the discriminator starts at step {self.critic.disc_start} of this run, and its "
                                  f"adaptive weight needs unsharded decoder weights: train without --fsdp, or pass "
                                  f"--no-adversarial or a --disc-start of at least --steps")
-        self.objective = _Objective(self.model, stage, self.tokenizer, self.critic)
+        self.sampler = timestep_sampler(stage, self.model, lambda t, losses: distributed.gather_cat(t, losses, ctx=ctx))
+        self.objective = _Objective(self.model, stage, self.tokenizer, self.critic, self.sampler)
         if self.sharded:
             distributed.shard(self.objective, ctx)
         params = stage.trainable(self.model)
@@ -295,7 +298,8 @@ class Trainer:
         return {"step": self.step, "micro_batch": self.step * self.cfg.grad_accum,
                 "world_size": self.ctx.world_size, "optimizer": self._optimizer_state(),
                 "scheduler": self.scheduler.state_dict(), "rng": rng, "config": asdict(self.cfg),
-                "discriminator": self.critic.state_dict() if self.critic is not None else {}}
+                "discriminator": self.critic.state_dict() if self.critic is not None else {},
+                "timestep_sampler": self.sampler.state_dict() if self.sampler is not None else {}}
 
     def _optimizer_state(self) -> dict:
         if self.sharded:
@@ -314,6 +318,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.critic is not None:
             self.critic.load_state_dict(state.get("discriminator", {}), int(state["step"]))
+        if self.sampler is not None and state.get("timestep_sampler"):
+            self.sampler.load_state_dict(state["timestep_sampler"])
         if self.ema is not None:
             ema = checkpointing.read_weights(folder, "ema")
             self.ema.shadow = {k: ema[k].float() for k in self.ema.shadow}
