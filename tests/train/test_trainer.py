@@ -142,3 +142,20 @@ def test_vqddm_trains_with_the_importance_sampler_and_resumes_it_bitwise(image_f
     assert torch.equal(sampler["history"], load_state(latest(resumed))["timestep_sampler"]["history"])
     a, b = weights(straight), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_put_tokenizer_trains_with_an_independent_reference_mask():
+    """PUT eq. 1: the decoder's reference branch sees x_hat * m' with m' a second mask, all
+    visible for about a quarter of the images."""
+    from vqfast.train import get_stage
+
+    images = torch.zeros(64, 3, 32, 32)
+    stage = get_stage("put", "tokenizer")
+    mask, ref = stage.masks(images, 7)
+    again = stage.masks(images, 7)
+    assert torch.equal(mask, again[0]) and torch.equal(ref, again[1])
+    assert mask.shape == ref.shape == (64, 32, 32) and mask.dtype == ref.dtype == torch.bool
+    off = ~ref.flatten(1).any(1)
+    assert 4 <= int(off.sum()) <= 28 and not torch.equal(mask[~off], ref[~off])
+    assert mask.flatten(1).any(1).all()
+    assert get_stage("put", "model").masks(images, 7) is None and get_stage("rq", "tokenizer").masks(images, 7) is None

@@ -157,10 +157,10 @@ class TokenizerCritic:
         """The discriminator's parameters detached (the generator step must not train D)."""
         return {prefix + k: p.detach() for k, p in self.discriminator.named_parameters()}
 
-    def generator_loss(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor | None,
+    def generator_loss(self, model: nn.Module, images: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor] | None,
                        step: int) -> tuple[LossOutput, torch.Tensor, torch.Tensor]:
         """(the generator's LossOutput, real images D sees, reconstruction) of one batch; images
-        [B, C, H, W] in [-1, 1], masks bool [B, H, W] (PUT's missing pixels, else None). Once
+        [B, C, H, W] in [-1, 1], masks: PUT's (m, m') of eq. 1, bool [B, H, W] each (else None). Once
         active, terms add g_loss and d_weight (lambda * w_disc; PUT: lambda_adv)."""
         if self.put_loss is not None:
             return self._put_generator_loss(model, images, masks, step)
@@ -183,7 +183,7 @@ class TokenizerCritic:
             seen["real"] = target  # x_hat, the masked image: what D_adv of eq. 5 calls real
             return functional_call(self.put_loss, frozen, (target, reconstruction, commitment, step))
 
-        out = model(images, masks, loss_fn=loss_fn, step=step)
+        out = model(images, *masks, loss_fn=loss_fn, step=step)
         terms = dict(out.loss.terms)
         if self.active(step):
             terms.update(g_loss=terms["adv"], d_weight=torch.tensor(self.recipe.disc_weight))

@@ -132,7 +132,7 @@ class Stage:
         if self.name in ("tokenizer", "refit"):
             images = inputs["images"]
             if f == "put":
-                return model(images, self.masks(images, generator)).loss
+                return model(images, *self.masks(images, generator)).loss
             return model(images).loss
         labels = _labels(model, inputs["labels"])
         if f == "put":
@@ -148,9 +148,16 @@ class Stage:
             return model.loss(tokens, class_labels=labels, generator=generator, sampler=sampler)
         return model.loss(tokens, class_labels=labels, generator=generator)
 
-    def masks(self, images: torch.Tensor, generator: torch.Generator | int) -> torch.Tensor | None:
-        """The missing-pixel masks [B, H, W] a PUT tokenizer trains with (None for other families)."""
-        return _put_masks(images, generator) if self.family == "put" and self.name != "model" else None
+    def masks(self, images: torch.Tensor, generator: torch.Generator | int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The masks bool [B, H, W] (True = missing) a PUT tokenizer trains with, (m, m') of eq. 1:
+        the input's missing pixels and an independent reference mask, off (all visible) for a
+        quarter of the images; None for other families."""
+        if self.family != "put" or self.name == "model":
+            return None
+        generator = as_generator(generator)
+        mask, ref = _put_masks(images, generator), _put_masks(images, generator)
+        keep = torch.rand(images.shape[0], generator=generator) < 0.75
+        return mask, ref & keep.to(ref.device)[:, None, None]
 
     def prepare(self, model: nn.Module, data, generator: torch.Generator) -> None:
         """What a stage does once before its first step: ReFiT's codebook rebuild, and
