@@ -17,7 +17,7 @@ speedup over the official-style loop on wall time and on process CPU time (with 
 CPU-time ratio is the one the machine's load disturbs least), the forward's FLOP/s as a
 fraction of this machine's GEMM rate for its dtype (an [L, D] x [D, 4D] matmul in fp32 and
 bf16 timed beside the row, through torch.mm = MKL and through oneDNN on a packed weight:
-on this AMD CPU MKL's sgemm runs at less than half of oneDNN's fp32 rate), the greedy
+on AMD CPUs MKL's sgemm runs at less than half of oneDNN's fp32 rate), the greedy
 agreement of the packed fp32 copy with the plain model and, for bf16, the logit error and greedy agreement against fp32
 (next-token argmax at every unknown position and at the quarter of them fp32 is most
 confident about, where greedy steps pick, and Algorithm 1's position choice, on identical

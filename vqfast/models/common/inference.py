@@ -1,9 +1,10 @@
 """Inference copies of models built from vqfast `Block`s: what the samplers run.
 
 On CPU the Block Linears become `PackedLinear`s: weights reordered once into oneDNN's
-blocked layout, in fp32 or bf16. On this machine (AMD EPYC, AVX-512) oneDNN's packed
-fp32 GEMM runs 2.3x faster than nn.Linear's (MKL sgemm: ~200 GFLOP/s at [1024, 1024] x
-[1024, 4096], packed ~470) and 2.5-7.7x faster for the 1-16 row GEMMs of cached decoding.
+blocked layout, in fp32 or bf16. On an AMD EPYC (AVX-512) oneDNN's packed fp32 GEMM ran
+2.3x faster than nn.Linear's (MKL sgemm) and 2.5-7.7x faster for the 1-16 row GEMMs of
+cached decoding; on an Intel Xeon, where MKL takes its AVX-512 path, the two run alike and
+bf16 weights run on the AMX tiles.
 Elsewhere a bf16 request gives `low_precision_copy` (weights cast once) and fp32 the
 model itself. Embeddings, positions, LayerNorms and heads are shared with the model, not
 copied, and stay fp32; so does the residual stream (see `Block`).
