@@ -10,6 +10,7 @@ import torch
 
 import vqfast
 from vqfast.ops.sampling import HAS
+from vqfast.reference import sampling as ref
 from vqfast.reference.random import exp_f32
 from tests.conftest import backend_params
 
@@ -65,3 +66,11 @@ def test_top_p_boundary_one_ulp_apart(backend, seed, step, top_k):
         assert torch.equal(tok[:24], want), p
         if backend != "triton":  # 600 draws: the boundary id, of mass >= 1/40 here, is drawn when kept
             assert (ids[i] in tok.tolist()) == (p == p_in), p
+
+
+def test_top_p_vocabulary_past_the_int64_bound_raises():
+    """Z sums V integer masses of up to 2^40 in int64: V <= 2^23 - 1 with top-p, as for the confidences."""
+    V_big = ref.MAX_VOCAB + 1
+    x = torch.zeros(1).expand(1, V_big)  # no memory behind it: the check comes first
+    with pytest.raises(ValueError, match=f"logits has V={V_big}"):
+        vqfast.ops.sample_logits(x, top_p=0.9)
