@@ -168,8 +168,10 @@ inline Collected collect(const float* x, int64_t V, float t, std::vector<float>&
 inline int64_t row_mass(const float* x, int64_t V, float m, const std::vector<float>& mb) {
   constexpr int kB = cat::kBlock;
   int64_t z = 0;
-  for (int64_t b = 0; b < static_cast<int64_t>(mb.size()); ++b)
-    if (mb[b] - m > lse::kZeroBelow) z += terms_block(x + b * kB, static_cast<int>(std::min<int64_t>(kB, V - b * kB)), m);
+  for (int64_t b = 0; b < static_cast<int64_t>(mb.size()); ++b) {
+    const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
+    if (mb[b] - m > lse::kZeroBelow) z += terms_block(x + b * kB, n, m);
+  }
   return z;
 }
 
