@@ -53,6 +53,12 @@ def _load_row(X, U, row, offs, V, scale, temperature, HAS_CFG: tl.constexpr, APP
 
 
 @triton.jit
+def _mass(x, m):
+    """Integer top-p mass trunc(exp_f32(x - m) * 2^40) (int64; 0 for x = -inf)."""
+    return (exp_f32(x - m) * 1099511627776.0).to(tl.int64)
+
+
+@triton.jit
 def _kept(kx, t_key, need, seen, USE_K: tl.constexpr):
     """Top-k membership of a block given the k-th largest key, ties counted in id order."""
     if USE_K:
@@ -150,7 +156,7 @@ def _draw(X, U, BAN, row, V, m, key_lo, key_hi, scale, temperature, t_key, need,
 
 
 @triton.jit
-def _sample_rows_kernel(X, U, ROWS, OUT, V, key_lo, key_hi, scale, temperature, top_k, top_p,
+def _sample_rows_kernel(X, U, ROWS, OUT, V, key_lo, key_hi, scale, temperature, top_k, TOP_P,
                         HAS_CFG: tl.constexpr, APPLY_T: tl.constexpr, GREEDY: tl.constexpr,
                         USE_K: tl.constexpr, USE_P: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.load(ROWS + tl.program_id(0))
@@ -184,44 +190,56 @@ def _sample_rows_kernel(X, U, ROWS, OUT, V, key_lo, key_hi, scale, temperature, 
             x = _load_row(X, U, row, v0 + cols, V, scale, temperature, HAS_CFG, APPLY_T)
             above += tl.sum((_key(x) > t_key).to(tl.int32), 0)
         need = top_k - above
-    # top-p: largest key P with mass(kept, key >= P) >= top_p * Z (float64 masses)
+    # top-p (reference `_nucleus`): integer masses q = trunc(exp_f32(x - m) 2^40) of the kept ids,
+    # goal = top_p * float64(Z); P = the largest key with float64(mass(kept, key >= P)) >= goal
     p_key = -2147483648
     p_need = 0
     if USE_P:
-        z = tl.zeros((), tl.float64)
+        z = tl.zeros((), tl.int64)
         seen = 0
         for v0 in range(0, V, BLOCK):
             x = _load_row(X, U, row, v0 + cols, V, scale, temperature, HAS_CFG, APPLY_T)
             keep, seen = _kept(_key(x), t_key, need, seen, USE_K)
-            z += tl.sum(tl.where(keep, tl.exp(x.to(tl.float64) - m), 0.0), 0)
-        goal = top_p * z
+            z += tl.sum(tl.where(keep, _mass(x, m), 0), 0)
+        goal = tl.load(TOP_P) * z.to(tl.float64)
         lo = tl.full((), -2147483648, tl.int64)
         hi = tl.full((), 2147483647, tl.int64)
         for _ in range(32):
             mid = lo + (hi - lo + 1) // 2
-            mass = tl.zeros((), tl.float64)
+            mass = tl.zeros((), tl.int64)
             seen = 0
             for v0 in range(0, V, BLOCK):
                 x = _load_row(X, U, row, v0 + cols, V, scale, temperature, HAS_CFG, APPLY_T)
                 kx = _key(x)
                 keep, seen = _kept(kx, t_key, need, seen, USE_K)
-                mass += tl.sum(tl.where(keep & (kx.to(tl.int64) >= mid), tl.exp(x.to(tl.float64) - m), 0.0), 0)
-            big = mass >= goal
+                mass += tl.sum(tl.where(keep & (kx.to(tl.int64) >= mid), _mass(x, m), 0), 0)
+            big = mass.to(tl.float64) >= goal
             lo = tl.where(big, mid, lo)
             hi = tl.where(big, hi, mid - 1)
         p_key = lo.to(tl.int32)
-        # ties at p_key join in id order while the mass before them is below top_p
-        mass_gt = tl.zeros((), tl.float64)
-        e_t = tl.zeros((), tl.float64)
+        # the j-th tie at p_key joins while float64(mass(key > P) + j q) < goal
+        mass_gt = tl.zeros((), tl.int64)
+        q_t = tl.zeros((), tl.int64)
+        n_t = 0
         seen = 0
         for v0 in range(0, V, BLOCK):
             x = _load_row(X, U, row, v0 + cols, V, scale, temperature, HAS_CFG, APPLY_T)
             kx = _key(x)
             keep, seen = _kept(kx, t_key, need, seen, USE_K)
-            e = tl.exp(x.to(tl.float64) - m)
-            mass_gt += tl.sum(tl.where(keep & (kx > p_key), e, 0.0), 0)
-            e_t = tl.maximum(e_t, tl.max(tl.where(keep & (kx == p_key), e, 0.0), 0))
-        p_need = tl.where(e_t > 0, tl.ceil((goal - mass_gt) / tl.maximum(e_t, 1e-300)), 0.0).to(tl.int32)
+            q = _mass(x, m)
+            tie = keep & (kx == p_key)
+            mass_gt += tl.sum(tl.where(keep & (kx > p_key), q, 0), 0)
+            q_t = tl.maximum(q_t, tl.max(tl.where(tie, q, 0), 0))
+            n_t += tl.sum(tie.to(tl.int32), 0)
+        j_lo = tl.zeros((), tl.int64)  # the first j in [0, n_t] whose mass before reaches goal
+        j_hi = n_t.to(tl.int64)
+        for _ in range(24):  # n_t < 2^23
+            j_mid = (j_lo + j_hi) // 2
+            open_ = j_lo < j_hi
+            reach = (mass_gt + j_mid * q_t).to(tl.float64) >= goal
+            j_lo = tl.where(open_ & ~reach, j_mid + 1, j_lo)
+            j_hi = tl.where(open_ & reach, j_mid, j_hi)
+        p_need = j_lo.to(tl.int32)
     if GREEDY:
         best = float("-inf")
         best_i = 0
@@ -249,9 +267,10 @@ def _sample_rows(logits, uncond, rows, scale, temperature, top_k, top_p, key, gr
     if rows.shape[0] == 0:
         return out
     lo, hi = split_key(key % (1 << 64))
+    p = torch.tensor([float(top_p)], dtype=torch.float64, device=logits.device)  # a float64 top_p (not fp32)
     _sample_rows_kernel[(rows.shape[0],)](
         logits, uncond if uncond is not None else logits, rows, out, V, lo, hi, float(scale), float(temperature),
-        int(top_k), float(top_p), HAS_CFG=uncond is not None, APPLY_T=(not greedy and temperature != 1.0),
+        int(top_k), p, HAS_CFG=uncond is not None, APPLY_T=(not greedy and temperature != 1.0),
         GREEDY=greedy, USE_K=0 < top_k < V, USE_P=top_p < 1.0, BLOCK=_block(V), enable_fp_fusion=False)
     return out
 

@@ -98,37 +98,28 @@ struct FilterState {
 };
 
 // Token of one row under top_k (> 0) and/or top_p (< 1), -1 on bad rows. The candidates
-// x >= t hold the answer when there are >= top_k of them (top-k) or their mass reaches
-// top_p * Z (top-p alone); else the pass is repeated with t lowered, down to every finite x.
+// x >= t hold the answer when there are >= top_k of them (top-k) or float64 of their integer
+// mass reaches top_p * float64(Z) (top-p alone); else the pass is repeated with t lowered, down
+// to every finite x.
 int64_t filtered_draw(const float* x, int64_t V, int64_t top_k, double top_p, uint64_t key, uint64_t row,
                       FilterState& st) {
   constexpr float kAll = -std::numeric_limits<float>::max();
   const bool use_k = top_k > 0, use_p = top_p < 1.0;
-  const bool z_in_pass = use_p && !use_k;  // after top-k, Z sums the kept values only
   float t = st.t;
-  const Collected a = z_in_pass ? collect<true>(x, V, t, st.mb, st.c) : collect<false>(x, V, t, st.mb, st.c);
+  const Collected a = collect(x, V, t, st.mb, st.c);
   if (a.bad) return -1;
-  double total = 0.0, goal = 0.0;
+  // top-p alone: Z sums the whole row; after top-k, the kept values only (below)
+  double goal = use_p && !use_k ? top_p * static_cast<double>(row_mass(x, V, a.m, st.mb)) : 0.0;
   for (;;) {
-    bool enough;
-    if (use_k) {
-      enough = st.c.n >= top_k;
-    } else {
-      total = masses(st.c, a.m, st.fs);
-      goal = top_p * a.z;
-      enough = total >= goal;
-    }
+    const bool enough = use_k ? st.c.n >= top_k : reaches(masses(st.c, a.m, st.fs), goal);
     if (enough || t == kAll) break;
     t = a.m - t < 64.0f ? a.m - 1.5f * std::max(a.m - t, 1.0f) : kAll;
-    collect<false>(x, V, t, st.mb, st.c);
+    collect(x, V, t, st.mb, st.c);
   }
   int32_t K = 0;
   if (use_k) {
     K = top_k_of(st.c, top_k, st.fs);
-    if (use_p) {
-      total = masses(st.c, a.m, st.fs);
-      goal = top_p * total;
-    }
+    if (use_p) goal = top_p * static_cast<double>(masses(st.c, a.m, st.fs));
   }
   if (use_p) {
     const int32_t Kp = top_p_of(st.c, goal, st.fs);

@@ -1,11 +1,14 @@
 // Top-k / top-p filtered categorical draws on the CPU without a dense filtered row.
 //
-// One pass over the row (`collect`) finds the row max, the NaN/+inf flag, the block maxima
-// and (top-p) sum exp(x - m), and keeps as candidates every finite x above the running max
-// minus a gap: a superset of {x >= m - gap}. When that set holds the answer (>= k values,
-// or mass >= top_p * Z) the top-k / nucleus boundary is found among the candidates by a
-// bisection on the order-preserving int32 keys that drops the half it rules out after
-// each step; otherwise a second pass collects every finite value. The gap adapts to the
+// One pass over the row (`collect`) finds the row max, the NaN/+inf flag and the block maxima,
+// and keeps as candidates every finite x above the running max minus a gap: a superset of
+// {x >= m - gap}. Top-p masses are the exact integers of vqfast/reference/sampling.py
+// `_nucleus`: q = lse::term(x, m) = trunc(exp_f32(x - m) 2^40), Z their int64 sum (for top-p
+// alone, `row_mass`: a second look at the blocks within 28 of the max, in cache), and an id is
+// kept while float64(mass before it) < top_p * float64(Z). When the candidates hold the answer
+// (>= k values, or float64(mass) >= top_p * float64(Z)) the top-k / nucleus boundary is found
+// among them by a bisection on the order-preserving int32 keys that drops the half it rules
+// out after each step; otherwise a second pass collects every finite value. The gap adapts to the
 // previous row (a guess only: the tokens never depend on it). The kept ids (ascending)
 // are drawn by `sparse_categorical`, which consumes the same words and returns the same
 // token as `categorical` on the dense row with -inf outside the kept set
@@ -25,14 +28,15 @@ namespace sampling {
 // A sparse row: n (id ascending, value) pairs; every other id is -inf. Capacity V + 16.
 struct SparseRow {
   std::vector<int32_t> id;
-  std::vector<float> x, e;  // e: masses e^(x - m) (set by `masses`)
+  std::vector<float> x;
+  std::vector<int64_t> q;  // top-p masses lse::term(x, m) (set by `masses`)
   int64_t n = 0;
   std::vector<uint16_t> masks;  // collect: candidate lanes of each 16 values
   void reserve(int64_t V) {
     if (static_cast<int64_t>(x.size()) < V + 16) {
       id.resize(V + 16);
       x.resize(V + 16);
-      e.resize(V + 16);
+      q.resize(V + 16);
     }
   }
 };
@@ -40,7 +44,6 @@ struct SparseRow {
 struct Collected {
   float m = -kInf;  // row max
   bool bad = false;  // NaN or +inf, or no finite value
-  double z = 0.0;    // sum exp(x - m) (want_z)
 };
 
 inline float key_to_float(int32_t key) { return bits_to_float(static_cast<uint32_t>(key ^ ((key >> 31) & 0x7FFFFFFF))); }
@@ -95,7 +98,6 @@ inline int64_t extract(const float* x, int64_t V, const uint16_t* masks, SparseR
 
 // The pass over x[0..V): block maxima into mb, candidates into c (every x >= t; t = -FLT_MAX:
 // every finite x). Bad rows return early (their token is -1 anyway).
-template <bool kZ>
 inline Collected collect(const float* x, int64_t V, float t, std::vector<float>& mb, SparseRow& c) {
   constexpr int kB = cat::kBlock;
   const int64_t nb = (V + kB - 1) / kB;
@@ -103,7 +105,6 @@ inline Collected collect(const float* x, int64_t V, float t, std::vector<float>&
   c.reserve(V);
   Collected out;
   float m = -kInf;
-  double z = 0.0;
   int64_t cnt = 0;
 #if VQFAST_AVX512
   c.masks.resize((V + 15) / 16 + 32);
@@ -115,42 +116,26 @@ inline Collected collect(const float* x, int64_t V, float t, std::vector<float>&
     const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
     float bm = -kInf;
 #if VQFAST_AVX512
-    // One look: max, bad values, the candidate masks (t is known before the pass) and, with z,
-    // sum e^(x - m) against the max m of the blocks before; a block that raises the max is summed
-    // again against its own (rare after the first blocks), so z is as with the max known first.
+    // One look: max, bad values and the candidate masks (t is known before the pass).
     // No software prefetch: it slowed this loop (A/B in one process).
-    const __m512 vm = _mm512_set1_ps(m);
-    __m512 vmax = _mm512_set1_ps(-kInf), acc = _mm512_setzero_ps();
+    __m512 vmax = _mm512_set1_ps(-kInf);
     __mmask16 vbad = 0;
     uint16_t* mk = masks + b * (kB / 16);
-    auto look = [&](int i, __m512 xv, __mmask16 live) {
+    auto look = [&](int i, __m512 xv) {
       vmax = _mm512_max_ps(vmax, xv);
       vbad |= _mm512_cmp_ps_mask(xv, vinf, _CMP_NLT_UQ);  // NaN or +inf
       mk[i / 16] = _mm512_cmp_ps_mask(xv, vt, _CMP_GE_OQ);
-      if (kZ) acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(live, exp512_nonpos(_mm512_sub_ps(xv, vm))));
     };
     if (n == kB) {  // plain loads: masked ones stall the stream from memory
-      for (int i = 0; i < kB; i += 16) look(i, _mm512_loadu_ps(xb + i), 0xFFFF);
+      for (int i = 0; i < kB; i += 16) look(i, _mm512_loadu_ps(xb + i));
     } else {
-      for (int i = 0; i < n; i += 16)
-        look(i, _mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), tail_mask(n - i), xb + i), tail_mask(n - i));
+      for (int i = 0; i < n; i += 16) look(i, _mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), tail_mask(n - i), xb + i));
     }
     mb[b] = bm = _mm512_reduce_max_ps(vmax);
     if (vbad) {
       out.bad = true;
       return out;
     }
-    if (kZ && bm > m) {  // a new max: rescale z, sum this block (in L1) again against it
-      if (m > -kInf) z *= static_cast<double>(exp_f32(m - bm));
-      const __m512 vbm = _mm512_set1_ps(bm);
-      acc = _mm512_setzero_ps();
-      for (int i = 0; i < n; i += 16) {
-        const __mmask16 live = tail_mask(n - i);
-        const __m512 xv = _mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), live, xb + i);
-        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(live, exp512_nonpos(_mm512_sub_ps(xv, vbm))));
-      }
-    }
-    if (kZ && bm > -kInf) z += static_cast<double>(_mm512_reduce_add_ps(acc));
     m = bm > m ? bm : m;
 #else
     int bbad = 0;
@@ -165,11 +150,6 @@ inline Collected collect(const float* x, int64_t V, float t, std::vector<float>&
       return out;
     }
     if (bm == -kInf) continue;
-    if (kZ) {
-      if (bm > m && m > -kInf) z *= static_cast<double>(exp_f32(m - bm));  // rescale to the new max
-      m = bm > m ? bm : m;
-      z += static_cast<double>(sum_exp_block(xb, n, m));
-    }
     m = bm > m ? bm : m;
     if (bm >= t) cnt = append_ge(xb, n, b * kB, t, c, cnt);
 #endif
@@ -180,28 +160,43 @@ inline Collected collect(const float* x, int64_t V, float t, std::vector<float>&
   c.n = cnt;
   out.m = m;
   out.bad = m == -kInf;
-  out.z = z;
   return out;
+}
+
+// Z of the top-p rule for a good row of max m and block maxima mb: sum_v lse::term(x_v, m),
+// exact; blocks whose max is <= m + lse::kZeroBelow add 0 term by term and are skipped.
+inline int64_t row_mass(const float* x, int64_t V, float m, const std::vector<float>& mb) {
+  constexpr int kB = cat::kBlock;
+  int64_t z = 0;
+  for (int64_t b = 0; b < static_cast<int64_t>(mb.size()); ++b) {
+    const int n = static_cast<int>(std::min<int64_t>(kB, V - b * kB));
+    if (mb[b] - m > lse::kZeroBelow) z += terms_block(x + b * kB, n, m);
+  }
+  return z;
 }
 
 // Keeps the entries of w[0..n) (and their masses e, when given) with key >= mid (ge) or
 // < mid (!ge), in order; returns their count.
-inline int64_t compact(int32_t* w, float* e, int64_t n, int32_t mid, bool ge) {
+inline int64_t compact(int32_t* w, int64_t* e, int64_t n, int32_t mid, bool ge) {
   int64_t j = 0, i = 0;
 #if VQFAST_AVX512
   const __m512i vm = _mm512_set1_epi32(mid);
   for (; i + 16 <= n; i += 16) {
     const __m512i k = _mm512_loadu_si512(w + i);
     const __mmask16 mk = ge ? _mm512_cmpge_epi32_mask(k, vm) : _mm512_cmplt_epi32_mask(k, vm);
-    const __m512 ev = e ? _mm512_loadu_ps(e + i) : _mm512_setzero_ps();
     _mm512_storeu_si512(w + j, _mm512_maskz_compress_epi32(mk, k));  // j <= i: never ahead of the reads
-    if (e) _mm512_storeu_ps(e + j, _mm512_maskz_compress_ps(mk, ev));
+    if (e) {  // 8 int64 lanes per half; both halves are read before either store
+      const __m512i e0 = _mm512_loadu_si512(e + i), e1 = _mm512_loadu_si512(e + i + 8);
+      const __mmask8 m0 = static_cast<__mmask8>(mk), m1 = static_cast<__mmask8>(mk >> 8);
+      _mm512_storeu_si512(e + j, _mm512_maskz_compress_epi64(m0, e0));
+      _mm512_storeu_si512(e + j + std::popcount(static_cast<unsigned>(m0)), _mm512_maskz_compress_epi64(m1, e1));
+    }
     j += std::popcount(static_cast<unsigned>(mk));
   }
 #endif
   for (; i < n; ++i) {
     const int32_t k = w[i];
-    const float ei = e ? e[i] : 0.0f;
+    const int64_t ei = e ? e[i] : 0;
     w[j] = k;
     if (e) e[j] = ei;
     j += (k >= mid) == ge;
@@ -247,51 +242,50 @@ inline int32_t kth_key(const int32_t* keys, int64_t n, int64_t k, std::vector<in
   return w[k - above - 1];
 }
 
-// The top-p boundary: the largest key K with mass(key >= K) >= goal among keys/masses
-// [0..n) (float32 masses, float64 sums), the smallest key when the total is below goal;
+// Whether an integer mass reaches the top-p goal: float64(mass) >= goal (round to nearest even).
+inline bool reaches(int64_t mass, double goal) { return static_cast<double>(mass) >= goal; }
+
+// The top-p boundary: the largest key K with float64(mass(key >= K)) >= goal among keys /
+// masses [0..n) (exact int64 sums), the smallest key when the total stays below goal;
 // *above = mass(key > K).
-inline int32_t mass_key(const int32_t* keys, const float* e, int64_t n, double goal, std::vector<int32_t>& w,
-                        std::vector<float>& we, double* above_out) {
+inline int32_t mass_key(const int32_t* keys, const int64_t* q, int64_t n, double goal, std::vector<int32_t>& w,
+                        std::vector<int64_t>& wq, int64_t* above_out) {
   w.assign(keys, keys + n);
-  we.assign(e, e + n);
+  wq.assign(q, q + n);
   auto [lo, hi] = key_range(keys, n);
-  double above = 0.0;  // mass of keys > hi
+  int64_t above = 0;  // mass of keys > hi
   while (lo < hi && n > 16) {
     const int32_t mid = static_cast<int32_t>(lo + (static_cast<int64_t>(hi) - lo + 1) / 2);
-    double ge = 0.0;
-    for (int64_t i0 = 0; i0 < n; i0 += 256) {
-      const int i1 = static_cast<int>(std::min<int64_t>(n - i0, 256));
-      const int32_t* kp = w.data() + i0;
-      const float* ep = we.data() + i0;
-      float part = 0.0f;
-#pragma omp simd reduction(+ : part)
-      for (int i = 0; i < i1; ++i) part += kp[i] >= mid ? ep[i] : 0.0f;
-      ge += part;
-    }
-    if (above + ge >= goal) {
+    const int32_t* kp = w.data();
+    const int64_t* qp = wq.data();
+    const int ni = static_cast<int>(n);
+    int64_t ge = 0;
+#pragma omp simd reduction(+ : ge)
+    for (int i = 0; i < ni; ++i) ge += kp[i] >= mid ? qp[i] : 0;
+    if (reaches(above + ge, goal)) {
       lo = mid;
-      n = compact(w.data(), we.data(), n, mid, true);
+      n = compact(w.data(), wq.data(), n, mid, true);
     } else {
       hi = mid - 1;
       above += ge;
-      n = compact(w.data(), we.data(), n, mid, false);
+      n = compact(w.data(), wq.data(), n, mid, false);
     }
   }
   if (lo < hi && n > 0) {  // n <= 16 left: walk their distinct keys from the top
-    std::vector<std::pair<int32_t, float>> q(n);
-    for (int64_t i = 0; i < n; ++i) q[i] = {w[i], we[i]};
-    std::sort(q.begin(), q.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    std::vector<std::pair<int32_t, int64_t>> kq(n);
+    for (int64_t i = 0; i < n; ++i) kq[i] = {w[i], wq[i]};
+    std::sort(kq.begin(), kq.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
     int64_t i = 0;
     for (;;) {
-      const int32_t key = q[i].first;
-      double ge = 0.0;
-      for (int64_t j = i; j < n && q[j].first == key; ++j) ge += q[j].second;
-      if (above + ge >= goal || i + 1 == n || q[n - 1].first == key) {
+      const int32_t key = kq[i].first;
+      int64_t ge = 0;
+      for (int64_t j = i; j < n && kq[j].first == key; ++j) ge += kq[j].second;
+      if (reaches(above + ge, goal) || i + 1 == n || kq[n - 1].first == key) {
         lo = key;  // the boundary, or the smallest key when the total stays below goal
         break;
       }
       above += ge;
-      while (q[i].first == key) ++i;
+      while (kq[i].first == key) ++i;
     }
   }
   *above_out = above;
@@ -338,7 +332,7 @@ inline void keep_from(SparseRow& c, const int32_t* keys, int32_t K, Tie tie) {
 
 struct FilterScratch {
   std::vector<int32_t> keys, w;
-  std::vector<float> e, we;
+  std::vector<int64_t> wq;
 };
 
 // Top k (ties: lower id) of candidates c that hold every value >= the k-th largest, in place.
@@ -369,51 +363,44 @@ inline int32_t top_k_of(SparseRow& c, int64_t k, FilterScratch& s) {
   return K;
 }
 
-// Keys of the candidates into s.keys and their masses e^(x - m) into c.e; returns the masses'
-// float64 sum.
-inline double masses(SparseRow& c, float m, FilterScratch& s) {
+// Keys of the candidates into s.keys and their top-p masses lse::term(x, m) into c.q; returns
+// the masses' (exact) sum.
+inline int64_t masses(SparseRow& c, float m, FilterScratch& s) {
   s.keys.resize(c.n);
-  double total = 0.0;
-  for (int64_t i0 = 0; i0 < c.n; i0 += 256) {
-    const int i1 = static_cast<int>(std::min<int64_t>(c.n - i0, 256));
-    const float* xp = c.x.data() + i0;
-    float* ep = c.e.data() + i0;
-    int32_t* kp = s.keys.data() + i0;
-    float part = 0.0f;
-#pragma omp simd
-    for (int i = 0; i < i1; ++i) ep[i] = exp_f32(xp[i] - m);
-#pragma omp simd reduction(+ : part)
-    for (int i = 0; i < i1; ++i) {
-      kp[i] = order_key(xp[i]);
-      part += ep[i];
-    }
-    total += part;
+  const float* xp = c.x.data();
+  int64_t* qp = c.q.data();
+  int32_t* kp = s.keys.data();
+  const int n = static_cast<int>(c.n);
+  int64_t total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int i = 0; i < n; ++i) {
+    qp[i] = lse::term(xp[i], m);
+    kp[i] = order_key(xp[i]);
+    total += qp[i];
   }
   return total;
 }
 
-// Top-p nucleus of candidates c (keys in s, masses in c.e, goal = top_p * Z) in place: every
-// value above the boundary, then the boundary ties in id order while the mass before them
-// is below goal. Needs mass(candidates) >= goal or candidates = every finite value.
-// Returns the boundary key.
+// Top-p nucleus of candidates c (keys in s, masses in c.q, goal = top_p * float64(Z)) in place:
+// every value above the boundary, then the boundary ties in id order while float64(the mass
+// before them) < goal. Needs float64(mass(candidates)) >= goal or candidates = every finite
+// value. Returns the boundary key.
 inline int32_t top_p_of(SparseRow& c, double goal, FilterScratch& s) {
-  double above = 0.0;
-  const int32_t K = mass_key(s.keys.data(), c.e.data(), c.n, goal, s.w, s.we, &above);
+  int64_t above = 0;
+  const int32_t K = mass_key(s.keys.data(), c.q.data(), c.n, goal, s.w, s.wq, &above);
   const int32_t* kp = s.keys.data();
   const int n = static_cast<int>(c.n);
   int ties = 0;  // 32-bit lanes (an int64 count makes GCC gather)
 #pragma omp simd reduction(+ : ties)
   for (int i = 0; i < n; ++i) ties += kp[i] == K;
-  if (ties == 1) {  // the boundary itself: mass(key > K) < goal always keeps it
+  if (ties == 1) {  // the boundary itself: float64(mass(key > K)) < goal always keeps it
     keep_ge(c, s.keys.data(), K);
     return K;
   }
-  double eb = 0.0;
+  int64_t qb = 0;
   for (int64_t i = 0; i < c.n; ++i)
-    if (s.keys[i] == K) eb = c.e[i];
-  keep_from(c, s.keys.data(), K, [above, eb, goal](int64_t taken) {
-    return above + static_cast<double>(taken) * eb < goal;
-  });
+    if (s.keys[i] == K) qb = c.q[i];
+  keep_from(c, s.keys.data(), K, [above, qb, goal](int64_t taken) { return !reaches(above + taken * qb, goal); });
   return K;
 }
 

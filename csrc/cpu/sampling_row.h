@@ -47,9 +47,9 @@ inline void to_float(const void* src, at::ScalarType dtype, int64_t n, float* ds
   }
 }
 
-// sum_i exp(x[i] - m) for n <= 256 values <= m (or -inf): ~1 ulp per term, for the top-p mass
-// (sampling_filter.h) and the diffusion kernels, whose sums need not be bit-exact: AVX-512 FMAs
-// are fine there (the confidences' log-softmax is exact: vqfast/log_softmax.h, below).
+// sum_i exp(x[i] - m) for n <= 256 values <= m (or -inf): ~1 ulp per term, for the diffusion
+// kernels, whose sums need not be bit-exact: AVX-512 FMAs are fine there (the confidences'
+// log-softmax and the top-p masses are exact: vqfast/log_softmax.h, below).
 #if VQFAST_AVX512
 // e^d in 16 lanes for d <= 0 (d = -inf and d < -100 give ~0): Cephes expf with FMAs, ~1 ulp.
 inline __m512 exp512_nonpos(__m512 d) {

@@ -25,7 +25,7 @@ def comp(fn, types, constexprs, warps=4):
                    options={"num_warps": warps, "enable_fp_fusion": False})
 
 f32, i64 = "fp32", "i64"
-samp = dict(X="*fp32", U="*fp32", ROWS="*i64", OUT="*i64", scale=f32, temperature=f32, top_p=f32)
+samp = dict(X="*fp32", U="*fp32", ROWS="*i64", OUT="*i64", scale=f32, temperature=f32, TOP_P="*fp64")
 for flags in [(False, False, True, False, False), (False, True, False, False, False), (True, True, False, True, True)]:
     cfg, t, greedy, k, p = flags
     comp(S._sample_rows_kernel, samp, dict(HAS_CFG=cfg, APPLY_T=t, GREEDY=greedy, USE_K=k, USE_P=p, BLOCK=2048))

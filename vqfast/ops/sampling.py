@@ -94,11 +94,12 @@ def _logits(logits, **dims) -> None:
     _validate.nonempty("logits", logits, (-1,), "[..., V] with V >= 1")
 
 
-def _exact_lse_vocab(op: str, V: int) -> None:
-    """The exact log-softmax (reference `log_normalizer`) sums V int64 terms of up to 2^40."""
+def _exact_lse_vocab(op: str, V: int, what: str = "log-softmax") -> None:
+    """The exact log-softmax and top-p masses (reference `log_normalizer`, `_nucleus`) sum V
+    int64 terms of up to 2^40."""
     if V > ref.MAX_VOCAB:
         raise ValueError(f"{op}: logits has V={V} ids, at most {ref.MAX_VOCAB} (2^23 - 1) are supported: "
-                         "the exact log-softmax sums V integer terms of up to 2^40 in int64")
+                         f"the exact {what} sums V integer terms of up to 2^40 in int64")
 
 
 # ---------------------------------------------------------------- public ops
@@ -199,11 +200,12 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     greedy: argmax x, lowest id on ties, top_k/top_p ignored. Else x / temperature, keep
     the top_k largest (ties: lower id; top_k >= V keeps all), then the top-p nucleus
     (0 < top_p <= 1), then a categorical draw. NaN/+inf or all -inf rows raise ValueError.
-    Nucleus: ids in (value desc, id asc) order, masses e = exp(x - max x) over the ids
-    top-k kept, Z their sum; an id is kept while the mass before it is below top_p * Z
-    (float64), the mass before the j-th of a run of equal values being (the mass of the
-    larger values) + j * e: equal values count exactly, so 300 equal logits at top_p = 0.1
-    keep 30 ids (every backend, the reference included, applies this rule).
+    Nucleus (exact, the same ids on every backend, the reference included): ids in (value
+    desc, id asc) order with integer masses q = trunc(exp_f32(x - max x) * 2^40) over the ids
+    top-k kept, Z their int64 sum; an id is kept while float64(B) < top_p * float64(Z), B the
+    integer mass before it, which for the j-th of a run of equal values is (the mass of the
+    larger values) + j * q: equal values count exactly, so 300 equal logits at top_p = 0.1
+    keep 30 ids. With top_p < 1 and temperature > 0, V <= 2^23 - 1 (else ValueError).
 
         tok = vqfast.ops.sample_logits(logits, 0.8, top_k=100, cfg_scale=3.0, uncond_logits=u, generator=g)
     """
@@ -212,6 +214,8 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     temperature = _validate.real("temperature", temperature, low=0.0)
     k = 0 if top_k is None else _validate.integer("top_k", top_k, low=1)
     p = 1.0 if top_p is None else _validate.real("top_p", top_p, low=0.0, low_open=True, high=1.0)
+    if p < 1 and temperature > 0:
+        _exact_lse_vocab("sample_logits", V, "top-p mass")
     _validate.together(cfg_scale=cfg_scale, uncond_logits=uncond_logits)
     s = 1.0
     uncond = None

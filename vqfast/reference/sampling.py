@@ -115,16 +115,23 @@ def select_and_sample_topk(logits: torch.Tensor, known: torch.Tensor, top_k: int
 
 
 def _nucleus(x: torch.Tensor, top_p: float) -> torch.Tensor:
-    """[n, V] float32 (-inf = excluded) -> bool mask of the top-p nucleus (the rule in `sample_logits`)."""
+    """[n, V] float32 (-inf = excluded, a finite max) -> bool mask of the top-p nucleus.
+
+    In (value desc, id asc) order with integer masses q_v = trunc(exp_f32(x_v - m) * 2^40)
+    (`log_normalizer`'s terms; 0 for -inf) and Z = sum_v q_v (exact int64), the id at sorted
+    slot i is kept while float64(B_i) < top_p * float64(Z) (one float64 multiply; float64(.)
+    rounds to nearest even), B_i = the integer mass before it: (the mass of the larger values)
+    + j * q for the j-th of a run of equal values.
+    """
     sorted_x, order = torch.sort(x, dim=-1, descending=True, stable=True)
-    e = torch.exp(sorted_x.double() - sorted_x[:, :1].double())  # masses relative to the row max
-    goal = top_p * e.sum(-1, keepdim=True)
+    q = (R.exp_f32(sorted_x - sorted_x[:, :1]) * _f32(2.0 ** LSE_SHIFT)).to(torch.int64)
+    goal = top_p * q.sum(-1, keepdim=True).double()
     pos = torch.arange(x.shape[-1], device=x.device).expand_as(sorted_x)
     first = torch.ones_like(sorted_x, dtype=torch.bool)
     first[:, 1:] = sorted_x[:, 1:] != sorted_x[:, :-1]
     start = torch.where(first, pos, 0).cummax(-1).values  # first sorted slot of each value's run of ties
-    greater = (e.cumsum(-1) - e).gather(-1, start)  # the mass of the larger values
-    keep_sorted = greater + (pos - start) * e < goal
+    greater = (q.cumsum(-1) - q).gather(-1, start)  # the mass of the larger values
+    keep_sorted = (greater + (pos - start) * q).double() < goal
     return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
 
 
@@ -136,7 +143,8 @@ def sample_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
     filters irrelevant); else x = x / temperature, keep the top_k largest (ties: lower id),
     then the smallest prefix of the (prob desc, id asc) order whose mass reaches top_p
     (probabilities renormalized over the top-k set; a token is kept when the mass before
-    it is below top_p), then a draw from softmax over the kept ids.
+    it is below top_p, in the exact integer masses of `_nucleus`), then a draw from softmax
+    over the kept ids.
     """
     V = logits.shape[-1]
     x = logits.float().reshape(-1, V)
