@@ -1,6 +1,8 @@
 // Exact nearest-code search core: see search_core.h for the method.
 #include "search_core.h"
 
+#include "search_amx.h"
+
 #include "vqfast/argmin.h"
 
 #include <immintrin.h>
@@ -270,6 +272,29 @@ void finish_rows(const Codebook& cb, const Rows& rows, int64_t n, const double* 
   }
 }
 
+// bf16 codes [K, d] (contiguous) as 32-bit pairs [Kp/kNR][depth/2][kNR][2], zero past d and
+// for codes that are not valid (depth: d rounded up to even, or to 32 for the AMX tiles).
+at::Tensor pack_bf16_pairs(const at::Tensor& codes, const std::vector<uint8_t>& valid, int64_t depth) {
+  const int64_t d = codes.size(1), panels = static_cast<int64_t>(valid.size()) / kNR, pairs = depth / 2;
+  const uint16_t* sv = reinterpret_cast<const uint16_t*>(codes.data_ptr<at::BFloat16>());
+  auto out = at::empty({panels, pairs, kNR, 2}, at::TensorOptions().dtype(at::kBFloat16));
+  uint32_t* packed = reinterpret_cast<uint32_t*>(out.data_ptr<at::BFloat16>());
+  at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t j = 0; j < kNR; ++j) {
+        const int64_t k = p * kNR + j;
+        uint32_t* dst = packed + p * pairs * kNR + j;
+        for (int64_t q = 0; q < pairs; ++q) {
+          const int64_t i = 2 * q;
+          const uint32_t lo = valid[k] && i < d ? sv[k * d + i] : 0u;
+          const uint32_t hi = valid[k] && i + 1 < d ? sv[k * d + i + 1] : 0u;
+          dst[q * kNR] = lo | hi << 16;
+        }
+      }
+  });
+  return out;
+}
+
 }  // namespace
 
 Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16) {
@@ -358,47 +383,11 @@ Codebook prepare_codebook(const at::Tensor& codebook, int64_t metric, bool bf16)
         }
     });
   } else {  // bf16 pairs copied as 32-bit words: [panel][dp/2][kNR][2], odd d padded with a zero
-    auto src = codebook.contiguous();
-    const uint16_t* sv = reinterpret_cast<const uint16_t*>(src.data_ptr<at::BFloat16>());
-    cb.packed = at::empty({panels, cb.dp / 2, kNR, 2}, at::TensorOptions().dtype(at::kBFloat16));
-    uint32_t* packed = reinterpret_cast<uint32_t*>(cb.packed.data_ptr<at::BFloat16>());
-    const int64_t pairs = cb.dp / 2;
-    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p)
-        for (int64_t j = 0; j < kNR; ++j) {
-          const int64_t k = p * kNR + j;
-          uint32_t* dst = packed + p * pairs * kNR + j;
-          for (int64_t q = 0; q < pairs; ++q) {
-            uint32_t w = 0;
-            if (valid[k]) {
-              const uint16_t lo = sv[k * d + 2 * q], hi = 2 * q + 1 < d ? sv[k * d + 2 * q + 1] : uint16_t{0};
-              w = lo | static_cast<uint32_t>(hi) << 16;
-            }
-            dst[q * kNR] = w;
-          }
-        }
-    });
+    cb.packed = pack_bf16_pairs(codebook.contiguous(), valid, cb.dp);
   }
-  if (cb.amx) {  // bf16 pairs as 32-bit words: [panel][da/2][kNR], zero past d (the tile depth is 32)
+  if (cb.amx) {  // the same at the tile depth of 32; fp32/fp16 codes rounded to nearest even
     cb.da = (d + 31) / 32 * 32;
-    auto src = codebook.to(at::kBFloat16).contiguous();  // round to nearest even (fp32/fp16 codes)
-    const uint16_t* sv = reinterpret_cast<const uint16_t*>(src.data_ptr<at::BFloat16>());
-    cb.packed_amx = at::empty({panels, cb.da / 2, kNR, 2}, at::TensorOptions().dtype(at::kBFloat16));
-    uint32_t* packed = reinterpret_cast<uint32_t*>(cb.packed_amx.data_ptr<at::BFloat16>());
-    const int64_t pairs = cb.da / 2;
-    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p)
-        for (int64_t j = 0; j < kNR; ++j) {
-          const int64_t k = p * kNR + j;
-          uint32_t* dst = packed + p * pairs * kNR + j;
-          for (int64_t q = 0; q < pairs; ++q) {
-            const int64_t i = 2 * q;
-            const uint32_t lo = valid[k] && i < d ? sv[k * d + i] : 0u;
-            const uint32_t hi = valid[k] && i + 1 < d ? sv[k * d + i + 1] : 0u;
-            dst[q * kNR] = lo | hi << 16;
-          }
-        }
-    });
+    cb.packed_amx = pack_bf16_pairs(codebook.to(at::kBFloat16).contiguous(), valid, cb.da);
     cb.p_packed_amx = cb.packed_amx.data_ptr();
   }
   cb.p_raw = cb.raw.data_ptr<float>();
@@ -421,79 +410,18 @@ struct Scratch {
 
 using ScanRow = void (*)(const Codebook&, const float*, int64_t, float, RowState&);
 
-// Rows [n] as bf16 row-major [., da], zero past d (a tile row is 32 values): bf16 rows copied,
-// fp32 rows rounded to nearest even (vcvtneps2bf16; it flushes denormals, covered by the bound).
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) void rows_to_bf16(const Codebook& cb, const Rows& rows,
-                                                                          int64_t n, uint16_t* out) {
-  const int64_t d = cb.d, da = cb.da;
-  for (int64_t r = 0; r < n; ++r) {
-    uint16_t* dst = out + r * da;
-    if (cb.bf16) {
-      std::memcpy(dst, rows.rowbf(r), d * sizeof(uint16_t));
-      continue;
-    }
-    const float* x = rows.row32(r);
-    for (int64_t i = 0; i < d; i += 16) {
-      const __mmask16 m = d - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (d - i)) - 1u);
-      const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i));
-      _mm256_mask_storeu_epi16(dst + i, m, (__m256i)v);
-    }
-  }
-}
-
-// Tile configuration of the AMX pass: tmm0-3 the dots of 16 rows with 4 x 16 codes, tmm4 the
-// rows' 32-deep slice, tmm5 a code slice; every tile 16 rows of 64 bytes.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
+// What the AMX pass hands each finite row to: its scan with the AMX bound.
+struct AmxScan {
+  Codebook bound;  // the codebook with p_eb = p_eb_amx
+  const float* xn32;
+  const uint8_t* finite;
+  RowState* state;
+  ScanRow scan;
 };
 
-// The candidate pass on AMX tiles: per code panel (kNR = 64 codes) and group of 16 rows,
-// tdpbf16ps accumulates the 16 x 64 dots over the depth in fp32; each finite row then scans
-// its 64 dots with the AMX bound (cb.p_eb_amx).
-__attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_pass(const Codebook& cb, const uint16_t* a,
-                                                                   int64_t n, const float* xn32,
-                                                                   const uint8_t* finite, RowState* state,
-                                                                   ScanRow scan) {
-  TileConfig cfg;
-  for (int t = 0; t < 6; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
-  _tile_loadconfig(&cfg);
-  Codebook bound = cb;  // the scans read err_b through p_eb
-  bound.p_eb = cb.p_eb_amx;
-  alignas(64) float dots[16 * kNR];
-  const int64_t steps = cb.da / 32, groups = (n + 15) / 16, panels = cb.Kp / kNR;
-  const int64_t a_stride = cb.da * 2, b_stride = kNR * 4;
-  for (int64_t p = 0; p < panels; ++p) {
-    const char* panel = static_cast<const char*>(cb.p_packed_amx) + p * (cb.da / 2) * kNR * 4;
-    for (int64_t g = 0; g < groups; ++g) {
-      const char* rows16 = reinterpret_cast<const char*>(a + g * 16 * cb.da);
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      for (int64_t s = 0; s < steps; ++s) {
-        const char* slice = panel + s * 16 * b_stride;
-        _tile_loadd(4, rows16 + s * 64, a_stride);
-        _tile_loadd(5, slice, b_stride);
-        _tile_dpbf16ps(0, 4, 5);
-        _tile_loadd(5, slice + 64, b_stride);
-        _tile_dpbf16ps(1, 4, 5);
-        _tile_loadd(5, slice + 128, b_stride);
-        _tile_dpbf16ps(2, 4, 5);
-        _tile_loadd(5, slice + 192, b_stride);
-        _tile_dpbf16ps(3, 4, 5);
-      }
-      _tile_stored(0, dots, b_stride);
-      _tile_stored(1, dots + 16, b_stride);
-      _tile_stored(2, dots + 32, b_stride);
-      _tile_stored(3, dots + 48, b_stride);
-      const int64_t r0 = g * 16, rn = std::min<int64_t>(16, n - r0);
-      for (int64_t i = 0; i < rn; ++i)
-        if (finite[r0 + i]) scan(bound, dots + i * kNR, p * kNR, xn32[r0 + i], state[r0 + i]);
-    }
-  }
-  _tile_release();
+void amx_visit(void* ctx, int64_t r, const float* dots, int64_t k0) {
+  auto& s = *static_cast<AmxScan*>(ctx);
+  if (s.finite[r]) s.scan(s.bound, dots, k0, s.xn32[r], s.state[r]);
 }
 
 }  // namespace
@@ -528,7 +456,9 @@ void search_rows(const Codebook& cb, const Rows& rows, int64_t* idx, float* dist
   if (cb.amx) {
     sc.tbf.assign((n + 15) / 16 * 16 * cb.da, 0);
     rows_to_bf16(cb, rows, n, sc.tbf.data());
-    amx_pass(cb, sc.tbf.data(), n, xn32, finite, state, scan);
+    AmxScan visit{cb, xn32, finite, state, scan};
+    visit.bound.p_eb = cb.p_eb_amx;
+    amx_dots(cb, sc.tbf.data(), n, amx_visit, &visit);
     // Rounded fp32 values widen the bound; should it leave many rows with more candidates than a
     // row keeps (codes close relative to their norms), the fp32 pass redoes the block.
     int64_t full = 0;
