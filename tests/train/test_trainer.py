@@ -159,3 +159,49 @@ def test_put_tokenizer_trains_with_an_independent_reference_mask():
     assert 4 <= int(off.sum()) <= 28 and not torch.equal(mask[~off], ref[~off])
     assert mask.flatten(1).any(1).all()
     assert get_stage("put", "model").masks(images, 7) is None and get_stage("rq", "tokenizer").masks(images, 7) is None
+
+
+def test_optimizers_run_fused_and_step_like_the_loop_adamw(image_folder, tmp_path):
+    from vqfast.train.distributed import Context
+    from vqfast.train.optim import fused_adam
+    from vqfast.train.trainer import Trainer
+
+    t = Trainer(config(image_folder, tmp_path / "r", disc_start=0), Context(0, 1, 0, torch.device("cpu")))
+    assert t.optimizer.param_groups[0]["fused"] and t.critic.optimizer.param_groups[0]["fused"]
+    params = [p for g in t.optimizer.param_groups for p in g["params"]]
+    g = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+    copies = [p.detach().clone().requires_grad_() for p in params]
+    for c, p in zip(copies, params):
+        c.grad = p.grad.clone()
+    loop = torch.optim.AdamW(copies, **{k: t.optimizer.defaults[k] for k in ("lr", "betas", "weight_decay", "eps")},
+                             foreach=False)
+    for _ in range(3):
+        t.optimizer.step()
+        loop.step()
+    for c, p in zip(copies, params):
+        torch.testing.assert_close(p.detach(), c.detach(), rtol=1e-5, atol=1e-7)
+    assert not fused_adam([]) and not fused_adam([torch.zeros(2, dtype=torch.long)])
+    assert not fused_adam([torch.zeros(2, device="meta")])
+
+
+def test_loaded_adam_moments_take_their_parameters_layout():
+    from vqfast.train.optim import load_optimizer_state
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(4, 3, 3, 3, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    grads = [torch.randn(p.shape, generator=g) for _ in range(2)]
+    straight = torch.optim.AdamW([p], lr=0.1, fused=True)
+    p.grad = grads[0].contiguous(memory_format=torch.channels_last)
+    straight.step()
+    saved = straight.state_dict()
+    saved["state"] = {i: {k: v.clone(memory_format=torch.contiguous_format) for k, v in s.items()} for i, s in saved["state"].items()}  # as stored
+    q = p.detach().clone(memory_format=torch.channels_last).requires_grad_()
+    resumed = torch.optim.AdamW([q], lr=0.1, fused=True)
+    load_optimizer_state(resumed, saved)
+    assert resumed.state[q]["exp_avg"].stride() == q.stride()
+    for param, opt in ((p, straight), (q, resumed)):
+        param.grad = grads[1].contiguous(memory_format=torch.channels_last)
+        opt.step()
+    assert torch.equal(p, q)

@@ -57,7 +57,7 @@ class DualCodebookQuantizer(nn.Module):
         if self.training and e.ema:
             self._update(xl.detach(), visible, out.indices)
         loss = losses(out.commit_loss, out.codebook_loss, self.commitment_weight)
-        return from_channel_last(out.z_q, self.channel_first), out.indices, loss
+        return from_channel_last(out.z_q, self.channel_first, like=x), out.indices, loss
 
     @torch.no_grad()
     def _update(self, x: torch.Tensor, visible: torch.Tensor, indices: torch.Tensor) -> None:

@@ -72,7 +72,7 @@ class ResidualQuantizer(nn.Module):
         if self.training and self.codebooks[0].ema:
             self._update(xl.detach(), out.indices)
         loss = losses(out.commit_loss, out.codebook_loss, self.commitment_weight)
-        return from_channel_last(out.z_q, self.channel_first), out.indices, loss
+        return from_channel_last(out.z_q, self.channel_first, like=x), out.indices, loss
 
     @torch.no_grad()
     def _update(self, x: torch.Tensor, indices: torch.Tensor) -> None:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqfast import ops
+from vqfast.layout import same_format
 from vqfast.ops import _validate
 from vqfast.quantizers.codebook import Codebook
 from vqfast.quantizers.stats import perplexity, usage
@@ -33,12 +34,13 @@ def to_channel_last(x: torch.Tensor, channel_first: bool) -> torch.Tensor:
     return x.movedim(1, -1) if channel_first else x
 
 
-def from_channel_last(x: torch.Tensor, channel_first: bool) -> torch.Tensor:
-    """codes [..., dim] -> the module's layout; channel_first needs a batch dim: [B, ..., dim] -> [B, dim, ...]."""
+def from_channel_last(x: torch.Tensor, channel_first: bool, like: torch.Tensor | None = None) -> torch.Tensor:
+    """codes [..., dim] -> the module's layout; channel_first needs a batch dim: [B, ..., dim] -> [B, dim, ...],
+    in the memory format of `like` (the module input; None: contiguous)."""
     if channel_first and x.dim() < 2:
         raise ValueError(f"indices must have a batch dim with channel_first (codes [B, dim, ...]), "
                          f"got codes of shape {tuple(x.shape)}")
-    return x.movedim(-1, 1) if channel_first else x
+    return same_format(x.movedim(-1, 1), like) if channel_first else x
 
 
 class VectorQuantizer(nn.Module):
@@ -109,7 +111,7 @@ class VectorQuantizer(nn.Module):
         else:
             out = ops.quantize(xl, self.codebook, metric=self.metric)
         loss = losses(out.commit_loss, out.codebook_loss, self.commitment_weight)
-        return from_channel_last(out.z_q, self.channel_first), out.indices, loss
+        return from_channel_last(out.z_q, self.channel_first, like=x), out.indices, loss
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """indices [...] in [0, K) -> codes [..., dim] (or [B, dim, ...] when channel_first)."""

@@ -32,6 +32,7 @@ from torch.func import functional_call
 
 from vqfast.models.common.losses import PatchDiscriminator, VGGPerceptual
 from vqfast.models.common.outputs import LossOutput
+from vqfast.train.optim import fused_adam, load_optimizer_state
 
 PERCEPTUAL_HINT = ("perceptual term off: pass --perceptual-weights PATH, a local torchvision VGG-16 state dict "
                    "(safetensors or .pth; with LPIPS's lin<k>.model.1.weight heads for true LPIPS), or for PUT "
@@ -120,7 +121,7 @@ class TokenizerCritic:
             _init_discriminator(self.discriminator, torch.Generator().manual_seed(seed))
             self.discriminator.train()
             self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr * recipe.disc_lr_scale,
-                                              betas=betas)
+                                              betas=betas, fused=fused_adam(list(self.discriminator.parameters())))
             self.pair = _TwoPass(self.discriminator)
 
     def _build(self, perceptual_weights, adversarial: bool, device: torch.device) -> None:
@@ -222,4 +223,4 @@ class TokenizerCritic:
             raise ValueError(f"the checkpoint (step {step}) holds no discriminator but this run's starts at step "
                              f"{self.disc_start}: resume with --no-adversarial, or a --disc-start of at least {step}")
         self.discriminator.load_state_dict(state["weights"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])

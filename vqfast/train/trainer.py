@@ -23,6 +23,7 @@ from torch import nn
 from vqfast import checkpoint
 from vqfast.train import checkpointing, distributed
 from vqfast.train.adversarial import PERCEPTUAL_HINT, TokenizerCritic
+from vqfast.train.optim import fused_adam, load_optimizer_state
 from vqfast.train.data import BatchPlan, _mix, batches, open_images
 from vqfast.train.families import get_stage, timestep_sampler
 from vqfast.train.log import RunLog
@@ -275,7 +276,8 @@ class Trainer:
         if self.sharded:
             distributed.shard(self.objective, ctx)
         params = stage.trainable(self.model)
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr or o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr or o.lr, betas=o.betas, weight_decay=o.weight_decay,
+                                           fused=fused_adam(params))
         warmup = o.warmup if cfg.warmup is None else cfg.warmup
         warmup = min(warmup, max(1, cfg.steps // 10))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -314,7 +316,7 @@ class Trainer:
         if self.sharded:
             distributed.load_full_optimizer_state(self.objective, self.optimizer, state["optimizer"])
         else:
-            self.optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.critic is not None:
             self.critic.load_state_dict(state.get("discriminator", {}), int(state["step"]))

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqfast.layout import same_format
 from vqfast.models.common.outputs import TokenizerOutput, loss_output
 
 
@@ -52,7 +53,7 @@ class AttnBlock(nn.Module):
         B, C, H, W = x.shape
         q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=-1)  # [B, HW, C] each
         out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
-        return x + self.proj(out.transpose(1, 2).reshape(B, C, H, W))
+        return x + self.proj(same_format(out.transpose(1, 2).reshape(B, C, H, W), x))
 
 
 class Downsample(nn.Module):

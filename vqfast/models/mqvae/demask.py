@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqfast.layout import same_format
 from vqfast.models.common.conv import AttnBlock, ResBlock
 
 
@@ -41,7 +42,7 @@ class DirectedAttention(AttnBlock):
             weights = torch.softmax(q @ k.transpose(1, 2) * C ** -0.5, dim=-1) * scale[:, None, :]
             record.append({"input": x, "scale": scale, "weights": weights})
             out = weights @ v
-        return x + self.proj(out.transpose(1, 2).reshape(B, C, H, W))
+        return x + self.proj(same_format(out.transpose(1, 2).reshape(B, C, H, W), x))
 
 
 def column_scales(kept: torch.Tensor, layers: int, mask_init: float) -> list[torch.Tensor]:
@@ -85,7 +86,7 @@ class AdaptiveDemask(nn.Module):
         full = self.mask_token.to(codes.dtype).expand(B, h * w, d)
         full = full.scatter(1, positions[..., None].expand(-1, -1, d), codes)
         kept = torch.zeros(B, h * w, dtype=torch.bool, device=codes.device).scatter_(1, positions, True)
-        return full.transpose(1, 2).reshape(B, d, h, w), kept
+        return same_format(full.transpose(1, 2).reshape(B, d, h, w), self.conv_in.weight), kept
 
     def forward(self, codes: torch.Tensor, positions: torch.Tensor, record: list | None = None) -> torch.Tensor:
         z, kept = self.scatter(codes, positions)

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqfast.layout import same_format
+
 
 def num_kept(ratio: float, num_positions: int) -> int:
     """k = round(ratio * num_positions), halves rounded up; ratio is the KEPT share in (0, 1]."""
@@ -57,7 +59,7 @@ class AdaptiveMask(nn.Module):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder map [B, C, h, w] -> importance scores [B, h, w] in (0, 1)."""
-        return self.scorer(F.layer_norm(x, x.shape[1:]))[:, 0]
+        return self.scorer(same_format(F.layer_norm(x, x.shape[1:]), x))[:, 0]  # layer_norm returns NCHW
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

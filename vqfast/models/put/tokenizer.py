@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqfast.layout import same_format
 from vqfast.models.common.outputs import TokenizerOutput
 from vqfast.models.common.presets import PresetMixin
 from vqfast.models.put.losses import PVQVAELoss
@@ -151,7 +152,7 @@ class MSGDecoder(nn.Module):
                                           for a, b in zip(ref_chans[:-1], ref_chans[1:]))
 
     def forward(self, z, ref_image=None, ref_visible=None):
-        x = self.res(F.relu(self.conv_in(z.permute(0, 3, 1, 2))))
+        x = self.res(F.relu(self.conv_in(same_format(z.permute(0, 3, 1, 2), self.conv_in.weight))))
         if not self.reference:
             for up in self.up:
                 x = up(F.relu(x))

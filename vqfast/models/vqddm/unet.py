@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqfast.layout import same_format
+
 
 def _norm(ch: int) -> nn.GroupNorm:
     groups = next(g for g in (32, 16, 8, 4, 2, 1) if ch % g == 0)
@@ -62,7 +64,7 @@ class SpatialAttention(nn.Module):
         B, C, H, W = x.shape
         q, k, v = self.qkv(self.norm(x)).view(B, 3, self.heads, C // self.heads, H * W).transpose(-1, -2).unbind(1)
         out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, C/heads]
-        return x + self.proj(out.transpose(-1, -2).reshape(B, C, H, W))
+        return x + self.proj(same_format(out.transpose(-1, -2).reshape(B, C, H, W), x))
 
 
 class _Level(nn.Module):
@@ -127,7 +129,7 @@ class DiffusionUNet(nn.Module):
         self.out = nn.Sequential(_norm(cin), nn.SiLU(), _zero(nn.Conv2d(cin, out_channels, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
+        h = self.conv_in(same_format(x, self.conv_in.weight))
         skips = [h]
         blocks = iter(self.down)
         for i in range(self.levels):
