@@ -91,11 +91,25 @@ def gather(obj, ctx: Context) -> list:
 
 
 def gather_cat(*tensors: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, ...]:
-    """Each tensor [n] (n may differ by rank) -> the ranks' tensors concatenated in rank order,
-    on every rank (CPU)."""
+    """Each tensor [n, ...] (n may differ by rank, 0 included) -> the ranks' tensors concatenated
+    in rank order, on every rank (detached, CPU). The i-th tensor must have one dtype on every rank
+    (an empty float tensor beside int64 ones would silently promote the result)."""
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tensors[{i}] must be a torch.Tensor [n, ...], got {type(t).__name__}")
+        if t.dim() == 0:
+            raise ValueError(f"tensors[{i}] must be a tensor [n, ...] with at least one dimension, got a 0-dim one")
+    tensors = tuple(t.detach().cpu() for t in tensors)
     if not ctx.distributed:
         return tensors
-    parts = gather([t.detach().cpu() for t in tensors], ctx)
+    parts = gather(tensors, ctx)
+    for r, p in enumerate(parts):  # every rank sees every rank's tensors: all raise together, none hangs
+        if len(p) != len(parts[0]):
+            raise ValueError(f"rank 0 gathers {len(parts[0])} tensors but rank {r} gathers {len(p)}")
+        for i, (mine, theirs) in enumerate(zip(parts[0], p)):
+            if mine.dtype != theirs.dtype:
+                raise ValueError(f"tensors[{i}] is {mine.dtype} on rank 0 but {theirs.dtype} on rank {r}: "
+                                 f"gather_cat needs one dtype on every rank")
     return tuple(torch.cat([p[i] for p in parts]) for i in range(len(tensors)))
 
 
