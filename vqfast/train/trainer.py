@@ -44,9 +44,10 @@ class TrainConfig:
     preset's, e.g. {"num_classes": 13}. Tokenizer stages: perceptual_weights, a local VGG-16 /
     LPIPS file (PUT: VGG-19) for the perceptual term (None: off); adversarial: train with the
     paper's discriminator; disc_start: the step it starts at (None: the paper's).
-    channels_last: keep conv weights and images channels-last (NHWC), the layout oneDNN's and
-    cuDNN's fast conv kernels take (bf16 on an AMX CPU: 1.7x the NCHW step at 256x256); None:
-    on from CHANNELS_LAST_FROM pixels, where it pays; not with fsdp."""
+    channels_last: keep images and the conv weights of the net that reads them (the tokenizer)
+    channels-last (NHWC), the layout oneDNN's and cuDNN's fast conv kernels take (bf16 on an AMX
+    CPU: 1.7x the NCHW step at 256x256); a token model stays NCHW (its convs see token maps).
+    None: on from CHANNELS_LAST_FROM pixels, where it pays; not with fsdp."""
 
     family: str
     stage: str
@@ -236,10 +237,10 @@ class Trainer:
         self.channels_last = cfg.channels_last
         if self.channels_last is None:
             self.channels_last = not cfg.fsdp and resolution >= CHANNELS_LAST_FROM
-        if self.channels_last:
-            for m in (self.model, self.tokenizer):
-                if m is not None:
-                    m.to(memory_format=torch.channels_last)
+        if self.channels_last:  # the nets that read images; a token model's convs see token maps (NCHW pays)
+            image_net = self.tokenizer if stage.name == "model" else self.model
+            if image_net is not None:
+                image_net.to(memory_format=torch.channels_last)
         if cfg.token_cache is not None:
             from vqfast.train.cache import TokenCache
             if not stage.cacheable:
