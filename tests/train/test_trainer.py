@@ -205,3 +205,19 @@ def test_loaded_adam_moments_take_their_parameters_layout():
         param.grad = grads[1].contiguous(memory_format=torch.channels_last)
         opt.step()
     assert torch.equal(p, q)
+
+
+def test_channels_last_applies_to_the_image_net_not_the_token_model(image_folder, tmp_path):
+    from vqfast import checkpoint
+    from vqfast.models.common.vqgan import VQGAN
+    from vqfast.train.distributed import Context
+    from vqfast.train.trainer import Trainer
+
+    torch.manual_seed(0)
+    checkpoint.save(VQGAN.from_preset("tiny"), tmp_path / "vq" / "model")
+    cfg = TrainConfig("vqddm", "model", data=str(image_folder), preset="tiny", out=str(tmp_path / "r"), steps=1,
+                      batch_size=2, progress=False, holdout=0.2, tokenizer=str(tmp_path / "vq"), channels_last=True)
+    t = Trainer(cfg, Context(0, 1, 0, torch.device("cpu")))
+    layouts = lambda m: {p.is_contiguous() for p in m.parameters() if p.dim() == 4 and p.shape[2:] != (1, 1)}  # noqa: E731
+    assert layouts(t.model) == {True}  # the denoiser's convs see the 16 x 16 token map: NCHW
+    assert layouts(t.tokenizer) == {False}  # the tokenizer reads the images: NHWC
