@@ -1,7 +1,8 @@
 """Run by torchrun from test_distributed.py: each of two ranks gathers several tensors of
 rank-dependent lengths (one rank's or both ranks' empty in some cases) with `gather_cat`, then
 int64 on rank 0 beside an empty float32 tensor on rank 1; saves what it held, what it got and the
-error of the last gather to OUT_DIR/rank{r}.pt.
+error of the last gather to OUT_DIR/rank{r}.pt; also what `step_totals` (the per-step stop flag,
+mean values and summed counts) and `all_reduce_sum_` (tensors packed per dtype) return there.
 
     torchrun --nproc_per_node 2 tests/train/gather_worker.py OUT_DIR
 """
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from vqfast.quantizers.distributed import all_reduce_sum_
 from vqfast.train import distributed
 
 # rows of rank 0 and rank 1 in each case
@@ -36,7 +38,14 @@ def main(out: str) -> None:
         error = ""
     except ValueError as e:
         error = str(e)
-    torch.save({"held": mine, "got": got, "dtype_error": error}, Path(out) / f"rank{ctx.rank}.pt")
+    r = ctx.rank
+    totals = [distributed.step_totals(r == 1, {"loss": 1.5 + r, "rec": 0.25 * r}, (3 + r, 2 ** 40 + r), ctx),
+              distributed.step_totals(False, None, (r,), ctx)]
+    packed = (torch.full((3,), float(r + 1)), torch.arange(6.0).view(2, 3) * (r + 1), torch.tensor([r + 1]),
+              torch.ones(2, dtype=torch.float64) * (r + 1))
+    all_reduce_sum_(*packed)
+    torch.save({"held": mine, "got": got, "dtype_error": error, "totals": totals, "packed": packed},
+               Path(out) / f"rank{ctx.rank}.pt")
     distributed.barrier(ctx)  # neither rank tears gloo down while the other still talks to it
     distributed.teardown(ctx)
 

@@ -111,6 +111,21 @@ def test_gather_cat_concatenates_uneven_and_empty_shares_in_rank_order(tmp_path)
         assert "torch.int64 on rank 0 but torch.float32 on rank 1" in r["dtype_error"]
 
 
+@pytest.mark.slow
+def test_step_totals_and_packed_sums_in_one_reduce(tmp_path):
+    proc = two_process_worker("gather_worker.py", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for r in range(2):
+        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
+        logged, quiet = got["totals"]
+        assert logged == (True, {"loss": 2.0, "rec": 0.125}, (7, 2 ** 41 + 1))  # rank 1 asked to stop
+        assert quiet == (False, None, (1,))
+        vec, mat, ints, f64 = got["packed"]
+        assert torch.equal(vec, torch.full((3,), 3.0)) and torch.equal(mat, torch.arange(6.0).view(2, 3) * 3)
+        assert torch.equal(ints, torch.tensor([3])) and ints.dtype == torch.int64
+        assert torch.equal(f64, torch.full((2,), 3.0, dtype=torch.float64))
+
+
 def test_gather_cat_in_one_process_returns_detached_cpu_tensors():
     from vqfast.train.distributed import Context, gather_cat
 

@@ -21,10 +21,21 @@ def rank() -> int:
 
 
 def all_reduce_sum_(*tensors: torch.Tensor, enabled: bool | None = True) -> None:
-    """Sum each tensor over ranks, in place."""
-    if active(enabled):
-        for t in tensors:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    """Sum each tensor over ranks, in place: one all-reduce per dtype and device (the tensors
+    packed into one buffer; each collective costs about 0.4 ms of latency on gloo)."""
+    if not active(enabled):
+        return
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for group in groups.values():
+        if len(group) == 1:
+            dist.all_reduce(group[0], op=dist.ReduceOp.SUM)
+            continue
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        for t, part in zip(group, flat.split([t.numel() for t in group])):
+            t.copy_(part.view(t.shape))
 
 
 def broadcast_(tensor: torch.Tensor, src: int = 0, enabled: bool | None = True) -> torch.Tensor:

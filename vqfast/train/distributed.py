@@ -59,26 +59,20 @@ def teardown(ctx: Context) -> None:
         dist.destroy_process_group()
 
 
-def mean_over_ranks(values: dict[str, float], ctx: Context) -> dict[str, float]:
-    """The mean of each value over ranks (the values themselves in one process)."""
-    if not ctx.distributed or not values:
-        return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=ctx.device)
-    dist.all_reduce(t)
-    return dict(zip(values, (t / ctx.world_size).tolist()))
-
-
-def sum_over_ranks(value: int, ctx: Context) -> int:
+def step_totals(stop: bool, values: dict[str, float] | None, counts: tuple[int, ...],
+                ctx: Context) -> tuple[bool, dict[str, float] | None, tuple[int, ...]]:
+    """One all-reduce per step: (whether any rank asks to stop, the mean of each of values over
+    ranks (None: not a logging step), the sum of each count over ranks). In one process, the
+    inputs. Counts are exact up to 2^53."""
     if not ctx.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.int64, device=ctx.device)
+        return stop, values, counts
+    names = list(values) if values is not None else []
+    t = torch.tensor([float(stop), *counts, *(values[k] for k in names)], dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t)
-    return int(t.item())
-
-
-def any_rank(flag: bool, ctx: Context) -> bool:
-    """True on every rank when the flag is set on any rank (e.g. a stop signal seen by one)."""
-    return sum_over_ranks(int(flag), ctx) > 0
+    out = t.tolist()
+    n = len(counts)
+    means = dict(zip(names, (v / ctx.world_size for v in out[1 + n:]))) if values is not None else None
+    return out[0] > 0, means, tuple(int(c) for c in out[1:1 + n])
 
 
 def gather(obj, ctx: Context) -> list:

@@ -387,10 +387,12 @@ class Trainer:
                     window += 1
                     self.step += 1
                     out_of_time = cfg.time_limit is not None and time.perf_counter() - started > cfg.time_limit
-                    stopping = distributed.any_rank(bool(stop) or out_of_time, ctx)
-                    if self.step % cfg.log_every == 0 or self.step == last or stopping:
-                        values = distributed.mean_over_ranks(sums, ctx)
-                        counts = distributed.sum_over_ranks(items, ctx), distributed.sum_over_ranks(skipped, ctx)
+                    logging = self.step % cfg.log_every == 0 or self.step == last
+                    stopping, values, counts = distributed.step_totals(
+                        bool(stop) or out_of_time, sums if logging else None, (items, skipped), ctx)
+                    if stopping and values is None:  # every rank knows: each takes this second reduce
+                        _, values, counts = distributed.step_totals(False, sums, (items, skipped), ctx)
+                    if values is not None:
                         values.update(lr=self.scheduler.get_last_lr()[0], skipped_files=counts[1])
                         log.step(self.step, values, samples=counts[0], steps=window)
                         window, items = 0, 0
