@@ -290,8 +290,9 @@ class Trainer:
         if ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            if not self.sharded:
-                self.objective = DistributedDataParallel(self.objective, device_ids=ids)
+            if not self.sharded:  # codebook buffers take the same all-reduced update on every rank; other
+                # buffers (BatchNorm statistics) are rank 0's in a checkpoint either way: no per-step broadcast
+                self.objective = DistributedDataParallel(self.objective, device_ids=ids, broadcast_buffers=False)
             if self.critic is not None:
                 self.critic.wrap(lambda m: DistributedDataParallel(m, device_ids=ids))
 
