@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from vqfast.layout import same_format
 from vqfast.models.common.outputs import TokenizerOutput, loss_output
+from vqfast.models.common.transformer import sdpa
 
 
 def _norm(ch: int) -> nn.GroupNorm:
@@ -52,7 +53,7 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=-1)  # [B, HW, C] each
-        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        out = sdpa(q[:, None], k[:, None], v[:, None])[:, 0]
         return x + self.proj(same_format(out.transpose(1, 2).reshape(B, C, H, W), x))
 
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from vqfast.layout import same_format
 from vqfast.models.common.conv import AttnBlock, ResBlock
+from vqfast.models.common.transformer import sdpa
 
 
 class DirectedAttention(AttnBlock):
@@ -37,7 +37,7 @@ class DirectedAttention(AttnBlock):
         B, C, H, W = x.shape
         q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=-1)  # [B, HW, C] each
         if record is None:
-            out = F.scaled_dot_product_attention(q[:, None], k[:, None], (v * scale[..., None])[:, None])[:, 0]
+            out = sdpa(q[:, None], k[:, None], (v * scale[..., None])[:, None])[:, 0]
         else:
             weights = torch.softmax(q @ k.transpose(1, 2) * C ** -0.5, dim=-1) * scale[:, None, :]
             record.append({"input": x, "scale": scale, "weights": weights})

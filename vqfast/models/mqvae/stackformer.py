@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from vqfast.models.common.outputs import LossOutput, loss_output
 from vqfast.models.common.presets import PresetMixin
-from vqfast.models.common.transformer import Block, SelfAttention, init_weights
+from vqfast.models.common.transformer import Block, SelfAttention, init_weights, sdpa
 from vqfast.random import philox_key
 
 _PAPER = dict(codebook_size=1024, num_positions=1024, num_classes=1000, dim=1024, heads=16, max_len=256, dropout=0.1)
@@ -78,8 +78,7 @@ def causal_attention(attn: SelfAttention, x: torch.Tensor, cache: KVCache | None
     H = attn.heads
     q, k, v = attn.qkv(x).view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4)
     if cache is None:
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0,
-                                             is_causal=True)
+        out = sdpa(q, k, v, dropout=attn.dropout if attn.training else 0.0, is_causal=True)
     else:
         t, n = cache.length, cache.max_len
         cache.k[layer, ..., t:t + L] = k.transpose(-1, -2)

@@ -40,7 +40,7 @@ from vqfast.models.common.masking import random_mask
 from vqfast.models.common.outputs import LossOutput, loss_output
 from vqfast.models.common.checks import check_class_labels
 from vqfast.models.common.presets import PresetMixin
-from vqfast.models.common.transformer import Block, SelfAttention, init_weights
+from vqfast.models.common.transformer import Block, SelfAttention, init_weights, sdpa
 from vqfast.random import as_generator
 
 _IMAGENET = dict(codebook_size=16384, grid=(8, 8), code_depth=4, num_classes=1000)
@@ -55,7 +55,7 @@ def _attend(attn: SelfAttention, x: torch.Tensor, cache: list | None) -> torch.T
     B, L, dim = x.shape
     q, k, v = attn.qkv(x).view(B, L, 3, attn.heads, dim // attn.heads).permute(2, 0, 3, 1, 4)
     if cache is None:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = sdpa(q, k, v, is_causal=True)
     else:
         if cache:
             k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)

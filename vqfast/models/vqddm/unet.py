@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqfast.layout import same_format
+from vqfast.models.common.transformer import sdpa
 
 
 def _norm(ch: int) -> nn.GroupNorm:
@@ -63,7 +64,7 @@ class SpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         B, C, H, W = x.shape
         q, k, v = self.qkv(self.norm(x)).view(B, 3, self.heads, C // self.heads, H * W).transpose(-1, -2).unbind(1)
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, C/heads]
+        out = sdpa(q, k, v)  # [B, heads, HW, C/heads]
         return x + self.proj(same_format(out.transpose(-1, -2).reshape(B, C, H, W), x))
 
 
