@@ -12,6 +12,10 @@ from other processes hits every row alike):
   fp32_gan   (tokenizers) fp32 with the paper's discriminator on from step 0 (PatchGAN generator
              term with the adaptive weight, then the discriminator's own step); the other rows,
              like the official-style step, run without it
+  fp32_cache, bf16_cache  (token models that train from a token cache) the step reading tokens
+             from `--token-cache` shards written once by the same tokenizer: no image decoding or
+             frozen tokenizer forward per step (the official-style step, and fp32 / bf16, encode
+             the images every step)
 extra_info holds each row's median seconds per step, items/s and its ratio to `official`.
 Every family runs at its tiny preset, both stages; the paper presets (PAPER, batch 1) run with
 VQFAST_SLOW=1.
@@ -40,6 +44,8 @@ from official_style import official_ops  # noqa: E402  (benchmarks/ is on sys.pa
 from timing import machine  # noqa: E402
 from vqfast import checkpoint
 from vqfast.train import TrainConfig, get_stage
+from vqfast.train.cache import write_cache
+from vqfast.train.data import BatchPlan
 from vqfast.train.distributed import Context
 from vqfast.train.log import read_log
 from vqfast.train.trainer import Trainer, _count
@@ -69,7 +75,8 @@ def _folder(root: Path, n: int = 32, size: int = 40) -> Path:
     return root
 
 
-def _trainer(case: tuple, tmp: Path, precision: str, name: str, gan: bool = False) -> Trainer:
+def _trainer(case: tuple, tmp: Path, precision: str, name: str, gan: bool = False,
+             token_cache: Path | None = None) -> Trainer:
     family, stage, preset, tok_preset, batch = case
     tokenizer = None
     if tok_preset is not None:
@@ -80,7 +87,8 @@ def _trainer(case: tuple, tmp: Path, precision: str, name: str, gan: bool = Fals
     cfg = TrainConfig(family, stage, data=str(_folder(tmp / "images", n=4 * batch)), preset=preset,
                       out=str(tmp / name), steps=10 ** 6, batch_size=batch, precision=precision,
                       progress=False, holdout=0.0, tokenizer=None if tokenizer is None else str(tokenizer),
-                      adversarial=gan, disc_start=0 if gan else None)
+                      adversarial=gan, disc_start=0 if gan else None,
+                      token_cache=None if token_cache is None else str(token_cache))
     return Trainer(cfg, Context(0, 1, 0, torch.device("cpu")))
 
 
@@ -114,7 +122,22 @@ def _rows(case: tuple, tmp: str):
             "bf16": trainer_step(bf16, torch.autocast("cpu", dtype=torch.bfloat16))}
     if case[1] == "tokenizer":
         rows["fp32_gan"] = trainer_step(_trainer(case, tmp, "fp32", "gan", gan=True), torch.autocast("cpu", enabled=False))
+    if _cacheable(case):
+        cache = write_cache(case[0], tokenizer=str(tmp / "tokenizer"), data=str(tmp / "images"), out=tmp / "cache",
+                            holdout=0.0)
+        for precision, autocast in (("fp32", torch.autocast("cpu", enabled=False)),
+                                    ("bf16", torch.autocast("cpu", dtype=torch.bfloat16))):
+            t = _trainer(case, tmp, precision, f"{precision}_cache", token_cache=cache)
+            plan = BatchPlan(len(t.data), batch, seed=0)
+            cached = [next(t.data.batches(plan, 0, r, r + 1)) for r in range(3)]
+            rows[f"{precision}_cache"] = functools.partial(
+                lambda r, t, cached, autocast: t.train_step(iter([cached[r]]), autocast),
+                t=t, cached=cached, autocast=autocast)
     return count, rows
+
+
+def _cacheable(case: tuple) -> bool:
+    return case[1] == "model" and get_stage(case[0], case[1]).cacheable
 
 
 def _time_all(case: tuple, tmp: str) -> tuple[int, dict[str, float]]:
@@ -133,13 +156,15 @@ def _time_all(case: tuple, tmp: str) -> tuple[int, dict[str, float]]:
     return _RESULTS[case]
 
 
-@pytest.mark.parametrize("row", ["official", "fp32", "bf16", "fp32_gan"])
+@pytest.mark.parametrize("row", ["official", "fp32", "bf16", "fp32_gan", "fp32_cache", "bf16_cache"])
 @pytest.mark.parametrize("family, stage, preset, tokenizer, batch", CASES,
                          ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in TINY + PAPER])
 def test_training_step(benchmark, tmp_path_factory, family, stage, preset, tokenizer, batch, row):
     case = (family, stage, preset, tokenizer, batch)
     if row == "fp32_gan" and stage != "tokenizer":
         pytest.skip("token models train without a discriminator")
+    if row.endswith("_cache") and not _cacheable(case):
+        pytest.skip("this stage does not train from a token cache")
     count, medians = _time_all(case, str(tmp_path_factory.mktemp(f"{family}-{stage}-{preset}")))
     benchmark.group = "training"
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
