@@ -170,3 +170,34 @@ def test_residual_restart_of_unused_codes():
     rq = ResidualQuantizer(4, 16, depth=2, decay=0.5)  # threshold 1 (RQ-VAE)
     rq(_x(6, 4) + 10)  # fewer rows than codes: RQ-VAE tiles the batch with noise
     assert torch.all(rq.level(0).cluster_size >= 1)
+
+
+@pytest.mark.parametrize("kind", ["vector", "dual", "residual"])
+def test_deferred_codebook_updates_equal_immediate_ones(kind):
+    """Updates queued by `deferred_updates` (a DDP step runs them after the backward) leave the
+    same codebook as running them inside the forward, and leave it untouched until the block ends."""
+    from vqfast.quantizers.distributed import deferred_updates
+
+    def make():
+        torch.manual_seed(0)
+        if kind == "vector":
+            return VectorQuantizer(8, 16, channel_first=True)
+        if kind == "dual":
+            return DualCodebookQuantizer(8, 16, 16, channel_first=True)
+        return ResidualQuantizer(8, 16, depth=3, channel_first=True)
+
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(2, 8, 4, 5, generator=g) for _ in range(3)]
+    visible = [torch.rand(2, 4, 5, generator=g) > 0.5 for _ in range(3)]
+    now, later = make().train(), make().train()
+    for x, vis in zip(batches, visible):
+        args = (x, vis) if kind == "dual" else (x,)
+        ref = now(*args)
+        before = {k: v.clone() for k, v in later.state_dict().items()}
+        with deferred_updates():
+            got = later(*args)
+            assert all(torch.equal(v, later.state_dict()[k]) for k, v in before.items())
+        assert torch.equal(ref[1], got[1]) and torch.equal(ref[0], got[0])
+        a, b = now.state_dict(), later.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(v, make().state_dict()[k]) for k, v in later.state_dict().items())

@@ -7,8 +7,13 @@ k-means seeding) is drawn on rank 0 and broadcast. All helpers are no-ops when
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Callable
+
 import torch
 import torch.distributed as dist
+
+_queue: list[Callable[[], None]] | None = None
 
 
 def active(enabled: bool | None = True) -> bool:
@@ -36,6 +41,32 @@ def all_reduce_sum_(*tensors: torch.Tensor, enabled: bool | None = True) -> None
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         for t, part in zip(group, flat.split([t.numel() for t in group])):
             t.copy_(part.view(t.shape))
+
+
+@contextlib.contextmanager
+def deferred_updates():
+    """Within: codebook updates (`run_update`) queue up instead of running inside the forward;
+    they run in order when the block ends without error. A trainer wraps each micro-batch's
+    forward and backward in it, so that ranks wait for each other once per step (at the gradient
+    all-reduce) rather than also mid-forward at the EMA statistics' all-reduce. The backward
+    reads no EMA codebook, so the weights and codebooks are those of running them at once."""
+    global _queue
+    outer, _queue = _queue, []
+    try:
+        yield
+        queued = _queue
+    finally:
+        _queue = outer
+    for update in queued:
+        update()
+
+
+def run_update(update: Callable[[], None]) -> None:
+    """Run a codebook update now, or at the end of the enclosing `deferred_updates` block."""
+    if _queue is None:
+        update()
+    else:
+        _queue.append(update)
 
 
 def broadcast_(tensor: torch.Tensor, src: int = 0, enabled: bool | None = True) -> torch.Tensor:

@@ -55,7 +55,8 @@ class DualCodebookQuantizer(nn.Module):
         e, e2 = self.visible_codebook, self.masked_codebook
         out = ops.dual_codebook_quantize(xl, visible, e.codes(), e2.codes())
         if self.training and e.ema:
-            self._update(xl.detach(), visible, out.indices)
+            xd, idx = xl.detach(), out.indices
+            distributed.run_update(lambda: self._update(xd, visible, idx))
         loss = losses(out.commit_loss, out.codebook_loss, self.commitment_weight)
         return from_channel_last(out.z_q, self.channel_first, like=x), out.indices, loss
 

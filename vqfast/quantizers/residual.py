@@ -16,6 +16,7 @@ from torch import nn
 
 from vqfast import ops
 from vqfast.ops import _validate
+from vqfast.quantizers import distributed
 from vqfast.quantizers.codebook import Codebook
 from vqfast.quantizers.stats import perplexity, usage
 from vqfast.quantizers.vector import QuantizerLosses, from_channel_last, losses, to_channel_last
@@ -70,7 +71,8 @@ class ResidualQuantizer(nn.Module):
         _validate.last_dim("x", xl, self.dim, "features per position")
         out = ops.residual_quantize(xl, self.codebook, self.depth)
         if self.training and self.codebooks[0].ema:
-            self._update(xl.detach(), out.indices)
+            xd, idx = xl.detach(), out.indices
+            distributed.run_update(lambda: self._update(xd, idx))
         loss = losses(out.commit_loss, out.codebook_loss, self.commitment_weight)
         return from_channel_last(out.z_q, self.channel_first, like=x), out.indices, loss
 

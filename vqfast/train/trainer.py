@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vqfast import checkpoint
+from vqfast.quantizers import distributed as quantizer_distributed
 from vqfast.train import checkpointing, distributed
 from vqfast.train.adversarial import PERCEPTUAL_HINT, TokenizerCritic
 from vqfast.train.optim import fused_adam, load_optimizer_state
@@ -424,7 +425,7 @@ class Trainer:
             inputs = self._inputs(batch, key)
             n_items += _count(inputs)
             last = a == cfg.grad_accum - 1
-            with self._grad_sync(last):
+            with self._grad_sync(last), self._codebook_updates():
                 with autocast:
                     total, terms, images = self.objective(inputs, key, self.step)
                 (total / cfg.grad_accum).backward()
@@ -447,6 +448,11 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         return sums, n_items, skipped
+
+    def _codebook_updates(self):
+        """Under DDP / FSDP, codebook EMA updates (and their all-reduce) run after the backward, so
+        ranks wait for each other at the gradient all-reduce only (two-process step: see README)."""
+        return quantizer_distributed.deferred_updates() if self.ctx.distributed else contextlib.nullcontext()
 
     def _grad_sync(self, sync: bool):
         """Gradients are reduced over ranks on the last micro-batch of a step only."""
