@@ -24,10 +24,10 @@ from vqfast import checkpoint
 from vqfast.quantizers import distributed as quantizer_distributed
 from vqfast.train import checkpointing, distributed
 from vqfast.train.adversarial import PERCEPTUAL_HINT, TokenizerCritic
-from vqfast.train.optim import fused_adam, load_optimizer_state
 from vqfast.train.data import BatchPlan, _mix, batches, open_images
 from vqfast.train.families import get_stage, timestep_sampler
 from vqfast.train.log import RunLog
+from vqfast.train.optim import fused_adam, load_optimizer_state
 
 PRECISIONS = ("fp32", "bf16")
 CHANNELS_LAST_FROM = 128  # image side from which TrainConfig.channels_last=None turns NHWC on
