@@ -2,8 +2,8 @@
 
 A token map permuted or reshaped into [B, C, H, W] (a quantizer's output, an attention
 output) carries channels-last strides into a network kept in NCHW, or the reverse; every
-layer after it then runs in the other format, and GroupNorm's channels-last path is 1.5-5x
-slower than its NCHW one (bf16 worst).
+layer after it then runs in the other format, and GroupNorm + SiLU (forward and backward) run
+1.4-1.6x (fp32) to 1.9-3.8x (bf16) slower channels-last than NCHW on the CPU.
 """
 from __future__ import annotations
 
