@@ -21,7 +21,7 @@ _HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
 _SCORE_CHUNK = 1 << 21
 
 
-# Below this many keys torch's CPU flash-attention backward runs 1.1-10x slower in bf16 than in
+# Below this many keys torch's CPU flash-attention backward runs 1.2-10x slower in bf16 than in
 # fp32 (16-192 keys, this machine); from 256 keys on, bf16 is as fast or faster.
 _CPU_BF16_FLASH_FROM = 256
 
