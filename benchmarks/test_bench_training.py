@@ -115,8 +115,8 @@ def _rows(case: tuple, tmp: str):
             loss.total.backward()
             optimizer.step()
 
-    def trainer_step(t, autocast):
-        return lambda r: t.train_step(iter([batches[r]]), autocast)
+    def trainer_step(t, autocast, data=batches):
+        return lambda r: t.train_step(iter([data[r]]), autocast)
 
     rows = {"official": official_step, "fp32": trainer_step(fp32, torch.autocast("cpu", enabled=False)),
             "bf16": trainer_step(bf16, torch.autocast("cpu", dtype=torch.bfloat16))}
@@ -130,9 +130,7 @@ def _rows(case: tuple, tmp: str):
             t = _trainer(case, tmp, precision, f"{precision}_cache", token_cache=cache)
             plan = BatchPlan(len(t.data), batch, seed=0)
             cached = [next(t.data.batches(plan, 0, r, r + 1)) for r in range(3)]
-            rows[f"{precision}_cache"] = functools.partial(
-                lambda r, t, cached, autocast: t.train_step(iter([cached[r]]), autocast),
-                t=t, cached=cached, autocast=autocast)
+            rows[f"{precision}_cache"] = trainer_step(t, autocast, cached)
     return count, rows
 
 

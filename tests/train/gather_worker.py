@@ -40,7 +40,7 @@ def main(out: str) -> None:
         error = str(e)
     r = ctx.rank
     totals = [distributed.step_totals(r == 1, {"loss": 1.5 + r, "rec": 0.25 * r}, (3 + r, 2 ** 40 + r), ctx),
-              distributed.step_totals(False, None, (r,), ctx)]
+              distributed.step_totals(False, {}, (r,), ctx)]
     packed = (torch.full((3,), float(r + 1)), torch.arange(6.0).view(2, 3) * (r + 1), torch.tensor([r + 1]),
               torch.ones(2, dtype=torch.float64) * (r + 1))
     all_reduce_sum_(*packed)

@@ -119,7 +119,7 @@ def test_step_totals_and_packed_sums_in_one_reduce(tmp_path):
         got = torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
         logged, quiet = got["totals"]
         assert logged == (True, {"loss": 2.0, "rec": 0.125}, (7, 2 ** 41 + 1))  # rank 1 asked to stop
-        assert quiet == (False, None, (1,))
+        assert quiet == (False, {}, (1,))
         vec, mat, ints, f64 = got["packed"]
         assert torch.equal(vec, torch.full((3,), 3.0)) and torch.equal(mat, torch.arange(6.0).view(2, 3) * 3)
         assert torch.equal(ints, torch.tensor([3])) and ints.dtype == torch.int64

@@ -59,20 +59,18 @@ def teardown(ctx: Context) -> None:
         dist.destroy_process_group()
 
 
-def step_totals(stop: bool, values: dict[str, float] | None, counts: tuple[int, ...],
-                ctx: Context) -> tuple[bool, dict[str, float] | None, tuple[int, ...]]:
+def step_totals(stop: bool, values: dict[str, float], counts: tuple[int, ...],
+                ctx: Context) -> tuple[bool, dict[str, float], tuple[int, ...]]:
     """One all-reduce per step: (whether any rank asks to stop, the mean of each of values over
-    ranks (None: not a logging step), the sum of each count over ranks). In one process, the
-    inputs. Counts are exact up to 2^53."""
+    ranks, the sum of each count over ranks). In one process, the inputs. Counts are exact up
+    to 2^53."""
     if not ctx.distributed:
         return stop, values, counts
-    names = list(values) if values is not None else []
-    t = torch.tensor([float(stop), *counts, *(values[k] for k in names)], dtype=torch.float64, device=ctx.device)
+    t = torch.tensor([float(stop), *counts, *values.values()], dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t)
     out = t.tolist()
     n = len(counts)
-    means = dict(zip(names, (v / ctx.world_size for v in out[1 + n:]))) if values is not None else None
-    return out[0] > 0, means, tuple(int(c) for c in out[1:1 + n])
+    return out[0] > 0, dict(zip(values, (v / ctx.world_size for v in out[1 + n:]))), tuple(int(c) for c in out[1:1 + n])
 
 
 def gather(obj, ctx: Context) -> list:

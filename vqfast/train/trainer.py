@@ -389,12 +389,9 @@ class Trainer:
                     window += 1
                     self.step += 1
                     out_of_time = cfg.time_limit is not None and time.perf_counter() - started > cfg.time_limit
-                    logging = self.step % cfg.log_every == 0 or self.step == last
-                    stopping, values, counts = distributed.step_totals(
-                        bool(stop) or out_of_time, sums if logging else None, (items, skipped), ctx)
-                    if stopping and values is None:  # every rank knows: each takes this second reduce
-                        _, values, counts = distributed.step_totals(False, sums, (items, skipped), ctx)
-                    if values is not None:
+                    stopping, values, counts = distributed.step_totals(bool(stop) or out_of_time, sums,
+                                                                       (items, skipped), ctx)
+                    if self.step % cfg.log_every == 0 or self.step == last or stopping:
                         values.update(lr=self.scheduler.get_last_lr()[0], skipped_files=counts[1])
                         log.step(self.step, values, samples=counts[0], steps=window)
                         window, items = 0, 0
