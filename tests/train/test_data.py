@@ -2,6 +2,7 @@
 the empty-folder errors and the batch plan shared by ranks."""
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,3 +99,25 @@ def test_plan_rejects_bad_sizes():
         BatchPlan(5, 0)
     with pytest.raises(ValueError, match="empty"):
         BatchPlan(0, 2)
+
+
+def test_sixteen_bit_image_is_scaled_by_its_full_range(tmp_path):
+    from PIL import Image
+
+    values = (np.arange(30 * 20).reshape(30, 20) % 200).astype(np.uint16)  # a dark 16-bit image
+    Image.fromarray(values).save(tmp_path / "dark.png")
+    img = load_image(tmp_path / "dark.png")
+    assert torch.allclose(img[0], torch.from_numpy(values / 65535.0).float())
+
+
+@pytest.mark.filterwarnings("ignore:Image size")  # Pillow warns for the images between 1x and 2x the limit
+def test_image_over_pillows_size_limit_is_skipped_and_counted(image_folder, monkeypatch):
+    from PIL import Image
+
+    Image.new("RGB", (80, 80), (9, 9, 9)).save(image_folder / "cats" / "zbig.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses images over 2000 pixels
+    data = ImageFolder(image_folder, 16, holdout=0.0)
+    big = [i for i, p in enumerate(data.files) if p.name == "zbig.png"][0]
+    x, _, skipped = data[(big, 0)]
+    assert skipped == 1 and x.shape == (3, 16, 16)
+    assert not torch.equal(x, torch.full_like(x, 9 / 255 * 2 - 1))

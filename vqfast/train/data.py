@@ -43,7 +43,9 @@ def load_image(path: Path) -> torch.Tensor:
         img.load()
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             a = np.asarray(img, dtype=np.float32)
-            a = a / (65535.0 if a.max() > 255 else 255.0)
+            # 16-bit modes are scaled by their full range (a dark image stays dark); 32-bit
+            # "I" holds 16-bit data from some decoders and 8-bit data from others
+            a = a / (255.0 if img.mode == "I" and a.max() <= 255 else 65535.0)
             a = np.repeat(a[..., None], 3, axis=2)
         else:
             if img.mode in ("P", "PA", "LA", "RGBA"):
@@ -125,6 +127,8 @@ class ImageFolder:
 
     def __getitem__(self, key: int | tuple[int, int | None]) -> tuple[torch.Tensor, int, int]:
         """-> (image, label, number of unreadable files passed over to find it)."""
+        from PIL.Image import DecompressionBombError
+
         index, seed = key if isinstance(key, tuple) else (key, None)
         for k in range(len(self.files)):
             i = (index + k) % len(self.files)
@@ -132,7 +136,7 @@ class ImageFolder:
                 continue
             try:
                 img = load_image(self.files[i])
-            except (OSError, ValueError, SyntaxError):  # Pillow's errors for truncated / unknown files
+            except (OSError, ValueError, SyntaxError, DecompressionBombError):  # unreadable, truncated, huge
                 self._bad.add(i)
                 continue
             return augment(img, self.resolution, seed), self.labels[i], k
