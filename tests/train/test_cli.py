@@ -72,3 +72,34 @@ def test_vqddm_refit_stage_keeps_the_encoder(image_folder, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
     assert not torch.equal(before["quantizer.codebook_state.embed"], after["quantizer.codebook_state.embed"])
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+
+def test_resume_run_dir_takes_the_runs_settings_and_continues_exactly(image_folder, tmp_path):
+    from vqfast.train.checkpointing import read_weights
+    recipe = ("maskgit", "--data", str(image_folder), "--steps", "3", "--batch-size", "3", "--seed", "4",
+              "--grad-accum", "2", "--lr", "3e-4", "--no-progress")
+    main(["train", *recipe, "--out", str(tmp_path / "straight")])
+    main(["train", *recipe, "--out", str(tmp_path / "resumed"), "--stop-after", "1"])
+    main(["train", "maskgit", "--resume", str(tmp_path / "resumed"), "--no-progress"])  # nothing else given
+    assert [r["step"] for r in read_log(tmp_path / "resumed")] == [1, 2, 3]
+    a, b = (read_weights(latest(tmp_path / r)) for r in ("straight", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_other_settings_another_family_and_a_shorter_run(image_folder, tmp_path):
+    run = tmp_path / "run"
+    main(["train", "maskgit", "--data", str(image_folder), "--steps", "2", "--batch-size", "2", "--no-progress",
+          "--out", str(run)])
+    again = ["train", "maskgit", "--resume", str(run), "--no-progress"]
+    for extra, message in [(["--batch-size", "3"], r"batch_size=3 \(the run's: 2\)"),
+                           (["--preset", "64px"], r"preset='64px' \(the run's: 'tiny'\)"),
+                           (["--precision", "bf16", "--seed", "1"], r"precision='bf16'.*seed=1"),
+                           (["--steps", "1"], "at step 2, past steps=1"),
+                           (["--out", str(tmp_path / "other")], "name different run folders")]:
+        with pytest.raises(ValueError, match=message):
+            main([*again, *extra])
+    with pytest.raises(ValueError, match="is a maskgit run, not put"):
+        main(["train", "put", "--resume", str(run)])
+    with pytest.raises(ValueError, match="--out RUN_DIR is required"):
+        main(["train", "maskgit", "--steps", "2"])
+    assert [r["step"] for r in read_log(run)] == [1, 2]  # nothing trained, nothing lost

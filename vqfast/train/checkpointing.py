@@ -171,6 +171,16 @@ def load_state(folder: str | Path) -> dict:
     return unflatten(structure, tensors)
 
 
+def saved_run(folder: str | Path) -> tuple[dict, int]:
+    """(the TrainConfig fields as saved, step) of a checkpoint folder, without reading its tensors."""
+    folder = Path(folder)
+    try:
+        structure = dict(json.loads((folder / "state.json").read_text())["__dict__"])
+        return unflatten(structure["config"], {}), int(structure["step"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{folder} is not a readable training checkpoint: {err!r}") from None
+
+
 def read_weights(folder: str | Path, name: str = "model") -> dict[str, torch.Tensor]:
     """The state dict `name` ("model" or "ema") of a checkpoint folder."""
     from safetensors.torch import load_file

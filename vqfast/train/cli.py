@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 from vqfast.train.families import FAMILIES, STAGES
 
@@ -25,41 +26,43 @@ def add_train_parser(sub) -> None:
                                    "several: torchrun --nproc_per_node N -m vqfast train ...",
                        epilog=_preset_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("family", choices=FAMILIES)
-    p.add_argument("--stage", default="tokenizer", help="tokenizer | model (vqddm also: refit)")
-    p.add_argument("--data", default="photos", help="a folder of images (class subfolders give labels), "
-                                                    "or the bundled 'photos' / 'faces'")
-    p.add_argument("--preset", default="tiny", help="the model preset (see below)")
-    p.add_argument("--out", required=True, help="the run folder (checkpoints, log.jsonl, figures)")
+    p.add_argument("--stage", help="tokenizer | model (vqddm also: refit); default tokenizer")
+    p.add_argument("--data", help="a folder of images (class subfolders give labels), or the bundled 'photos' / "
+                                  "'faces' (default photos)")
+    p.add_argument("--preset", help="the model preset (see below; default tiny)")
+    p.add_argument("--out", help="the run folder (checkpoints, log.jsonl, figures); required unless --resume RUN_DIR")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="a constructor argument of the model instead of the preset's (VALUE as JSON, else a "
                         "string), e.g. --override num_classes=13; repeatable")
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps in all")
+    p.add_argument("--steps", type=int, help="optimizer steps in all (default 1000)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="save and exit after this step (the schedule still spans --steps; --resume continues)")
     p.add_argument("--time-limit", type=float, default=None,
                    help="save and exit after this many seconds of training (--resume continues)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per process per micro-batch")
+    p.add_argument("--batch-size", type=int, help="images per process per micro-batch (default 8)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the paper's)")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: the paper's, at most steps/10)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: autocast with fp32 master weights")
-    p.add_argument("--clip", type=float, default=1.0, help="max gradient norm (0: no clipping)")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: autocast with fp32 master weights "
+                                                                  "(default fp32)")
+    p.add_argument("--clip", type=float, help="max gradient norm (0: no clipping; default 1.0)")
     p.add_argument("--ema", type=float, default=None, help="keep an EMA of the weights with this decay")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue a run (RUN_DIR, or --out) from its latest checkpoint, with the run's settings "
+                        "for every option not given (a given one must equal the run's; --steps may grow)")
     p.add_argument("--tokenizer", default=None, help="stage 2: the trained tokenizer (run folder or checkpoint)")
     p.add_argument("--init-from", default=None, help="start from these weights (run folder or checkpoint)")
     p.add_argument("--token-cache", default=None, help="stage 2: train from token shards (python -m vqfast cache)")
-    p.add_argument("--eval-every", type=int, default=0, help="held-out loss and figures every N steps (0: never)")
-    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (always at the end)")
-    p.add_argument("--log-every", type=int, default=1, help="a log record every N steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, help="held-out loss and figures every N steps (default 0: never)")
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps (default 0: at the end only)")
+    p.add_argument("--log-every", type=int, help="a log record every N steps (default 1)")
+    p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--workers", type=int, default=0, help="data loading processes per rank")
-    p.add_argument("--holdout", type=float, default=0.05, help="share of a folder's images held out")
+    p.add_argument("--holdout", type=float, help="share of a folder's images held out (default 0.05)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="conv weights and images in NHWC, the layout the fast conv kernels take (default: on "
                         "from 128x128 images, off below, where NCHW is as fast)")
-    p.add_argument("--fsdp", action="store_true", help="shard the model over ranks (torch FSDP) instead of DDP")
+    p.add_argument("--fsdp", action="store_true", default=None, help="shard the model over ranks (torch FSDP) instead of DDP")
     p.add_argument("--device", default=None, help="default: this rank's GPU, else the CPU")
     p.add_argument("--dist-timeout", type=float, default=600.0, help="seconds a rank waits for the others")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -69,7 +72,7 @@ def add_train_parser(sub) -> None:
                    help="a local VGG-16 state dict (torchvision layout, safetensors or .pth; with LPIPS's "
                         "lin<k>.model.1.weight heads for LPIPS) for the perceptual term; PUT: a VGG-19 one for "
                         "its perceptual and style terms (eqs. 6-7). Default: off (the run log says so)")
-    g.add_argument("--adversarial", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--adversarial", action=argparse.BooleanOptionalAction,
                    help="train against the paper's PatchGAN discriminator, alternating generator and "
                         "discriminator updates (default: on, as every paper)")
     g.add_argument("--disc-start", type=int, default=None, metavar="STEP",
@@ -91,21 +94,45 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def run_train(args) -> None:
-    from vqfast.train.trainer import TrainConfig, train
+# Options that hold for one invocation only: a resumed run takes every other one from its checkpoint.
+_PER_INVOCATION = ("resume", "out", "progress", "workers", "device", "dist_timeout", "stop_after", "time_limit",
+                   "init_from")
+_DEFAULTS = {"stage": "tokenizer", "data": "photos", "preset": "tiny"}  # TrainConfig's required fields
 
-    cfg = TrainConfig(args.family, args.stage, data=args.data, preset=args.preset, out=args.out, steps=args.steps,
-                      stop_after=args.stop_after, time_limit=args.time_limit,
-                      overrides=parse_overrides(args.override),
-                      batch_size=args.batch_size, lr=args.lr, grad_accum=args.grad_accum, precision=args.precision,
-                      resume=args.resume, tokenizer=args.tokenizer, init_from=args.init_from, eval_every=args.eval_every,
-                      save_every=args.save_every, seed=args.seed, workers=args.workers,
-                      clip=args.clip or None, warmup=args.warmup, ema=args.ema, holdout=args.holdout,
-                      token_cache=args.token_cache, fsdp=args.fsdp, device=args.device, log_every=args.log_every,
-                      progress=not args.no_progress, dist_timeout=args.dist_timeout,
-                      perceptual_weights=args.perceptual_weights, adversarial=args.adversarial,
-                      disc_start=args.disc_start, channels_last=args.channels_last)
-    out = train(cfg)
+
+def train_config(args):
+    """The TrainConfig of `train`'s arguments: those given, then (with --resume) the run's, then the defaults."""
+    from dataclasses import fields
+
+    from vqfast.train import checkpointing
+    from vqfast.train.trainer import TrainConfig
+
+    resume_dir = args.resume if isinstance(args.resume, str) else None
+    if resume_dir is not None and args.out is not None and Path(args.out).resolve() != Path(resume_dir).resolve():
+        raise ValueError(f"--resume {resume_dir} and --out {args.out} name different run folders: pass one")
+    out = resume_dir or args.out
+    if out is None:
+        raise ValueError("--out RUN_DIR is required (or --resume RUN_DIR to continue a run)")
+    names = {f.name for f in fields(TrainConfig)}
+    cfg = dict(_DEFAULTS)
+    latest = checkpointing.latest(out) if args.resume and Path(out).is_dir() else None
+    if latest is not None:
+        saved, _ = checkpointing.saved_run(latest)
+        if saved.get("family") != args.family:
+            raise ValueError(f"--resume: {out} is a {saved.get('family')} run, not {args.family}")
+        cfg.update({k: v for k, v in saved.items() if k in names and k not in _PER_INVOCATION})
+    cfg.update({k: v for k, v in vars(args).items() if k in names and v is not None and k != "resume"})
+    if args.clip is not None:
+        cfg["clip"] = args.clip or None
+    if args.override:
+        cfg["overrides"] = parse_overrides(args.override)
+    return TrainConfig(**{**cfg, "out": out, "resume": bool(args.resume), "progress": not args.no_progress})
+
+
+def run_train(args) -> None:
+    from vqfast.train.trainer import train
+
+    out = train(train_config(args))
     if os.environ.get("RANK", "0") == "0":
         print(f"run folder: {out}")
 

@@ -31,6 +31,11 @@ from vqfast.train.optim import fused_adam, load_optimizer_state
 
 PRECISIONS = ("fp32", "bf16")
 CHANNELS_LAST_FROM = 128  # image side from which TrainConfig.channels_last=None turns NHWC on
+# What a resumed run shares with its checkpoint, so that it continues the same run. The other
+# fields say where files are (paths may move) or how the run executes; steps may grow (the
+# schedule then spans the new total); the discriminator may be turned on before its start.
+RESUME_KEEPS = ("family", "stage", "preset", "batch_size", "lr", "grad_accum", "precision", "seed", "clip",
+                "warmup", "ema", "holdout", "overrides")
 
 
 @dataclass
@@ -224,6 +229,8 @@ class Trainer:
             raise ValueError(f"--resume: {self.run_dir} holds no checkpoint to resume from")
         if not cfg.resume and (self.run_dir / checkpointing.LATEST).exists():
             raise ValueError(f"{self.run_dir} already holds a run: pass --resume to continue it or pick another --out")
+        if self.resume_from is not None:
+            self._check_resume(*checkpointing.saved_run(self.resume_from))
         if stage.needs_tokenizer and cfg.tokenizer is None:
             raise ValueError(f"--stage {cfg.stage} of {cfg.family} trains on a trained tokenizer: pass "
                              f"--tokenizer RUN_DIR_OR_CHECKPOINT")
@@ -298,6 +305,20 @@ class Trainer:
                 self.critic.wrap(lambda m: DistributedDataParallel(m, device_ids=ids))
 
     # -- state ---------------------------------------------------------------------------
+    def _check_resume(self, saved: dict, step: int) -> None:
+        """Refuse to resume a run of other settings (saved: the checkpoint's config) or past its end."""
+        now = json.loads(json.dumps(asdict(self.cfg)))
+        diffs = [f"{k}={now[k]!r} (the run's: {saved[k]!r})" for k in RESUME_KEEPS if k in saved and now[k] != saved[k]]
+        if "token_cache" in saved and (now["token_cache"] is None) != (saved["token_cache"] is None):
+            diffs.append(f"token_cache={now['token_cache']!r} (the run's: {saved['token_cache']!r})")
+        if diffs:
+            raise ValueError(f"--resume: {self.run_dir} was trained with other settings: {'; '.join(diffs)}. Resume "
+                             f"with the run's settings (`python -m vqfast train FAMILY --resume RUN_DIR` takes them "
+                             f"from the run) or start a new run (--init-from RUN_DIR starts from its weights)")
+        if self.cfg.steps < step:
+            raise ValueError(f"--resume: {self.run_dir} is at step {step}, past steps={self.cfg.steps}: pass "
+                             f"--steps {step} or more")
+
     def _state(self) -> dict:
         rng = distributed.gather(checkpointing.rng_state(self.model), self.ctx)
         return {"step": self.step, "micro_batch": self.step * self.cfg.grad_accum,
