@@ -1,8 +1,12 @@
-"""vqfast.train.cache: shards hold the tokenizer's tokens of the centre crops; stage 2 trains
-from them."""
+"""vqfast.train.cache: shards hold the tokenizer's tokens of the centre crops (and their mirrors);
+decoding workers and two torchrun ranks write the same rows; stage 2 trains from them with the
+tokenizer that wrote them."""
+import subprocess
+
 import pytest
 import torch
 
+from tests.train.test_distributed import TORCHRUN, _env
 from vqfast import checkpoint
 from vqfast.__main__ import main
 from vqfast.train import TrainConfig, train
@@ -32,11 +36,57 @@ def test_shards_hold_the_tokens_of_the_centre_crops(image_folder, tokenizer_run,
     assert batch["tokens"].shape == (2, 8, 8) and batch["labels"].dtype == torch.long
 
 
+def test_flips_add_the_mirrored_crops_and_workers_write_the_same_rows(image_folder, tokenizer_run, tmp_path):
+    kw = dict(tokenizer=str(tokenizer_run), data=str(image_folder), holdout=0.2, batch_size=3)
+    plain = TokenCache(write_cache("maskgit", out=tmp_path / "plain", **kw))
+    flipped = TokenCache(write_cache("maskgit", out=tmp_path / "flips", flips=True, workers=1, shard_rows=5, **kw))
+    assert len(flipped) == 2 * len(plain) and flipped.index["flips"] and not plain.index["flips"]
+    vq = checkpoint.load(model_path(tokenizer_run))
+    images = open_images(str(image_folder), 32, split="train", holdout=0.2)
+    x = torch.stack([images[(i, None)][0] for i in range(3)])
+    assert torch.equal(flipped.rows["tokens"][:3], plain.rows["tokens"][:3])
+    assert torch.equal(flipped.rows["tokens"][3:6], vq.encode(x.flip(-1)))  # the batch's mirrors follow it
+    assert torch.equal(flipped.rows["labels"][3:6], plain.rows["labels"][:3])
+    sizes = [min(3, len(plain) - i) for i in range(0, len(plain), 3)]  # batches of 3, then the rest
+    starts = [2 * sum(sizes[:b]) for b in range(len(sizes))]
+    originals = torch.cat([flipped.rows["tokens"][a:a + n] for a, n in zip(starts, sizes)])
+    assert torch.equal(originals, plain.rows["tokens"])
+
+
+@pytest.mark.slow
+def test_two_ranks_write_the_rows_of_one_process(image_folder, tokenizer_run, tmp_path):
+    write_cache("maskgit", tokenizer=str(tokenizer_run), data=str(image_folder), out=tmp_path / "one", holdout=0.2)
+    cmd = [*TORCHRUN, "-m", "vqfast", "cache", "maskgit", "--tokenizer", str(tokenizer_run), "--data",
+           str(image_folder), "--out", str(tmp_path / "two"), "--holdout", "0.2", "--batch-size", "2"]
+    run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr
+    one, two = TokenCache(tmp_path / "one"), TokenCache(tmp_path / "two")
+    assert {s["file"][:9] for s in two.index["shards"]} == {"shard_000", "shard_001"}
+    assert one.rows.keys() == two.rows.keys() and all(torch.equal(one.rows[k], two.rows[k]) for k in one.rows)
+
+
 def test_cache_errors(tokenizer_run, image_folder, tmp_path):
     with pytest.raises(ValueError, match="not a token cache"):
         TokenCache(tmp_path)
     with pytest.raises(ValueError, match="does not train from cached tokens"):
         write_cache("put", tokenizer=str(tokenizer_run), data=str(image_folder), out=tmp_path / "c")
+    for bad, message in [(dict(workers=-1), "workers must be"), (dict(batch_size=0), "batch_size must be"),
+                         (dict(flips=1), "flips must be a bool")]:
+        with pytest.raises((ValueError, TypeError), match=message):
+            write_cache("maskgit", tokenizer=str(tokenizer_run), data=str(image_folder), out=tmp_path / "d", **bad)
+    write_cache("maskgit", tokenizer=str(tokenizer_run), data=str(image_folder), out=tmp_path / "e")
+    with pytest.raises(ValueError, match="already holds a token cache"):
+        write_cache("maskgit", tokenizer=str(tokenizer_run), data=str(image_folder), out=tmp_path / "e")
+
+
+def test_training_refuses_a_cache_of_another_tokenizer(image_folder, tokenizer_run, tmp_path):
+    other = train(TrainConfig("maskgit", "tokenizer", data=str(image_folder), preset="tiny", out=str(tmp_path / "vq2"),
+                              steps=1, batch_size=4, progress=False, holdout=0.2, seed=1))
+    write_cache("maskgit", tokenizer=str(tokenizer_run), data=str(image_folder), out=tmp_path / "cache", holdout=0.2)
+    with pytest.raises(ValueError, match="written by another tokenizer"):
+        train(TrainConfig("maskgit", "model", data=str(image_folder), preset="tiny", out=str(tmp_path / "m"),
+                          steps=1, batch_size=2, progress=False, holdout=0.2, tokenizer=str(other),
+                          token_cache=str(tmp_path / "cache")))
 
 
 def test_stage_two_trains_from_the_cache(image_folder, tokenizer_run, tmp_path):

@@ -2,30 +2,50 @@
 train stage 2 from the shards (no image decoding or tokenizer forward per step).
 
     write_cache("maskgit", tokenizer="runs/vq", data="path/to/images", out="runs/vq_tokens")
+    torchrun --nproc_per_node 8 -m vqfast cache maskgit --tokenizer runs/vq --data DIR --out runs/vq_tokens
     python -m vqfast train maskgit --stage model --token-cache runs/vq_tokens --tokenizer runs/vq ...
 
 CACHE_DIR/index.json lists the shards ({"shards": [{"file": ..., "rows": n}], "rows": N, ...});
 each shard holds "tokens" [n, ...] int64, "labels" [n] int64 and, for MQ-VAE, "positions".
-Images are encoded as held-out images are (centre crop, no flip). The index is written last,
-so a cache whose writing was interrupted has no index and is refused.
+Images are encoded as held-out images are (centre crop, no flip); with flips, each batch's
+mirrored crops follow it. Under torchrun each rank encodes a contiguous share of the images
+into its own shards, so the rows are in image order whatever the number of ranks. The index
+is written last, so a cache whose writing was interrupted has no index and is refused; it
+holds a fingerprint of the tokenizer's weights, which training checks against its tokenizer.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 INDEX = "index.json"
 
 
+def fingerprint(tokenizer: nn.Module) -> str:
+    """A hash of a tokenizer's weights and buffers (names, shapes, dtypes, values)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(tokenizer.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 @torch.no_grad()
 def write_cache(family: str, *, tokenizer: str, data: str, out: str | Path, batch_size: int = 64,
-                shard_rows: int = 65536, holdout: float = 0.05, device: str | None = None) -> Path:
-    """Encode the training split of `data` with the tokenizer of a run into shards; returns out."""
+                shard_rows: int = 65536, holdout: float = 0.05, device: str | None = None, workers: int = 0,
+                flips: bool = False, progress: bool = False, dist_timeout: float = 600.0) -> Path:
+    """Encode the training split of `data` with the tokenizer of a run into shards; returns out.
+    workers: image decoding processes per rank; flips: also the mirrored crops (2N rows)."""
     from safetensors.torch import save_file
 
+    from vqfast.progress import progress_bar
+    from vqfast.train import distributed
     from vqfast.train.data import collate, open_images
     from vqfast.train.families import get_stage
     from vqfast.train.trainer import load_tokenizer
@@ -33,41 +53,59 @@ def write_cache(family: str, *, tokenizer: str, data: str, out: str | Path, batc
     stage = get_stage(family, "model")
     if not stage.cacheable:
         raise ValueError(f"{family}'s token model does not train from cached tokens")
-    if not isinstance(shard_rows, int) or shard_rows < 1:
-        raise ValueError(f"shard_rows must be a positive int, got {shard_rows!r}")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tok = load_tokenizer(tokenizer, stage, dev)
-    images = open_images(data, int(tok.config["resolution"]), split="train", holdout=holdout)
+    for name, v in (("batch_size", batch_size), ("shard_rows", shard_rows)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be a non-negative int, got {workers!r}")
+    if not isinstance(flips, bool):
+        raise TypeError(f"flips must be a bool, got {flips!r}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if (out / INDEX).exists():
         raise ValueError(f"{out} already holds a token cache")
-    shards, pending, skipped = [], [], 0
+    ctx = distributed.setup(device, dist_timeout)
+    try:
+        tok = load_tokenizer(tokenizer, stage, ctx.device)
+        images = open_images(data, int(tok.config["resolution"]), split="train", holdout=holdout)
+        out.mkdir(parents=True, exist_ok=True)
+        lo, hi = (len(images) * r // ctx.world_size for r in (ctx.rank, ctx.rank + 1))
+        loader = torch.utils.data.DataLoader(
+            images, batch_sampler=[list(range(i, min(hi, i + batch_size))) for i in range(lo, hi, batch_size)],
+            collate_fn=collate, num_workers=workers)
+        shards, pending, skipped = [], [], 0
 
-    def flush():
-        rows = {k: torch.cat([p[k] for p in pending]) for k in pending[0]}
-        name = f"shard_{len(shards):05d}.safetensors"
-        save_file({k: v.contiguous() for k, v in rows.items()}, str(out / name))
-        shards.append({"file": name, "rows": len(rows["labels"])})
-        pending.clear()
+        def flush():
+            rows = {k: torch.cat([p[k] for p in pending]) for k in pending[0]}
+            name = f"shard_{ctx.rank:03d}_{len(shards):05d}.safetensors"
+            save_file({k: v.contiguous() for k, v in rows.items()}, str(out / name))
+            shards.append({"file": name, "rows": len(rows["labels"])})
+            pending.clear()
 
-    pending_rows = 0
-    for lo in range(0, len(images), batch_size):
-        x, labels, k = collate([images[(i, None)] for i in range(lo, min(len(images), lo + batch_size))])
-        skipped += k
-        enc = stage.encode(tok, x.to(dev), labels, torch.Generator())
-        pending.append({name: t.cpu() for name, t in enc.items()})
-        pending_rows += len(labels)
-        if pending_rows >= shard_rows:
+        bar = progress_bar(hi - lo, "cache", progress and ctx.is_main, unit="img")
+        for x, labels, k in loader:
+            skipped += k
+            views = (x, x.flip(-1)) if flips else (x,)
+            for v in views:
+                enc = stage.encode(tok, v.to(ctx.device), labels, torch.Generator())
+                pending.append({name: t.cpu() for name, t in enc.items()})
+            if sum(len(p["labels"]) for p in pending) >= shard_rows:
+                flush()
+            bar.update(len(labels))
+        bar.close()
+        if pending:
             flush()
-            pending_rows = 0
-    if pending:
-        flush()
-    index = {"family": family, "tokenizer": str(tokenizer), "data": str(data), "holdout": holdout,
-             "rows": sum(s["rows"] for s in shards), "shards": shards, "skipped_files": skipped}
-    tmp = out / f".{INDEX}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, out / INDEX)
+        parts = distributed.gather((shards, skipped), ctx)
+        if ctx.is_main:
+            shards = [s for part, _ in parts for s in part]
+            index = {"family": family, "tokenizer": str(tokenizer), "tokenizer_fingerprint": fingerprint(tok),
+                     "data": str(data), "holdout": holdout, "flips": flips, "rows": sum(s["rows"] for s in shards),
+                     "shards": shards, "skipped_files": sum(k for _, k in parts)}
+            tmp = out / f".{INDEX}.tmp-{os.getpid()}"
+            tmp.write_text(json.dumps(index, indent=2))
+            os.replace(tmp, out / INDEX)
+        distributed.barrier(ctx)
+    finally:
+        distributed.teardown(ctx)
     return out
 
 

@@ -167,7 +167,8 @@ def run_eval(args) -> None:
 
 
 def add_cache_parser(sub) -> None:
-    p = sub.add_parser("cache", help="encode a folder once with a trained tokenizer into token shards (stage 2)")
+    p = sub.add_parser("cache", help="encode a folder once with a trained tokenizer into token shards (stage 2; "
+                                     "torchrun shares the images out over ranks)")
     p.add_argument("family", choices=FAMILIES)
     p.add_argument("--tokenizer", required=True, help="the trained tokenizer (run folder or checkpoint)")
     p.add_argument("--data", required=True, help="a folder of images, or 'photos' / 'faces'")
@@ -175,7 +176,11 @@ def add_cache_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-rows", type=int, default=65536, help="images per shard file")
     p.add_argument("--holdout", type=float, default=0.05, help="share of the images held out (as in training)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--workers", type=int, default=0, help="image decoding processes per rank")
+    p.add_argument("--flips", action="store_true", help="also encode the mirrored crops (twice the rows)")
+    p.add_argument("--device", default=None, help="default: this rank's GPU, else the CPU")
+    p.add_argument("--dist-timeout", type=float, default=600.0, help="seconds a rank waits for the others")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_cache(args) -> None:
@@ -183,5 +188,7 @@ def run_cache(args) -> None:
 
     out = write_cache(args.family, tokenizer=args.tokenizer, data=args.data, out=args.out,
                       batch_size=args.batch_size, shard_rows=args.shard_rows, holdout=args.holdout,
-                      device=args.device)
-    print(f"token cache: {out}")
+                      device=args.device, workers=args.workers, flips=args.flips, progress=not args.no_progress,
+                      dist_timeout=args.dist_timeout)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"token cache: {out}")

@@ -250,13 +250,17 @@ class Trainer:
             if image_net is not None:
                 image_net.to(memory_format=torch.channels_last)
         if cfg.token_cache is not None:
-            from vqfast.train.cache import TokenCache
+            from vqfast.train.cache import TokenCache, fingerprint
             if not stage.cacheable:
                 raise ValueError(f"--token-cache: the {cfg.family} {cfg.stage} stage does not train from tokens")
             self.data = TokenCache(cfg.token_cache)
             if self.data.index["family"] != cfg.family:
                 raise ValueError(f"--token-cache {cfg.token_cache} holds {self.data.index['family']} tokens, "
                                  f"not {cfg.family}")
+            made_by = self.data.index.get("tokenizer_fingerprint")
+            if made_by is not None and made_by != fingerprint(self.tokenizer):
+                raise ValueError(f"--token-cache {cfg.token_cache} was written by another tokenizer "
+                                 f"({self.data.index.get('tokenizer')}) than --tokenizer {cfg.tokenizer}")
         else:
             self.data = open_images(cfg.data, resolution, split="train", holdout=cfg.holdout)
         self.heldout = None
