@@ -182,3 +182,42 @@ def test_eval_command_scores_class_conditional_samples_with_is(image_folder, tmp
     report = json.loads((model / "metrics.json").read_text())
     assert 1 - 1e-5 <= report["is"] <= 10  # IS lies in [1, classes]
     assert "fid" in report and "lpips" not in report and "lpips_skipped" not in report
+
+
+@pytest.mark.parametrize("count, world", [(1, 2), (5, 2), (7, 3), (4, 4), (3, 5)])
+def test_rank_shares_of_the_batches_cover_each_batch_once_in_order(count, world):
+    from vqfast.train.stage_metrics import _batches
+    items = [(torch.full((3, 4, 4), float(i)), i, 0) for i in range(2 * count - 1)]
+
+    class Items(list):  # a dataset read by (index, augmentation seed)
+        def __getitem__(self, key):
+            return super().__getitem__(key[0])
+
+    seen = [(b, labels.tolist()) for r in range(world) for b, _, labels in _batches(Items(items), 2, 100, r, world)]
+    assert [b for b, _ in seen] == list(range(count))
+    assert [i for _, labels in seen for i in labels] == list(range(2 * count - 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, preset", [("maskgit", None), ("rq", "tiny-cond")], ids=["tokenizer", "model"])
+def test_two_rank_eval_scores_what_one_process_scores(image_folder, tmp_path, family, preset):
+    import subprocess
+
+    from tests.train.test_distributed import TORCHRUN, _env
+    common = dict(data=str(image_folder), steps=1, batch_size=2, progress=False, holdout=0.4)
+    run = train(TrainConfig(family, "tokenizer", preset="tiny", out=str(tmp_path / "tok"), **common))
+    if preset is not None:
+        run = train(TrainConfig(family, "model", preset=preset, out=str(tmp_path / "m"), tokenizer=str(run), **common))
+    torch.jit.script(InceptionStandIn()).save(str(tmp_path / "inception.pt"))
+    args = ["eval", str(run), "--inception-weights", str(tmp_path / "inception.pt"), "--batch-size", "2"]
+    main(args)
+    one = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").unlink()
+    two = subprocess.run([*TORCHRUN, "-m", "vqfast", *args], env=_env(), capture_output=True, text=True, timeout=240)
+    assert two.returncode == 0, two.stdout + two.stderr
+    report = json.loads((run / "metrics.json").read_text())
+    assert report["images"] == one["images"] >= 3  # an odd number of batches: the ranks' shares differ
+    scores = [k for k in ("psnr", "ssim", "fid", "is", "is_std", "codebook_usage", "perplexity") if k in one]
+    assert {"fid", "codebook_usage"} <= set(scores) and ("is" in scores) == (preset is not None)
+    assert report.keys() == one.keys()
+    assert all(report[k] == pytest.approx(one[k], rel=1e-6, abs=1e-9) for k in scores), (report, one)

@@ -139,7 +139,7 @@ def run_train(args) -> None:
 
 def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="metrics of a training run on held-out images (PSNR, SSIM, LPIPS, codebook, "
-                                    "FID, IS)")
+                                    "FID, IS); torchrun shares the images out over ranks")
     p.add_argument("run_dir", help="a run folder written by python -m vqfast train")
     p.add_argument("--data", default=None, help="the images to evaluate on (default: the run's data, held-out split)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -152,18 +152,19 @@ def add_eval_parser(sub) -> None:
                         "lin<k>.model.1.weight) for LPIPS of tokenizer reconstructions and PUT's inpaintings")
     p.add_argument("--sample-steps", type=int, default=None,
                    help="decoding steps of MaskGIT / VQ-DDM samples (default: the sampler's)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="default: this rank's GPU, else the CPU")
+    p.add_argument("--dist-timeout", type=float, default=600.0, help="seconds a rank waits for the others")
 
 
 def run_eval(args) -> None:
-    import json
-
     from vqfast.train.metrics import evaluate_run
 
     report = evaluate_run(args.run_dir, data=args.data, batch_size=args.batch_size, max_images=args.max_images,
                           inception_weights=args.inception_weights, device=args.device,
-                          sample_steps=args.sample_steps, lpips_weights=args.lpips_weights)
-    print(json.dumps(report, indent=2))
+                          sample_steps=args.sample_steps, lpips_weights=args.lpips_weights,
+                          dist_timeout=args.dist_timeout)
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(report, indent=2))
 
 
 def add_cache_parser(sub) -> None:

@@ -129,13 +129,14 @@ class FID:
         fid = FID(extractor); fid.update(real, real=True); fid.update(fake, real=False); fid.compute()
     """
 
-    def __init__(self, features: nn.Module):
+    def __init__(self, features: nn.Module, device: str | torch.device = "cpu"):
         from torchmetrics.image.fid import FrechetInceptionDistance
-        self.metric = FrechetInceptionDistance(feature=features, normalize=True)
+        self.device = torch.device(device)
+        self.metric = FrechetInceptionDistance(feature=features, normalize=True).to(self.device)
 
     def update(self, images: torch.Tensor, *, real: bool) -> None:
-        """images [B, 3, H, W] in [-1, 1]."""
-        self.metric.update(_unit(images).cpu(), real=real)
+        """images [B, 3, H, W] in [-1, 1]; the extractor runs on `device`."""
+        self.metric.update(_unit(images.to(self.device)), real=real)
 
     def compute(self) -> float:
         return float(self.metric.compute())
@@ -143,31 +144,41 @@ class FID:
 
 class InceptionScore:
     """exp(E_x KL(p(y|x) || p(y))) of a sample set (torchmetrics), mean and std over `splits`
-    disjoint groups, from `logits` (a module: images [B, 3, H, W] in [0, 1] -> class logits).
+    disjoint groups, from `logits` (a module: images [B, 3, H, W] in [0, 1] -> class logits) run on
+    `device`. Under torch.distributed every rank calls `compute` and scores all ranks' images.
 
         score = InceptionScore(logits); score.update(samples); mean, std = score.compute(seed=0)
     """
 
-    def __init__(self, logits: nn.Module, splits: int = 10):
+    def __init__(self, logits: nn.Module, splits: int = 10, device: str | torch.device = "cpu"):
         from torchmetrics.image.inception import InceptionScore as _IS
         if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
             raise ValueError(f"splits must be a positive int, got {splits!r}")
-        self.splits, self.n = splits, 0
+        self.splits = splits
         with warnings.catch_warnings():  # it warns that it keeps every sample's logits: a few MB here
             warnings.simplefilter("ignore")
-            self.metric = _IS(feature=logits, splits=splits, normalize=False)
+            self.device = torch.device(device)
+            # ranks with different numbers of updates break torchmetrics' own gather of this list
+            # state (one collective per update): `compute` gathers it in one
+            self.metric = _IS(feature=logits, splits=splits, normalize=False, sync_on_compute=False).to(self.device)
 
     def update(self, images: torch.Tensor) -> None:
         """images [B, 3, H, W] in [-1, 1]."""
-        self.metric.update(_unit(images).cpu())
-        self.n += images.shape[0]
+        self.metric.update(_unit(images.to(self.device)))
 
-    def compute(self, seed: int = 0) -> tuple[float, float]:
+    def compute(self, seed: int = 0, ctx=None) -> tuple[float, float]:
         """(mean, std) over the groups of a seeded shuffle: `splits` groups, fewer when there are
-        not 2 images per group (a one-image group scores 1 whatever the images); std is nan for one."""
-        if self.n == 0:
+        not 2 images per group (a one-image group scores 1 whatever the images); std is nan for one.
+        ctx: a `distributed.Context`: every rank calls this and scores every rank's images, in rank
+        order."""
+        if ctx is not None and ctx.distributed:
+            from vqfast.train.distributed import gather_cat
+            mine = torch.cat(self.metric.features) if self.metric.features else torch.empty(0)
+            self.metric.features = [gather_cat(mine, ctx=ctx)[0].to(self.device)]
+        n = sum(len(f) for f in self.metric.features)
+        if n == 0:
             raise ValueError("InceptionScore.compute: no images were given to update")
-        self.metric.splits = max(1, min(self.splits, self.n // 2))
+        self.metric.splits = max(1, min(self.splits, n // 2))
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the std of one group
             torch.manual_seed(seed)  # torchmetrics shuffles the samples before splitting them
@@ -177,12 +188,15 @@ class InceptionScore:
 
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, batch_size: int = 16, max_images: int = 1000,
                  inception_weights: str | None = None, device: str | None = None,
-                 sample_steps: int | None = None, lpips_weights: str | None = None) -> dict:
+                 sample_steps: int | None = None, lpips_weights: str | None = None,
+                 dist_timeout: float = 600.0) -> dict:
     """Metrics of a run's latest weights on held-out images (see `vqfast.train.stage_metrics`);
     sample_steps: decoding steps of MaskGIT / VQ-DDM samples; inception_weights: FID, and IS of
-    class-conditional samples; lpips_weights: LPIPS of reconstructions and inpaintings. Writes
+    class-conditional samples; lpips_weights: LPIPS of reconstructions and inpaintings. Under
+    torchrun the ranks share the images out (on their GPUs) and score them together. Writes
     RUN_DIR/metrics.json and returns the report (with a "<metric>_skipped" how-to per missing file)."""
     from vqfast import checkpoint
+    from vqfast.train import distributed
     from vqfast.train.checkpointing import model_path
     from vqfast.train.data import open_images
     from vqfast.train.families import get_stage
@@ -191,30 +205,41 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, batch_size: in
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").exists():
         raise ValueError(f"{run_dir} is not a training run (no run.json)")
+    for name, v in (("batch_size", batch_size), ("max_images", max_images)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
     cfg = json.loads((run_dir / "run.json").read_text())
     stage = get_stage(cfg["family"], cfg["stage"])
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = checkpoint.load(model_path(run_dir), map_location=dev).eval()
-    tokenizer = checkpoint.load(model_path(cfg["tokenizer"]), map_location=dev).eval() if cfg.get("tokenizer") else None
-    resolution = stage.resolution(model, tokenizer)
-    own = data is None or data == cfg["data"]
-    images = open_images(cfg["data"] if own else data, resolution, split="test" if own else "train",
-                         holdout=cfg["holdout"] if own else 0.0)
-    features, why = inception_features(inception_weights)
-    skipped = {"fid": why}
-    logits = lpips = None
-    if stage.name == "model" and stage.family != "put" and int(model.config.get("num_classes", 0) or 0):
-        logits, skipped["is"] = inception_logits(inception_weights)
-    if stage.name != "model" or stage.family == "put":
-        lpips, skipped["lpips"] = lpips_model(lpips_weights)
-    report = {"run": str(run_dir), "family": cfg["family"], "stage": cfg["stage"],
-              "images": min(len(images), max_images)}
-    report.update(stage_metrics(stage, model, tokenizer, images, features, batch_size=batch_size,
-                                max_images=max_images, device=dev, seed=cfg["seed"], sample_steps=sample_steps,
-                                logits=logits, lpips=None if lpips is None else lpips.to(dev)))
-    for metric, why in skipped.items():
-        if why:
-            report[f"{metric}_skipped"] = why
-            print(why)
-    (run_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    ctx = distributed.setup(device, dist_timeout)
+    try:
+        dev = ctx.device
+        model = checkpoint.load(model_path(run_dir), map_location=dev).eval()
+        tokenizer = (checkpoint.load(model_path(cfg["tokenizer"]), map_location=dev).eval()
+                     if cfg.get("tokenizer") else None)
+        resolution = stage.resolution(model, tokenizer)
+        own = data is None or data == cfg["data"]
+        images = open_images(cfg["data"] if own else data, resolution, split="test" if own else "train",
+                             holdout=cfg["holdout"] if own else 0.0)
+        features, why = inception_features(inception_weights)
+        skipped = {"fid": why}
+        logits = lpips = None
+        if stage.name == "model" and stage.family != "put" and int(model.config.get("num_classes", 0) or 0):
+            logits, skipped["is"] = inception_logits(inception_weights)
+        if stage.name != "model" or stage.family == "put":
+            lpips, skipped["lpips"] = lpips_model(lpips_weights)
+        report = {"run": str(run_dir), "family": cfg["family"], "stage": cfg["stage"],
+                  "images": min(len(images), max_images)}
+        report.update(stage_metrics(stage, model, tokenizer, images, features, batch_size=batch_size,
+                                    max_images=max_images, device=dev, seed=cfg["seed"], sample_steps=sample_steps,
+                                    logits=logits, lpips=None if lpips is None else lpips.to(dev), ctx=ctx))
+        for metric, why in skipped.items():
+            if why:
+                report[f"{metric}_skipped"] = why
+                if ctx.is_main:
+                    print(why)
+        if ctx.is_main:
+            (run_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        distributed.barrier(ctx)
+    finally:
+        distributed.teardown(ctx)
     return report

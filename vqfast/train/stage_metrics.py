@@ -1,7 +1,9 @@
 """The metrics of each kind of stage on held-out images: tokenizers are scored on their
 reconstructions (PSNR, SSIM, LPIPS, codebook usage and perplexity, FID), PUT's transformer on its
 inpainting (PSNR / SSIM inside the hole, LPIPS, FID), the other token models on samples (FID against
-the held-out images, IS of class-conditional samples; codebook usage of the sampled tokens)."""
+the held-out images, IS of class-conditional samples; codebook usage of the sampled tokens).
+Under torchrun each rank takes a contiguous share of the batches (batch b draws its samples from
+seed + b, as in one process) and the metrics cover every rank's images."""
 from __future__ import annotations
 
 import math
@@ -12,11 +14,14 @@ from vqfast.train.data import collate
 from vqfast.train.metrics import FID, InceptionScore, codebook_stats, psnr_ssim
 
 
-def _batches(images, batch_size: int, max_images: int):
+def _batches(images, batch_size: int, max_images: int, rank: int = 0, world_size: int = 1):
+    """(batch index, images, labels) of this rank's contiguous share of the batches."""
     n = min(len(images), max_images)
-    for lo in range(0, n, batch_size):
+    count = -(-n // batch_size)
+    for b in range(count * rank // world_size, count * (rank + 1) // world_size):
+        lo = b * batch_size
         x, labels, _ = collate([images[(i, None)] for i in range(lo, min(n, lo + batch_size))])
-        yield x, labels
+        yield b, x, labels
 
 
 def _labels(model, labels: torch.Tensor) -> torch.Tensor | None:
@@ -59,16 +64,19 @@ def generate(stage, model, tokenizer, x: torch.Tensor, labels: torch.Tensor, gen
 @torch.no_grad()
 def stage_metrics(stage, model, tokenizer, images, features, *, batch_size: int, max_images: int,
                   device: torch.device, seed: int = 0, sample_steps: int | None = None, logits=None,
-                  lpips=None) -> dict[str, float]:
+                  lpips=None, ctx=None) -> dict[str, float]:
     """Metrics of `model` (a trained stage) over the first max_images of `images`; FID when
     `features` (an Inception feature extractor) is given, IS of the samples when `logits` (Inception
     class logits) is, LPIPS of reconstructions / inpaintings when `lpips` (e.g. `VGGPerceptual`) is;
-    sample_steps as in `generate`."""
-    fid = FID(features) if features is not None else None
-    score = InceptionScore(logits) if logits is not None else None
+    sample_steps as in `generate`; ctx: the `distributed.Context` of this rank (None: one process)."""
+    from vqfast.train import distributed
+
+    rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
+    fid = FID(features, device) if features is not None else None
+    score = InceptionScore(logits, device=device) if logits is not None else None
     sums: dict[str, float] = {}
-    tokens, n = [], 0
-    for b, (x, labels) in enumerate(_batches(images, batch_size, max_images)):
+    tokens, n = [torch.empty(0, dtype=torch.long)], 0
+    for b, x, labels in _batches(images, batch_size, max_images, rank, world):
         x, labels = x.to(device), labels.to(device)
         if stage.name == "model":
             fake, toks, mask = generate(stage, model, tokenizer, x, labels, seed + b, sample_steps)
@@ -91,13 +99,18 @@ def stage_metrics(stage, model, tokenizer, images, features, *, batch_size: int,
         if fid is not None:
             fid.update(x, real=True)
             fid.update(fake, real=False)
+    if ctx is not None and ctx.distributed:  # every rank's sums, counts and tokens, in rank order
+        parts = distributed.gather((sums, n), ctx)
+        sums = {k: sum(p.get(k, 0.0) for p, _ in parts) for k in dict.fromkeys(k for p, _ in parts for k in p)}
+        n = sum(m for _, m in parts)
+        tokens = list(distributed.gather_cat(torch.cat(tokens), ctx=ctx))
     report = {k: v / n for k, v in sums.items()}
     K = getattr(tokenizer if stage.name == "model" else model, "codebook_size", None)
     if K is not None:
         report.update(codebook_stats(torch.cat(tokens), K))
-    if fid is not None:
+    if fid is not None:  # torchmetrics sums the ranks' statistics (a collective call)
         report["fid"] = fid.compute()
     if score is not None:
-        mean, std = score.compute(seed)
+        mean, std = score.compute(seed, ctx)
         report.update({"is": mean} if math.isnan(std) else {"is": mean, "is_std": std})
     return report
