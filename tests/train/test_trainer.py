@@ -95,6 +95,25 @@ def test_errors_before_training(image_folder, tmp_path):
         train(config(empty, tmp_path / "e"))
 
 
+def test_class_conditional_model_checks_the_datas_classes_before_training(image_folder, tmp_path):
+    common = dict(steps=1, batch_size=2, progress=False)
+    tok = train(TrainConfig("rq", "tokenizer", data=str(image_folder), preset="tiny", out=str(tmp_path / "t"),
+                            **common))
+    cond = dict(preset="tiny-cond", tokenizer=str(tok), **common)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in list(image_folder.glob("*/*.png"))[:4]:
+        p.rename(flat / f"{p.parent.name}_{p.name}")
+    with pytest.raises(ValueError, match="no class labels"):
+        train(TrainConfig("rq", "model", data=str(flat), out=str(tmp_path / "a"), **cond))
+    with pytest.raises(ValueError, match=r"2 classes but the model has num_classes=1: pass --override num_classes=2"):
+        train(TrainConfig("rq", "model", data=str(image_folder), out=str(tmp_path / "b"),
+                          overrides={"num_classes": 1}, **cond))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    run = train(TrainConfig("rq", "model", data=str(image_folder), out=str(tmp_path / "c"), **cond))
+    assert len(read_log(run)) == 1
+
+
 def test_channels_last_trains_as_nchw_and_resumes_bitwise(image_folder, tmp_path):
     from vqfast.train.distributed import Context
     from vqfast.train.trainer import Trainer

@@ -59,6 +59,25 @@ def _labels(model: nn.Module, labels: torch.Tensor) -> torch.Tensor | None:
     return labels
 
 
+def check_classes(model: nn.Module, data) -> None:
+    """Before training: a class-conditional model needs labels of at most its num_classes
+    classes (data: an image dataset with `classes`, or a token cache with `rows["labels"]`)."""
+    n = _classes(model)
+    if n == 0:
+        return
+    if hasattr(data, "rows"):
+        labels = data.rows["labels"]
+        low, count = int(labels.min()), int(labels.max()) + 1
+    else:
+        low, count = 0, data.num_classes
+    if low < 0 or count == 0:
+        raise ValueError(f"the model is class-conditional (num_classes={n}) but the data has no class labels: use a "
+                         f"folder whose images lie in class subfolders, or an unconditional preset")
+    if count > n:
+        raise ValueError(f"the data has {count} classes but the model has num_classes={n}: pass --override "
+                         f"num_classes={count}, or use a folder of at most {n} class subfolders")
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of one family: which class it trains, its optimizer, how a batch becomes a loss.

@@ -25,7 +25,7 @@ from vqfast.quantizers import distributed as quantizer_distributed
 from vqfast.train import checkpointing, distributed
 from vqfast.train.adversarial import PERCEPTUAL_HINT, TokenizerCritic
 from vqfast.train.data import BatchPlan, _mix, batches, open_images
-from vqfast.train.families import get_stage, timestep_sampler
+from vqfast.train.families import check_classes, get_stage, timestep_sampler
 from vqfast.train.log import RunLog
 from vqfast.train.optim import fused_adam, load_optimizer_state
 
@@ -263,6 +263,7 @@ class Trainer:
                                  f"({self.data.index.get('tokenizer')}) than --tokenizer {cfg.tokenizer}")
         else:
             self.data = open_images(cfg.data, resolution, split="train", holdout=cfg.holdout)
+        check_classes(self.model, self.data)
         self.heldout = None
         torch.manual_seed(_mix(cfg.seed, "rank", ctx.rank))
         if self.resume_from is None:
