@@ -427,6 +427,16 @@ def test_gumbel_topk_select_empty_banned_ids_and_scalar_n_reveal(backend):
             vqfast.ops.gumbel_topk_select(x, m, n, 1.0, backend=backend)
 
 
+@pytest.mark.parametrize("backend", ALL)
+def test_select_and_sample_topk_without_positions(backend):
+    """L = 0: no position to select, every slot holds -1."""
+    x = torch.randn(2, 0, 7)
+    pos, tok = vqfast.ops.select_and_sample_topk(x, torch.zeros(2, 0, dtype=torch.bool), 3, 2, seed=1,
+                                                 backend=backend)
+    assert pos.shape == tok.shape == (2, 2)
+    assert (pos == -1).all() and (tok == -1).all()
+
+
 def test_torch_compile_gives_the_eager_tokens():
     """Eager CPU calls skip the custom-op layer; traced calls go through it: same tokens."""
     x = torch.randn(2, 5, 33, generator=torch.Generator().manual_seed(0))
