@@ -456,3 +456,13 @@ def test_empty_position_dims_raise_clear_errors(backend):
     for call in calls:
         with pytest.raises(ValueError, match=r"log_x0 must be \[B, \.\.\., K\] with every size >= 1"):
             call()
+
+
+def test_q_sample_token_range_at_the_largest_num_classes():
+    """The uniform tokens lie in [0, K) up to K = 2^31; a larger K is a ValueError (was: negative tokens)."""
+    sched = D.CosineSchedule(10)
+    z0 = torch.zeros(1, 4096, dtype=torch.long)
+    zt = D.q_sample(z0, 10, sched, seed=0, num_classes=1 << 31)
+    assert zt.min() >= 0 and zt.max() < 1 << 31 and zt.max() >= 1 << 30
+    with pytest.raises(ValueError, match="num_classes must be <= 2\\^31"):
+        D.q_sample(z0, 10, sched, seed=0, num_classes=(1 << 31) + 1)
