@@ -3,6 +3,7 @@ keys from generator or seed, the distributions of the uniform and Gumbel maps, a
 categorical sampler (envelope bound, exact distribution, same draws on every backend)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import chi2
@@ -104,6 +105,21 @@ def test_philox_key_from_seed_and_generator():
         _random.philox_key(3, 4)
     assert _random.key_as_int64(2 ** 64 - 1) == -1
 
+
+
+def test_numpy_and_out_of_range_int_seeds():
+    """A numpy integer is an int seed; as_generator takes any int mod 2^64 as philox_key does (was a
+    TypeError for numpy ints, an 'Overflow when unpacking long long' ValueError past 2^64)."""
+    assert _random.philox_key(np.int64(3)) == _random.philox_key(seed=np.int32(3)) == 3
+    assert _random.philox_key(seed=np.int64(-1)) == 2 ** 64 - 1
+    assert _random.as_generator(np.int64(7)).initial_seed() == 7
+    assert _random.as_generator(2 ** 64 + 5).initial_seed() == 5
+    assert _random.as_generator(-1).initial_seed() == 2 ** 64 - 1
+    for bad in (np.bool_(True), np.float64(2.0), torch.tensor(3)):
+        with pytest.raises(TypeError, match="generator"):
+            _random.as_generator(bad)
+        with pytest.raises(TypeError, match="seed"):
+            _random.philox_key(seed=bad)
 
 # ---------------------------------------------------------------- categorical draws
 

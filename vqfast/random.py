@@ -48,6 +48,8 @@ every backend draws the same k in any summation order.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 _MASK64 = (1 << 64) - 1
@@ -61,13 +63,21 @@ STREAM_Q_KEEP = STREAM_DIFFUSION + 1  # q_sample: uniform per position deciding 
 STREAM_Q_TOKEN = STREAM_DIFFUSION + 2  # q_sample: word per position picking the uniform replacement token
 
 
+def _int_seed(v) -> int | None:
+    """v as a Python int when it is an integer seed (int or numpy integer, not bool), else None."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, (bool, torch.Tensor)):
+        return int(v)
+    return None
+
+
 def as_generator(generator: torch.Generator | int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
-    """A torch.Generator from a generator, an int seed, or None (None: global RNG)."""
+    """A torch.Generator from a generator, an int seed (taken mod 2^64), or None (None: global RNG)."""
     if generator is None or isinstance(generator, torch.Generator):
         return generator
-    if isinstance(generator, bool) or not isinstance(generator, int):
+    seed = _int_seed(generator)
+    if seed is None:
         raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
-    return torch.Generator(device=device).manual_seed(generator)
+    return torch.Generator(device=device).manual_seed(seed & _MASK64)
 
 
 def philox_key(generator: torch.Generator | int | None = None, seed: int | None = None) -> int:
@@ -76,16 +86,16 @@ def philox_key(generator: torch.Generator | int | None = None, seed: int | None 
     An int `generator` (or `seed`) is the key itself mod 2^64; a torch.Generator (or None:
     the global one) gives one draw of two 32-bit words.
     """
-    if isinstance(generator, int) and not isinstance(generator, bool):
+    if _int_seed(generator) is not None:
         if seed is not None:
             raise ValueError("pass either generator or seed, not both")
         generator, seed = None, generator
     if seed is not None:
         if generator is not None:
             raise ValueError("pass either generator or seed, not both")
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if _int_seed(seed) is None:
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        return seed & _MASK64
+        return _int_seed(seed) & _MASK64
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
     device = generator.device if generator is not None else "cpu"

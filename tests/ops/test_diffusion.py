@@ -443,3 +443,26 @@ def test_bad_inputs_raise_clear_errors(backend):
         D.q_sample(x0, t, SCHED, seed=0)
     with pytest.raises(ValueError, match="T must be"):
         D.CosineSchedule(0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_position_dims_raise_clear_errors(backend):
+    """A zero-size dim between B and K (no positions) is a ValueError naming log_x0 on every backend."""
+    x, z = torch.randn(2, 0, 5), torch.zeros(2, 0, dtype=torch.long)
+    t = torch.tensor([1, 3])
+    calls = (lambda: ops.posterior_logprobs(x, z, t, SCHED, backend=backend),
+             lambda: ops.posterior_sample(x, z, t, SCHED, seed=0, backend=backend),
+             lambda: ops.vlb_kl(z, x, z, t, SCHED, backend=backend))
+    for call in calls:
+        with pytest.raises(ValueError, match=r"log_x0 must be \[B, \.\.\., K\] with every size >= 1"):
+            call()
+
+
+def test_q_sample_token_range_at_the_largest_num_classes():
+    """The uniform tokens lie in [0, K) up to K = 2^31; a larger K is a ValueError (was: negative tokens)."""
+    sched = D.CosineSchedule(10)
+    z0 = torch.zeros(1, 4096, dtype=torch.long)
+    zt = D.q_sample(z0, 10, sched, seed=0, num_classes=1 << 31)
+    assert zt.min() >= 0 and zt.max() < 1 << 31 and zt.max() >= 1 << 30
+    with pytest.raises(ValueError, match="num_classes must be <= 2\\^31"):
+        D.q_sample(z0, 10, sched, seed=0, num_classes=(1 << 31) + 1)

@@ -1,6 +1,7 @@
 """Token samplers (gumbel_topk_select, select_and_sample_topk, sample_logits): every backend
 against the reference oracle (tokens exactly: all backends draw the same noise), edge
 rows, tie rules, reproducibility, and chi-square tests of the sampled distributions."""
+import numpy as np
 import pytest
 import torch
 from scipy.stats import chi2
@@ -406,6 +407,34 @@ def test_bad_inputs_raise_clear_errors():
         vqfast.ops.sample_logits(x, generator=torch.Generator(), seed=1)
     with pytest.raises(TypeError, match="top_k"):
         vqfast.ops.sample_logits(x, top_k=2.5)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_gumbel_topk_select_empty_banned_ids_and_scalar_n_reveal(backend):
+    """An empty banned_ids bans nothing; n_reveal may be a numpy int or a 0-d tensor (not a bool
+    or a float)."""
+    x, _ = _logits(2, 5, 7, torch.float32, 0)
+    m = torch.ones(2, 5, dtype=torch.bool)
+    plain = vqfast.ops.gumbel_topk_select(x, m, 2, 1.0, "sample", seed=3, backend=backend)
+    for banned in ([], (), torch.empty(0, dtype=torch.long)):
+        out = vqfast.ops.gumbel_topk_select(x, m, 2, 1.0, "sample", banned, seed=3, backend=backend)
+        assert all(torch.equal(a, b) for a, b in zip(out, plain))
+    for n in (np.int64(2), torch.tensor(2), torch.tensor(2, dtype=torch.int32)):
+        out = vqfast.ops.gumbel_topk_select(x, m, n, 1.0, "sample", seed=3, backend=backend)
+        assert all(torch.equal(a, b) for a, b in zip(out, plain))
+    for n in (torch.tensor(True), torch.tensor(2.0), 2.0):
+        with pytest.raises(TypeError, match="n_reveal must be an int"):
+            vqfast.ops.gumbel_topk_select(x, m, n, 1.0, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_select_and_sample_topk_without_positions(backend):
+    """L = 0: no position to select, every slot holds -1."""
+    x = torch.randn(2, 0, 7)
+    pos, tok = vqfast.ops.select_and_sample_topk(x, torch.zeros(2, 0, dtype=torch.bool), 3, 2, seed=1,
+                                                 backend=backend)
+    assert pos.shape == tok.shape == (2, 2)
+    assert (pos == -1).all() and (tok == -1).all()
 
 
 def test_torch_compile_gives_the_eager_tokens():

@@ -77,3 +77,23 @@ def test_bad_inputs(kwargs, match, err):
     args.update(kwargs)
     with pytest.raises(err, match=match):
         vqfast.kmeans(args.pop("x"), args.pop("K"), **args)
+
+
+@pytest.mark.parametrize("seeding", [
+    pytest.param(lambda x, K, g: clustering.afkmc2(x, K, 20, g), id="afkmc2"),
+    pytest.param(clustering.kmeans_plus_plus, id="kmeans++"),
+    pytest.param(lambda x, K, g: vqfast.kmeans(x, K, iters=2, generator=g, chain_length=20).centroids, id="kmeans"),
+])
+def test_int_seed_generators_and_seeding_bad_inputs(seeding):
+    """An int seed is the generator it seeds; a bad generator, K > P or chain_length 0 are named errors."""
+    x = blobs(300, 6, 4, seed=9)
+    assert torch.equal(seeding(x, 6, 3), seeding(x, 6, torch.Generator().manual_seed(3)))
+    with pytest.raises(TypeError, match="generator must be"):
+        seeding(x, 6, "3")
+    with pytest.raises(ValueError, match="need P >= K"):
+        seeding(x[:5], 6, 3)
+
+
+def test_afkmc2_chain_length_is_checked():
+    with pytest.raises(ValueError, match="chain_length must be >= 1"):
+        clustering.afkmc2(torch.randn(50, 3), 4, chain_length=0)

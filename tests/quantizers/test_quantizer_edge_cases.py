@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vqfast.quantizers import DualCodebookQuantizer, ResidualQuantizer, VectorQuantizer
+from vqfast.quantizers import DualCodebookQuantizer, ResidualQuantizer, VectorQuantizer, perplexity, usage
 
 
 @pytest.mark.parametrize("module, bad", [
@@ -80,6 +80,15 @@ def test_refit_zero_codes_rejected():
     (lambda: DualCodebookQuantizer(1, 4)(torch.tensor(1.0), torch.tensor(True)), ValueError, "at least 1 dims"),
     (lambda: ResidualQuantizer(8, 4, 2, channel_first=True)(torch.randn(8)), ValueError, "at least 2 dims"),
     (lambda: VectorQuantizer(8, 4, channel_first=True).indices_to_codes(torch.tensor(1)), ValueError, "batch dim"),
+    (lambda: VectorQuantizer(8, 4, commitment_weight="0.25"), TypeError, "commitment_weight must be a real number"),
+    (lambda: ResidualQuantizer(8, 4, 2, commitment_weight=float("nan")), ValueError,
+     "commitment_weight must be finite"),
+    (lambda: DualCodebookQuantizer(8, 4, commitment_weight=-1.0), ValueError, "commitment_weight must be >= 0"),
+    (lambda: VectorQuantizer(8, 4, threshold_dead_code="1"), TypeError, "threshold_dead_code must be a real number"),
+    (lambda: VectorQuantizer(8, 4, seed=1.5), TypeError, "seed must be an int"),
+    (lambda: VectorQuantizer(8, 4).replace_codebook([[0.0] * 8]), TypeError, "centroids must be a torch.Tensor"),
+    (lambda: perplexity(torch.tensor([0, 1]), 4.0), TypeError, "K must be an int"),
+    (lambda: usage(torch.tensor([0, 1]), 0), ValueError, "K must be >= 1"),
 ])
 def test_module_inputs_of_wrong_rank_or_type(call, err, match):
     """Named errors, not IndexError/AttributeError from inside the module."""

@@ -29,6 +29,8 @@ def q_sample(z0: torch.Tensor, t, schedule, generator: torch.Generator | int | N
         raise ValueError("num_classes is needed: pass num_classes=K to q_sample "
                          "(or build the schedule with CosineSchedule(T, num_classes=K))")
     K = _validate.integer("num_classes", K, low=1)
+    if K > 1 << 31:  # the uniform token (w * K) >> 32 of a 32-bit word w is computed in int64
+        raise ValueError(f"num_classes must be <= 2^31, got {K}")
     _validate.tensor("z0", z0, dtypes=(torch.int64,), min_dim=1)
     _validate.nonempty("z0", z0, (0,), "[B, ...] with B >= 1")
     _validate.values_below("z0", z0, K, "K")

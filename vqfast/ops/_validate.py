@@ -30,12 +30,13 @@ def _reads_values(t: torch.Tensor) -> bool:
 
 def integer(name: str, v, *, low: int | None = None) -> int:
     """An int (numpy and 0-d tensor integers too, bool not) >= low -> int."""
-    if isinstance(v, bool):
+    if isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):
         raise TypeError(f"{name} must be an int, got bool")
     try:
         v = operator.index(v)
     except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}") from None
+        got = f"a {_dtype_name(v.dtype)} tensor" if isinstance(v, torch.Tensor) else type(v).__name__
+        raise TypeError(f"{name} must be an int, got {got}") from None
     if low is not None and v < low:
         raise ValueError(f"{name} must be >= {low}, got {v}")
     return v
@@ -152,8 +153,8 @@ def indices(name: str, idx, K: int, *, dtypes=INDEX_DTYPES) -> torch.Tensor:
 
 
 def id_set(name: str, ids, V: int, device: torch.device) -> torch.Tensor:
-    """None, an int, a sequence of ints or a 1-D integer tensor of ids in [0, V), not all V of them
-    -> sorted unique int64 ids on `device`."""
+    """None, an int, a sequence of ints (empty: none) or a 1-D integer tensor of ids in [0, V), not
+    all V of them -> sorted unique int64 ids on `device`."""
     if ids is None:
         return torch.empty(0, dtype=torch.long, device=device)
     if isinstance(ids, int) and not isinstance(ids, bool):
@@ -162,6 +163,8 @@ def id_set(name: str, ids, V: int, device: torch.device) -> torch.Tensor:
         t = torch.as_tensor(ids, device=device)
     except (TypeError, ValueError, RuntimeError):
         t = None
+    if t is not None and t.numel() == 0 and t.dim() == 1:  # [] or an empty tensor: nothing banned
+        return torch.empty(0, dtype=torch.long, device=device)
     if t is None or t.dtype not in INDEX_DTYPES or t.dim() > 1:
         raise TypeError(f"{name} must be an int, a sequence of ints or a 1-D integer tensor, got {ids!r}")
     t = t.reshape(-1).long()

@@ -257,7 +257,7 @@ _vlb_op.register_autograd(_vlb_backward, setup_context=_vlb_setup)
 def _check(log_x0, z_t, t, schedule, transition, op, backend):
     """Validates; returns (flat log_x0 [N, K], flat z_t [N], t [B], backend name)."""
     _validate.tensor("log_x0", log_x0, min_dim=2)
-    _validate.nonempty("log_x0", log_x0, (0, -1), "[B, ..., K] with B >= 1 and K >= 1")
+    _validate.nonempty("log_x0", log_x0, range(log_x0.dim()), "[B, ..., K] with every size >= 1")
     _validate.schedule(schedule)
     transition = _validate.one_of("transition", transition, TRANSITIONS)
     K = log_x0.shape[-1]

@@ -116,8 +116,8 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
                        backend: str = "auto") -> GumbelTopkSelection:
     """MaskGIT confidence selection (MaskGIT Sec. 3.2), one pass over V per position.
 
-    logits [B, L, V] fp32/fp16/bf16, masked [B, L] bool, n_reveal [B] int (or an int for
-    every row, 0 <= n_reveal[b] <= masked[b].sum()), temperature >= 0 (the choice
+    logits [B, L, V] fp32/fp16/bf16, masked [B, L] bool, n_reveal [B] int (or an int or 0-d
+    tensor for every row, 0 <= n_reveal[b] <= masked[b].sum()), temperature >= 0 (the choice
     temperature tau). Returns (tokens [B, L] int64, confidence [B, L] fp32, reveal [B, L] bool):
     token = argmax of the logits ("argmax") or a draw from softmax(logits)
     ("sample"), banned_ids never chosen; confidence = log softmax(logits)[token] + tau * Gumbel
@@ -137,8 +137,9 @@ def gumbel_topk_select(logits: torch.Tensor, masked: torch.Tensor, n_reveal: tor
     B, L, V = logits.shape
     _exact_lse_vocab("gumbel_topk_select", V)
     masked = _validate.mask("masked", masked, (B, L), logits.device, "logits' [B, L]")
-    if isinstance(n_reveal, int) and not isinstance(n_reveal, bool):
-        n_reveal = torch.full((B,), n_reveal, dtype=torch.long, device=logits.device)
+    if not isinstance(n_reveal, torch.Tensor) or n_reveal.dim() == 0:  # one count for every row
+        n = _validate.integer("n_reveal", n_reveal)
+        n_reveal = torch.full((B,), n, dtype=torch.long, device=logits.device)
     _validate.tensor("n_reveal", n_reveal, dtypes=(torch.int64, torch.int32), dim=1)
     _validate.shape("n_reveal", n_reveal, (B,), "one count per row of logits")
     n_reveal = n_reveal.to(device=logits.device, dtype=torch.long).contiguous()

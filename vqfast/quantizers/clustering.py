@@ -12,6 +12,7 @@ import torch
 from vqfast import ops
 from vqfast.ops import _validate
 from vqfast.quantizers import distributed
+from vqfast.random import as_generator
 
 INITS = ("afkmc2", "kmeans++", "random")
 
@@ -72,15 +73,17 @@ def _one_thread():
         torch.set_num_threads(n)
 
 
-def afkmc2(x: torch.Tensor, K: int, chain_length: int = 200, generator: torch.Generator | None = None) -> torch.Tensor:
-    """AFK-MC2 seeding (Bachem et al. 2016): x [P, d] -> row indices [K] of the chosen seeds.
+def afkmc2(x: torch.Tensor, K: int, chain_length: int = 200,
+           generator: torch.Generator | int | None = None) -> torch.Tensor:
+    """AFK-MC2 seeding (Bachem et al. 2016): x [P, d] (P >= K) -> row indices [K] of the chosen seeds.
 
     Each seed runs a Markov chain of `chain_length` candidates drawn from q, so the
     cost is O(K^2 m d) independent of P after one pass for q. Candidate distances to
     the seeds chosen before their block come from one nearest_code call per block of
-    steps; within a block they are updated one seed at a time.
+    steps; within a block they are updated one seed at a time. generator: torch.Generator, int seed or None.
     """
-    first, q, cand, u = afkmc2_draws(x, K, chain_length, generator)
+    _check(x, K, 0, chain_length)
+    first, q, cand, u = afkmc2_draws(x, K, chain_length, as_generator(generator))
     chosen = [first]
     centers = x.new_empty(K, x.shape[1], dtype=torch.float32)
     centers[0] = x[first].float()
@@ -107,9 +110,11 @@ def afkmc2(x: torch.Tensor, K: int, chain_length: int = 200, generator: torch.Ge
     return torch.tensor(chosen, dtype=torch.long)
 
 
-def kmeans_plus_plus(x: torch.Tensor, K: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """k-means++ D^2 seeding (Arthur & Vassilvitskii 2007): x [P, d] -> row indices [K].
-    O(P K d): K passes over x."""
+def kmeans_plus_plus(x: torch.Tensor, K: int, generator: torch.Generator | int | None = None) -> torch.Tensor:
+    """k-means++ D^2 seeding (Arthur & Vassilvitskii 2007): x [P, d] (P >= K) -> row indices [K].
+    O(P K d): K passes over x. generator: torch.Generator, int seed or None."""
+    _check(x, K, 0, 1)
+    generator = as_generator(generator)
     P = x.shape[0]
     chosen = [int(torch.randint(P, (1,), generator=generator))]
     mind = _sq_dist(x.float(), x[chosen[0]].float()).double()
@@ -153,7 +158,7 @@ def _check(x, K, iters, chain_length) -> None:
 
 
 def kmeans(x: torch.Tensor, K: int, iters: int = 25, init: str | torch.Tensor = "afkmc2", *,
-           generator: torch.Generator | None = None, chain_length: int = 200, tol: float = 0.0,
+           generator: torch.Generator | int | None = None, chain_length: int = 200, tol: float = 0.0,
            sync_distributed: bool = False) -> KMeansResult:
     """Lloyd's k-means: x [P, d] (fp32/fp16/bf16) -> KMeansResult(centroids [K, d], assignments [P], inertia).
 
@@ -168,6 +173,7 @@ def kmeans(x: torch.Tensor, K: int, iters: int = 25, init: str | torch.Tensor = 
         res = vqfast.kmeans(torch.randn(20000, 64), K=512, iters=25, generator=torch.Generator().manual_seed(0))
     """
     _check(x, K, iters, chain_length)
+    generator = as_generator(generator)
     x = x.detach().contiguous()
     if isinstance(init, torch.Tensor):
         _validate.shape("init", init, (K, x.shape[1]), "[K, d]")

@@ -13,6 +13,7 @@ from torch import nn
 from vqfast import ops
 from vqfast.ops import _validate
 from vqfast.quantizers import distributed
+from vqfast.random import as_generator
 
 
 class Codebook(nn.Module):
@@ -35,11 +36,11 @@ class Codebook(nn.Module):
             decay = _validate.real("decay", decay, low=0.0, high=1.0, high_open=True)
         eps = _validate.real("eps", eps, low=0.0)
         self.dim, self.codebook_size, self.decay, self.eps = dim, codebook_size, decay, eps
-        self.threshold_dead_code = float(threshold_dead_code or 0.0)
+        self.threshold_dead_code = _validate.real("threshold_dead_code", threshold_dead_code or 0.0)
         self.cosine = cosine
         # None: all-reduce whenever torch.distributed is initialized.
         self.sync_distributed = True if sync_distributed is None else sync_distributed
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = as_generator(_validate.integer("seed", seed))
         # drawn on the CPU generator, then put where modules are being built (from_preset(device=...))
         init = torch.randn(codebook_size, dim, generator=self.generator, device="cpu").to(torch.get_default_device())
         if cosine:
@@ -77,9 +78,9 @@ class Codebook(nn.Module):
     def replace(self, centroids: torch.Tensor, count: float = 1.0) -> None:
         """Set the codebook to centroids [K', dim] (K' may differ from K: ReFiT) and restart the EMA
         state from it with every code's count = `count`."""
-        centroids = centroids.detach().float().to(self.embed.device)
         _validate.tensor("centroids", centroids, dtypes=None, dim=2)
         _validate.last_dim("centroids", centroids, self.dim, "features per code (dim)")
+        centroids = centroids.detach().float().to(self.embed.device)
         if self.cosine:
             centroids = nn.functional.normalize(centroids, dim=1)
         self.codebook_size = centroids.shape[0]

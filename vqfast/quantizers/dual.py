@@ -38,7 +38,8 @@ class DualCodebookQuantizer(nn.Module):
         self.visible_codebook = Codebook(dim, codebook_size, seed=seed, **kw)
         self.masked_codebook = Codebook(dim, codebook_size if codebook_size_masked is None else codebook_size_masked,
                                         seed=seed + 1, **kw)
-        self.commitment_weight, self.channel_first = commitment_weight, channel_first
+        self.commitment_weight = _validate.real("commitment_weight", commitment_weight, low=0.0)
+        self.channel_first = channel_first
 
     @property
     def dim(self) -> int:

@@ -46,7 +46,8 @@ class ResidualQuantizer(nn.Module):
         n_books = 1 if shared_codebook else depth
         self.codebooks = nn.ModuleList(Codebook(dim, codebook_size, seed=seed + i, **kw) for i in range(n_books))
         self.depth, self.shared_codebook = depth, shared_codebook
-        self.commitment_weight, self.channel_first = commitment_weight, channel_first
+        self.commitment_weight = _validate.real("commitment_weight", commitment_weight, low=0.0)
+        self.channel_first = channel_first
 
     @property
     def dim(self) -> int:

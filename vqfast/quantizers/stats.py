@@ -8,6 +8,7 @@ from vqfast.ops import _validate
 
 def histogram(indices: torch.Tensor, K: int) -> torch.Tensor:
     """indices [...] in [0, K) -> counts [K] int64."""
+    K = _validate.integer("K", K, low=1)
     return torch.bincount(_validate.indices("indices", indices, K).reshape(-1), minlength=K)
 
 

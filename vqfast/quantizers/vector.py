@@ -68,7 +68,8 @@ class VectorQuantizer(nn.Module):
                  threshold_dead_code: float | None = 0.0, sync_distributed: bool = True,
                  channel_first: bool = False, seed: int = 0):
         super().__init__()
-        self.metric, self.commitment_weight = _validate.metric(metric), commitment_weight
+        self.metric = _validate.metric(metric)
+        self.commitment_weight = _validate.real("commitment_weight", commitment_weight, low=0.0)
         self.kmeans_init, self.channel_first = kmeans_init, channel_first
         self.codebook_state = Codebook(dim, codebook_size, decay=decay, eps=eps,
                                        threshold_dead_code=threshold_dead_code, cosine=metric == "cosine",

@@ -102,6 +102,9 @@ def select_and_sample_topk(logits: torch.Tensor, known: torch.Tensor, top_k: int
     softmax(x) restricted to its top_k ids. Slots beyond a row's unknown count get -1.
     """
     B, L, V = logits.shape
+    if L == 0:  # no position to select: every slot holds -1
+        none = torch.full((B, n_positions), -1, dtype=torch.long, device=logits.device)
+        return none, none.clone()
     x = logits.float() / _f32(temperature)
     score = (-log_normalizer(x)[1]).masked_fill(known, _NEG_INF)
     order = torch.sort(score, dim=-1, descending=True, stable=True).indices[:, :n_positions]

@@ -125,6 +125,21 @@ def test_bad_arguments(net):
         maskgit_decode(net, tokens[:, :2], mask[:, :2])
 
 
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(choice="sample", sample_temperature=-1.0), ValueError, "sample_temperature must be > 0"),
+    (dict(choice="sample", sample_temperature=0.0), ValueError, "sample_temperature must be > 0"),
+    (dict(choice_temperature=-1.0), ValueError, "choice_temperature must be >= 0"),
+    (dict(choice_temperature=float("nan")), ValueError, "choice_temperature must be finite"),
+    (dict(guidance_scale="2"), TypeError, "guidance_scale must be a real number"),
+])
+def test_bad_temperatures_and_guidance(net, kwargs, err, match):
+    """Named errors up front (a negative sample_temperature flipped the distribution silently; the others
+    failed inside the loop naming `logits` or the annealed `temperature`)."""
+    tokens, mask = batch()
+    with pytest.raises(err, match=match):
+        maskgit_decode(net, tokens, mask, steps=2, generator=0, **kwargs)
+
 def test_bf16_autocast_path(net):
     tokens, mask = batch()
     out = maskgit_decode(net, tokens, mask, steps=3, generator=0, autocast_dtype=torch.bfloat16).tokens

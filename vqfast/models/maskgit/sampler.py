@@ -16,6 +16,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from vqfast import ops
+from vqfast.ops import _validate
 from vqfast.random import as_generator
 from vqfast.models.common.masking import SCHEDULES, mask_ratio
 from vqfast.models.common.inference import low_precision
@@ -96,6 +97,9 @@ def maskgit_decode(model: Callable, known: torch.Tensor | None = None, mask: tor
     """
     if choice not in ("argmax", "sample"):
         raise ValueError(f"choice must be 'argmax' or 'sample', got {choice!r}")
+    choice_temperature = _validate.real("choice_temperature", choice_temperature, low=0.0)
+    sample_temperature = _validate.real("sample_temperature", sample_temperature, low=0.0, low_open=True)
+    guidance_scale = _validate.real("guidance_scale", guidance_scale)
     if sweet_spot is not None and not (isinstance(sweet_spot, int) and 1 <= sweet_spot <= steps):
         raise ValueError(f"sweet_spot must be an int in [1, steps={steps}] or None, got {sweet_spot!r}")
     L, mask_id = model.seq_len, model.mask_id
