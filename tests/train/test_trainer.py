@@ -95,6 +95,21 @@ def test_errors_before_training(image_folder, tmp_path):
         train(config(empty, tmp_path / "e"))
 
 
+def test_resume_refuses_a_checkpoint_it_cannot_continue(image_folder, tmp_path):
+    run = train(config(image_folder, tmp_path / "r", steps=2, stop_after=1))
+    for change, pattern in [({"preset": "64px"}, "preset: run 'tiny', now '64px'"),
+                            ({"overrides": {"codebook_size": 128}}, "overrides: run {}"),
+                            ({"ema": 0.9}, "kept no EMA weights")]:
+        with pytest.raises(ValueError, match=pattern):
+            train(config(image_folder, run, steps=2, resume=True, **change))
+    with pytest.raises(ValueError, match="family: run 'maskgit', now 'rq'"):
+        train(TrainConfig("rq", "tokenizer", data=str(image_folder), preset="tiny", out=str(run), steps=2,
+                          batch_size=2, progress=False, holdout=0.2, resume=True))
+    (latest(run) / "state.json").write_text('{"__dict__": [["step", 1]]}')
+    with pytest.raises(ValueError, match="not a complete training checkpoint"):
+        train(config(image_folder, run, steps=2, resume=True))
+
+
 def test_channels_last_trains_as_nchw_and_resumes_bitwise(image_folder, tmp_path):
     from vqfast.train.distributed import Context
     from vqfast.train.trainer import Trainer

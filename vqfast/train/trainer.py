@@ -161,6 +161,27 @@ def lr_lambda(step: int, *, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+# What a resumed run must share with the checkpoint: the model's class and shapes, and the EMA it keeps.
+_RESUME_FIXED = ("family", "stage", "preset", "overrides")
+_STATE_KEYS = ("step", "world_size", "optimizer", "scheduler", "rng", "config")
+
+
+def _resumable_state(folder: Path, cfg: TrainConfig) -> dict:
+    """The training state of checkpoint `folder`, after checking that cfg can continue it."""
+    state = checkpointing.load_state(folder)
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"--resume: {folder} is not a complete training checkpoint (no {missing})")
+    saved, now = state["config"], json.loads(json.dumps(asdict(cfg)))
+    changed = [f"{k}: run {saved.get(k)!r}, now {now[k]!r}" for k in _RESUME_FIXED if saved.get(k) != now[k]]
+    if changed:
+        raise ValueError(f"--resume: {folder} was trained with other settings ({'; '.join(changed)}); resume with "
+                         f"the run's settings or pick another --out")
+    if cfg.ema is not None and not (folder / "ema.safetensors").is_file():
+        raise ValueError(f"--resume: the run in {folder.parent.parent} kept no EMA weights: resume without --ema")
+    return state
+
+
 def load_tokenizer(source: str, stage, device: torch.device) -> nn.Module:
     """The frozen tokenizer stage 2 trains on: a run folder, checkpoint folder or checkpoint path."""
     path = checkpointing.model_path(source)
@@ -224,6 +245,7 @@ class Trainer:
             raise ValueError(f"--resume: {self.run_dir} holds no checkpoint to resume from")
         if not cfg.resume and (self.run_dir / checkpointing.LATEST).exists():
             raise ValueError(f"{self.run_dir} already holds a run: pass --resume to continue it or pick another --out")
+        self.resumed = _resumable_state(self.resume_from, cfg) if self.resume_from is not None else None
         if stage.needs_tokenizer and cfg.tokenizer is None:
             raise ValueError(f"--stage {cfg.stage} of {cfg.family} trains on a trained tokenizer: pass "
                              f"--tokenizer RUN_DIR_OR_CHECKPOINT")
@@ -313,7 +335,7 @@ class Trainer:
 
     def _restore(self, folder: Path) -> None:
         """Everything but the weights (loaded before sharding / wrapping)."""
-        state = checkpointing.load_state(folder)
+        state = self.resumed
         if state["config"]["fsdp"] != self.cfg.fsdp and self.ctx.distributed:
             raise ValueError(f"resume with the --fsdp setting of the run ({state['config']['fsdp']})")
         if self.sharded:
