@@ -110,6 +110,15 @@ def test_resume_refuses_a_checkpoint_it_cannot_continue(image_folder, tmp_path):
         train(config(image_folder, run, steps=2, resume=True))
 
 
+@pytest.mark.parametrize("field, value, exc", [
+    ("lr", "1e-3", TypeError), ("ema", "0.9", TypeError), ("clip", "1", TypeError), ("time_limit", True, TypeError),
+    ("holdout", 1.5, ValueError), ("holdout", -0.1, ValueError), ("warmup", -5, ValueError),
+    ("stop_after", True, ValueError), ("dist_timeout", -1.0, ValueError)])
+def test_config_values_are_checked(tmp_path, field, value, exc):
+    with pytest.raises(exc, match=field):
+        config(tmp_path, tmp_path / "x", **{field: value})
+
+
 def test_channels_last_trains_as_nchw_and_resumes_bitwise(image_folder, tmp_path):
     from vqfast.train.distributed import Context
     from vqfast.train.trainer import Trainer

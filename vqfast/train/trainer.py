@@ -95,15 +95,27 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
-        if self.stop_after is not None and not (isinstance(self.stop_after, int) and self.stop_after >= 1):
-            raise ValueError(f"stop_after must be a positive int or None, got {self.stop_after!r}")
+        for name in ("stop_after", "warmup"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (name == "stop_after")):
+                raise ValueError(f"{name} must be a {'positive' if name == 'stop_after' else 'non-negative'} int or "
+                                 f"None, got {v!r}")
+        for name in ("lr", "ema", "clip", "time_limit", "holdout", "dist_timeout"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise TypeError(f"{name} must be a number{'' if name in ('holdout', 'dist_timeout') else ' or None'}, "
+                                f"got {v!r}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"holdout must be in [0, 1), got {self.holdout!r}")
+        if not self.dist_timeout > 0:
+            raise ValueError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout!r}")
         if self.channels_last is not None and not isinstance(self.channels_last, bool):
             raise TypeError(f"channels_last must be a bool or None, got {self.channels_last!r}")
         if self.channels_last and self.fsdp:
             raise ValueError("channels_last is not supported with fsdp (FSDP shards contiguous parameters)")
         if not isinstance(self.overrides, dict) or not all(isinstance(k, str) for k in self.overrides):
             raise TypeError(f"overrides must be a dict of constructor argument names, got {self.overrides!r}")
-        if self.time_limit is not None and not (isinstance(self.time_limit, (int, float)) and self.time_limit > 0):
+        if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be a positive number of seconds or None, got {self.time_limit!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
