@@ -1,7 +1,10 @@
 """vqfast.train.cache: shards hold the tokenizer's tokens of the centre crops; stage 2 trains
 from them."""
+import json
+
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from vqfast import checkpoint
 from vqfast.__main__ import main
@@ -37,6 +40,30 @@ def test_cache_errors(tokenizer_run, image_folder, tmp_path):
         TokenCache(tmp_path)
     with pytest.raises(ValueError, match="does not train from cached tokens"):
         write_cache("put", tokenizer=str(tokenizer_run), data=str(image_folder), out=tmp_path / "c")
+
+
+def _shard_cache(folder, damage):
+    """A one-shard maskgit cache of 4 rows, damaged as `damage` says."""
+    folder.mkdir()
+    tensors = {"tokens": torch.zeros(4, 8, 8, dtype=torch.long), "labels": torch.zeros(4, dtype=torch.long)}
+    if damage == "short labels":
+        tensors["labels"] = tensors["labels"][:3]
+    if damage == "float tokens":
+        tensors["tokens"] = tensors["tokens"].float()
+    save_file(tensors, str(folder / "shard_00000.safetensors"))
+    if damage == "truncated shard":
+        shard = folder / "shard_00000.safetensors"
+        shard.write_bytes(shard.read_bytes()[:-3])
+    shards = [] if damage == "no shards" else [{"file": "shard_00000.safetensors", "rows": 4}]
+    (folder / "index.json").write_text(json.dumps({"family": "maskgit", "rows": 4, "shards": shards}))
+    return folder
+
+
+@pytest.mark.parametrize("damage, pattern", [("truncated shard", "not readable"), ("short labels", "of 4 rows"),
+                                             ("float tokens", "int64"), ("no shards", "at least one shard")])
+def test_a_damaged_cache_is_a_value_error(tmp_path, damage, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        TokenCache(_shard_cache(tmp_path / "cache", damage))
 
 
 def test_stage_two_trains_from_the_cache(image_folder, tokenizer_run, tmp_path):
