@@ -5,6 +5,10 @@ One row per case: (id, call, expected exception, a pattern the message must cont
 row for every new check. The op layer's own table is tests/ops/test_bad_inputs.py; the
 trainer's command-line cases are in tests/train/.
 """
+import io
+import pickle
+import tarfile
+
 import pytest
 import torch
 
@@ -40,6 +44,27 @@ def nan_img():
 def saved_vqgan(tmp_path):
     checkpoint.save(tiny(VQGAN), tmp_path / "vq")
     return tmp_path / "vq"
+
+
+def damaged(tmp_path, name):
+    """A weights file of the suffix `name` gives, cut short (a broken download)."""
+    checkpoint.save(tiny(VQGAN), tmp_path / "vq")
+    data = (tmp_path / "vq.safetensors").read_bytes()
+    if name.endswith(".tar.gz"):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            info = tarfile.TarInfo("ckpts/last.safetensors")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        data = buf.getvalue()
+    (tmp_path / name).write_bytes(data[: len(data) // 2])
+    return tmp_path / name
+
+
+def pickled(tmp_path, name):
+    """A plain pickle (not torch.save's zip archive) of a state dict."""
+    (tmp_path / name).write_bytes(pickle.dumps({"quantize.embedding.weight": [[0.0]]}))
+    return tmp_path / name
 
 
 CASES = [
@@ -98,6 +123,12 @@ CASES = [
     ("converter system", lambda p: convert("vqgan2", p / "x.ckpt", p / "out"), ValueError, "system must be one of"),
     ("converter file type", lambda p: (p / "w.txt").write_text("x") and convert("taming-vqgan", p / "w.txt", p / "o"),
      ValueError, "expected one of"),
+    ("converter truncated safetensors", lambda p: convert("taming-vqgan", damaged(p, "w.safetensors"), p / "o"),
+     ValueError, "not a readable safetensors file"),
+    ("converter damaged tar.gz", lambda p: convert("taming-vqgan", damaged(p, "w.tar.gz"), p / "o"), ValueError,
+     "not a readable tar archive"),
+    ("converter plain pickle", lambda p: convert("taming-vqgan", pickled(p, "w.ckpt"), p / "o"), ValueError,
+     "not a checkpoint written by torch.save"),
 ]
 
 
