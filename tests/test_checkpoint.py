@@ -52,6 +52,17 @@ def test_wrong_shape_is_named(tmp_path):
                               tmp_path / "vq")
 
 
+def test_wrong_kind_of_tensor_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    checkpoint.save(small_vq(), tmp_path / "vq")
+    state = {k: v.clone() for k, v in small_vq().state_dict().items()}
+    state["quantizer.codebook_state.initted"] = torch.tensor(0.5)  # a float where the model keeps a bool
+    save_file(state, str(tmp_path / "vq.safetensors"))
+    with pytest.raises(ValueError, match=r"dtype mismatch: quantizer\.codebook_state\.initted: checkpoint torch\.float32"):
+        checkpoint.load(tmp_path / "vq")
+
+
 def test_missing_and_unexpected_keys_are_named(tmp_path):
     checkpoint.save(BidirectionalTransformer(8, 4, dim=16, depth=1, heads=2), tmp_path / "a")
     with pytest.raises(ValueError, match=r"missing from checkpoint: \['blocks\.1\."):

@@ -121,11 +121,15 @@ def load_state(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
     own = model.state_dict()
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
               for k, v in own.items() if k in state and isinstance(v, torch.Tensor) and state[k].shape != v.shape]
+    dtypes = [f"{k}: checkpoint {state[k].dtype} vs model {v.dtype}" for k, v in own.items()
+              if k in state and isinstance(v, torch.Tensor) and state[k].is_floating_point() != v.is_floating_point()]
     missing = [k for k, v in own.items() if isinstance(v, torch.Tensor) and k not in state]
     unexpected = [k for k in state if k not in own]
     problems = []
     if shapes:
         problems.append("shape mismatch: " + "; ".join(shapes[:5]) + (" ..." if len(shapes) > 5 else ""))
+    if dtypes:
+        problems.append("dtype mismatch: " + "; ".join(dtypes[:5]) + (" ..." if len(dtypes) > 5 else ""))
     if strict and missing:
         problems.append(f"missing from checkpoint: {missing[:5]}" + (" ..." if len(missing) > 5 else ""))
     if strict and unexpected:
