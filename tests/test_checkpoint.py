@@ -80,10 +80,29 @@ def test_foreign_class_refused(tmp_path):
     meta.write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="only classes inside the vqfast package"):
         checkpoint.load(tmp_path / "a")
-    rec["class"] = "vqfast.checkpoint.save"
+    for name in ("vqfast.checkpoint.save", "vqfast.no_such_module.Model", "vqfast.checkpoint.nn.Module"):
+        rec["class"] = name
+        meta.write_text(json.dumps(rec))
+        with pytest.raises(ValueError, match="not an nn.Module"):
+            checkpoint.load(tmp_path / "a")
+    rec["class"] = 5
     meta.write_text(json.dumps(rec))
-    with pytest.raises(ValueError, match="not an nn.Module"):
+    with pytest.raises(ValueError, match="'class' must be a dotted class name string"):
         checkpoint.load(tmp_path / "a")
+
+
+def test_load_arguments_are_checked(tmp_path):
+    checkpoint.save(small_vq(), tmp_path / "vq")
+    with pytest.raises(TypeError, match="expected must be a model class"):
+        checkpoint.load(tmp_path / "vq", expected="VQGAN")
+    with pytest.raises(ValueError, match="map_location must name a torch device"):
+        checkpoint.load(tmp_path / "vq", map_location="gpu0")
+
+
+def test_config_that_is_not_json_writes_nothing(tmp_path):
+    with pytest.raises(TypeError, match="JSON values only"):
+        checkpoint.save(small_vq(), tmp_path / "vq", config={"scale": torch.ones(1)})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_weights_file_is_safetensors(tmp_path):

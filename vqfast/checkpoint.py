@@ -58,15 +58,19 @@ def save(model: nn.Module, path, *, config: dict | None = None, extra: dict | No
     config = getattr(model, "config", None) if config is None else config
     if not isinstance(config, dict):
         raise TypeError(f"{type(model).__name__} has no `config` dict of constructor arguments: pass config=")
+    record = {"class": _class_name(type(model)), "config": config, "vqfast_version": vqfast.__version__,
+              "extra": extra or {}}
+    try:  # before any file is written: a config that is not JSON leaves nothing behind
+        text = json.dumps(record, indent=2, sort_keys=True)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"config and extra must hold JSON values only: {err}") from None
     weights, meta = _paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     # clone: safetensors refuses tensors that share storage (tied weights, views)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
              if isinstance(v, torch.Tensor)}
     save_file(state, str(weights))
-    record = {"class": _class_name(type(model)), "config": config, "vqfast_version": vqfast.__version__,
-              "extra": extra or {}}
-    meta.write_text(json.dumps(record, indent=2, sort_keys=True))
+    meta.write_text(text)
     return weights, meta
 
 
@@ -84,6 +88,8 @@ def read_config(path) -> dict:
     for key in ("class", "config"):
         if key not in record:
             raise ValueError(f"{meta} is not a vqfast checkpoint config: no {key!r} field")
+    if not isinstance(record["class"], str):
+        raise ValueError(f"{meta}: 'class' must be a dotted class name string, got {record['class']!r}")
     record["class"] = _MOVED.get(record["class"], record["class"])
     return record
 
@@ -92,8 +98,11 @@ def _resolve_class(name: str) -> type:
     if not name.startswith(_ALLOWED_PREFIX):
         raise ValueError(f"checkpoint names class {name!r}; only classes inside the vqfast package are loaded")
     module, _, qual = name.rpartition(".")
-    cls = getattr(importlib.import_module(module), qual, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    try:
+        cls = getattr(importlib.import_module(module), qual, None)
+    except ImportError:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__.startswith(_ALLOWED_PREFIX)):
         raise ValueError(f"checkpoint class {name!r} is not an nn.Module in vqfast")
     return cls
 
@@ -145,9 +154,15 @@ def load(path, *, expected: type | None = None, map_location: str | torch.device
 
     expected: the class the caller needs; a checkpoint of another class raises ValueError.
     """
+    if expected is not None and not isinstance(expected, type):
+        raise TypeError(f"expected must be a model class (e.g. VQGAN), got {expected!r}")
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"map_location must name a torch device, got {map_location!r}: {err}") from None
     record = read_config(path)
     if expected is not None and record["class"] != _class_name(expected):
         raise ValueError(f"checkpoint {path} holds a {record['class']}, expected {_class_name(expected)}")
     cls = _resolve_class(record["class"])
     model = cls(**_current_config(cls, record["config"]))
-    return load_state(model, path).to(map_location).eval()
+    return load_state(model, path).to(device).eval()
