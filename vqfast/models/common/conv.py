@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqfast.layout import same_format
+from vqfast.models.common.checks import check_image_dtype
 from vqfast.models.common.outputs import TokenizerOutput, loss_output
 from vqfast.models.common.transformer import sdpa
 
@@ -171,8 +172,13 @@ class ConvTokenizer(nn.Module):
 
     def _check_images(self, x: torch.Tensor) -> None:
         r, c = self.config["resolution"], self.config["in_channels"]
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != c or tuple(x.shape[2:]) != (r, r):
-            raise ValueError(f"images must be [B, {c}, {r}, {r}], got {tuple(getattr(x, 'shape', ()))}")
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != c or tuple(x.shape[2:]) != (r, r) \
+                or not x.is_floating_point() or x.shape[0] < 1:
+            raise ValueError(f"images must be a float tensor [B >= 1, {c}, {r}, {r}], got "
+                             f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+        check_image_dtype(x, next(self.encoder.parameters()))
+        if x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+            raise ValueError("images must be finite (found NaN or inf)")
 
     def quantize(self, x: torch.Tensor):
         """images -> (z_q [B, d, h, w], indices [B, h, w] (RQVAE: [B, h, w, D]), QuantizerLosses)."""

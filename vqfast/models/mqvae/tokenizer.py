@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqfast.models.common.checks import check_image_dtype
 from vqfast.models.common.conv import Decoder, Encoder
 from vqfast.models.common.outputs import TokenizerOutput, loss_output
 from vqfast.models.common.presets import PresetMixin
@@ -135,6 +136,7 @@ class MQVAE(PresetMixin, nn.Module):
                 or tuple(images.shape[2:]) != (r, r) or not images.is_floating_point() or images.shape[0] < 1:
             raise ValueError(f"images must be a float tensor [B >= 1, {c}, {r}, {r}], got "
                              f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
+        check_image_dtype(images, next(self.encoder.parameters()))
         if images.device.type != "meta" and not bool(torch.isfinite(images).all()):
             raise ValueError("images must be finite (found NaN or inf)")
 
