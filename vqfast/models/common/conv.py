@@ -214,11 +214,11 @@ class ConvTokenizer(nn.Module):
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens int64 [B, h, w] (or [B, h*w]; RQVAE: [B, h, w, D]) -> images [B, C, R, R]."""
-        h, w = self.token_hw
         shape = self.token_shape
+        flat = ((math.prod(self.token_hw), *shape[2:]), (math.prod(shape),))  # also [B, h*w] (RQVAE: [B, h*w, D])
         if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() < 2 or \
-                tokens[0].numel() != math.prod(shape):
-            raise ValueError(f"tokens must be int64 [B, {', '.join(map(str, shape))}], got "
+                tokens.shape[0] < 1 or tuple(tokens.shape[1:]) not in (shape, *flat):
+            raise ValueError(f"tokens must be int64 [B >= 1, {', '.join(map(str, shape))}], got "
                              f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
             raise ValueError(f"tokens must lie in [0, {self.codebook_size}), got range "

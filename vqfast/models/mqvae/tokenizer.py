@@ -145,9 +145,9 @@ class MQVAE(PresetMixin, nn.Module):
             if not isinstance(t, torch.Tensor) or t.dtype != torch.long or t.dim() != 2:
                 raise ValueError(f"{name} must be an int64 tensor [B, n], got "
                                  f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
-        if tokens.shape != positions.shape or not 1 <= tokens.shape[1] <= self.num_positions:
+        if tokens.shape != positions.shape or not 1 <= tokens.shape[1] <= self.num_positions or tokens.shape[0] < 1:
             raise ValueError(f"{what} {tuple(tokens.shape)} and positions {tuple(positions.shape)} must both be "
-                             f"[B, n] with 1 <= n <= {self.num_positions}")
+                             f"[B, n] with B >= 1 and 1 <= n <= {self.num_positions}")
         if tokens.device.type == "meta":
             return
         if what == "tokens" and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
