@@ -71,6 +71,11 @@ CASES = [
     # presets
     ("unknown preset", lambda p: VQGAN.from_preset("f32-huge"), ValueError, "unknown VQGAN preset"),
     ("preset dtype", lambda p: VQGAN.from_preset("tiny", dtype=torch.int64), TypeError, "dtype"),
+    ("negative resolution", lambda p: VQGAN.from_preset("tiny", resolution=-32), ValueError, "resolution must be >= 1"),
+    ("string resolution", lambda p: RQVAE.from_preset("tiny", resolution="32"), TypeError, "resolution must be an int"),
+    ("empty ch_mult", lambda p: VQGAN.from_preset("tiny", ch_mult=()), TypeError, "ch_mult must be a non-empty list"),
+    ("zero width", lambda p: MQVAE.from_preset("tiny", ch=0), ValueError, "ch must be >= 1"),
+    ("negative res blocks", lambda p: RQVAE.from_preset("tiny", num_res_blocks=-1), ValueError, "num_res_blocks"),
     # tokenizers
     ("image size", lambda p: tiny(VQGAN).encode(img(r=24)), ValueError, "images must be"),
     ("image channels", lambda p: tiny(VQGAN).encode(torch.rand(2, 1, 32, 32)), ValueError, "images must be"),

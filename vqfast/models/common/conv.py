@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqfast.layout import same_format
+from vqfast.ops import _validate
 from vqfast.models.common.checks import check_image_dtype
 from vqfast.models.common.outputs import TokenizerOutput, loss_output
 from vqfast.models.common.transformer import sdpa
@@ -78,6 +79,18 @@ class Upsample(nn.Module):
 
 def _mid(ch: int, attn: bool) -> nn.Sequential:
     return nn.Sequential(ResBlock(ch, ch), AttnBlock(ch) if attn else nn.Identity(), ResBlock(ch, ch))
+
+
+def check_conv_config(resolution, in_channels, ch, ch_mult, num_res_blocks, z_channels) -> None:
+    """Raise unless the sizes of a conv encoder / decoder are ints: positive (num_res_blocks >= 0),
+    ch_mult a non-empty sequence of positive ints."""
+    for name, v in (("resolution", resolution), ("in_channels", in_channels), ("ch", ch), ("z_channels", z_channels)):
+        _validate.integer(name, v, low=1)
+    _validate.integer("num_res_blocks", num_res_blocks, low=0)
+    if isinstance(ch_mult, (str, bytes)) or not isinstance(ch_mult, (list, tuple)) or not ch_mult:
+        raise TypeError(f"ch_mult must be a non-empty list of ints (one per level), got {ch_mult!r}")
+    for m in ch_mult:
+        _validate.integer("ch_mult entries", m, low=1)
 
 
 class Encoder(nn.Module):
@@ -143,6 +156,8 @@ class ConvTokenizer(nn.Module):
     def __init__(self, config: dict, make_quantizer):
         super().__init__()
         c = config
+        check_conv_config(c["resolution"], c["in_channels"], c["ch"], c["ch_mult"], c["num_res_blocks"],
+                          c["z_channels"])
         f = 2 ** (len(c["ch_mult"]) - 1)
         if c["resolution"] % f:
             raise ValueError(f"resolution={c['resolution']} must be divisible by the downsampling factor {f}")

@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqfast.models.common.checks import check_image_dtype
-from vqfast.models.common.conv import Decoder, Encoder
+from vqfast.models.common.conv import Decoder, Encoder, check_conv_config
 from vqfast.models.common.outputs import TokenizerOutput, loss_output
 from vqfast.models.common.presets import PresetMixin
 from vqfast.models.mqvae.demask import AdaptiveDemask
@@ -92,13 +92,12 @@ class MQVAE(PresetMixin, nn.Module):
                  rec_loss: str = "l2", seed: int = 0, attn_resolutions: tuple[int, ...] | list[int] = (),
                  decoder_stem: bool = True, perceptual_weight: float = 1.0, adversarial_weight: float = 1.0):
         super().__init__()
+        check_conv_config(resolution, in_channels, ch, ch_mult, num_res_blocks, z_channels)
         ch_mult = tuple(ch_mult)
         f = 2 ** (len(ch_mult) - 1)
         if resolution < f or resolution % f:
             raise ValueError(f"resolution={resolution} must be a positive multiple of the downsampling "
                              f"factor {f} (ch_mult={list(ch_mult)})")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         if rec_loss not in ("l1", "l2"):
             raise ValueError(f"rec_loss must be 'l1' or 'l2', got {rec_loss!r}")
         for name, w in (("perceptual_weight", perceptual_weight), ("adversarial_weight", adversarial_weight)):
