@@ -109,6 +109,10 @@ CASES = [
     ("PUT mask dtype", lambda p: tiny(PVQVAE).encode(img(), torch.zeros(2, 32, 32)), (ValueError, TypeError), "mask"),
     # token models
     ("MaskGIT token ids", lambda p: tiny(BidirectionalTransformer).loss(torch.full((2, 64), 300)), ValueError, "tokens"),
+    ("MaskGIT forward token ids", lambda p: tiny(BidirectionalTransformer)(torch.full((2, 64), 300)), ValueError,
+     r"tokens must lie in \[0, 256\]"),
+    ("MaskGIT forward token dtype", lambda p: tiny(BidirectionalTransformer)(torch.zeros(2, 64)), TypeError,
+     "tokens must be an int64 tensor"),
     ("MaskGIT labels without classes", lambda p: tiny(BidirectionalTransformer).loss(
         torch.zeros(2, 64, dtype=torch.long), class_labels=torch.tensor([0, 1])), ValueError, "class"),
     ("RQ labels out of range", lambda p: tiny(ContextualRQTransformer, "tiny-cond").loss(
