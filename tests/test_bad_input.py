@@ -130,6 +130,12 @@ CASES = [
                                                     torch.zeros(2, 63, dtype=torch.bool), steps=2), ValueError, "mask"),
     ("MaskGIT batch_size", lambda p: maskgit_decode(tiny(BidirectionalTransformer), batch_size=0, steps=2), ValueError,
      "batch_size"),
+    ("MaskGIT autocast_dtype", lambda p: maskgit_decode(tiny(BidirectionalTransformer), batch_size=1, steps=2,
+                                                       autocast_dtype=torch.int32), TypeError, "autocast_dtype"),
+    ("Stackformer autocast_dtype", lambda p: stackformer_sample(tiny(Stackformer), batch_size=1,
+                                                               autocast_dtype=torch.float64), TypeError, "autocast_dtype"),
+    ("PUT autocast_dtype", lambda p: put_sample(tiny(PVQVAE), tiny(UQTransformer), img(), torch.ones(2, 32, 32, dtype=torch.bool),
+                                                autocast_dtype="bf16"), TypeError, "autocast_dtype"),
     ("generator type", lambda p: maskgit_decode(tiny(BidirectionalTransformer), batch_size=1, steps=2, generator="0"),
      TypeError, "generator"),
     ("RQ known + mask shapes", lambda p: draft_and_revise(
