@@ -59,7 +59,7 @@ def test_wrong_kind_of_tensor_is_named(tmp_path):
     state = {k: v.clone() for k, v in small_vq().state_dict().items()}
     state["quantizer.codebook_state.initted"] = torch.tensor(0.5)  # a float where the model keeps a bool
     save_file(state, str(tmp_path / "vq.safetensors"))
-    with pytest.raises(ValueError, match=r"dtype mismatch: quantizer\.codebook_state\.initted: checkpoint torch\.float32"):
+    with pytest.raises(ValueError, match=r"dtype mismatch: quantizer\.codebook_state\.initted: checkpoint torch\.float"):
         checkpoint.load(tmp_path / "vq")
 
 

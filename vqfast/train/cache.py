@@ -92,7 +92,8 @@ class TokenCache:
                              f"[{{'file': str, 'rows': int}}, ...]}} with at least one shard")
         parts = [_read_shard(folder, s) for s in shards]
         if any(p.keys() != parts[0].keys() for p in parts):
-            raise ValueError(f"the shards of {folder} hold different tensors: {sorted({tuple(sorted(p)) for p in parts})}")
+            kinds = sorted({tuple(sorted(p)) for p in parts})
+            raise ValueError(f"the shards of {folder} hold different tensors: {kinds}")
         self.rows = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def __len__(self) -> int:
