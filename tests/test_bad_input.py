@@ -144,6 +144,12 @@ CASES = [
     ("RQ known + mask shapes", lambda p: draft_and_revise(
         tiny(ContextualRQTransformer), torch.zeros(1, 8, 8, 4, dtype=torch.long), torch.zeros(1, 4, 4, dtype=torch.bool),
         T_draft=2, M=1), ValueError, "mask"),
+    ("MaskGIT batch_size vs known", lambda p: maskgit_decode(
+        tiny(BidirectionalTransformer), torch.zeros(1, 64, dtype=torch.long), torch.ones(1, 64, dtype=torch.bool),
+        batch_size=3, steps=2), ValueError, "batch_size=3 disagrees with known's batch 1"),
+    ("RQ batch_size vs known", lambda p: draft_and_revise(
+        tiny(ContextualRQTransformer), torch.zeros(1, 8, 8, 4, dtype=torch.long), torch.ones(1, 8, 8, dtype=torch.bool),
+        batch_size=2, T_draft=2, M=1), ValueError, "batch_size=2 disagrees with known's batch 1"),
     ("Stackformer batch_size", lambda p: stackformer_sample(tiny(Stackformer, "tiny-cond"), batch_size=0),
      ValueError, "batch_size"),
     ("VQ-DDM known without mask", lambda p: vqddm_sample(tiny(VQDDM), known=torch.zeros(1, *tiny(VQDDM).token_hw,
