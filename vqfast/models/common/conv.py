@@ -81,10 +81,10 @@ def _mid(ch: int, attn: bool) -> nn.Sequential:
     return nn.Sequential(ResBlock(ch, ch), AttnBlock(ch) if attn else nn.Identity(), ResBlock(ch, ch))
 
 
-def check_conv_config(resolution, in_channels, ch, ch_mult, num_res_blocks, z_channels) -> None:
-    """Raise unless the sizes of a conv encoder / decoder are ints: positive (num_res_blocks >= 0),
-    ch_mult a non-empty sequence of positive ints."""
-    for name, v in (("resolution", resolution), ("in_channels", in_channels), ("ch", ch), ("z_channels", z_channels)):
+def check_conv_config(ch_mult, num_res_blocks, **sizes) -> None:
+    """Raise unless the sizes of a conv net are ints: `sizes` (resolution, ch, ...) positive,
+    num_res_blocks >= 0, ch_mult a non-empty sequence of positive ints."""
+    for name, v in sizes.items():
         _validate.integer(name, v, low=1)
     _validate.integer("num_res_blocks", num_res_blocks, low=0)
     if isinstance(ch_mult, (str, bytes)) or not isinstance(ch_mult, (list, tuple)) or not ch_mult:
@@ -156,8 +156,8 @@ class ConvTokenizer(nn.Module):
     def __init__(self, config: dict, make_quantizer):
         super().__init__()
         c = config
-        check_conv_config(c["resolution"], c["in_channels"], c["ch"], c["ch_mult"], c["num_res_blocks"],
-                          c["z_channels"])
+        check_conv_config(c["ch_mult"], c["num_res_blocks"], resolution=c["resolution"], in_channels=c["in_channels"],
+                          ch=c["ch"], z_channels=c["z_channels"])
         f = 2 ** (len(c["ch_mult"]) - 1)
         if c["resolution"] % f:
             raise ValueError(f"resolution={c['resolution']} must be divisible by the downsampling factor {f}")

@@ -92,7 +92,8 @@ class MQVAE(PresetMixin, nn.Module):
                  rec_loss: str = "l2", seed: int = 0, attn_resolutions: tuple[int, ...] | list[int] = (),
                  decoder_stem: bool = True, perceptual_weight: float = 1.0, adversarial_weight: float = 1.0):
         super().__init__()
-        check_conv_config(resolution, in_channels, ch, ch_mult, num_res_blocks, z_channels)
+        check_conv_config(ch_mult, num_res_blocks, resolution=resolution, in_channels=in_channels, ch=ch,
+                          z_channels=z_channels)
         ch_mult = tuple(ch_mult)
         f = 2 ** (len(ch_mult) - 1)
         if resolution < f or resolution % f:

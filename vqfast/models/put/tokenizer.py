@@ -23,6 +23,7 @@ from vqfast.models.common.checks import check_image_dtype
 from vqfast.models.common.outputs import TokenizerOutput
 from vqfast.models.common.presets import PresetMixin
 from vqfast.models.put.losses import PVQVAELoss
+from vqfast.ops import _validate
 from vqfast.quantizers import DualCodebookQuantizer
 
 
@@ -257,6 +258,9 @@ class PVQVAE(PresetMixin, nn.Module):
                                        or resolution < patch or resolution % patch):
             raise ValueError(f"resolution must be None or a positive multiple of the patch size r={patch}, "
                              f"got {resolution!r}")
+        for name, v in (("hidden", hidden), ("res_hidden", res_hidden), ("dec_base", dec_base)):
+            _validate.integer(name, v, low=1)
+        _validate.integer("depth", depth, low=0)
         if encoder not in ("linear", "conv"):
             raise ValueError(f"encoder must be 'linear' or 'conv', got {encoder!r}")
         if codebooks not in (1, 2):
