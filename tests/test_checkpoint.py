@@ -39,6 +39,17 @@ def test_round_trip_vqgan_with_ema_state(tmp_path):
         assert torch.equal(a, b), k
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_round_trip_keeps_a_low_precision_model_in_its_dtype(tmp_path, dtype):
+    vq = VQGAN.from_preset("tiny", dtype=dtype).eval()
+    checkpoint.save(vq, tmp_path / "vq")
+    back = checkpoint.load(tmp_path / "vq")
+    for (k, a), b in zip(vq.state_dict().items(), back.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b), k  # the codebook's fp32 EMA state included
+    x = (torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(dtype)
+    assert torch.equal(vq.encode(x), back.encode(x))
+
+
 def test_wrong_class_is_named(tmp_path):
     checkpoint.save(small_vq(), tmp_path / "vq")
     with pytest.raises(ValueError, match="holds a vqfast.models.common.vqgan.VQGAN, expected .*BidirectionalTransformer"):

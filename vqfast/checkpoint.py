@@ -116,17 +116,24 @@ def _current_config(cls: type, config: dict) -> dict:
     return {aliases.get(k, k): v for k, v in config.items()}
 
 
-def load_state(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
-    """Fill an existing model from a checkpoint's weights; shape/key mismatches raise ValueError."""
+def _read_weights(path) -> tuple[Path, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     weights, _ = _paths(path)
     if not weights.exists():
         raise FileNotFoundError(f"no checkpoint weights at {weights}")
     try:
-        state = load_file(str(weights))
+        return weights, load_file(str(weights))
     except Exception as err:  # safetensors raises its own SafetensorError on a truncated or corrupt file
         raise ValueError(f"checkpoint weights {weights} are not a readable safetensors file: {err}") from None
+
+
+def load_state(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
+    """Fill an existing model from a checkpoint's weights; shape/key mismatches raise ValueError."""
+    return _fill(model, *_read_weights(path), strict)
+
+
+def _fill(model: nn.Module, weights: Path, state: dict[str, torch.Tensor], strict: bool) -> nn.Module:
     own = model.state_dict()
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
               for k, v in own.items() if k in state and isinstance(v, torch.Tensor) and state[k].shape != v.shape]
@@ -165,4 +172,8 @@ def load(path, *, expected: type | None = None, map_location: str | torch.device
         raise ValueError(f"checkpoint {path} holds a {record['class']}, expected {_class_name(expected)}")
     cls = _resolve_class(record["class"])
     model = cls(**_current_config(cls, record["config"]))
-    return load_state(model, path).to(device).eval()
+    weights, state = _read_weights(path)
+    saved = {state[k].dtype for k, _ in model.named_parameters() if k in state and state[k].is_floating_point()}
+    if len(saved) == 1:  # a model saved in bf16 / fp16 comes back in it (fp32 buffers stay as the model keeps them)
+        model.to(saved.pop())
+    return _fill(model, weights, state, True).to(device).eval()
