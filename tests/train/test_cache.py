@@ -42,6 +42,13 @@ def test_cache_errors(tokenizer_run, image_folder, tmp_path):
         write_cache("put", tokenizer=str(tokenizer_run), data=str(image_folder), out=tmp_path / "c")
 
 
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"shard_rows": True}], ids=["batch_size", "shard_rows"])
+def test_cache_sizes_are_checked_before_anything_is_written(tmp_path, kwargs):
+    with pytest.raises(ValueError, match=f"{next(iter(kwargs))} must be a positive int"):
+        write_cache("maskgit", tokenizer=str(tmp_path / "vq"), data="photos", out=tmp_path / "c", **kwargs)
+    assert not (tmp_path / "c").exists()
+
+
 def _shard_cache(folder, damage):
     """A one-shard maskgit cache of 4 rows, damaged as `damage` says."""
     folder.mkdir()

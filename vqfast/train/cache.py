@@ -33,8 +33,9 @@ def write_cache(family: str, *, tokenizer: str, data: str, out: str | Path, batc
     stage = get_stage(family, "model")
     if not stage.cacheable:
         raise ValueError(f"{family}'s token model does not train from cached tokens")
-    if not isinstance(shard_rows, int) or shard_rows < 1:
-        raise ValueError(f"shard_rows must be a positive int, got {shard_rows!r}")
+    for name, v in (("shard_rows", shard_rows), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok = load_tokenizer(tokenizer, stage, dev)
     images = open_images(data, int(tok.config["resolution"]), split="train", holdout=holdout)
