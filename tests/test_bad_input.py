@@ -147,6 +147,8 @@ CASES = [
     ("PUT autocast_dtype", lambda p: put_sample(tiny(PVQVAE), tiny(UQTransformer), img(),
                                                 torch.ones(2, 32, 32, dtype=torch.bool), autocast_dtype="bf16"),
      TypeError, "autocast_dtype"),
+    ("generator seed range", lambda p: maskgit_decode(tiny(BidirectionalTransformer), batch_size=1, steps=2,
+                                                     generator=2 ** 70), ValueError, "int generator seed must lie in"),
     ("generator type", lambda p: maskgit_decode(tiny(BidirectionalTransformer), batch_size=1, steps=2, generator="0"),
      TypeError, "generator"),
     ("RQ known + mask shapes", lambda p: draft_and_revise(

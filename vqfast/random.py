@@ -67,6 +67,8 @@ def as_generator(generator: torch.Generator | int | None, device: torch.device |
         return generator
     if isinstance(generator, bool) or not isinstance(generator, int):
         raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
+    if not -(1 << 63) <= generator < (1 << 64):
+        raise ValueError(f"an int generator seed must lie in [-2**63, 2**64), got {generator}")
     return torch.Generator(device=device).manual_seed(generator)
 
 
