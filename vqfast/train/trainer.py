@@ -252,6 +252,8 @@ class Trainer:
         self.cfg, self.ctx = cfg, ctx
         self.stage = stage = get_stage(cfg.family, cfg.stage)
         self.run_dir = Path(cfg.out)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"out (--out) must be a run folder, but {self.run_dir} is a file")
         self.resume_from = checkpointing.latest(self.run_dir) if cfg.resume else None
         if cfg.resume and self.resume_from is None:
             raise ValueError(f"--resume: {self.run_dir} holds no checkpoint to resume from")
