@@ -39,6 +39,17 @@ def test_round_trip_vqgan_with_ema_state(tmp_path):
         assert torch.equal(a, b), k
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_round_trip_keeps_a_low_precision_model_in_its_dtype(tmp_path, dtype):
+    vq = VQGAN.from_preset("tiny", dtype=dtype).eval()
+    checkpoint.save(vq, tmp_path / "vq")
+    back = checkpoint.load(tmp_path / "vq")
+    for (k, a), b in zip(vq.state_dict().items(), back.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b), k  # the codebook's fp32 EMA state included
+    x = (torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(dtype)
+    assert torch.equal(vq.encode(x), back.encode(x))
+
+
 def test_wrong_class_is_named(tmp_path):
     checkpoint.save(small_vq(), tmp_path / "vq")
     with pytest.raises(ValueError, match="holds a vqfast.models.common.vqgan.VQGAN, expected .*BidirectionalTransformer"):
@@ -50,6 +61,17 @@ def test_wrong_shape_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"shape mismatch: quantizer\.codebook_state\.embed: checkpoint \(32, 8\) vs model \(64, 8\)"):
         checkpoint.load_state(VQGAN(resolution=16, ch=16, ch_mult=(1, 2), codebook_size=64, embed_dim=8),
                               tmp_path / "vq")
+
+
+def test_wrong_kind_of_tensor_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    checkpoint.save(small_vq(), tmp_path / "vq")
+    state = {k: v.clone() for k, v in small_vq().state_dict().items()}
+    state["quantizer.codebook_state.initted"] = torch.tensor(0.5)  # a float where the model keeps a bool
+    save_file(state, str(tmp_path / "vq.safetensors"))
+    with pytest.raises(ValueError, match=r"dtype mismatch: quantizer\.codebook_state\.initted: checkpoint torch\.float"):
+        checkpoint.load(tmp_path / "vq")
 
 
 def test_missing_and_unexpected_keys_are_named(tmp_path):
@@ -69,10 +91,29 @@ def test_foreign_class_refused(tmp_path):
     meta.write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="only classes inside the vqfast package"):
         checkpoint.load(tmp_path / "a")
-    rec["class"] = "vqfast.checkpoint.save"
+    for name in ("vqfast.checkpoint.save", "vqfast.no_such_module.Model", "vqfast.checkpoint.nn.Module"):
+        rec["class"] = name
+        meta.write_text(json.dumps(rec))
+        with pytest.raises(ValueError, match="not an nn.Module"):
+            checkpoint.load(tmp_path / "a")
+    rec["class"] = 5
     meta.write_text(json.dumps(rec))
-    with pytest.raises(ValueError, match="not an nn.Module"):
+    with pytest.raises(ValueError, match="'class' must be a dotted class name string"):
         checkpoint.load(tmp_path / "a")
+
+
+def test_load_arguments_are_checked(tmp_path):
+    checkpoint.save(small_vq(), tmp_path / "vq")
+    with pytest.raises(TypeError, match="expected must be a model class"):
+        checkpoint.load(tmp_path / "vq", expected="VQGAN")
+    with pytest.raises(ValueError, match="map_location must name a torch device"):
+        checkpoint.load(tmp_path / "vq", map_location="gpu0")
+
+
+def test_config_that_is_not_json_writes_nothing(tmp_path):
+    with pytest.raises(TypeError, match="JSON values only"):
+        checkpoint.save(small_vq(), tmp_path / "vq", config={"scale": torch.ones(1)})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_weights_file_is_safetensors(tmp_path):

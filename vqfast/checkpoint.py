@@ -58,15 +58,19 @@ def save(model: nn.Module, path, *, config: dict | None = None, extra: dict | No
     config = getattr(model, "config", None) if config is None else config
     if not isinstance(config, dict):
         raise TypeError(f"{type(model).__name__} has no `config` dict of constructor arguments: pass config=")
+    record = {"class": _class_name(type(model)), "config": config, "vqfast_version": vqfast.__version__,
+              "extra": extra or {}}
+    try:  # before any file is written: a config that is not JSON leaves nothing behind
+        text = json.dumps(record, indent=2, sort_keys=True)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"config and extra must hold JSON values only: {err}") from None
     weights, meta = _paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     # clone: safetensors refuses tensors that share storage (tied weights, views)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
              if isinstance(v, torch.Tensor)}
     save_file(state, str(weights))
-    record = {"class": _class_name(type(model)), "config": config, "vqfast_version": vqfast.__version__,
-              "extra": extra or {}}
-    meta.write_text(json.dumps(record, indent=2, sort_keys=True))
+    meta.write_text(text)
     return weights, meta
 
 
@@ -84,6 +88,8 @@ def read_config(path) -> dict:
     for key in ("class", "config"):
         if key not in record:
             raise ValueError(f"{meta} is not a vqfast checkpoint config: no {key!r} field")
+    if not isinstance(record["class"], str):
+        raise ValueError(f"{meta}: 'class' must be a dotted class name string, got {record['class']!r}")
     record["class"] = _MOVED.get(record["class"], record["class"])
     return record
 
@@ -92,8 +98,11 @@ def _resolve_class(name: str) -> type:
     if not name.startswith(_ALLOWED_PREFIX):
         raise ValueError(f"checkpoint names class {name!r}; only classes inside the vqfast package are loaded")
     module, _, qual = name.rpartition(".")
-    cls = getattr(importlib.import_module(module), qual, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    try:
+        cls = getattr(importlib.import_module(module), qual, None)
+    except ImportError:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__.startswith(_ALLOWED_PREFIX)):
         raise ValueError(f"checkpoint class {name!r} is not an nn.Module in vqfast")
     return cls
 
@@ -107,25 +116,36 @@ def _current_config(cls: type, config: dict) -> dict:
     return {aliases.get(k, k): v for k, v in config.items()}
 
 
-def load_state(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
-    """Fill an existing model from a checkpoint's weights; shape/key mismatches raise ValueError."""
+def _read_weights(path) -> tuple[Path, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     weights, _ = _paths(path)
     if not weights.exists():
         raise FileNotFoundError(f"no checkpoint weights at {weights}")
     try:
-        state = load_file(str(weights))
+        return weights, load_file(str(weights))
     except Exception as err:  # safetensors raises its own SafetensorError on a truncated or corrupt file
         raise ValueError(f"checkpoint weights {weights} are not a readable safetensors file: {err}") from None
+
+
+def load_state(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
+    """Fill an existing model from a checkpoint's weights; shape/key mismatches raise ValueError."""
+    return _fill(model, *_read_weights(path), strict)
+
+
+def _fill(model: nn.Module, weights: Path, state: dict[str, torch.Tensor], strict: bool) -> nn.Module:
     own = model.state_dict()
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
               for k, v in own.items() if k in state and isinstance(v, torch.Tensor) and state[k].shape != v.shape]
+    dtypes = [f"{k}: checkpoint {state[k].dtype} vs model {v.dtype}" for k, v in own.items()
+              if k in state and isinstance(v, torch.Tensor) and state[k].is_floating_point() != v.is_floating_point()]
     missing = [k for k, v in own.items() if isinstance(v, torch.Tensor) and k not in state]
     unexpected = [k for k in state if k not in own]
     problems = []
     if shapes:
         problems.append("shape mismatch: " + "; ".join(shapes[:5]) + (" ..." if len(shapes) > 5 else ""))
+    if dtypes:
+        problems.append("dtype mismatch: " + "; ".join(dtypes[:5]) + (" ..." if len(dtypes) > 5 else ""))
     if strict and missing:
         problems.append(f"missing from checkpoint: {missing[:5]}" + (" ..." if len(missing) > 5 else ""))
     if strict and unexpected:
@@ -141,9 +161,19 @@ def load(path, *, expected: type | None = None, map_location: str | torch.device
 
     expected: the class the caller needs; a checkpoint of another class raises ValueError.
     """
+    if expected is not None and not isinstance(expected, type):
+        raise TypeError(f"expected must be a model class (e.g. VQGAN), got {expected!r}")
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"map_location must name a torch device, got {map_location!r}: {err}") from None
     record = read_config(path)
     if expected is not None and record["class"] != _class_name(expected):
         raise ValueError(f"checkpoint {path} holds a {record['class']}, expected {_class_name(expected)}")
     cls = _resolve_class(record["class"])
     model = cls(**_current_config(cls, record["config"]))
-    return load_state(model, path).to(map_location).eval()
+    weights, state = _read_weights(path)
+    saved = {state[k].dtype for k, _ in model.named_parameters() if k in state and state[k].is_floating_point()}
+    if len(saved) == 1:  # a model saved in bf16 / fp16 comes back in it (fp32 buffers stay as the model keeps them)
+        model.to(saved.pop())
+    return _fill(model, weights, state, True).to(device).eval()

@@ -92,3 +92,12 @@ def test_per_depth_codebooks_are_refused(tmp_path):
     torch.save(state, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="shared codebook"):
         convert("rqvae", tmp_path / "x.pt", tmp_path / "o", resolution=32)
+
+
+def test_integer_codebook_is_refused(tmp_path):
+    state = official_layout_state(RQVAE.from_preset("tiny").eval())
+    for d in range(4):
+        state[f"quantizer.codebooks.{d}.weight"] = state["quantizer.codebooks.0.weight"].long()
+    torch.save(state, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match=r"dtype of quantizer\.codebooks\.0\.weight torch\.int64"):
+        convert("rqvae", tmp_path / "x.pt", tmp_path / "o", resolution=32)

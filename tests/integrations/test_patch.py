@@ -24,6 +24,18 @@ def test_handle_reverts_and_context_manager_restores():
     assert _Peer.hot is original
 
 
+def test_applying_twice_patches_once_and_any_revert_order_restores():
+    original = _Peer.hot
+    for order in ("first-applied first", "last-applied first"):
+        first, second = _patch.PatchHandle("peer"), _patch.PatchHandle("peer")
+        first.set(_Peer, "hot", lambda self: "vqfast")
+        second.set(_Peer, "hot", lambda self: "vqfast again")
+        assert _Peer().hot() == "vqfast" and second.patched == []
+        for h in ((first, second) if order == "first-applied first" else (second, first)):
+            h.revert()
+        assert _Peer.hot is original, order
+
+
 def test_stats_count_served_and_passed_through():
     vi.reset_stats()
     _patch.served("peer.hot")

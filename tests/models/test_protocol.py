@@ -47,6 +47,17 @@ def test_every_preset_builds_on_the_meta_device(cls, name):
     assert all(p.is_meta and p.dtype == torch.bfloat16 for p in m.parameters())
 
 
+@pytest.mark.parametrize("cls", [VQGAN, RQVAE, MQVAE, PVQVAE], ids=lambda c: c.__name__)
+def test_tokenizers_take_images_of_their_weights_dtype_or_under_autocast(cls):
+    x = images(cls.from_preset("tiny"), batch=1).bfloat16()
+    extra = (torch.zeros(1, *x.shape[2:], dtype=torch.bool),) if cls is PVQVAE else ()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert tokens_of(cls.from_preset("tiny").eval().encode(x, *extra)).shape[0] == 1
+    assert tokens_of(cls.from_preset("tiny", dtype=torch.bfloat16).eval().encode(x, *extra)).shape[0] == 1
+    with pytest.raises(TypeError, match="images are torch.bfloat16 but the model's weights are torch.float32"):
+        cls.from_preset("tiny").eval().encode(x, *extra)
+
+
 def check_tokenizer(tok, x, *extra):
     tok.eval()
     enc = tok.encode(x, *extra)

@@ -1,10 +1,12 @@
 """vqfast.train.cache: shards hold the tokenizer's tokens of the centre crops (and their mirrors);
 decoding workers and two torchrun ranks write the same rows; stage 2 trains from them with the
 tokenizer that wrote them."""
+import json
 import subprocess
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from tests.train.test_distributed import TORCHRUN, _env
 from vqfast import checkpoint
@@ -87,6 +89,37 @@ def test_training_refuses_a_cache_of_another_tokenizer(image_folder, tokenizer_r
         train(TrainConfig("maskgit", "model", data=str(image_folder), preset="tiny", out=str(tmp_path / "m"),
                           steps=1, batch_size=2, progress=False, holdout=0.2, tokenizer=str(other),
                           token_cache=str(tmp_path / "cache")))
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"shard_rows": True}], ids=["batch_size", "shard_rows"])
+def test_cache_sizes_are_checked_before_anything_is_written(tmp_path, kwargs):
+    with pytest.raises(ValueError, match=f"{next(iter(kwargs))} must be a positive int"):
+        write_cache("maskgit", tokenizer=str(tmp_path / "vq"), data="photos", out=tmp_path / "c", **kwargs)
+    assert not (tmp_path / "c").exists()
+
+
+def _shard_cache(folder, damage):
+    """A one-shard maskgit cache of 4 rows, damaged as `damage` says."""
+    folder.mkdir()
+    tensors = {"tokens": torch.zeros(4, 8, 8, dtype=torch.long), "labels": torch.zeros(4, dtype=torch.long)}
+    if damage == "short labels":
+        tensors["labels"] = tensors["labels"][:3]
+    if damage == "float tokens":
+        tensors["tokens"] = tensors["tokens"].float()
+    save_file(tensors, str(folder / "shard_00000.safetensors"))
+    if damage == "truncated shard":
+        shard = folder / "shard_00000.safetensors"
+        shard.write_bytes(shard.read_bytes()[:-3])
+    shards = [] if damage == "no shards" else [{"file": "shard_00000.safetensors", "rows": 4}]
+    (folder / "index.json").write_text(json.dumps({"family": "maskgit", "rows": 4, "shards": shards}))
+    return folder
+
+
+@pytest.mark.parametrize("damage, pattern", [("truncated shard", "not readable"), ("short labels", "of 4 rows"),
+                                             ("float tokens", "int64"), ("no shards", "at least one shard")])
+def test_a_damaged_cache_is_a_value_error(tmp_path, damage, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        TokenCache(_shard_cache(tmp_path / "cache", damage))
 
 
 def test_stage_two_trains_from_the_cache(image_folder, tokenizer_run, tmp_path):

@@ -60,3 +60,18 @@ def test_old_checkpoints_are_pruned(tmp_path):
 def test_model_path_rejects_a_folder_without_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="neither a training run"):
         checkpointing.model_path(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated state", "truncated weights", "missing tensor"])
+def test_a_damaged_checkpoint_is_a_value_error(tmp_path, damage):
+    folder = checkpointing.save(tmp_path, 1, VQGAN.from_preset("tiny"), {"step": 1, "w": torch.ones(2)})
+    read = checkpointing.read_weights if damage == "truncated weights" else checkpointing.load_state
+    if damage == "missing tensor":
+        (folder / "state.json").write_text((folder / "state.json").read_text().replace('"/w"', '"/gone"'))
+    else:
+        f = folder / ("model.safetensors" if damage == "truncated weights" else "state.safetensors")
+        f.write_bytes(f.read_bytes()[:-1])
+    with pytest.raises(ValueError, match="not a readable"):
+        read(folder)
+    with pytest.raises(ValueError, match="holds no ema weights"):
+        checkpointing.read_weights(folder, "ema")

@@ -14,8 +14,8 @@ from vqfast.train import TrainConfig, train
 from vqfast.models.common.losses import VGGPerceptual
 from vqfast.train.data import open_images
 from vqfast.train.families import get_stage
-from vqfast.train.metrics import (FID, FID_HINT, IS_HINT, InceptionScore, codebook_stats, inception_features,
-                                  inception_logits, lpips_model, psnr_ssim)
+from vqfast.train.metrics import (FID, FID_HINT, IS_HINT, InceptionScore, codebook_stats, evaluate_run,
+                                  inception_features, inception_logits, lpips_model, psnr_ssim)
 from vqfast.train.stage_metrics import stage_metrics
 
 
@@ -221,3 +221,13 @@ def test_two_rank_eval_scores_what_one_process_scores(image_folder, tmp_path, fa
     assert {"fid", "codebook_usage"} <= set(scores) and ("is" in scores) == (preset is not None)
     assert report.keys() == one.keys()
     assert all(report[k] == pytest.approx(one[k], rel=1e-6, abs=1e-9) for k in scores), (report, one)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [({"batch_size": 0}, "batch_size must be a positive int"),
+                                             ({"max_images": -3}, "max_images must be a positive int"),
+                                             ({"sample_steps": 0}, "sample_steps must be a positive int"),
+                                             ({}, "is not a training run's config")])
+def test_evaluate_run_checks_its_arguments_and_the_run_config(tmp_path, kwargs, pattern):
+    (tmp_path / "run.json").write_text("{not json")
+    with pytest.raises(ValueError, match=pattern):
+        evaluate_run(tmp_path, **kwargs)

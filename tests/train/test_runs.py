@@ -30,6 +30,18 @@ def test_train_or_load_trains_once_then_loads(image_folder, tmp_path):
     assert isinstance(load_model(run), torch.nn.Module) and not load_model(run).training
 
 
+def test_a_damaged_run_json_is_a_value_error_and_nothing_is_deleted(image_folder, tmp_path):
+    from vqfast.models.common.vqgan import VQGAN
+    from vqfast.train.checkpointing import save
+
+    run = tmp_path / "r"
+    save(run, 1, VQGAN.from_preset("tiny"), {"step": 1})
+    (run / "run.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not a run's config"):
+        train_or_load(config(image_folder, run))
+    assert latest(run) is not None
+
+
 def test_train_or_load_replaces_a_stale_run_and_resumes_an_unfinished_one(image_folder, tmp_path):
     train(config(image_folder, tmp_path / "r", steps=4, stop_after=2))
     cfg = config(image_folder, tmp_path / "r", steps=4)

@@ -89,6 +89,9 @@ def test_errors_before_training(image_folder, tmp_path):
         config(image_folder, tmp_path / "x", precision="fp16")
     with pytest.raises(ValueError, match="family must be one of"):
         TrainConfig("dalle", "tokenizer", data="photos", preset="tiny", out="x")
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ValueError, match="must be a run folder"):
+        train(config(image_folder, tmp_path / "file"))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="holds no images"):
@@ -112,6 +115,35 @@ def test_class_conditional_model_checks_the_datas_classes_before_training(image_
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     run = train(TrainConfig("rq", "model", data=str(image_folder), out=str(tmp_path / "c"), **cond))
     assert len(read_log(run)) == 1
+
+
+def test_resume_refuses_a_checkpoint_it_cannot_continue(image_folder, tmp_path):
+    run = train(config(image_folder, tmp_path / "r", steps=2, stop_after=1))
+    for change, pattern in [({"preset": "64px"}, r"preset='64px' \(the run's: 'tiny'\)"),
+                            ({"overrides": {"codebook_size": 128}}, r"overrides=\{'codebook_size': 128\} \(the run's"),
+                            ({"ema": 0.9}, r"ema=0.9 \(the run's: None\)"),
+                            ({"batch_size": 3, "seed": 5}, r"batch_size=3 \(the run's: 2\); seed=5")]:
+        with pytest.raises(ValueError, match=pattern):
+            train(config(image_folder, run, steps=2, resume=True, **change))
+    with_ema = train(config(image_folder, tmp_path / "e", steps=2, stop_after=1, ema=0.9))
+    (latest(with_ema) / "ema.safetensors").unlink()
+    with pytest.raises(ValueError, match="holds no EMA weights"):
+        train(config(image_folder, with_ema, steps=2, resume=True, ema=0.9))
+    with pytest.raises(ValueError, match="family='rq' \\(the run's: 'maskgit'\\)"):
+        train(TrainConfig("rq", "tokenizer", data=str(image_folder), preset="tiny", out=str(run), steps=2,
+                          batch_size=2, progress=False, holdout=0.2, resume=True))
+    (latest(run) / "state.json").write_text('{"__dict__": [["step", 1]]}')
+    with pytest.raises(ValueError, match="not a complete training checkpoint"):
+        train(config(image_folder, run, steps=2, resume=True))
+
+
+@pytest.mark.parametrize("field, value, exc", [
+    ("lr", "1e-3", TypeError), ("ema", "0.9", TypeError), ("clip", "1", TypeError), ("time_limit", True, TypeError),
+    ("holdout", 1.5, ValueError), ("holdout", -0.1, ValueError), ("warmup", -5, ValueError),
+    ("stop_after", True, ValueError), ("dist_timeout", -1.0, ValueError)])
+def test_config_values_are_checked(tmp_path, field, value, exc):
+    with pytest.raises(exc, match=field):
+        config(tmp_path, tmp_path / "x", **{field: value})
 
 
 def test_channels_last_trains_as_nchw_and_resumes_bitwise(image_folder, tmp_path):

@@ -37,7 +37,10 @@ _ALLOWED_PREFIXES = ("pytorch_lightning.callbacks.", "lightning.pytorch.callback
 def _torch_load(source) -> dict:
     """torch.load(weights_only=True) with the allowed Lightning / numpy names read as inert objects."""
     data = source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
-    names = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
+    except Exception as err:  # not a torch.save zip archive (a legacy pickle, a text file, a damaged zip)
+        raise ValueError(f"not a checkpoint written by torch.save (a zip archive): {err}") from None
     refused = [n for n in names if not n.startswith(_ALLOWED_PREFIXES)]
     if refused:
         raise ValueError(f"checkpoint names classes outside the allow-list, not loaded: {sorted(refused)}")
@@ -63,28 +66,39 @@ def _flat_state(obj, source: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def _safetensors(data: bytes | Path, source: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (a path, read mapped) or of its bytes."""
+    from safetensors.torch import load, load_file
+
+    try:
+        return load_file(str(data)) if isinstance(data, Path) else load(data)
+    except Exception as err:  # safetensors raises its own SafetensorError on a truncated or corrupt file
+        raise ValueError(f"{source} is not a readable safetensors file: {err}") from None
+
+
 def read_state(path, member: str | None = None) -> dict[str, torch.Tensor]:
     """{name: tensor} of an official checkpoint file (see the module doc)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.name.endswith((".tar.gz", ".tgz", ".tar")):
-        with tarfile.open(path) as tar:
-            files = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(CHECKPOINT_SUFFIXES)]
-            if member is not None:
-                files = [m for m in files if m.name == member or m.name.endswith("/" + member)]
-            if len(files) != 1:
-                raise ValueError(f"{path}: name one checkpoint inside with member= (found "
-                                 f"{[m.name for m in files] or 'none'})")
-            data = tar.extractfile(files[0]).read()
+        try:
+            with tarfile.open(path) as tar:
+                files = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(CHECKPOINT_SUFFIXES)]
+                if member is not None:
+                    files = [m for m in files if m.name == member or m.name.endswith("/" + member)]
+                if len(files) != 1:
+                    raise ValueError(f"{path}: name one checkpoint inside with member= (found "
+                                     f"{[m.name for m in files] or 'none'})")
+                data = tar.extractfile(files[0]).read()
+        except (tarfile.TarError, EOFError, OSError) as err:  # OSError: a damaged gzip stream
+            raise ValueError(f"{path} is not a readable tar archive: {err}") from None
         source = f"{path}:{files[0].name}"
         if files[0].name.endswith(".safetensors"):
-            from safetensors.torch import load
-            return load(data)
+            return _safetensors(data, source)
         return _flat_state(_torch_load(io.BytesIO(data)), source)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
+        return _safetensors(path, str(path))
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise ValueError(f"{path}: expected one of {CHECKPOINT_SUFFIXES} or a .tar.gz release")
     return _flat_state(_torch_load(path), str(path))

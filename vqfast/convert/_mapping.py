@@ -41,6 +41,8 @@ def load_mapped(model: nn.Module, state: dict[str, torch.Tensor], mapping: dict[
             problems.append(f"vqfast model has no {key}")
         elif tuple(value.shape) != tuple(own[key].shape):
             problems.append(f"shape of {keys[0]} {tuple(value.shape)} != {key} {tuple(own[key].shape)}")
+        elif value.is_floating_point() != own[key].is_floating_point():
+            problems.append(f"dtype of {keys[0]} {value.dtype} != {key} {own[key].dtype}")
         else:
             new[key] = value.to(own[key].dtype)
     unmapped = [k for k, v in own.items() if k not in mapping and k not in new]

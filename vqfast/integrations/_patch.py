@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 _COUNTS: dict[str, dict[str, int]] = defaultdict(lambda: {"served": 0, "passed_through": 0})
 _MISSING = object()
+_PATCH_MARK = "_vqfast_patch"  # set on every function a PatchHandle installs
 
 
 def served(name: str) -> None:
@@ -60,9 +61,14 @@ class PatchHandle:
         self._undo: list[tuple[Any, str, Any]] = []
 
     def set(self, owner: Any, attr: str, new: Callable) -> None:
-        """Replaces owner.attr (a class's method or a module's function) by `new`, remembering the original."""
-        self._undo.append((owner, attr, owner.__dict__.get(attr, _MISSING) if isinstance(owner, type)
-                           else getattr(owner, attr)))
+        """Replaces owner.attr (a class's method or a module's function) by `new`, remembering the original.
+        An attribute an earlier handle already patched is left as it is (applying twice patches once,
+        so reverting the handles in any order restores the original)."""
+        current = owner.__dict__.get(attr, _MISSING) if isinstance(owner, type) else getattr(owner, attr)
+        if getattr(current, _PATCH_MARK, False):
+            return
+        setattr(new, _PATCH_MARK, True)
+        self._undo.append((owner, attr, current))
         setattr(owner, attr, new)
 
     @property

@@ -116,13 +116,22 @@ class TokenCache:
     """
 
     def __init__(self, folder: str | Path):
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         if not (folder / INDEX).exists():
             raise ValueError(f"{folder} is not a token cache (no {INDEX}; write one with python -m vqfast cache)")
-        self.index = json.loads((folder / INDEX).read_text())
-        parts = [load_file(str(folder / s["file"])) for s in self.index["shards"]]
+        try:
+            self.index = json.loads((folder / INDEX).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{folder / INDEX} is not a token cache index: {err}") from None
+        shards = self.index.get("shards") if isinstance(self.index, dict) else None
+        if not (isinstance(shards, list) and shards and isinstance(self.index.get("family"), str)
+                and all(isinstance(s, dict) and isinstance(s.get("file"), str) for s in shards)):
+            raise ValueError(f"{folder / INDEX} is not a token cache index: expected {{'family': str, 'shards': "
+                             f"[{{'file': str, 'rows': int}}, ...]}} with at least one shard")
+        parts = [_read_shard(folder, s) for s in shards]
+        if any(p.keys() != parts[0].keys() for p in parts):
+            kinds = sorted({tuple(sorted(p)) for p in parts})
+            raise ValueError(f"the shards of {folder} hold different tensors: {kinds}")
         self.rows = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def __len__(self) -> int:
@@ -133,3 +142,19 @@ class TokenCache:
         for j in range(start, stop):
             idx = torch.tensor([i for i, _ in plan.keys(j, rank)])
             yield {k: v[idx] for k, v in self.rows.items()}
+
+
+def _read_shard(folder: Path, entry: dict) -> dict[str, torch.Tensor]:
+    """One shard's tensors, checked: int64 "tokens" and "labels" (and "positions") of the rows the index lists."""
+    from safetensors.torch import load_file
+
+    path = folder / entry["file"]
+    try:
+        part = load_file(str(path))
+    except Exception as err:  # a missing file, or safetensors' own SafetensorError on a damaged one
+        raise ValueError(f"token cache shard {path} is not readable: {err}") from None
+    rows = {k: (v.dtype, v.shape[0] if v.dim() else None) for k, v in part.items()}
+    if not {"tokens", "labels"} <= rows.keys() or any(r != (torch.long, entry.get("rows")) for r in rows.values()):
+        raise ValueError(f"token cache shard {path} must hold int64 'tokens' and 'labels' of {entry.get('rows')} "
+                         f"rows, got {rows}")
+    return part

@@ -54,7 +54,11 @@ def unflatten(structure, tensors: dict):
     """The inverse of `flatten`."""
     if isinstance(structure, dict):
         if "__tensor__" in structure:
+            if structure["__tensor__"] not in tensors:
+                raise ValueError(f"the structure names tensor {structure['__tensor__']!r}, which is not stored")
             return tensors[structure["__tensor__"]]
+        if not isinstance(structure.get("__dict__"), list):
+            raise ValueError(f"a stored dict must be {{'__dict__': [[key, value], ...]}}, got keys {sorted(structure)}")
         return {k: unflatten(v, tensors) for k, v in structure["__dict__"]}
     if isinstance(structure, list):
         return [unflatten(v, tensors) for v in structure]
@@ -166,9 +170,9 @@ def load_state(folder: str | Path) -> dict:
     try:
         structure = json.loads((folder / "state.json").read_text())
         tensors = load_file(str(folder / "state.safetensors"))
-    except (OSError, json.JSONDecodeError) as err:
+        return unflatten(structure, tensors)
+    except Exception as err:  # OSError, bad JSON, safetensors' own SafetensorError on a damaged file
         raise ValueError(f"{folder} is not a readable training checkpoint: {err}") from None
-    return unflatten(structure, tensors)
 
 
 def saved_run(folder: str | Path) -> tuple[dict, int]:
@@ -184,7 +188,14 @@ def saved_run(folder: str | Path) -> tuple[dict, int]:
 def read_weights(folder: str | Path, name: str = "model") -> dict[str, torch.Tensor]:
     """The state dict `name` ("model" or "ema") of a checkpoint folder."""
     from safetensors.torch import load_file
-    return load_file(str(Path(folder) / f"{name}.safetensors"))
+
+    path = Path(folder) / f"{name}.safetensors"
+    if not path.is_file():
+        raise ValueError(f"{Path(folder)} holds no {name} weights ({path.name})")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own SafetensorError on a truncated or corrupt file
+        raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
 
 
 def model_path(source: str | Path) -> Path:

@@ -202,14 +202,22 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, batch_size: in
     from vqfast.train.families import get_stage
     from vqfast.train.stage_metrics import stage_metrics
 
+    for name, v in (("batch_size", batch_size), ("max_images", max_images), ("sample_steps", sample_steps)):
+        if not (v is None and name == "sample_steps") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").exists():
         raise ValueError(f"{run_dir} is not a training run (no run.json)")
-    for name, v in (("batch_size", batch_size), ("max_images", max_images)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    cfg = json.loads((run_dir / "run.json").read_text())
-    stage = get_stage(cfg["family"], cfg["stage"])
+    try:
+        cfg = json.loads((run_dir / "run.json").read_text())
+        stage = get_stage(cfg["family"], cfg["stage"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{run_dir / 'run.json'} is not a training run's config: {err!r}") from None
+    if device is not None:
+        try:
+            torch.device(device)
+        except RuntimeError as err:
+            raise ValueError(f"device must name a torch device, got {device!r}: {err}") from None
     ctx = distributed.setup(device, dist_timeout)
     try:
         dev = ctx.device

@@ -35,7 +35,12 @@ def run_status(cfg: TrainConfig) -> str:
     latest = checkpointing.latest(run) if (run / "run.json").exists() else None
     if latest is None:
         return "none"
-    if _recipe(json.loads((run / "run.json").read_text())) != _recipe(json.loads(json.dumps(asdict(cfg)))):
+    try:
+        saved = json.loads((run / "run.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{run / 'run.json'} is not a run's config ({err}): delete the folder or pick another "
+                         f"out") from None
+    if not isinstance(saved, dict) or _recipe(saved) != _recipe(json.loads(json.dumps(asdict(cfg)))):
         return "none"
     step = int(latest.name.rsplit("_", 1)[1])  # checkpointing.save names the folder step_NNNNNN
     stops = read_log(run, "stopped")

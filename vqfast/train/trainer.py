@@ -100,15 +100,27 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
-        if self.stop_after is not None and not (isinstance(self.stop_after, int) and self.stop_after >= 1):
-            raise ValueError(f"stop_after must be a positive int or None, got {self.stop_after!r}")
+        for name in ("stop_after", "warmup"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (name == "stop_after")):
+                raise ValueError(f"{name} must be a {'positive' if name == 'stop_after' else 'non-negative'} int or "
+                                 f"None, got {v!r}")
+        for name in ("lr", "ema", "clip", "time_limit", "holdout", "dist_timeout"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise TypeError(f"{name} must be a number{'' if name in ('holdout', 'dist_timeout') else ' or None'}, "
+                                f"got {v!r}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"holdout must be in [0, 1), got {self.holdout!r}")
+        if not self.dist_timeout > 0:
+            raise ValueError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout!r}")
         if self.channels_last is not None and not isinstance(self.channels_last, bool):
             raise TypeError(f"channels_last must be a bool or None, got {self.channels_last!r}")
         if self.channels_last and self.fsdp:
             raise ValueError("channels_last is not supported with fsdp (FSDP shards contiguous parameters)")
         if not isinstance(self.overrides, dict) or not all(isinstance(k, str) for k in self.overrides):
             raise TypeError(f"overrides must be a dict of constructor argument names, got {self.overrides!r}")
-        if self.time_limit is not None and not (isinstance(self.time_limit, (int, float)) and self.time_limit > 0):
+        if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be a positive number of seconds or None, got {self.time_limit!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
@@ -164,6 +176,32 @@ def lr_lambda(step: int, *, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+_STATE_KEYS = ("step", "world_size", "optimizer", "scheduler", "rng", "config")
+
+
+def _resumable_state(folder: Path, cfg: TrainConfig) -> dict:
+    """The training state of checkpoint `folder`, after checking that cfg continues that run
+    (the RESUME_KEEPS settings, a token cache or images, steps not below the run's step)."""
+    state = checkpointing.load_state(folder)
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"--resume: {folder} is not a complete training checkpoint (no {missing})")
+    saved, now, run = state["config"], json.loads(json.dumps(asdict(cfg))), folder.parent.parent
+    diffs = [f"{k}={now[k]!r} (the run's: {saved[k]!r})" for k in RESUME_KEEPS if k in saved and now[k] != saved[k]]
+    if "token_cache" in saved and (now["token_cache"] is None) != (saved["token_cache"] is None):
+        diffs.append(f"token_cache={now['token_cache']!r} (the run's: {saved['token_cache']!r})")
+    if diffs:
+        raise ValueError(f"--resume: {run} was trained with other settings: {'; '.join(diffs)}. Resume with the "
+                         f"run's settings (`python -m vqfast train FAMILY --resume RUN_DIR` takes them from the "
+                         f"run) or start a new run (--init-from RUN_DIR starts from its weights)")
+    if cfg.steps < int(state["step"]):
+        raise ValueError(f"--resume: {run} is at step {state['step']}, past steps={cfg.steps}: pass --steps "
+                         f"{state['step']} or more")
+    if cfg.ema is not None and not (folder / "ema.safetensors").is_file():
+        raise ValueError(f"--resume: the checkpoint {folder} holds no EMA weights")
+    return state
 
 
 def load_tokenizer(source: str, stage, device: torch.device) -> nn.Module:
@@ -224,13 +262,14 @@ class Trainer:
         self.cfg, self.ctx = cfg, ctx
         self.stage = stage = get_stage(cfg.family, cfg.stage)
         self.run_dir = Path(cfg.out)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"out (--out) must be a run folder, but {self.run_dir} is a file")
         self.resume_from = checkpointing.latest(self.run_dir) if cfg.resume else None
         if cfg.resume and self.resume_from is None:
             raise ValueError(f"--resume: {self.run_dir} holds no checkpoint to resume from")
         if not cfg.resume and (self.run_dir / checkpointing.LATEST).exists():
             raise ValueError(f"{self.run_dir} already holds a run: pass --resume to continue it or pick another --out")
-        if self.resume_from is not None:
-            self._check_resume(*checkpointing.saved_run(self.resume_from))
+        self.resumed = _resumable_state(self.resume_from, cfg) if self.resume_from is not None else None
         if stage.needs_tokenizer and cfg.tokenizer is None:
             raise ValueError(f"--stage {cfg.stage} of {cfg.family} trains on a trained tokenizer: pass "
                              f"--tokenizer RUN_DIR_OR_CHECKPOINT")
@@ -310,20 +349,6 @@ class Trainer:
                 self.critic.wrap(lambda m: DistributedDataParallel(m, device_ids=ids))
 
     # -- state ---------------------------------------------------------------------------
-    def _check_resume(self, saved: dict, step: int) -> None:
-        """Refuse to resume a run of other settings (saved: the checkpoint's config) or past its end."""
-        now = json.loads(json.dumps(asdict(self.cfg)))
-        diffs = [f"{k}={now[k]!r} (the run's: {saved[k]!r})" for k in RESUME_KEEPS if k in saved and now[k] != saved[k]]
-        if "token_cache" in saved and (now["token_cache"] is None) != (saved["token_cache"] is None):
-            diffs.append(f"token_cache={now['token_cache']!r} (the run's: {saved['token_cache']!r})")
-        if diffs:
-            raise ValueError(f"--resume: {self.run_dir} was trained with other settings: {'; '.join(diffs)}. Resume "
-                             f"with the run's settings (`python -m vqfast train FAMILY --resume RUN_DIR` takes them "
-                             f"from the run) or start a new run (--init-from RUN_DIR starts from its weights)")
-        if self.cfg.steps < step:
-            raise ValueError(f"--resume: {self.run_dir} is at step {step}, past steps={self.cfg.steps}: pass "
-                             f"--steps {step} or more")
-
     def _state(self) -> dict:
         rng = distributed.gather(checkpointing.rng_state(self.model), self.ctx)
         return {"step": self.step, "micro_batch": self.step * self.cfg.grad_accum,
@@ -339,7 +364,7 @@ class Trainer:
 
     def _restore(self, folder: Path) -> None:
         """Everything but the weights (loaded before sharding / wrapping)."""
-        state = checkpointing.load_state(folder)
+        state = self.resumed
         if state["config"]["fsdp"] != self.cfg.fsdp and self.ctx.distributed:
             raise ValueError(f"resume with the --fsdp setting of the run ({state['config']['fsdp']})")
         if self.sharded:

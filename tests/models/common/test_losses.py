@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqfast.models.common.losses import HingeGAN, PatchDiscriminator, VGGFeatures, VGGPerceptual
+from vqfast.models.common.losses import HingeGAN, PatchDiscriminator, VGGFeatures, VGGPerceptual, read_state_dict
 
 # torchvision's `cfgs["D"]` (vgg16) and `cfgs["E"]` (vgg19).
 TORCHVISION_CFG = {
@@ -141,3 +141,10 @@ def test_hinge_gan_terms():
     d = gan.discriminator_loss(real, fake)
     d.backward()
     assert fake.grad is None and d >= 0
+
+
+@pytest.mark.parametrize("name, data", [("vgg.pth", b"not a torch file"), ("vgg.safetensors", b"\x08" + b"\x00" * 7)])
+def test_an_unreadable_weights_file_is_a_value_error(tmp_path, name, data):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ValueError, match="is not a readable weights file"):
+        read_state_dict(tmp_path / name)

@@ -24,3 +24,11 @@ def check_batch_size(batch_size) -> None:
     """Raise unless batch_size is None or a positive int."""
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def check_image_dtype(images: torch.Tensor, weight: torch.Tensor) -> None:
+    """Raise unless float images can meet the model's weights: the same dtype, or any float under
+    torch.autocast (which casts both)."""
+    if images.dtype != weight.dtype and not torch.is_autocast_enabled(images.device.type):
+        raise TypeError(f"images are {images.dtype} but the model's weights are {weight.dtype}: cast the images "
+                        f"(images.to({weight.dtype})) or run under torch.autocast")

@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqfast.layout import same_format
+from vqfast.ops import _validate
+from vqfast.models.common.checks import check_image_dtype
 from vqfast.models.common.outputs import TokenizerOutput, loss_output
 from vqfast.models.common.transformer import sdpa
 
@@ -77,6 +79,18 @@ class Upsample(nn.Module):
 
 def _mid(ch: int, attn: bool) -> nn.Sequential:
     return nn.Sequential(ResBlock(ch, ch), AttnBlock(ch) if attn else nn.Identity(), ResBlock(ch, ch))
+
+
+def check_conv_config(ch_mult, num_res_blocks, **sizes) -> None:
+    """Raise unless the sizes of a conv net are ints: `sizes` (resolution, ch, ...) positive,
+    num_res_blocks >= 0, ch_mult a non-empty sequence of positive ints."""
+    for name, v in sizes.items():
+        _validate.integer(name, v, low=1)
+    _validate.integer("num_res_blocks", num_res_blocks, low=0)
+    if isinstance(ch_mult, (str, bytes)) or not isinstance(ch_mult, (list, tuple)) or not ch_mult:
+        raise TypeError(f"ch_mult must be a non-empty list of ints (one per level), got {ch_mult!r}")
+    for m in ch_mult:
+        _validate.integer("ch_mult entries", m, low=1)
 
 
 class Encoder(nn.Module):
@@ -142,6 +156,8 @@ class ConvTokenizer(nn.Module):
     def __init__(self, config: dict, make_quantizer):
         super().__init__()
         c = config
+        check_conv_config(c["ch_mult"], c["num_res_blocks"], resolution=c["resolution"], in_channels=c["in_channels"],
+                          ch=c["ch"], z_channels=c["z_channels"])
         f = 2 ** (len(c["ch_mult"]) - 1)
         if c["resolution"] % f:
             raise ValueError(f"resolution={c['resolution']} must be divisible by the downsampling factor {f}")
@@ -171,8 +187,13 @@ class ConvTokenizer(nn.Module):
 
     def _check_images(self, x: torch.Tensor) -> None:
         r, c = self.config["resolution"], self.config["in_channels"]
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != c or tuple(x.shape[2:]) != (r, r):
-            raise ValueError(f"images must be [B, {c}, {r}, {r}], got {tuple(getattr(x, 'shape', ()))}")
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != c or tuple(x.shape[2:]) != (r, r) \
+                or not x.is_floating_point() or x.shape[0] < 1:
+            raise ValueError(f"images must be a float tensor [B >= 1, {c}, {r}, {r}], got "
+                             f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+        check_image_dtype(x, next(self.encoder.parameters()))
+        if x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+            raise ValueError("images must be finite (found NaN or inf)")
 
     def quantize(self, x: torch.Tensor):
         """images -> (z_q [B, d, h, w], indices [B, h, w] (RQVAE: [B, h, w, D]), QuantizerLosses)."""
@@ -208,11 +229,11 @@ class ConvTokenizer(nn.Module):
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens int64 [B, h, w] (or [B, h*w]; RQVAE: [B, h, w, D]) -> images [B, C, R, R]."""
-        h, w = self.token_hw
         shape = self.token_shape
+        flat = ((math.prod(self.token_hw), *shape[2:]), (math.prod(shape),))  # also [B, h*w] (RQVAE: [B, h*w, D])
         if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() < 2 or \
-                tokens[0].numel() != math.prod(shape):
-            raise ValueError(f"tokens must be int64 [B, {', '.join(map(str, shape))}], got "
+                tokens.shape[0] < 1 or tuple(tokens.shape[1:]) not in (shape, *flat):
+            raise ValueError(f"tokens must be int64 [B >= 1, {', '.join(map(str, shape))}], got "
                              f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
             raise ValueError(f"tokens must lie in [0, {self.codebook_size}), got range "

@@ -97,11 +97,20 @@ def can_pack(model: nn.Module, dtype: torch.dtype) -> bool:
 _COPIES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
+SAMPLING_DTYPES = (None, torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_sampling_dtype(dtype) -> None:
+    if not any(dtype is d for d in SAMPLING_DTYPES):
+        raise TypeError(f"autocast_dtype must be one of {SAMPLING_DTYPES}, got {dtype!r}")
+
+
 def inference_copy(model: nn.Module, dtype: torch.dtype | None = None, batch_hint: int = 1) -> nn.Module:
     """The model to sample with in `dtype` (None = fp32): `packed_copy` where `can_pack`,
     else `low_precision_copy` for bf16/fp16 and `model` itself for fp32. One copy per model
     is kept and rebuilt only after a parameter (in-place update, new tensor, device move),
     the train/eval mode, `dtype` or `batch_hint` changed."""
+    _check_sampling_dtype(dtype)
     dtype = torch.float32 if dtype is None else dtype
     packed = can_pack(model, dtype)
     if not packed and dtype == torch.float32:
@@ -119,6 +128,7 @@ def low_precision(model, dtype: torch.dtype | None, batch_hint: int = 1):
     """(model to run, dtype left for torch.autocast) for a sampler asked to run in `dtype`:
     `inference_copy` of an nn.Module built from vqfast Blocks, else the model itself
     (under autocast unless dtype is None or fp32)."""
+    _check_sampling_dtype(dtype)
     if isinstance(model, nn.Module) and any(isinstance(m, Block) for m in model.modules()):
         return inference_copy(model, dtype, batch_hint), None
     return model, None if dtype in (None, torch.float32) else dtype

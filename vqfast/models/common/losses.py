@@ -34,10 +34,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no weights file at {path!r} (nothing is downloaded; pass a local file)")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # SafetensorError, UnpicklingError (code or a non-torch file), a damaged zip
+        raise ValueError(f"{path!r} is not a readable weights file (safetensors, or a torch.save state dict "
+                         f"loadable with weights_only=True): {err}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state dict")
+    return state
 
 
 class VGGFeatures(nn.Module):

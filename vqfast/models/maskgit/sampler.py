@@ -127,6 +127,8 @@ def maskgit_decode(model: Callable, known: torch.Tensor | None = None, mask: tor
     B = shape[0]
     if B == 0 or known[0].numel() != L:
         raise ValueError(f"known must hold B >= 1 maps of seq_len={L} positions, got shape {tuple(shape)}")
+    if batch_size is not None and batch_size != B:
+        raise ValueError(f"batch_size={batch_size!r} disagrees with known's batch {B}")
     kept = known[~mask]
     if kept.numel() and (kept.min() < 0 or kept.max() >= mask_id):
         raise ValueError(f"known tokens outside the mask must lie in [0, {mask_id}), "

@@ -87,8 +87,15 @@ class BidirectionalTransformer(PresetMixin, nn.Module):
         nn.init.trunc_normal_(self.pos_emb, std=0.02)
 
     def forward(self, tokens: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens int64 [B, L] in [0, K] (K = mask_id) (, class_labels [B]) -> logits [B, L, K]."""
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long:
+            raise TypeError(f"tokens must be an int64 tensor, got {getattr(tokens, 'dtype', type(tokens))}")
         if tokens.dim() != 2 or tokens.shape[1] != self.seq_len:
             raise ValueError(f"tokens must be [B, {self.seq_len}], got shape {tuple(tokens.shape)}")
+        if tokens.numel() and tokens.device.type != "meta" and (tokens.min() < 0 or tokens.max() > self.mask_id):
+            raise ValueError(f"tokens must lie in [0, {self.mask_id}] ({self.mask_id}: [MASK]), got range "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        self.check_class_labels(class_labels, tokens.shape[0])
         x = self.tok_emb(tokens)
         if self.cls_emb is not None:
             if class_labels is None:  # unconditional: the null class

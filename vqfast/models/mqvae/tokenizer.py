@@ -43,7 +43,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqfast.models.common.conv import Decoder, Encoder
+from vqfast.models.common.checks import check_image_dtype
+from vqfast.models.common.conv import Decoder, Encoder, check_conv_config
 from vqfast.models.common.outputs import TokenizerOutput, loss_output
 from vqfast.models.common.presets import PresetMixin
 from vqfast.models.mqvae.demask import AdaptiveDemask
@@ -91,13 +92,13 @@ class MQVAE(PresetMixin, nn.Module):
                  rec_loss: str = "l2", seed: int = 0, attn_resolutions: tuple[int, ...] | list[int] = (),
                  decoder_stem: bool = True, perceptual_weight: float = 1.0, adversarial_weight: float = 1.0):
         super().__init__()
+        check_conv_config(ch_mult, num_res_blocks, resolution=resolution, in_channels=in_channels, ch=ch,
+                          z_channels=z_channels)
         ch_mult = tuple(ch_mult)
         f = 2 ** (len(ch_mult) - 1)
         if resolution < f or resolution % f:
             raise ValueError(f"resolution={resolution} must be a positive multiple of the downsampling "
                              f"factor {f} (ch_mult={list(ch_mult)})")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         if rec_loss not in ("l1", "l2"):
             raise ValueError(f"rec_loss must be 'l1' or 'l2', got {rec_loss!r}")
         for name, w in (("perceptual_weight", perceptual_weight), ("adversarial_weight", adversarial_weight)):
@@ -135,6 +136,7 @@ class MQVAE(PresetMixin, nn.Module):
                 or tuple(images.shape[2:]) != (r, r) or not images.is_floating_point() or images.shape[0] < 1:
             raise ValueError(f"images must be a float tensor [B >= 1, {c}, {r}, {r}], got "
                              f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
+        check_image_dtype(images, next(self.encoder.parameters()))
         if images.device.type != "meta" and not bool(torch.isfinite(images).all()):
             raise ValueError("images must be finite (found NaN or inf)")
 
@@ -143,9 +145,9 @@ class MQVAE(PresetMixin, nn.Module):
             if not isinstance(t, torch.Tensor) or t.dtype != torch.long or t.dim() != 2:
                 raise ValueError(f"{name} must be an int64 tensor [B, n], got "
                                  f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
-        if tokens.shape != positions.shape or not 1 <= tokens.shape[1] <= self.num_positions:
+        if tokens.shape != positions.shape or not 1 <= tokens.shape[1] <= self.num_positions or tokens.shape[0] < 1:
             raise ValueError(f"{what} {tuple(tokens.shape)} and positions {tuple(positions.shape)} must both be "
-                             f"[B, n] with 1 <= n <= {self.num_positions}")
+                             f"[B, n] with B >= 1 and 1 <= n <= {self.num_positions}")
         if tokens.device.type == "meta":
             return
         if what == "tokens" and (tokens.min() < 0 or tokens.max() >= self.codebook_size):

@@ -19,9 +19,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqfast.layout import same_format
+from vqfast.models.common.checks import check_image_dtype
 from vqfast.models.common.outputs import TokenizerOutput
 from vqfast.models.common.presets import PresetMixin
 from vqfast.models.put.losses import PVQVAELoss
+from vqfast.ops import _validate
 from vqfast.quantizers import DualCodebookQuantizer
 
 
@@ -256,6 +258,9 @@ class PVQVAE(PresetMixin, nn.Module):
                                        or resolution < patch or resolution % patch):
             raise ValueError(f"resolution must be None or a positive multiple of the patch size r={patch}, "
                              f"got {resolution!r}")
+        for name, v in (("hidden", hidden), ("res_hidden", res_hidden), ("dec_base", dec_base)):
+            _validate.integer(name, v, low=1)
+        _validate.integer("depth", depth, low=0)
         if encoder not in ("linear", "conv"):
             raise ValueError(f"encoder must be 'linear' or 'conv', got {encoder!r}")
         if codebooks not in (1, 2):
@@ -290,7 +295,9 @@ class PVQVAE(PresetMixin, nn.Module):
 
     def check_images(self, images: torch.Tensor, mask: torch.Tensor | None, name: str = "mask") -> torch.Tensor:
         """Validate images [B, 3, R, R] and a pixel mask (see `check_images_and_mask`); return mask [B, H, W]."""
-        return check_images_and_mask(images, mask, self.patch, self.resolution, name)
+        mask = check_images_and_mask(images, mask, self.patch, self.resolution, name)
+        check_image_dtype(images, next(self.encoder.parameters()))
+        return mask
 
     def token_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """bool [B, H, W] missing-pixel mask -> bool [B, H/r, W/r]: True where the patch has a missing

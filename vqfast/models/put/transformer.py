@@ -70,6 +70,10 @@ class UQTransformer(PresetMixin, nn.Module):
                  depth: int = 30, heads: int = 8, mlp_ratio: float = 4.0, layout: str = "vqfast",
                  token_input: bool = False):
         super().__init__()
+        for name, v in (("feature_dim", feature_dim), ("vocab_size", vocab_size), ("seq_len", seq_len),
+                        ("depth", depth)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
         if layout not in self.LAYOUTS:
             raise ValueError(f"layout must be one of {self.LAYOUTS}, got {layout!r}")
         if not isinstance(token_input, bool):

@@ -154,6 +154,8 @@ def _prepare(model, known, mask, batch_size, class_labels, device):
     if known.dim() != 4 or tuple(known.shape[1:]) != model.code_shape or known.shape[0] == 0:
         raise ValueError(f"known codes must be [B >= 1, {', '.join(map(str, model.code_shape))}], "
                          f"got {tuple(known.shape)}")
+    if batch_size is not None and batch_size != known.shape[0]:
+        raise ValueError(f"batch_size={batch_size!r} disagrees with known's batch {known.shape[0]}")
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask))}")
     if tuple(mask.shape) != tuple(known.shape[:3]):

@@ -101,7 +101,9 @@ class ContextualRQTransformer(PresetMixin, nn.Module):
                  spatial_depth: int = 24, depth_depth: int = 4, heads: int | None = None, mlp_ratio: float = 4.0,
                  dropout: float = 0.0, num_classes: int = 0, class_dropout: float = 0.1):
         super().__init__()
-        grid = tuple(int(g) for g in grid)
+        if isinstance(grid, (str, bytes)) or not isinstance(grid, (list, tuple)) or len(grid) != 2:
+            raise ValueError(f"grid must be a pair (H, W) of positive ints, got {grid!r}")
+        grid = tuple(grid)
         for name, v in (("codebook_size", codebook_size), ("code_depth", code_depth), ("dim", dim),
                         ("spatial_depth", spatial_depth), ("depth_depth", depth_depth), ("grid[0]", grid[0]),
                         ("grid[1]", grid[1])):

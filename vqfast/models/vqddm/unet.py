@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqfast.layout import same_format
+from vqfast.models.common.conv import check_conv_config
 from vqfast.models.common.transformer import sdpa
 
 
@@ -92,6 +93,7 @@ class DiffusionUNet(nn.Module):
                  num_res_blocks: int = 2, attn_resolutions=(16, 8, 4), resolution: int = 16, emb_dim: int = 512,
                  heads: int = 1, dropout: float = 0.0):
         super().__init__()
+        check_conv_config(ch_mult, num_res_blocks, resolution=resolution, ch=ch, heads=heads)
         ch_mult = tuple(ch_mult)
         if resolution % (2 ** (len(ch_mult) - 1)):
             raise ValueError(f"resolution={resolution} must be divisible by 2^(len(ch_mult)-1) = "
