@@ -33,9 +33,10 @@ def test_shards_hold_the_tokens_of_the_centre_crops(image_folder, tokenizer_run,
     assert cache.index["skipped_files"] in (0, 1)  # the corrupt file, when it falls in the train split
     vq = checkpoint.load(model_path(tokenizer_run))
     x = torch.stack([images[(i, None)][0] for i in range(3)])
-    assert torch.equal(cache.rows["tokens"][:3], vq.encode(x))
+    assert cache.rows["tokens"].dtype == torch.int16  # 256 codes: two bytes a token in memory
+    assert torch.equal(cache.rows["tokens"][:3].long(), vq.encode(x))
     batch = next(cache.batches(BatchPlan(len(cache), 2, seed=0), 0, 0, 1))
-    assert batch["tokens"].shape == (2, 8, 8) and batch["labels"].dtype == torch.long
+    assert batch["tokens"].shape == (2, 8, 8) and batch["tokens"].dtype == batch["labels"].dtype == torch.long
 
 
 def test_flips_add_the_mirrored_crops_and_workers_write_the_same_rows(image_folder, tokenizer_run, tmp_path):
@@ -47,7 +48,7 @@ def test_flips_add_the_mirrored_crops_and_workers_write_the_same_rows(image_fold
     images = open_images(str(image_folder), 32, split="train", holdout=0.2)
     x = torch.stack([images[(i, None)][0] for i in range(3)])
     assert torch.equal(flipped.rows["tokens"][:3], plain.rows["tokens"][:3])
-    assert torch.equal(flipped.rows["tokens"][3:6], vq.encode(x.flip(-1)))  # the batch's mirrors follow it
+    assert torch.equal(flipped.rows["tokens"][3:6].long(), vq.encode(x.flip(-1)))  # the batch's mirrors follow it
     assert torch.equal(flipped.rows["labels"][3:6], plain.rows["labels"][:3])
     sizes = [min(3, len(plain) - i) for i in range(0, len(plain), 3)]  # batches of 3, then the rest
     starts = [2 * sum(sizes[:b]) for b in range(len(sizes))]
@@ -65,6 +66,19 @@ def test_two_ranks_write_the_rows_of_one_process(image_folder, tokenizer_run, tm
     one, two = TokenCache(tmp_path / "one"), TokenCache(tmp_path / "two")
     assert {s["file"][:9] for s in two.index["shards"]} == {"shard_000", "shard_001"}
     assert one.rows.keys() == two.rows.keys() and all(torch.equal(one.rows[k], two.rows[k]) for k in one.rows)
+
+
+def test_fingerprint_follows_every_weight_and_buffer():
+    from vqfast.train.cache import fingerprint
+    net = torch.nn.BatchNorm1d(3)  # 0-dim int64 num_batches_tracked, float buffers and weights
+    same = torch.nn.BatchNorm1d(3)
+    assert fingerprint(net) == fingerprint(same)
+    with torch.no_grad():
+        same.weight[1] = 2.0
+    assert fingerprint(net) != fingerprint(same)
+    same.load_state_dict(net.state_dict())
+    same.num_batches_tracked += 1
+    assert fingerprint(net) != fingerprint(same)
 
 
 def test_cache_errors(tokenizer_run, image_folder, tmp_path):
@@ -116,7 +130,7 @@ def _shard_cache(folder, damage):
 
 
 @pytest.mark.parametrize("damage, pattern", [("truncated shard", "not readable"), ("short labels", "of 4 rows"),
-                                             ("float tokens", "int64"), ("no shards", "at least one shard")])
+                                             ("float tokens", "integer 'tokens'"), ("no shards", "at least one shard")])
 def test_a_damaged_cache_is_a_value_error(tmp_path, damage, pattern):
     with pytest.raises(ValueError, match=pattern):
         TokenCache(_shard_cache(tmp_path / "cache", damage))
@@ -129,3 +143,16 @@ def test_stage_two_trains_from_the_cache(image_folder, tokenizer_run, tmp_path):
               tokenizer=str(tokenizer_run))
     cached = train(TrainConfig("maskgit", "model", out=str(tmp_path / "a"), token_cache=str(tmp_path / "cache"), **kw))
     assert all(r["loss"] > 0 for r in read_log(cached)) and len(read_log(cached)) == 2
+
+
+def test_mqvae_positions_are_cached_and_come_out_int64(image_folder, tmp_path):
+    common = dict(data=str(image_folder), steps=1, batch_size=2, progress=False, holdout=0.2)
+    tok = train(TrainConfig("mqvae", "tokenizer", preset="tiny", out=str(tmp_path / "t"), **common))
+    cache = TokenCache(write_cache("mqvae", tokenizer=str(tok), data=str(image_folder), out=tmp_path / "c",
+                                   holdout=0.2))
+    assert cache.rows["positions"].dtype == torch.int32 and cache.rows["tokens"].dtype == torch.int16
+    batch = next(cache.batches(BatchPlan(len(cache), 2, seed=0), 0, 0, 1))
+    assert all(v.dtype == torch.long for v in batch.values())
+    run = train(TrainConfig("mqvae", "model", preset="tiny", out=str(tmp_path / "m"), tokenizer=str(tok),
+                            token_cache=str(tmp_path / "c"), **common))
+    assert len(read_log(run)) == 1

@@ -6,7 +6,8 @@ train stage 2 from the shards (no image decoding or tokenizer forward per step).
     python -m vqfast train maskgit --stage model --token-cache runs/vq_tokens --tokenizer runs/vq ...
 
 CACHE_DIR/index.json lists the shards ({"shards": [{"file": ..., "rows": n}], "rows": N, ...});
-each shard holds "tokens" [n, ...] int64, "labels" [n] int64 and, for MQ-VAE, "positions".
+each shard holds "tokens" [n, ...] (int16 for codebooks up to 32767 codes, else int32),
+"labels" [n] int64 and, for MQ-VAE, "positions" (int32); batches come out int64.
 Images are encoded as held-out images are (centre crop, no flip); with flips, each batch's
 mirrored crops follow it. Under torchrun each rank encodes a contiguous share of the images
 into its own shards, so the rows are in image order whatever the number of ranks. The index
@@ -32,7 +33,7 @@ def fingerprint(tokenizer: nn.Module) -> str:
     for name, t in sorted(tokenizer.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -72,6 +73,8 @@ def write_cache(family: str, *, tokenizer: str, data: str, out: str | Path, batc
         loader = torch.utils.data.DataLoader(
             images, batch_sampler=[list(range(i, min(hi, i + batch_size))) for i in range(lo, hi, batch_size)],
             collate_fn=collate, num_workers=workers)
+        compact = {"tokens": torch.int16 if getattr(tok, "codebook_size", 1 << 31) < (1 << 15) else torch.int32,
+                   "positions": torch.int32}
         shards, pending, skipped = [], [], 0
 
         def flush():
@@ -87,7 +90,7 @@ def write_cache(family: str, *, tokenizer: str, data: str, out: str | Path, batc
             views = (x, x.flip(-1)) if flips else (x,)
             for v in views:
                 enc = stage.encode(tok, v.to(ctx.device), labels, torch.Generator())
-                pending.append({name: t.cpu() for name, t in enc.items()})
+                pending.append({name: t.to("cpu", compact.get(name, t.dtype)) for name, t in enc.items()})
             if sum(len(p["labels"]) for p in pending) >= shard_rows:
                 flush()
             bar.update(len(labels))
@@ -141,11 +144,11 @@ class TokenCache:
         """{"tokens", "labels", ...} batches of this rank for micro-batches [start, stop)."""
         for j in range(start, stop):
             idx = torch.tensor([i for i, _ in plan.keys(j, rank)])
-            yield {k: v[idx] for k, v in self.rows.items()}
+            yield {k: v[idx].long() for k, v in self.rows.items()}
 
 
 def _read_shard(folder: Path, entry: dict) -> dict[str, torch.Tensor]:
-    """One shard's tensors, checked: int64 "tokens" and "labels" (and "positions") of the rows the index lists."""
+    """One shard's tensors, checked: integer "tokens" and "labels" (and "positions") of the rows the index lists."""
     from safetensors.torch import load_file
 
     path = folder / entry["file"]
@@ -154,7 +157,8 @@ def _read_shard(folder: Path, entry: dict) -> dict[str, torch.Tensor]:
     except Exception as err:  # a missing file, or safetensors' own SafetensorError on a damaged one
         raise ValueError(f"token cache shard {path} is not readable: {err}") from None
     rows = {k: (v.dtype, v.shape[0] if v.dim() else None) for k, v in part.items()}
-    if not {"tokens", "labels"} <= rows.keys() or any(r != (torch.long, entry.get("rows")) for r in rows.values()):
-        raise ValueError(f"token cache shard {path} must hold int64 'tokens' and 'labels' of {entry.get('rows')} "
+    ints = (torch.int16, torch.int32, torch.int64)
+    if not {"tokens", "labels"} <= rows.keys() or any(d not in ints or n != entry.get("rows") for d, n in rows.values()):
+        raise ValueError(f"token cache shard {path} must hold integer 'tokens' and 'labels' of {entry.get('rows')} "
                          f"rows, got {rows}")
     return part
