@@ -108,7 +108,9 @@ def stage_metrics(stage, model, tokenizer, images, features, *, batch_size: int,
     K = getattr(tokenizer if stage.name == "model" else model, "codebook_size", None)
     if K is not None:
         report.update(codebook_stats(torch.cat(tokens), K))
-    if fid is not None:  # torchmetrics sums the ranks' statistics (a collective call)
+    if fid is not None and n < 2:
+        report["fid_skipped"] = f"FID needs at least 2 images (covariances), got {n}"
+    elif fid is not None:  # torchmetrics sums the ranks' statistics (a collective call)
         report["fid"] = fid.compute()
     if score is not None:
         mean, std = score.compute(seed, ctx)
