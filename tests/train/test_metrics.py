@@ -167,7 +167,8 @@ def test_eval_command_scores_a_tokenizer_run(image_folder, tmp_path, capsys, vgg
     assert 0 < report["codebook_usage"] <= 1 and report["perplexity"] >= 1 and report["fid"] >= 0
     assert report["lpips"] > 0 and "is" not in report  # IS scores class-conditional samples only
     main(["eval", str(run), "--inception-weights", str(tmp_path / "features.pt"), "--max-images", "1"])
-    one = json.loads(capsys.readouterr().out)
+    capsys.readouterr()
+    one = json.loads((run / "metrics.json").read_text())
     assert one["images"] == 1 and "fid" not in one and "at least 2 images" in one["fid_skipped"]
     main(["eval", str(run)])
     out = capsys.readouterr().out
