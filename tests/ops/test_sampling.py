@@ -458,6 +458,15 @@ def test_gumbel_topk_select_empty_banned_ids_and_scalar_n_reveal(backend):
             vqfast.ops.gumbel_topk_select(x, m, n, 1.0, backend=backend)
 
 
+
+def test_numpy_scalars_are_real_arguments():
+    """A numpy float (e.g. read from a config array) is a real number, a numpy bool is not."""
+    x, _ = _logits(2, 3, 11, torch.float32, 1)
+    plain = vqfast.ops.sample_logits(x, 0.7, top_p=0.9, seed=2)
+    assert torch.equal(vqfast.ops.sample_logits(x, np.float32(0.7), top_p=np.float64(0.9), seed=2), plain)
+    with pytest.raises(TypeError, match="temperature must be a real number"):
+        vqfast.ops.sample_logits(x, np.bool_(True))
+
 @pytest.mark.parametrize("backend", ALL)
 def test_select_and_sample_topk_without_positions(backend):
     """L = 0: no position to select, every slot holds -1."""

@@ -7,6 +7,7 @@ tensor's values (a device sync) are skipped while torch.compile traces and on me
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import Sequence
 
@@ -44,8 +45,8 @@ def integer(name: str, v, *, low: int | None = None) -> int:
 
 def real(name: str, v, *, low: float | None = None, low_open: bool = False, high: float | None = None,
          high_open: bool = False) -> float:
-    """A finite real number in [low, high] (open ends where asked) -> float."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    """A finite real number (numpy scalars too, bool not) in [low, high] (open ends where asked) -> float."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
     v = float(v)
     if math.isnan(v) or math.isinf(v):
