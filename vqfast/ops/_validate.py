@@ -213,8 +213,8 @@ def timesteps(t, batch: int, T: int, device: torch.device, *, lowest: int = 1) -
     """t as int64 [batch] in lowest..T (an int or 0-d tensor is broadcast over the batch)."""
     if isinstance(t, bool):
         raise TypeError("t must be an int or an int64 tensor [B], got bool")
-    if isinstance(t, int):
-        t = torch.full((batch,), t, dtype=torch.long, device=device)
+    if isinstance(t, numbers.Integral):  # int or numpy integer
+        t = torch.full((batch,), int(t), dtype=torch.long, device=device)
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"t must be an int or an int64 tensor [B], got {type(t).__name__}")
     if t.dtype not in (torch.int64, torch.int32):
