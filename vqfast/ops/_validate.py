@@ -126,6 +126,13 @@ def contiguous(name: str, t: torch.Tensor, why: str) -> None:
         raise ValueError(f"{name} must be contiguous ({why})")
 
 
+def separate(name: str, t: torch.Tensor, state_name: str, state: torch.Tensor) -> None:
+    """t shares no memory with `state`, which is updated in place (skipped while tracing)."""
+    if (t.numel() and state.numel() and t.device.type != "meta" and not torch.compiler.is_compiling()
+            and t.untyped_storage().data_ptr() == state.untyped_storage().data_ptr()):
+        raise ValueError(f"{name} shares memory with {state_name}, which is updated in place: pass a copy")
+
+
 def codebook(name: str, cb, d: int | None = None) -> None:
     """A [K, d] float codebook with K >= 1 (and the given d)."""
     tensor(name, cb, dim=2)
