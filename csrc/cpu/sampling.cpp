@@ -113,7 +113,10 @@ int64_t filtered_draw(const float* x, int64_t V, int64_t top_k, double top_p, ui
   for (;;) {
     const bool enough = use_k ? st.c.n >= top_k : reaches(masses(st.c, a.m, st.fs), goal);
     if (enough || t == kAll) break;
-    t = a.m - t < 64.0f ? a.m - 1.5f * std::max(a.m - t, 1.0f) : kAll;
+    // Lower t by 1.5x its gap to the max; where |m| is large, m - 1.5 rounds back to m or t
+    // (ulp(m) > 1.5): then take every finite value, as t must fall on every pass.
+    const float lower = a.m - 1.5f * std::max(a.m - t, 1.0f);
+    t = a.m - t < 64.0f && lower < std::min(t, a.m) ? lower : kAll;
     collect(x, V, t, st.mb, st.c);
   }
   int32_t K = 0;

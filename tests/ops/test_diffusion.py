@@ -2,6 +2,7 @@
 against the float64 reference oracle (vqfast/reference/diffusion.py)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -466,3 +467,14 @@ def test_q_sample_token_range_at_the_largest_num_classes():
     assert zt.min() >= 0 and zt.max() < 1 << 31 and zt.max() >= 1 << 30
     with pytest.raises(ValueError, match="num_classes must be <= 2\\^31"):
         D.q_sample(z0, 10, sched, seed=0, num_classes=(1 << 31) + 1)
+
+
+
+def test_numpy_integer_timestep():
+    """t may be a numpy integer, as an int (was 't must be an int or an int64 tensor, got int64')."""
+    x, z, _, _ = make_inputs(2, 3, 7, "uniform", seed=1)
+    torch.testing.assert_close(ops.posterior_logprobs(x, z, np.int64(4), SCHED), ops.posterior_logprobs(x, z, 4, SCHED))
+    zt = D.q_sample(z, np.int32(3), SCHED, seed=0, num_classes=7)
+    assert torch.equal(zt, D.q_sample(z, 3, SCHED, seed=0, num_classes=7))
+    with pytest.raises(TypeError, match="t must be an int"):
+        ops.posterior_logprobs(x, z, np.bool_(True), SCHED)

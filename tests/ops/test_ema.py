@@ -216,3 +216,14 @@ def test_ema_update_bad_inputs(kwargs, match, err):
     args.update(kwargs)
     with pytest.raises(err, match=match):
         vqfast.ops.ema_update_(**args)
+
+
+def test_ema_update_inputs_aliasing_the_state():
+    """counts / sums sharing memory with the state they update: the backends read them before or after
+    the update (the new state differed), so it is a ValueError."""
+    size, emb = torch.ones(5), torch.zeros(5, 3)
+    for counts, sums, match in ((size, torch.zeros(5, 3), "counts shares memory with cluster_size"),
+                                (torch.ones(5), emb, "sums shares memory with embed_sum"),
+                                (emb[:, 0], torch.zeros(5, 3), "counts shares memory with embed_sum")):
+        with pytest.raises(ValueError, match=match):
+            vqfast.ops.ema_update_(size, emb, counts, sums)

@@ -127,3 +127,32 @@ def test_compile_fullgraph_equals_eager(name):
             assert a is None
         else:
             assert torch.equal(a, b), name
+
+
+def test_public_ops_run_on_meta_tensors():
+    """Every public op takes meta tensors (shapes only, no value checks) and returns meta outputs of the
+    eager shapes (the samplers and diffusion ops called .item() on their NaN flags)."""
+    m = torch.device("meta")
+    x, cb = torch.empty(6, 8, device=m), torch.empty(5, 8, device=m)
+    logits, z = torch.empty(2, 3, 7, device=m), torch.zeros(2, 3, dtype=torch.long, device=m)
+    masked, t = torch.ones(2, 3, dtype=torch.bool, device=m), torch.tensor([1, 2], device=m)
+    outs = {
+        "nearest_code": ops.nearest_code(x, cb),
+        "quantize": ops.quantize(x, cb),
+        "residual_quantize": ops.residual_quantize(x, cb, 2),
+        "dual_codebook_quantize": ops.dual_codebook_quantize(x, masked.reshape(-1), cb, cb),
+        "nearest_code_with_statistics": ops.nearest_code_with_statistics(x, cb),
+        "ema_statistics": ops.ema_statistics(x, z.reshape(-1), 5),
+        "ema_update_": (ops.ema_update_(torch.ones(5, device=m), torch.zeros(5, 8, device=m), torch.ones(5, device=m),
+                                        torch.zeros(5, 8, device=m)),),
+        "gumbel_topk_select": ops.gumbel_topk_select(logits, masked, 1, 1.0, seed=1),
+        "select_and_sample_topk": ops.select_and_sample_topk(logits, ~masked, 2, 2, seed=1),
+        "sample_logits": (ops.sample_logits(logits, top_k=3, seed=1),),
+        "posterior_logprobs": (ops.posterior_logprobs(logits, z, t, SCHED),),
+        "posterior_sample": (ops.posterior_sample(logits, z, t, SCHED, seed=1),),
+        "vlb_kl": (ops.vlb_kl(z, logits, z, t, SCHED),),
+    }
+    assert outs["sample_logits"][0].shape == (2, 3) and outs["posterior_logprobs"][0].shape == (2, 3, 7)
+    assert outs["select_and_sample_topk"][0].shape == (2, 2) and outs["vlb_kl"][0].shape == (2, 3)
+    for name, out in outs.items():
+        assert all(o.device.type == "meta" for o in out if isinstance(o, torch.Tensor)), name

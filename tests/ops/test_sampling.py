@@ -1,6 +1,10 @@
 """Token samplers (gumbel_topk_select, select_and_sample_topk, sample_logits): every backend
 against the reference oracle (tokens exactly: all backends draw the same noise), edge
 rows, tie rules, reproducibility, and chi-square tests of the sampled distributions."""
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -273,6 +277,33 @@ def test_select_and_sample_topk_hard_rows(backend):
         assert torch.equal(pos, epos) and torch.equal(tok, etok)
 
 
+
+_LARGE_MAGNITUDE_ROWS = """
+import torch, vqfast
+torch.set_num_threads(1)  # one thread carries the row-to-row guess through every row
+x = torch.tensor([[4e8, 3e8, 2e8, 0.0], [1e8, 0.0, -1e8, -2e8], [1e9, 0.0, 0.0, 0.0],
+                  [3.4e7, 3.4e7 - 4, 3.4e7 - 8, 0.0]])
+for kw in (dict(top_k=2), dict(top_p=0.99), dict(top_k=3, top_p=0.9), dict(top_k=2, temperature=1e-7)):
+    xs = x / 1e7 if "temperature" in kw else x  # [40, 30, 20, 0], ... at temperature 1e-7
+    a = vqfast.ops.sample_logits(xs, seed=1, backend=BACKEND, **kw)
+    assert torch.equal(a, vqfast.ops.sample_logits(xs, seed=1, backend="reference", **kw)), kw
+known = torch.zeros(1, 2, dtype=torch.bool)
+a = vqfast.ops.select_and_sample_topk(x[None, :2], known, 2, 2, seed=1, backend=BACKEND)
+b = vqfast.ops.select_and_sample_topk(x[None, :2], known, 2, 2, seed=1, backend="reference")
+assert all(torch.equal(u, v) for u, v in zip(a, b))
+"""
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_filters_terminate_on_large_magnitudes(backend):
+    """Logits (after the temperature) past ~3e7, where m - 1.5 rounds back to m, after a row whose
+    boundary lies above them: the CPU filter lowered its candidate threshold by nothing and looped
+    forever. Run in a subprocess so that a hang fails the test; tokens exactly as the reference."""
+    code = f"BACKEND = {backend!r}\n" + _LARGE_MAGNITUDE_ROWS
+    root = pathlib.Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
 # ---------------------------------------------------------------- distributions
 
 def _chi_square_ok(counts: torch.Tensor, probs: torch.Tensor) -> None:
@@ -426,6 +457,15 @@ def test_gumbel_topk_select_empty_banned_ids_and_scalar_n_reveal(backend):
         with pytest.raises(TypeError, match="n_reveal must be an int"):
             vqfast.ops.gumbel_topk_select(x, m, n, 1.0, backend=backend)
 
+
+
+def test_numpy_scalars_are_real_arguments():
+    """A numpy float (e.g. read from a config array) is a real number, a numpy bool is not."""
+    x, _ = _logits(2, 3, 11, torch.float32, 1)
+    plain = vqfast.ops.sample_logits(x, 0.7, top_p=0.9, seed=2)
+    assert torch.equal(vqfast.ops.sample_logits(x, np.float32(0.7), top_p=np.float64(0.9), seed=2), plain)
+    with pytest.raises(TypeError, match="temperature must be a real number"):
+        vqfast.ops.sample_logits(x, np.bool_(True))
 
 @pytest.mark.parametrize("backend", ALL)
 def test_select_and_sample_topk_without_positions(backend):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vqfast.quantizers import DualCodebookQuantizer, ResidualQuantizer, VectorQuantizer, perplexity, usage
+from vqfast.quantizers import Codebook, DualCodebookQuantizer, ResidualQuantizer, VectorQuantizer, perplexity, usage
 
 
 @pytest.mark.parametrize("module, bad", [
@@ -89,6 +89,7 @@ def test_refit_zero_codes_rejected():
     (lambda: VectorQuantizer(8, 4).replace_codebook([[0.0] * 8]), TypeError, "centroids must be a torch.Tensor"),
     (lambda: perplexity(torch.tensor([0, 1]), 4.0), TypeError, "K must be an int"),
     (lambda: usage(torch.tensor([0, 1]), 0), ValueError, "K must be >= 1"),
+    (lambda: Codebook(8, 4).update(None, None), ValueError, "needs x and idx, or stats"),
 ])
 def test_module_inputs_of_wrong_rank_or_type(call, err, match):
     """Named errors, not IndexError/AttributeError from inside the module."""

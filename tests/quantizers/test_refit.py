@@ -64,3 +64,21 @@ def test_refit_bad_inputs():
         refit(object(), torch.zeros(2, 3, 4, 4), P=100)
     with pytest.raises(ValueError, match="need P >= K"):
         refit(ToyTokenizer(), images(4, 0), P=10)
+
+
+def test_sample_features_int_seed_and_bad_sizes():
+    """An int seed is the generator it seeds; P and batch_size are named (P = 0 returned None,
+    batch_size = 0 was range()'s ValueError, an int generator randint's TypeError)."""
+    tok, imgs = ToyTokenizer(), images(6, 5)
+    assert torch.equal(sample_features(tok, imgs, 50, generator=7),
+                       sample_features(tok, imgs, 50, generator=torch.Generator().manual_seed(7)))
+    with pytest.raises(ValueError, match="P must be >= 1"):
+        sample_features(tok, imgs, 0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        sample_features(tok, imgs, 50, batch_size=0)
+    with pytest.raises(TypeError, match="P must be an int"):
+        refit(tok, imgs, P=100.0)
+    with pytest.raises(ValueError, match="images must be a tensor"):
+        sample_features(tok, imgs[:0], 50)
+    report = refit(ToyTokenizer(), images(16, 6), P=500, iters=2, init="kmeans++", generator=3)
+    assert report.kmeans.centroids.shape == (32, 6)

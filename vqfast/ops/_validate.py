@@ -7,6 +7,7 @@ tensor's values (a device sync) are skipped while torch.compile traces and on me
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import Sequence
 
@@ -44,8 +45,8 @@ def integer(name: str, v, *, low: int | None = None) -> int:
 
 def real(name: str, v, *, low: float | None = None, low_open: bool = False, high: float | None = None,
          high_open: bool = False) -> float:
-    """A finite real number in [low, high] (open ends where asked) -> float."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    """A finite real number (numpy scalars too, bool not) in [low, high] (open ends where asked) -> float."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
     v = float(v)
     if math.isnan(v) or math.isinf(v):
@@ -125,6 +126,13 @@ def contiguous(name: str, t: torch.Tensor, why: str) -> None:
         raise ValueError(f"{name} must be contiguous ({why})")
 
 
+def separate(name: str, t: torch.Tensor, state_name: str, state: torch.Tensor) -> None:
+    """t shares no memory with `state`, which is updated in place (skipped while tracing)."""
+    if (t.numel() and state.numel() and t.device.type != "meta" and not torch.compiler.is_compiling()
+            and t.untyped_storage().data_ptr() == state.untyped_storage().data_ptr()):
+        raise ValueError(f"{name} shares memory with {state_name}, which is updated in place: pass a copy")
+
+
 def codebook(name: str, cb, d: int | None = None) -> None:
     """A [K, d] float codebook with K >= 1 (and the given d)."""
     tensor(name, cb, dim=2)
@@ -187,8 +195,8 @@ def mask(name: str, m, expected: Sequence[int], device: torch.device, what: str)
 def finite_rows(name: str, bad: torch.Tensor, what: str = "rows") -> None:
     """Raise when any entry of `bad` (one per row of `name`) is True: a row with NaN or +inf,
     or with no finite value. Skipped while tracing (a compiled graph returns the kernels' flags:
-    -1 tokens, NaN confidences)."""
-    if not torch.compiler.is_compiling() and bool(bad.any()):
+    -1 tokens, NaN confidences) and on meta tensors (no values)."""
+    if not torch.compiler.is_compiling() and bad.device.type != "meta" and bool(bad.any()):
         first = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(f"{name} has {int(bad.sum())} {what} with NaN or +inf or no finite value "
                          f"(first at {first})")
@@ -212,8 +220,8 @@ def timesteps(t, batch: int, T: int, device: torch.device, *, lowest: int = 1) -
     """t as int64 [batch] in lowest..T (an int or 0-d tensor is broadcast over the batch)."""
     if isinstance(t, bool):
         raise TypeError("t must be an int or an int64 tensor [B], got bool")
-    if isinstance(t, int):
-        t = torch.full((batch,), t, dtype=torch.long, device=device)
+    if isinstance(t, numbers.Integral):  # int or numpy integer
+        t = torch.full((batch,), int(t), dtype=torch.long, device=device)
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"t must be an int or an int64 tensor [B], got {type(t).__name__}")
     if t.dtype not in (torch.int64, torch.int32):

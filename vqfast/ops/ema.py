@@ -117,6 +117,8 @@ def ema_update_(cluster_size: torch.Tensor, embed_sum: torch.Tensor, counts: tor
         _validate.shape(name, t, shape, f"to match embed_sum [K={K}, d={d}]")
     for name, t in (("cluster_size", cluster_size), ("embed_sum", embed_sum)):
         _validate.contiguous(name, t, "it is updated in place")
+        _validate.separate("counts", counts, name, t)
+        _validate.separate("sums", sums, name, t)
     device = _validate.same_device(cluster_size=cluster_size, embed_sum=embed_sum, counts=counts, sums=sums)
     name = _backend.resolve("ema_update_", backend, device, has=HAS)
     return _ema_update_op(cluster_size, embed_sum, counts.contiguous(), sums.contiguous(), decay, eps, name)

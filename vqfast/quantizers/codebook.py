@@ -127,6 +127,8 @@ class Codebook(nn.Module):
                pool: Callable[[], torch.Tensor] | None = None) -> None:
         """One EMA step from batch vectors x [..., dim] assigned to idx [...] (or from precomputed,
         already synced stats), then dead codes are re-seeded from rows of x (or of pool())."""
+        if stats is None and (x is None or idx is None):
+            raise ValueError("Codebook.update needs x and idx, or stats=(counts, sums)")
         counts, sums = stats if stats is not None else self.statistics(x, idx)
         new = ops.ema_update_(self.cluster_size, self.embed_sum, counts, sums, self.decay, self.eps)
         # A code with no EMA mass left (decay 0 or eps 0 and no members: 0 / 0) keeps its vector.

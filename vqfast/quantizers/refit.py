@@ -13,7 +13,9 @@ from typing import NamedTuple, Protocol
 import torch
 
 from vqfast import ops
+from vqfast.ops import _validate
 from vqfast.quantizers.clustering import KMeansResult, kmeans
+from vqfast.random import as_generator
 
 
 class RefitTokenizer(Protocol):
@@ -31,6 +33,11 @@ class RefitReport(NamedTuple):
     kmeans: KMeansResult
 
 
+def _check_images(images) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() < 1 or images.shape[0] < 1:
+        raise ValueError("images must be a tensor with at least one image along dim 0")
+
+
 def _features(tokenizer: RefitTokenizer, images: torch.Tensor, batch_size: int):
     """Yields (first row, features [b, d, H, W]) per batch of images."""
     for b0 in range(0, images.shape[0], batch_size):
@@ -42,9 +49,13 @@ def _features(tokenizer: RefitTokenizer, images: torch.Tensor, batch_size: int):
 
 @torch.no_grad()
 def sample_features(tokenizer: RefitTokenizer, images: torch.Tensor, P: int, *,
-                    generator: torch.Generator | None = None, batch_size: int = 64) -> torch.Tensor:
+                    generator: torch.Generator | int | None = None, batch_size: int = 64) -> torch.Tensor:
     """P features [P, d] fp32: P images drawn uniformly with replacement, then one uniform
     position of each image's feature map (VQ-DDM Sec. 4.1). Each distinct drawn image is encoded once."""
+    _check_images(images)
+    P = _validate.integer("P", P, low=1)
+    _validate.integer("batch_size", batch_size, low=1)
+    generator = as_generator(generator)
     img = torch.randint(images.shape[0], (P,), generator=generator)
     u = torch.rand(P, generator=generator, dtype=torch.float64)  # position = floor(u * H * W)
     order = torch.argsort(img, stable=True)
@@ -81,7 +92,7 @@ def codebook_usage(tokenizer: RefitTokenizer, images: torch.Tensor, batch_size: 
 @torch.no_grad()
 def refit(tokenizer: RefitTokenizer, images: torch.Tensor, P: int = 20000, K: int | None = None, *,
           heldout: torch.Tensor | None = None, iters: int = 25, init: str = "afkmc2", chain_length: int = 200,
-          tol: float = 1e-4, generator: torch.Generator | None = None, batch_size: int = 64) -> RefitReport:
+          tol: float = 1e-4, generator: torch.Generator | int | None = None, batch_size: int = 64) -> RefitReport:
     """Rebuild the codebook: sample P features, k-means them into K codes (default: the current
     K; VQ-DDM also shrinks K), install the centroids, and report usage on heldout (default: images).
 
@@ -90,9 +101,11 @@ def refit(tokenizer: RefitTokenizer, images: torch.Tensor, P: int = 20000, K: in
     if not hasattr(tokenizer, "encode_features") or not hasattr(tokenizer, "quantizer"):
         raise TypeError("tokenizer must have encode_features(images) -> [B, d, H, W] and a quantizer "
                         "with .codebook and .replace_codebook(centroids) (see vqfast.quantizers.refit)")
-    if not isinstance(images, torch.Tensor) or images.dim() < 1 or images.shape[0] < 1:
-        raise ValueError("images must be a tensor with at least one image along dim 0")
-    K = tokenizer.quantizer.codebook.shape[0] if K is None else K
+    _check_images(images)
+    K = tokenizer.quantizer.codebook.shape[0] if K is None else _validate.integer("K", K, low=1)
+    P = _validate.integer("P", P, low=1)
+    _validate.integer("batch_size", batch_size, low=1)
+    generator = as_generator(generator)  # one stream for the feature draws and the seeding
     if P < K:
         raise ValueError(f"P={P} sampled features cannot make K={K} codes: need P >= K (VQ-DDM: P >> K)")
     heldout = images if heldout is None else heldout

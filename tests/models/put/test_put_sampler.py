@@ -81,6 +81,10 @@ def test_bad_inputs(setup):
         put_sample(vae, t, x, m, num_samples=0)
     with pytest.raises(ValueError, match="temperature"):
         put_sample(vae, t, x, m, temperature=0.0)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        put_sample(vae, t, x, m, temperature=float("inf"))
+    with pytest.raises(TypeError, match="temperature must be a real number"):  # was a bare '>' TypeError
+        put_sample(vae, t, x, m, temperature="1")
 
 
 def test_fused_and_reference_selection_agree(setup):

@@ -160,6 +160,18 @@ def test_bad_arguments(net):
         draft_and_revise(net, _given(net) + 100, _region())
 
 
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(draft_temperature=float("inf")), ValueError, "draft_temperature must be finite"),
+    (dict(revise_temperature="0.8"), TypeError, "revise_temperature must be a real number"),
+    (dict(draft_guidance=float("nan")), ValueError, "draft_guidance must be finite"),
+    (dict(revise_guidance=None), TypeError, "revise_guidance must be a real number"),
+])
+def test_bad_temperatures_and_guidance(net, kwargs, err, match):
+    """Named up front (a string was a bare '>' TypeError, inf or NaN an error naming another argument)."""
+    with pytest.raises(err, match=match):
+        draft_and_revise(net, batch_size=1, class_labels=torch.tensor([1]), T_draft=2, M=1, generator=0, **kwargs)
+
 def test_bf16_autocast_and_top_k_top_p(net):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = draft_and_revise(net, batch_size=2, class_labels=torch.tensor([1, 2]), T_draft=3, M=1, top_k=5,

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 
 from vqfast import ops
+from vqfast.ops import _validate
 from vqfast.models.common.inference import low_precision
 from vqfast.models.put.tokenizer import PVQVAE
 from vqfast.progress import progress_bar
@@ -58,8 +59,7 @@ def _check_options(num_samples, top_k, tokens_per_iter, temperature, max_iterati
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if top_k > vocab:
         raise ValueError(f"top_k must be <= the vocabulary size {vocab}, got {top_k}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    _validate.real("temperature", temperature, low=0.0, low_open=True)
     if max_iterations is not None and (isinstance(max_iterations, bool) or not isinstance(max_iterations, int)
                                        or max_iterations < 0):
         raise ValueError(f"max_iterations must be a non-negative int or None, got {max_iterations!r}")

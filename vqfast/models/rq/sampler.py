@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import torch
 
+from vqfast.ops import _validate
 from vqfast.random import as_generator
 from vqfast.ops.sampling import sample_logits
 from vqfast.models.common.checks import check_batch_size
@@ -170,15 +171,16 @@ def _prepare(model, known, mask, batch_size, class_labels, device):
     return known.to(device), mask.to(device), class_labels
 
 
-def _check_args(T_draft, T_revise, M, strategy, temps):
+def _check_args(T_draft, T_revise, M, strategy, temps, guidances):
     for name, v, lo in (("T_draft", T_draft, 1), ("T_revise", T_revise, 1), ("M", M, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     for name, v in temps:
-        if not v > 0:
-            raise ValueError(f"{name} must be > 0, got {v!r}")
+        _validate.real(name, v, low=0.0, low_open=True)
+    for name, v in guidances:
+        _validate.real(name, v)
 
 
 def _choose(strategy, conf, cand_b, n_reveal, g):
@@ -217,7 +219,8 @@ def draft_and_revise(model, known: torch.Tensor | None = None, mask: torch.Tenso
         out = draft_and_revise(net, codes, box_mask, class_labels=y, T_draft=8, M=2, generator=0).tokens
     """
     _check_args(T_draft, T_revise, M, strategy,
-                (("draft_temperature", draft_temperature), ("revise_temperature", revise_temperature)))
+                (("draft_temperature", draft_temperature), ("revise_temperature", revise_temperature)),
+                (("draft_guidance", draft_guidance), ("revise_guidance", revise_guidance)))
     device = next(model.parameters()).device
     codes, mask, labels = _prepare(model, known, mask, batch_size, class_labels, device)
     g = as_generator(generator)
