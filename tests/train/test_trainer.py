@@ -102,6 +102,7 @@ def test_resume_refuses_a_checkpoint_it_cannot_continue(image_folder, tmp_path):
     run = train(config(image_folder, tmp_path / "r", steps=2, stop_after=1))
     for change, pattern in [({"preset": "64px"}, "preset: run 'tiny', now '64px'"),
                             ({"overrides": {"codebook_size": 128}}, "overrides: run {}"),
+                            ({"seed": 3}, "seed: run 0, now 3"), ({"batch_size": 3}, "batch_size: run 2, now 3"),
                             ({"ema": 0.9}, "kept no EMA weights")]:
         with pytest.raises(ValueError, match=pattern):
             train(config(image_folder, run, steps=2, resume=True, **change))

@@ -173,8 +173,9 @@ def lr_lambda(step: int, *, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-# What a resumed run must share with the checkpoint: the model's class and shapes, and the EMA it keeps.
-_RESUME_FIXED = ("family", "stage", "preset", "overrides")
+# What a resumed run must share with the checkpoint: the model's class and shapes, and the data plan
+# its saved position counts micro-batches of (order from the seed, batch size, accumulation, split).
+_RESUME_FIXED = ("family", "stage", "preset", "overrides", "seed", "batch_size", "grad_accum", "holdout")
 _STATE_KEYS = ("step", "world_size", "optimizer", "scheduler", "rng", "config")
 
 
