@@ -122,6 +122,8 @@ CASES = [
      r"tokens must lie in \[0, 256\]"),
     ("MaskGIT forward token dtype", lambda p: tiny(BidirectionalTransformer)(torch.zeros(2, 64)), TypeError,
      "tokens must be an int64 tensor"),
+    ("UQ-Transformer integer features", lambda p: tiny(UQTransformer)(torch.zeros(1, 64, 64, dtype=torch.long)),
+     TypeError, "features must be a float tensor"),
     ("MaskGIT labels without classes", lambda p: tiny(BidirectionalTransformer).loss(
         torch.zeros(2, 64, dtype=torch.long), class_labels=torch.tensor([0, 1])), ValueError, "class"),
     ("RQ labels out of range", lambda p: tiny(ContextualRQTransformer, "tiny-cond").loss(
