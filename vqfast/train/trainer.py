@@ -289,7 +289,9 @@ class Trainer:
                                  f"not {cfg.family}")
         else:
             self.data = open_images(cfg.data, resolution, split="train", holdout=cfg.holdout)
-        self.heldout = None
+        # opened now, not at the first evaluation: an empty held-out split fails before any step is trained
+        self.heldout = (open_images(cfg.data, resolution, split="test", holdout=cfg.holdout)
+                        if cfg.eval_every and ctx.is_main else None)
         torch.manual_seed(_mix(cfg.seed, "rank", ctx.rank))
         if self.resume_from is None:
             stage.prepare(self.model, self.data, torch.Generator().manual_seed(cfg.seed))
@@ -500,9 +502,6 @@ class Trainer:
         """Held-out loss and the figures of the step (rank 0; the others wait)."""
         if self.ctx.is_main:
             from vqfast.train.evaluate import training_figures
-            if self.heldout is None:
-                res = self.stage.resolution(self.model, self.tokenizer)
-                self.heldout = open_images(self.cfg.data, res, split="test", holdout=self.cfg.holdout)
             record = training_figures(self.stage, self.model, self.tokenizer, self.heldout, self.run_dir,
                                       step=self.step, history=log.history)
             log.write({"kind": "eval", "step": self.step, **record})
