@@ -25,7 +25,7 @@ from vqfast.quantizers import distributed as quantizer_distributed
 from vqfast.train import checkpointing, distributed
 from vqfast.train.adversarial import PERCEPTUAL_HINT, TokenizerCritic
 from vqfast.train.data import BatchPlan, _mix, batches, open_images
-from vqfast.train.families import get_stage, timestep_sampler
+from vqfast.train.families import class_labels, get_stage, timestep_sampler
 from vqfast.train.log import RunLog
 from vqfast.train.optim import fused_adam, load_optimizer_state
 
@@ -289,6 +289,9 @@ class Trainer:
                                  f"not {cfg.family}")
         else:
             self.data = open_images(cfg.data, resolution, split="train", holdout=cfg.holdout)
+        # every label against the model's classes now: a batch would find a bad one only after steps trained
+        labels = self.data.rows["labels"] if cfg.token_cache is not None else torch.tensor(self.data.labels)
+        class_labels(self.model, labels)
         # opened now, not at the first evaluation: an empty held-out split fails before any step is trained
         self.heldout = (open_images(cfg.data, resolution, split="test", holdout=cfg.holdout)
                         if cfg.eval_every and ctx.is_main else None)
