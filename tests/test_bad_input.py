@@ -149,6 +149,9 @@ CASES = [
     ("PUT autocast_dtype", lambda p: put_sample(tiny(PVQVAE), tiny(UQTransformer), img(),
                                                 torch.ones(2, 32, 32, dtype=torch.bool), autocast_dtype="bf16"),
      TypeError, "autocast_dtype"),
+    ("bf16 model, fp32 sampling", lambda p: maskgit_decode(BidirectionalTransformer.from_preset(
+        "tiny", dtype=torch.bfloat16).eval(), batch_size=1, steps=2, autocast_dtype=torch.float32), TypeError,
+     "samples in its own dtype"),
     ("generator seed range", lambda p: maskgit_decode(tiny(BidirectionalTransformer), batch_size=1, steps=2,
                                                      generator=2 ** 70), ValueError, "int generator seed must lie in"),
     ("generator type", lambda p: maskgit_decode(tiny(BidirectionalTransformer), batch_size=1, steps=2, generator="0"),

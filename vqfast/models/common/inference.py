@@ -114,6 +114,9 @@ def inference_copy(model: nn.Module, dtype: torch.dtype | None = None, batch_hin
     _check_sampling_dtype(dtype)
     own = next(model.parameters()).dtype
     dtype = own if dtype is None else dtype
+    if own != torch.float32 and dtype != own:  # the copies recast block Linears only: fp32 models
+        raise TypeError(f"a {own} model samples in its own dtype: pass autocast_dtype=None (or {own}), or cast "
+                        f"the model with .float() first")
     packed = can_pack(model, dtype)
     if not packed and dtype == own:
         return model
