@@ -95,11 +95,10 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
-        for name in ("stop_after", "warmup"):
+        for name, low in (("stop_after", 1), ("warmup", 0)):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (name == "stop_after")):
-                raise ValueError(f"{name} must be a {'positive' if name == 'stop_after' else 'non-negative'} int or "
-                                 f"None, got {v!r}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+                raise ValueError(f"{name} must be an int >= {low} or None, got {v!r}")
         for name in ("lr", "ema", "clip", "time_limit", "holdout", "dist_timeout"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):

@@ -19,10 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqfast.layout import same_format
-from vqfast.ops import _validate
 from vqfast.models.common.checks import check_image_dtype
 from vqfast.models.common.outputs import TokenizerOutput, loss_output
 from vqfast.models.common.transformer import sdpa
+from vqfast.ops import _validate
 
 
 def _norm(ch: int) -> nn.GroupNorm:
