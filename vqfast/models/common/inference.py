@@ -108,8 +108,8 @@ def _check_sampling_dtype(dtype) -> None:
 def inference_copy(model: nn.Module, dtype: torch.dtype | None = None, batch_hint: int = 1) -> nn.Module:
     """The model to sample with in `dtype` (None = the model's own dtype, fp32 unless it was cast):
     `packed_copy` where `can_pack`, else `low_precision_copy` for another dtype and `model` itself
-    for its own. One copy per model
-    is kept and rebuilt only after a parameter (in-place update, new tensor, device move),
+    for its own (a bf16 / fp16 model samples in its own dtype only). One copy per model is kept
+    and rebuilt only after a parameter (in-place update, new tensor, device move),
     the train/eval mode, `dtype` or `batch_hint` changed."""
     _check_sampling_dtype(dtype)
     own = next(model.parameters()).dtype
