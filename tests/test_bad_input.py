@@ -122,6 +122,8 @@ CASES = [
      r"tokens must lie in \[0, 256\]"),
     ("MaskGIT forward token dtype", lambda p: tiny(BidirectionalTransformer)(torch.zeros(2, 64)), TypeError,
      "tokens must be an int64 tensor"),
+    ("UQ-Transformer integer features", lambda p: tiny(UQTransformer)(torch.zeros(1, 64, 64, dtype=torch.long)),
+     TypeError, "features must be a float tensor"),
     ("MaskGIT labels without classes", lambda p: tiny(BidirectionalTransformer).loss(
         torch.zeros(2, 64, dtype=torch.long), class_labels=torch.tensor([0, 1])), ValueError, "class"),
     ("RQ labels out of range", lambda p: tiny(ContextualRQTransformer, "tiny-cond").loss(
@@ -147,6 +149,9 @@ CASES = [
     ("PUT autocast_dtype", lambda p: put_sample(tiny(PVQVAE), tiny(UQTransformer), img(),
                                                 torch.ones(2, 32, 32, dtype=torch.bool), autocast_dtype="bf16"),
      TypeError, "autocast_dtype"),
+    ("bf16 model, fp32 sampling", lambda p: maskgit_decode(BidirectionalTransformer.from_preset(
+        "tiny", dtype=torch.bfloat16).eval(), batch_size=1, steps=2, autocast_dtype=torch.float32), TypeError,
+     "samples in its own dtype"),
     ("generator type", lambda p: maskgit_decode(tiny(BidirectionalTransformer), batch_size=1, steps=2, generator="0"),
      TypeError, "generator"),
     ("RQ known + mask shapes", lambda p: draft_and_revise(
@@ -173,6 +178,9 @@ CASES = [
     ("converter system", lambda p: convert("vqgan2", p / "x.ckpt", p / "out"), ValueError, "system must be one of"),
     ("converter file type", lambda p: (p / "w.txt").write_text("x") and convert("taming-vqgan", p / "w.txt", p / "o"),
      ValueError, "expected one of"),
+    ("converter 1-D codebook", lambda p: (torch.save({"quantize.embedding.weight": torch.zeros(8)}, p / "w.pt"),
+                                          convert("taming-vqgan", p / "w.pt", p / "o")), ValueError,
+     r"quantize\.embedding\.weight must be a 2-D \[rows, dim\] tensor"),
     ("converter truncated safetensors", lambda p: convert("taming-vqgan", damaged(p, "w.safetensors"), p / "o"),
      ValueError, "not a readable safetensors file"),
     ("converter damaged tar.gz", lambda p: convert("taming-vqgan", damaged(p, "w.tar.gz"), p / "o"), ValueError,

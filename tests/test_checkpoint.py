@@ -131,6 +131,15 @@ def test_missing_files(tmp_path):
 def test_model_without_config_needs_one(tmp_path):
     with pytest.raises(TypeError, match="config"):
         checkpoint.save(torch.nn.Linear(2, 2), tmp_path / "lin")
+    with pytest.raises(TypeError, match="only models defined in vqfast can be saved"):
+        checkpoint.save(torch.nn.Linear(2, 2), tmp_path / "lin", config={"in_features": 2, "out_features": 2})
+
+
+def test_a_compiled_model_saves_the_model_inside(tmp_path):
+    vq = small_vq().eval()
+    checkpoint.save(torch.compile(vq), tmp_path / "vq")
+    back = checkpoint.load(tmp_path / "vq", expected=VQGAN)
+    assert all(torch.equal(a, b) for a, b in zip(vq.state_dict().values(), back.state_dict().values()))
 
 
 @pytest.mark.parametrize("old", ["vqfast.models.vqgan.VQGAN"])

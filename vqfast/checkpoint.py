@@ -52,12 +52,19 @@ def _class_name(cls: type) -> str:
 
 
 def save(model: nn.Module, path, *, config: dict | None = None, extra: dict | None = None) -> tuple[Path, Path]:
-    """Write model's weights and config; returns (weights path, config path)."""
+    """Write model's weights and config (a torch.compile / DDP wrapper saves the model inside);
+    returns (weights path, config path)."""
     from safetensors.torch import save_file
 
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
     config = getattr(model, "config", None) if config is None else config
     if not isinstance(config, dict):
         raise TypeError(f"{type(model).__name__} has no `config` dict of constructor arguments: pass config=")
+    if not type(model).__module__.startswith(_ALLOWED_PREFIX):
+        raise TypeError(f"only models defined in vqfast can be saved (load rebuilds them by class), got "
+                        f"{_class_name(type(model))}")
     record = {"class": _class_name(type(model)), "config": config, "vqfast_version": vqfast.__version__,
               "extra": extra or {}}
     try:  # before any file is written: a config that is not JSON leaves nothing behind

@@ -108,3 +108,13 @@ def test_vocabulary_not_larger_than_the_codebook_is_refused(tmp_path):
     torch.save(official_layout_state(sf), tmp_path / "s2.pt")
     with pytest.raises(ValueError, match="not more than codebook_size"):
         convert("stackformer", tmp_path / "s2.pt", tmp_path / "o", codebook_size=K + 1, heads=HEADS)
+
+
+def test_codebook_size_other_than_the_first_stage_is_refused(tmp_path):
+    sf = Stackformer(codebook_size=K, num_positions=HW, dim=DIM, code_depth=1, position_depth=1, heads=HEADS,
+                     max_len=N)
+    state = {f"transformer.{k}": v for k, v in official_layout_state(sf).items()}
+    state["first_stage_model.quantize.codebook.weight"] = torch.zeros(K, 4)
+    torch.save({"state_dict": state}, tmp_path / "s2.ckpt")
+    with pytest.raises(ValueError, match=f"codebook_size={K - 6}, but the checkpoint's MQ-VAE has {K} codes"):
+        convert("stackformer", tmp_path / "s2.ckpt", tmp_path / "o", codebook_size=K - 6, heads=HEADS)

@@ -79,6 +79,11 @@ def test_overrides_replace_preset_arguments(image_folder, tmp_path):
     with pytest.raises(ValueError, match="refit"):
         train(TrainConfig("vqddm", "refit", data=str(image_folder), preset="tiny", out=str(tmp_path / "f"), steps=1,
                           tokenizer=str(run), overrides={"codebook_size": 8}, progress=False, holdout=0.2))
+    # two class folders, one class in the model: refused before a step is trained
+    with pytest.raises(ValueError, match="has num_classes=1"):
+        train(TrainConfig("maskgit", "model", data=str(image_folder), preset="tiny", out=str(tmp_path / "m"), steps=4,
+                          tokenizer=str(run), overrides={"num_classes": 1}, progress=False, holdout=0.2))
+    assert not (tmp_path / "m" / "log.jsonl").exists()
 
 
 def test_cli_overrides_parse_json_values_else_strings():

@@ -89,6 +89,12 @@ def test_errors_before_training(image_folder, tmp_path):
         config(image_folder, tmp_path / "x", precision="fp16")
     with pytest.raises(ValueError, match="family must be one of"):
         TrainConfig("dalle", "tokenizer", data="photos", preset="tiny", out="x")
+    with pytest.raises(ValueError, match="'test' split .* is empty"):  # before a step is trained, not at the first eval
+        train(config(image_folder, tmp_path / "noeval", holdout=0.0, eval_every=1))
+    assert not (tmp_path / "noeval" / "log.jsonl").exists()
+    for device, pattern in [("gpu0", "must name a torch device"), ("cuda:999", "usable CUDA devices")]:
+        with pytest.raises(ValueError, match=pattern):
+            train(config(image_folder, tmp_path / "dev", device=device))
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(ValueError, match="must be a run folder"):
         train(config(image_folder, tmp_path / "file"))

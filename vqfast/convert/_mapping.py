@@ -18,6 +18,13 @@ class Conversion(NamedTuple):
     skipped: list[str]
 
 
+def matrix_shape(state: dict[str, torch.Tensor], key: str) -> tuple[int, int]:
+    """(rows, cols) of the 2-D tensor state[key] (an embedding or Linear weight); ValueError naming it otherwise."""
+    if state[key].dim() != 2:
+        raise ValueError(f"{key} must be a 2-D [rows, dim] tensor, got shape {tuple(state[key].shape)}")
+    return tuple(state[key].shape)
+
+
 def concat(*keys: str, dim: int = 0) -> Source:
     """A vqfast tensor that is the foreign tensors `keys` concatenated (e.g. q, k, v -> qkv)."""
     return (lambda s: torch.cat([s[k] for k in keys], dim)), keys

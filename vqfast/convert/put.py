@@ -19,7 +19,7 @@ import re
 
 import torch
 
-from vqfast.convert._mapping import Conversion, concat, load_mapped
+from vqfast.convert._mapping import Conversion, concat, load_mapped, matrix_shape
 from vqfast.models.put import PVQVAE, UQTransformer
 
 _PVQVAE_KEY = "quantize.embedding"
@@ -68,7 +68,7 @@ def _pvqvae(state: dict[str, torch.Tensor], prefix: str, resolution: int) -> Con
     if sub.get("encoder.pre_layers.0.weight") is None or sub["encoder.pre_layers.0.weight"].dim() != 2:
         raise ValueError("only the P-VQVAE with the linear patch encoder (PatchEncoder2 of the CVPR'22 configs) "
                          f"converts; no 2-D {prefix}encoder.pre_layers.0.weight")
-    rows, dim = sub["quantize.embedding"].shape
+    rows, dim = matrix_shape(sub, "quantize.embedding")
     if rows % 2:
         raise ValueError(f"{prefix}quantize.embedding has {rows} rows; expected e and e' of equal size")
     hidden, patch_in = sub["encoder.pre_layers.0.weight"].shape
@@ -101,7 +101,7 @@ def transformer_key_map(model: UQTransformer) -> dict:
 def _transformer(state: dict[str, torch.Tensor], heads: int, token_input: bool) -> Conversion:
     """A UQTransformer(layout="cvpr2022") from the official transformer keys (content_codec.* excluded)."""
     own = {k: v for k, v in state.items() if not k.startswith("content_codec.")}
-    dim, feature_dim = own["emb_proj.weight"].shape
+    dim, feature_dim = matrix_shape(own, "emb_proj.weight")
     depth = _count(own, r"blocks\.(\d+)\.")
     if depth == 0:
         raise ValueError("the PUT transformer checkpoint has no blocks.{i}.* keys")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from vqfast.convert import conv_layout
-from vqfast.convert._mapping import Conversion, load_mapped
+from vqfast.convert._mapping import Conversion, load_mapped, matrix_shape
 from vqfast.models.rq.tokenizer import RQVAE
 
 
@@ -25,7 +25,7 @@ def convert(state: dict[str, torch.Tensor], *, resolution: int = 256, code_depth
     if any(not torch.equal(state[f"quantizer.codebooks.{d}.weight"], state[key]) for d in depths):
         raise ValueError("the RQ-VAE checkpoint has one codebook per depth; only the shared codebook of the "
                          "released models is supported")
-    rows, dim = state[key].shape
+    rows, dim = matrix_shape(state, key)
     model = RQVAE(**conv_layout.infer_config(state, resolution, dim), codebook_size=rows - 1, code_depth=code_depth)
     keys = conv_layout.key_map(model)
     keys["quantizer.codebooks.0.embed"] = ((lambda s: s[key][:-1]), (key,))

@@ -16,7 +16,7 @@ import re
 
 import torch
 
-from vqfast.convert._mapping import Conversion, concat, load_mapped
+from vqfast.convert._mapping import Conversion, concat, load_mapped, matrix_shape
 from vqfast.models.mqvae.stackformer import Stackformer
 
 
@@ -46,7 +46,11 @@ def convert(state: dict[str, torch.Tensor], *, codebook_size: int = 1024, heads:
             raise ValueError(f"not a Stackformer (ReverseStackedPositionGPT) state dict: no {key!r}")
     if "pos_emb" not in state:
         raise ValueError("only add_absolute_position=True models are supported: no 'pos_emb'")
-    vocab, dim = state["value_emb.weight"].shape
+    vocab, dim = matrix_shape(state, "value_emb.weight")
+    first_stage = state.get("first_stage_model.quantize.codebook.weight")  # the MQ-VAE riding along, if any
+    if first_stage is not None and first_stage.shape[0] != codebook_size:
+        raise ValueError(f"codebook_size={codebook_size}, but the checkpoint's MQ-VAE has {first_stage.shape[0]} codes "
+                         f"(a wrong codebook_size would read codes as class rows)")
     if vocab <= codebook_size:
         raise ValueError(f"value_emb has {vocab} rows: not more than codebook_size={codebook_size}")
     num_classes = 0 if vocab == codebook_size + 1 else vocab - codebook_size

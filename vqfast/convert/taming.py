@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from vqfast.convert import conv_layout
-from vqfast.convert._mapping import Conversion, load_mapped
+from vqfast.convert._mapping import Conversion, load_mapped, matrix_shape
 from vqfast.models.common.vqgan import VQGAN
 
 
@@ -17,7 +17,7 @@ def convert(state: dict[str, torch.Tensor], *, resolution: int = 256) -> Convers
     """A VQGAN holding a taming VQModel's weights (state: its state dict)."""
     if "quantize.embedding.weight" not in state:
         raise ValueError("not a taming VQGAN state dict: no 'quantize.embedding.weight'")
-    K, dim = state["quantize.embedding.weight"].shape
+    K, dim = matrix_shape(state, "quantize.embedding.weight")
     model = VQGAN(**conv_layout.infer_config(state, resolution, dim), codebook_size=K, decay=None,
                   threshold_dead_code=None, kmeans_init=False)
     keys = conv_layout.key_map(model)

@@ -47,7 +47,7 @@ def _classes(model: nn.Module) -> int:
     return int(model.config.get("num_classes", 0) or 0)
 
 
-def _labels(model: nn.Module, labels: torch.Tensor) -> torch.Tensor | None:
+def class_labels(model: nn.Module, labels: torch.Tensor) -> torch.Tensor | None:
     """Class labels for a class-conditional model (None for an unconditional one)."""
     n = _classes(model)
     if n == 0:
@@ -153,7 +153,7 @@ class Stage:
             if f == "put":
                 return model(images, *self.masks(images, generator)).loss
             return model(images).loss
-        labels = _labels(model, inputs["labels"])
+        labels = class_labels(model, inputs["labels"])
         if f == "put":
             from vqfast.models.put import uq_training_batch
             images = inputs["images"]

@@ -100,11 +100,10 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
-        for name in ("stop_after", "warmup"):
+        for name, low in (("stop_after", 1), ("warmup", 0)):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (name == "stop_after")):
-                raise ValueError(f"{name} must be a {'positive' if name == 'stop_after' else 'non-negative'} int or "
-                                 f"None, got {v!r}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+                raise ValueError(f"{name} must be an int >= {low} or None, got {v!r}")
         for name in ("lr", "ema", "clip", "time_limit", "holdout", "dist_timeout"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
@@ -303,7 +302,9 @@ class Trainer:
         else:
             self.data = open_images(cfg.data, resolution, split="train", holdout=cfg.holdout)
         check_classes(self.model, self.data)
-        self.heldout = None
+        # opened now, not at the first evaluation: an empty held-out split fails before any step is trained
+        self.heldout = (open_images(cfg.data, resolution, split="test", holdout=cfg.holdout)
+                        if cfg.eval_every and ctx.is_main else None)
         torch.manual_seed(_mix(cfg.seed, "rank", ctx.rank))
         if self.resume_from is None:
             stage.prepare(self.model, self.data, torch.Generator().manual_seed(cfg.seed))
@@ -514,9 +515,6 @@ class Trainer:
         """Held-out loss and the figures of the step (rank 0; the others wait)."""
         if self.ctx.is_main:
             from vqfast.train.evaluate import training_figures
-            if self.heldout is None:
-                res = self.stage.resolution(self.model, self.tokenizer)
-                self.heldout = open_images(self.cfg.data, res, split="test", holdout=self.cfg.holdout)
             record = training_figures(self.stage, self.model, self.tokenizer, self.heldout, self.run_dir,
                                       step=self.step, history=log.history)
             log.write({"kind": "eval", "step": self.step, **record})

@@ -19,10 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqfast.layout import same_format
-from vqfast.ops import _validate
 from vqfast.models.common.checks import check_image_dtype
 from vqfast.models.common.outputs import TokenizerOutput, loss_output
 from vqfast.models.common.transformer import sdpa
+from vqfast.ops import _validate
 
 
 def _norm(ch: int) -> nn.GroupNorm:
@@ -207,7 +207,8 @@ class ConvTokenizer(nn.Module):
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """quantized latents [B, d, h, w] -> images [B, C, R, R]."""
-        return self.decoder(self.post_quant_conv(z_q))
+        # the codebook stays fp32 (EMA state) when the model is cast to bf16/fp16
+        return self.decoder(self.post_quant_conv(z_q.to(self.post_quant_conv.weight.dtype)))
 
     def forward(self, images: torch.Tensor, *, perceptual: nn.Module | None = None, perceptual_weight: float = 1.0,
                 adversarial=None) -> TokenizerOutput:

@@ -106,14 +106,19 @@ def _check_sampling_dtype(dtype) -> None:
 
 
 def inference_copy(model: nn.Module, dtype: torch.dtype | None = None, batch_hint: int = 1) -> nn.Module:
-    """The model to sample with in `dtype` (None = fp32): `packed_copy` where `can_pack`,
-    else `low_precision_copy` for bf16/fp16 and `model` itself for fp32. One copy per model
-    is kept and rebuilt only after a parameter (in-place update, new tensor, device move),
+    """The model to sample with in `dtype` (None = the model's own dtype, fp32 unless it was cast):
+    `packed_copy` where `can_pack`, else `low_precision_copy` for another dtype and `model` itself
+    for its own (a bf16 / fp16 model samples in its own dtype only). One copy per model is kept
+    and rebuilt only after a parameter (in-place update, new tensor, device move),
     the train/eval mode, `dtype` or `batch_hint` changed."""
     _check_sampling_dtype(dtype)
-    dtype = torch.float32 if dtype is None else dtype
+    own = next(model.parameters()).dtype
+    dtype = own if dtype is None else dtype
+    if own != torch.float32 and dtype != own:  # the copies recast block Linears only: fp32 models
+        raise TypeError(f"a {own} model samples in its own dtype: pass autocast_dtype=None (or {own}), or cast "
+                        f"the model with .float() first")
     packed = can_pack(model, dtype)
-    if not packed and dtype == torch.float32:
+    if not packed and dtype == own:
         return model
     key = (dtype, batch_hint if packed else None, model.training,
            tuple((id(p), p.data_ptr(), p._version) for p in model.parameters()))

@@ -352,6 +352,7 @@ class PVQVAE(PresetMixin, nn.Module):
         return self._pointwise(self.quant_conv, self.encoder(x_hat))
 
     def _decode(self, z: torch.Tensor, ref_images: torch.Tensor, ref_mask: torch.Tensor) -> torch.Tensor:
+        z = z.to(next(self.decoder.parameters()).dtype)  # the codebooks stay fp32 when the model is cast
         return self.decoder(self._pointwise(self.post_quant_conv, z), self._masked(ref_images, ref_mask), ~ref_mask)
 
     def decode(self, z: torch.Tensor, ref_images: torch.Tensor, ref_mask: torch.Tensor | None) -> torch.Tensor:

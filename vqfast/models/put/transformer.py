@@ -103,6 +103,9 @@ class UQTransformer(PresetMixin, nn.Module):
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         """features [B, L, d] -> block input [B, L, D] (projection + positions)."""
+        if not isinstance(features, torch.Tensor) or not features.is_floating_point():
+            raise TypeError(f"features must be a float tensor [B, L, {self.feature_dim}], got "
+                            f"{getattr(features, 'dtype', type(features).__name__)}")
         if features.dim() != 3 or features.shape[-1] != self.feature_dim:
             raise ValueError(f"features must be [B, L, {self.feature_dim}], got {tuple(features.shape)}")
         if features.shape[1] > self.seq_len:

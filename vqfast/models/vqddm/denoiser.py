@@ -203,7 +203,7 @@ class VQDDM(PresetMixin, nn.Module):
         self._check(z_t, t, class_labels)
         B, s = z_t.shape[0], self.size
         flat = z_t.reshape(B, s * s)
-        emb = self.time_mlp(timestep_embedding(t, self.width))
+        emb = self.time_mlp(timestep_embedding(t, self.width).to(self.tok_emb.weight.dtype))  # bf16 model: bf16
         if self.cls_emb is not None:
             emb = emb + self.cls_emb(class_labels)
         x = self.tok_emb(flat)  # [B, L, width]
