@@ -158,7 +158,8 @@ def _read_shard(folder: Path, entry: dict) -> dict[str, torch.Tensor]:
         raise ValueError(f"token cache shard {path} is not readable: {err}") from None
     rows = {k: (v.dtype, v.shape[0] if v.dim() else None) for k, v in part.items()}
     ints = (torch.int16, torch.int32, torch.int64)
-    if not {"tokens", "labels"} <= rows.keys() or any(d not in ints or n != entry.get("rows") for d, n in rows.values()):
+    bad = any(d not in ints or n != entry.get("rows") for d, n in rows.values())
+    if bad or not {"tokens", "labels"} <= rows.keys():
         raise ValueError(f"token cache shard {path} must hold integer 'tokens' and 'labels' of {entry.get('rows')} "
                          f"rows, got {rows}")
     return part

@@ -62,7 +62,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="conv weights and images in NHWC, the layout the fast conv kernels take (default: on "
                         "from 128x128 images, off below, where NCHW is as fast)")
-    p.add_argument("--fsdp", action="store_true", default=None, help="shard the model over ranks (torch FSDP) instead of DDP")
+    p.add_argument("--fsdp", action="store_true", default=None,
+                   help="shard the model over ranks (torch FSDP) instead of DDP")
     p.add_argument("--device", default=None, help="default: this rank's GPU, else the CPU")
     p.add_argument("--dist-timeout", type=float, default=600.0, help="seconds a rank waits for the others")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -49,10 +49,10 @@ def setup(device: str | None = None, timeout_s: float = 600.0) -> Context:
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device (--device) must name a torch device, got {device!r}: {err}") from None
     if dev.type == "cuda":
-        if not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count():
-            raise ValueError(f"device (--device) {device!r}: this machine has {torch.cuda.device_count()} usable "
-                             f"CUDA devices")
         dev = torch.device("cuda", local) if dev.index is None else dev  # "cuda": this rank's GPU
+        if not torch.cuda.is_available() or dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device (--device) {device!r} is {dev} on this rank, but this machine has "
+                             f"{torch.cuda.device_count()} usable CUDA devices")
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"

@@ -47,16 +47,10 @@ def _classes(model: nn.Module) -> int:
     return int(model.config.get("num_classes", 0) or 0)
 
 
-def class_labels(model: nn.Module, labels: torch.Tensor) -> torch.Tensor | None:
-    """Class labels for a class-conditional model (None for an unconditional one)."""
-    n = _classes(model)
-    if n == 0:
-        return None
-    if labels.numel() and (labels.min() < 0 or labels.max() >= n):
-        raise ValueError(f"the data's class labels lie in [{int(labels.min())}, {int(labels.max())}] but the model "
-                         f"has num_classes={n}: use a folder with class subfolders (at most {n}) or an "
-                         f"unconditional preset")
-    return labels
+def _labels(model: nn.Module, labels: torch.Tensor) -> torch.Tensor | None:
+    """Class labels for a class-conditional model (None for an unconditional one); their range is
+    checked once over the whole dataset (`check_classes`) and by the model."""
+    return labels if _classes(model) else None
 
 
 def check_classes(model: nn.Module, data) -> None:
@@ -153,7 +147,7 @@ class Stage:
             if f == "put":
                 return model(images, *self.masks(images, generator)).loss
             return model(images).loss
-        labels = class_labels(model, inputs["labels"])
+        labels = _labels(model, inputs["labels"])
         if f == "put":
             from vqfast.models.put import uq_training_batch
             images = inputs["images"]

@@ -154,10 +154,9 @@ class InceptionScore:
         from torchmetrics.image.inception import InceptionScore as _IS
         if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
             raise ValueError(f"splits must be a positive int, got {splits!r}")
-        self.splits = splits
+        self.splits, self.device = splits, torch.device(device)
         with warnings.catch_warnings():  # it warns that it keeps every sample's logits: a few MB here
             warnings.simplefilter("ignore")
-            self.device = torch.device(device)
             # ranks with different numbers of updates break torchmetrics' own gather of this list
             # state (one collective per update): `compute` gathers it in one
             self.metric = _IS(feature=logits, splits=splits, normalize=False, sync_on_compute=False).to(self.device)

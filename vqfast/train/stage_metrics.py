@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from vqfast.train import distributed
 from vqfast.train.data import collate
 from vqfast.train.metrics import FID, InceptionScore, codebook_stats, psnr_ssim
 
@@ -69,8 +70,6 @@ def stage_metrics(stage, model, tokenizer, images, features, *, batch_size: int,
     `features` (an Inception feature extractor) is given, IS of the samples when `logits` (Inception
     class logits) is, LPIPS of reconstructions / inpaintings when `lpips` (e.g. `VGGPerceptual`) is;
     sample_steps as in `generate`; ctx: the `distributed.Context` of this rank (None: one process)."""
-    from vqfast.train import distributed
-
     rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
     fid = FID(features, device) if features is not None else None
     score = InceptionScore(logits, device=device) if logits is not None else None
